@@ -1,0 +1,52 @@
+"""Shared fixtures: an isolated environment for the CLI and a way to run it as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A clean environment: no WIN_AUTOMATION_*/HATCHET_* from the caller, data under tmp_path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WIN_AUTOMATION_", "HATCHET_"))}
+    env["WIN_AUTOMATION_DATA_DIR"] = str(tmp_path / "data")
+    env["WIN_AUTOMATION_ARTIFACT_OUT"] = str(tmp_path / "artifacts")
+    env["HOME"] = str(tmp_path / "home")
+    yield env
+
+
+@pytest.fixture
+def cli(cli_env: dict[str, str], tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Run `win-automation ARGS...` as a subprocess; returns Run(code, stdout, stderr)."""
+
+    def run(
+        *args: str, env: dict[str, str] | None = None, timeout: float = 60, input: str | None = None
+    ) -> Run:
+        proc = subprocess.run(
+            [sys.executable, "-m", "win_automation", *args],
+            env={**cli_env, **(env or {})},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
+        return Run(proc.returncode, proc.stdout, proc.stderr)
+
+    return run

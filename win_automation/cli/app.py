@@ -1,0 +1,68 @@
+"""The root command: global options, sub-command registration and the exit-code mapping.
+
+Sub-command modules import only typer at module level; paramiko, playwright and hatchet_sdk are
+imported inside the commands that need them, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from win_automation import __version__
+from win_automation.cli import config_cmd
+from win_automation.cli.output import error
+from win_automation.cli.state import CliState
+
+app = typer.Typer(
+    name="win-automation",
+    help="Drive a Windows VM from Linux: PowerShell over SSH, Aloha GUI tasks, Playwright, durable jobs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+app.add_typer(config_cmd.app, name="config")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"win-automation {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        envvar="WIN_AUTOMATION_CONFIG",
+        help="JSON config file (overrides defaults).",
+        dir_okay=False,
+    ),
+    debug: bool = typer.Option(False, "--debug", help="Log at debug level."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    from win_automation import log
+
+    log.install(logging.DEBUG if debug else logging.INFO)
+    ctx.obj = CliState(config_path=config, debug=debug)
+
+
+def main() -> None:
+    """Console entry point: run the CLI and exit with the documented code, never a traceback."""
+    from win_automation.errors import WinAutomationError
+
+    try:
+        app(prog_name="win-automation")
+    except WinAutomationError as exc:
+        from win_automation.log import redact
+
+        error(redact(str(exc)))
+        sys.exit(exc.exit_code)

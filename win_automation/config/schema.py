@@ -1,0 +1,194 @@
+"""Every setting: its section, type, default, environment variable and description.
+
+Each field's environment variable is `WIN_AUTOMATION_<SECTION>_<FIELD>` unless the specification
+names another (`json_schema_extra={"env": ...}`). Fields marked `env_only` are secrets that the
+config file may not hold. The README's configuration table is generated from this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+
+from win_automation.durations import parse_duration
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"must be between 1 and 65535, got {value}")
+    return value
+
+
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+    return value
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"must be HOST:PORT with a port between 1 and 65535, got {value!r}")
+    return value
+
+
+def _fingerprint(value: str | None) -> str | None:
+    if value is not None and not value.startswith("SHA256:"):
+        raise ValueError(f"must be an OpenSSH fingerprint starting with 'SHA256:', got {value!r}")
+    return value
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"must be more than zero, got {value!r}")
+    return value
+
+
+def _expand(value: Path) -> Path:
+    return value.expanduser()
+
+
+Port = Annotated[int, AfterValidator(_port)]
+UserPath = Annotated[Path, AfterValidator(_expand)]
+Url = Annotated[str, AfterValidator(_url)]
+HostPort = Annotated[str, AfterValidator(_host_port)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
+
+
+def env(name: str) -> dict[str, Any]:
+    """Field metadata: the environment variable the specification gives this field."""
+    return {"env": name}
+
+
+ENV_ONLY: dict[str, Any] = {"env_only": True}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True, frozen=True)
+
+
+class SSHConfig(Section):
+    host: str = Field("localhost", description="SSH host of the Windows VM.")
+    port: Port = Field(22555, description="SSH port (the VM's forwarded OpenSSH).")
+    user: str = Field("administrator", description="Login user on the VM.")
+    key_file: UserPath | None = Field(None, description="Private key file; unset means the SSH agent.")
+    key_passphrase: SecretStr | None = Field(
+        None, description="Passphrase of `key_file`. Environment only.", json_schema_extra=ENV_ONLY
+    )
+    password: SecretStr | None = Field(
+        None, description="Password login, when no key is used. Environment only.", json_schema_extra=ENV_ONLY
+    )
+    use_agent: bool = Field(True, description="Offer the keys of the running SSH agent.")
+    known_hosts: UserPath = Field(
+        Path("~/.local/share/win-automation/known_hosts"),
+        description="The project's known-hosts file; `ssh trust` writes to it.",
+    )
+    host_key_fingerprint: Annotated[str | None, AfterValidator(_fingerprint)] = Field(
+        None, description="A pinned host-key fingerprint (`SHA256:...`), trusted without known_hosts."
+    )
+    connect_timeout: PositiveDuration = Field(10.0, description="Deadline for one connection attempt.")
+    command_timeout: PositiveDuration = Field(300.0, description="Default deadline of a remote command.")
+    keepalive_interval: PositiveDuration = Field(30.0, description="SSH keepalive interval.")
+
+
+class AlohaConfig(Section):
+    server_url: Url = Field("http://127.0.0.1:7887/", description="ShowUI-Aloha server (port 7887).")
+    client_url: Url = Field("http://127.0.0.1:7888", description="ShowUI-Aloha client (port 7888).")
+    server_start_cmd: str = Field(
+        "Start-ScheduledTask -TaskName AlohaServer",
+        description="PowerShell that starts the Aloha server on the VM (AlohaServerStartCmd).",
+    )
+    client_start_cmd: str = Field(
+        "Start-ScheduledTask -TaskName AlohaClient",
+        description="PowerShell that starts the Aloha client on the VM (AlohaClientStartCmd).",
+    )
+    request_timeout: PositiveDuration = Field(10.0, description="Deadline of one HTTP request to Aloha.")
+
+
+class HatchetConfig(Section):
+    url: Url = Field("http://localhost:8888", description="Hatchet UI and REST API.")
+    host_port: HostPort = Field(
+        "localhost:7077",
+        description="Hatchet gRPC endpoint.",
+        json_schema_extra=env("HATCHET_CLIENT_HOST_PORT"),
+    )
+    health_live_url: Url = Field("http://localhost:8733/live", description="Engine liveness endpoint.")
+    health_ready_url: Url = Field("http://localhost:8733/ready", description="Engine readiness endpoint.")
+    token: SecretStr | None = Field(
+        None,
+        description="API token; setting it makes Hatchet the default engine.",
+        json_schema_extra=env("HATCHET_CLIENT_TOKEN"),
+    )
+    tls_strategy: Literal["none", "tls", "mtls"] = Field(
+        "none",
+        description="gRPC TLS strategy (hatchet-lite on localhost serves plain gRPC).",
+        json_schema_extra=env("HATCHET_CLIENT_TLS_STRATEGY"),
+    )
+    namespace: str = Field(
+        "", description="Prefix for workflow names.", json_schema_extra=env("HATCHET_CLIENT_NAMESPACE")
+    )
+
+
+class PlaywrightConfig(Section):
+    host: str = Field("127.0.0.1", description="Host of the Playwright browser server.")
+    port: Port = Field(9323, description="Port of the Playwright browser server.")
+    ws_path: SecretStr | None = Field(
+        None,
+        description="The server's secret wsPath. Environment only.",
+        json_schema_extra={**ENV_ONLY, **env("WIN_AUTOMATION_PLAYWRIGHT_WS_PATH")},
+    )
+
+
+class ArtifactsConfig(Section):
+    out_dir: UserPath = Field(
+        Path("./artifacts"),
+        description="Local artifact root; one folder per job.",
+        json_schema_extra=env("WIN_AUTOMATION_ARTIFACT_OUT"),
+    )
+    retention_days: Annotated[int, Field(ge=0)] = Field(
+        7,
+        description="Job folders older than this are pruned.",
+        json_schema_extra=env("WIN_AUTOMATION_ARTIFACT_RETENTION_DAYS"),
+    )
+    remote_dir: str = Field(
+        r"C:\ProgramData\win-automation\artifacts", description="Artifact root on the VM."
+    )
+
+
+class MetricsConfig(Section):
+    path: UserPath | None = Field(
+        None,
+        description="Append metric lines to this file; unset means stdout.",
+        json_schema_extra=env("WIN_AUTOMATION_METRICS_PATH"),
+    )
+    interval: PositiveDuration = Field(30.0, description="How often metric lines are emitted.")
+
+
+class DataConfig(Section):
+    dir: UserPath = Field(
+        Path("~/.local/share/win-automation"), description="Data directory: the job journal and locks."
+    )
+
+
+class SupervisorConfig(Section):
+    interval: PositiveDuration = Field(60.0, description="Time between supervisor rounds.")
+    breaker_threshold: Annotated[int, Field(ge=1)] = Field(
+        3, description="Consecutive failures that open the circuit breaker."
+    )
+    breaker_cooldown: PositiveDuration = Field(60.0, description="How long an open breaker waits.")
+
+
+class Config(Section):
+    ssh: SSHConfig = SSHConfig()
+    aloha: AlohaConfig = AlohaConfig()
+    hatchet: HatchetConfig = HatchetConfig()
+    playwright: PlaywrightConfig = PlaywrightConfig()
+    artifacts: ArtifactsConfig = ArtifactsConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    data: DataConfig = DataConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()

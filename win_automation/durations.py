@@ -1,0 +1,34 @@
+"""Durations as users write them (`500ms`, `30s`, `5m`, `2h`, `7d`, plain seconds) and back."""
+
+from __future__ import annotations
+
+import math
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `value`; raises ValueError with the reason when it is not a duration."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be a duration such as 500ms, 30s, 5m or plain seconds, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _PATTERN.match(value)):
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    else:
+        raise ValueError(f"must be a duration such as 500ms, 30s, 5m or plain seconds, got {value!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"must be a duration of zero or more seconds, got {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling: 0.5 -> '500ms', 300 -> '5m', 7.25 -> '7.25s'."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    if seconds < 1 and (seconds * 1000).is_integer():
+        return f"{int(seconds * 1000)}ms"
+    return f"{seconds:.6f}".rstrip("0").rstrip(".") + "s"

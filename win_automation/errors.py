@@ -1,0 +1,85 @@
+"""The project's error tree: every failure that reaches a user is one of these.
+
+    WinAutomationError                 exit 1  the operation ran and failed or was refused
+    ├── ConfigError                    exit 2  bad configuration (file, environment, value)
+    ├── UsageError                     exit 2  a bad argument (an invalid job id, say)
+    ├── NotFoundError                  exit 1  a job, file or run that does not exist
+    ├── ConnectError         transient exit 3  the VM or a service could not be reached
+    ├── AuthError                      exit 4  credentials were refused (never retried)
+    ├── HostKeyError                   exit 5  unknown or changed host key (never retried)
+    ├── OperationTimeout     transient exit 124 a deadline passed (the remote work was stopped)
+    ├── CommandFailed                  exit 1  a remote command ran and failed; carries its result
+    └── Cancelled                      exit 130 the job or command was cancelled
+
+`transient` says whether a retry may help. `exit_code` is what the CLI exits with.
+Outside exceptions are translated into these once, in the adapter that meets them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class WinAutomationError(Exception):
+    """Root of all project errors; `str(err)` is the one-line message shown to users."""
+
+    exit_code: ClassVar[int] = 1
+    transient: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, result: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.result = result
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(WinAutomationError):
+    exit_code = 2
+
+
+class UsageError(WinAutomationError):
+    exit_code = 2
+
+
+class NotFoundError(WinAutomationError):
+    exit_code = 1
+
+
+class ConnectError(WinAutomationError):
+    exit_code = 3
+    transient = True
+
+
+class AuthError(WinAutomationError):
+    exit_code = 4
+
+
+class HostKeyError(WinAutomationError):
+    exit_code = 5
+
+
+class OperationTimeout(WinAutomationError):
+    exit_code = 124
+    transient = True
+
+
+class CommandFailed(WinAutomationError):
+    exit_code = 1
+
+
+class Cancelled(WinAutomationError):
+    exit_code = 130
+
+
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "the operation ran and failed, or was refused (a failed job, a missing job or file)",
+    2: "usage or configuration error (bad option, bad config file or environment value, bad job id)",
+    3: "the VM or a service could not be reached (after retries)",
+    4: "authentication failed (never retried)",
+    5: "the host key is unknown or has changed (trust it with `win-automation ssh trust`)",
+    124: "a deadline passed; the remote work was stopped",
+    130: "cancelled or interrupted (Ctrl-C, `jobs cancel`)",
+}

@@ -1,0 +1,92 @@
+"""What a workflow is, independent of the engine that runs it.
+
+A `Workflow` has a name, a pydantic input model and `Step`s; each step is a plain function
+`(input, ctx) -> pydantic output` with its parents, retries, backoff and timeout. Both the local
+engine and the Hatchet adapter run these definitions, so they hold only what Hatchet can express:
+a DAG of tasks, per-task retries/backoff/execution timeout, a concurrency key (GUI workflows: one
+run per VM) and desired worker labels.
+
+Definitions live in the top-level `workflows/` package; the engines supply the `StepContext`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from win_automation.config import Config
+
+_KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+
+Out = TypeVar("Out", bound=BaseModel)
+
+
+class StepContext(Protocol):
+    """What a running step gets from its engine."""
+
+    job_id: str
+    trace_id: str
+    attempt: int
+    config: Config
+    log: logging.LoggerAdapter[logging.Logger]
+
+    def parent(self, step: str, model: type[Out]) -> Out:
+        """The output of the finished parent step `step`."""
+        ...
+
+    def cancelled(self) -> bool:
+        """True once the job has been asked to stop; steps check it at safe points."""
+        ...
+
+    @property
+    def artifacts(self) -> Any:
+        """The job's artifact writer (see win_automation.artifacts)."""
+        ...
+
+
+StepFn = Callable[[Any, StepContext], BaseModel]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    fn: StepFn
+    output: type[BaseModel]
+    parents: tuple[str, ...] = ()
+    retries: int = 0
+    backoff_seconds: float = 1.0
+    timeout_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class Workflow:
+    name: str
+    input: type[BaseModel]
+    steps: tuple[Step, ...]
+    gui: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not _KEBAB.match(self.name):
+            raise ValueError(f"workflow name {self.name!r} must be kebab-case")
+        seen: set[str] = set()
+        for step in self.steps:
+            if not _KEBAB.match(step.name):
+                raise ValueError(f"{self.name}: step name {step.name!r} must be kebab-case")
+            if step.name in seen:
+                raise ValueError(f"{self.name}: step {step.name!r} is defined twice")
+            missing = [p for p in step.parents if p not in seen]
+            if missing:
+                raise ValueError(
+                    f"{self.name}: step {step.name!r} has parents {missing} not defined before it"
+                )
+            seen.add(step.name)
+
+    def step(self, name: str) -> Step:
+        return next(s for s in self.steps if s.name == name)
