@@ -211,3 +211,22 @@ def test_retries_backoff_and_timeouts(jobs_config: Config) -> None:
     assert steps["independent"].state == JobState.SUCCEEDED
     retrying = [e for e in engine.journal.events(outcome.job_id) if e.state == "retrying"]
     assert [(e.step, e.attempt) for e in retrying] == [("flaky", 1), ("flaky", 2), ("slow", 1)]
+
+
+def test_secrets_never_reach_the_journal(jobs_config: Config) -> None:
+    from win_automation import log
+
+    log.register_secret("hunter2-secret")
+
+    def leaky(inp: Count, ctx: StepContext) -> Count:
+        raise UsageError("login with hunter2-secret refused")
+
+    wf = Workflow(name="leaky", input=Count, steps=(Step("leak", leaky, Count),))
+    engine = LocalEngine(jobs_config)
+    outcome = engine.run(wf, Count())
+    assert outcome.state == JobState.FAILED and outcome.exit_code == 2
+    job = engine.journal.get_job(outcome.job_id)
+    recorded = [job.error, *(s.error for s in engine.journal.steps(outcome.job_id))]
+    recorded += [e.message for e in engine.journal.events(outcome.job_id)]
+    assert "step leak: login with *** refused" in recorded
+    assert not any("hunter2" in (text or "") for text in recorded)
