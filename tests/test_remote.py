@@ -10,8 +10,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from fixture_sshd import SshServer
+
 from win_automation import powershell, remote
 from win_automation.adapters import ssh
 
@@ -27,7 +27,10 @@ def last_report(server: SshServer) -> dict:  # type: ignore[type-arg]
     return json.loads(server.reports.read_text(encoding="utf-8").splitlines()[-1])
 
 
-TRICKY = "Write-Output \"quotes ' and \\\" & | % ^ < > `$env:X\"\n$a = 'naïve café ✓ 日本語 🎉'\r\n\tline3 ^& %PATH% !x!"
+TRICKY = (
+    "Write-Output \"quotes ' and \\\" & | % ^ < > `$env:X\"\n"
+    "$a = 'naïve café ✓ 日本語 🎉'\r\n\tline3 ^& %PATH% !x!"
+)
 
 
 def test_powershell_text_arrives_intact_through_encoded_command(conn, live_sshd: SshServer) -> None:  # type: ignore[no-untyped-def]
@@ -35,7 +38,13 @@ def test_powershell_text_arrives_intact_through_encoded_command(conn, live_sshd:
     assert result.exit_code == 0 and result.stdout == TRICKY
     report = last_report(live_sshd)
     assert report["mode"] == "encoded" and report["body"] == TRICKY
-    assert report["argv"][:5] == ["-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-EncodedCommand"]
+    assert report["argv"][:5] == [
+        "-NoProfile",
+        "-NonInteractive",
+        "-ExecutionPolicy",
+        "Bypass",
+        "-EncodedCommand",
+    ]
     script = report["script"]
     assert script.startswith("# win-automation run ") and "$ErrorActionPreference='Stop'" in script
     assert "[Console]::OutputEncoding=[System.Text.UTF8Encoding]::new($false)" in script
@@ -62,7 +71,9 @@ def test_long_script_goes_over_sftp_runs_with_file_and_is_removed(conn, live_ssh
 
 
 def test_cmd_mode_passes_the_command_as_given(conn) -> None:  # type: ignore[no-untyped-def]
-    result = remote.run_command(conn, "printf '%s|' a 'b c' && echo \"$HOME\" >&2; exit 4", shell="cmd", remote_os="posix")
+    result = remote.run_command(
+        conn, "printf '%s|' a 'b c' && echo \"$HOME\" >&2; exit 4", shell="cmd", remote_os="posix"
+    )
     assert (result.exit_code, result.stdout, result.shell) == (4, "a|b c|", "cmd")
     assert result.stderr.strip().startswith("/")  # the PID marker was taken out of stderr
 
@@ -103,7 +114,9 @@ def test_idempotent_skip(conn, live_sshd: SshServer) -> None:  # type: ignore[no
     flag = live_sshd.remote_dir / "done.flag"
     flag.unlink(missing_ok=True)
     check = f"test -e {flag}"
-    checked, ran = remote.run_idempotent(conn, f"touch {flag}; echo made", check, shell="cmd", remote_os="posix")
+    checked, ran = remote.run_idempotent(
+        conn, f"touch {flag}; echo made", check, shell="cmd", remote_os="posix"
+    )
     assert checked.exit_code == 1 and ran is not None and ran.stdout == "made\n" and flag.exists()
     checked, ran = remote.run_idempotent(conn, f"echo again >> {flag}", check, shell="cmd", remote_os="posix")
     assert checked.exit_code == 0 and ran is None and flag.read_text() == ""

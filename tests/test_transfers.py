@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from fixture_sshd import SshServer
+
 from win_automation import transfers
 from win_automation.adapters import ssh
 from win_automation.errors import NotFoundError, WinAutomationError
@@ -35,7 +35,9 @@ def test_put_then_get_round_trip(conn, remote_dir: Path, tmp_path: Path, size: i
     local.write_bytes(os.urandom(size))
     target = str(remote_dir / "up.bin")
     seen: list[tuple[int, int]] = []
-    put = transfers.put_file(conn, local, target, remote_os="posix", progress=lambda d, t: seen.append((d, t)))
+    put = transfers.put_file(
+        conn, local, target, remote_os="posix", progress=lambda d, t: seen.append((d, t))
+    )
     assert (put.size_bytes, put.sha256) == (size, sha(local)) == (size, sha(Path(target)))
     assert sorted(p.name for p in remote_dir.iterdir()) == ["up.bin"]  # no partial file left
     (tmp_path / "dl").mkdir()
@@ -72,17 +74,19 @@ def test_missing_remote_file_is_not_found_and_leaves_nothing(conn, remote_dir: P
 
 def test_unwritable_local_path_is_a_clear_error(conn, remote_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     (remote_dir / "a.txt").write_text("hello")
-    with pytest.raises(WinAutomationError, match="cannot write local path /proc/nope.txt"):
+    with pytest.raises(WinAutomationError, match=r"cannot write local path /proc/nope\.txt"):
         transfers.get_file(conn, str(remote_dir / "a.txt"), Path("/proc/nope.txt"), remote_os="posix")
     with pytest.raises(WinAutomationError, match="its folder does not exist"):
         transfers.get_file(conn, str(remote_dir / "a.txt"), tmp_path / "no" / "a.txt", remote_os="posix")
 
 
-def test_put_into_an_unwritable_remote_folder_leaves_nothing(conn, live_sshd: SshServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_put_into_an_unwritable_remote_folder_leaves_nothing(
+    conn, live_sshd: SshServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     local = tmp_path / "f.txt"
     local.write_text("x")
     with pytest.raises(WinAutomationError, match="permission denied"):
         transfers.put_file(conn, local, str(live_sshd.dir / "f.txt"), remote_os="posix")
     assert not list(live_sshd.dir.glob("f.txt*"))
-    with pytest.raises(NotFoundError, match="local file .* does not exist"):
+    with pytest.raises(NotFoundError, match=r"local file .* does not exist"):
         transfers.put_file(conn, tmp_path / "missing", "x", remote_os="posix")
