@@ -230,3 +230,15 @@ def test_secrets_never_reach_the_journal(jobs_config: Config) -> None:
     recorded += [e.message for e in engine.journal.events(outcome.job_id)]
     assert "step leak: login with *** refused" in recorded
     assert not any("hunter2" in (text or "") for text in recorded)
+
+
+def test_an_engine_failure_is_recorded_not_left_queued(jobs_config: Config) -> None:
+    jobs_config.data.dir.mkdir(parents=True, exist_ok=True)
+    (jobs_config.data.dir / "locks").write_text("a file where the lock folder should be")
+    wf = Workflow(name="gui-test", input=Count, gui=True, steps=(Step("one", lambda i, c: Count(), Count),))
+    engine = LocalEngine(jobs_config)
+    with pytest.raises(FileExistsError):
+        engine.run(wf, Count())
+    (job,) = engine.journal.list_jobs()
+    assert job.state == JobState.INTERRUPTED and (job.error or "").startswith("engine: FileExistsError")
+    assert engine.journal.steps(job.job_id)[0].state == JobState.QUEUED

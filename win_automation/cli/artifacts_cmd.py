@@ -126,21 +126,17 @@ def prune(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Apply retention: delete job folders older than the retention period (never active jobs)."""
-    from win_automation.artifacts import prune as prune_folders
     from win_automation.durations import parse_duration
     from win_automation.errors import UsageError
-    from win_automation.journal import Journal
+    from win_automation.retention import apply_retention
 
-    config = state(ctx).config()
-    seconds = config.artifacts.retention_days * 86400.0
+    seconds = None
     if older_than is not None:
         try:
             seconds = parse_duration(older_than)
         except ValueError as exc:
             raise UsageError(f"--older-than: {exc}") from None
-    with Journal.open(config.data.dir) as journal:
-        active = frozenset(journal.active_job_ids())
-    pruned = prune_folders(config.artifacts.out_dir, seconds, dry_run=dry_run, keep=active)
+    pruned = apply_retention(state(ctx).config(), older_than_seconds=seconds, dry_run=dry_run)
     freed = sum(p.size_bytes for p in pruned)
     if as_json:
         print_json({"dry_run": dry_run, "pruned": [p.job_id for p in pruned], "bytes": freed})
