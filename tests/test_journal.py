@@ -91,9 +91,10 @@ def test_a_dead_owner_or_expired_heartbeat_makes_the_job_interrupted(tmp_path: P
     with Journal.open(tmp_path, recover=False) as journal:
         alive = journal.create_job("ping", "{}", steps=["a"])  # owned by this live process
         stale = journal.create_job("ping", "{}", steps=["a"])
+        remote = journal.create_job("ping", "{}", steps=["a"], engine="hatchet", external_id="run-1")
         journal._conn.execute(
-            "UPDATE jobs SET heartbeat_at = ? WHERE job_id = ?",
-            (time.time() - HEARTBEAT_EXPIRY - 1, stale.job_id),
+            "UPDATE jobs SET heartbeat_at = ? WHERE job_id IN (?, ?)",
+            (time.time() - HEARTBEAT_EXPIRY - 1, stale.job_id, remote.job_id),
         )
         assert journal.get_job(dead_job).state == JobState.RUNNING
     with Journal.open(tmp_path) as journal:
@@ -101,6 +102,7 @@ def test_a_dead_owner_or_expired_heartbeat_makes_the_job_interrupted(tmp_path: P
         assert journal.steps(dead_job)[0].state == JobState.INTERRUPTED
         assert journal.get_job(stale.job_id).state == JobState.INTERRUPTED
         assert journal.get_job(alive.job_id).state == JobState.QUEUED
+        assert journal.get_job(remote.job_id).state == JobState.QUEUED  # Hatchet's to bring up to date
         assert "owner process died" in (journal.get_job(dead_job).error or "")
 
 

@@ -26,8 +26,10 @@ when several processes open a new journal at once.
 
 A job in `queued` or `running` has an owner: a pid (with its start time, so a reused pid is not
 mistaken for the owner) on a host, and a heartbeat. `Journal.open` marks `interrupted` every such
-job whose owner is dead or whose heartbeat is older than HEARTBEAT_EXPIRY: no job stays "running"
-forever.
+local-engine job whose owner is dead or whose heartbeat is older than HEARTBEAT_EXPIRY: no job
+stays "running" forever. Jobs of another engine (`engine='hatchet'`) are left to that engine: the
+run goes on without the process that triggered it, so its record is brought up to date from the
+engine (the Hatchet layer's sync), not from the owner pid.
 """
 
 from __future__ import annotations
@@ -313,7 +315,7 @@ class Journal:
         now = time.time()
         rows = self._conn.execute(
             "SELECT job_id, owner_pid, owner_start, owner_host, heartbeat_at FROM jobs"
-            " WHERE state IN ('queued', 'running')"
+            " WHERE state IN ('queued', 'running') AND engine = 'local'"
         ).fetchall()
         dead = []
         for row in rows:
