@@ -47,6 +47,8 @@ def test_ping_runs_end_to_end_and_counts(jobs_config: Config) -> None:
     outcome = engine.run(ping, ping.parse_input('{"message": "hello"}'))
     assert outcome.state == JobState.SUCCEEDED and outcome.exit_code == 0
     assert outcome.outputs["write-artifact"].model_dump()["message"] == "hello"
+    journal_check = outcome.outputs["check-journal"].model_dump()
+    assert (journal_check["job_recorded"], journal_check["job_state"]) == (True, "running")
     folder = jobs_config.artifacts.out_dir / outcome.job_id
     manifest = verify_folder(folder)
     assert (manifest.job_id, manifest.trace_id) == (outcome.job_id, outcome.trace_id)
