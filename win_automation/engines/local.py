@@ -39,7 +39,14 @@ from win_automation import metrics
 from win_automation.artifacts import ArtifactWriter
 from win_automation.config import Config
 from win_automation.engines.context import JobMonitor, LocalStepContext
-from win_automation.errors import Cancelled, NotFoundError, OperationTimeout, UsageError, WinAutomationError
+from win_automation.errors import (
+    Cancelled,
+    NotFoundError,
+    OperationTimeout,
+    Skipped,
+    UsageError,
+    WinAutomationError,
+)
 from win_automation.jobids import validate_job_id
 from win_automation.jobrecords import JobRecord
 from win_automation.jobstate import RESUMABLE, JobState
@@ -67,7 +74,7 @@ class JobOutcome:
 
     @property
     def exit_code(self) -> int:
-        if self.state == JobState.SUCCEEDED:
+        if self.state in (JobState.SUCCEEDED, JobState.SKIPPED):
             return 0
         if self.state in (JobState.CANCELLED, JobState.INTERRUPTED):
             return Cancelled.exit_code
@@ -209,6 +216,7 @@ class LocalEngine:
             raise _JobCancelled
         self.journal.set_job_state(job.job_id, JobState.RUNNING)
         blocked: set[str] = set()
+        skipped_steps = 0
         for step in workflow.steps:
             if step.name in outcome.outputs:
                 continue
@@ -223,6 +231,10 @@ class LocalEngine:
             parents = {p: outcome.outputs[p] for p in step.parents}
             try:
                 output = self._run_step(job, step, input, parents, writer, cancel)
+            except Skipped as skipped:
+                outcome.outputs[step.name] = skipped.result
+                skipped_steps += 1
+                continue
             except (Cancelled, _JobCancelled):
                 raise
             except Exception as exc:
@@ -238,6 +250,10 @@ class LocalEngine:
                 job.job_id, JobState.FAILED, error=outcome.error, error_code=outcome.error_code
             )
             metrics.inc("jobs_failed_total")
+        elif skipped_steps:
+            outcome.state = JobState.SKIPPED
+            self.journal.set_job_state(job.job_id, JobState.SKIPPED)
+            metrics.inc("jobs_completed_total")
         else:
             outcome.state = JobState.SUCCEEDED
             self.journal.set_job_state(job.job_id, JobState.SUCCEEDED)
@@ -273,6 +289,19 @@ class LocalEngine:
             )
             try:
                 output = self._attempt(step, input, ctx, cancel, attempt_cancel)
+            except Skipped as skipped:
+                if not isinstance(skipped.result, step.output):
+                    raise TypeError(
+                        f"step {step.name}: Skipped must carry a {step.output.__name__}"
+                    ) from None
+                self.journal.step_finished(
+                    job.job_id,
+                    step.name,
+                    JobState.SKIPPED,
+                    output_json=skipped.result.model_dump_json(),
+                    error=redact(str(skipped)),
+                )
+                raise
             except (Cancelled, _JobCancelled):
                 raise
             except Exception as exc:
