@@ -196,6 +196,9 @@ class LocalEngine:
             raise Cancelled(
                 f"job {job.job_id} interrupted; continue it with `win-automation jobs resume {job.job_id}`"
             ) from None
+        except Exception as exc:
+            self._finish_broken(job.job_id, workflow, outcome, exc)
+            raise
         finally:
             self._monitor.unwatch(job.job_id)
         return outcome
@@ -388,3 +391,25 @@ class LocalEngine:
         )
         metrics.inc("jobs_cancelled_total")
         log.info("job cancelled", extra={"op": "run", "job_id": job_id})
+
+    def _finish_broken(self, job_id: str, workflow: Workflow, outcome: JobOutcome, exc: Exception) -> None:
+        """The engine itself failed (the journal, the desktop lock): record the job failed (or
+        interrupted, when it had not started) if the journal still answers; otherwise the next
+        Journal.open marks it interrupted."""
+        message, code = describe(exc)
+        outcome.error, outcome.error_code = f"engine: {message}", code
+        try:
+            current = self.journal.get_job(job_id).state
+            final = JobState.FAILED if current == JobState.RUNNING else JobState.INTERRUPTED
+            if current in (JobState.QUEUED, JobState.RUNNING):
+                for record in self.journal.steps(job_id):
+                    if record.state == JobState.RUNNING:
+                        self.journal.step_finished(job_id, record.name, JobState.FAILED, error=outcome.error)
+                    elif record.state == JobState.QUEUED and final == JobState.FAILED:
+                        self.journal.step_finished(job_id, record.name, JobState.SKIPPED)
+                self.journal.set_job_state(job_id, final, error=outcome.error, error_code=code)
+                outcome.state = final
+        except Exception:
+            log.warning(
+                "could not record the engine failure", exc_info=True, extra={"op": "run", "job_id": job_id}
+            )
