@@ -224,3 +224,18 @@ def test_get_shows_a_progress_bar_on_a_terminal(
     screen = b"".join(chunks).decode(errors="replace")
     assert "get p.bin" in screen and "MB" in screen
     assert (tmp_path / "p.bin").stat().st_size == 3 << 20
+
+
+def test_wrong_passphrase_never_shown(cli, live_sshd: SshServer, known_hosts: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    key = tmp_path / "enc"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "Right-Phrase-9", "-f", str(key)], check=True)
+    env = env_for(live_sshd, known_hosts, key_file=str(key))
+    env["WIN_AUTOMATION_SSH_KEY_PASSPHRASE"] = "Wrong-Phrase-7"
+    out = cli("--debug", "ssh", "run", "--", "echo", env=env)
+    assert out.code == 4 and "ssh.key_file" in out.stderr
+    assert "Wrong-Phrase-7" not in out.stdout + out.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.name != "enc":
+            assert b"Wrong-Phrase-7" not in path.read_bytes(), path
