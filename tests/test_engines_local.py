@@ -244,3 +244,34 @@ def test_an_engine_failure_is_recorded_not_left_queued(jobs_config: Config) -> N
     (job,) = engine.journal.list_jobs()
     assert job.state == JobState.INTERRUPTED and (job.error or "").startswith("engine: FileExistsError")
     assert engine.journal.steps(job.job_id)[0].state == JobState.QUEUED
+
+
+def test_a_step_skipped_by_its_own_check_counts_as_finished_on_resume(jobs_config: Config) -> None:
+    from win_automation.errors import CommandFailed, Skipped
+
+    calls: list[str] = []
+    failing = [True]
+
+    def check(inp: Count, ctx: StepContext) -> Count:
+        calls.append("check")
+        raise Skipped("already done", result=Count(n=5))
+
+    def then(inp: Count, ctx: StepContext) -> Count:
+        calls.append("then")
+        if failing[0]:
+            raise CommandFailed("not yet")
+        return Count(n=ctx.parent("check", Count).n + 1)
+
+    wf = Workflow(
+        name="skip-test",
+        input=Count,
+        steps=(Step("check", check, Count), Step("then", then, Count, parents=("check",))),
+    )
+    engine = LocalEngine(jobs_config)
+    first = engine.run(wf, Count())
+    assert first.state == JobState.FAILED
+    assert [s.state for s in engine.journal.steps(first.job_id)] == [JobState.SKIPPED, JobState.FAILED]
+    failing[0] = False
+    again = engine.resume(first.job_id, wf)
+    assert again.state == JobState.SKIPPED and again.exit_code == 0
+    assert again.outputs["then"] == Count(n=6) and calls == ["check", "then", "then"]
