@@ -94,7 +94,7 @@ class JobMonitor:
         self._jobs: dict[str, threading.Event] = {}
         self._deadlines: dict[str, tuple[float, threading.Event]] = {}
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
     def watch(self, job_id: str) -> threading.Event:
@@ -121,11 +121,22 @@ class JobMonitor:
         with self._lock:
             self._deadlines.pop(job_id, None)
 
+    def stop(self) -> None:
+        """End the thread (the engine is closed); jobs still watched stop heart-beating."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+
     def _loop(self) -> None:
         journal = Journal.open(self._data_dir, recover=False)
+        try:
+            self._watch(journal)
+        finally:
+            journal.close()
+
+    def _watch(self, journal: Journal) -> None:
         last_beat = time.monotonic()
-        while True:
-            time.sleep(self._poll)
+        while not self._stopped.wait(self._poll):
             with self._lock:
                 jobs = dict(self._jobs)
                 deadlines = list(self._deadlines.values())

@@ -75,6 +75,7 @@ class LocalEngine:
         self._monitor = JobMonitor(config.data.dir, poll=poll)
 
     def close(self) -> None:
+        self._monitor.stop()
         self.journal.close()
 
     def run(self, workflow: Workflow, input: BaseModel, *, job_id: str | None = None) -> JobOutcome:
