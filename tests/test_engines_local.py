@@ -275,3 +275,14 @@ def test_a_step_skipped_by_its_own_check_counts_as_finished_on_resume(jobs_confi
     again = engine.resume(first.job_id, wf)
     assert again.state == JobState.SKIPPED and again.exit_code == 0
     assert again.outputs["then"] == Count(n=6) and calls == ["check", "then", "then"]
+
+
+def test_closing_the_engine_ends_its_monitor_thread(jobs_config: Config) -> None:
+    import threading
+
+    before = {t.ident for t in threading.enumerate()}
+    for _ in range(3):
+        engine = LocalEngine(jobs_config)
+        engine.run(all_workflows()["ping"], all_workflows()["ping"].parse_input(None))
+        engine.close()
+    assert [t.name for t in threading.enumerate() if t.ident not in before] == []
