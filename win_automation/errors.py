@@ -9,7 +9,10 @@
     ├── HostKeyError                   exit 5  unknown or changed host key (never retried)
     ├── OperationTimeout     transient exit 124 a deadline passed (the remote work was stopped)
     ├── CommandFailed                  exit 1  a remote command ran and failed; carries its result
-    └── Cancelled                      exit 130 the job or command was cancelled
+    ├── Skipped                        exit 0  a step had nothing to do (its result says why)
+    ├── IllegalTransition              exit 1  a job/step state change the state machine forbids
+    ├── ArtifactMismatch               exit 1  an artifact's size or sha256 differs from its manifest
+    └── Cancelled                      exit 130 the job or command was cancelled (or interrupted)
 
 `transient` says whether a retry may help. `exit_code` is what the CLI exits with.
 Outside exceptions are translated into these once, in the adapter that meets them.
@@ -69,6 +72,23 @@ class CommandFailed(WinAutomationError):
     exit_code = 1
 
 
+class IllegalTransition(WinAutomationError):
+    exit_code = 1
+
+
+class ArtifactMismatch(WinAutomationError):
+    exit_code = 1
+
+
+class Skipped(WinAutomationError):
+    """Raised by a step that had nothing to do (an idempotency check passed); `result` is its output.
+
+    The engine records the step, and the job when nothing failed, as `skipped`.
+    """
+
+    exit_code = 0
+
+
 class Cancelled(WinAutomationError):
     exit_code = 130
 
@@ -81,5 +101,6 @@ EXIT_CODES: dict[int, str] = {
     4: "authentication failed (never retried)",
     5: "the host key is unknown or has changed (trust it with `win-automation ssh trust`)",
     124: "a deadline passed; the remote work was stopped",
+    255: "`ssh run`/`ssh script`: the remote exit code was outside 0-255 (see SSH, exit codes)",
     130: "cancelled or interrupted (Ctrl-C, `jobs cancel`)",
 }
