@@ -286,3 +286,22 @@ def test_closing_the_engine_ends_its_monitor_thread(jobs_config: Config) -> None
         engine.run(all_workflows()["ping"], all_workflows()["ping"].parse_input(None))
         engine.close()
     assert [t.name for t in threading.enumerate() if t.ident not in before] == []
+
+
+def test_a_job_waiting_for_the_desktop_can_be_cancelled(jobs_child: Child, jobs_env: dict[str, str]) -> None:
+    data = Path(jobs_env["WIN_AUTOMATION_DATA_DIR"])
+    data.mkdir(parents=True)
+    (data / "hold").touch()
+    holder = jobs_child("run", "desktop")
+    wait_for(lambda: (data / "middle-started").exists(), what="the first GUI job")
+    waiter = jobs_child("run", "desktop")
+    with Journal.open(data, recover=False) as journal:
+        wait_for(lambda: len(journal.list_jobs()) == 2, what="the second job")
+        second = journal.list_jobs()[0]
+        journal.request_cancel(second.job_id)
+        out, err = waiter.communicate(timeout=30)
+        assert waiter.returncode == 130, err
+        assert json.loads(out)["state"] == "cancelled"
+        assert journal.get_job(second.job_id).state == JobState.CANCELLED
+        assert journal.steps(second.job_id)[0].state == JobState.CANCELLED
+        assert holder.poll() is None  # the desktop's holder goes on
