@@ -17,11 +17,13 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column, overflow="fold")
+    for index, column in enumerate(columns):
+        # The first column is the row's key (a job id, a setting): never broken across lines.
+        table.add_column(column, overflow="fold", no_wrap=index == 0)
     for row in rows:
         table.add_row(*("" if cell is None else str(cell) for cell in row))
-    Console(soft_wrap=False).print(table)
+    # Piped output has no terminal width to fit: keep rows on one line for grep and less.
+    Console(soft_wrap=False, width=None if sys.stdout.isatty() else 240).print(table)
 
 
 def error(message: str) -> None:
