@@ -9,7 +9,9 @@
     ├── HostKeyError                   exit 5  unknown or changed host key (never retried)
     ├── OperationTimeout     transient exit 124 a deadline passed (the remote work was stopped)
     ├── CommandFailed                  exit 1  a remote command ran and failed; carries its result
-    └── Cancelled                      exit 130 the job or command was cancelled
+    ├── IllegalTransition              exit 1  a job/step state change the state machine forbids
+    ├── ArtifactMismatch               exit 1  an artifact's size or sha256 differs from its manifest
+    └── Cancelled                      exit 130 the job or command was cancelled (or interrupted)
 
 `transient` says whether a retry may help. `exit_code` is what the CLI exits with.
 Outside exceptions are translated into these once, in the adapter that meets them.
@@ -66,6 +68,14 @@ class OperationTimeout(WinAutomationError):
 
 
 class CommandFailed(WinAutomationError):
+    exit_code = 1
+
+
+class IllegalTransition(WinAutomationError):
+    exit_code = 1
+
+
+class ArtifactMismatch(WinAutomationError):
     exit_code = 1
 
 

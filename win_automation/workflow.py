@@ -6,24 +6,43 @@ engine and the Hatchet adapter run these definitions, so they hold only what Hat
 a DAG of tasks, per-task retries/backoff/execution timeout, a concurrency key (GUI workflows: one
 run per VM) and desired worker labels.
 
-Definitions live in the top-level `workflows/` package; the engines supply the `StepContext`.
+Definitions live in the top-level `workflows/` package (`workflows.all_workflows()` finds them);
+the engines supply the `StepContext`. A step reads only its declared parents' outputs
+(`ctx.parent`), writes evidence through `ctx.artifacts` (see win_automation.artifacts), checks
+`ctx.cancelled()` at safe points, and raises project errors: a non-transient WinAutomationError is
+not retried by either engine, anything else is retried up to `retries` times.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from win_automation.config import Config
+from win_automation.errors import UsageError
 
 _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 Out = TypeVar("Out", bound=BaseModel)
+
+
+class ArtifactSink(Protocol):
+    """What a step may do with its job's artifact folder (win_automation.artifacts.ArtifactWriter)."""
+
+    def write_bytes(self, type: str, name: str, data: bytes) -> Any: ...
+
+    def write_text(self, type: str, name: str, text: str) -> Any: ...
+
+    def write_file(self, type: str, name: str, source: Any) -> Any: ...
+
+    def open(self, type: str, name: str) -> AbstractContextManager[Any]: ...
 
 
 class StepContext(Protocol):
@@ -44,7 +63,7 @@ class StepContext(Protocol):
         ...
 
     @property
-    def artifacts(self) -> Any:
+    def artifacts(self) -> ArtifactSink:
         """The job's artifact writer (see win_automation.artifacts)."""
         ...
 
@@ -90,3 +109,24 @@ class Workflow:
 
     def step(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)
+
+    def parse_input(self, raw: str | Mapping[str, Any] | None, *, name: str = "--input") -> BaseModel:
+        """The validated input model from JSON text or a mapping (None means `{}`); a bad value
+        raises UsageError naming the field, e.g. `--input.hold_seconds: Input should be ...`."""
+        data: Any = {} if raw is None else raw
+        if isinstance(raw, str):
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{name}: invalid JSON at line {exc.lineno} column {exc.colno}") from None
+        if not isinstance(data, Mapping):
+            raise UsageError(f"{name}: must be a JSON object, got {type(data).__name__}")
+        try:
+            return self.input.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            return_msg = first["msg"]
+            if first["type"] == "extra_forbidden":
+                return_msg = "unknown field"
+            raise UsageError(f"{name}.{where}: {return_msg} (workflow {self.name})") from None

@@ -1,0 +1,345 @@
+"""Artifact folders: `<artifacts.out_dir>/<job_id>/` holding a job's evidence and `manifest.json`.
+
+Manifest: `{"job_id", "trace_id", "created_at" (RFC3339), "artifacts": [{"type", "path" (relative
+to the job folder), "size_bytes", "sha256"}]}`. Types and their usual files:
+
+    ssh         stdout.txt, stderr.txt, exit_code.txt
+    aloha       response.json
+    playwright  screenshot.png, trace.zip
+    ping        ping.json (the `ping` workflow's self-check)
+
+Writing (`ArtifactWriter`, given to steps as `ctx.artifacts`): each artifact is written to a
+temporary name in the job folder, hashed while it is written, fsynced, renamed into place, and
+then the manifest is rewritten the same way (temp, fsync, rename, fsync of the folder). A crash at
+any point leaves a manifest that names only complete files with their true size and hash (at
+worst a stray `.tmp-*` file, which `verify` ignores and `prune` removes with the folder).
+
+Reading: `verify_folder` re-hashes every listed file; `copy_verified` copies a folder elsewhere,
+checking each file as it streams; `prune` applies retention. Hashing streams through a reused
+1 MiB buffer (`readinto`), so memory stays flat whatever the file size, and hashlib releases the
+GIL while it hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import IO, Literal, get_args
+
+from pydantic import BaseModel, ValidationError
+
+from win_automation.errors import ArtifactMismatch, NotFoundError, UsageError
+from win_automation.jobids import is_job_id, validate_job_id
+
+ArtifactType = Literal["ssh", "aloha", "playwright", "ping"]
+ARTIFACT_TYPES: tuple[str, ...] = get_args(ArtifactType)
+MANIFEST = "manifest.json"
+CHUNK = 1 << 20
+TEMP_PREFIX = ".tmp-"
+
+
+class ArtifactEntry(BaseModel):
+    type: ArtifactType
+    path: str
+    size_bytes: int
+    sha256: str
+
+
+class Manifest(BaseModel):
+    job_id: str
+    trace_id: str
+    created_at: str
+    artifacts: list[ArtifactEntry] = []
+
+    def created_timestamp(self) -> float:
+        return datetime.fromisoformat(self.created_at.replace("Z", "+00:00")).timestamp()
+
+
+def rfc3339(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> tuple[int, str]:
+    """(size, sha256 hex) of `path`, streamed with a constant-size buffer."""
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    size = 0
+    with path.open("rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            digest.update(view[:count])
+            size += count
+            if progress is not None:
+                progress(count)
+    return size, digest.hexdigest()
+
+
+def job_folder(root: Path, job_id: str) -> Path:
+    """The job's folder under `root`; the id is validated first (no traversal, ever)."""
+    return root / validate_job_id(job_id)
+
+
+def safe_relative(name: str) -> str:
+    """An artifact path: relative, no `..`, no backslash, not the manifest; else UsageError."""
+    pure = PurePosixPath(name)
+    if (
+        not name
+        or "\\" in name
+        or "\x00" in name
+        or pure.is_absolute()
+        or any(part in ("..", ".", "") for part in name.split("/"))
+        or pure.name.startswith(TEMP_PREFIX)
+        or name == MANIFEST
+    ):
+        raise UsageError(f"artifact path {name!r} must be a plain relative path inside the job folder")
+    return name
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    temp = path.with_name(f"{TEMP_PREFIX}{path.name}.{os.getpid()}.{threading.get_ident()}")
+    with temp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    _fsync_dir(path.parent)
+
+
+def read_manifest(folder: Path) -> Manifest:
+    path = folder / MANIFEST
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise NotFoundError(f"no artifacts: {path} does not exist") from None
+    except ValidationError as exc:
+        raise ArtifactMismatch(f"{path}: not a valid manifest ({exc.errors()[0]['msg']})") from None
+
+
+class _HashingWriter:
+    """A binary file handle that hashes and counts what goes through it."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self._handle.write(data)
+
+
+class ArtifactWriter:
+    """Writes one job's artifacts and keeps its manifest true after every file."""
+
+    def __init__(self, root: Path, job_id: str, trace_id: str, created_at: float | None = None) -> None:
+        self.folder = job_folder(root, job_id)
+        self.job_id = job_id
+        self.trace_id = trace_id
+        self._created_at = time.time() if created_at is None else created_at
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def open(self, type: str, name: str) -> Iterator[_HashingWriter]:
+        """Stream an artifact: `with writer.open("playwright", "trace.zip") as f: f.write(...)`."""
+        if type not in ARTIFACT_TYPES:
+            raise UsageError(f"artifact type {type!r} must be one of {', '.join(ARTIFACT_TYPES)}")
+        name = safe_relative(name)
+        target = self.folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f"{TEMP_PREFIX}{target.name}.{os.getpid()}.{threading.get_ident()}")
+        try:
+            with temp.open("wb") as handle:
+                writer = _HashingWriter(handle)
+                yield writer
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, target)
+            _fsync_dir(target.parent)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        entry = ArtifactEntry(type=type, path=name, size_bytes=writer.size, sha256=writer.digest.hexdigest())
+        self._record(entry)
+
+    def write_bytes(self, type: str, name: str, data: bytes) -> ArtifactEntry:
+        with self.open(type, name) as handle:
+            handle.write(data)
+        return self.entry(name)
+
+    def write_text(self, type: str, name: str, text: str) -> ArtifactEntry:
+        return self.write_bytes(type, name, text.encode("utf-8"))
+
+    def write_file(self, type: str, name: str, source: Path) -> ArtifactEntry:
+        """Copy `source` in as an artifact, hashing while copying."""
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        with source.open("rb", buffering=0) as src, self.open(type, name) as handle:
+            while count := src.readinto(buffer):
+                handle.write(view[:count])
+        return self.entry(name)
+
+    def entry(self, name: str) -> ArtifactEntry:
+        manifest = read_manifest(self.folder)
+        return next(e for e in manifest.artifacts if e.path == name)
+
+    def manifest(self) -> Manifest:
+        try:
+            return read_manifest(self.folder)
+        except NotFoundError:
+            return Manifest(job_id=self.job_id, trace_id=self.trace_id, created_at=rfc3339(self._created_at))
+
+    def _record(self, entry: ArtifactEntry) -> None:
+        with self._lock:
+            manifest = self.manifest()
+            manifest.artifacts = [e for e in manifest.artifacts if e.path != entry.path] + [entry]
+            _atomic_write(self.folder / MANIFEST, manifest.model_dump_json(indent=2).encode() + b"\n")
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    path: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.problem})"
+
+
+def check_entry(
+    folder: Path, entry: ArtifactEntry, progress: Callable[[int], None] | None = None
+) -> Mismatch | None:
+    path = folder / safe_relative(entry.path)
+    try:
+        size, sha = hash_file(path, progress)
+    except FileNotFoundError:
+        return Mismatch(entry.path, "missing")
+    if size != entry.size_bytes:
+        return Mismatch(entry.path, f"size {size}, manifest says {entry.size_bytes}")
+    if sha != entry.sha256:
+        return Mismatch(entry.path, f"sha256 {sha[:12]}..., manifest says {entry.sha256[:12]}...")
+    return None
+
+
+def raise_mismatches(what: str, mismatches: list[Mismatch]) -> None:
+    if mismatches:
+        names = ", ".join(str(m) for m in mismatches)
+        raise ArtifactMismatch(f"{what}: {len(mismatches)} file(s) do not match the manifest: {names}")
+
+
+def verify_folder(folder: Path, progress: Callable[[int], None] | None = None) -> Manifest:
+    """Re-hash every artifact of the folder; ArtifactMismatch naming each bad file."""
+    manifest = read_manifest(folder)
+    mismatches = [m for e in manifest.artifacts if (m := check_entry(folder, e, progress))]
+    raise_mismatches(f"verify {folder.name}", mismatches)
+    return manifest
+
+
+def copy_verified(
+    folder: Path, out: Path, progress: Callable[[int], None] | None = None
+) -> tuple[Manifest, list[Mismatch]]:
+    """Copy every listed artifact of `folder` into `out`, hashing as it streams. A file that does
+    not match is not left in `out`; the manifest is written last, only when all files matched."""
+    manifest = read_manifest(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    mismatches: list[Mismatch] = []
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    for entry in manifest.artifacts:
+        target = out / safe_relative(entry.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f"{TEMP_PREFIX}{target.name}")
+        try:
+            with (folder / entry.path).open("rb", buffering=0) as src, temp.open("wb") as dst:
+                digest, size = hashlib.sha256(), 0
+                while count := src.readinto(buffer):
+                    digest.update(view[:count])
+                    dst.write(view[:count])
+                    size += count
+                    if progress is not None:
+                        progress(count)
+        except FileNotFoundError:
+            temp.unlink(missing_ok=True)
+            mismatches.append(Mismatch(entry.path, "missing"))
+            continue
+        problem = None
+        if size != entry.size_bytes:
+            problem = f"size {size}, manifest says {entry.size_bytes}"
+        elif digest.hexdigest() != entry.sha256:
+            problem = f"sha256 {digest.hexdigest()[:12]}..., manifest says {entry.sha256[:12]}..."
+        if problem:
+            temp.unlink()
+            mismatches.append(Mismatch(entry.path, problem))
+        else:
+            os.replace(temp, target)
+    if not mismatches:
+        _atomic_write(out / MANIFEST, manifest.model_dump_json(indent=2).encode() + b"\n")
+    return manifest, mismatches
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    job_id: str
+    created_at: float
+    size_bytes: int
+
+
+def folder_created_at(folder: Path) -> float:
+    """When the job's artifacts were started: the manifest's created_at, else the folder mtime."""
+    try:
+        return read_manifest(folder).created_timestamp()
+    except (NotFoundError, ArtifactMismatch, ValueError):
+        return folder.stat().st_mtime
+
+
+def prune(
+    root: Path,
+    older_than_seconds: float,
+    *,
+    now: float | None = None,
+    dry_run: bool = False,
+    keep: frozenset[str] = frozenset(),
+) -> list[PruneResult]:
+    """Delete job folders created strictly more than `older_than_seconds` ago (a folder exactly
+    at the boundary is kept). Only folders named like job ids are considered; ids in `keep`
+    (jobs still active) are never deleted."""
+    now = time.time() if now is None else now
+    cutoff = now - older_than_seconds
+    pruned: list[PruneResult] = []
+    if not root.is_dir():
+        return pruned
+    for folder in sorted(root.iterdir()):
+        if not folder.is_dir() or folder.is_symlink() or not is_job_id(folder.name) or folder.name in keep:
+            continue
+        created = folder_created_at(folder)
+        if created >= cutoff:
+            continue
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+        if not dry_run:
+            shutil.rmtree(folder)
+        pruned.append(PruneResult(folder.name, created, size))
+    return pruned
+
+
+def list_folder(folder: Path) -> Manifest:
+    return read_manifest(folder)
+
+
+def as_json(manifest: Manifest) -> dict[str, object]:
+    return json.loads(manifest.model_dump_json())  # type: ignore[no-any-return]

@@ -1,0 +1,420 @@
+"""The job journal: one SQLite file (`<data.dir>/journal.sqlite3`) that records every job, every
+step's result and every state change, shared by all CLI processes and both engines.
+
+Recording API (used by the local engine and by the Hatchet worker alike):
+
+    journal = Journal.open(config.data.dir)        # also marks dead owners' jobs interrupted
+    job = journal.create_job("ssh-exec", input_json, steps=["run", "collect"],
+                             engine="hatchet", external_id=run_id)   # state queued, owned by this pid
+    journal.set_job_state(job.job_id, JobState.RUNNING)
+    journal.step_started(job.job_id, "run", attempt=1)
+    journal.step_finished(job.job_id, "run", JobState.SUCCEEDED, output_json=out.model_dump_json())
+    journal.step_finished(job.job_id, "collect", JobState.FAILED, error="...", error_code=3)
+    journal.set_job_state(job.job_id, JobState.FAILED, error="...", error_code=3)
+    journal.heartbeat(job.job_id)                  # every HEARTBEAT_INTERVAL while it runs
+
+Every state change is checked against `jobstate` (illegal ones raise IllegalTransition, inside
+the same transaction, so two processes racing for a job cannot both win) and appended to the
+`events` table. `request_cancel` sets a flag that the owner polls (`cancel_requested`).
+
+Concurrency and durability: WAL mode, so readers never block the writer; `BEGIN IMMEDIATE` short
+transactions with a 10 s busy timeout; `synchronous=NORMAL`, which in WAL mode survives any crash
+of the process (kill -9) and loses at most the last commits on power loss, at a fraction of the
+cost of an fsync per commit (benchmarks/jobs_bench.py). Migrations are versioned with
+`PRAGMA user_version` and applied in one exclusive transaction, so they are idempotent and safe
+when several processes open a new journal at once.
+
+A job in `queued` or `running` has an owner: a pid (with its start time, so a reused pid is not
+mistaken for the owner) on a host, and a heartbeat. `Journal.open` marks `interrupted` every such
+job whose owner is dead or whose heartbeat is older than HEARTBEAT_EXPIRY: no job stays "running"
+forever.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from win_automation.errors import NotFoundError
+from win_automation.jobids import new_job_id, new_trace_id
+from win_automation.jobrecords import (
+    EventRecord,
+    JobRecord,
+    StepRecord,
+    event_from_row,
+    job_from_row,
+    step_from_row,
+)
+from win_automation.jobstate import ACTIVE, JobState, check_transition
+from win_automation.owners import process_alive, process_start
+
+JOURNAL_FILE = "journal.sqlite3"
+BUSY_TIMEOUT_SECONDS = 10.0
+HEARTBEAT_INTERVAL = 2.0
+HEARTBEAT_EXPIRY = 30.0
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE IF NOT EXISTS jobs (
+            job_id TEXT PRIMARY KEY, trace_id TEXT NOT NULL, workflow TEXT NOT NULL,
+            engine TEXT NOT NULL, external_id TEXT, state TEXT NOT NULL, input_json TEXT NOT NULL,
+            error TEXT, error_code INTEGER, created_at REAL NOT NULL, started_at REAL,
+            finished_at REAL, updated_at REAL NOT NULL, owner_pid INTEGER, owner_start TEXT,
+            owner_host TEXT, heartbeat_at REAL, cancel_requested INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)",
+        "CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at)",
+        "CREATE INDEX IF NOT EXISTS jobs_external ON jobs(engine, external_id)",
+        """CREATE TABLE IF NOT EXISTS steps (
+            job_id TEXT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE, name TEXT NOT NULL,
+            position INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            output_json TEXT, error TEXT, error_code INTEGER, started_at REAL, finished_at REAL,
+            PRIMARY KEY (job_id, name))""",
+        """CREATE TABLE IF NOT EXISTS events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, step TEXT,
+            state TEXT NOT NULL, attempt INTEGER, message TEXT, ts REAL NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id)",
+    ),
+)
+
+
+class Journal:
+    """A connection to the journal; one per thread (the engine's heartbeat opens its own)."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+        self._conn.row_factory = sqlite3.Row
+        self._pid = os.getpid()
+        self._start = process_start(self._pid)
+        self._host = socket.gethostname()
+
+    @classmethod
+    def open(cls, data_dir: Path, *, recover: bool = True) -> Journal:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = data_dir / JOURNAL_FILE
+        conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        journal = cls(path, conn)
+        journal._migrate()
+        if recover:
+            journal.recover_interrupted()
+        return journal
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        (version,) = self._conn.execute("PRAGMA user_version").fetchone()
+        if version >= len(MIGRATIONS):
+            return
+        with self._write() as conn:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- recording -------------------------------------------------------------------------
+
+    def create_job(
+        self,
+        workflow: str,
+        input_json: str,
+        *,
+        steps: Sequence[str],
+        engine: str = "local",
+        external_id: str | None = None,
+        job_id: str | None = None,
+        trace_id: str | None = None,
+    ) -> JobRecord:
+        """Record a new job, owned by this process, in state queued with its steps queued."""
+        job_id = job_id or new_job_id()
+        now = time.time()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO jobs (job_id, trace_id, workflow, engine, external_id, state, input_json,"
+                " created_at, updated_at, owner_pid, owner_start, owner_host, heartbeat_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    job_id,
+                    trace_id or new_trace_id(),
+                    workflow,
+                    engine,
+                    external_id,
+                    JobState.QUEUED,
+                    input_json,
+                    now,
+                    now,
+                    self._pid,
+                    self._start,
+                    self._host,
+                    now,
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO steps (job_id, name, position, state) VALUES (?,?,?,?)",
+                [(job_id, name, i, JobState.QUEUED) for i, name in enumerate(steps)],
+            )
+            self._event(conn, job_id, None, JobState.QUEUED, None, None, now)
+        return self.get_job(job_id)
+
+    def set_job_state(
+        self, job_id: str, state: JobState, *, error: str | None = None, error_code: int | None = None
+    ) -> None:
+        """Move the job to `state` (checked), stamping start/finish times and the error."""
+        now = time.time()
+        with self._write() as conn:
+            current = self._job_state(conn, job_id)
+            check_transition(current, state, what=f"job {job_id}")
+            sets = ["state = ?", "updated_at = ?", "error = ?", "error_code = ?"]
+            args: list[Any] = [state, now, error, error_code]
+            if state == JobState.RUNNING:
+                sets.append("started_at = COALESCE(started_at, ?)")
+                args.append(now)
+            if state not in ACTIVE:
+                sets.append("finished_at = ?")
+                args.append(now)
+            conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE job_id = ?", (*args, job_id))
+            self._event(conn, job_id, None, state, None, error, now)
+
+    def requeue(self, job_id: str) -> JobRecord:
+        """Resume: a failed or interrupted job and its unfinished steps go back to queued, owned
+        by this process; succeeded steps keep their outputs. One transaction, so of two
+        processes resuming the same job one gets IllegalTransition."""
+        now = time.time()
+        with self._write() as conn:
+            current = self._job_state(conn, job_id)
+            check_transition(current, JobState.QUEUED, what=f"job {job_id}")
+            for name, state in conn.execute(
+                "SELECT name, state FROM steps WHERE job_id = ? AND state NOT IN ('succeeded', 'queued')",
+                (job_id,),
+            ).fetchall():
+                check_transition(JobState(state), JobState.QUEUED, what=f"step {name} of job {job_id}")
+            conn.execute(
+                "UPDATE steps SET state = 'queued', started_at = NULL, finished_at = NULL, attempts = 0"
+                " WHERE job_id = ? AND state != 'succeeded'",
+                (job_id,),
+            )
+            conn.execute(
+                "UPDATE jobs SET state = 'queued', error = NULL, error_code = NULL, finished_at = NULL,"
+                " cancel_requested = 0, updated_at = ?, owner_pid = ?, owner_start = ?, owner_host = ?,"
+                " heartbeat_at = ? WHERE job_id = ?",
+                (now, self._pid, self._start, self._host, now, job_id),
+            )
+            self._event(conn, job_id, None, JobState.QUEUED, None, f"resumed from {current.value}", now)
+        return self.get_job(job_id)
+
+    def set_external_id(self, job_id: str, external_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE jobs SET external_id = ? WHERE job_id = ?", (external_id, job_id))
+
+    def heartbeat(self, *job_ids: str) -> None:
+        with self._write() as conn:
+            conn.executemany(
+                "UPDATE jobs SET heartbeat_at = ? WHERE job_id = ?", [(time.time(), j) for j in job_ids]
+            )
+
+    def step_started(self, job_id: str, step: str, *, attempt: int) -> None:
+        """An attempt of `step` begins (attempt 1, or a retry: running -> running)."""
+        now = time.time()
+        with self._write() as conn:
+            current = self._step_state(conn, job_id, step)
+            check_transition(current, JobState.RUNNING, what=f"step {step} of job {job_id}")
+            conn.execute(
+                "UPDATE steps SET state = ?, attempts = ?, error = NULL, error_code = NULL,"
+                " started_at = COALESCE(started_at, ?), finished_at = NULL WHERE job_id = ? AND name = ?",
+                (JobState.RUNNING, attempt, now, job_id, step),
+            )
+            self._event(conn, job_id, step, JobState.RUNNING, attempt, None, now)
+
+    def step_attempt_failed(self, job_id: str, step: str, *, attempt: int, error: str) -> None:
+        """One attempt failed and will be retried: an event, the step stays running."""
+        with self._write() as conn:
+            conn.execute("UPDATE steps SET error = ? WHERE job_id = ? AND name = ?", (error, job_id, step))
+            self._event(conn, job_id, step, "retrying", attempt, error, time.time())
+
+    def step_finished(
+        self,
+        job_id: str,
+        step: str,
+        state: JobState,
+        *,
+        output_json: str | None = None,
+        error: str | None = None,
+        error_code: int | None = None,
+    ) -> None:
+        """The step ends in `state` (succeeded with its output, failed, skipped, cancelled...)."""
+        now = time.time()
+        with self._write() as conn:
+            current = self._step_state(conn, job_id, step)
+            check_transition(current, state, what=f"step {step} of job {job_id}")
+            conn.execute(
+                "UPDATE steps SET state = ?, output_json = ?, error = ?, error_code = ?, finished_at = ?"
+                " WHERE job_id = ? AND name = ?",
+                (state, output_json, error, error_code, now, job_id, step),
+            )
+            (attempts,) = conn.execute(
+                "SELECT attempts FROM steps WHERE job_id = ? AND name = ?", (job_id, step)
+            ).fetchone()
+            self._event(conn, job_id, step, state, attempts or None, error, now)
+
+    def request_cancel(self, job_id: str) -> JobRecord:
+        """Ask the owner of an active job to stop; an interrupted job is cancelled at once."""
+        now = time.time()
+        with self._write() as conn:
+            current = self._job_state(conn, job_id)
+            if current == JobState.INTERRUPTED:
+                conn.execute(
+                    "UPDATE jobs SET state = ?, updated_at = ?, finished_at = ? WHERE job_id = ?",
+                    (JobState.CANCELLED, now, now, job_id),
+                )
+                self._event(conn, job_id, None, JobState.CANCELLED, None, "cancelled by request", now)
+            elif current in ACTIVE:
+                conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE job_id = ?", (job_id,))
+                self._event(conn, job_id, None, "cancel-requested", None, None, now)
+        return self.get_job(job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        row = self._conn.execute("SELECT cancel_requested FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return bool(row and row[0])
+
+    def recover_interrupted(self) -> list[str]:
+        """Mark interrupted every active job whose owner died or whose heartbeat expired."""
+        now = time.time()
+        rows = self._conn.execute(
+            "SELECT job_id, owner_pid, owner_start, owner_host, heartbeat_at FROM jobs"
+            " WHERE state IN ('queued', 'running')"
+        ).fetchall()
+        dead = []
+        for row in rows:
+            expired = row["heartbeat_at"] is None or now - row["heartbeat_at"] > HEARTBEAT_EXPIRY
+            local = row["owner_host"] == self._host and row["owner_pid"] is not None
+            if expired or (local and not process_alive(row["owner_pid"], row["owner_start"])):
+                dead.append(row["job_id"])
+        interrupted = []
+        for job_id in dead:
+            with self._write() as conn:
+                state = self._job_state(conn, job_id)
+                if state not in ACTIVE:
+                    continue  # its owner finished it meanwhile
+                message = "owner process died or stopped heart-beating"
+                conn.execute(
+                    "UPDATE jobs SET state = ?, updated_at = ?, finished_at = ?, error = ? WHERE job_id = ?",
+                    (JobState.INTERRUPTED, now, now, message, job_id),
+                )
+                conn.execute(
+                    "UPDATE steps SET state = ?, finished_at = ? WHERE job_id = ? AND state = 'running'",
+                    (JobState.INTERRUPTED, now, job_id),
+                )
+                self._event(conn, job_id, None, JobState.INTERRUPTED, None, message, now)
+                interrupted.append(job_id)
+        return interrupted
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> JobRecord:
+        row = self._conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"job {job_id} not found in the journal {self.path}")
+        return job_from_row(row)
+
+    def find_external(self, engine: str, external_id: str) -> JobRecord | None:
+        row = self._conn.execute(
+            "SELECT * FROM jobs WHERE engine = ? AND external_id = ?", (engine, external_id)
+        ).fetchone()
+        return None if row is None else job_from_row(row)
+
+    def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        workflow: str | None = None,
+        since: float | None = None,
+        limit: int | None = 50,
+    ) -> list[JobRecord]:
+        """Newest first."""
+        where, args = [], []
+        for clause, value in (("state = ?", state), ("workflow = ?", workflow), ("created_at >= ?", since)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_at DESC, job_id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [job_from_row(row) for row in self._conn.execute(sql, args).fetchall()]
+
+    def steps(self, job_id: str) -> list[StepRecord]:
+        rows = self._conn.execute(
+            "SELECT * FROM steps WHERE job_id = ? ORDER BY position", (job_id,)
+        ).fetchall()
+        return [step_from_row(row) for row in rows]
+
+    def events(self, job_id: str) -> list[EventRecord]:
+        rows = self._conn.execute("SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,)).fetchall()
+        return [event_from_row(row) for row in rows]
+
+    def active_job_ids(self) -> set[str]:
+        rows = self._conn.execute("SELECT job_id FROM jobs WHERE state IN ('queued', 'running')")
+        return {row[0] for row in rows}
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _job_state(conn: sqlite3.Connection, job_id: str) -> JobState:
+        row = conn.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"job {job_id} not found in the journal")
+        return JobState(row[0])
+
+    @staticmethod
+    def _step_state(conn: sqlite3.Connection, job_id: str, step: str) -> JobState:
+        row = conn.execute("SELECT state FROM steps WHERE job_id = ? AND name = ?", (job_id, step)).fetchone()
+        if row is None:
+            raise NotFoundError(f"job {job_id} has no step {step}")
+        return JobState(row[0])
+
+    @staticmethod
+    def _event(
+        conn: sqlite3.Connection,
+        job_id: str,
+        step: str | None,
+        state: str,
+        attempt: int | None,
+        message: str | None,
+        ts: float,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO events (job_id, step, state, attempt, message, ts) VALUES (?,?,?,?,?,?)",
+            (job_id, step, str(state), attempt, message, ts),
+        )

@@ -1,0 +1,60 @@
+"""The per-VM desktop lock: one GUI job at a time on one VM, across every local process.
+
+`vm_lock(data_dir, vm)` takes an exclusive `fcntl.flock` on `<data.dir>/locks/gui-<vm>.lock`.
+The kernel drops the lock when its holder exits, however it dies (kill -9 included), so a crashed
+GUI job never blocks the desktop. Waiting polls, so a job asked to stop while it waits for the
+desktop stops waiting (Cancelled).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from win_automation.errors import Cancelled
+
+POLL_SECONDS = 0.05
+
+
+def lock_path(data_dir: Path, vm: str) -> Path:
+    return data_dir / "locks" / f"gui-{re.sub(r'[^A-Za-z0-9.-]', '_', vm)}.lock"
+
+
+@contextmanager
+def vm_lock(
+    data_dir: Path,
+    vm: str,
+    *,
+    cancelled: Callable[[], bool] = lambda: False,
+    on_wait: Callable[[], None] = lambda: None,
+) -> Iterator[None]:
+    """Hold the desktop of `vm` (e.g. `localhost:22555`) for the duration of the block."""
+    path = lock_path(data_dir, vm)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if cancelled():
+                    raise Cancelled(f"cancelled while waiting for the desktop of {vm}") from None
+                if not waited:
+                    on_wait()
+                    waited = True
+                time.sleep(POLL_SECONDS)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

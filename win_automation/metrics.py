@@ -1,0 +1,114 @@
+"""In-process counters and the emitter that writes them as `metric=<name> value=<n> ts=<RFC3339>`.
+
+Counters (process-wide, reset when the process restarts, by design):
+jobs_enqueued_total, jobs_completed_total, jobs_failed_total, jobs_cancelled_total,
+playwright_sessions_total, aloha_runs_total. Any layer may count: `metrics.inc("aloha_runs_total")`.
+
+Long-running commands (`run`, the worker, the supervisor) take `--metrics --metrics-interval 30s`
+and wrap their work in `with emitting(interval, path):`, which starts a daemon thread that writes
+one line per counter every interval, and a last round on exit. Lines go to stdout, or are
+appended to `metrics.path` (`WIN_AUTOMATION_METRICS_PATH`) when it is set.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+COUNTERS: tuple[str, ...] = (
+    "jobs_enqueued_total",
+    "jobs_completed_total",
+    "jobs_failed_total",
+    "jobs_cancelled_total",
+    "playwright_sessions_total",
+    "aloha_runs_total",
+)
+
+_lock = threading.Lock()
+_values: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+
+
+def inc(name: str, amount: int = 1) -> None:
+    if name not in _values:
+        raise ValueError(f"unknown metric {name!r} (one of {', '.join(COUNTERS)})")
+    with _lock:
+        _values[name] += amount
+
+
+def snapshot() -> dict[str, int]:
+    with _lock:
+        return dict(_values)
+
+
+def reset() -> None:
+    with _lock:
+        for name in _values:
+            _values[name] = 0
+
+
+def rfc3339(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def format_lines(values: dict[str, int], timestamp: float) -> list[str]:
+    ts = rfc3339(timestamp)
+    return [f"metric={name} value={value} ts={ts}" for name, value in values.items()]
+
+
+class MetricsEmitter:
+    """Writes every counter each `interval` seconds to `path` (appended) or `stream`."""
+
+    def __init__(self, interval: float, path: Path | None = None, stream: TextIO | None = None) -> None:
+        if interval <= 0:
+            raise ValueError("the metrics interval must be more than zero")
+        self.interval = interval
+        self.path = path
+        self.stream = stream
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="metrics", daemon=True)
+
+    def emit(self) -> None:
+        text = "".join(line + "\n" for line in format_lines(snapshot(), time.time()))
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="ascii") as handle:
+                handle.write(text)
+        else:
+            stream = self.stream or sys.stdout
+            stream.write(text)
+            stream.flush()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.emit()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and write a last round, so a short run still reports its counters."""
+        self._stop.set()
+        self._thread.join()
+        self.emit()
+
+
+@contextmanager
+def emitting(
+    interval: float, path: Path | None = None, *, enabled: bool = True, stream: TextIO | None = None
+) -> Iterator[MetricsEmitter | None]:
+    if not enabled:
+        yield None
+        return
+    emitter = MetricsEmitter(interval, path, stream)
+    emitter.start()
+    try:
+        yield emitter
+    finally:
+        emitter.stop()
