@@ -235,9 +235,9 @@ class FakeHatchet:
         deadline = time.monotonic() + timeout
         with self.lock:
             while not predicate():
-                if not self.changed.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic()))):
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"timed out waiting for {what}")
+                self.changed.wait(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
+                if time.monotonic() > deadline and not predicate():
+                    raise TimeoutError(f"timed out waiting for {what}")
 
     def describe(self, run_id: str) -> dict[str, Any]:
         with self.lock:
@@ -283,7 +283,9 @@ class FakeHatchet:
             if wf is None:
                 raise KeyError(name)
             run_id = str(uuid.uuid4())
-            tasks = {rid: TaskRun(id=str(uuid.uuid4()), run_id=run_id, spec=spec) for rid, spec in wf.tasks.items()}
+            tasks = {
+                rid: TaskRun(id=str(uuid.uuid4()), run_id=run_id, spec=spec) for rid, spec in wf.tasks.items()
+            }
             run = Run(id=run_id, workflow=wf, input=input, metadata=metadata, tasks=tasks)
             self.runs[run_id] = run
             for task in tasks.values():
@@ -382,7 +384,11 @@ class FakeHatchet:
             with self.lock:
                 now = time.monotonic()
                 for worker in self.workers.values():
-                    dead = not worker.gone and not worker.listening and now - worker.last_heartbeat > self.worker_timeout
+                    dead = (
+                        not worker.gone
+                        and not worker.listening
+                        and now - worker.last_heartbeat > self.worker_timeout
+                    )
                     if dead:
                         worker.gone = True
                     if worker.gone and worker.running:
@@ -391,7 +397,11 @@ class FakeHatchet:
                 for task in list(self.task_index.values()):
                     if task.status == RUNNING and now - task.started_at > task.spec.timeout:
                         self._cancel_on_worker(task)
-                        self._failed(task, f"TimeoutError: task exceeded its execution timeout of {task.spec.timeout:g}s", retry=True)
+                        self._failed(
+                            task,
+                            f"TimeoutError: task exceeded its execution timeout of {task.spec.timeout:g}s",
+                            retry=True,
+                        )
                 self.changed.notify_all()
 
     def _release(self, task: TaskRun, *, requeue: bool) -> None:
@@ -458,11 +468,19 @@ class FakeHatchet:
     def run_event(self, run: Run) -> d.WorkflowRunEvent:
         results = []
         for name, task in run.tasks.items():
-            error = task.error if task.status == FAILED else ("task was cancelled" if task.status == CANCELLED else "")
+            error = (
+                task.error
+                if task.status == FAILED
+                else ("task was cancelled" if task.status == CANCELLED else "")
+            )
             output = json.dumps(task.output) if task.status == COMPLETED and task.output is not None else ""
             results.append(
                 d.StepRunResult(
-                    task_run_external_id=task.id, task_name=name, job_run_id=run.id, error=error, output=output
+                    task_run_external_id=task.id,
+                    task_name=name,
+                    job_run_id=run.id,
+                    error=error,
+                    output=output,
                 )
             )
         return d.WorkflowRunEvent(
@@ -480,7 +498,14 @@ class FakeHatchet:
                 and task.worker_id == req.worker_id
             )
             self.events.append(
-                Event(req.task_run_external_id, task.spec.readable_id if task else "", kind, req.retry_count, current, req.event_payload)
+                Event(
+                    req.task_run_external_id,
+                    task.spec.readable_id if task else "",
+                    kind,
+                    req.retry_count,
+                    current,
+                    req.event_payload,
+                )
             )
             if task is None or not current:
                 self.changed.notify_all()
@@ -499,7 +524,11 @@ class FakeHatchet:
         with self.lock:
             for ident in ids:
                 run = self.runs.get(ident)
-                tasks = list(run.tasks.values()) if run else ([self.task_index[ident]] if ident in self.task_index else [])
+                tasks = (
+                    list(run.tasks.values())
+                    if run
+                    else ([self.task_index[ident]] if ident in self.task_index else [])
+                )
                 for task in tasks:
                     if task.status == RUNNING:
                         self._cancel_on_worker(task)
@@ -530,9 +559,13 @@ class _Servicer(dg.DispatcherServicer, w0g.WorkflowServiceServicer, w1g.AdminSer
         _abort_unless_authorized(self.engine, context)
         return d.GetVersionResponse(version=self.engine.version)
 
-    def Register(self, request: d.WorkerRegisterRequest, context: grpc.ServicerContext) -> d.WorkerRegisterResponse:
+    def Register(
+        self, request: d.WorkerRegisterRequest, context: grpc.ServicerContext
+    ) -> d.WorkerRegisterResponse:
         _abort_unless_authorized(self.engine, context)
-        labels = {k: (v.str_value if v.HasField("str_value") else v.int_value) for k, v in request.labels.items()}
+        labels = {
+            k: (v.str_value if v.HasField("str_value") else v.int_value) for k, v in request.labels.items()
+        }
         slots = request.slot_config.get("default", request.slots or 100)
         worker = Worker(str(uuid.uuid4()), request.worker_name, set(request.actions), slots, labels)
         with self.engine.lock:
@@ -540,7 +573,9 @@ class _Servicer(dg.DispatcherServicer, w0g.WorkflowServiceServicer, w1g.AdminSer
             self.engine.changed.notify_all()
         return d.WorkerRegisterResponse(tenant_id=TENANT_ID, worker_id=worker.id, worker_name=worker.name)
 
-    def ListenV2(self, request: d.WorkerListenRequest, context: grpc.ServicerContext) -> Iterator[d.AssignedAction]:
+    def ListenV2(
+        self, request: d.WorkerListenRequest, context: grpc.ServicerContext
+    ) -> Iterator[d.AssignedAction]:
         _abort_unless_authorized(self.engine, context)
         engine = self.engine
         with engine.lock:
@@ -573,12 +608,16 @@ class _Servicer(dg.DispatcherServicer, w0g.WorkflowServiceServicer, w1g.AdminSer
                 worker.last_heartbeat = time.monotonic()
         return d.HeartbeatResponse()
 
-    def SendStepActionEvent(self, request: d.StepActionEvent, context: grpc.ServicerContext) -> d.ActionEventResponse:
+    def SendStepActionEvent(
+        self, request: d.StepActionEvent, context: grpc.ServicerContext
+    ) -> d.ActionEventResponse:
         _abort_unless_authorized(self.engine, context)
         self.engine.step_event(request)
         return d.ActionEventResponse(tenant_id=TENANT_ID, worker_id=request.worker_id)
 
-    def Unsubscribe(self, request: d.WorkerUnsubscribeRequest, context: grpc.ServicerContext) -> d.WorkerUnsubscribeResponse:
+    def Unsubscribe(
+        self, request: d.WorkerUnsubscribeRequest, context: grpc.ServicerContext
+    ) -> d.WorkerUnsubscribeResponse:
         _abort_unless_authorized(self.engine, context)
         with self.engine.lock:
             worker = self.engine.workers.get(request.worker_id)
@@ -588,7 +627,9 @@ class _Servicer(dg.DispatcherServicer, w0g.WorkflowServiceServicer, w1g.AdminSer
             self.engine.changed.notify_all()
         return d.WorkerUnsubscribeResponse(tenant_id=TENANT_ID, worker_id=request.worker_id)
 
-    def UpsertWorkerLabels(self, request: d.UpsertWorkerLabelsRequest, context: grpc.ServicerContext) -> d.UpsertWorkerLabelsResponse:
+    def UpsertWorkerLabels(
+        self, request: d.UpsertWorkerLabelsRequest, context: grpc.ServicerContext
+    ) -> d.UpsertWorkerLabelsResponse:
         _abort_unless_authorized(self.engine, context)
         with self.engine.lock:
             worker = self.engine.workers[request.worker_id]
@@ -634,7 +675,9 @@ class _Servicer(dg.DispatcherServicer, w0g.WorkflowServiceServicer, w1g.AdminSer
                 engine.subscribers.remove((ids, queue))
 
     # WorkflowService (v0)
-    def TriggerWorkflow(self, request: w0.TriggerWorkflowRequest, context: grpc.ServicerContext) -> w0.TriggerWorkflowResponse:
+    def TriggerWorkflow(
+        self, request: w0.TriggerWorkflowRequest, context: grpc.ServicerContext
+    ) -> w0.TriggerWorkflowResponse:
         _abort_unless_authorized(self.engine, context)
         try:
             run_id = self.engine.trigger(
@@ -647,12 +690,16 @@ class _Servicer(dg.DispatcherServicer, w0g.WorkflowServiceServicer, w1g.AdminSer
         return w0.TriggerWorkflowResponse(workflow_run_id=run_id)
 
     # AdminService (v1)
-    def PutWorkflow(self, request: w1.CreateWorkflowVersionRequest, context: grpc.ServicerContext) -> w1.CreateWorkflowVersionResponse:
+    def PutWorkflow(
+        self, request: w1.CreateWorkflowVersionRequest, context: grpc.ServicerContext
+    ) -> w1.CreateWorkflowVersionResponse:
         _abort_unless_authorized(self.engine, context)
         self.engine.put_workflow(request)
         return w1.CreateWorkflowVersionResponse(id=str(uuid.uuid4()), workflow_id=str(uuid.uuid4()))
 
-    def TriggerWorkflowRun(self, request: w1.TriggerWorkflowRunRequest, context: grpc.ServicerContext) -> w1.TriggerWorkflowRunResponse:
+    def TriggerWorkflowRun(
+        self, request: w1.TriggerWorkflowRunRequest, context: grpc.ServicerContext
+    ) -> w1.TriggerWorkflowRunResponse:
         _abort_unless_authorized(self.engine, context)
         try:
             run_id = self.engine.trigger(
@@ -664,7 +711,9 @@ class _Servicer(dg.DispatcherServicer, w0g.WorkflowServiceServicer, w1g.AdminSer
             context.abort(grpc.StatusCode.NOT_FOUND, f"workflow {request.workflow_name} not found")
         return w1.TriggerWorkflowRunResponse(external_id=run_id)
 
-    def GetRunDetails(self, request: w1.GetRunDetailsRequest, context: grpc.ServicerContext) -> w1.GetRunDetailsResponse:
+    def GetRunDetails(
+        self, request: w1.GetRunDetailsRequest, context: grpc.ServicerContext
+    ) -> w1.GetRunDetailsResponse:
         _abort_unless_authorized(self.engine, context)
         with self.engine.lock:
             run = self.engine.runs.get(request.external_id)
@@ -688,7 +737,9 @@ class _Servicer(dg.DispatcherServicer, w0g.WorkflowServiceServicer, w1g.AdminSer
                 additional_metadata=json.dumps(run.metadata).encode(),
             )
 
-    def CancelTasks(self, request: w1.CancelTasksRequest, context: grpc.ServicerContext) -> w1.CancelTasksResponse:
+    def CancelTasks(
+        self, request: w1.CancelTasksRequest, context: grpc.ServicerContext
+    ) -> w1.CancelTasksResponse:
         _abort_unless_authorized(self.engine, context)
         return w1.CancelTasksResponse(cancelled_tasks=self.engine.cancel(list(request.external_ids)))
 
@@ -707,9 +758,7 @@ def _health_handler(engine: FakeHatchet) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         def do_GET(self) -> None:
-            if self.path == "/live":
-                self._send(200, "OK")
-            elif self.path == "/ready":
+            if self.path in ("/live", "/ready"):
                 self._send(200, "OK")
             elif self.path == "/version":
                 self._send(200, {"version": engine.version})

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from win_automation import __version__
-from win_automation.cli import config_cmd
+from win_automation.cli import config_cmd, worker_cmd
 from win_automation.cli.output import error
 from win_automation.cli.state import CliState
 
@@ -26,6 +26,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(config_cmd.app, name="config")
+app.command("worker")(worker_cmd.worker)
 
 
 def _version(value: bool) -> None:
