@@ -13,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["fixture_jobs"]
+
 
 @dataclass
 class Run:

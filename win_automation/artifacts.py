@@ -128,6 +128,8 @@ def read_manifest(folder: Path) -> Manifest:
         return Manifest.model_validate_json(path.read_bytes())
     except FileNotFoundError:
         raise NotFoundError(f"no artifacts: {path} does not exist") from None
+    except OSError as exc:
+        raise NotFoundError(f"no artifacts: cannot read {path}: {exc.strerror}") from None
     except ValidationError as exc:
         raise ArtifactMismatch(f"{path}: not a valid manifest ({exc.errors()[0]['msg']})") from None
 

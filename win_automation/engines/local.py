@@ -18,8 +18,8 @@
 - Cancel: `jobs cancel` sets a flag in the journal; the JobMonitor sees it within ~0.1 s, the
   running step's `ctx.cancelled()` turns true, and the job is recorded `cancelled` when the step
   returns (or after CANCEL_GRACE seconds), before any further step starts.
-- Ctrl-C (KeyboardInterrupt) records the job `interrupted` (resumable); kill -9 leaves it to the
-  next `Journal.open` to do the same.
+- Ctrl-C (KeyboardInterrupt) records the job `interrupted` (resumable) and raises Cancelled
+  (exit 130); kill -9 leaves it to the next `Journal.open` to do the same.
 - GUI workflows (`Workflow.gui`) hold the per-VM desktop lock (win_automation.locks) while they
   run; the VM is `ssh.host:ssh.port`.
 """
@@ -135,6 +135,10 @@ class LocalEngine:
         workflow = catalog.get(job.workflow)
         if workflow is None:
             raise NotFoundError(f"job {job_id}: its workflow {job.workflow!r} is not defined here")
+        if job.engine != self.name:
+            raise UsageError(
+                f"job {job_id} ran on the {job.engine} engine; the local engine cannot resume it"
+            )
         if job.state not in RESUMABLE:
             raise UsageError(f"job {job_id} is {job.state.value}; only failed or interrupted jobs resume")
         input = workflow.input.model_validate_json(job.input_json)
@@ -179,8 +183,12 @@ class LocalEngine:
             )
         except KeyboardInterrupt:
             self._finish_unfinished(job.job_id, workflow, outcome, JobState.INTERRUPTED)
-            self.journal.set_job_state(job.job_id, JobState.INTERRUPTED, error="interrupted (Ctrl-C)")
-            raise
+            self.journal.set_job_state(
+                job.job_id, JobState.INTERRUPTED, error="interrupted (Ctrl-C or SIGTERM)"
+            )
+            raise Cancelled(
+                f"job {job.job_id} interrupted; continue it with `win-automation jobs resume {job.job_id}`"
+            ) from None
         finally:
             self._monitor.unwatch(job.job_id)
         return outcome

@@ -1,0 +1,232 @@
+"""The local engine with real journals and real child processes: checkpoints and resume, kill -9,
+cancel from another process, retries and timeouts, and the per-VM GUI lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fixture_jobs import wait_for
+from pydantic import BaseModel
+
+from win_automation import metrics
+from win_automation.artifacts import verify_folder
+from win_automation.config import Config
+from win_automation.engines.local import LocalEngine
+from win_automation.errors import ConnectError, UsageError
+from win_automation.jobstate import JobState
+from win_automation.journal import Journal
+from win_automation.workflow import Step, StepContext, Workflow
+from workflows import all_workflows
+
+Child = Callable[..., subprocess.Popen[str]]
+
+
+def runs(data: Path) -> list[str]:
+    path = data / "runs.log"
+    return [line.split()[0] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def only_job(data: Path) -> str:
+    with Journal.open(data, recover=False) as journal:
+        jobs = journal.list_jobs()
+    assert len(jobs) == 1
+    return jobs[0].job_id
+
+
+def test_ping_runs_end_to_end_and_counts(jobs_config: Config) -> None:
+    metrics.reset()
+    ping = all_workflows()["ping"]
+    engine = LocalEngine(jobs_config)
+    outcome = engine.run(ping, ping.parse_input('{"message": "hello"}'))
+    assert outcome.state == JobState.SUCCEEDED and outcome.exit_code == 0
+    assert outcome.outputs["write-artifact"].model_dump()["message"] == "hello"
+    folder = jobs_config.artifacts.out_dir / outcome.job_id
+    manifest = verify_folder(folder)
+    assert (manifest.job_id, manifest.trace_id) == (outcome.job_id, outcome.trace_id)
+    assert [a.path for a in manifest.artifacts] == ["ping.json"]
+    steps = engine.journal.steps(outcome.job_id)
+    assert [(s.name, s.state, s.attempts) for s in steps] == [
+        ("check-engine", JobState.SUCCEEDED, 1),
+        ("check-journal", JobState.SUCCEEDED, 1),
+        ("write-artifact", JobState.SUCCEEDED, 1),
+    ]
+    assert metrics.snapshot()["jobs_enqueued_total"] == 1 and metrics.snapshot()["jobs_completed_total"] == 1
+    with pytest.raises(
+        UsageError, match=r"--input\.hold_seconds: Input should be greater than or equal to 0"
+    ):
+        ping.parse_input('{"hold_seconds": -1}')
+    with pytest.raises(UsageError, match=r"--input\.colour: unknown field"):
+        ping.parse_input('{"colour": 1}')
+
+
+def test_a_failed_step_resumes_without_rerunning_finished_steps(
+    jobs_child: Child, jobs_env: dict[str, str]
+) -> None:
+    data = Path(jobs_env["WIN_AUTOMATION_DATA_DIR"])
+    data.mkdir(parents=True)
+    (data / "fail").touch()
+    first = jobs_child("run", "gated")
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 1, err
+    result = json.loads(out)
+    assert result["state"] == "failed" and "step middle: the fail marker is present" in result["error"]
+    job_id = result["job_id"]
+    with Journal.open(data) as journal:
+        assert [s.state for s in journal.steps(job_id)] == [
+            JobState.SUCCEEDED,
+            JobState.FAILED,
+            JobState.SKIPPED,
+        ]
+    assert runs(data) == ["first", "middle"]  # CommandFailed is not transient: one attempt
+    (data / "fail").unlink()
+    second = jobs_child("resume", job_id)
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    resumed = json.loads(out)
+    assert resumed["state"] == "succeeded" and resumed["outputs"]["last"]["total"] == 3
+    assert runs(data) == ["first", "middle", "middle", "last"]
+
+
+def test_kill_9_mid_job_is_interrupted_then_resumed(jobs_child: Child, jobs_env: dict[str, str]) -> None:
+    data = Path(jobs_env["WIN_AUTOMATION_DATA_DIR"])
+    data.mkdir(parents=True)
+    (data / "hold").touch()
+    child = jobs_child("run", "gated")
+    wait_for(lambda: (data / "middle-started").exists(), what="the middle step")
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    job_id = only_job(data)
+    with Journal.open(data) as journal:
+        job = journal.get_job(job_id)
+        assert job.state == JobState.INTERRUPTED
+        assert [s.state for s in journal.steps(job_id)] == [
+            JobState.SUCCEEDED,
+            JobState.INTERRUPTED,
+            JobState.QUEUED,
+        ]
+    (data / "hold").unlink()
+    resumed = jobs_child("resume", job_id)
+    out, err = resumed.communicate(timeout=60)
+    assert resumed.returncode == 0, err
+    assert json.loads(out)["state"] == "succeeded"
+    assert runs(data) == ["first", "middle", "middle", "last"]
+
+
+def test_cancel_from_another_process_stops_the_running_step(
+    jobs_child: Child, jobs_env: dict[str, str]
+) -> None:
+    data = Path(jobs_env["WIN_AUTOMATION_DATA_DIR"])
+    data.mkdir(parents=True)
+    (data / "hold").touch()
+    child = jobs_child("run", "gated")
+    wait_for(lambda: (data / "middle-started").exists(), what="the middle step")
+    job_id = only_job(data)
+    with Journal.open(data) as journal:
+        journal.request_cancel(job_id)
+        asked = time.monotonic()
+    out, err = child.communicate(timeout=30)
+    assert time.monotonic() - asked < 3
+    assert child.returncode == 130, err
+    assert json.loads(out)["state"] == "cancelled"
+    with Journal.open(data) as journal:
+        assert journal.get_job(job_id).state == JobState.CANCELLED
+        assert [s.state for s in journal.steps(job_id)] == [
+            JobState.SUCCEEDED,
+            JobState.CANCELLED,
+            JobState.CANCELLED,
+        ]
+    assert "last" not in runs(data)
+
+
+def test_gui_jobs_take_turns_and_a_killed_holder_releases_the_desktop(
+    jobs_child: Child, jobs_env: dict[str, str]
+) -> None:
+    data = Path(jobs_env["WIN_AUTOMATION_DATA_DIR"])
+    data.mkdir(parents=True)
+    (data / "hold").touch()
+    holder = jobs_child("run", "desktop")
+    wait_for(lambda: (data / "middle-started").exists(), what="the first GUI job")
+    (data / "middle-started").unlink()
+    waiter = jobs_child("run", "desktop")
+    with Journal.open(data, recover=False) as journal:
+        wait_for(lambda: len(journal.list_jobs()) == 2, what="the second job")
+        time.sleep(0.5)
+        second = journal.list_jobs()[0]
+        assert second.state == JobState.QUEUED and not (data / "middle-started").exists()
+        os.kill(holder.pid, signal.SIGKILL)
+        wait_for(lambda: (data / "middle-started").exists(), what="the second GUI job to get the desktop")
+        (data / "hold").unlink()
+        _, err = waiter.communicate(timeout=30)
+        assert waiter.returncode == 0, err
+        assert journal.get_job(second.job_id).state == JobState.SUCCEEDED
+
+
+class Count(BaseModel):
+    n: int = 0
+
+
+def test_retries_backoff_and_timeouts(jobs_config: Config) -> None:
+    calls: list[int] = []
+
+    def flaky(inp: Count, ctx: StepContext) -> Count:
+        calls.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise ConnectError("VM not reachable yet")
+        return Count(n=ctx.attempt)
+
+    def slow(inp: Count, ctx: StepContext) -> Count:
+        while not ctx.cancelled():
+            time.sleep(0.01)
+        return Count()
+
+    wf = Workflow(
+        name="retry-test",
+        input=Count,
+        steps=(
+            Step("flaky", flaky, Count, retries=2, backoff_seconds=0.01),
+            Step(
+                "slow", slow, Count, parents=("flaky",), retries=1, backoff_seconds=0.01, timeout_seconds=0.2
+            ),
+            Step("after", flaky, Count, parents=("slow",)),
+            Step("independent", lambda i, c: Count(n=7), Count),
+        ),
+    )
+    engine = LocalEngine(jobs_config)
+    started = time.monotonic()
+    outcome = engine.run(wf, Count())
+    assert time.monotonic() - started < 5
+    assert calls == [1, 2, 3] and outcome.outputs["flaky"] == Count(n=3)
+    assert outcome.state == JobState.FAILED and outcome.exit_code == 124
+    assert outcome.error == "step slow: step slow passed its timeout of 0.2s"
+    steps = {s.name: s for s in engine.journal.steps(outcome.job_id)}
+    assert (steps["slow"].state, steps["slow"].attempts) == (JobState.FAILED, 2)
+    assert steps["after"].state == JobState.SKIPPED
+    assert steps["independent"].state == JobState.SUCCEEDED
+    retrying = [e for e in engine.journal.events(outcome.job_id) if e.state == "retrying"]
+    assert [(e.step, e.attempt) for e in retrying] == [("flaky", 1), ("flaky", 2), ("slow", 1)]
+
+
+def test_secrets_never_reach_the_journal(jobs_config: Config) -> None:
+    from win_automation import log
+
+    log.register_secret("hunter2-secret")
+
+    def leaky(inp: Count, ctx: StepContext) -> Count:
+        raise UsageError("login with hunter2-secret refused")
+
+    wf = Workflow(name="leaky", input=Count, steps=(Step("leak", leaky, Count),))
+    engine = LocalEngine(jobs_config)
+    outcome = engine.run(wf, Count())
+    assert outcome.state == JobState.FAILED and outcome.exit_code == 2
+    job = engine.journal.get_job(outcome.job_id)
+    recorded = [job.error, *(s.error for s in engine.journal.steps(outcome.job_id))]
+    recorded += [e.message for e in engine.journal.events(outcome.job_id)]
+    assert "step leak: login with *** refused" in recorded
+    assert not any("hunter2" in (text or "") for text in recorded)

@@ -1,0 +1,50 @@
+"""Job ids: generated ids sort by time and validate; anything else (traversal, absolute) is refused."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from win_automation.errors import UsageError
+from win_automation.jobids import is_job_id, job_id_time, new_job_id, new_trace_id, validate_job_id
+
+
+def test_generated_ids_validate_sort_by_time_and_are_unique() -> None:
+    ids = [new_job_id(1_800_000_000.0 + i / 10) for i in range(50)]
+    assert all(validate_job_id(i) == i for i in ids)
+    assert ids == sorted(ids) and len(set(ids)) == 50
+    assert abs(job_id_time(ids[3]) - 1_800_000_000.3) < 0.002
+    assert len({new_job_id(1.0) for _ in range(1000)}) == 1000  # same millisecond, still unique
+    trace = new_trace_id()
+    assert len(trace) == 32 and int(trace, 16) >= 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "../x",
+        "/etc/passwd",
+        "..",
+        ".",
+        "a/b",
+        "20261122T015916123Z-3f9a1c0b7e2d/../x",
+        "20261122T015916123Z-3f9a1c0b7e2d\n",
+        "20261122T015916123Z-3F9A1C0B7E2D",
+        " 20261122T015916123Z-3f9a1c0b7e2d",
+    ],
+)
+def test_bad_ids_are_usage_errors_naming_the_argument(bad: str) -> None:
+    with pytest.raises(UsageError, match=r"^JOB_ID: .* is not a job id") as info:
+        validate_job_id(bad)
+    assert info.value.exit_code == 2
+
+
+@given(st.text(max_size=40))
+def test_no_arbitrary_text_passes_unless_it_has_the_generated_form(text: str) -> None:
+    if is_job_id(text):
+        assert "/" not in text and ".." not in text and len(text) == 32
+    else:
+        with pytest.raises(UsageError):
+            validate_job_id(text)

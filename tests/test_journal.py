@@ -1,0 +1,135 @@
+"""The SQLite journal on real files: recording, migrations, dead owners, concurrent writers."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from win_automation.errors import IllegalTransition, NotFoundError
+from win_automation.jobstate import JobState
+from win_automation.journal import HEARTBEAT_EXPIRY, MIGRATIONS, Journal
+
+
+def test_records_a_job_its_steps_and_every_state_change(tmp_path: Path) -> None:
+    with Journal.open(tmp_path) as journal:
+        job = journal.create_job(
+            "ping", '{"a": 1}', steps=["one", "two"], engine="hatchet", external_id="run-7"
+        )
+        assert job.state == JobState.QUEUED and job.engine == "hatchet"
+        assert journal.find_external("hatchet", "run-7") == job
+        journal.set_job_state(job.job_id, JobState.RUNNING)
+        journal.step_started(job.job_id, "one", attempt=1)
+        journal.step_attempt_failed(job.job_id, "one", attempt=1, error="flaky")
+        journal.step_started(job.job_id, "one", attempt=2)
+        journal.step_finished(job.job_id, "one", JobState.SUCCEEDED, output_json='{"x": 1}')
+        journal.step_finished(job.job_id, "two", JobState.SKIPPED, error="parent")
+        journal.set_job_state(job.job_id, JobState.FAILED, error="boom", error_code=3)
+        done = journal.get_job(job.job_id)
+        assert (done.state, done.error, done.error_code) == (JobState.FAILED, "boom", 3)
+        assert done.started_at is not None and done.finished_at is not None
+        steps = journal.steps(job.job_id)
+        assert [(s.name, s.state, s.attempts) for s in steps] == [
+            ("one", JobState.SUCCEEDED, 2),
+            ("two", JobState.SKIPPED, 0),
+        ]
+        assert steps[0].output_json == '{"x": 1}'
+        trail = [(e.step, e.state, e.attempt) for e in journal.events(job.job_id)]
+        assert trail == [
+            (None, "queued", None),
+            (None, "running", None),
+            ("one", "running", 1),
+            ("one", "retrying", 1),
+            ("one", "running", 2),
+            ("one", "succeeded", 2),
+            ("two", "skipped", None),
+            (None, "failed", None),
+        ]
+
+
+def test_illegal_transitions_raise_and_change_nothing(tmp_path: Path) -> None:
+    with Journal.open(tmp_path) as journal:
+        job = journal.create_job("ping", "{}", steps=["one"])
+        with pytest.raises(IllegalTransition, match="cannot go from queued to succeeded"):
+            journal.set_job_state(job.job_id, JobState.SUCCEEDED)
+        journal.set_job_state(job.job_id, JobState.RUNNING)
+        journal.set_job_state(job.job_id, JobState.SUCCEEDED)
+        with pytest.raises(IllegalTransition):
+            journal.requeue(job.job_id)
+        assert journal.get_job(job.job_id).state == JobState.SUCCEEDED
+        assert [e.state for e in journal.events(job.job_id)] == ["queued", "running", "succeeded"]
+        with pytest.raises(NotFoundError, match="not found"):
+            journal.get_job("20261122T015916123Z-000000000000")
+
+
+def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
+    Journal.open(tmp_path).close()
+    with Journal.open(tmp_path) as again:
+        assert again.schema_version == len(MIGRATIONS)
+    conn = sqlite3.connect(tmp_path / "journal.sqlite3")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"jobs", "steps", "events"} <= tables
+
+
+def test_a_dead_owner_or_expired_heartbeat_makes_the_job_interrupted(tmp_path: Path) -> None:
+    script = (
+        "import sys; from pathlib import Path; from win_automation.journal import Journal; "
+        "from win_automation.jobstate import JobState as S; j = Journal.open(Path(sys.argv[1])); "
+        "job = j.create_job('ping', '{}', steps=['a']); j.set_job_state(job.job_id, S.RUNNING); "
+        "j.step_started(job.job_id, 'a', attempt=1); print(job.job_id)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    dead_job = out.stdout.strip()
+    with Journal.open(tmp_path, recover=False) as journal:
+        alive = journal.create_job("ping", "{}", steps=["a"])  # owned by this live process
+        stale = journal.create_job("ping", "{}", steps=["a"])
+        journal._conn.execute(
+            "UPDATE jobs SET heartbeat_at = ? WHERE job_id = ?",
+            (time.time() - HEARTBEAT_EXPIRY - 1, stale.job_id),
+        )
+        assert journal.get_job(dead_job).state == JobState.RUNNING
+    with Journal.open(tmp_path) as journal:
+        assert journal.get_job(dead_job).state == JobState.INTERRUPTED
+        assert journal.steps(dead_job)[0].state == JobState.INTERRUPTED
+        assert journal.get_job(stale.job_id).state == JobState.INTERRUPTED
+        assert journal.get_job(alive.job_id).state == JobState.QUEUED
+        assert "owner process died" in (journal.get_job(dead_job).error or "")
+
+
+def test_cancel_request_and_resume_requeue(tmp_path: Path) -> None:
+    with Journal.open(tmp_path) as journal:
+        job = journal.create_job("ping", "{}", steps=["a", "b"])
+        journal.set_job_state(job.job_id, JobState.RUNNING)
+        assert not journal.cancel_requested(job.job_id)
+        assert journal.request_cancel(job.job_id).cancel_requested
+        journal.step_started(job.job_id, "a", attempt=1)
+        journal.step_finished(job.job_id, "a", JobState.SUCCEEDED, output_json="{}")
+        journal.step_started(job.job_id, "b", attempt=1)
+        journal.step_finished(job.job_id, "b", JobState.FAILED, error="x")
+        journal.set_job_state(job.job_id, JobState.FAILED, error="x")
+        again = journal.requeue(job.job_id)
+        assert again.state == JobState.QUEUED and not again.cancel_requested and again.error is None
+        assert [s.state for s in journal.steps(job.job_id)] == [JobState.SUCCEEDED, JobState.QUEUED]
+
+
+def test_four_processes_write_500_jobs_and_none_is_lost(
+    tmp_path: Path, jobs_child: Callable[..., subprocess.Popen[str]], jobs_env: dict[str, str]
+) -> None:
+    children = [jobs_child("journal-writer", "125") for _ in range(4)]
+    for child in children:
+        _, err = child.communicate(timeout=100)
+        assert child.returncode == 0, err
+    with Journal.open(Path(jobs_env["WIN_AUTOMATION_DATA_DIR"])) as journal:
+        jobs = journal.list_jobs(limit=None)
+        assert len(jobs) == 500 and len({j.job_id for j in jobs}) == 500
+        assert {j.state for j in jobs} == {JobState.SUCCEEDED}
+        assert len(journal.list_jobs(state=JobState.SUCCEEDED, workflow="gated", limit=10)) == 10
+        assert journal.list_jobs(since=time.time() + 60) == []
