@@ -309,11 +309,12 @@ class Journal:
         return bool(row and row[0])
 
     def recover_interrupted(self) -> list[str]:
-        """Mark interrupted every active job whose owner died or whose heartbeat expired."""
+        """Mark interrupted every active local job whose owner died or whose heartbeat expired.
+        Hatchet jobs are left alone: the engine owns them (it reassigns a dead worker's tasks)."""
         now = time.time()
         rows = self._conn.execute(
             "SELECT job_id, owner_pid, owner_start, owner_host, heartbeat_at FROM jobs"
-            " WHERE state IN ('queued', 'running')"
+            " WHERE state IN ('queued', 'running') AND engine = 'local'"
         ).fetchall()
         dead = []
         for row in rows:
