@@ -190,6 +190,10 @@ def compile_workflow(
     return hwf
 
 
+def _finished(details: Any) -> bool:
+    return bool(details.done) or details.status.value in ("COMPLETED", "FAILED", "CANCELLED")
+
+
 def _no_runtime() -> TaskRuntime:
     raise RuntimeError("tasks run on a worker, not in the triggering process")
 
@@ -248,9 +252,28 @@ class HatchetRuns:
                 if seen.get(name) != state:
                     seen[name] = state
                     progress(name, state)
-            if details.done or details.status.value in ("COMPLETED", "FAILED", "CANCELLED"):
+            if _finished(details):
                 return self._outcome(workflow, job_id, details)
             time.sleep(poll)
+
+    def sync(self, workflow: Workflow, job_id: str, run_id: str, *, patience: float = 0.0) -> None:
+        """Record the run's current state in the journal, waiting up to `patience` s for its end."""
+        deadline = time.monotonic() + patience
+        while True:
+            details = self.details(run_id)
+            if _finished(details):
+                self._outcome(workflow, job_id, details)
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_SECONDS)
+        steps = {s.name: s.state for s in self.journal.steps(job_id)}
+        running = [n for n, t in details.task_runs.items() if t.status.value == "RUNNING"]
+        if running and self.journal.get_job(job_id).state == JobState.QUEUED:
+            self.journal.set_job_state(job_id, JobState.RUNNING)
+        for name in running:
+            if steps.get(name) == JobState.QUEUED:
+                self.journal.step_started(job_id, name, attempt=1)
 
     def _outcome(self, workflow: Workflow, job_id: str, details: Any) -> JobOutcome:
         job = self.journal.get_job(job_id)
