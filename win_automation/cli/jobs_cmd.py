@@ -250,7 +250,8 @@ def cancel(
             elif job.state == JobState.CANCELLED:
                 typer.echo(f"job {job_id} cancelled (Hatchet run {run})")
             else:
-                raise WinAutomationError(f"job {job_id} ended {job.state.value} before the cancel took effect")
+                ended = job.state.value
+                raise WinAutomationError(f"job {job_id} ended {ended} before the cancel took effect")
             return
         job = journal.request_cancel(job_id)
         deadline = time.monotonic() + patience
