@@ -94,6 +94,10 @@ class SSHConfig(Section):
     connect_timeout: PositiveDuration = Field(10.0, description="Deadline for one connection attempt.")
     command_timeout: PositiveDuration = Field(300.0, description="Default deadline of a remote command.")
     keepalive_interval: PositiveDuration = Field(30.0, description="SSH keepalive interval.")
+    remote_os: Literal["windows", "posix"] = Field(
+        "windows",
+        description="The VM's OS, which says how a timed-out command's process tree is killed.",
+    )
 
 
 class AlohaConfig(Section):

@@ -1,0 +1,306 @@
+"""A real OpenSSH server on loopback for the tests (and the SSH benchmark), reusable by any helper.
+
+`SshServer` runs Debian's `/usr/sbin/sshd -D -e -f <own config>` on 127.0.0.1 and a free port with
+its own host key, authorized_keys and a `powershell.exe` stand-in first on the login's PATH. As
+root, the login is the unprivileged user `wa-sshtest` (created idempotently, shell `/bin/sh`, an
+empty home: no `.bashrc` cost per command) with the password `SshServer.PASSWORD`; otherwise it is
+the current user.
+
+Pytest fixtures (registered in tests/conftest.py through `pytest_plugins`):
+
+- `sshd` (session): the running `SshServer`; `sshd.config(known_hosts=...)` gives an `SSHConfig`
+  that trusts it, `sshd.remote_dir` a folder the login may write (cleared for each test by
+  `remote_dir`), `sshd.stop()`/`sshd.start()`/`sshd.drop_sessions()` for fault tests.
+- `ssh_config`: an `SSHConfig` for `sshd` with `remote_os="posix"` and a fresh known-hosts file
+  that holds its host key; `remote_dir`: an empty remote folder for one test.
+
+The stand-in decodes `-EncodedCommand` (or reads `-File`), writes the user's script body (between
+the wrapper's markers) to stdout as UTF-8, appends a JSON report of what arrived to
+`<server dir>/powershell-reports.jsonl`, and acts on a few lines of the body: `exit N`,
+`Start-Sleep N` and `Write-Error 'text'` (a CLIXML error record on stderr, as real PowerShell does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SSHD = "/usr/sbin/sshd"
+TEST_USER = "wa-sshtest"
+
+STANDIN = r'''#!/usr/bin/python3
+"""powershell.exe stand-in: report what arrived, echo the user's script body, obey a few lines."""
+import base64, json, re, sys, time
+REPORTS = __REPORTS__
+args = sys.argv[1:]
+report = {"argv": args}
+if "-EncodedCommand" in args:
+    script = base64.b64decode(args[args.index("-EncodedCommand") + 1]).decode("utf-16-le")
+    report["mode"] = "encoded"
+elif "-File" in args:
+    i = args.index("-File")
+    path = args[i + 1]
+    with open(path, encoding="utf-8-sig") as fh:
+        script = fh.read()
+    report.update(mode="file", path=path, file_args=args[i + 2:])
+else:
+    sys.stderr.write("stand-in: neither -EncodedCommand nor -File\n")
+    sys.exit(64)
+begin, end = "# >>> win-automation script\n", "\n# <<< win-automation script"
+body = script.split(begin, 1)[1].split(end, 1)[0] if begin in script else script
+report["script"] = script
+report["body"] = body
+with open(REPORTS, "a", encoding="utf-8") as fh:
+    fh.write(json.dumps(report) + "\n")
+sys.stdout.buffer.write(body.encode("utf-8"))
+sys.stdout.flush()
+code = 0
+for line in body.splitlines():
+    if m := re.fullmatch(r"\s*Start-Sleep\s+(?:-Seconds\s+)?([\d.]+)\s*", line):
+        time.sleep(float(m.group(1)))
+    elif m := re.fullmatch(r"\s*Write-Error\s+'([^']*)'\s*", line):
+        sys.stderr.write('#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/'
+                         'powershell/2004/04"><S S="Error">' + m.group(1) + '_x000D__x000A_</S></Objs>')
+        sys.stderr.flush()
+        code = 1
+    elif m := re.fullmatch(r"\s*exit\s+(-?\d+)\s*", line):
+        code = int(m.group(1))
+        break
+sys.exit(code & 0xFF)
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+class SshServer:
+    """One sshd with its own directory, host key, client key, login and `powershell.exe` stand-in."""
+
+    PASSWORD = "wa-test-Pa55word"
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="wa-sshd-"))
+        self.dir.chmod(0o755)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.is_root = os.geteuid() == 0
+        self.user = TEST_USER if self.is_root else pwd.getpwuid(os.getuid()).pw_name
+        if self.is_root:
+            self._ensure_user()
+        self.host_key = self.dir / "ssh_host_ed25519_key"
+        self.client_key = self.dir / "client_ed25519"
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key))
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.client_key))
+        (self.dir / "authorized_keys").write_text(
+            (self.client_key.with_suffix(".pub")).read_text(), encoding="ascii"
+        )
+        (self.dir / "authorized_keys").chmod(0o644)
+        self.bin = self.dir / "bin"
+        self.bin.mkdir(mode=0o755)
+        self.reports = self.dir / "powershell-reports.jsonl"
+        self.reports.touch(mode=0o666)
+        self.reports.chmod(0o666)
+        standin = self.bin / "powershell.exe"
+        standin.write_text(STANDIN.replace("__REPORTS__", repr(str(self.reports))), encoding="utf-8")
+        standin.chmod(0o755)
+        self.remote_dir = self.dir / "remote"
+        self.remote_dir.mkdir()
+        self._own(self.remote_dir)
+        self.log = self.dir / "sshd.log"
+        self.config_file = self.dir / "sshd_config"
+        self.config_file.write_text(self._sshd_config(), encoding="ascii")
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+
+    def _ensure_user(self) -> None:
+        home = Path("/var/lib") / TEST_USER
+        try:
+            pwd.getpwnam(TEST_USER)
+        except KeyError:
+            with contextlib.suppress(subprocess.CalledProcessError):  # a parallel creator won
+                _run("useradd", "--system", "--no-create-home", "--home-dir", str(home),
+                     "--shell", "/bin/sh", TEST_USER)
+        home.mkdir(mode=0o755, exist_ok=True)
+        self._own(home)
+        subprocess.run(["chpasswd"], input=f"{TEST_USER}:{self.PASSWORD}".encode(), check=True)
+
+    def _own(self, path: Path) -> None:
+        if self.is_root:
+            entry = pwd.getpwnam(self.user)
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _sshd_config(self) -> str:
+        lines = [
+            f"Port {self.port}",
+            "ListenAddress 127.0.0.1",
+            f"HostKey {self.host_key}",
+            f"PidFile {self.dir / 'sshd.pid'}",
+            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
+            "StrictModes no",
+            "UsePAM no",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication yes",
+            "KbdInteractiveAuthentication no",
+            f"AllowUsers {self.user}",
+            "Subsystem sftp internal-sftp",
+            f"SetEnv PATH={self.bin}:/usr/local/bin:/usr/bin:/bin",
+            "PrintMotd no",
+            "PrintLastLog no",
+            "UseDNS no",
+            "MaxSessions 200",
+            "MaxStartups 100",
+            "LogLevel ERROR",
+        ]
+        return "\n".join(lines) + "\n"
+
+    # lifecycle ---------------------------------------------------------------------------------
+    def start(self, wait: bool = True) -> None:
+        log = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [SSHD, "-D", "-e", "-f", str(self.config_file)], stdout=log, stderr=log, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        if wait:
+            self.wait_listening()
+
+    def wait_listening(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {self.log.read_text(errors='replace')[-2000:]}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
+            time.sleep(0.02)
+        raise RuntimeError("sshd did not start listening")
+
+    def stop(self) -> None:
+        """Stop the listener and every session: clients see the connection refused or dropped."""
+        self.drop_sessions()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def session_pids(self) -> list[int]:
+        """The per-connection sshd processes (children of the listener)."""
+        if self.proc is None:
+            return []
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(pid) for pid in out.stdout.split()]
+
+    def drop_sessions(self) -> int:
+        """Kill every connection's sshd process (SIGKILL): the clients' connections drop."""
+        pids = self.session_pids()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return len(pids)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # client side -------------------------------------------------------------------------------
+    def host_key_line(self) -> str:
+        """The known-hosts line for this server (`[127.0.0.1]:PORT ssh-ed25519 AAAA...`)."""
+        key_type, blob = self.host_key.with_suffix(".pub").read_text().split()[:2]
+        return f"[127.0.0.1]:{self.port} {key_type} {blob}\n"
+
+    def fingerprint(self) -> str:
+        out = subprocess.run(
+            ["ssh-keygen", "-l", "-E", "sha256", "-f", str(self.host_key.with_suffix(".pub"))],
+            capture_output=True, text=True, check=True,
+        )
+        return out.stdout.split()[1]
+
+    def write_known_hosts(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.host_key_line(), encoding="ascii")
+        return path
+
+    def settings(self, known_hosts: Path, **overrides: Any) -> dict[str, Any]:
+        """The `ssh` config section for this server, as a dict (for SSHConfig or a config file)."""
+        values: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "user": self.user,
+            "key_file": str(self.client_key),
+            "use_agent": False,
+            "known_hosts": str(known_hosts),
+            "remote_os": "posix",
+            "connect_timeout": 5,
+        }
+        values.update(overrides)
+        return values
+
+    def config(self, known_hosts: Path, **overrides: Any) -> Any:
+        from win_automation.config.schema import SSHConfig
+
+        return SSHConfig(**self.settings(known_hosts, **overrides))
+
+    def env(self, known_hosts: Path, **overrides: Any) -> dict[str, str]:
+        """WIN_AUTOMATION_SSH_* variables that point the CLI at this server."""
+        return {
+            f"WIN_AUTOMATION_SSH_{key.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
+            for key, value in self.settings(known_hosts, **overrides).items()
+        }
+
+    def clear_remote(self) -> Path:
+        for child in self.remote_dir.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        return self.remote_dir
+
+
+@pytest.fixture(scope="session")
+def sshd() -> Iterator[SshServer]:
+    server = SshServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def live_sshd(sshd: SshServer) -> SshServer:
+    """`sshd`, restarted first if an earlier test stopped it."""
+    if sshd.proc is None or sshd.proc.poll() is not None:
+        sshd.start()
+    return sshd
+
+
+@pytest.fixture
+def remote_dir(live_sshd: SshServer) -> Path:
+    return live_sshd.clear_remote()
+
+
+@pytest.fixture
+def known_hosts(live_sshd: SshServer, tmp_path: Path) -> Path:
+    return live_sshd.write_known_hosts(tmp_path / "known_hosts")
+
+
+@pytest.fixture
+def ssh_config(live_sshd: SshServer, known_hosts: Path) -> Any:
+    return live_sshd.config(known_hosts)

@@ -1,0 +1,346 @@
+"""The SSH connection: connect, authenticate, verify the host key, exec, and the per-process pool.
+
+`get_connection(ssh_config)` returns the process-wide `SshConnection` for (host, port, user): every
+command and transfer of a process (CLI, local engine, Hatchet worker) reuses one transport, with
+TCP_NODELAY on its socket (no 40 ms Nagle delay per command), keepalives, and a reconnect when it
+has dropped. Connecting follows the connect retry policy (3 attempts; ConnectError and
+OperationTimeout only); authentication and host-key errors are never retried.
+
+`SshConnection.exec` runs one command: no PTY, stdin closed at once (`shutdown_write`), stdout and
+stderr streamed to callbacks as they arrive and kept whole, the status from `recv_exit_status()`,
+and a deadline after which the channel is closed and `ExecOutcome.timed_out` is set (the caller
+then kills the remote process tree; see win_automation.remote).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paramiko
+
+from win_automation.adapters import hostkeys
+from win_automation.config.schema import SSHConfig
+from win_automation.errors import AuthError, ConnectError
+from win_automation.log import Timer, register_secret
+from win_automation.retry import call_with_retry
+
+log = logging.getLogger(__name__)
+
+# Large windows and packets: fewer window adjustments and fewer (Python-processed) packets.
+WINDOW_SIZE = 64 * 1024 * 1024
+MAX_PACKET_SIZE = 256 * 1024
+# AES-GCM needs no separate MAC pass: the cheapest cipher paramiko offers.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
+READ_SIZE = 1024 * 1024
+# The server closed the channel without an exit status (the process was killed by a signal).
+NO_EXIT_STATUS = 255
+
+Chunk = Callable[[bytes], None]
+
+
+@dataclass
+class ExecOutcome:
+    stdout: bytes
+    stderr: bytes
+    exit_status: int | None
+    timed_out: bool
+    duration_ms: int
+
+
+def _target(cfg: SSHConfig) -> str:
+    return f"{cfg.user}@{cfg.host}:{cfg.port}"
+
+
+def _open_socket(cfg: SSHConfig) -> socket.socket:
+    try:
+        sock = socket.create_connection((cfg.host, cfg.port), timeout=cfg.connect_timeout)
+    except TimeoutError as exc:
+        raise ConnectError(
+            f"connecting to {cfg.host}:{cfg.port} timed out after {cfg.connect_timeout:g}s"
+        ) from exc
+    except OSError as exc:
+        raise ConnectError(f"cannot connect to {cfg.host}:{cfg.port}: {exc.strerror or exc}") from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def start_transport(cfg: SSHConfig) -> paramiko.Transport:
+    """A transport whose key exchange is done (host key not yet verified, not authenticated)."""
+    sock = _open_socket(cfg)
+    transport = paramiko.Transport(
+        sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE
+    )
+    options = transport.get_security_options()
+    options.ciphers = tuple(c for c in PREFERRED_CIPHERS if c in options.ciphers) + tuple(
+        c for c in options.ciphers if c not in PREFERRED_CIPHERS
+    )
+    if cfg.host_key_fingerprint is None:
+        recorded = hostkeys.known_types(cfg.known_hosts, cfg.host, cfg.port)
+        known = [t for t in recorded if t in options.key_types]
+        options.key_types = tuple(known) + tuple(t for t in options.key_types if t not in known)
+    try:
+        transport.start_client(timeout=cfg.connect_timeout)
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        transport.close()
+        raise ConnectError(f"SSH handshake with {cfg.host}:{cfg.port} failed: {exc}") from exc
+    return transport
+
+
+def _load_key(cfg: SSHConfig) -> paramiko.PKey:
+    assert cfg.key_file is not None
+    passphrase = cfg.key_passphrase.get_secret_value() if cfg.key_passphrase is not None else None
+    try:
+        return paramiko.PKey.from_path(cfg.key_file, passphrase)
+    except paramiko.PasswordRequiredException as exc:
+        raise AuthError(
+            f"ssh.key_file {cfg.key_file} is encrypted: set WIN_AUTOMATION_SSH_KEY_PASSPHRASE"
+        ) from exc
+    except FileNotFoundError as exc:
+        raise AuthError(f"ssh.key_file {cfg.key_file} does not exist") from exc
+    except (paramiko.SSHException, OSError, ValueError) as exc:
+        raise AuthError(
+            f"cannot load ssh.key_file {cfg.key_file} (wrong passphrase or not a private key)"
+        ) from exc
+
+
+def _authenticate(transport: paramiko.Transport, cfg: SSHConfig) -> str:
+    """Try the key file, then the agent's keys, then the password; returns the method that worked."""
+    tried: list[str] = []
+
+    def attempt(method: str, fn: Callable[[], Any]) -> bool:
+        tried.append(method)
+        try:
+            fn()
+        except paramiko.AuthenticationException:
+            return False
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ConnectError(f"connection to {_target(cfg)} failed during authentication: {exc}") from exc
+        return bool(transport.is_authenticated())
+
+    if cfg.key_file is not None:
+        key = _load_key(cfg)
+        if attempt("key file", lambda: transport.auth_publickey(cfg.user, key)):
+            return "key file"
+    if cfg.use_agent:
+        agent = paramiko.Agent()
+        try:
+            for agent_key in agent.get_keys():
+                if attempt("agent", functools.partial(transport.auth_publickey, cfg.user, agent_key)):
+                    return "agent"
+        finally:
+            agent.close()
+    if cfg.password is not None:
+        secret = cfg.password.get_secret_value()
+        register_secret(secret)
+        if attempt("password", lambda: transport.auth_password(cfg.user, secret)):
+            return "password"
+    methods = ", ".join(dict.fromkeys(tried)) or "none configured (set ssh.key_file, the agent or a password)"
+    raise AuthError(f"authentication as {_target(cfg)} failed (tried: {methods})")
+
+
+def connect_once(cfg: SSHConfig) -> paramiko.Transport:
+    """One connection attempt: socket, handshake, host-key check, authentication."""
+    transport = start_transport(cfg)
+    try:
+        hostkeys.verify(
+            transport.get_remote_server_key(),
+            host=cfg.host,
+            port=cfg.port,
+            known_hosts=cfg.known_hosts,
+            pinned=cfg.host_key_fingerprint,
+        )
+        method = _authenticate(transport, cfg)
+    except BaseException:
+        transport.close()
+        raise
+    transport.set_keepalive(max(1, round(cfg.keepalive_interval)))
+    log.debug("connected", extra={"op": "ssh.connect", "target": _target(cfg), "auth": method})
+    return transport
+
+
+class SshConnection:
+    """One persistent SSH connection to a VM, reconnected on demand; thread-safe."""
+
+    def __init__(self, cfg: SSHConfig) -> None:
+        self.cfg = cfg
+        self._transport: paramiko.Transport | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._lock = threading.Lock()
+
+    def transport(self) -> paramiko.Transport:
+        """The live transport, connecting (with retries) when there is none or it dropped."""
+        with self._lock:
+            if self._transport is not None and self._transport.is_active():
+                return self._transport
+            if self._transport is not None:
+                log.warning(
+                    "connection lost; reconnecting", extra={"op": "ssh.connect", "target": _target(self.cfg)}
+                )
+                self._drop()
+            self._transport = call_with_retry(lambda: connect_once(self.cfg), op="ssh.connect")
+            return self._transport
+
+    def _drop(self) -> None:
+        if self._sftp is not None:
+            with contextlib.suppress(Exception):
+                self._sftp.close()
+        if self._transport is not None:
+            with contextlib.suppress(Exception):
+                self._transport.close()
+        self._sftp = None
+        self._transport = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def open_channel(self) -> paramiko.Channel:
+        for attempt in (1, 2):
+            transport = self.transport()
+            try:
+                return transport.open_session(timeout=self.cfg.connect_timeout)
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                if attempt == 2 or transport.is_active():
+                    raise ConnectError(f"cannot open a session on {_target(self.cfg)}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def sftp(self) -> paramiko.SFTPClient:
+        """The connection's SFTP session (opened once per transport)."""
+        transport = self.transport()
+        with self._lock:
+            if self._sftp is None or self._sftp.get_channel().get_transport() is not transport:
+                try:
+                    self._sftp = paramiko.SFTPClient.from_transport(
+                        transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE
+                    )
+                except (paramiko.SSHException, OSError, EOFError) as exc:
+                    raise ConnectError(f"cannot start SFTP on {_target(self.cfg)}: {exc}") from exc
+            assert self._sftp is not None
+            return self._sftp
+
+    @staticmethod
+    def _alive(channel: paramiko.Channel) -> bool:
+        transport = channel.get_transport()
+        return transport is not None and bool(transport.is_active())
+
+    def exec(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        on_stdout: Chunk | None = None,
+        on_stderr: Chunk | None = None,
+    ) -> ExecOutcome:
+        """Run `command` (no PTY); stream and keep its output; stop waiting at the deadline."""
+        with Timer() as timer:
+            channel = self.open_channel()
+            try:
+                outcome = self._run(channel, command, timeout, on_stdout, on_stderr)
+            finally:
+                channel.close()
+        outcome.duration_ms = timer.ms
+        return outcome
+
+    def _run(
+        self,
+        channel: paramiko.Channel,
+        command: str,
+        timeout: float | None,
+        on_stdout: Chunk | None,
+        on_stderr: Chunk | None,
+    ) -> ExecOutcome:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            channel.exec_command(command)
+            channel.shutdown_write()
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ConnectError(f"cannot start the command on {_target(self.cfg)}: {exc}") from exc
+        out: list[bytes] = []
+        err: list[bytes] = []
+
+        def drain() -> None:
+            while channel.recv_ready():
+                data = channel.recv(READ_SIZE)
+                if not data:
+                    break
+                out.append(data)
+                if on_stdout is not None:
+                    on_stdout(data)
+            while channel.recv_stderr_ready():
+                data = channel.recv_stderr(READ_SIZE)
+                if not data:
+                    break
+                err.append(data)
+                if on_stderr is not None:
+                    on_stderr(data)
+
+        fd = channel.fileno()
+        timed_out = False
+        while True:
+            finished = channel.eof_received or channel.closed
+            drain()
+            if finished:
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                timed_out = True
+                break
+            select.select([fd], [], [], 1.0 if remaining is None else min(remaining, 1.0))
+        status: int | None = None
+        if not timed_out:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if channel.status_event.wait(remaining):
+                status = channel.recv_exit_status()
+            elif self._alive(channel):
+                timed_out = True
+        if not timed_out and (status is None or status == -1):
+            if not self._alive(channel):
+                raise ConnectError(
+                    f"the connection to {_target(self.cfg)} was lost while the command ran "
+                    "(it may or may not have finished; not retried)"
+                )
+            status = NO_EXIT_STATUS
+        return ExecOutcome(b"".join(out), b"".join(err), status, timed_out, 0)
+
+
+_POOL: dict[tuple[str, int, str], SshConnection] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def get_connection(cfg: SSHConfig) -> SshConnection:
+    """The process-wide connection for (host, port, user); created on first use."""
+    key = (cfg.host, cfg.port, cfg.user)
+    with _POOL_LOCK:
+        conn = _POOL.get(key)
+        if conn is None or conn.cfg != cfg:
+            if conn is not None:
+                conn.close()
+            conn = _POOL[key] = SshConnection(cfg)
+        return conn
+
+
+def close_all() -> None:
+    """Close every pooled connection (process exit, tests)."""
+    with _POOL_LOCK:
+        for conn in _POOL.values():
+            conn.close()
+        _POOL.clear()
+
+
+def fetch_host_key(cfg: SSHConfig) -> tuple[paramiko.PKey, hostkeys.PresentedKey]:
+    """The server's host key, without verifying or authenticating (for `ssh trust`)."""
+    transport = call_with_retry(lambda: start_transport(cfg), op="ssh.trust")
+    try:
+        key = transport.get_remote_server_key()
+    finally:
+        transport.close()
+    return key, hostkeys.PresentedKey(cfg.host, cfg.port, key.get_name(), hostkeys.fingerprint(key))

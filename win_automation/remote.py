@@ -1,0 +1,258 @@
+"""Remote commands on the VM: PowerShell or cmd, streamed, with deadlines that kill the remote tree.
+
+- `run_command(conn, command, shell=...)`: PowerShell goes as `-EncodedCommand` (or, when too long
+  for a command line, is uploaded over SFTP, run with `-File` and removed); cmd mode passes the
+  command as given to the VM's shell.
+- `run_script(conn, text, args)`: a .ps1 file's text with its arguments.
+- `run_idempotent(conn, command, check)`: skip the command when `check` exits 0.
+
+Past the deadline the command's process tree is killed on the VM, not only the channel:
+- `remote_os = "windows"`: a unique needle is in the command line (the start of the encoded
+  script, which names the run id; the uploaded script's file name; or a `set "WA_RUN=<id>"`
+  prefix in cmd mode), and `kill_tree_script` taskkills (/T /F) every process holding it.
+- `remote_os = "posix"` (a Linux sshd, as in the tests): the command first prints its shell's PID
+  (the session leader) on stderr, which is taken out of the output, and `pkill -KILL -s PID` kills
+  its whole session.
+Results are `CommandResult`s; a timed-out one has exit code 124 and `timed_out`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import logging
+import re
+import uuid
+from collections.abc import Callable
+from typing import Literal
+
+from win_automation import powershell
+from win_automation.adapters import sftp
+from win_automation.adapters.ssh import SshConnection
+from win_automation.command_result import TIMEOUT_EXIT_CODE, CommandResult, Shell, signed32
+
+log = logging.getLogger(__name__)
+
+TextSink = Callable[[str], None]
+RemoteOs = Literal["windows", "posix"]
+
+PID_MARKER = b"\x1ewa-pid:"
+_PID_LINE = re.compile(rb"\x1ewa-pid:(\d+)\n")
+KILL_TIMEOUT = 30.0
+
+
+class _Stream:
+    """Decodes one output stream for live display; holds CLIXML and the PID marker back."""
+
+    def __init__(self, sink: TextSink | None, *, pid_marker: bool, clixml: bool) -> None:
+        self.sink = sink
+        self.raw = bytearray()
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pid: int | None = None
+        self.await_marker = pid_marker
+        self.await_clixml = clixml
+        self.holding = False
+        self.head = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        if self.await_marker or self.await_clixml:
+            self.head += data
+            if self.await_marker:
+                if len(self.head) < len(PID_MARKER) and PID_MARKER.startswith(bytes(self.head)):
+                    return
+                if self.head.startswith(PID_MARKER):
+                    match = _PID_LINE.match(self.head)
+                    if match is None:
+                        return
+                    self.pid = int(match.group(1))
+                    del self.head[: match.end()]
+                self.await_marker = False
+            if self.await_clixml:
+                header = b"#< CLIXML"
+                if len(self.head) < len(header) and header.startswith(bytes(self.head)):
+                    return
+                self.holding = self.head.startswith(header)
+                self.await_clixml = False
+            data, self.head = bytes(self.head), bytearray()
+        self.raw += data
+        if self.sink is not None and not self.holding and data:
+            text = self.decoder.decode(data)
+            if text:
+                self.sink(text)
+
+    def text(self) -> str:
+        self.raw += self.head
+        return powershell.decode_output(bytes(self.raw))
+
+
+def _run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _kill(conn: SshConnection, remote_os: RemoteOs, needle: str | None, pid: int | None) -> None:
+    if remote_os == "posix":
+        if pid is None:
+            log.warning("no PID seen; cannot kill the remote process", extra={"op": "ssh.kill"})
+            return
+        command = f"pkill -KILL -s {pid}"
+    else:
+        assert needle is not None
+        command = powershell.encoded_command_line(powershell.kill_tree_script(needle))
+    outcome = conn.exec(command, timeout=KILL_TIMEOUT)
+    log.info(
+        "killed the remote process tree",
+        extra={"op": "ssh.kill", "pid": pid, "status": outcome.exit_status},
+    )
+
+
+def _execute(
+    conn: SshConnection,
+    line: str,
+    *,
+    display: str,
+    shell: Shell,
+    remote_os: RemoteOs,
+    needle: str | None,
+    timeout: float | None,
+    on_stdout: TextSink | None,
+    on_stderr: TextSink | None,
+) -> CommandResult:
+    posix = remote_os == "posix"
+    if posix:
+        line = f"printf '\\036wa-pid:%s\\n' \"$$\" >&2; {line}"
+    out = _Stream(on_stdout, pid_marker=False, clixml=False)
+    err = _Stream(on_stderr, pid_marker=posix, clixml=shell == "powershell")
+    outcome = conn.exec(line, timeout=timeout, on_stdout=out.feed, on_stderr=err.feed)
+    stderr = err.text()
+    if shell == "powershell":
+        stderr = powershell.strip_clixml(stderr)
+    if outcome.timed_out:
+        _kill(conn, remote_os, needle, err.pid)
+        log.warning(
+            "command timed out; its remote process tree was killed",
+            extra={"op": "ssh.run", "timeout_s": timeout},
+        )
+        code = TIMEOUT_EXIT_CODE
+    else:
+        assert outcome.exit_status is not None
+        code = signed32(outcome.exit_status)
+    return CommandResult(
+        command=display,
+        shell=shell,
+        exit_code=code,
+        stdout=out.text(),
+        stderr=stderr,
+        duration_ms=outcome.duration_ms,
+        timed_out=outcome.timed_out,
+    )
+
+
+def run_powershell(
+    conn: SshConnection,
+    body: str,
+    *,
+    args: tuple[str, ...] = (),
+    remote_os: RemoteOs = "windows",
+    timeout: float | None = None,
+    on_stdout: TextSink | None = None,
+    on_stderr: TextSink | None = None,
+    display: str | None = None,
+) -> CommandResult:
+    """Run PowerShell `body` (with `args`): encoded, or uploaded and run with -File when long."""
+    run_id = _run_id()
+    script = powershell.wrap_script(body, args, run_id)
+
+    def execute(line: str, needle: str) -> CommandResult:
+        return _execute(
+            conn,
+            line,
+            display=display if display is not None else body,
+            shell="powershell",
+            remote_os=remote_os,
+            needle=needle,
+            timeout=timeout,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+        )
+
+    if not powershell.needs_upload(script):
+        return execute(powershell.encoded_command_line(script), powershell.encoded_needle(script))
+    path = f".wa-script-{run_id}.ps1"
+    data = script.encode("utf-8-sig")  # Windows PowerShell reads a BOM-less .ps1 as ANSI
+    sftp.upload(conn, io.BytesIO(data), path, len(data))
+    log.debug("script uploaded for -File", extra={"op": "ssh.run", "path": path, "bytes": len(data)})
+    try:
+        return execute(powershell.file_command_line(path), path)
+    finally:
+        sftp.remove(conn, path)
+
+
+def run_command(
+    conn: SshConnection,
+    command: str,
+    *,
+    shell: Shell = "powershell",
+    remote_os: RemoteOs = "windows",
+    timeout: float | None = None,
+    on_stdout: TextSink | None = None,
+    on_stderr: TextSink | None = None,
+) -> CommandResult:
+    """Run `command` on the VM in PowerShell or in cmd (passed as given to the VM's shell)."""
+    if shell == "powershell":
+        return run_powershell(
+            conn, command, remote_os=remote_os, timeout=timeout, on_stdout=on_stdout, on_stderr=on_stderr
+        )
+    needle = None
+    line = command
+    if remote_os == "windows":
+        needle = f"WA_RUN={_run_id()}"
+        line = f'set "{needle}" & {command}'
+    return _execute(
+        conn,
+        line,
+        display=command,
+        shell="cmd",
+        remote_os=remote_os,
+        needle=needle,
+        timeout=timeout,
+        on_stdout=on_stdout,
+        on_stderr=on_stderr,
+    )
+
+
+def run_idempotent(
+    conn: SshConnection,
+    command: str,
+    check: str,
+    *,
+    shell: Shell = "powershell",
+    remote_os: RemoteOs = "windows",
+    timeout: float | None = None,
+    on_stdout: TextSink | None = None,
+    on_stderr: TextSink | None = None,
+) -> tuple[CommandResult, CommandResult | None]:
+    """Run `check`; when it exits 0 the command is skipped, else it runs.
+
+    Returns (the check's result, the command's result or None when skipped).
+    """
+    checked = run_command(conn, check, shell=shell, remote_os=remote_os, timeout=timeout)
+    if checked.ok:
+        log.info("check passed; command skipped", extra={"op": "ssh.run", "check": check})
+        return checked, None
+    result = run_command(
+        conn,
+        command,
+        shell=shell,
+        remote_os=remote_os,
+        timeout=timeout,
+        on_stdout=on_stdout,
+        on_stderr=on_stderr,
+    )
+    return checked, result
+
+
+def skipped_result(command: str, shell: Shell) -> CommandResult:
+    """The result recorded for a command that an idempotency check skipped."""
+    return CommandResult(
+        command=command, shell=shell, exit_code=0, stdout="", stderr="", duration_ms=0, skipped=True
+    )

@@ -1,0 +1,191 @@
+"""File transfers to and from the VM, verified, and never leaving a partial file under its final name.
+
+`put_file` uploads to `<remote>.wa-part-<id>`, checks the remote size and sha256 (computed on the
+VM: `Get-FileHash` on Windows, `sha256sum` on posix) against the local file, then renames it over
+`<remote>`. `get_file` downloads to `.<name>.wa-part-<id>` beside the local target (the pipelined
+download of win_automation.adapters.sftp), checks the size and the sha256 against the VM's, then
+renames it. A failure removes the partial file and raises a one-line error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import BinaryIO
+
+from pydantic import BaseModel
+
+from win_automation import powershell
+from win_automation.adapters import sftp
+from win_automation.adapters.ssh import SshConnection
+from win_automation.errors import CommandFailed, NotFoundError, WinAutomationError
+from win_automation.log import Timer
+
+log = logging.getLogger(__name__)
+
+Progress = sftp.Progress
+
+
+class TransferResult(BaseModel):
+    direction: str
+    local: str
+    remote: str
+    size_bytes: int
+    sha256: str
+    duration_ms: int
+
+
+def _posix_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\"'\"'") + "'"
+
+
+def windows_path(remote: str) -> str:
+    """An SFTP path as Windows writes it: `/C:/x/y` -> `C:\\x\\y`; relative paths stay relative."""
+    if len(remote) >= 3 and remote[0] == "/" and remote[2] == ":":
+        remote = remote[1:]
+    return remote.replace("/", "\\")
+
+
+def remote_sha256(conn: SshConnection, remote: str, remote_os: str) -> str:
+    """The sha256 (lower-case hex) of a remote file, computed on the VM."""
+    if remote_os == "posix":
+        command = f"sha256sum -- {_posix_quote(remote)}"
+    else:
+        path = powershell.quote_literal(windows_path(remote))
+        script = powershell.wrap_script(f"(Get-FileHash -Algorithm SHA256 -LiteralPath {path}).Hash")
+        command = powershell.encoded_command_line(script)
+    outcome = conn.exec(command, timeout=600)
+    text = powershell.decode_output(outcome.stdout).strip()
+    digest = text.split()[0].lower() if text else ""
+    if outcome.exit_status != 0 or len(digest) != 64:
+        message = powershell.strip_clixml(powershell.decode_output(outcome.stderr)).strip()
+        raise CommandFailed(f"cannot hash remote file {remote} on the VM: {message or text}")
+    return digest
+
+
+class _HashingReader:
+    """A file wrapper that hashes what paramiko reads from it."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self.source = source
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.source.read(size)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
+
+
+def put_file(
+    conn: SshConnection, local: Path, remote: str, *, remote_os: str, progress: Progress | None = None
+) -> TransferResult:
+    """Upload `local` to `remote`, verified; the remote file appears only once whole."""
+    try:
+        source = local.open("rb")
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"local file {local} does not exist") from exc
+    except OSError as exc:
+        raise WinAutomationError(f"cannot read local file {local}: {exc.strerror or exc}") from exc
+    partial = f"{remote}.wa-part-{uuid.uuid4().hex[:12]}"
+    with Timer() as timer, source:
+        if not local.is_file():
+            raise WinAutomationError(f"local path {local} is not a regular file")
+        size = os.fstat(source.fileno()).st_size
+        reader = _HashingReader(source)
+        try:
+            sftp.upload(conn, reader, partial, size, progress)  # type: ignore[arg-type]
+            landed = sftp.remote_size(conn, partial)
+            if landed != reader.size:
+                raise WinAutomationError(f"upload of {local} is incomplete: {landed} of {reader.size} bytes")
+            digest = reader.digest.hexdigest()
+            theirs = remote_sha256(conn, partial, remote_os)
+            if theirs != digest:
+                raise WinAutomationError(
+                    f"upload of {local} is corrupt: sha256 {theirs} on the VM, {digest} here"
+                )
+            sftp.rename(conn, partial, remote)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                sftp.remove(conn, partial)
+            raise
+    log.info(
+        "uploaded", extra={"op": "ssh.put", "remote": remote, "bytes": reader.size, "duration_ms": timer.ms}
+    )
+    return TransferResult(
+        direction="put",
+        local=str(local),
+        remote=remote,
+        size_bytes=reader.size,
+        sha256=digest,
+        duration_ms=timer.ms,
+    )
+
+
+def _open_partial(local: Path) -> tuple[Path, BinaryIO]:
+    if local.is_dir():
+        raise WinAutomationError(f"local path {local} is a directory; name the file to write")
+    partial = local.with_name(f".{local.name}.wa-part-{uuid.uuid4().hex[:12]}")
+    try:
+        return partial, partial.open("xb")
+    except FileNotFoundError as exc:
+        raise WinAutomationError(f"cannot write local path {local}: its folder does not exist") from exc
+    except OSError as exc:
+        raise WinAutomationError(f"cannot write local path {local}: {exc.strerror or exc}") from exc
+
+
+def get_file(
+    conn: SshConnection, remote: str, local: Path, *, remote_os: str, progress: Progress | None = None
+) -> TransferResult:
+    """Download `remote` to `local`, verified; `local` appears only once whole."""
+    partial, out = _open_partial(local)
+    hashed: dict[str, str | BaseException] = {}
+
+    def hash_remote() -> None:
+        try:
+            hashed["sha256"] = remote_sha256(conn, remote, remote_os)
+        except BaseException as exc:
+            hashed["error"] = exc
+
+    try:
+        with Timer() as timer:
+            hasher = threading.Thread(target=hash_remote, name="remote-sha256", daemon=True)
+            hasher.start()  # the VM hashes while the bytes travel
+            with out:
+                copied = sftp.download(conn, remote, out, progress)
+                out.flush()
+                os.fsync(out.fileno())
+            expected = sftp.remote_size(conn, remote)
+            if expected != copied.size or partial.stat().st_size != copied.size:
+                raise WinAutomationError(
+                    f"download of {remote} is incomplete: {copied.size} of {expected} bytes"
+                )
+            hasher.join()
+            if "error" in hashed:
+                raise hashed["error"]  # type: ignore[misc]
+            if hashed["sha256"] != copied.sha256:
+                raise WinAutomationError(
+                    f"download of {remote} is corrupt: "
+                    f"sha256 {hashed['sha256']} on the VM, {copied.sha256} here"
+                )
+            os.replace(partial, local)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    log.info(
+        "downloaded", extra={"op": "ssh.get", "remote": remote, "bytes": copied.size, "duration_ms": timer.ms}
+    )
+    return TransferResult(
+        direction="get",
+        local=str(local),
+        remote=remote,
+        size_bytes=copied.size,
+        sha256=copied.sha256,
+        duration_ms=timer.ms,
+    )
