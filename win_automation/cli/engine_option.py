@@ -63,6 +63,9 @@ def run_job(
             )
         report(run_local())
         return
+    from win_automation.config.hatchet_token import token_claims
+
+    token_claims(config)  # a clear ConfigError before the slow SDK import
     from win_automation.engines.hatchet import HatchetRuns
 
     runs = HatchetRuns(config)
