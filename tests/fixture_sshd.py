@@ -201,11 +201,19 @@ class SshServer:
         self.proc = None
 
     def session_pids(self) -> list[int]:
-        """The per-connection sshd processes (children of the listener)."""
+        """The per-connection sshd processes (the listener's descendants named sshd)."""
         if self.proc is None:
             return []
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
-        return [int(pid) for pid in out.stdout.split()]
+        found: list[int] = []
+        parents = [self.proc.pid]
+        while parents:
+            out = subprocess.run(["pgrep", "-P", ",".join(map(str, parents))], capture_output=True, text=True)
+            parents = [int(pid) for pid in out.stdout.split()]
+            for pid in parents:
+                with contextlib.suppress(OSError):
+                    if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+                        found.append(pid)
+        return found
 
     def drop_sessions(self) -> int:
         """Kill every connection's sshd process (SIGKILL): the clients' connections drop."""

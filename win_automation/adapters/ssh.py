@@ -99,8 +99,8 @@ def _load_key(cfg: SSHConfig) -> paramiko.PKey:
     assert cfg.key_file is not None
     passphrase = cfg.key_passphrase.get_secret_value() if cfg.key_passphrase is not None else None
     try:
-        return paramiko.PKey.from_path(cfg.key_file, passphrase)
-    except paramiko.PasswordRequiredException as exc:
+        return paramiko.PKey.from_path(cfg.key_file, passphrase.encode() if passphrase else None)
+    except (paramiko.PasswordRequiredException, TypeError) as exc:  # TypeError: cryptography's "no password"
         raise AuthError(
             f"ssh.key_file {cfg.key_file} is encrypted: set WIN_AUTOMATION_SSH_KEY_PASSPHRASE"
         ) from exc

@@ -1,0 +1,266 @@
+"""`win-automation ssh run|script|put|get|trust`: commands and files on the VM over SSH.
+
+`run` and `script` are jobs (the `ssh-exec` workflow on the local engine): their output streams
+as it arrives, is kept in the job's artifact folder, and the CLI exits with the remote exit code
+(0-255 as is, anything else 255; 124 when the deadline passed). paramiko is imported inside the
+commands only.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from win_automation.cli.output import error, print_json
+from win_automation.cli.state import state
+
+if TYPE_CHECKING:
+    from win_automation.config import Config
+
+app = typer.Typer(
+    help="Run PowerShell or cmd on the VM, copy files, trust its host key.", no_args_is_help=True
+)
+
+
+def _timeout(value: str | None, config: Config) -> float:
+    from win_automation.durations import parse_duration
+    from win_automation.errors import UsageError
+
+    if value is None:
+        return config.ssh.command_timeout
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"--timeout: {exc}") from None
+    if seconds <= 0:
+        raise UsageError("--timeout: must be more than zero")
+    return seconds
+
+
+def _write(stream: Any) -> Any:
+    def sink(text: str) -> None:
+        stream.write(text)
+        stream.flush()
+
+    return sink
+
+
+def _run_job(ctx: typer.Context, payload: dict[str, Any], as_json: bool) -> None:
+    from win_automation.command_result import cli_exit_code, describe_exit_code
+    from win_automation.engines.local import LocalEngine
+    from win_automation.jobids import new_job_id
+    from workflows import ssh_exec
+
+    config = state(ctx).config()
+    inp = ssh_exec.SshExecInput(**payload)
+    job_id = new_job_id()
+    if not as_json:
+        ssh_exec.LIVE_OUTPUT[job_id] = (_write(sys.stdout), _write(sys.stderr))
+    engine = LocalEngine(config)
+    try:
+        outcome = engine.run(ssh_exec.ssh_exec, inp, job_id=job_id)
+    finally:
+        engine.close()
+        ssh_exec.LIVE_OUTPUT.pop(job_id, None)
+    if outcome.error is not None or "exec" not in outcome.outputs:
+        from win_automation.log import redact
+
+        error(redact(outcome.error or f"job {job_id} {outcome.state.value}"))
+        raise typer.Exit(outcome.exit_code)
+    result = outcome.outputs["exec"]
+    assert isinstance(result, ssh_exec.ExecOutput)
+    if as_json:
+        print_json(
+            {
+                "exit_code": result.exit_code,
+                "stdout": result.stdout,
+                "stderr": result.stderr,
+                "duration_ms": result.duration_ms,
+                "job_id": job_id,
+                "timed_out": result.timed_out,
+                "skipped": result.skipped,
+            }
+        )
+    elif result.skipped:
+        sys.stderr.write(f"skipped: the idempotency check passed (job {job_id})\n")
+    if result.timed_out:
+        error(
+            f"the command passed its deadline of {payload.get('timeout_seconds')}s; "
+            f"its remote process tree was killed (job {job_id})"
+        )
+    elif not 0 <= result.exit_code <= 255:
+        error(f"the remote command exited with {describe_exit_code(result.exit_code)}; exiting 255")
+    raise typer.Exit(cli_exit_code(result.exit_code))
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    command: list[str] = typer.Argument(..., help="The command (after --); its words are joined by spaces."),
+    shell: str = typer.Option("powershell", "--shell", help="powershell (encoded) or cmd (as given)."),
+    timeout: str | None = typer.Option(
+        None, "--timeout", help="Deadline, e.g. 30s or 5m (ssh.command_timeout)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
+    idempotent: bool = typer.Option(False, "--idempotent", help="Skip the command when the check passes."),
+    idempotent_check: str | None = typer.Option(
+        None, "--idempotent-check", help="The check (same shell); exit 0 means: already done, skip."
+    ),
+) -> None:
+    """Run a command on the VM as a job; exit with its exit code."""
+    from win_automation.errors import UsageError
+
+    if shell not in ("powershell", "cmd"):
+        raise UsageError(f"--shell: must be powershell or cmd, got {shell!r}")
+    if idempotent != (idempotent_check is not None):
+        raise UsageError("--idempotent and --idempotent-check CHECK go together")
+    config = state(ctx).config()
+    payload = {
+        "command": " ".join(command),
+        "shell": shell,
+        "timeout_seconds": _timeout(timeout, config),
+        "check": idempotent_check,
+    }
+    _run_job(ctx, payload, as_json)
+
+
+@app.command()
+def script(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="A PowerShell script (.ps1) on this machine.", dir_okay=False),
+    args: list[str] | None = typer.Argument(None, help="Arguments for the script (after --)."),
+    timeout: str | None = typer.Option(
+        None, "--timeout", help="Deadline, e.g. 30s or 5m (ssh.command_timeout)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
+) -> None:
+    """Run a local .ps1 script on the VM as a job (long scripts go over SFTP and run with -File)."""
+    from win_automation.errors import UsageError
+
+    try:
+        text = file.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise UsageError(f"FILE: cannot read {file}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"FILE: {file} is not UTF-8 text") from None
+    if not text.strip():
+        raise UsageError(f"FILE: {file} is empty")
+    config = state(ctx).config()
+    payload = {
+        "command": text,
+        "shell": "powershell",
+        "args": list(args or []),
+        "timeout_seconds": _timeout(timeout, config),
+        "display": str(file),
+    }
+    _run_job(ctx, payload, as_json)
+
+
+def _progress(label: str) -> Any:
+    """A rich progress bar on a terminal; None otherwise."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    return Progress(f"[bold]{label}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True)
+
+
+def _transfer(ctx: typer.Context, label: str, as_json: bool, fn: Any) -> None:
+    from win_automation.adapters.ssh import get_connection
+
+    config = state(ctx).config()
+    conn = get_connection(config.ssh)
+    bar = _progress(label)
+    if bar is None:
+        result = fn(conn, config, None)
+    else:
+        with bar:
+            task = bar.add_task(label, total=None)
+            result = fn(
+                conn, config, lambda done, total: bar.update(task, completed=done, total=max(total, 0))
+            )
+    if as_json:
+        print_json(result.model_dump())
+    else:
+        typer.echo(
+            f"{result.direction} {result.size_bytes} bytes sha256 {result.sha256} ({result.duration_ms} ms)"
+        )
+
+
+@app.command()
+def put(
+    ctx: typer.Context,
+    local: Path = typer.Argument(..., help="The local file."),
+    remote: str = typer.Argument(..., help="The path on the VM (relative paths are in the login's home)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Upload a file, verified by size and sha256; never a partial file under REMOTE."""
+    from win_automation.transfers import put_file
+
+    _transfer(
+        ctx,
+        f"put {local.name}",
+        as_json,
+        lambda conn, config, progress: put_file(
+            conn, local, remote, remote_os=config.ssh.remote_os, progress=progress
+        ),
+    )
+
+
+@app.command()
+def get(
+    ctx: typer.Context,
+    remote: str = typer.Argument(..., help="The path on the VM."),
+    local: Path = typer.Argument(..., help="The local file to write."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Download a file, verified by size and sha256; never a partial file under LOCAL."""
+    from win_automation.transfers import get_file
+
+    _transfer(
+        ctx,
+        f"get {Path(remote).name}",
+        as_json,
+        lambda conn, config, progress: get_file(
+            conn, remote, local, remote_os=config.ssh.remote_os, progress=progress
+        ),
+    )
+
+
+@app.command()
+def trust(
+    ctx: typer.Context,
+    fingerprint: str | None = typer.Option(
+        None, "--fingerprint", help="Trust only if the key has this SHA256: fingerprint (for scripts)."
+    ),
+    yes: bool = typer.Option(False, "--yes", help="Trust the key shown without asking."),
+    replace: bool = typer.Option(False, "--replace", help="Replace a different key already recorded."),
+) -> None:
+    """Show the VM's host key (type and SHA256 fingerprint) and record it in the known-hosts file."""
+    from win_automation.adapters import hostkeys
+    from win_automation.adapters.ssh import fetch_host_key
+    from win_automation.errors import HostKeyError, UsageError
+
+    if fingerprint is not None and not fingerprint.startswith("SHA256:"):
+        raise UsageError(f"--fingerprint: must start with 'SHA256:', got {fingerprint!r}")
+    config = state(ctx).config().ssh
+    key, presented = fetch_host_key(config)
+    name = hostkeys.host_entry(config.host, config.port)
+    typer.echo(f"{name} presents {presented.describe()}")
+    if fingerprint is not None:
+        if fingerprint != presented.fingerprint:
+            raise HostKeyError(f"--fingerprint {fingerprint} does not match the key {name} presents")
+    elif not yes:
+        if not sys.stdin.isatty():
+            raise UsageError(
+                "not a terminal: confirm with --fingerprint SHA256:... (the key you expect) or --yes"
+            )
+        if not typer.confirm("Trust this key?", default=False):
+            raise UsageError("not trusted")
+    changed = hostkeys.record(
+        key, host=config.host, port=config.port, known_hosts=config.known_hosts, replace=replace
+    )
+    typer.echo(f"{'recorded in' if changed else 'already in'} {config.known_hosts}")

@@ -1,0 +1,132 @@
+"""`ssh-exec`: run one PowerShell or cmd command (or a .ps1 script) on the VM and keep its output.
+
+Two steps over the process-wide SSH connection (`get_connection(ctx.config.ssh)`):
+- `check`: when `check` is given (the idempotency check), run it; it passes when it exits 0.
+- `exec`: when the check passed, the command is skipped (output `skipped: true`, exit code 0);
+  otherwise run it with its deadline (`timeout_seconds`, killing the remote process tree when it
+  passes). Writes the ssh artifacts `stdout.txt`, `stderr.txt`, `exit_code.txt` (plus
+  `result.json`) to the job's folder either way.
+
+A command that ran and exited non-zero is a finished step whose output says so (the CLI exits with
+that code); connection, authentication and host-key errors fail the step. Live output: a caller in
+the same process may register callbacks for a job id in `LIVE_OUTPUT` before running the job.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from win_automation.command_result import CommandResult, Shell
+from win_automation.workflow import Step, StepContext, Workflow
+
+# job id -> (stdout sink, stderr sink): set by the CLI to stream output as it arrives.
+LIVE_OUTPUT: dict[str, tuple[Callable[[str], None], Callable[[str], None]]] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+class SshExecInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    command: str = Field(..., min_length=1, description="PowerShell or cmd text (a script's whole text).")
+    shell: Shell = Field("powershell", description="powershell (encoded) or cmd (as given).")
+    args: list[str] = Field(default_factory=list, description="Arguments for a PowerShell script.")
+    timeout_seconds: float | None = Field(
+        None, gt=0, description="Deadline of the command; unset means ssh.command_timeout."
+    )
+    check: str | None = Field(
+        None, min_length=1, description="Idempotency check: skip the command when it exits 0."
+    )
+    display: str | None = Field(None, description="How the command is shown (a script's file name).")
+
+
+class CheckOutput(BaseModel):
+    checked: bool
+    passed: bool
+    exit_code: int | None = None
+
+
+class ExecOutput(CommandResult):
+    pass
+
+
+def _connection(ctx: StepContext):  # type: ignore[no-untyped-def]
+    from win_automation.adapters.ssh import get_connection
+
+    return get_connection(ctx.config.ssh)
+
+
+def check(inp: SshExecInput, ctx: StepContext) -> CheckOutput:
+    if inp.check is None:
+        return CheckOutput(checked=False, passed=False)
+    from win_automation.remote import run_command
+
+    result = run_command(
+        _connection(ctx),
+        inp.check,
+        shell=inp.shell,
+        remote_os=ctx.config.ssh.remote_os,
+        timeout=inp.timeout_seconds or ctx.config.ssh.command_timeout,
+    )
+    ctx.log.info("idempotency check ran", extra={"op": "ssh.check", "exit_code": result.exit_code})
+    return CheckOutput(checked=True, passed=result.ok, exit_code=result.exit_code)
+
+
+def execute(inp: SshExecInput, ctx: StepContext) -> ExecOutput:
+    from win_automation.remote import run_command, run_powershell, skipped_result
+
+    display = inp.display or inp.command
+    if ctx.parent("check", CheckOutput).passed:
+        ctx.log.info("check passed: command skipped", extra={"op": "ssh.exec"})
+        result = skipped_result(display, inp.shell)
+    else:
+        with _LIVE_LOCK:
+            sinks = LIVE_OUTPUT.get(ctx.job_id)
+        on_out, on_err = sinks if sinks is not None else (None, None)
+        timeout = inp.timeout_seconds or ctx.config.ssh.command_timeout
+        conn = _connection(ctx)
+        remote_os = ctx.config.ssh.remote_os
+        if inp.shell == "powershell":
+            result = run_powershell(
+                conn,
+                inp.command,
+                args=tuple(inp.args),
+                remote_os=remote_os,
+                timeout=timeout,
+                on_stdout=on_out,
+                on_stderr=on_err,
+                display=display,
+            )
+        else:
+            result = run_command(
+                conn,
+                inp.command,
+                shell="cmd",
+                remote_os=remote_os,
+                timeout=timeout,
+                on_stdout=on_out,
+                on_stderr=on_err,
+            )
+    write_artifacts(ctx, result)
+    return ExecOutput(**result.model_dump())
+
+
+def write_artifacts(ctx: StepContext, result: CommandResult) -> None:
+    ctx.artifacts.write_text("ssh", "stdout.txt", result.stdout)
+    ctx.artifacts.write_text("ssh", "stderr.txt", result.stderr)
+    ctx.artifacts.write_text("ssh", "exit_code.txt", f"{result.exit_code}\n")
+    ctx.artifacts.write_text("ssh", "result.json", json.dumps(result.model_dump(), indent=2) + "\n")
+
+
+ssh_exec = Workflow(
+    name="ssh-exec",
+    input=SshExecInput,
+    description="Run a PowerShell or cmd command on the VM (optionally skipped by a check).",
+    steps=(
+        Step("check", check, CheckOutput, timeout_seconds=86400),
+        Step("exec", execute, ExecOutput, parents=("check",), timeout_seconds=86400),
+    ),
+)
