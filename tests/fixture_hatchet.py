@@ -82,13 +82,15 @@ class HatchetWorld:
         )
         return CliRun(proc.returncode, proc.stdout, proc.stderr)
 
-    def start_worker(self, *args: str, name: str = "worker", wait: bool = True) -> WorkerProcess:
+    def start_worker(
+        self, *args: str, name: str = "worker", env: dict[str, str] | None = None, wait: bool = True
+    ) -> WorkerProcess:
         log_path = self.root / f"{name}.log"
         before = set(self.engine.workers)
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "win_automation", "worker", "--name", name, *args],
-                env=self.env,
+                env={**self.env, **(env or {})},
                 cwd=self.root,
                 stdout=subprocess.DEVNULL,
                 stderr=log_file,
@@ -97,7 +99,8 @@ class HatchetWorld:
         if wait:
             deadline = time.monotonic() + 60
             while not any(
-                w.listening and w.id not in before and w.name == name for w in list(self.engine.workers.values())
+                w.listening and w.id not in before and w.name == name
+                for w in list(self.engine.workers.values())
             ):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     proc.kill()

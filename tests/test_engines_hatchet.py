@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_hatchet import make_token
 from pydantic import BaseModel
 
-from fake_hatchet import make_token
 from win_automation.config import Config, load_config
 from win_automation.engines.hatchet import TaskFailed, compile_workflow, connect
 from win_automation.engines.hatchet_runtime import TaskRuntime, parse_failure
@@ -180,7 +180,9 @@ def test_unit_tasks_pass_parent_outputs_as_models(config: Config, runtime: TaskR
     assert doubled == Out(n=42)
 
 
-def test_a_non_transient_error_is_non_retryable_and_carries_its_exit_code(config: Config, runtime: TaskRuntime) -> None:
+def test_a_non_transient_error_is_non_retryable_and_carries_its_exit_code(
+    config: Config, runtime: TaskRuntime
+) -> None:
     from hatchet_sdk import NonRetryableException
 
     hwf = compiled(config, unit, runtime)

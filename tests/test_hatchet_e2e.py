@@ -10,15 +10,29 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from fixture_hatchet import HatchetWorld, WorkerProcess
+from fixture_sshd import SshServer
+
 from win_automation.jobids import new_job_id
 from workflows import all_workflows
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def hatchet_worker(hatchet_world: HatchetWorld, sshd: SshServer) -> Iterator[WorkerProcess]:
+    """The module's worker, next to the real sshd on loopback (its VM)."""
+    known_hosts = sshd.write_known_hosts(hatchet_world.root / "known_hosts")
+    worker = hatchet_world.start_worker(
+        "--slots", "20", "--label", "vm=loopback", "--grace", "10s", env=sshd.env(known_hosts)
+    )
+    yield worker
+    code = worker.stop()
+    assert code == 0, worker.log()[-3000:]
 
 
 def journal_rows(world: HatchetWorld, sql: str, *args: object) -> list[sqlite3.Row]:
@@ -85,7 +99,10 @@ def test_a_transient_step_failure_is_retried_by_the_engine(
     blocker.write_text("a file where the job's artifact folder should be")  # mkdir fails: OSError
     run_id = engine.trigger("ping", {"message": "retry"}, {"job_id": job_id})
     engine.wait_until(
-        lambda: any(e.task == "write-artifact" and e.type == "FAILED" for e in engine.task_events(run_id, "write-artifact")),
+        lambda: any(
+            e.task == "write-artifact" and e.type == "FAILED"
+            for e in engine.task_events(run_id, "write-artifact")
+        ),
         timeout=30,
         what="the first attempt of write-artifact to fail",
     )
@@ -96,27 +113,17 @@ def test_a_transient_step_failure_is_retried_by_the_engine(
     assert [e.retry_count for e in failed] == [0]
     assert run.tasks["write-artifact"].retry_count == 1
     [step] = journal_rows(
-        hatchet_world, "SELECT attempts, state FROM steps WHERE job_id = ? AND name = 'write-artifact'", job_id
+        hatchet_world,
+        "SELECT attempts, state FROM steps WHERE job_id = ? AND name = 'write-artifact'",
+        job_id,
     )
     assert (step["attempts"], step["state"]) == (2, "succeeded")
     assert (blocker / "manifest.json").is_file()
 
 
-def test_a_non_retryable_failure_is_not_retried(hatchet_world: HatchetWorld, hatchet_worker: WorkerProcess) -> None:
-    engine = hatchet_world.engine
-    job_id = new_job_id()
-    # `hold_seconds` above the schema's limit cannot be sent by the CLI; the engine takes any JSON,
-    # and the worker's input validation is a permanent (non-transient) failure
-    run_id = engine.trigger("ping", {"message": "x", "hold_seconds": "soon"}, {"job_id": job_id})
-    run = engine.wait_run(run_id, timeout=30)
-    assert run.status == "FAILED"
-    failed = [e for e in engine.task_events(run_id, "check-engine") if e.type == "FAILED"]
-    assert len(failed) == 1
-    assert run.tasks["check-engine"].retry_count == 0
-    assert run.tasks["check-journal"].status == "CANCELLED"
-
-
-def test_cancellation_reaches_a_running_step(hatchet_world: HatchetWorld, hatchet_worker: WorkerProcess) -> None:
+def test_cancellation_reaches_a_running_step(
+    hatchet_world: HatchetWorld, hatchet_worker: WorkerProcess
+) -> None:
     engine = hatchet_world.engine
     queued = hatchet_world.cli(
         "run", "ping", "--engine", "hatchet", "--no-wait", "--json", "--input", '{"hold_seconds": 60}'
@@ -125,7 +132,9 @@ def test_cancellation_reaches_a_running_step(hatchet_world: HatchetWorld, hatche
     ids = json.loads(queued.stdout)
     job_id, run_id = ids["job_id"], ids["run_id"]
     engine.wait_until(
-        lambda: engine.runs[run_id].tasks["check-journal"].status == "RUNNING", timeout=30, what="check-journal"
+        lambda: engine.runs[run_id].tasks["check-journal"].status == "RUNNING",
+        timeout=30,
+        what="check-journal",
     )
     started = time.monotonic()
     cancelled = hatchet_world.cli("jobs", "cancel", job_id, "--wait", "20s")
@@ -142,7 +151,9 @@ def test_cancellation_reaches_a_running_step(hatchet_world: HatchetWorld, hatche
     assert f"job_id={job_id}" in hatchet_worker.log()
     assert "step cancelled" in hatchet_worker.log()
     assert time.monotonic() - started < 30
-    [step] = journal_rows(hatchet_world, "SELECT state FROM steps WHERE job_id = ? AND name = 'check-journal'", job_id)
+    [step] = journal_rows(
+        hatchet_world, "SELECT state FROM steps WHERE job_id = ? AND name = 'check-journal'", job_id
+    )
     assert step["state"] == "cancelled"
 
 
@@ -169,8 +180,48 @@ def test_two_hundred_concurrent_runs_all_complete_once(
         *run_ids.values(),
     )
     assert len(steps) == 600 and {(s["state"], s["attempts"]) for s in steps} == {("succeeded", 1)}
-    completed = [e for e in engine.events if e.type == "COMPLETED" and e.accepted and e.task_run_id in {
-        t.id for rid in run_ids for t in engine.runs[rid].tasks.values()
-    }]
+    completed = [
+        e
+        for e in engine.events
+        if e.type == "COMPLETED"
+        and e.accepted
+        and e.task_run_id in {t.id for rid in run_ids for t in engine.runs[rid].tasks.values()}
+    ]
     assert len(completed) == 600
     assert all(Path(hatchet_world.artifacts / job_id / "ping.json").is_file() for job_id in run_ids.values())
+
+
+def test_ssh_run_on_hatchet_runs_both_steps_against_the_real_sshd(
+    hatchet_world: HatchetWorld, hatchet_worker: WorkerProcess
+) -> None:
+    result = hatchet_world.cli(
+        "ssh",
+        "run",
+        "--engine",
+        "hatchet",
+        "--json",
+        "--idempotent",
+        "--idempotent-check",
+        "exit 1",
+        "--",
+        "Write-Output",
+        "hello-from-hatchet",
+    )
+    assert result.code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert "hello-from-hatchet" in out["stdout"] and out["exit_code"] == 0 and not out["skipped"]
+    job_id = out["job_id"]
+    [job] = journal_rows(hatchet_world, "SELECT * FROM jobs WHERE job_id = ?", job_id)
+    run = hatchet_world.engine.runs[job["external_id"]]
+    assert run.workflow.name == "ssh-exec" and run.status == "COMPLETED"
+    assert run.tasks["check"].output["checked"] is True and run.tasks["check"].output["passed"] is False
+    folder = hatchet_world.artifacts / job_id
+    assert "hello-from-hatchet" in (folder / "stdout.txt").read_text()
+    assert (folder / "exit_code.txt").read_text().strip() == "0"
+
+
+def test_ssh_run_on_hatchet_exits_with_the_remote_exit_code(
+    hatchet_world: HatchetWorld, hatchet_worker: WorkerProcess
+) -> None:
+    result = hatchet_world.cli("ssh", "run", "--engine", "hatchet", "--", "exit 7")
+    assert result.code == 7, result.stderr

@@ -6,8 +6,8 @@ import base64
 import json
 
 import pytest
-
 from fake_hatchet import make_token
+
 from win_automation.config import load_config
 from win_automation.config.hatchet_token import engine_choice, token_claims
 from win_automation.errors import ConfigError, UsageError
@@ -25,7 +25,11 @@ def jwt(claims: object) -> str:
 
 def test_claims_of_a_hatchet_token() -> None:
     claims = token_claims(config_with(make_token("http://h:8888", "h:7077", tenant="t-1")))  # type: ignore[arg-type]
-    assert (claims.tenant_id, claims.server_url, claims.grpc_broadcast_address) == ("t-1", "http://h:8888", "h:7077")
+    assert (claims.tenant_id, claims.server_url, claims.grpc_broadcast_address) == (
+        "t-1",
+        "http://h:8888",
+        "h:7077",
+    )
 
 
 @pytest.mark.parametrize(

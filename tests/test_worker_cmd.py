@@ -4,7 +4,6 @@ set when Hatchet is not configured, one-line errors with exit 2, the token never
 from __future__ import annotations
 
 import pytest
-
 from fake_hatchet import make_token
 
 
@@ -21,10 +20,18 @@ def test_worker_without_hatchet_says_what_to_set_and_that_local_works(cli) -> No
         (["worker"], {"HATCHET_CLIENT_TOKEN": "sekret-token-value"}, "is not a JWT"),
         (["worker", "--label", "novalue"], {}, "--label: expected key=value"),
         (["worker", "--grace", "soon"], {}, "--grace: must be a duration"),
-        (["worker", "--metrics", "--metrics-interval", "0s"], {}, "--metrics-interval: must be more than zero"),
+        (
+            ["worker", "--metrics", "--metrics-interval", "0s"],
+            {},
+            "--metrics-interval: must be more than zero",
+        ),
         (["run", "ping", "--engine", "remote"], {}, "--engine: must be one of local, hatchet"),
         (["run", "ping", "--no-wait"], {}, "--no-wait: only with the hatchet engine"),
-        (["run", "ping", "--engine", "hatchet"], {}, "hatchet.token (environment HATCHET_CLIENT_TOKEN) is not set"),
+        (
+            ["run", "ping", "--engine", "hatchet"],
+            {},
+            "hatchet.token (environment HATCHET_CLIENT_TOKEN) is not set",
+        ),
     ],
 )
 def test_bad_worker_and_engine_options_are_one_line_exit_2(cli, args, env, message) -> None:  # type: ignore[no-untyped-def]
