@@ -152,7 +152,14 @@ class FakeHatchet:
         self.subscribers: list[tuple[set[str], Queue[d.WorkflowRunEvent | None]]] = []
         self.paused_via_rest: list[str] = []
         self._stop = threading.Event()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=64),
+            options=[  # accept the SDK's 10 s keepalive pings, as the real engine does
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                ("grpc.http2.max_ping_strikes", 0),
+            ],
+        )
         add_services(self, self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.http = ThreadingHTTPServer(("127.0.0.1", 0), health_handler(self))

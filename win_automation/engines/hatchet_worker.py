@@ -8,8 +8,8 @@ workflows which declare labels are routed to it. Next to the SDK's worker it run
 - the project's log lines, in this process and in the SDK's listener subprocess (the client
   config is a subclass that installs them when the subprocess unpickles it);
 - a drain on SIGTERM/SIGINT: the SDK pauses assignment and waits for running steps; if they
-  are still running after `grace` seconds the worker exits at once (SIGQUIT, the SDK's forced
-  path) and the engine hands their tasks to another worker when the heartbeats stop;
+  are still running after `grace` seconds (or on a second signal) the worker exits at once with
+  code 1, and the engine hands their tasks to another worker when the heartbeats stop;
 - artifact retention (`artifacts.retention_days`, 0 keeps everything) at start and every hour;
 - optional metric lines (`--metrics`).
 """
@@ -39,6 +39,7 @@ from win_automation.errors import ConfigError
 
 log = logging.getLogger(__name__)
 RETENTION_INTERVAL = 3600.0
+FORCED_EXIT = 1
 
 
 def route_sdk_logs(level: int) -> None:
@@ -97,7 +98,11 @@ def _install_drain(grace: float) -> None:
 
     def force() -> None:
         log.warning("grace period over: leaving running steps to the engine", extra={"op": "drain"})
-        os.kill(os.getpid(), signal.SIGQUIT)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        # step threads may be stuck in a remote call: do not wait for them (the SDK's listener
+        # subprocess sees its parent gone and stops; the engine then reassigns the steps)
+        os._exit(FORCED_EXIT)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         original = signal.getsignal(signum)
