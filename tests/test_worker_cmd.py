@@ -51,3 +51,23 @@ def test_unreachable_engine_is_a_connect_error_and_no_job_is_recorded(cli, tmp_p
     assert token not in result.stderr
     listed = cli("jobs", "list", "--json")
     assert listed.code == 0 and listed.stdout.strip() == "[]"
+
+
+def test_worker_refuses_an_engine_too_old_for_the_sdk(cli) -> None:  # type: ignore[no-untyped-def]
+    from fake_hatchet import FakeHatchet
+
+    engine = FakeHatchet(version="v0.70.2").start()
+    try:
+        result = cli("worker", env=engine.env(), timeout=90)
+    finally:
+        engine.stop()
+    assert result.code == 2, result.stderr
+    assert "is v0.70.2; hatchet-sdk 1.43 needs v0.78.23 or newer" in result.stderr
+    assert "Traceback" not in result.stderr and not engine.workflows
+
+
+def test_worker_with_an_unreachable_engine_exits_3(cli) -> None:  # type: ignore[no-untyped-def]
+    token = make_token("http://127.0.0.1:9", "127.0.0.1:9")
+    result = cli("worker", env={"HATCHET_CLIENT_TOKEN": token, "HATCHET_CLIENT_HOST_PORT": "127.0.0.1:9"})
+    assert result.code == 3, result.stderr
+    assert "Hatchet at 127.0.0.1:9 is not reachable" in result.stderr and token not in result.stderr

@@ -43,6 +43,8 @@ from hatchet_sdk import (
 )
 from hatchet_sdk.config import ClientTLSConfig, TenacityConfig
 from hatchet_sdk.connection import new_conn
+from hatchet_sdk.contracts.dispatcher_pb2 import GetVersionRequest
+from hatchet_sdk.contracts.dispatcher_pb2_grpc import DispatcherStub
 from hatchet_sdk.contracts.v1 import workflows_pb2 as admin_pb2
 from hatchet_sdk.contracts.v1.workflows_pb2_grpc import AdminServiceStub
 from hatchet_sdk.utils.api_auth import create_authorization_header
@@ -52,13 +54,23 @@ from win_automation.config import Config
 from win_automation.config.hatchet_token import token_claims
 from win_automation.engines.hatchet_runtime import StepFailure, TaskRuntime, parse_failure, record_job
 from win_automation.engines.local import JobOutcome
-from win_automation.errors import AuthError, Cancelled, ConnectError, NotFoundError, WinAutomationError
+from win_automation.errors import (
+    AuthError,
+    Cancelled,
+    ConfigError,
+    ConnectError,
+    NotFoundError,
+    WinAutomationError,
+)
 from win_automation.jobids import new_job_id, new_trace_id
 from win_automation.jobstate import ACTIVE, JobState
 from win_automation.journal import Journal
 from win_automation.workflow import Step, Workflow
 
 log = logging.getLogger(__name__)
+# hatchet-sdk 1.43 registers workers with slot types from this engine version on; below it the SDK
+# takes a deprecated path that, since August 2026, fails at random (DeprecationError 1 call in 5).
+MIN_ENGINE_VERSION = (0, 78, 23)
 VM_CONCURRENCY_KEY = "additional_metadata.vm"
 POLL_SECONDS = 0.25
 _STATES = {
@@ -103,6 +115,32 @@ def translate(exc: grpc.RpcError, what: str, config: Config) -> WinAutomationErr
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFoundError(f"{what}: {where}: {detail}")
     return ConnectError(f"{what}: {where} is not reachable ({code.name if code else 'error'}: {detail})")
+
+
+def check_engine_version(config: Config) -> str:
+    """The engine's version (Dispatcher/GetVersion); ConfigError when it is too old for the SDK,
+    ConnectError/AuthError when the engine cannot be reached or refuses the token."""
+    sdk_config = client_config(config)
+    stub = DispatcherStub(new_conn(sdk_config, False))
+    try:
+        response = stub.GetVersion(  # type: ignore[attr-defined]
+            GetVersionRequest(), metadata=create_authorization_header(sdk_config.token), timeout=10
+        )
+        version = str(response.version)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            version = ""
+        else:
+            raise translate(exc, "checking the engine version", config) from exc
+    parts = version.lstrip("v").split("-", 1)[0].split(".")
+    numbers = tuple(int(p) for p in parts) if len(parts) == 3 and all(p.isdigit() for p in parts) else ()
+    if numbers < MIN_ENGINE_VERSION:
+        wanted = "v" + ".".join(map(str, MIN_ENGINE_VERSION))
+        raise ConfigError(
+            f"the Hatchet engine at {config.hatchet.host_port} is {version or 'older than v0.78'}; "
+            f"hatchet-sdk 1.43 needs {wanted} or newer: upgrade hatchet-lite (README, Hatchet)"
+        )
+    return version
 
 
 def _as_model(value: Any, model: type[BaseModel]) -> BaseModel:

@@ -33,7 +33,7 @@ from win_automation import log as project_log
 from win_automation import metrics
 from win_automation.artifacts import prune
 from win_automation.config import Config
-from win_automation.engines.hatchet import client_config, compile_workflow
+from win_automation.engines.hatchet import check_engine_version, client_config, compile_workflow
 from win_automation.engines.hatchet_runtime import TaskRuntime
 from win_automation.errors import ConfigError
 
@@ -139,6 +139,7 @@ def run_worker(
     """Serve every workflow's tasks until a signal drains the worker; the exit code."""
     if not workflows:
         raise ConfigError("no workflows are defined in the workflows package: nothing to serve")
+    version = check_engine_version(config)
     sdk_config = client_config(config, WorkerClientConfig, project_log_level=log_level)
     route_sdk_logs(log_level)
     runtime = TaskRuntime(config)
@@ -162,6 +163,7 @@ def run_worker(
             "labels": ",".join(f"{k}={v}" for k, v in labels.items()),
             "workflows": ",".join(workflows),
             "engine": config.hatchet.host_port,
+            "engine_version": version,
         },
     )
     emitting = metrics.emitting(metrics_interval, config.metrics.path) if metrics_interval else nullcontext()
