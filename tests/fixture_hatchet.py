@@ -46,6 +46,9 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def stdout(self) -> str:
+        return self.log_path.with_suffix(".out").read_text(errors="replace")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -87,12 +90,12 @@ class HatchetWorld:
     ) -> WorkerProcess:
         log_path = self.root / f"{name}.log"
         before = set(self.engine.workers)
-        with log_path.open("wb") as log_file:
+        with log_path.open("wb") as log_file, log_path.with_suffix(".out").open("wb") as out_file:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "win_automation", "worker", "--name", name, *args],
                 env={**self.env, **(env or {})},
                 cwd=self.root,
-                stdout=subprocess.DEVNULL,
+                stdout=out_file,
                 stderr=log_file,
             )
         worker = WorkerProcess(proc, log_path)

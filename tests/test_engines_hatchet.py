@@ -258,3 +258,23 @@ def test_cancellation_reaches_the_running_step(config: Config, runtime: TaskRunt
 )
 def test_parse_failure(text: str, expected: tuple[str, int]) -> None:
     assert parse_failure(text) == expected
+
+
+def test_retention_prunes_old_job_folders_but_keeps_active_jobs(config: Config, runtime: TaskRuntime) -> None:
+    import os
+
+    from win_automation.engines.hatchet_worker import prune_artifacts
+
+    old, active = new_job_id(now=time.time() - 30 * 86400), new_job_id(now=time.time() - 30 * 86400)
+    for job_id in (old, active):
+        folder = config.artifacts.out_dir / job_id
+        folder.mkdir(parents=True)
+        (folder / "stdout.txt").write_text("x")
+        os.utime(folder, (time.time() - 30 * 86400, time.time() - 30 * 86400))
+    runtime.journal.create_job("ping", "{}", steps=["check-engine"], engine="hatchet", job_id=active)
+    assert prune_artifacts(config, runtime) == 1
+    assert not (config.artifacts.out_dir / old).exists() and (config.artifacts.out_dir / active).exists()
+    keep_all = config.model_copy(
+        update={"artifacts": config.artifacts.model_copy(update={"retention_days": 0})}
+    )
+    assert prune_artifacts(keep_all, runtime) == 0

@@ -59,6 +59,7 @@ def test_worker_registers_every_workflow_with_its_labels(
     # the worker logs in the project's key=value schema, the SDK's own lines included
     lines = [line for line in hatchet_worker.log().splitlines() if line.strip()]
     assert lines and all(line.startswith("ts=") and " level=" in line for line in lines), lines[:5]
+    assert engine.token not in hatchet_worker.log()
 
 
 def test_run_on_hatchet_through_the_cli_waits_and_journals(

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slow
 
 def test_sigterm_drains_the_worker(hatchet_world: HatchetWorld) -> None:
     engine = hatchet_world.engine
-    worker = hatchet_world.start_worker("--slots", "4", "--grace", "20s", name="drainer")
+    worker = hatchet_world.start_worker(
+        "--slots", "4", "--grace", "20s", "--metrics", "--metrics-interval", "1s", name="drainer"
+    )
     run_id = engine.trigger("ping", {"message": "drain", "hold_seconds": 2}, {"job_id": new_job_id()})
     engine.wait_until(lambda: engine.runs[run_id].tasks["check-journal"].status == "RUNNING", what="hold")
     started = time.monotonic()
@@ -34,6 +36,8 @@ def test_sigterm_drains_the_worker(hatchet_world: HatchetWorld) -> None:
     drained = next(w for w in engine.workers.values() if w.name == "drainer")
     assert drained.id in engine.paused_via_rest and drained.paused
     assert "draining: no new steps, finishing running ones" in worker.log()
+    assert "metric=jobs_enqueued_total value=1 " in worker.stdout()  # the last round, on exit
+    assert engine.token not in worker.log() + worker.stdout()
 
 
 def test_the_grace_period_bounds_the_drain_and_the_engine_takes_the_step_back(
