@@ -3,7 +3,6 @@ test workflows of tests/jobs_child.py (`jobs_child` fixture)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -18,12 +17,9 @@ CHILD = Path(__file__).with_name("jobs_child.py")
 
 
 @pytest.fixture
-def jobs_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WIN_AUTOMATION_", "HATCHET_"))}
-    env["WIN_AUTOMATION_DATA_DIR"] = str(tmp_path / "data")
-    env["WIN_AUTOMATION_ARTIFACT_OUT"] = str(tmp_path / "artifacts")
-    env["HOME"] = str(tmp_path / "home")
-    return env
+def jobs_env(cli_env: dict[str, str]) -> dict[str, str]:
+    """The clean environment of tests/conftest.py: data and artifacts under tmp_path."""
+    return cli_env
 
 
 @pytest.fixture

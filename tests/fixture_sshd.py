@@ -136,8 +136,16 @@ class SshServer:
             pwd.getpwnam(TEST_USER)
         except KeyError:
             with contextlib.suppress(subprocess.CalledProcessError):  # a parallel creator won
-                _run("useradd", "--system", "--no-create-home", "--home-dir", str(home),
-                     "--shell", "/bin/sh", TEST_USER)
+                _run(
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "--home-dir",
+                    str(home),
+                    "--shell",
+                    "/bin/sh",
+                    TEST_USER,
+                )
         home.mkdir(mode=0o755, exist_ok=True)
         self._own(home)
         subprocess.run(["chpasswd"], input=f"{TEST_USER}:{self.PASSWORD}".encode(), check=True)
@@ -236,7 +244,9 @@ class SshServer:
     def fingerprint(self) -> str:
         out = subprocess.run(
             ["ssh-keygen", "-l", "-E", "sha256", "-f", str(self.host_key.with_suffix(".pub"))],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return out.stdout.split()[1]
 

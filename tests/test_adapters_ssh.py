@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fixture_sshd import SshServer
+
 from win_automation.adapters import ssh
 from win_automation.errors import AuthError, ConnectError, HostKeyError
 
@@ -80,7 +80,9 @@ def test_connection_dropped_mid_command_then_reconnects(live_sshd: SshServer, ss
 
 
 def test_refused_then_server_comes_up_retry_succeeds(
-    live_sshd: SshServer, ssh_config, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+    live_sshd: SshServer,
+    ssh_config,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
 ) -> None:
     live_sshd.stop()
     threading.Timer(0.8, live_sshd.start, kwargs={"wait": False}).start()
@@ -96,7 +98,7 @@ def test_refused_then_server_comes_up_retry_succeeds(
 def test_refused_three_times_is_a_connect_error(live_sshd: SshServer, ssh_config) -> None:  # type: ignore[no-untyped-def]
     live_sshd.stop()
     started = time.monotonic()
-    with pytest.raises(ConnectError, match="cannot connect to 127.0.0.1"):
+    with pytest.raises(ConnectError, match=r"cannot connect to 127\.0\.0\.1"):
         ssh.get_connection(ssh_config).exec("true")
     assert 1.4 < time.monotonic() - started < 5  # waited 0.5 s and 1 s between the 3 attempts
     live_sshd.start()
@@ -108,7 +110,7 @@ def test_wrong_key_fails_once_without_retry(
     other = tmp_path / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     caplog.set_level(logging.WARNING, logger="win_automation.retry")
-    with pytest.raises(AuthError, match="authentication as .* failed \\(tried: key file\\)"):
+    with pytest.raises(AuthError, match=r"authentication as .* failed \(tried: key file\)"):
         ssh.get_connection(live_sshd.config(known_hosts, key_file=str(other))).exec("true")
     assert not [r for r in caplog.records if "retrying" in r.getMessage()]
 
@@ -135,10 +137,14 @@ def test_encrypted_key_needs_its_passphrase(live_sshd: SshServer, known_hosts: P
         ssh.get_connection(live_sshd.config(known_hosts, key_file=str(key))).exec("true")
     ssh.close_all()
     with pytest.raises(AuthError) as info:
-        ssh.get_connection(live_sshd.config(known_hosts, key_file=str(key), key_passphrase="Wrong-phrase-2")).exec("true")
+        ssh.get_connection(
+            live_sshd.config(known_hosts, key_file=str(key), key_passphrase="Wrong-phrase-2")
+        ).exec("true")
     assert "Wrong-phrase-2" not in str(info.value)
     ssh.close_all()
-    conn = ssh.get_connection(live_sshd.config(known_hosts, key_file=str(key), key_passphrase="Hush-phrase-1"))
+    conn = ssh.get_connection(
+        live_sshd.config(known_hosts, key_file=str(key), key_passphrase="Hush-phrase-1")
+    )
     assert conn.exec("echo ok").stdout == b"ok\n"
 
 
@@ -157,7 +163,7 @@ def test_changed_host_key_is_refused_loudly(live_sshd: SshServer, tmp_path: Path
     blob = other.with_suffix(".pub").read_text().split()[1]
     known = tmp_path / "known_hosts"
     known.write_text(f"[127.0.0.1]:{live_sshd.port} ssh-ed25519 {blob}\n")
-    with pytest.raises(HostKeyError, match="HOST KEY CHANGED .* refusing to connect"):
+    with pytest.raises(HostKeyError, match=r"HOST KEY CHANGED .* refusing to connect"):
         ssh.get_connection(live_sshd.config(known)).exec("true")
 
 

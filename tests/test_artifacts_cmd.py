@@ -70,3 +70,19 @@ def test_prune_applies_retention_with_dry_run_and_the_configured_default(cli, tm
     assert f"pruned {ids['new']}" in by_option.stdout and list(root.iterdir()) == []
     bad = cli("artifacts", "prune", "--older-than", "a week")
     assert bad.code == 2 and "--older-than: must be a duration" in bad.stderr
+
+
+def test_progress_bar_only_on_a_terminal(cli, cli_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import shlex
+    import subprocess
+    import sys
+
+    job = ping(cli)
+    piped = cli("artifacts", "verify", "--job", job)
+    assert "━" not in piped.stdout + piped.stderr
+    command = shlex.join([sys.executable, "-m", "win_automation", "artifacts", "verify", "--job", job])
+    tty = subprocess.run(
+        ["script", "-qec", command, "/dev/null"], env=cli_env, cwd=tmp_path, capture_output=True, timeout=60
+    )
+    out = tty.stdout.decode("utf-8", "replace")
+    assert tty.returncode == 0 and f"verify {job}" in out and "━" in out and "match the manifest" in out

@@ -47,6 +47,8 @@ def test_ping_runs_end_to_end_and_counts(jobs_config: Config) -> None:
     outcome = engine.run(ping, ping.parse_input('{"message": "hello"}'))
     assert outcome.state == JobState.SUCCEEDED and outcome.exit_code == 0
     assert outcome.outputs["write-artifact"].model_dump()["message"] == "hello"
+    journal_check = outcome.outputs["check-journal"].model_dump()
+    assert (journal_check["job_recorded"], journal_check["job_state"]) == (True, "running")
     folder = jobs_config.artifacts.out_dir / outcome.job_id
     manifest = verify_folder(folder)
     assert (manifest.job_id, manifest.trace_id) == (outcome.job_id, outcome.trace_id)
@@ -230,3 +232,15 @@ def test_secrets_never_reach_the_journal(jobs_config: Config) -> None:
     recorded += [e.message for e in engine.journal.events(outcome.job_id)]
     assert "step leak: login with *** refused" in recorded
     assert not any("hunter2" in (text or "") for text in recorded)
+
+
+def test_an_engine_failure_is_recorded_not_left_queued(jobs_config: Config) -> None:
+    jobs_config.data.dir.mkdir(parents=True, exist_ok=True)
+    (jobs_config.data.dir / "locks").write_text("a file where the lock folder should be")
+    wf = Workflow(name="gui-test", input=Count, gui=True, steps=(Step("one", lambda i, c: Count(), Count),))
+    engine = LocalEngine(jobs_config)
+    with pytest.raises(FileExistsError):
+        engine.run(wf, Count())
+    (job,) = engine.journal.list_jobs()
+    assert job.state == JobState.INTERRUPTED and (job.error or "").startswith("engine: FileExistsError")
+    assert engine.journal.steps(job.job_id)[0].state == JobState.QUEUED

@@ -19,6 +19,7 @@ ALLOWED = {
     ("running", "failed"),
     ("running", "cancelled"),
     ("running", "interrupted"),
+    ("running", "skipped"),
     ("failed", "queued"),
     ("skipped", "queued"),
     ("interrupted", "queued"),

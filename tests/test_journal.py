@@ -13,7 +13,8 @@ import pytest
 
 from win_automation.errors import IllegalTransition, NotFoundError
 from win_automation.jobstate import JobState
-from win_automation.journal import HEARTBEAT_EXPIRY, MIGRATIONS, Journal
+from win_automation.journal import HEARTBEAT_EXPIRY, Journal
+from win_automation.journal_schema import MIGRATIONS
 
 
 def test_records_a_job_its_steps_and_every_state_change(tmp_path: Path) -> None:
@@ -91,9 +92,10 @@ def test_a_dead_owner_or_expired_heartbeat_makes_the_job_interrupted(tmp_path: P
     with Journal.open(tmp_path, recover=False) as journal:
         alive = journal.create_job("ping", "{}", steps=["a"])  # owned by this live process
         stale = journal.create_job("ping", "{}", steps=["a"])
+        remote = journal.create_job("ping", "{}", steps=["a"], engine="hatchet", external_id="run-1")
         journal._conn.execute(
-            "UPDATE jobs SET heartbeat_at = ? WHERE job_id = ?",
-            (time.time() - HEARTBEAT_EXPIRY - 1, stale.job_id),
+            "UPDATE jobs SET heartbeat_at = ? WHERE job_id IN (?, ?)",
+            (time.time() - HEARTBEAT_EXPIRY - 1, stale.job_id, remote.job_id),
         )
         assert journal.get_job(dead_job).state == JobState.RUNNING
     with Journal.open(tmp_path) as journal:
@@ -101,6 +103,7 @@ def test_a_dead_owner_or_expired_heartbeat_makes_the_job_interrupted(tmp_path: P
         assert journal.steps(dead_job)[0].state == JobState.INTERRUPTED
         assert journal.get_job(stale.job_id).state == JobState.INTERRUPTED
         assert journal.get_job(alive.job_id).state == JobState.QUEUED
+        assert journal.get_job(remote.job_id).state == JobState.QUEUED  # Hatchet's to bring up to date
         assert "owner process died" in (journal.get_job(dead_job).error or "")
 
 
@@ -133,3 +136,22 @@ def test_four_processes_write_500_jobs_and_none_is_lost(
         assert {j.state for j in jobs} == {JobState.SUCCEEDED}
         assert len(journal.list_jobs(state=JobState.SUCCEEDED, workflow="gated", limit=10)) == 10
         assert journal.list_jobs(since=time.time() + 60) == []
+
+
+def test_threads_may_share_one_journal(tmp_path: Path) -> None:
+    import threading
+
+    with Journal.open(tmp_path) as journal:
+
+        def write() -> None:
+            for _ in range(40):
+                job = journal.create_job("ping", "{}", steps=["a"])
+                journal.set_job_state(job.job_id, JobState.RUNNING)
+                journal.list_jobs(limit=5)
+
+        threads = [threading.Thread(target=write) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(journal.list_jobs(state=JobState.RUNNING, limit=None)) == 160

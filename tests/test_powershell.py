@@ -60,11 +60,14 @@ def test_strip_clixml_keeps_errors_drops_progress() -> None:
         "#< CLIXML\r\n"
         '<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/powershell/2004/04">'
         '<Obj S="progress" RefId="0"><TN RefId="0"><T>System.Management.Automation.PSCustomObject</T>'
-        "</TN><MS><I64 N=\"SourceId\">1</I64></MS></Obj>"
+        '</TN><MS><I64 N="SourceId">1</I64></MS></Obj>'
         '<S S="Error">Cannot find path &apos;C:\\x&apos; because it does not exist._x000D__x000A_</S>'
         '<S S="Error">second &amp; line_x000D__x000A_</S></Objs>'
     )
-    assert powershell.strip_clixml(stderr) == "Cannot find path 'C:\\x' because it does not exist.\nsecond & line\n"
+    assert (
+        powershell.strip_clixml(stderr)
+        == "Cannot find path 'C:\\x' because it does not exist.\nsecond & line\n"
+    )
     assert powershell.strip_clixml("plain error\n") == "plain error\n"
 
 

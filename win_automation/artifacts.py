@@ -14,16 +14,15 @@ then the manifest is rewritten the same way (temp, fsync, rename, fsync of the f
 any point leaves a manifest that names only complete files with their true size and hash (at
 worst a stray `.tmp-*` file, which `verify` ignores and `prune` removes with the folder).
 
-Reading: `verify_folder` re-hashes every listed file; `copy_verified` copies a folder elsewhere,
-checking each file as it streams; `prune` applies retention. Hashing streams through a reused
-1 MiB buffer (`readinto`), so memory stays flat whatever the file size, and hashlib releases the
-GIL while it hashes.
+Reading: `verify_folder` re-hashes every listed file; `copy_verified` copies a job's artifacts
+from an ArtifactSource (a local folder, or the VM) elsewhere, checking each file as it streams;
+`prune` applies retention. Hashing streams through a reused 1 MiB buffer (`readinto`), so memory
+stays flat whatever the file size, and hashlib releases the GIL while it hashes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import threading
@@ -33,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import IO, Literal, get_args
+from typing import IO, BinaryIO, Literal, Protocol, get_args
 
 from pydantic import BaseModel, ValidationError
 
@@ -224,19 +223,23 @@ class Mismatch:
         return f"{self.path} ({self.problem})"
 
 
+def compare(entry: ArtifactEntry, size: int, sha256: str) -> Mismatch | None:
+    """How a copy of `entry` with this size and hash differs from the manifest, if it does."""
+    if size != entry.size_bytes:
+        return Mismatch(entry.path, f"size {size}, manifest says {entry.size_bytes}")
+    if sha256 != entry.sha256:
+        return Mismatch(entry.path, f"sha256 {sha256[:12]}..., manifest says {entry.sha256[:12]}...")
+    return None
+
+
 def check_entry(
     folder: Path, entry: ArtifactEntry, progress: Callable[[int], None] | None = None
 ) -> Mismatch | None:
-    path = folder / safe_relative(entry.path)
     try:
-        size, sha = hash_file(path, progress)
+        size, sha = hash_file(folder / safe_relative(entry.path), progress)
     except FileNotFoundError:
         return Mismatch(entry.path, "missing")
-    if size != entry.size_bytes:
-        return Mismatch(entry.path, f"size {size}, manifest says {entry.size_bytes}")
-    if sha != entry.sha256:
-        return Mismatch(entry.path, f"sha256 {sha[:12]}..., manifest says {entry.sha256[:12]}...")
-    return None
+    return compare(entry, size, sha)
 
 
 def raise_mismatches(what: str, mismatches: list[Mismatch]) -> None:
@@ -253,41 +256,66 @@ def verify_folder(folder: Path, progress: Callable[[int], None] | None = None) -
     return manifest
 
 
+class ArtifactSource(Protocol):
+    """Where `copy_verified` reads a job's artifacts from: a local folder, or the VM over SFTP
+    (win_automation.remote_artifacts)."""
+
+    def manifest(self) -> Manifest: ...
+
+    def copy(self, path: str, out: BinaryIO, progress: Callable[[int], None] | None) -> tuple[int, str]:
+        """Write artifact `path` into `out`; its (size, sha256) as read. FileNotFoundError or
+        NotFoundError when it is missing."""
+        ...
+
+
+class LocalSource:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def manifest(self) -> Manifest:
+        return read_manifest(self.folder)
+
+    def copy(self, path: str, out: BinaryIO, progress: Callable[[int], None] | None) -> tuple[int, str]:
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        digest, size = hashlib.sha256(), 0
+        with (self.folder / path).open("rb", buffering=0) as src:
+            while count := src.readinto(buffer):
+                digest.update(view[:count])
+                out.write(view[:count])
+                size += count
+                if progress is not None:
+                    progress(count)
+        return size, digest.hexdigest()
+
+
 def copy_verified(
-    folder: Path, out: Path, progress: Callable[[int], None] | None = None
+    source: ArtifactSource | Path, out: Path, progress: Callable[[int], None] | None = None
 ) -> tuple[Manifest, list[Mismatch]]:
-    """Copy every listed artifact of `folder` into `out`, hashing as it streams. A file that does
+    """Copy every listed artifact of `source` into `out`, hashing as it streams. A file that does
     not match is not left in `out`; the manifest is written last, only when all files matched."""
-    manifest = read_manifest(folder)
+    source = LocalSource(source) if isinstance(source, Path) else source
+    manifest = source.manifest()
     out.mkdir(parents=True, exist_ok=True)
     mismatches: list[Mismatch] = []
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
     for entry in manifest.artifacts:
         target = out / safe_relative(entry.path)
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.with_name(f"{TEMP_PREFIX}{target.name}")
         try:
-            with (folder / entry.path).open("rb", buffering=0) as src, temp.open("wb") as dst:
-                digest, size = hashlib.sha256(), 0
-                while count := src.readinto(buffer):
-                    digest.update(view[:count])
-                    dst.write(view[:count])
-                    size += count
-                    if progress is not None:
-                        progress(count)
-        except FileNotFoundError:
+            with temp.open("wb") as dst:
+                size, sha = source.copy(entry.path, dst, progress)
+        except (FileNotFoundError, NotFoundError):
             temp.unlink(missing_ok=True)
             mismatches.append(Mismatch(entry.path, "missing"))
             continue
-        problem = None
-        if size != entry.size_bytes:
-            problem = f"size {size}, manifest says {entry.size_bytes}"
-        elif digest.hexdigest() != entry.sha256:
-            problem = f"sha256 {digest.hexdigest()[:12]}..., manifest says {entry.sha256[:12]}..."
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        problem = compare(entry, size, sha)
         if problem:
             temp.unlink()
-            mismatches.append(Mismatch(entry.path, problem))
+            mismatches.append(problem)
         else:
             os.replace(temp, target)
     if not mismatches:
@@ -337,11 +365,3 @@ def prune(
             shutil.rmtree(folder)
         pruned.append(PruneResult(folder.name, created, size))
     return pruned
-
-
-def list_folder(folder: Path) -> Manifest:
-    return read_manifest(folder)
-
-
-def as_json(manifest: Manifest) -> dict[str, object]:
-    return json.loads(manifest.model_dump_json())  # type: ignore[no-any-return]

@@ -9,6 +9,7 @@
     ├── HostKeyError                   exit 5  unknown or changed host key (never retried)
     ├── OperationTimeout     transient exit 124 a deadline passed (the remote work was stopped)
     ├── CommandFailed                  exit 1  a remote command ran and failed; carries its result
+    ├── Skipped                        exit 0  a step had nothing to do (its result says why)
     ├── IllegalTransition              exit 1  a job/step state change the state machine forbids
     ├── ArtifactMismatch               exit 1  an artifact's size or sha256 differs from its manifest
     └── Cancelled                      exit 130 the job or command was cancelled (or interrupted)
@@ -77,6 +78,15 @@ class IllegalTransition(WinAutomationError):
 
 class ArtifactMismatch(WinAutomationError):
     exit_code = 1
+
+
+class Skipped(WinAutomationError):
+    """Raised by a step that had nothing to do (an idempotency check passed); `result` is its output.
+
+    The engine records the step, and the job when nothing failed, as `skipped`.
+    """
+
+    exit_code = 0
 
 
 class Cancelled(WinAutomationError):

@@ -5,6 +5,8 @@
       │           ├──────> cancelled    │ resume
       │           └──────> interrupted ─┤
       ├──> skipped ─────────────────────┤ (a step skipped because a parent failed)
+  running ──> skipped: a step raised errors.Skipped (nothing to do, e.g. an idempotency check
+              passed); a job whose steps all succeeded or were skipped so ends `skipped`
       ├──> cancelled                    │
       └──> interrupted                  v
                                       queued
@@ -46,7 +48,7 @@ Q, R, S, F, C, K, I = (  # noqa: E741
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     Q: frozenset({R, C, K, I}),
-    R: frozenset({R, S, F, C, I}),
+    R: frozenset({R, S, F, C, I, K}),
     S: frozenset(),
     F: frozenset({Q}),
     C: frozenset(),

@@ -26,8 +26,10 @@ when several processes open a new journal at once.
 
 A job in `queued` or `running` has an owner: a pid (with its start time, so a reused pid is not
 mistaken for the owner) on a host, and a heartbeat. `Journal.open` marks `interrupted` every such
-job whose owner is dead or whose heartbeat is older than HEARTBEAT_EXPIRY: no job stays "running"
-forever.
+local-engine job whose owner is dead or whose heartbeat is older than HEARTBEAT_EXPIRY: no job
+stays "running" forever. Jobs of another engine (`engine='hatchet'`) are left to that engine: the
+run goes on without the process that triggered it, so its record is brought up to date from the
+engine (the Hatchet layer's sync), not from the owner pid.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -52,35 +55,13 @@ from win_automation.jobrecords import (
     step_from_row,
 )
 from win_automation.jobstate import ACTIVE, JobState, check_transition
+from win_automation.journal_schema import MIGRATIONS
 from win_automation.owners import process_alive, process_start
 
 JOURNAL_FILE = "journal.sqlite3"
 BUSY_TIMEOUT_SECONDS = 10.0
 HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_EXPIRY = 30.0
-
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE IF NOT EXISTS jobs (
-            job_id TEXT PRIMARY KEY, trace_id TEXT NOT NULL, workflow TEXT NOT NULL,
-            engine TEXT NOT NULL, external_id TEXT, state TEXT NOT NULL, input_json TEXT NOT NULL,
-            error TEXT, error_code INTEGER, created_at REAL NOT NULL, started_at REAL,
-            finished_at REAL, updated_at REAL NOT NULL, owner_pid INTEGER, owner_start TEXT,
-            owner_host TEXT, heartbeat_at REAL, cancel_requested INTEGER NOT NULL DEFAULT 0)""",
-        "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)",
-        "CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at)",
-        "CREATE INDEX IF NOT EXISTS jobs_external ON jobs(engine, external_id)",
-        """CREATE TABLE IF NOT EXISTS steps (
-            job_id TEXT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE, name TEXT NOT NULL,
-            position INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-            output_json TEXT, error TEXT, error_code INTEGER, started_at REAL, finished_at REAL,
-            PRIMARY KEY (job_id, name))""",
-        """CREATE TABLE IF NOT EXISTS events (
-            id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, step TEXT,
-            state TEXT NOT NULL, attempt INTEGER, message TEXT, ts REAL NOT NULL)""",
-        "CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id)",
-    ),
-)
 
 
 class Journal:
@@ -89,6 +70,7 @@ class Journal:
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self._conn = conn
+        self._lock = threading.RLock()  # one transaction at a time when threads share a Journal
         self._conn.row_factory = sqlite3.Row
         self._pid = os.getpid()
         self._start = process_start(self._pid)
@@ -121,13 +103,18 @@ class Journal:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
 
     def _migrate(self) -> None:
         (version,) = self._conn.execute("PRAGMA user_version").fetchone()
@@ -305,17 +292,17 @@ class Journal:
         return self.get_job(job_id)
 
     def cancel_requested(self, job_id: str) -> bool:
-        row = self._conn.execute("SELECT cancel_requested FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return bool(row and row[0])
+        rows = self._query("SELECT cancel_requested FROM jobs WHERE job_id = ?", (job_id,))
+        return bool(rows and rows[0][0])
 
     def recover_interrupted(self) -> list[str]:
         """Mark interrupted every active local job whose owner died or whose heartbeat expired.
         Hatchet jobs are left alone: the engine owns them (it reassigns a dead worker's tasks)."""
         now = time.time()
-        rows = self._conn.execute(
+        rows = self._query(
             "SELECT job_id, owner_pid, owner_start, owner_host, heartbeat_at FROM jobs"
             " WHERE state IN ('queued', 'running') AND engine = 'local'"
-        ).fetchall()
+        )
         dead = []
         for row in rows:
             expired = row["heartbeat_at"] is None or now - row["heartbeat_at"] > HEARTBEAT_EXPIRY
@@ -344,16 +331,14 @@ class Journal:
     # -- reading ---------------------------------------------------------------------------
 
     def get_job(self, job_id: str) -> JobRecord:
-        row = self._conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        if row is None:
+        rows = self._query("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+        if not rows:
             raise NotFoundError(f"job {job_id} not found in the journal {self.path}")
-        return job_from_row(row)
+        return job_from_row(rows[0])
 
     def find_external(self, engine: str, external_id: str) -> JobRecord | None:
-        row = self._conn.execute(
-            "SELECT * FROM jobs WHERE engine = ? AND external_id = ?", (engine, external_id)
-        ).fetchone()
-        return None if row is None else job_from_row(row)
+        rows = self._query("SELECT * FROM jobs WHERE engine = ? AND external_id = ?", (engine, external_id))
+        return job_from_row(rows[0]) if rows else None
 
     def list_jobs(
         self,
@@ -373,20 +358,18 @@ class Journal:
         sql += " ORDER BY created_at DESC, job_id DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [job_from_row(row) for row in self._conn.execute(sql, args).fetchall()]
+        return [job_from_row(row) for row in self._query(sql, args)]
 
     def steps(self, job_id: str) -> list[StepRecord]:
-        rows = self._conn.execute(
-            "SELECT * FROM steps WHERE job_id = ? ORDER BY position", (job_id,)
-        ).fetchall()
+        rows = self._query("SELECT * FROM steps WHERE job_id = ? ORDER BY position", (job_id,))
         return [step_from_row(row) for row in rows]
 
     def events(self, job_id: str) -> list[EventRecord]:
-        rows = self._conn.execute("SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,)).fetchall()
+        rows = self._query("SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,))
         return [event_from_row(row) for row in rows]
 
     def active_job_ids(self) -> set[str]:
-        rows = self._conn.execute("SELECT job_id FROM jobs WHERE state IN ('queued', 'running')")
+        rows = self._query("SELECT job_id FROM jobs WHERE state IN ('queued', 'running')")
         return {row[0] for row in rows}
 
     # -- helpers ---------------------------------------------------------------------------

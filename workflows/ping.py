@@ -1,9 +1,9 @@
 """`ping`: a self-check of the job runtime that never touches the VM.
 
 Three steps, each checking one part end to end: `check-engine` (steps run and pass outputs on),
-`check-journal` (the data directory and journal are reachable; optionally holds the job for
-`hold_seconds`, checking for cancellation, so `jobs cancel` can be tried on it), and
-`write-artifact` (the artifact folder is writable: writes `ping.json` and records it in the
+`check-journal` (the journal in the data directory opens and holds this job's record; it then
+holds the job for `hold_seconds`, checking for cancellation, so `jobs cancel` can be tried on it),
+and `write-artifact` (the artifact folder is writable: writes `ping.json` and records it in the
 manifest). Useful after install (`win-automation run ping`), for engine benchmarks and for the
 Hatchet worker's end-to-end tests.
 """
@@ -18,7 +18,8 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from win_automation.errors import Cancelled
+from win_automation.errors import Cancelled, NotFoundError
+from win_automation.journal import Journal
 from win_automation.workflow import Step, StepContext, Workflow
 
 
@@ -41,8 +42,9 @@ class EngineCheck(BaseModel):
 
 class JournalCheck(BaseModel):
     message: str
-    data_dir: str
-    data_dir_writable: bool
+    journal: str
+    job_recorded: bool
+    job_state: str | None
     held_seconds: float
 
 
@@ -66,7 +68,12 @@ def check_engine(inp: PingInput, ctx: StepContext) -> EngineCheck:
 
 def check_journal(inp: PingInput, ctx: StepContext) -> JournalCheck:
     engine = ctx.parent("check-engine", EngineCheck)
-    data_dir = ctx.config.data.dir
+    with Journal.open(ctx.config.data.dir, recover=False) as journal:
+        try:
+            state: str | None = journal.get_job(ctx.job_id).state.value
+        except NotFoundError:
+            state = None  # an engine that does not journal this job
+        path = str(journal.path)
     started = time.monotonic()
     while time.monotonic() - started < inp.hold_seconds:
         if ctx.cancelled():
@@ -74,8 +81,9 @@ def check_journal(inp: PingInput, ctx: StepContext) -> JournalCheck:
         time.sleep(0.02)
     return JournalCheck(
         message=engine.message,
-        data_dir=str(data_dir),
-        data_dir_writable=data_dir.is_dir() and os.access(data_dir, os.W_OK),
+        journal=path,
+        job_recorded=state is not None,
+        job_state=state,
         held_seconds=round(time.monotonic() - started, 3),
     )
 

@@ -2,7 +2,8 @@
 
 Two steps over the process-wide SSH connection (`get_connection(ctx.config.ssh)`):
 - `check`: when `check` is given (the idempotency check), run it; it passes when it exits 0.
-- `exec`: when the check passed, the command is skipped (output `skipped: true`, exit code 0);
+- `exec`: when the check passed, the command is skipped: the step raises errors.Skipped, so the
+  step and the job are recorded `skipped` (output `skipped: true`, exit code 0);
   otherwise run it with its deadline (`timeout_seconds`, killing the remote process tree when it
   passes). Writes the ssh artifacts `stdout.txt`, `stderr.txt`, `exit_code.txt` (plus
   `result.json`) to the job's folder either way.
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from win_automation.command_result import CommandResult, Shell
+from win_automation.errors import Skipped
 from win_automation.workflow import Step, StepContext, Workflow
 
 # job id -> (stdout sink, stderr sink): set by the CLI to stream output as it arrives.
@@ -81,35 +83,36 @@ def execute(inp: SshExecInput, ctx: StepContext) -> ExecOutput:
     display = inp.display or inp.command
     if ctx.parent("check", CheckOutput).passed:
         ctx.log.info("check passed: command skipped", extra={"op": "ssh.exec"})
-        result = skipped_result(display, inp.shell)
+        skipped = skipped_result(display, inp.shell)
+        write_artifacts(ctx, skipped)
+        raise Skipped(f"skipped: the check `{inp.check}` exited 0", result=ExecOutput(**skipped.model_dump()))
+    with _LIVE_LOCK:
+        sinks = LIVE_OUTPUT.get(ctx.job_id)
+    on_out, on_err = sinks if sinks is not None else (None, None)
+    timeout = inp.timeout_seconds or ctx.config.ssh.command_timeout
+    conn = _connection(ctx)
+    remote_os = ctx.config.ssh.remote_os
+    if inp.shell == "powershell":
+        result = run_powershell(
+            conn,
+            inp.command,
+            args=tuple(inp.args),
+            remote_os=remote_os,
+            timeout=timeout,
+            on_stdout=on_out,
+            on_stderr=on_err,
+            display=display,
+        )
     else:
-        with _LIVE_LOCK:
-            sinks = LIVE_OUTPUT.get(ctx.job_id)
-        on_out, on_err = sinks if sinks is not None else (None, None)
-        timeout = inp.timeout_seconds or ctx.config.ssh.command_timeout
-        conn = _connection(ctx)
-        remote_os = ctx.config.ssh.remote_os
-        if inp.shell == "powershell":
-            result = run_powershell(
-                conn,
-                inp.command,
-                args=tuple(inp.args),
-                remote_os=remote_os,
-                timeout=timeout,
-                on_stdout=on_out,
-                on_stderr=on_err,
-                display=display,
-            )
-        else:
-            result = run_command(
-                conn,
-                inp.command,
-                shell="cmd",
-                remote_os=remote_os,
-                timeout=timeout,
-                on_stdout=on_out,
-                on_stderr=on_err,
-            )
+        result = run_command(
+            conn,
+            inp.command,
+            shell="cmd",
+            remote_os=remote_os,
+            timeout=timeout,
+            on_stdout=on_out,
+            on_stderr=on_err,
+        )
     write_artifacts(ctx, result)
     return ExecOutput(**result.model_dump())
 

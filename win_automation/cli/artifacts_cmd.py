@@ -85,16 +85,41 @@ def fetch(
     out: Path = typer.Option(
         ..., "--out", help="Folder to copy into (the files land in OUT/JOB_ID/).", file_okay=False
     ),
+    source: str = typer.Option(
+        "auto",
+        "--from",
+        help="local (artifacts.out_dir), vm (artifacts.remote_dir over SFTP), or auto: local when present.",
+        metavar="auto|local|vm",
+    ),
 ) -> None:
     """Copy a job's artifacts into OUT/JOB_ID/, checking every size and sha256 against the manifest."""
-    from win_automation.artifacts import copy_verified, raise_mismatches, read_manifest
+    from win_automation.artifacts import (
+        MANIFEST,
+        ArtifactSource,
+        LocalSource,
+        copy_verified,
+        raise_mismatches,
+    )
+    from win_automation.errors import UsageError
 
+    if source not in ("auto", "local", "vm"):
+        raise UsageError(f"--from: {source!r} must be auto, local or vm")
     folder = local_folder(ctx, job)
-    total = sum(a.size_bytes for a in read_manifest(folder).artifacts)
+    origin: ArtifactSource = LocalSource(folder)
+    where = str(folder)
+    if source == "vm" or (source == "auto" and not (folder / MANIFEST).exists()):
+        from win_automation.adapters.ssh import get_connection
+        from win_automation.remote_artifacts import VmSource, sftp_path
+
+        config = state(ctx).config()
+        origin = VmSource(get_connection(config.ssh), config.artifacts.remote_dir, job)
+        where = f"{config.ssh.host}:{sftp_path(config.artifacts.remote_dir, job)}"
+    manifest = origin.manifest()
+    total = sum(a.size_bytes for a in manifest.artifacts)
     target = out / job
     with progress_bar(f"fetch {job}", total) as advance:
-        manifest, mismatches = copy_verified(folder, target, advance)
-    raise_mismatches(f"fetch {job}", mismatches)
+        manifest, mismatches = copy_verified(origin, target, advance)
+    raise_mismatches(f"fetch {job} from {where}", mismatches)
     typer.echo(
         f"fetched {len(manifest.artifacts)} artifact(s), {human_bytes(total)}, verified, into {target}"
     )
@@ -126,21 +151,17 @@ def prune(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Apply retention: delete job folders older than the retention period (never active jobs)."""
-    from win_automation.artifacts import prune as prune_folders
     from win_automation.durations import parse_duration
     from win_automation.errors import UsageError
-    from win_automation.journal import Journal
+    from win_automation.retention import apply_retention
 
-    config = state(ctx).config()
-    seconds = config.artifacts.retention_days * 86400.0
+    seconds = None
     if older_than is not None:
         try:
             seconds = parse_duration(older_than)
         except ValueError as exc:
             raise UsageError(f"--older-than: {exc}") from None
-    with Journal.open(config.data.dir) as journal:
-        active = frozenset(journal.active_job_ids())
-    pruned = prune_folders(config.artifacts.out_dir, seconds, dry_run=dry_run, keep=active)
+    pruned = apply_retention(state(ctx).config(), older_than_seconds=seconds, dry_run=dry_run)
     freed = sum(p.size_bytes for p in pruned)
     if as_json:
         print_json({"dry_run": dry_run, "pruned": [p.job_id for p in pruned], "bytes": freed})

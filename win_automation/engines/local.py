@@ -39,7 +39,14 @@ from win_automation import metrics
 from win_automation.artifacts import ArtifactWriter
 from win_automation.config import Config
 from win_automation.engines.context import JobMonitor, LocalStepContext
-from win_automation.errors import Cancelled, NotFoundError, OperationTimeout, UsageError, WinAutomationError
+from win_automation.errors import (
+    Cancelled,
+    NotFoundError,
+    OperationTimeout,
+    Skipped,
+    UsageError,
+    WinAutomationError,
+)
 from win_automation.jobids import validate_job_id
 from win_automation.jobrecords import JobRecord
 from win_automation.jobstate import RESUMABLE, JobState
@@ -67,7 +74,7 @@ class JobOutcome:
 
     @property
     def exit_code(self) -> int:
-        if self.state == JobState.SUCCEEDED:
+        if self.state in (JobState.SUCCEEDED, JobState.SKIPPED):
             return 0
         if self.state in (JobState.CANCELLED, JobState.INTERRUPTED):
             return Cancelled.exit_code
@@ -189,6 +196,9 @@ class LocalEngine:
             raise Cancelled(
                 f"job {job.job_id} interrupted; continue it with `win-automation jobs resume {job.job_id}`"
             ) from None
+        except Exception as exc:
+            self._finish_broken(job.job_id, workflow, outcome, exc)
+            raise
         finally:
             self._monitor.unwatch(job.job_id)
         return outcome
@@ -206,6 +216,7 @@ class LocalEngine:
             raise _JobCancelled
         self.journal.set_job_state(job.job_id, JobState.RUNNING)
         blocked: set[str] = set()
+        skipped_steps = 0
         for step in workflow.steps:
             if step.name in outcome.outputs:
                 continue
@@ -220,6 +231,10 @@ class LocalEngine:
             parents = {p: outcome.outputs[p] for p in step.parents}
             try:
                 output = self._run_step(job, step, input, parents, writer, cancel)
+            except Skipped as skipped:
+                outcome.outputs[step.name] = skipped.result
+                skipped_steps += 1
+                continue
             except (Cancelled, _JobCancelled):
                 raise
             except Exception as exc:
@@ -235,6 +250,10 @@ class LocalEngine:
                 job.job_id, JobState.FAILED, error=outcome.error, error_code=outcome.error_code
             )
             metrics.inc("jobs_failed_total")
+        elif skipped_steps:
+            outcome.state = JobState.SKIPPED
+            self.journal.set_job_state(job.job_id, JobState.SKIPPED)
+            metrics.inc("jobs_completed_total")
         else:
             outcome.state = JobState.SUCCEEDED
             self.journal.set_job_state(job.job_id, JobState.SUCCEEDED)
@@ -270,6 +289,19 @@ class LocalEngine:
             )
             try:
                 output = self._attempt(step, input, ctx, cancel, attempt_cancel)
+            except Skipped as skipped:
+                if not isinstance(skipped.result, step.output):
+                    raise TypeError(
+                        f"step {step.name}: Skipped must carry a {step.output.__name__}"
+                    ) from None
+                self.journal.step_finished(
+                    job.job_id,
+                    step.name,
+                    JobState.SKIPPED,
+                    output_json=skipped.result.model_dump_json(),
+                    error=redact(str(skipped)),
+                )
+                raise
             except (Cancelled, _JobCancelled):
                 raise
             except Exception as exc:
@@ -359,3 +391,25 @@ class LocalEngine:
         )
         metrics.inc("jobs_cancelled_total")
         log.info("job cancelled", extra={"op": "run", "job_id": job_id})
+
+    def _finish_broken(self, job_id: str, workflow: Workflow, outcome: JobOutcome, exc: Exception) -> None:
+        """The engine itself failed (the journal, the desktop lock): record the job failed (or
+        interrupted, when it had not started) if the journal still answers; otherwise the next
+        Journal.open marks it interrupted."""
+        message, code = describe(exc)
+        outcome.error, outcome.error_code = f"engine: {message}", code
+        try:
+            current = self.journal.get_job(job_id).state
+            final = JobState.FAILED if current == JobState.RUNNING else JobState.INTERRUPTED
+            if current in (JobState.QUEUED, JobState.RUNNING):
+                for record in self.journal.steps(job_id):
+                    if record.state == JobState.RUNNING:
+                        self.journal.step_finished(job_id, record.name, JobState.FAILED, error=outcome.error)
+                    elif record.state == JobState.QUEUED and final == JobState.FAILED:
+                        self.journal.step_finished(job_id, record.name, JobState.SKIPPED)
+                self.journal.set_job_state(job_id, final, error=outcome.error, error_code=code)
+                outcome.state = final
+        except Exception:
+            log.warning(
+                "could not record the engine failure", exc_info=True, extra={"op": "run", "job_id": job_id}
+            )

@@ -1,0 +1,160 @@
+"""Job runtime speed: workflow overhead of the local engine, and manifest hashing of a 1 GiB file.
+
+Run: .venv/bin/python benchmarks/jobs_bench.py [--jobs 300] [--size-mib 1024]
+
+1. Workflow overhead: a 3-step no-op workflow run through LocalEngine (journal included: job and
+   step states, events, outputs; WAL, synchronous=NORMAL), median per job; target < 5 ms. Peer
+   in the same run: a bare SQLite insert-and-commit loop on a file with the same settings, and
+   the same loop with synchronous=FULL, to show what an fsync per commit would cost.
+2. Hashing: `artifacts.hash_file` against `sha256sum` on the same 1 GiB file (page cache warm,
+   runs interleaved, best of 3 each); target >= 0.9x its throughput. The hashing runs in a child
+   process that reports its peak RSS growth (resource.getrusage) during hashing: target < 64 MiB.
+
+The machine has 2 cores shared with other work, so the figures are noisy; ratios are measured in
+one run, interleaved, so that load affects both sides alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from win_automation.config import load_config
+from win_automation.engines.local import LocalEngine
+from win_automation.workflow import Step, StepContext, Workflow
+
+CHILD_HASH = """
+import json, resource, sys, time
+from pathlib import Path
+from win_automation.artifacts import hash_file
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+size, sha = hash_file(Path(sys.argv[1]))
+elapsed = time.perf_counter() - start
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": elapsed, "sha256": sha, "size": size, "rss_growth_kib": after - before,
+                  "peak_rss_kib": after}))
+"""
+
+
+class Nothing(BaseModel):
+    pass
+
+
+def noop(inp: Nothing, ctx: StepContext) -> Nothing:
+    return Nothing()
+
+
+NOOP = Workflow(
+    name="bench-noop",
+    input=Nothing,
+    steps=(
+        Step("one", noop, Nothing),
+        Step("two", noop, Nothing, parents=("one",)),
+        Step("three", noop, Nothing, parents=("two",)),
+    ),
+)
+
+
+def engine_per_job(tmp: Path, jobs: int) -> float:
+    env = {"WIN_AUTOMATION_DATA_DIR": str(tmp / "data"), "WIN_AUTOMATION_ARTIFACT_OUT": str(tmp / "art")}
+    engine = LocalEngine(load_config(None, env).config)
+    times = []
+    for _ in range(jobs):
+        start = time.perf_counter()
+        outcome = engine.run(NOOP, Nothing())
+        times.append(time.perf_counter() - start)
+        assert outcome.state.value == "succeeded"
+    engine.close()
+    return statistics.median(times)
+
+
+def sqlite_per_commit(path: Path, rows: int, synchronous: str) -> float:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, job TEXT, state TEXT, ts REAL)")
+    times = []
+    for i in range(rows):
+        start = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t (job, state, ts) VALUES (?, ?, ?)", (f"job-{i}", "queued", time.time()))
+        conn.execute("COMMIT")
+        times.append(time.perf_counter() - start)
+    conn.close()
+    return statistics.median(times)
+
+
+def make_file(path: Path, mib: int) -> None:
+    block = os.urandom(1 << 20)
+    with path.open("wb") as handle:
+        for _ in range(mib):
+            handle.write(block)
+
+
+def sha256sum(path: Path) -> tuple[float, str]:
+    start = time.perf_counter()
+    out = subprocess.run(["sha256sum", str(path)], capture_output=True, text=True, check=True)
+    return time.perf_counter() - start, out.stdout.split()[0]
+
+
+def ours(path: Path) -> dict[str, float | str]:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD_HASH, str(path)], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="jobs-bench-") as name:
+        tmp = Path(name)
+        engine_per_job(tmp / "warm", 20)
+        job = engine_per_job(tmp, args.jobs)
+        normal = sqlite_per_commit(tmp / "normal.sqlite3", args.jobs, "NORMAL")
+        full = sqlite_per_commit(tmp / "full.sqlite3", min(args.jobs, 200), "FULL")
+        print(
+            f"3-step no-op workflow, local engine + journal   median {job * 1000:7.3f} ms/job (target < 5)"
+        )
+        print(f"bare SQLite insert+commit (WAL, sync=NORMAL)    median {normal * 1000:7.3f} ms/commit")
+        print(f"bare SQLite insert+commit (WAL, sync=FULL)      median {full * 1000:7.3f} ms/commit")
+        print(f"ratio engine job / bare commit: {job / normal:.1f}x (a job makes 9 journal commits)")
+        print(f"an fsync per commit would cost {full / normal:.1f}x per commit; the journal uses NORMAL\n")
+
+        path = tmp / "artifact.bin"
+        make_file(path, args.size_mib)
+        sha256sum(path)  # warm the page cache
+        theirs_s, ours_s, growth = [], [], []
+        for _ in range(3):
+            seconds, reference = sha256sum(path)
+            theirs_s.append(seconds)
+            result = ours(path)
+            assert result["sha256"] == reference, "hash_file disagrees with sha256sum"
+            ours_s.append(float(result["seconds"]))
+            growth.append(float(result["rss_growth_kib"]) / 1024)
+            peak = float(result["peak_rss_kib"]) / 1024
+        size_mib = args.size_mib
+        a, b = size_mib / min(ours_s), size_mib / min(theirs_s)
+        print(f"hash_file  {size_mib} MiB: best {min(ours_s):6.3f} s  {a:7.1f} MiB/s")
+        print(f"sha256sum  {size_mib} MiB: best {min(theirs_s):6.3f} s  {b:7.1f} MiB/s")
+        print(f"throughput ratio ours/sha256sum: {a / b:.2f}x (target >= 0.9x)")
+        print(
+            f"peak RSS growth while hashing: {max(growth):.1f} MiB (target < 64 MiB); peak RSS {peak:.0f} MiB"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Remote commands end to end: PowerShell through the `powershell.exe` stand-in, cmd mode,
+deadlines that kill the remote process tree, and the idempotent skip."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from fixture_sshd import SshServer
+
+from win_automation import powershell, remote
+from win_automation.adapters import ssh
+
+
+@pytest.fixture
+def conn(ssh_config):  # type: ignore[no-untyped-def]
+    ssh.close_all()
+    yield ssh.get_connection(ssh_config)
+    ssh.close_all()
+
+
+def last_report(server: SshServer) -> dict:  # type: ignore[type-arg]
+    return json.loads(server.reports.read_text(encoding="utf-8").splitlines()[-1])
+
+
+TRICKY = (
+    "Write-Output \"quotes ' and \\\" & | % ^ < > `$env:X\"\n"
+    "$a = 'naïve café ✓ 日本語 🎉'\r\n\tline3 ^& %PATH% !x!"
+)
+
+
+def test_powershell_text_arrives_intact_through_encoded_command(conn, live_sshd: SshServer) -> None:  # type: ignore[no-untyped-def]
+    result = remote.run_powershell(conn, TRICKY, remote_os="posix")
+    assert result.exit_code == 0 and result.stdout == TRICKY
+    report = last_report(live_sshd)
+    assert report["mode"] == "encoded" and report["body"] == TRICKY
+    assert report["argv"][:5] == [
+        "-NoProfile",
+        "-NonInteractive",
+        "-ExecutionPolicy",
+        "Bypass",
+        "-EncodedCommand",
+    ]
+    script = report["script"]
+    assert script.startswith("# win-automation run ") and "$ErrorActionPreference='Stop'" in script
+    assert "[Console]::OutputEncoding=[System.Text.UTF8Encoding]::new($false)" in script
+    assert "exit $global:LASTEXITCODE" in script
+
+
+def test_exit_codes_and_clixml_stderr(conn) -> None:  # type: ignore[no-untyped-def]
+    assert remote.run_command(conn, "exit 7", remote_os="posix").exit_code == 7
+    failed = remote.run_command(conn, "Write-Error 'disk C: is full'", remote_os="posix")
+    assert failed.exit_code == 1 and failed.stderr == "disk C: is full\n" and "CLIXML" not in failed.stderr
+
+
+def test_long_script_goes_over_sftp_runs_with_file_and_is_removed(conn, live_sshd: SshServer) -> None:  # type: ignore[no-untyped-def]
+    body = "# 20 KB\n" + "\n".join(f"Write-Output 'line {i} ü & | %'" for i in range(700)) + "\nexit 3"
+    assert len(body.encode()) > 20_000
+    result = remote.run_powershell(conn, body, args=("a b", "it's"), remote_os="posix")
+    assert result.exit_code == 3 and result.stdout == body
+    report = last_report(live_sshd)
+    assert report["mode"] == "file" and report["body"] == body
+    assert "& {" in report["script"] and "} 'a b' 'it''s'" in report["script"]
+    uploaded = Path(report["path"])
+    assert uploaded.name.startswith(".wa-script-") and uploaded.suffix == ".ps1"
+    assert not (Path("/var/lib/wa-sshtest") / uploaded).exists() and not uploaded.exists()
+
+
+def test_cmd_mode_passes_the_command_as_given(conn) -> None:  # type: ignore[no-untyped-def]
+    result = remote.run_command(
+        conn, "printf '%s|' a 'b c' && echo \"$HOME\" >&2; exit 4", shell="cmd", remote_os="posix"
+    )
+    assert (result.exit_code, result.stdout, result.shell) == (4, "a|b c|", "cmd")
+    assert result.stderr.strip().startswith("/")  # the PID marker was taken out of stderr
+
+
+def _alive(marker: str) -> bool:
+    return subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+
+
+def test_timeout_kills_the_remote_process_tree(conn) -> None:  # type: ignore[no-untyped-def]
+    marker = f"wa{uuid.uuid4().hex[:8]}"
+    # a child and a grandchild that would outlive a closed channel
+    command = f"sh -c 'sleep 300 # {marker}' & sh -c \"sh -c 'sleep 301 # {marker}'\" & echo started; wait"
+    started = time.monotonic()
+    result = remote.run_command(conn, command, shell="cmd", remote_os="posix", timeout=1.0)
+    assert result.timed_out and result.exit_code == 124 and result.stdout == "started\n"
+    assert time.monotonic() - started < 10
+    deadline = time.monotonic() + 5
+    while _alive(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(marker)
+
+
+def test_powershell_timeout_kills_the_stand_in(conn) -> None:  # type: ignore[no-untyped-def]
+    result = remote.run_powershell(conn, "Write-Output 'go'\nStart-Sleep 60", remote_os="posix", timeout=1.0)
+    assert result.timed_out and result.exit_code == 124
+    time.sleep(0.3)
+    assert not _alive("Start-Sleep|powershell.exe -NoProfile")
+
+
+def test_windows_kill_uses_the_needle_of_each_mode() -> None:
+    script = powershell.wrap_script("Start-Sleep 9", run_id="f" * 32)
+    line = powershell.encoded_command_line(script)
+    assert powershell.encoded_needle(script) in line
+    assert powershell.encoded_needle(script) in powershell.kill_tree_script(powershell.encoded_needle(script))
+
+
+def test_idempotent_skip(conn, live_sshd: SshServer) -> None:  # type: ignore[no-untyped-def]
+    flag = live_sshd.remote_dir / "done.flag"
+    flag.unlink(missing_ok=True)
+    check = f"test -e {flag}"
+    checked, ran = remote.run_idempotent(
+        conn, f"touch {flag}; echo made", check, shell="cmd", remote_os="posix"
+    )
+    assert checked.exit_code == 1 and ran is not None and ran.stdout == "made\n" and flag.exists()
+    checked, ran = remote.run_idempotent(conn, f"echo again >> {flag}", check, shell="cmd", remote_os="posix")
+    assert checked.exit_code == 0 and ran is None and flag.read_text() == ""

@@ -1,0 +1,62 @@
+"""Fetching a job's artifacts from the VM's artifact folder over SFTP (a real sshd on loopback)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from win_automation.artifacts import ArtifactWriter
+from win_automation.jobids import new_job_id, new_trace_id
+from win_automation.remote_artifacts import sftp_path
+
+
+def test_sftp_paths_for_windows_and_posix_roots() -> None:
+    job = "20261122T015916123Z-3f9a1c0b7e2d"
+    assert sftp_path(r"C:\ProgramData\win-automation\artifacts", job, "manifest.json") == (
+        f"/C:/ProgramData/win-automation/artifacts/{job}/manifest.json"
+    )
+    assert sftp_path("/srv/artifacts/", job) == f"/srv/artifacts/{job}"
+
+
+def vm_job(remote_dir: Path) -> ArtifactWriter:
+    writer = ArtifactWriter(remote_dir, new_job_id(), new_trace_id())
+    writer.write_text("ssh", "stdout.txt", "remote output\n")
+    writer.write_bytes("playwright", "trace.zip", os.urandom(300_000))
+    for path in [writer.folder, *writer.folder.iterdir()]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return writer
+
+
+def test_fetch_from_the_vm_verifies_every_file(
+    cli, live_sshd, known_hosts, remote_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    env = {**live_sshd.env(known_hosts), "WIN_AUTOMATION_ARTIFACTS_REMOTE_DIR": str(remote_dir)}
+    writer = vm_job(remote_dir)
+    res = cli("artifacts", "fetch", "--job", writer.job_id, "--out", str(tmp_path / "out"), env=env)
+    assert res.code == 0, res.stderr
+    copy = tmp_path / "out" / writer.job_id
+    for name in ("stdout.txt", "trace.zip"):
+        assert (copy / name).read_bytes() == (writer.folder / name).read_bytes()
+    assert json.loads((copy / "manifest.json").read_text())["job_id"] == writer.job_id
+
+    (writer.folder / "stdout.txt").write_text("remote OUTPUT\n")  # same size, other bytes
+    again = cli(
+        "artifacts", "fetch", "--from", "vm", "--job", writer.job_id, "--out", str(tmp_path / "o2"), env=env
+    )
+    assert again.code == 1
+    assert "1 file(s) do not match the manifest: stdout.txt (sha256" in again.stderr
+    assert not (tmp_path / "o2" / writer.job_id / "stdout.txt").exists()
+    assert (tmp_path / "o2" / writer.job_id / "trace.zip").exists()
+    assert not (tmp_path / "o2" / writer.job_id / "manifest.json").exists()
+
+
+def test_fetch_of_a_job_the_vm_does_not_have(
+    cli, live_sshd, known_hosts, remote_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    env = {**live_sshd.env(known_hosts), "WIN_AUTOMATION_ARTIFACTS_REMOTE_DIR": str(remote_dir)}
+    job = new_job_id()
+    res = cli("artifacts", "fetch", "--job", job, "--out", str(tmp_path / "out"), env=env)
+    assert res.code == 1 and f"{job}/manifest.json does not exist" in res.stderr
+    bad = cli("artifacts", "fetch", "--from", "disk", "--job", job, "--out", str(tmp_path / "out"))
+    assert bad.code == 2 and "--from: 'disk' must be auto, local or vm" in bad.stderr

@@ -1,0 +1,151 @@
+"""`win-automation ssh ...` as users run it: a real CLI process against the real sshd."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from fixture_sshd import SshServer
+
+
+def env_for(server: SshServer, known_hosts: Path, **overrides: object) -> dict[str, str]:
+    return server.env(known_hosts, **overrides)
+
+
+def test_run_json_is_a_job_with_ssh_artifacts(
+    cli, live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    out = cli(
+        "ssh",
+        "run",
+        "--shell",
+        "cmd",
+        "--json",
+        "--",
+        "echo",
+        "hello;",
+        "echo",
+        "oops",
+        ">&2;",
+        "exit",
+        "3",
+        env=env_for(live_sshd, known_hosts),
+    )
+    assert out.code == 3, out.stderr
+    data = json.loads(out.stdout)
+    assert (data["exit_code"], data["stdout"], data["stderr"]) == (3, "hello\n", "oops\n")
+    assert data["duration_ms"] >= 0 and data["job_id"]
+    folder = tmp_path / "artifacts" / data["job_id"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["job_id"] == data["job_id"] and manifest["trace_id"]
+    names = {a["path"]: a for a in manifest["artifacts"]}
+    assert {"stdout.txt", "stderr.txt", "exit_code.txt"} <= set(names)
+    assert (folder / "exit_code.txt").read_text() == "3\n" and (
+        folder / "stdout.txt"
+    ).read_text() == "hello\n"
+    assert all(a["type"] == "ssh" and a["size_bytes"] >= 0 and len(a["sha256"]) == 64 for a in names.values())
+    shown = cli("jobs", "show", data["job_id"], "--json")
+    assert shown.code == 0 and "ssh-exec" in shown.stdout
+
+
+def test_run_streams_powershell_and_exits_with_its_code(cli, live_sshd: SshServer, known_hosts: Path) -> None:  # type: ignore[no-untyped-def]
+    out = cli("ssh", "run", "--", "Write-Output 'ünï & | % ^'\nexit 42", env=env_for(live_sshd, known_hosts))
+    assert out.code == 42 and out.stdout.startswith("Write-Output 'ünï & | % ^'\nexit 42")
+
+
+def test_run_timeout_exits_124(cli, live_sshd: SshServer, known_hosts: Path) -> None:  # type: ignore[no-untyped-def]
+    out = cli(
+        "ssh",
+        "run",
+        "--shell",
+        "cmd",
+        "--timeout",
+        "1s",
+        "--",
+        "echo go; sleep 60",
+        env=env_for(live_sshd, known_hosts),
+    )
+    assert out.code == 124 and out.stdout == "go\n"
+    assert "deadline" in out.stderr and "killed" in out.stderr
+
+
+def test_idempotent_skip_is_recorded(cli, live_sshd: SshServer, known_hosts: Path, remote_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    flag = remote_dir / "installed"
+    args = (
+        "ssh",
+        "run",
+        "--shell",
+        "cmd",
+        "--json",
+        "--idempotent",
+        "--idempotent-check",
+        f"test -e {flag}",
+        "--",
+        f"touch {flag}; echo installing",
+    )
+    first = cli(*args, env=env_for(live_sshd, known_hosts))
+    assert first.code == 0 and json.loads(first.stdout)["stdout"] == "installing\n"
+    second = cli(*args, env=env_for(live_sshd, known_hosts))
+    data = json.loads(second.stdout)
+    assert second.code == 0 and data["skipped"] is True and data["stdout"] == ""
+    shown = json.loads(cli("jobs", "show", data["job_id"], "--json").stdout)
+    assert shown["state"] == "skipped"
+    bad = cli("ssh", "run", "--idempotent", "--", "x", env=env_for(live_sshd, known_hosts))
+    assert bad.code == 2 and "--idempotent-check" in bad.stderr
+
+
+def test_script_with_args(cli, live_sshd: SshServer, known_hosts: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    script = tmp_path / "s.ps1"
+    script.write_text('param($Name)\nWrite-Output "hi $Name"\nexit 5\n', encoding="utf-8")
+    out = cli("ssh", "script", str(script), "--", "Bob's", env=env_for(live_sshd, known_hosts))
+    assert out.code == 5 and out.stdout.startswith("param($Name)")
+    report = json.loads(live_sshd.reports.read_text().splitlines()[-1])
+    assert "} 'Bob''s'" in report["script"]
+
+
+def test_unknown_host_exits_5_and_trust_records_it(cli, live_sshd: SshServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    known = tmp_path / "kh" / "known_hosts"
+    env = env_for(live_sshd, known)
+    out = cli("ssh", "run", "--", "echo", env=env)
+    assert (
+        out.code == 5 and live_sshd.fingerprint() in out.stderr and "win-automation ssh trust" in out.stderr
+    )
+    assert "Traceback" not in out.stderr
+    refused = cli("ssh", "trust", env=env)  # not a terminal, no confirmation
+    assert refused.code == 2 and "--fingerprint" in refused.stderr and not known.exists()
+    wrong = cli("ssh", "trust", "--fingerprint", "SHA256:" + "B" * 43, env=env)
+    assert wrong.code == 5 and not known.exists()
+    ok = cli("ssh", "trust", "--fingerprint", live_sshd.fingerprint(), env=env)
+    assert ok.code == 0 and f"ssh-ed25519 key {live_sshd.fingerprint()}" in ok.stdout
+    assert oct(known.stat().st_mode & 0o777) == "0o600"
+    assert cli("ssh", "run", "--shell", "cmd", "--", "echo", "trusted", env=env).stdout == "trusted\n"
+
+
+def test_put_get_cli_and_errors(
+    cli, live_sshd: SshServer, known_hosts: Path, remote_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    env = env_for(live_sshd, known_hosts)
+    src = tmp_path / "src.txt"
+    src.write_bytes(os.urandom(1000))
+    put = cli("ssh", "put", "--json", str(src), str(remote_dir / "r.txt"), env=env)
+    assert put.code == 0 and json.loads(put.stdout)["size_bytes"] == 1000
+    got = cli("ssh", "get", str(remote_dir / "r.txt"), str(tmp_path / "back.txt"), env=env)
+    assert got.code == 0 and (tmp_path / "back.txt").read_bytes() == src.read_bytes()
+    missing = cli("ssh", "get", str(remote_dir / "none"), str(tmp_path / "n.txt"), env=env)
+    assert missing.code == 1 and missing.stderr.strip().endswith("does not exist")
+
+
+def test_secrets_never_reach_output_or_artifacts(
+    cli, live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    env = env_for(live_sshd, known_hosts, key_file="", password="Sekr3t-Pass-word")
+    env.pop("WIN_AUTOMATION_SSH_KEY_FILE")
+    out = cli("--debug", "ssh", "run", "--shell", "cmd", "--json", "--", "echo", "x", env=env)
+    assert out.code == 4 and "Sekr3t-Pass-word" not in out.stdout + out.stderr
+    for path in (tmp_path / "artifacts").rglob("*"):
+        if path.is_file():
+            assert b"Sekr3t-Pass-word" not in path.read_bytes()
+    for path in (tmp_path / "data").rglob("*"):
+        if path.is_file():
+            assert b"Sekr3t-Pass-word" not in path.read_bytes()

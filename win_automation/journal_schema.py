@@ -1,0 +1,30 @@
+"""The journal's schema as versioned migrations: MIGRATIONS[n] takes `PRAGMA user_version` n to n+1.
+
+Append a new tuple to change the schema; never edit one that has shipped. Journal.open applies the
+missing ones in one exclusive transaction, so opening is idempotent and safe from many processes.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE IF NOT EXISTS jobs (
+            job_id TEXT PRIMARY KEY, trace_id TEXT NOT NULL, workflow TEXT NOT NULL,
+            engine TEXT NOT NULL, external_id TEXT, state TEXT NOT NULL, input_json TEXT NOT NULL,
+            error TEXT, error_code INTEGER, created_at REAL NOT NULL, started_at REAL,
+            finished_at REAL, updated_at REAL NOT NULL, owner_pid INTEGER, owner_start TEXT,
+            owner_host TEXT, heartbeat_at REAL, cancel_requested INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)",
+        "CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at)",
+        "CREATE INDEX IF NOT EXISTS jobs_external ON jobs(engine, external_id)",
+        """CREATE TABLE IF NOT EXISTS steps (
+            job_id TEXT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE, name TEXT NOT NULL,
+            position INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            output_json TEXT, error TEXT, error_code INTEGER, started_at REAL, finished_at REAL,
+            PRIMARY KEY (job_id, name))""",
+        """CREATE TABLE IF NOT EXISTS events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, step TEXT,
+            state TEXT NOT NULL, attempt INTEGER, message TEXT, ts REAL NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id)",
+    ),
+)

@@ -1,0 +1,73 @@
+"""A job's artifact folder on the VM (`<artifacts.remote_dir>\\<job_id>\\`), read over SFTP.
+
+`VmSource` is the ArtifactSource that `artifacts.copy_verified` uses for `artifacts fetch --from vm`:
+it reads the folder's `manifest.json`, then downloads each listed file with the SSH layer's
+pipelined SFTP download (over the process-wide pooled connection), which hashes as it writes, so
+every size and sha256 is checked against the manifest without reading the file twice.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Callable
+from typing import BinaryIO
+
+from pydantic import ValidationError
+
+from win_automation.adapters import sftp
+from win_automation.adapters.ssh import SshConnection
+from win_automation.artifacts import MANIFEST, Manifest, safe_relative
+from win_automation.errors import ArtifactMismatch
+from win_automation.jobids import validate_job_id
+
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+
+
+def sftp_path(remote_dir: str, *parts: str) -> str:
+    """An SFTP path under `remote_dir`: `C:\\ProgramData\\x` + `a/b` -> `/C:/ProgramData/x/a/b`
+    (Windows OpenSSH's form); a POSIX root stays as it is."""
+    root = remote_dir.replace("\\", "/").rstrip("/")
+    if re.match(r"^[A-Za-z]:", root):
+        root = "/" + root
+    return "/".join([root, *parts])
+
+
+class VmSource:
+    """The artifacts of job `job_id` in `remote_dir` on the VM behind `conn`."""
+
+    def __init__(self, conn: SshConnection, remote_dir: str, job_id: str) -> None:
+        self.conn = conn
+        self.job_id = validate_job_id(job_id)
+        self.remote_dir = remote_dir
+
+    def manifest(self) -> Manifest:
+        path = sftp_path(self.remote_dir, self.job_id, MANIFEST)
+        with tempfile.TemporaryFile() as buffer:
+            copied = sftp.download(self.conn, path, buffer)  # NotFoundError names the path
+            if copied.size > MAX_MANIFEST_BYTES:
+                raise ArtifactMismatch(f"{path} on the VM is {copied.size} bytes: not a manifest")
+            buffer.seek(0)
+            raw = buffer.read()
+        try:
+            manifest = Manifest.model_validate_json(raw)
+        except ValidationError as exc:
+            raise ArtifactMismatch(
+                f"{path} on the VM: not a valid manifest ({exc.errors()[0]['msg']})"
+            ) from None
+        if manifest.job_id != self.job_id:
+            raise ArtifactMismatch(f"{path} on the VM belongs to job {manifest.job_id}, not {self.job_id}")
+        return manifest
+
+    def copy(self, path: str, out: BinaryIO, progress: Callable[[int], None] | None) -> tuple[int, str]:
+        remote = sftp_path(self.remote_dir, self.job_id, safe_relative(path))
+        done = 0
+
+        def advance(hashed: int, total: int) -> None:
+            nonlocal done
+            if progress is not None and hashed > done:
+                progress(hashed - done)
+                done = hashed
+
+        copied = sftp.download(self.conn, remote, out, advance)
+        return copied.size, copied.sha256
