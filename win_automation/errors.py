@@ -101,5 +101,6 @@ EXIT_CODES: dict[int, str] = {
     4: "authentication failed (never retried)",
     5: "the host key is unknown or has changed (trust it with `win-automation ssh trust`)",
     124: "a deadline passed; the remote work was stopped",
+    255: "`ssh run`/`ssh script`: the remote exit code was outside 0-255 (see SSH, exit codes)",
     130: "cancelled or interrupted (Ctrl-C, `jobs cancel`)",
 }

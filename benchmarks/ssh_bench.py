@@ -1,0 +1,215 @@
+"""SSH benchmark: command latency and SFTP download throughput, ours against the peers, in one run.
+
+    .venv/bin/python benchmarks/ssh_bench.py [--commands 200] [--mib 200]
+
+Starts the tests' real sshd on loopback (tests/fixture_sshd.py; run as root for its test login),
+then measures over one connection each:
+- per-command latency of N sequential `echo hi`: ours (SshConnection.exec, and run_command with
+  its kill wrapper), asyncssh, Fabric, and the OpenSSH client with ControlMaster multiplexing;
+- download of a MiB-sized file: ours (the pipelined SFTP download, and the verified `get_file`
+  with the VM-side sha256 and fsync), paramiko's default `SFTPClient.get` on a default paramiko
+  client, and OpenSSH's `sftp`.
+Prints each figure and the ratios the issue sets targets for. The machine is shared: figures
+are noisy, so each latency figure is the best of 3 rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fixture_sshd import SshServer  # noqa: E402
+
+
+def best_of(rounds: int, fn) -> float:  # type: ignore[no-untyped-def]
+    return min(fn() for _ in range(rounds))
+
+
+def per_command(n: int, run) -> float:  # type: ignore[no-untyped-def]
+    """Milliseconds per command for n sequential calls of run()."""
+    started = time.perf_counter()
+    for _ in range(n):
+        run()
+    return (time.perf_counter() - started) * 1000 / n
+
+
+def latency(server: SshServer, known: Path, n: int) -> dict[str, float]:
+    from win_automation.adapters import ssh
+    from win_automation.remote import run_command
+
+    results: dict[str, float] = {}
+    conn = ssh.get_connection(server.config(known))
+    assert conn.exec("echo hi").stdout == b"hi\n"
+    results["ours"] = best_of(3, lambda: per_command(n, lambda: conn.exec("echo hi")))
+    results["ours run_command"] = best_of(
+        3, lambda: per_command(n, lambda: run_command(conn, "echo hi", shell="cmd", remote_os="posix"))
+    )
+    ssh.close_all()
+
+    import asyncssh
+
+    async def with_asyncssh() -> float:
+        async with asyncssh.connect(
+            "127.0.0.1",
+            server.port,
+            username=server.user,
+            client_keys=[str(server.client_key)],
+            known_hosts=str(known),
+        ) as c:
+            await c.run("echo hi", check=True)
+            best = float("inf")
+            for _ in range(3):
+                started = time.perf_counter()
+                for _ in range(n):
+                    await c.run("echo hi")
+                best = min(best, (time.perf_counter() - started) * 1000 / n)
+            return best
+
+    results["asyncssh"] = asyncio.run(with_asyncssh())
+
+    import fabric
+    import paramiko
+
+    c = fabric.Connection(
+        "127.0.0.1",
+        user=server.user,
+        port=server.port,
+        connect_kwargs={"key_filename": str(server.client_key)},
+    )
+    c.client.set_missing_host_key_policy(paramiko.RejectPolicy())  # Fabric's default would auto-add
+    c.client.load_host_keys(str(known))
+    c.run("echo hi", hide=True)
+    results["fabric"] = best_of(3, lambda: per_command(n, lambda: c.run("echo hi", hide=True)))
+    c.close()
+
+    control = Path(tempfile.mkdtemp()) / "cm"
+    base = [
+        "ssh",
+        "-p",
+        str(server.port),
+        "-i",
+        str(server.client_key),
+        "-o",
+        f"UserKnownHostsFile={known}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        f"ControlPath={control}",
+        "-o",
+        "BatchMode=yes",
+        f"{server.user}@127.0.0.1",
+    ]
+    subprocess.run(
+        [*base[:-1], "-o", "ControlMaster=yes", "-o", "ControlPersist=60", "-fN", base[-1]], check=True
+    )
+    try:
+        results["openssh controlmaster"] = best_of(
+            3,
+            lambda: per_command(
+                n, lambda: subprocess.run([*base, "echo hi"], capture_output=True, check=True)
+            ),
+        )
+    finally:
+        subprocess.run([*base[:-1], "-O", "exit", base[-1]], capture_output=True)
+    return results
+
+
+def throughput(server: SshServer, known: Path, mib: int) -> dict[str, float]:
+    from win_automation.adapters import sftp, ssh
+    from win_automation.transfers import get_file
+
+    source = server.remote_dir / "bench.bin"
+    block = os.urandom(1 << 20)
+    with source.open("wb") as fh:
+        for _ in range(mib):
+            fh.write(block)
+    out_dir = Path(tempfile.mkdtemp())
+    results: dict[str, float] = {}
+
+    def mib_s(fn) -> float:  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        fn()
+        return mib / (time.perf_counter() - started)
+
+    conn = ssh.get_connection(server.config(known))
+    conn.transport()
+
+    def ours() -> None:
+        with (out_dir / "ours.bin").open("wb") as fh:
+            sftp.download(conn, str(source), fh)
+
+    results["ours"] = max(mib_s(ours) for _ in range(2))
+    target = out_dir / "verified.bin"
+    results["ours verified get_file"] = mib_s(lambda: get_file(conn, str(source), target, remote_os="posix"))
+    ssh.close_all()
+    import paramiko
+
+    client = paramiko.SSHClient()  # paramiko as shipped: default window, packet size and get()
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.load_host_keys(str(known))
+    client.connect("127.0.0.1", server.port, server.user, key_filename=str(server.client_key))
+    client.get_transport().sock.setsockopt(6, 1, 1)  # TCP_NODELAY, to be fair
+    plain = client.open_sftp()
+    results["paramiko get"] = mib_s(lambda: plain.get(str(source), str(out_dir / "paramiko.bin")))
+    client.close()
+    command = [
+        "sftp",
+        "-q",
+        "-P",
+        str(server.port),
+        "-i",
+        str(server.client_key),
+        "-o",
+        f"UserKnownHostsFile={known}",
+        "-o",
+        "BatchMode=yes",
+        f"{server.user}@127.0.0.1:{source}",
+        str(out_dir / "openssh.bin"),
+    ]
+    results["openssh sftp"] = max(mib_s(lambda: subprocess.run(command, check=True)) for _ in range(2))
+    for path in out_dir.iterdir():
+        path.unlink()
+    source.unlink()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--commands", type=int, default=200)
+    parser.add_argument("--mib", type=int, default=200)
+    args = parser.parse_args()
+    server = SshServer()
+    server.start()
+    try:
+        known = server.write_known_hosts(server.dir / "bench_known_hosts")
+        lat = latency(server, known, args.commands)
+        print(f"per-command latency, {args.commands} sequential `echo hi` over one connection (best of 3):")
+        for name, ms in lat.items():
+            print(f"  {name:24s} {ms:7.2f} ms")
+        print(f"  ours / asyncssh            {lat['ours'] / lat['asyncssh']:.2f}x   (target <= 1.2x)")
+        print(
+            f"  openssh cm / ours          {lat['openssh controlmaster'] / lat['ours']:.2f}x   (target >= 2x)"
+        )
+        print(f"  fabric / ours              {lat['fabric'] / lat['ours']:.2f}x")
+        thr = throughput(server, known, args.mib)
+        print(f"SFTP download of {args.mib} MiB:")
+        for name, rate in thr.items():
+            print(f"  {name:24s} {rate:7.1f} MiB/s")
+        print(f"  ours / openssh sftp        {thr['ours'] / thr['openssh sftp']:.2f}x   (target >= 0.8x)")
+        print(f"  verified / openssh sftp    {thr['ours verified get_file'] / thr['openssh sftp']:.2f}x")
+        print(f"  paramiko get / openssh     {thr['paramiko get'] / thr['openssh sftp']:.2f}x")
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    main()
