@@ -153,7 +153,10 @@ def test_every_ping_task_runs_with_mock_run_and_is_journaled(config: Config, run
     checked = asyncio.run(
         task(hwf, "check-journal").aio_mock_run(input=inp, additional_metadata=meta, parent_outputs=parents)
     )
-    assert isinstance(checked, JournalCheck) and checked.data_dir_writable
+    assert isinstance(checked, JournalCheck) and (checked.job_recorded, checked.job_state) == (
+        True,
+        "running",
+    )
     written = asyncio.run(
         task(hwf, "write-artifact").aio_mock_run(
             input=inp, additional_metadata=meta, parent_outputs={"check-journal": checked.model_dump()}

@@ -85,6 +85,10 @@ def test_run_on_hatchet_through_the_cli_waits_and_journals(
     assert [a["path"] for a in manifest["artifacts"]] == ["ping.json"]
     # the task payload stays small: a path and a hash, not the file
     assert set(run.tasks["write-artifact"].output) == {"message", "path", "size_bytes", "sha256"}
+    listed = hatchet_world.cli("jobs", "list", "--json")
+    assert listed.code == 0, listed.stderr
+    row = next(r for r in json.loads(listed.stdout) if r["job_id"] == job_id)
+    assert (row["engine"], row["state"], row["steps_done"]) == ("hatchet", "succeeded", 3)
     shown = hatchet_world.cli("jobs", "show", job_id, "--json")
     assert shown.code == 0, shown.stderr
     assert json.loads(shown.stdout)["external_id"] == job["external_id"]

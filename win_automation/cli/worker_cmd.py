@@ -54,14 +54,22 @@ def worker(
         "30s", "--grace", help="On SIGTERM/SIGINT, how long running steps may finish before exit."
     ),
     metrics_on: bool = typer.Option(False, "--metrics", help="Emit metric lines while running."),
-    metrics_interval: str = typer.Option("30s", "--metrics-interval", help="Time between metric rounds."),
+    metrics_interval: str | None = typer.Option(
+        None, "--metrics-interval", help="Time between metric rounds (default metrics.interval)."
+    ),
 ) -> None:
     """Register every workflow with Hatchet and run their steps until SIGTERM/SIGINT drains it."""
     cli = state(ctx)
     config = cli.config()
     labels = parse_labels(label)
     grace_s = duration_option(grace, "--grace")
-    interval = duration_option(metrics_interval, "--metrics-interval") if metrics_on else None
+    interval: float | None = None
+    if metrics_on:
+        interval = (
+            config.metrics.interval
+            if metrics_interval is None
+            else duration_option(metrics_interval, "--metrics-interval")
+        )
     if config.hatchet.token is None:
         raise ConfigError(NO_HATCHET)
     from win_automation.config.hatchet_token import token_claims
