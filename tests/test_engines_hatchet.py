@@ -113,6 +113,7 @@ def test_each_step_becomes_one_task_with_its_parents_retries_backoff_and_timeout
     assert tasks["double"].retries == 2
     assert tasks["double"].backoff_factor == 2.0 and tasks["double"].backoff_max_seconds == 1
     assert tasks["double"].timeout == "13s"
+    assert tasks["first"].schedule_timeout == "24h"
     assert tasks["first"].retries == 0 and not tasks["first"].HasField("backoff_factor")
     assert tasks["double"].action == "unit-flow:double"
     assert not proto.HasField("concurrency") and not tasks["first"].worker_labels
@@ -281,3 +282,35 @@ def test_retention_prunes_old_job_folders_but_keeps_active_jobs(config: Config, 
         update={"artifacts": config.artifacts.model_copy(update={"retention_days": 0})}
     )
     assert prune_artifacts(keep_all, runtime) == 0
+
+
+def test_trigger_wait_and_cancel_on_an_engine_with_no_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fake_hatchet import FakeHatchet
+
+    from win_automation.engines import hatchet as adapter
+
+    monkeypatch.setattr(adapter, "NO_WORKER_HINT_SECONDS", 0.3)
+    engine = FakeHatchet().start()
+    env = {**engine.env(), "WIN_AUTOMATION_DATA_DIR": str(tmp_path / "data")}
+    config = load_config(environ=env).config
+    # the engine knows the workflow once a worker registered it; here the test registers it
+    engine.put_workflow(compiled(config, ping, TaskRuntime(config)).to_proto())
+    runs = adapter.HatchetRuns(config)
+    try:
+        job_id, run_id = runs.submit(ping, PingInput(message="nobody"))
+        job = runs.journal.get_job(job_id)
+        assert (job.engine, job.external_id, job.state.value) == ("hatchet", run_id, "queued")
+        assert engine.runs[run_id].metadata["job_id"] == job_id
+        seen: list[tuple[str, str]] = []
+        cancelled = threading.Timer(1.0, runs.cancel, args=(run_id,))
+        cancelled.start()
+        outcome = runs.wait(ping, job_id, run_id, progress=lambda step, state: seen.append((step, state)))
+        assert ("*", "still queued: no worker has taken it (is `win-automation worker` running?)") in seen
+        assert outcome.state.value == "cancelled" and outcome.exit_code == 130
+        assert runs.journal.get_job(job_id).state.value == "cancelled"
+        assert {s.state.value for s in runs.journal.steps(job_id)} == {"cancelled"}
+    finally:
+        runs.close()
+        engine.stop()

@@ -20,6 +20,7 @@ AuthError, NOT_FOUND -> NotFoundError.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -39,7 +40,6 @@ from hatchet_sdk import (
     DesiredWorkerLabel,
     Hatchet,
     NonRetryableException,
-    TriggerWorkflowOptions,
 )
 from hatchet_sdk.config import ClientTLSConfig, TenacityConfig
 from hatchet_sdk.connection import new_conn
@@ -59,6 +59,7 @@ from win_automation.errors import (
     Cancelled,
     ConfigError,
     ConnectError,
+    IllegalTransition,
     NotFoundError,
     WinAutomationError,
 )
@@ -73,6 +74,10 @@ log = logging.getLogger(__name__)
 MIN_ENGINE_VERSION = (0, 78, 23)
 VM_CONCURRENCY_KEY = "additional_metadata.vm"
 POLL_SECONDS = 0.25
+NO_WORKER_HINT_SECONDS = 10.0
+# how long a task may wait for a worker before the engine cancels it (the SDK's default is 5 min,
+# too short for queued jobs to survive a worker restart or a busy VM)
+SCHEDULE_TIMEOUT = timedelta(hours=24)
 _STATES = {
     "QUEUED": JobState.QUEUED,
     "RUNNING": JobState.RUNNING,
@@ -223,9 +228,15 @@ def compile_workflow(
             if backoff
             else None,
             execution_timeout=timedelta(seconds=max(1, math.ceil(step.timeout_seconds))),
+            schedule_timeout=SCHEDULE_TIMEOUT,
             desired_worker_labels=labels or None,
         )(_task_fn(workflow, step, tasks, runtime, executor))
     return hwf
+
+
+def _quietly(write: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    with contextlib.suppress(IllegalTransition):  # another process (the worker) recorded it first
+        write(*args, **kwargs)
 
 
 def _finished(details: Any) -> bool:
@@ -256,7 +267,7 @@ class HatchetRuns:
         metadata = {"job_id": job_id, "trace_id": trace_id, "vm": vm}
         hwf = compile_workflow(self.hatchet, workflow, _no_runtime)
         try:
-            ref = hwf.run_no_wait(input, options=TriggerWorkflowOptions(additional_metadata=metadata))
+            ref = hwf.run(input, wait_for_result=False, additional_metadata=metadata)
         except grpc.RpcError as exc:
             raise translate(exc, f"triggering {workflow.name}", self.config) from exc
         run_id = ref.workflow_run_id
@@ -283,8 +294,13 @@ class HatchetRuns:
     ) -> JobOutcome:
         """Follow the run until it ends (calling `progress(step, state)` on each change)."""
         seen: dict[str, str] = {}
+        started, hinted = time.monotonic(), False
         while True:
             details = self.details(run_id)
+            waiting = time.monotonic() - started > NO_WORKER_HINT_SECONDS
+            if not hinted and waiting and all(t.status.value == "QUEUED" for t in details.task_runs.values()):
+                hinted = True
+                progress("*", "still queued: no worker has taken it (is `win-automation worker` running?)")
             for name, task in details.task_runs.items():
                 state = _STATES.get(task.status.value, JobState.RUNNING).value
                 if seen.get(name) != state:
@@ -308,10 +324,10 @@ class HatchetRuns:
         steps = {s.name: s.state for s in self.journal.steps(job_id)}
         running = [n for n, t in details.task_runs.items() if t.status.value == "RUNNING"]
         if running and self.journal.get_job(job_id).state == JobState.QUEUED:
-            self.journal.set_job_state(job_id, JobState.RUNNING)
+            _quietly(self.journal.set_job_state, job_id, JobState.RUNNING)
         for name in running:
             if steps.get(name) == JobState.QUEUED:
-                self.journal.step_started(job_id, name, attempt=1)
+                _quietly(self.journal.step_started, job_id, name, attempt=1)
 
     def _outcome(self, workflow: Workflow, job_id: str, details: Any) -> JobOutcome:
         job = self.journal.get_job(job_id)
@@ -329,26 +345,40 @@ class HatchetRuns:
         return outcome
 
     def _record_outcome(self, workflow: Workflow, job_id: str, details: Any, outcome: JobOutcome) -> None:
-        """Bring the local record up to the engine's view (a worker on this host may have already)."""
+        """Bring the local record up to the engine's view. A worker on this host may be writing the
+        same record: a transition it made first (IllegalTransition) is left as it made it."""
         steps = {s.name: s.state for s in self.journal.steps(job_id)}
         for name, task in details.task_runs.items():
             target = _STATES.get(task.status.value, JobState.FAILED)
             current = steps.get(name)
             if current not in ACTIVE or target in ACTIVE:
                 continue
+            error, code = parse_failure(task.error) if task.error else (None, None)
             if target == JobState.CANCELLED or (target != JobState.SUCCEEDED and current == JobState.QUEUED):
                 target = JobState.CANCELLED if target == JobState.CANCELLED else JobState.SKIPPED
             elif current == JobState.QUEUED:
-                self.journal.step_started(job_id, name, attempt=1)
+                _quietly(self.journal.step_started, job_id, name, attempt=1)
             output = (
                 json.dumps(task.output) if task.output is not None and target == JobState.SUCCEEDED else None
             )
-            self.journal.step_finished(job_id, name, target, output_json=output)
+            _quietly(
+                self.journal.step_finished,
+                job_id,
+                name,
+                target,
+                output_json=output,
+                error=error,
+                error_code=code,
+            )
         if self.journal.get_job(job_id).state in ACTIVE and outcome.state not in ACTIVE:
             if self.journal.get_job(job_id).state == JobState.QUEUED and outcome.state != JobState.CANCELLED:
-                self.journal.set_job_state(job_id, JobState.RUNNING)
-            self.journal.set_job_state(
-                job_id, outcome.state, error=outcome.error, error_code=outcome.error_code
+                _quietly(self.journal.set_job_state, job_id, JobState.RUNNING)
+            _quietly(
+                self.journal.set_job_state,
+                job_id,
+                outcome.state,
+                error=outcome.error,
+                error_code=outcome.error_code,
             )
 
     def cancel(self, run_id: str) -> list[str]:

@@ -58,6 +58,7 @@ class WorkerClientConfig(ClientConfig):
 
     def __setstate__(self, state: Any) -> None:
         super().__setstate__(state)
+        project_log.register_secret(self.token)
         project_log.install(self.project_log_level)
         route_sdk_logs(self.project_log_level)
 
