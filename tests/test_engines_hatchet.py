@@ -314,3 +314,43 @@ def test_trigger_wait_and_cancel_on_an_engine_with_no_worker(
     finally:
         runs.close()
         engine.stop()
+
+
+def test_every_ssh_exec_task_runs_with_mock_run_against_the_real_sshd(
+    tmp_path: Path, live_sshd: Any, known_hosts: Path
+) -> None:
+    from workflows.ssh_exec import CheckOutput, ExecOutput, SshExecInput, ssh_exec
+
+    env = {
+        "HATCHET_CLIENT_TOKEN": make_token("http://127.0.0.1:1", "127.0.0.1:2"),
+        "WIN_AUTOMATION_DATA_DIR": str(tmp_path / "data"),
+        "WIN_AUTOMATION_ARTIFACT_OUT": str(tmp_path / "artifacts"),
+        **live_sshd.env(known_hosts),
+    }
+    config = load_config(environ=env).config
+    rt = TaskRuntime(config)
+    try:
+        hwf = compiled(config, ssh_exec, rt)
+        job_id = new_job_id()
+        inp = SshExecInput(command="Write-Output mocked", check="exit 1")
+        checked = asyncio.run(
+            task(hwf, "check").aio_mock_run(input=inp, additional_metadata={"job_id": job_id})
+        )
+        assert checked == CheckOutput(checked=True, passed=False, exit_code=1)
+        result = asyncio.run(
+            task(hwf, "exec").aio_mock_run(
+                input=inp,
+                additional_metadata={"job_id": job_id},
+                parent_outputs={"check": checked.model_dump()},
+            )
+        )
+        assert (
+            isinstance(result, ExecOutput)
+            and result.exit_code == 0
+            and "Write-Output mocked" in result.stdout
+        )
+        assert "Write-Output mocked" in (config.artifacts.out_dir / job_id / "stdout.txt").read_text()
+        with journal(config) as j:
+            assert j.get_job(job_id).state.value == "succeeded"
+    finally:
+        rt.close()
