@@ -18,6 +18,8 @@ The stand-in decodes `-EncodedCommand` (or reads `-File`), writes the user's scr
 the wrapper's markers) to stdout as UTF-8, appends a JSON report of what arrived to
 `<server dir>/powershell-reports.jsonl`, and acts on a few lines of the body: `exit N`,
 `Start-Sleep N` and `Write-Error 'text'` (a CLIXML error record on stderr, as real PowerShell does).
+Given the Windows kill script (win_automation.powershell.kill_tree_script), it does what taskkill
+/T /F would: kills every process whose command line holds the needle, with its descendants.
 """
 
 from __future__ import annotations
@@ -58,6 +60,37 @@ elif "-File" in args:
 else:
     sys.stderr.write("stand-in: neither -EncodedCommand nor -File\n")
     sys.exit(64)
+if "taskkill.exe /T /F" in script:  # the Windows kill script: emulate it with /proc
+    import os, signal
+    needle = re.search(r"\$needle = '((?:[^']|'')*)'", script).group(1).replace("''", "'")
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            procs[int(entry)] = (ppid, cmdline)
+    mine = {os.getpid(), os.getppid()}
+    roots = [pid for pid, (_, cmd) in procs.items() if needle in cmd and pid not in mine]
+    doomed = set(roots)
+    while True:
+        more = {pid for pid, (ppid, _) in procs.items() if ppid in doomed} - doomed
+        if not more:
+            break
+        doomed |= more
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    with open(REPORTS, "a", encoding="utf-8") as fh:
+        report = {"argv": args, "mode": "kill", "needle": needle, "killed": sorted(doomed)}
+        fh.write(json.dumps(report) + "\n")
+    sys.exit(0)
 begin, end = "# >>> win-automation script\n", "\n# <<< win-automation script"
 body = script.split(begin, 1)[1].split(end, 1)[0] if begin in script else script
 report["script"] = script

@@ -156,3 +156,15 @@ def test_retention_boundaries(tmp_path: Path) -> None:
 def test_missing_manifest_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match=r"manifest\.json does not exist"):
         read_manifest(tmp_path)
+
+
+def test_a_manifest_that_names_a_path_outside_the_folder_is_refused(tmp_path: Path) -> None:
+    w = writer(tmp_path / "root")
+    w.write_text("ssh", "stdout.txt", "x")
+    raw = json.loads((w.folder / "manifest.json").read_text())
+    raw["artifacts"][0]["path"] = "../../escape.txt"
+    (w.folder / "manifest.json").write_text(json.dumps(raw))
+    for action in (lambda: verify_folder(w.folder), lambda: copy_verified(w.folder, tmp_path / "out")):
+        with pytest.raises(ArtifactMismatch, match=r"not a valid manifest .*not a plain relative path"):
+            action()
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "out").exists()

@@ -244,3 +244,64 @@ def test_an_engine_failure_is_recorded_not_left_queued(jobs_config: Config) -> N
     (job,) = engine.journal.list_jobs()
     assert job.state == JobState.INTERRUPTED and (job.error or "").startswith("engine: FileExistsError")
     assert engine.journal.steps(job.job_id)[0].state == JobState.QUEUED
+
+
+def test_a_step_skipped_by_its_own_check_counts_as_finished_on_resume(jobs_config: Config) -> None:
+    from win_automation.errors import CommandFailed, Skipped
+
+    calls: list[str] = []
+    failing = [True]
+
+    def check(inp: Count, ctx: StepContext) -> Count:
+        calls.append("check")
+        raise Skipped("already done", result=Count(n=5))
+
+    def then(inp: Count, ctx: StepContext) -> Count:
+        calls.append("then")
+        if failing[0]:
+            raise CommandFailed("not yet")
+        return Count(n=ctx.parent("check", Count).n + 1)
+
+    wf = Workflow(
+        name="skip-test",
+        input=Count,
+        steps=(Step("check", check, Count), Step("then", then, Count, parents=("check",))),
+    )
+    engine = LocalEngine(jobs_config)
+    first = engine.run(wf, Count())
+    assert first.state == JobState.FAILED
+    assert [s.state for s in engine.journal.steps(first.job_id)] == [JobState.SKIPPED, JobState.FAILED]
+    failing[0] = False
+    again = engine.resume(first.job_id, wf)
+    assert again.state == JobState.SKIPPED and again.exit_code == 0
+    assert again.outputs["then"] == Count(n=6) and calls == ["check", "then", "then"]
+
+
+def test_closing_the_engine_ends_its_monitor_thread(jobs_config: Config) -> None:
+    import threading
+
+    before = {t.ident for t in threading.enumerate()}
+    for _ in range(3):
+        engine = LocalEngine(jobs_config)
+        engine.run(all_workflows()["ping"], all_workflows()["ping"].parse_input(None))
+        engine.close()
+    assert [t.name for t in threading.enumerate() if t.ident not in before] == []
+
+
+def test_a_job_waiting_for_the_desktop_can_be_cancelled(jobs_child: Child, jobs_env: dict[str, str]) -> None:
+    data = Path(jobs_env["WIN_AUTOMATION_DATA_DIR"])
+    data.mkdir(parents=True)
+    (data / "hold").touch()
+    holder = jobs_child("run", "desktop")
+    wait_for(lambda: (data / "middle-started").exists(), what="the first GUI job")
+    waiter = jobs_child("run", "desktop")
+    with Journal.open(data, recover=False) as journal:
+        wait_for(lambda: len(journal.list_jobs()) == 2, what="the second job")
+        second = journal.list_jobs()[0]
+        journal.request_cancel(second.job_id)
+        out, err = waiter.communicate(timeout=30)
+        assert waiter.returncode == 130, err
+        assert json.loads(out)["state"] == "cancelled"
+        assert journal.get_job(second.job_id).state == JobState.CANCELLED
+        assert journal.steps(second.job_id)[0].state == JobState.CANCELLED
+        assert holder.poll() is None  # the desktop's holder goes on

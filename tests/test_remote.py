@@ -28,7 +28,7 @@ def last_report(server: SshServer) -> dict:  # type: ignore[type-arg]
 
 
 TRICKY = (
-    "Write-Output \"quotes ' and \\\" & | % ^ < > `$env:X\"\n"
+    'Write-Output "quotes \' and \\" & | % ^ < > `$env:X"\n'
     "$a = 'naïve café ✓ 日本語 🎉'\r\n\tline3 ^& %PATH% !x!"
 )
 
@@ -120,3 +120,33 @@ def test_idempotent_skip(conn, live_sshd: SshServer) -> None:  # type: ignore[no
     assert checked.exit_code == 1 and ran is not None and ran.stdout == "made\n" and flag.exists()
     checked, ran = remote.run_idempotent(conn, f"echo again >> {flag}", check, shell="cmd", remote_os="posix")
     assert checked.exit_code == 0 and ran is None and flag.read_text() == ""
+
+
+def _wait_gone(pattern: str) -> bool:
+    deadline = time.monotonic() + 5
+    while _alive(pattern) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pattern)
+
+
+@pytest.mark.parametrize("mode", ["encoded", "file", "cmd"])
+def test_windows_kill_finds_the_needle_and_kills_the_tree(conn, live_sshd: SshServer, mode: str) -> None:  # type: ignore[no-untyped-def]
+    """remote_os=windows on the Linux sshd: the stand-in runs the kill script as taskkill would."""
+    secs = f"3{uuid.uuid4().int % 10**6}.5"
+    if mode == "cmd":
+        result = remote.run_command(
+            conn, f"sleep {secs}; echo never", shell="cmd", remote_os="windows", timeout=1.0
+        )
+        assert _wait_gone(f"sleep {secs}")
+    else:
+        padding = "\n".join(f"# {i:05d} padding to pass the command-line limit" for i in range(300))
+        body = f"Start-Sleep {secs}" + ("\n" + padding if mode == "file" else "")
+        result = remote.run_powershell(conn, body, remote_os="windows", timeout=1.0)
+        assert _wait_gone("powershell.exe -NoProfile")
+    assert result.timed_out and result.exit_code == 124
+    kill = last_report(live_sshd)
+    assert kill["mode"] == "kill" and kill["killed"], kill
+    if mode == "file":
+        assert kill["needle"].startswith(".wa-script-")
+    elif mode == "cmd":
+        assert kill["needle"].startswith("WA_RUN=")

@@ -149,3 +149,93 @@ def test_secrets_never_reach_output_or_artifacts(
     for path in (tmp_path / "data").rglob("*"):
         if path.is_file():
             assert b"Sekr3t-Pass-word" not in path.read_bytes()
+
+
+def test_run_streams_output_before_the_command_ends(
+    live_sshd: SshServer, known_hosts: Path, cli_env, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "win_automation",
+            "ssh",
+            "run",
+            "--shell",
+            "cmd",
+            "--",
+            "echo first; sleep 2; echo second",
+        ],
+        env={**cli_env, **env_for(live_sshd, known_hosts)},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    started = time.monotonic()
+    first = proc.stdout.readline()
+    seen_after = time.monotonic() - started
+    rest = proc.stdout.read()
+    proc.stdout.close()
+    assert proc.wait(30) == 0
+    assert (first, rest) == (b"first\n", b"second\n")
+    assert seen_after < time.monotonic() - started - 1.5  # the first line came a good while before the end
+
+
+def test_get_shows_a_progress_bar_on_a_terminal(
+    live_sshd: SshServer, known_hosts: Path, remote_dir: Path, cli_env, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import pty
+    import subprocess
+    import sys
+
+    (remote_dir / "p.bin").write_bytes(os.urandom(3 << 20))
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "win_automation",
+            "ssh",
+            "get",
+            str(remote_dir / "p.bin"),
+            str(tmp_path / "p.bin"),
+        ],
+        env={**cli_env, **env_for(live_sshd, known_hosts), "COLUMNS": "100"},
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(30) == 0
+    os.close(leader)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "get p.bin" in screen and "MB" in screen
+    assert (tmp_path / "p.bin").stat().st_size == 3 << 20
+
+
+def test_wrong_passphrase_never_shown(cli, live_sshd: SshServer, known_hosts: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    key = tmp_path / "enc"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "Right-Phrase-9", "-f", str(key)], check=True)
+    env = env_for(live_sshd, known_hosts, key_file=str(key))
+    env["WIN_AUTOMATION_SSH_KEY_PASSPHRASE"] = "Wrong-Phrase-7"
+    out = cli("--debug", "ssh", "run", "--", "echo", env=env)
+    assert out.code == 4 and "ssh.key_file" in out.stderr
+    assert "Wrong-Phrase-7" not in out.stdout + out.stderr
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.name != "enc":
+            assert b"Wrong-Phrase-7" not in path.read_bytes(), path

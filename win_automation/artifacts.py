@@ -32,9 +32,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import IO, BinaryIO, Literal, Protocol, get_args
+from typing import IO, Annotated, BinaryIO, Literal, Protocol, get_args
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from win_automation.errors import ArtifactMismatch, NotFoundError, UsageError
 from win_automation.jobids import is_job_id, validate_job_id
@@ -46,11 +46,40 @@ CHUNK = 1 << 20
 TEMP_PREFIX = ".tmp-"
 
 
+def is_safe_relative(name: str) -> bool:
+    """A plain relative path inside a job folder: no `..`, no backslash, not the manifest."""
+    pure = PurePosixPath(name)
+    return not (
+        not name
+        or "\\" in name
+        or "\x00" in name
+        or pure.is_absolute()
+        or any(part in ("..", ".", "") for part in name.split("/"))
+        or pure.name.startswith(TEMP_PREFIX)
+        or name == MANIFEST
+    )
+
+
+def safe_relative(name: str) -> str:
+    """`name` when it is a safe artifact path; else UsageError."""
+    if not is_safe_relative(name):
+        raise UsageError(f"artifact path {name!r} must be a plain relative path inside the job folder")
+    return name
+
+
+def _manifest_path(name: str) -> str:
+    if not is_safe_relative(name):
+        raise ValueError(f"{name!r} is not a plain relative path inside the job folder")
+    return name
+
+
 class ArtifactEntry(BaseModel):
+    """One file of the manifest; a manifest naming `../x` or a bad hash does not validate."""
+
     type: ArtifactType
-    path: str
-    size_bytes: int
-    sha256: str
+    path: Annotated[str, AfterValidator(_manifest_path)]
+    size_bytes: Annotated[int, Field(ge=0)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class Manifest(BaseModel):
@@ -85,22 +114,6 @@ def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> tupl
 def job_folder(root: Path, job_id: str) -> Path:
     """The job's folder under `root`; the id is validated first (no traversal, ever)."""
     return root / validate_job_id(job_id)
-
-
-def safe_relative(name: str) -> str:
-    """An artifact path: relative, no `..`, no backslash, not the manifest; else UsageError."""
-    pure = PurePosixPath(name)
-    if (
-        not name
-        or "\\" in name
-        or "\x00" in name
-        or pure.is_absolute()
-        or any(part in ("..", ".", "") for part in name.split("/"))
-        or pure.name.startswith(TEMP_PREFIX)
-        or name == MANIFEST
-    ):
-        raise UsageError(f"artifact path {name!r} must be a plain relative path inside the job folder")
-    return name
 
 
 def _fsync_dir(path: Path) -> None:

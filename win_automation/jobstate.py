@@ -3,14 +3,15 @@
     queued ──> running ──> succeeded
       │           ├──────> failed ──────┐
       │           ├──────> cancelled    │ resume
-      │           └──────> interrupted ─┤
-      ├──> skipped ─────────────────────┤ (a step skipped because a parent failed)
-  running ──> skipped: a step raised errors.Skipped (nothing to do, e.g. an idempotency check
-              passed); a job whose steps all succeeded or were skipped so ends `skipped`
+      │           ├──────> interrupted ─┤
+      │           └──────> skipped      │ (errors.Skipped: nothing to do, e.g. an idempotency
+      │                                 │  check passed; the step's output says why)
+      ├──> skipped ─────────────────────┤ (a step whose parent failed)
       ├──> cancelled                    │
       └──> interrupted                  v
                                       queued
 
+- A job whose steps all succeeded or were skipped with errors.Skipped ends `skipped` (exit 0).
 - `interrupted`: the owner process died (or stopped heart-beating) while the job was queued or
   running; `jobs resume` puts it back to `queued`, as it does a `failed` job.
 - `running -> running` is legal for a step: a new attempt (a retry) of the same step.

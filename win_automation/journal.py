@@ -64,6 +64,10 @@ HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_EXPIRY = 30.0
 
 
+# A finished step: succeeded, or skipped by errors.Skipped (which records the step's output).
+_FINISHED = "(state = 'succeeded' OR (state = 'skipped' AND output_json IS NOT NULL))"
+
+
 class Journal:
     """A connection to the journal; one per thread (the engine's heartbeat opens its own)."""
 
@@ -196,20 +200,20 @@ class Journal:
 
     def requeue(self, job_id: str) -> JobRecord:
         """Resume: a failed or interrupted job and its unfinished steps go back to queued, owned
-        by this process; succeeded steps keep their outputs. One transaction, so of two
-        processes resuming the same job one gets IllegalTransition."""
+        by this process; finished steps (succeeded, or skipped with an output) keep their
+        outputs. One transaction: of two processes resuming one job, one gets IllegalTransition."""
         now = time.time()
         with self._write() as conn:
             current = self._job_state(conn, job_id)
             check_transition(current, JobState.QUEUED, what=f"job {job_id}")
             for name, state in conn.execute(
-                "SELECT name, state FROM steps WHERE job_id = ? AND state NOT IN ('succeeded', 'queued')",
+                f"SELECT name, state FROM steps WHERE job_id = ? AND state != 'queued' AND NOT {_FINISHED}",
                 (job_id,),
             ).fetchall():
                 check_transition(JobState(state), JobState.QUEUED, what=f"step {name} of job {job_id}")
             conn.execute(
                 "UPDATE steps SET state = 'queued', started_at = NULL, finished_at = NULL, attempts = 0"
-                " WHERE job_id = ? AND state != 'succeeded'",
+                f" WHERE job_id = ? AND NOT {_FINISHED}",
                 (job_id,),
             )
             conn.execute(

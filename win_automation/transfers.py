@@ -40,6 +40,13 @@ class TransferResult(BaseModel):
     duration_ms: int
 
 
+def _done(direction: str, local: Path, remote: str, size: int, sha256: str, ms: int) -> TransferResult:
+    log.info("copied", extra={"op": f"ssh.{direction}", "remote": remote, "bytes": size, "duration_ms": ms})
+    return TransferResult(
+        direction=direction, local=str(local), remote=remote, size_bytes=size, sha256=sha256, duration_ms=ms
+    )
+
+
 def _posix_quote(value: str) -> str:
     return "'" + value.replace("'", "'\"'\"'") + "'"
 
@@ -115,17 +122,7 @@ def put_file(
             with contextlib.suppress(Exception):
                 sftp.remove(conn, partial)
             raise
-    log.info(
-        "uploaded", extra={"op": "ssh.put", "remote": remote, "bytes": reader.size, "duration_ms": timer.ms}
-    )
-    return TransferResult(
-        direction="put",
-        local=str(local),
-        remote=remote,
-        size_bytes=reader.size,
-        sha256=digest,
-        duration_ms=timer.ms,
-    )
+    return _done("put", local, remote, reader.size, digest, timer.ms)
 
 
 def _open_partial(local: Path) -> tuple[Path, BinaryIO]:
@@ -178,14 +175,4 @@ def get_file(
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    log.info(
-        "downloaded", extra={"op": "ssh.get", "remote": remote, "bytes": copied.size, "duration_ms": timer.ms}
-    )
-    return TransferResult(
-        direction="get",
-        local=str(local),
-        remote=remote,
-        size_bytes=copied.size,
-        sha256=copied.sha256,
-        duration_ms=timer.ms,
-    )
+    return _done("get", local, remote, copied.size, copied.sha256, timer.ms)

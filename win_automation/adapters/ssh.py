@@ -268,21 +268,20 @@ class SshConnection:
         out: list[bytes] = []
         err: list[bytes] = []
 
+        streams = (
+            (channel.recv_ready, channel.recv, out, on_stdout),
+            (channel.recv_stderr_ready, channel.recv_stderr, err, on_stderr),
+        )
+
         def drain() -> None:
-            while channel.recv_ready():
-                data = channel.recv(READ_SIZE)
-                if not data:
-                    break
-                out.append(data)
-                if on_stdout is not None:
-                    on_stdout(data)
-            while channel.recv_stderr_ready():
-                data = channel.recv_stderr(READ_SIZE)
-                if not data:
-                    break
-                err.append(data)
-                if on_stderr is not None:
-                    on_stderr(data)
+            for ready, recv, kept, sink in streams:
+                while ready():
+                    data = recv(READ_SIZE)
+                    if not data:
+                        break
+                    kept.append(data)
+                    if sink is not None:
+                        sink(data)
 
         fd = channel.fileno()
         timed_out = False

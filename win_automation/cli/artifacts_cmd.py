@@ -151,16 +151,10 @@ def prune(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Apply retention: delete job folders older than the retention period (never active jobs)."""
-    from win_automation.durations import parse_duration
-    from win_automation.errors import UsageError
+    from win_automation.cli.parse import duration_option
     from win_automation.retention import apply_retention
 
-    seconds = None
-    if older_than is not None:
-        try:
-            seconds = parse_duration(older_than)
-        except ValueError as exc:
-            raise UsageError(f"--older-than: {exc}") from None
+    seconds = None if older_than is None else duration_option(older_than, "--older-than")
     pruned = apply_retention(state(ctx).config(), older_than_seconds=seconds, dry_run=dry_run)
     freed = sum(p.size_bytes for p in pruned)
     if as_json:

@@ -226,16 +226,13 @@ def cancel(
     ),
 ) -> None:
     """Cancel a queued, running or interrupted job; a running one stops at its next step or sooner."""
-    from win_automation.durations import parse_duration
-    from win_automation.errors import UsageError, WinAutomationError
+    from win_automation.cli.parse import duration_option
+    from win_automation.errors import WinAutomationError
     from win_automation.jobids import validate_job_id
     from win_automation.jobstate import ACTIVE, JobState
 
     validate_job_id(job_id)
-    try:
-        patience = parse_duration(wait)
-    except ValueError as exc:
-        raise UsageError(f"--wait: {exc}") from None
+    patience = duration_option(wait, "--wait")
     with open_journal(ctx) as journal:
         before = journal.get_job(job_id)
         if before.state not in ACTIVE and before.state != JobState.INTERRUPTED:

@@ -33,17 +33,11 @@ if TYPE_CHECKING:
 def metrics_for(config: Config, enabled: bool, interval: str | None) -> Iterator[None]:
     """Run the block with the metrics emitter on when `--metrics` was given."""
     from win_automation import metrics
-    from win_automation.durations import parse_duration
-    from win_automation.errors import UsageError
+    from win_automation.cli.parse import duration_option
 
     seconds = config.metrics.interval
     if interval is not None:
-        try:
-            seconds = parse_duration(interval)
-        except ValueError as exc:
-            raise UsageError(f"--metrics-interval: {exc}") from None
-        if seconds <= 0:
-            raise UsageError("--metrics-interval: must be more than zero")
+        seconds = duration_option(interval, "--metrics-interval", positive=True)
     with metrics.emitting(seconds, config.metrics.path, enabled=enabled):
         yield
 

@@ -197,9 +197,12 @@ def _progress(label: str) -> Any:
     """A rich progress bar on a terminal; None otherwise."""
     if not sys.stderr.isatty():
         return None
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    return Progress(f"[bold]{label}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True)
+    return Progress(
+        f"[bold]{label}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=Console(stderr=True)
+    )
 
 
 def _transfer(ctx: typer.Context, label: str, as_json: bool, fn: Any) -> None:

@@ -3,9 +3,10 @@
 `LocalStepContext` is what a step receives when the local engine runs it: its parents' outputs,
 a logger carrying job_id/trace_id/step, the job's ArtifactWriter (created on first use) and a
 cancellation check. `JobMonitor` is one daemon thread per engine with its own journal connection:
-it refreshes the heartbeat of the jobs this process runs every HEARTBEAT_INTERVAL and polls their
-cancel flag every `poll` seconds, so `jobs cancel` from another process is seen within ~0.1 s even
-while a step is busy.
+it refreshes the heartbeat of the jobs this process runs every HEARTBEAT_INTERVAL, polls their
+cancel flag every `poll` seconds (so `jobs cancel` from another process is seen within ~0.1 s even
+while a step is busy) and trips the deadline of the running step attempt. Either turns the step's
+`ctx.cancelled()` true.
 """
 
 from __future__ import annotations
@@ -91,8 +92,9 @@ class JobMonitor:
         self._poll = poll
         self._heartbeat = heartbeat
         self._jobs: dict[str, threading.Event] = {}
+        self._deadlines: dict[str, tuple[float, threading.Event]] = {}
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
     def watch(self, job_id: str) -> threading.Event:
@@ -108,16 +110,42 @@ class JobMonitor:
     def unwatch(self, job_id: str) -> None:
         with self._lock:
             self._jobs.pop(job_id, None)
+            self._deadlines.pop(job_id, None)
+
+    def arm(self, job_id: str, deadline: float, event: threading.Event) -> None:
+        """Set `event` once `time.monotonic()` passes `deadline` (a step attempt's timeout)."""
+        with self._lock:
+            self._deadlines[job_id] = (deadline, event)
+
+    def disarm(self, job_id: str) -> None:
+        with self._lock:
+            self._deadlines.pop(job_id, None)
+
+    def stop(self) -> None:
+        """End the thread (the engine is closed); jobs still watched stop heart-beating."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
 
     def _loop(self) -> None:
         journal = Journal.open(self._data_dir, recover=False)
+        try:
+            self._watch(journal)
+        finally:
+            journal.close()
+
+    def _watch(self, journal: Journal) -> None:
         last_beat = time.monotonic()
-        while True:
-            time.sleep(self._poll)
+        while not self._stopped.wait(self._poll):
             with self._lock:
                 jobs = dict(self._jobs)
+                deadlines = list(self._deadlines.values())
             if not jobs:
                 continue
+            now = time.monotonic()
+            for deadline, expired in deadlines:
+                if now >= deadline:
+                    expired.set()
             try:
                 for job_id, event in jobs.items():
                     if not event.is_set() and journal.cancel_requested(job_id):

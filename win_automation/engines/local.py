@@ -7,9 +7,11 @@
 
 - Steps run one at a time in definition order (which is a topological order of the DAG). A step
   whose parent failed or was skipped is `skipped`; independent branches still run.
-- Each attempt runs in a worker thread so the engine can enforce `timeout_seconds` (the attempt
-  is abandoned, its `ctx.cancelled()` turns true and OperationTimeout is recorded) and react to a
-  cancel while the step is busy. Retries: up to `retries` more attempts with backoff
+- Each attempt runs in the calling thread (no thread hand-off: a 3-step job costs ~2 ms). Its
+  `timeout_seconds` and a cancel reach the step the way Hatchet delivers them to a sync task:
+  `ctx.cancelled()` turns true (the JobMonitor trips it), and steps check it at safe points; the
+  SSH and HTTP layers enforce their own deadlines. An attempt that ends after its deadline is a
+  timeout (OperationTimeout, transient). Retries: up to `retries` more attempts with backoff
   `backoff_seconds * 2**(attempt-1)`, for transient project errors and for unexpected exceptions;
   a non-transient WinAutomationError fails the step at once (what Hatchet's NonRetryable does).
 - Every state change (job, step, attempt) is written to the journal as it happens, with the
@@ -17,9 +19,9 @@
   only the unfinished steps.
 - Cancel: `jobs cancel` sets a flag in the journal; the JobMonitor sees it within ~0.1 s, the
   running step's `ctx.cancelled()` turns true, and the job is recorded `cancelled` when the step
-  returns (or after CANCEL_GRACE seconds), before any further step starts.
-- Ctrl-C (KeyboardInterrupt) records the job `interrupted` (resumable) and raises Cancelled
-  (exit 130); kill -9 leaves it to the next `Journal.open` to do the same.
+  returns, before any further step starts.
+- Ctrl-C (KeyboardInterrupt, also inside a step) records the job `interrupted` (resumable) and
+  raises Cancelled (exit 130); kill -9 leaves it to the next `Journal.open` to do the same.
 - GUI workflows (`Workflow.gui`) hold the per-VM desktop lock (win_automation.locks) while they
   run; the VM is `ssh.host:ssh.port`.
 """
@@ -30,8 +32,6 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -39,13 +39,15 @@ from win_automation import metrics
 from win_automation.artifacts import ArtifactWriter
 from win_automation.config import Config
 from win_automation.engines.context import JobMonitor, LocalStepContext
+from win_automation.engines.outcome import JobOutcome as JobOutcome  # re-exported for Hatchet
+from win_automation.engines.outcome import describe as describe
+from win_automation.engines.outcome import retryable as retryable
 from win_automation.errors import (
     Cancelled,
     NotFoundError,
     OperationTimeout,
     Skipped,
     UsageError,
-    WinAutomationError,
 )
 from win_automation.jobids import validate_job_id
 from win_automation.jobrecords import JobRecord
@@ -56,54 +58,10 @@ from win_automation.log import redact
 from win_automation.workflow import Step, Workflow
 
 log = logging.getLogger(__name__)
-CANCEL_GRACE = 5.0
-POLL = 0.05
-
-
-@dataclass
-class JobOutcome:
-    """How a job ended: its state, each finished step's output, and the first error."""
-
-    job_id: str
-    trace_id: str
-    workflow: str
-    state: JobState
-    outputs: dict[str, BaseModel] = field(default_factory=dict)
-    error: str | None = None
-    error_code: int | None = None
-
-    @property
-    def exit_code(self) -> int:
-        if self.state in (JobState.SUCCEEDED, JobState.SKIPPED):
-            return 0
-        if self.state in (JobState.CANCELLED, JobState.INTERRUPTED):
-            return Cancelled.exit_code
-        return self.error_code or 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "trace_id": self.trace_id,
-            "workflow": self.workflow,
-            "state": self.state.value,
-            "error": self.error,
-            "outputs": {name: out.model_dump(mode="json") for name, out in self.outputs.items()},
-        }
 
 
 class _JobCancelled(Exception):
     pass
-
-
-def describe(exc: BaseException) -> tuple[str, int]:
-    """The one-line, redacted message and the exit code recorded for a failed attempt."""
-    if isinstance(exc, WinAutomationError):
-        return redact(str(exc)), exc.exit_code
-    return redact(f"{type(exc).__name__}: {exc}".splitlines()[0]), 1
-
-
-def retryable(exc: BaseException) -> bool:
-    return not isinstance(exc, WinAutomationError) or exc.transient
 
 
 class LocalEngine:
@@ -117,6 +75,7 @@ class LocalEngine:
         self._monitor = JobMonitor(config.data.dir, poll=poll)
 
     def close(self) -> None:
+        self._monitor.stop()
         self.journal.close()
 
     def run(self, workflow: Workflow, input: BaseModel, *, job_id: str | None = None) -> JobOutcome:
@@ -132,7 +91,7 @@ class LocalEngine:
         )
         metrics.inc("jobs_enqueued_total")
         log.info("job queued", extra={"op": "run", "job_id": job.job_id, "workflow": workflow.name})
-        return self._execute(job, workflow, input, {})
+        return self._execute(job, workflow, input, {}, [])
 
     def resume(self, job_id: str, workflows: Mapping[str, Workflow] | Workflow) -> JobOutcome:
         """Continue a failed or interrupted job from its first unfinished step."""
@@ -150,25 +109,34 @@ class LocalEngine:
             raise UsageError(f"job {job_id} is {job.state.value}; only failed or interrupted jobs resume")
         input = workflow.input.model_validate_json(job.input_json)
         done: dict[str, BaseModel] = {}
+        skipped: list[str] = []
         for record in self.journal.steps(job_id):
-            if record.state == JobState.SUCCEEDED and record.output_json is not None:
+            if record.state in (JobState.SUCCEEDED, JobState.SKIPPED) and record.output_json is not None:
                 try:
                     done[record.name] = workflow.step(record.name).output.model_validate_json(
                         record.output_json
                     )
+                    if record.state == JobState.SKIPPED:
+                        skipped.append(record.name)
                 except (ValidationError, StopIteration):
                     continue  # the definition changed: run the step again
         job = self.journal.requeue(job_id)
         log.info("job resumed", extra={"op": "resume", "job_id": job_id, "finished_steps": len(done)})
-        return self._execute(job, workflow, input, done)
+        return self._execute(job, workflow, input, done, skipped)
 
     # -- execution -------------------------------------------------------------------------
 
     def _execute(
-        self, job: JobRecord, workflow: Workflow, input: BaseModel, done: dict[str, BaseModel]
+        self,
+        job: JobRecord,
+        workflow: Workflow,
+        input: BaseModel,
+        done: dict[str, BaseModel],
+        skipped: list[str],
     ) -> JobOutcome:
         cancel = self._monitor.watch(job.job_id)
         outcome = JobOutcome(job.job_id, job.trace_id, workflow.name, JobState.RUNNING, dict(done))
+        outcome.skipped = list(skipped)
         writer = ArtifactWriter(self.config.artifacts.out_dir, job.job_id, job.trace_id, job.created_at)
         try:
             if workflow.gui:
@@ -216,7 +184,6 @@ class LocalEngine:
             raise _JobCancelled
         self.journal.set_job_state(job.job_id, JobState.RUNNING)
         blocked: set[str] = set()
-        skipped_steps = 0
         for step in workflow.steps:
             if step.name in outcome.outputs:
                 continue
@@ -233,7 +200,7 @@ class LocalEngine:
                 output = self._run_step(job, step, input, parents, writer, cancel)
             except Skipped as skipped:
                 outcome.outputs[step.name] = skipped.result
-                skipped_steps += 1
+                outcome.skipped.append(step.name)
                 continue
             except (Cancelled, _JobCancelled):
                 raise
@@ -250,7 +217,7 @@ class LocalEngine:
                 job.job_id, JobState.FAILED, error=outcome.error, error_code=outcome.error_code
             )
             metrics.inc("jobs_failed_total")
-        elif skipped_steps:
+        elif outcome.skipped:
             outcome.state = JobState.SKIPPED
             self.journal.set_job_state(job.job_id, JobState.SKIPPED)
             metrics.inc("jobs_completed_total")
@@ -291,9 +258,11 @@ class LocalEngine:
                 output = self._attempt(step, input, ctx, cancel, attempt_cancel)
             except Skipped as skipped:
                 if not isinstance(skipped.result, step.output):
-                    raise TypeError(
-                        f"step {step.name}: Skipped must carry a {step.output.__name__}"
-                    ) from None
+                    message = f"step {step.name}: Skipped must carry a {step.output.__name__}"
+                    self.journal.step_finished(
+                        job.job_id, step.name, JobState.FAILED, error=message, error_code=1
+                    )
+                    raise TypeError(message) from None
                 self.journal.step_finished(
                     job.job_id,
                     step.name,
@@ -332,42 +301,34 @@ class LocalEngine:
             return output
         raise AssertionError("unreachable")  # pragma: no cover
 
-    @staticmethod
     def _attempt(
+        self,
         step: Step,
         input: BaseModel,
         ctx: LocalStepContext,
         cancel: threading.Event,
         attempt_cancel: threading.Event,
     ) -> BaseModel:
-        """Run one attempt in a daemon thread, enforcing the step's timeout and the job's cancel."""
-        result: list[Any] = []
-
-        def target() -> None:
-            try:
-                result.append(("ok", step.fn(input, ctx)))
-            except BaseException as exc:
-                result.append(("error", exc))
-
-        thread = threading.Thread(target=target, name=f"step-{step.name}", daemon=True)
+        """Run one attempt in this thread. The monitor turns `ctx.cancelled()` true when the job is
+        cancelled or the step's deadline passes; an attempt that ends after its deadline, however
+        it ends, is a timeout (OperationTimeout, transient: retried)."""
         deadline = time.monotonic() + step.timeout_seconds
-        thread.start()
-        cancel_deadline: float | None = None
-        while thread.is_alive():
-            now = time.monotonic()
-            if cancel.is_set() and cancel_deadline is None:
-                cancel_deadline = now + CANCEL_GRACE
-            if cancel_deadline is not None and now >= cancel_deadline:
-                raise _JobCancelled
-            if now >= deadline:
-                attempt_cancel.set()
-                raise OperationTimeout(f"step {step.name} passed its timeout of {step.timeout_seconds:g}s")
-            thread.join(min(POLL, max(deadline - now, 0.001)))
-        kind, value = result[0]
-        if kind == "error":
-            raise value
+        self._monitor.arm(ctx.job_id, deadline, attempt_cancel)
+        error: Exception | None = None
+        try:
+            value = step.fn(input, ctx)
+        except Exception as exc:
+            error = exc
+        finally:
+            self._monitor.disarm(ctx.job_id)
         if cancel.is_set():
             raise _JobCancelled
+        if attempt_cancel.is_set() or time.monotonic() > deadline:
+            raise OperationTimeout(
+                f"step {step.name} passed its timeout of {step.timeout_seconds:g}s"
+            ) from error
+        if error is not None:
+            raise error
         if not isinstance(value, step.output):
             raise TypeError(f"step {step.name} returned {type(value).__name__}, not {step.output.__name__}")
         return value

@@ -1,0 +1,56 @@
+"""How a job ended (`JobOutcome`, shared by both engines) and how a step's error is recorded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from win_automation.errors import Cancelled, WinAutomationError
+from win_automation.jobstate import JobState
+from win_automation.log import redact
+
+
+@dataclass
+class JobOutcome:
+    """How a job ended: its state, each finished step's output, and the first error."""
+
+    job_id: str
+    trace_id: str
+    workflow: str
+    state: JobState
+    outputs: dict[str, BaseModel] = field(default_factory=dict)
+    error: str | None = None
+    error_code: int | None = None
+    skipped: list[str] = field(default_factory=list)
+    """Steps that raised errors.Skipped (nothing to do); with no failure the job ends `skipped`."""
+
+    @property
+    def exit_code(self) -> int:
+        if self.state in (JobState.SUCCEEDED, JobState.SKIPPED):
+            return 0
+        if self.state in (JobState.CANCELLED, JobState.INTERRUPTED):
+            return Cancelled.exit_code
+        return self.error_code or 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "trace_id": self.trace_id,
+            "workflow": self.workflow,
+            "state": self.state.value,
+            "error": self.error,
+            "outputs": {name: out.model_dump(mode="json") for name, out in self.outputs.items()},
+        }
+
+
+def describe(exc: BaseException) -> tuple[str, int]:
+    """The one-line, redacted message and the exit code recorded for a failed attempt."""
+    if isinstance(exc, WinAutomationError):
+        return redact(str(exc)), exc.exit_code
+    return redact(f"{type(exc).__name__}: {exc}".splitlines()[0]), 1
+
+
+def retryable(exc: BaseException) -> bool:
+    return not isinstance(exc, WinAutomationError) or exc.transient
