@@ -239,3 +239,15 @@ def test_wrong_passphrase_never_shown(cli, live_sshd: SshServer, known_hosts: Pa
     for path in tmp_path.rglob("*"):
         if path.is_file() and path.name != "enc":
             assert b"Wrong-Phrase-7" not in path.read_bytes(), path
+
+
+def test_bad_options_are_one_line_usage_errors(cli) -> None:  # type: ignore[no-untyped-def]
+    for args, needle in (
+        (("ssh", "run", "--timeout", "soon", "--", "x"), "--timeout: must be a duration"),
+        (("ssh", "run", "--shell", "bash", "--", "x"), "--shell: must be powershell or cmd"),
+        (("ssh", "trust", "--fingerprint", "MD5:xx"), "--fingerprint: must start with 'SHA256:'"),
+    ):
+        out = cli(*args)
+        last = out.stderr.strip().splitlines()[-1]
+        assert out.code == 2 and last.startswith(f"error: {needle}"), out.stderr
+        assert "Traceback" not in out.stderr

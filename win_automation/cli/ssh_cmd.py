@@ -28,18 +28,9 @@ app = typer.Typer(
 
 
 def _timeout(value: str | None, config: Config) -> float:
-    from win_automation.durations import parse_duration
-    from win_automation.errors import UsageError
+    from win_automation.cli.parse import duration_option
 
-    if value is None:
-        return config.ssh.command_timeout
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise UsageError(f"--timeout: {exc}") from None
-    if seconds <= 0:
-        raise UsageError("--timeout: must be more than zero")
-    return seconds
+    return config.ssh.command_timeout if value is None else duration_option(value, "--timeout", positive=True)
 
 
 def _write(stream: Any) -> Any:
