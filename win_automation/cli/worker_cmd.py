@@ -10,8 +10,8 @@ import re
 
 import typer
 
+from win_automation.cli.parse import duration_option
 from win_automation.cli.state import state
-from win_automation.durations import parse_duration
 from win_automation.errors import ConfigError, UsageError
 
 _LABEL = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
@@ -33,16 +33,6 @@ def parse_labels(values: list[str]) -> dict[str, str]:
     return labels
 
 
-def duration_option(value: str, option: str) -> float:
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise UsageError(f"{option}: {exc}") from None
-    if seconds <= 0:
-        raise UsageError(f"{option}: must be more than zero, got {value!r}")
-    return seconds
-
-
 def worker(
     ctx: typer.Context,
     name: str | None = typer.Option(None, "--name", help="Worker name (default win-automation-HOSTNAME)."),
@@ -62,13 +52,13 @@ def worker(
     cli = state(ctx)
     config = cli.config()
     labels = parse_labels(label)
-    grace_s = duration_option(grace, "--grace")
+    grace_s = duration_option(grace, "--grace", positive=True)
     interval: float | None = None
     if metrics_on:
         interval = (
             config.metrics.interval
             if metrics_interval is None
-            else duration_option(metrics_interval, "--metrics-interval")
+            else duration_option(metrics_interval, "--metrics-interval", positive=True)
         )
     if config.hatchet.token is None:
         raise ConfigError(NO_HATCHET)
