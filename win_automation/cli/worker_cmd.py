@@ -6,6 +6,7 @@ hatchet_sdk is imported inside the command only (about 2.5 s), so `--help` stays
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 import typer
@@ -65,6 +66,8 @@ def worker(
     from win_automation.config.hatchet_token import token_claims
 
     token_claims(config)
+    # gRPC's C core logs to stderr by itself, outside the project's schema: errors only
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from win_automation.engines.hatchet_worker import default_name, run_worker
     from workflows import all_workflows
 
