@@ -352,5 +352,25 @@ def test_every_ssh_exec_task_runs_with_mock_run_against_the_real_sshd(
         assert "Write-Output mocked" in (config.artifacts.out_dir / job_id / "stdout.txt").read_text()
         with journal(config) as j:
             assert j.get_job(job_id).state.value == "succeeded"
+        # an idempotency check that passes: `exec` raises Skipped, the task returns its result
+        skip_id = new_job_id()
+        done = SshExecInput(command="Write-Output again", check="exit 0")
+        passed = asyncio.run(
+            task(hwf, "check").aio_mock_run(input=done, additional_metadata={"job_id": skip_id})
+        )
+        skipped = asyncio.run(
+            task(hwf, "exec").aio_mock_run(
+                input=done,
+                additional_metadata={"job_id": skip_id},
+                parent_outputs={"check": passed.model_dump()},
+            )
+        )
+        assert isinstance(skipped, ExecOutput) and skipped.skipped and skipped.exit_code == 0
+        with journal(config) as j:
+            assert j.get_job(skip_id).state.value == "skipped"
+            assert [(s.name, s.state.value) for s in j.steps(skip_id)] == [
+                ("check", "succeeded"),
+                ("exec", "skipped"),
+            ]
     finally:
         rt.close()

@@ -230,3 +230,27 @@ def test_ssh_run_on_hatchet_exits_with_the_remote_exit_code(
 ) -> None:
     result = hatchet_world.cli("ssh", "run", "--engine", "hatchet", "--", "exit 7")
     assert result.code == 7, result.stderr
+
+
+def test_an_idempotent_ssh_run_on_hatchet_that_has_nothing_to_do_is_skipped(
+    hatchet_world: HatchetWorld, hatchet_worker: WorkerProcess
+) -> None:
+    result = hatchet_world.cli(
+        "ssh",
+        "run",
+        "--engine",
+        "hatchet",
+        "--idempotent",
+        "--idempotent-check",
+        "exit 0",
+        "--",
+        "Write-Output",
+        "x",
+    )
+    assert result.code == 0, result.stderr
+    assert "skipped: the idempotency check passed" in result.stderr
+    [job] = journal_rows(
+        hatchet_world, "SELECT * FROM jobs WHERE workflow = 'ssh-exec' ORDER BY created_at DESC"
+    )[:1]
+    assert job["state"] == "skipped"
+    assert hatchet_world.engine.runs[job["external_id"]].status == "COMPLETED"

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from win_automation.config import Config
-    from win_automation.engines.local import JobOutcome
+    from win_automation.engines.outcome import JobOutcome
     from win_automation.jobrecords import JobRecord
     from win_automation.journal import Journal
     from win_automation.workflow import Workflow

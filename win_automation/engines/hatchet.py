@@ -53,7 +53,7 @@ from pydantic import BaseModel
 from win_automation.config import Config
 from win_automation.config.hatchet_token import token_claims
 from win_automation.engines.hatchet_runtime import StepFailure, TaskRuntime, parse_failure, record_job
-from win_automation.engines.local import JobOutcome
+from win_automation.engines.outcome import JobOutcome
 from win_automation.errors import (
     AuthError,
     Cancelled,

@@ -29,12 +29,13 @@ from win_automation import metrics
 from win_automation.artifacts import ArtifactWriter
 from win_automation.config import Config
 from win_automation.engines.context import LocalStepContext
-from win_automation.engines.local import describe, retryable
-from win_automation.errors import Cancelled, IllegalTransition
+from win_automation.engines.outcome import describe, retryable
+from win_automation.errors import Cancelled, IllegalTransition, Skipped
 from win_automation.jobids import is_job_id, new_job_id, new_trace_id
 from win_automation.jobrecords import JobRecord
 from win_automation.jobstate import ACTIVE, JobState
 from win_automation.journal import Journal
+from win_automation.log import redact
 from win_automation.workflow import Step, Workflow
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,14 @@ class TaskRuntime:
             attempt_cancel=threading.Event(),
         )
         try:
-            output = step.fn(input, ctx)
+            try:
+                output = step.fn(input, ctx)
+            except Skipped as skipped:  # nothing to do: its result stands for the step's output
+                if not isinstance(skipped.result, step.output):
+                    raise TypeError(
+                        f"step {step.name}: Skipped must carry a {step.output.__name__}"
+                    ) from None
+                return self._succeeded(job, step, skipped.result, run_id, extra, skipped=redact(str(skipped)))
             if not isinstance(output, step.output):
                 raise TypeError(
                     f"step {step.name} returned {type(output).__name__}, not {step.output.__name__}"
@@ -196,21 +204,42 @@ class TaskRuntime:
             raise StepFailure(message, code, retry=retryable(exc)) from exc
         if cancel.is_set():
             raise Cancelled(f"step {step.name} cancelled")
+        return self._succeeded(job, step, output, run_id, extra)
+
+    def _succeeded(
+        self,
+        job: JobRecord,
+        step: Step,
+        output: BaseModel,
+        run_id: str,
+        extra: dict[str, Any],
+        *,
+        skipped: str | None = None,
+    ) -> BaseModel:
+        """Record the step's result; the job ends when all its steps did (`skipped` when one had
+        nothing to do, as on the local engine)."""
+        state = JobState.SKIPPED if skipped is not None else JobState.SUCCEEDED
         with self.lock:
             self._record(
                 "step",
                 self.journal.step_finished,
                 job.job_id,
                 step.name,
-                JobState.SUCCEEDED,
+                state,
                 output_json=output.model_dump_json(),
+                error=skipped,
             )
-            if all(s.state == JobState.SUCCEEDED for s in self.journal.steps(job.job_id)):
-                self._record("job", self.journal.set_job_state, job.job_id, JobState.SUCCEEDED)
+            states = {s.state for s in self.journal.steps(job.job_id)}
+            if (
+                states <= {JobState.SUCCEEDED, JobState.SKIPPED}
+                and self.journal.get_job(job.job_id).state in ACTIVE
+            ):
+                final = JobState.SKIPPED if JobState.SKIPPED in states else JobState.SUCCEEDED
+                self._record("job", self.journal.set_job_state, job.job_id, final)
                 self._writers.pop(job.job_id, None)
                 metrics.inc("jobs_completed_total")
-                log.info("job succeeded", extra={"op": "job", "job_id": job.job_id, "run_id": run_id})
-        log.info("step succeeded", extra=extra)
+                log.info(f"job {final.value}", extra={"op": "job", "job_id": job.job_id, "run_id": run_id})
+        log.info(f"step {state.value}", extra=extra)
         return output
 
     def cancelled(self, workflow: Workflow, step: Step, run_id: str) -> None:
