@@ -300,7 +300,8 @@ class Journal:
         return bool(rows and rows[0][0])
 
     def recover_interrupted(self) -> list[str]:
-        """Mark interrupted every active job whose owner died or whose heartbeat expired."""
+        """Mark interrupted every active local job whose owner died or whose heartbeat expired.
+        Hatchet jobs are left alone: the engine owns them (it reassigns a dead worker's tasks)."""
         now = time.time()
         rows = self._query(
             "SELECT job_id, owner_pid, owner_start, owner_host, heartbeat_at FROM jobs"

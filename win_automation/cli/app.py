@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from win_automation import __version__
-from win_automation.cli import artifacts_cmd, config_cmd, jobs_cmd, run_cmd, ssh_cmd
+from win_automation.cli import artifacts_cmd, config_cmd, jobs_cmd, run_cmd, ssh_cmd, worker_cmd
 from win_automation.cli.output import error
 from win_automation.cli.state import CliState
 
@@ -30,6 +30,7 @@ app.command("run")(run_cmd.run)
 app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(artifacts_cmd.app, name="artifacts")
 app.add_typer(ssh_cmd.app, name="ssh")
+app.command("worker")(worker_cmd.worker)
 
 
 def _version(value: bool) -> None:

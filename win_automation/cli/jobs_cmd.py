@@ -116,6 +116,10 @@ def list_jobs(
     cutoff = parse_since(since, time.time()) if since is not None else None
     with open_journal(ctx) as journal:
         jobs = journal.list_jobs(state=wanted, workflow=type_, since=cutoff, limit=limit)
+        if any(job.engine == "hatchet" for job in jobs):
+            from win_automation.cli.engine_option import sync_hatchet_job
+
+            jobs = [sync_hatchet_job(state(ctx).config(), journal, job) for job in jobs]
         rows = [job_dict(job, journal.steps(job.job_id)) for job in jobs]
     if as_json:
         print_json(rows)
@@ -154,6 +158,10 @@ def show(
     config = state(ctx).config()
     with open_journal(ctx) as journal:
         job = journal.get_job(job_id)
+        if job.engine == "hatchet":
+            from win_automation.cli.engine_option import sync_hatchet_job
+
+            job = sync_hatchet_job(config, journal, job)
         steps = journal.steps(job_id)
         events = journal.events(job_id)
     try:
@@ -229,6 +237,19 @@ def cancel(
         before = journal.get_job(job_id)
         if before.state not in ACTIVE and before.state != JobState.INTERRUPTED:
             raise WinAutomationError(f"job {job_id} is already {before.state.value}; nothing to cancel")
+        if before.engine == "hatchet":
+            from win_automation.cli.engine_option import cancel_hatchet_job
+
+            job = cancel_hatchet_job(state(ctx).config(), journal, before, patience)
+            run = job.external_id
+            if job.state in ACTIVE:
+                typer.echo(f"cancel sent to Hatchet run {run}; job {job_id} is still {job.state.value}")
+            elif job.state == JobState.CANCELLED:
+                typer.echo(f"job {job_id} cancelled (Hatchet run {run})")
+            else:
+                ended = job.state.value
+                raise WinAutomationError(f"job {job_id} ended {ended} before the cancel took effect")
+            return
         job = journal.request_cancel(job_id)
         deadline = time.monotonic() + patience
         while job.state in ACTIVE and time.monotonic() < deadline:

@@ -1,7 +1,8 @@
 """`win-automation run WORKFLOW [--input JSON] [--json] [--metrics]`: run any workflow as a job.
 
 The input is validated against the workflow's model before any job is recorded (a bad field is
-one line naming it, exit 2). The job runs on the embedded local engine in this process; its
+one line naming it, exit 2). The job runs on the embedded local engine in this process, or on
+Hatchet (`--engine`, see win_automation.cli.engine_option; `--no-wait` returns the run id); its
 outcome is printed (a step table, or `--json`) and the exit code says how it ended: 0 succeeded,
 the failing step's code when it failed (1, or e.g. 3 when the VM was unreachable), 130 when it
 was cancelled or interrupted. Ctrl-C and SIGTERM record the job `interrupted`, resumable with
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from win_automation.cli.engine_option import engine_option, no_wait_option, run_job
 from win_automation.cli.output import error, print_json, print_table
 from win_automation.cli.state import state
 
@@ -99,8 +101,10 @@ def run(
     metrics_interval: str | None = typer.Option(
         None, "--metrics-interval", help="How often to emit metrics (e.g. 30s); default metrics.interval."
     ),
+    engine: str | None = engine_option(),
+    no_wait: bool = no_wait_option(),
 ) -> None:
-    """Run a workflow as a job on the local engine and wait for its end."""
+    """Run a workflow as a job (on Hatchet when a token is set, else here) and wait for its end."""
     from win_automation.engines.local import LocalEngine
     from win_automation.errors import UsageError
     from workflows import get_workflow
@@ -115,10 +119,23 @@ def run(
             raise UsageError(f"--input-file: cannot read {input_file}: {exc.strerror}") from None
     model = definition.parse_input(input, name="--input-file" if input_file else "--input")
     config = state(ctx).config()
-    with metrics_for(config, metrics, metrics_interval), interruptible():
-        engine = LocalEngine(config)
-        try:
-            outcome = engine.run(definition, model)
-        finally:
-            engine.close()
-    report(outcome, config, as_json)
+
+    def run_local() -> JobOutcome:
+        with interruptible():
+            local = LocalEngine(config)
+            try:
+                return local.run(definition, model)
+            finally:
+                local.close()
+
+    with metrics_for(config, metrics, metrics_interval):
+        run_job(
+            config,
+            definition,
+            model,
+            engine=engine,
+            no_wait=no_wait,
+            as_json=as_json,
+            run_local=run_local,
+            report=lambda outcome: report(outcome, config, as_json),
+        )

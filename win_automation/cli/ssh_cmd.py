@@ -1,7 +1,8 @@
 """`win-automation ssh run|script|put|get|trust`: commands and files on the VM over SSH.
 
-`run` and `script` are jobs (the `ssh-exec` workflow on the local engine): their output streams
-as it arrives, is kept in the job's artifact folder, and the CLI exits with the remote exit code
+`run` and `script` are jobs (the `ssh-exec` workflow, on the local engine or on Hatchet with
+`--engine`): their output streams as it arrives (on Hatchet: when the run ends), is kept in the
+job's artifact folder, and the CLI exits with the remote exit code
 (0-255 as is, anything else 255; 124 when the deadline passed). paramiko is imported inside the
 commands only.
 """
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from win_automation.cli.engine_option import engine_option, no_wait_option
 from win_automation.cli.output import error, print_json
 from win_automation.cli.state import state
 
@@ -39,52 +41,80 @@ def _write(stream: Any) -> Any:
     return sink
 
 
-def _run_job(ctx: typer.Context, payload: dict[str, Any], as_json: bool) -> None:
+def _run_job(
+    ctx: typer.Context,
+    payload: dict[str, Any],
+    as_json: bool,
+    engine: str | None = None,
+    no_wait: bool = False,
+) -> None:
+    from win_automation.cli.engine_option import run_job
     from win_automation.command_result import cli_exit_code, describe_exit_code
-    from win_automation.engines.local import LocalEngine
+    from win_automation.engines.local import JobOutcome, LocalEngine
     from win_automation.jobids import new_job_id
     from workflows import ssh_exec
 
     config = state(ctx).config()
     inp = ssh_exec.SshExecInput(**payload)
     job_id = new_job_id()
-    if not as_json:
-        ssh_exec.LIVE_OUTPUT[job_id] = (_write(sys.stdout), _write(sys.stderr))
-    engine = LocalEngine(config)
-    try:
-        outcome = engine.run(ssh_exec.ssh_exec, inp, job_id=job_id)
-    finally:
-        engine.close()
-        ssh_exec.LIVE_OUTPUT.pop(job_id, None)
-    if outcome.error is not None or "exec" not in outcome.outputs:
-        from win_automation.log import redact
+    streamed: list[bool] = []
 
-        error(redact(outcome.error or f"job {job_id} {outcome.state.value}"))
-        raise typer.Exit(outcome.exit_code)
-    result = outcome.outputs["exec"]
-    assert isinstance(result, ssh_exec.ExecOutput)
-    if as_json:
-        print_json(
-            {
-                "exit_code": result.exit_code,
-                "stdout": result.stdout,
-                "stderr": result.stderr,
-                "duration_ms": result.duration_ms,
-                "job_id": job_id,
-                "timed_out": result.timed_out,
-                "skipped": result.skipped,
-            }
-        )
-    elif result.skipped:
-        sys.stderr.write(f"skipped: the idempotency check passed (job {job_id})\n")
-    if result.timed_out:
-        error(
-            f"the command passed its deadline of {payload.get('timeout_seconds')}s; "
-            f"its remote process tree was killed (job {job_id})"
-        )
-    elif not 0 <= result.exit_code <= 255:
-        error(f"the remote command exited with {describe_exit_code(result.exit_code)}; exiting 255")
-    raise typer.Exit(cli_exit_code(result.exit_code))
+    def run_local() -> JobOutcome:
+        if not as_json:
+            streamed.append(True)
+            ssh_exec.LIVE_OUTPUT[job_id] = (_write(sys.stdout), _write(sys.stderr))
+        local = LocalEngine(config)
+        try:
+            return local.run(ssh_exec.ssh_exec, inp, job_id=job_id)
+        finally:
+            local.close()
+            ssh_exec.LIVE_OUTPUT.pop(job_id, None)
+
+    def report(outcome: JobOutcome) -> None:
+        if outcome.error is not None or "exec" not in outcome.outputs:
+            from win_automation.log import redact
+
+            error(redact(outcome.error or f"job {outcome.job_id} {outcome.state.value}"))
+            raise typer.Exit(outcome.exit_code)
+        result = outcome.outputs["exec"]
+        assert isinstance(result, ssh_exec.ExecOutput)
+        if as_json:
+            print_json(
+                {
+                    "exit_code": result.exit_code,
+                    "stdout": result.stdout,
+                    "stderr": result.stderr,
+                    "duration_ms": result.duration_ms,
+                    "job_id": outcome.job_id,
+                    "timed_out": result.timed_out,
+                    "skipped": result.skipped,
+                }
+            )
+        else:
+            if not streamed:  # ran on Hatchet: the output arrives with the result
+                _write(sys.stdout)(result.stdout)
+                _write(sys.stderr)(result.stderr)
+            if result.skipped:
+                sys.stderr.write(f"skipped: the idempotency check passed (job {outcome.job_id})\n")
+        if result.timed_out:
+            error(
+                f"the command passed its deadline of {payload.get('timeout_seconds')}s; "
+                f"its remote process tree was killed (job {outcome.job_id})"
+            )
+        elif not 0 <= result.exit_code <= 255:
+            error(f"the remote command exited with {describe_exit_code(result.exit_code)}; exiting 255")
+        raise typer.Exit(cli_exit_code(result.exit_code))
+
+    run_job(
+        config,
+        ssh_exec.ssh_exec,
+        inp,
+        engine=engine,
+        no_wait=no_wait,
+        as_json=as_json,
+        run_local=run_local,
+        report=report,
+    )
 
 
 @app.command()
@@ -100,6 +130,8 @@ def run(
     idempotent_check: str | None = typer.Option(
         None, "--idempotent-check", help="The check (same shell); exit 0 means: already done, skip."
     ),
+    engine: str | None = engine_option(),
+    no_wait: bool = no_wait_option(),
 ) -> None:
     """Run a command on the VM as a job; exit with its exit code."""
     from win_automation.errors import UsageError
@@ -115,7 +147,7 @@ def run(
         "timeout_seconds": _timeout(timeout, config),
         "check": idempotent_check,
     }
-    _run_job(ctx, payload, as_json)
+    _run_job(ctx, payload, as_json, engine, no_wait)
 
 
 @app.command()
@@ -127,6 +159,8 @@ def script(
         None, "--timeout", help="Deadline, e.g. 30s or 5m (ssh.command_timeout)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of streaming."),
+    engine: str | None = engine_option(),
+    no_wait: bool = no_wait_option(),
 ) -> None:
     """Run a local .ps1 script on the VM as a job (long scripts go over SFTP and run with -File)."""
     from win_automation.errors import UsageError
@@ -147,7 +181,7 @@ def script(
         "timeout_seconds": _timeout(timeout, config),
         "display": str(file),
     }
-    _run_job(ctx, payload, as_json)
+    _run_job(ctx, payload, as_json, engine, no_wait)
 
 
 def _progress(label: str) -> Any:

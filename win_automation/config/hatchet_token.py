@@ -1,0 +1,67 @@
+"""The Hatchet token, checked in the project's terms before the SDK ever sees it.
+
+A Hatchet API token is a JWT whose claims carry `sub` (the tenant id), `server_url` (REST API) and
+`grpc_broadcast_address` (the engine's gRPC address). The SDK raises a pydantic traceback for a
+missing or malformed one; `token_claims` turns each problem into a one-line ConfigError (exit 2)
+that never shows the token itself. `engine_choice` applies "hatchet when a token is configured,
+else local" for every job command.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+from win_automation.config.schema import Config
+from win_automation.errors import ConfigError
+
+Engine = Literal["local", "hatchet"]
+TOKEN_SOURCE = "hatchet.token (environment HATCHET_CLIENT_TOKEN)"
+_CLAIMS = ("sub", "server_url", "grpc_broadcast_address")
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    tenant_id: str
+    server_url: str
+    grpc_broadcast_address: str
+
+
+def token_claims(config: Config) -> TokenClaims:
+    """The claims of the configured token; ConfigError naming the problem when there is none or
+    it is not a Hatchet JWT."""
+    secret = config.hatchet.token
+    if secret is None or not secret.get_secret_value().strip():
+        raise ConfigError(
+            f"{TOKEN_SOURCE} is not set: create one with `hatchet-admin token create` (see the README's"
+            " Hatchet section); job commands run on the local engine without it"
+        )
+    token = secret.get_secret_value().strip()
+    parts = token.split(".")
+    if len(parts) != 3 or not token.startswith("ey"):
+        raise ConfigError(f"{TOKEN_SOURCE} is not a JWT (expected three dot-separated base64 parts)")
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        claims = json.loads(payload)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{TOKEN_SOURCE} is not a JWT: its claims are not base64 JSON") from None
+    if not isinstance(claims, dict):
+        raise ConfigError(f"{TOKEN_SOURCE} is not a Hatchet token: its claims are not a JSON object")
+    missing = [name for name in _CLAIMS if not isinstance(claims.get(name), str) or not claims[name]]
+    if missing:
+        raise ConfigError(f"{TOKEN_SOURCE} is not a Hatchet token: its claims lack {', '.join(missing)}")
+    return TokenClaims(claims["sub"], claims["server_url"], claims["grpc_broadcast_address"])
+
+
+def engine_choice(config: Config, requested: str | None) -> Engine:
+    """`--engine` if given (validated), else hatchet when a token is configured, else local."""
+    if requested is None:
+        return "hatchet" if config.hatchet.token is not None else "local"
+    if requested not in ("local", "hatchet"):
+        from win_automation.errors import UsageError
+
+        raise UsageError(f"--engine: must be one of local, hatchet, got {requested!r}")
+    return "hatchet" if requested == "hatchet" else "local"

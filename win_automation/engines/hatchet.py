@@ -1,0 +1,395 @@
+"""The Hatchet adapter: the one module (with the worker) that imports hatchet_sdk.
+
+- `connect(config)`: a `Hatchet` client from the project's config (token checked first, in the
+  project's terms; TLS strategy, host:port and namespace from `hatchet.*`).
+- `compile_workflow(hatchet, workflow, runtime)`: a `Workflow` becomes `hatchet.workflow(...)`
+  with one async task per step (parents, retries, backoff, execution timeout, the workflow's
+  labels as required desired worker labels; GUI workflows get the concurrency key
+  `additional_metadata.vm` with one run at a time). The task runs the plain step function in a
+  thread (a blocked event loop would miss heartbeats) through `TaskRuntime`, which journals it on
+  the worker's host. A final failure becomes NonRetryableException here; a cancelled run reaches
+  the task as CancelledError and sets the step's cancel flag.
+- `HatchetRuns`: the triggering side of a job command: trigger a run (the job id, trace id and
+  VM travel in its additional metadata), follow its tasks, wait for the end, cancel it; each run
+  is recorded in the local journal with `engine='hatchet'` and the run id as `external_id`.
+
+gRPC failures are translated once, here: UNAVAILABLE -> ConnectError, UNAUTHENTICATED ->
+AuthError, NOT_FOUND -> NotFoundError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import grpc
+from hatchet_sdk import (
+    ClientConfig,
+    ConcurrencyExpression,
+    ConcurrencyLimitStrategy,
+    Context,
+    DesiredWorkerLabel,
+    Hatchet,
+    NonRetryableException,
+)
+from hatchet_sdk.config import ClientTLSConfig, TenacityConfig
+from hatchet_sdk.connection import new_conn
+from hatchet_sdk.contracts.dispatcher_pb2 import GetVersionRequest
+from hatchet_sdk.contracts.dispatcher_pb2_grpc import DispatcherStub
+from hatchet_sdk.contracts.v1 import workflows_pb2 as admin_pb2
+from hatchet_sdk.contracts.v1.workflows_pb2_grpc import AdminServiceStub
+from hatchet_sdk.utils.api_auth import create_authorization_header
+from pydantic import BaseModel
+
+from win_automation.config import Config
+from win_automation.config.hatchet_token import token_claims
+from win_automation.engines.hatchet_runtime import StepFailure, TaskRuntime, parse_failure, record_job
+from win_automation.engines.outcome import JobOutcome
+from win_automation.errors import (
+    AuthError,
+    Cancelled,
+    ConfigError,
+    ConnectError,
+    IllegalTransition,
+    NotFoundError,
+    WinAutomationError,
+)
+from win_automation.jobids import new_job_id, new_trace_id
+from win_automation.jobstate import ACTIVE, JobState
+from win_automation.journal import Journal
+from win_automation.workflow import Step, Workflow
+
+log = logging.getLogger(__name__)
+# hatchet-sdk 1.43 registers workers with slot types from this engine version on; below it the SDK
+# takes a deprecated path that, since August 2026, fails at random (DeprecationError 1 call in 5).
+MIN_ENGINE_VERSION = (0, 78, 23)
+VM_CONCURRENCY_KEY = "additional_metadata.vm"
+POLL_SECONDS = 0.25
+NO_WORKER_HINT_SECONDS = 10.0
+# how long a task may wait for a worker before the engine cancels it (the SDK's default is 5 min,
+# too short for queued jobs to survive a worker restart or a busy VM)
+SCHEDULE_TIMEOUT = timedelta(hours=24)
+_STATES = {
+    "QUEUED": JobState.QUEUED,
+    "RUNNING": JobState.RUNNING,
+    "COMPLETED": JobState.SUCCEEDED,
+    "FAILED": JobState.FAILED,
+    "CANCELLED": JobState.CANCELLED,
+}
+
+
+class TaskFailed(Exception):
+    """A failed attempt the engine may retry (its text is `message [exit N]`)."""
+
+
+def client_config(config: Config, cls: type[ClientConfig] = ClientConfig, **extra: Any) -> ClientConfig:
+    """The SDK's config from ours (`cls` and `extra` let the worker use its subclass)."""
+    token_claims(config)  # ConfigError before the SDK sees a bad token
+    assert config.hatchet.token is not None
+    host = config.hatchet.host_port.rpartition(":")[0]
+    return cls(
+        token=config.hatchet.token.get_secret_value().strip(),
+        host_port=config.hatchet.host_port,
+        namespace=config.hatchet.namespace,
+        tls_config=ClientTLSConfig(strategy=config.hatchet.tls_strategy, server_name=host),
+        tenacity=TenacityConfig(max_attempts=3),
+        disable_log_capture=True,
+        **extra,
+    )
+
+
+def connect(config: Config) -> Hatchet:
+    return Hatchet(config=client_config(config))
+
+
+def translate(exc: grpc.RpcError, what: str, config: Config) -> WinAutomationError:
+    code = exc.code() if hasattr(exc, "code") else None
+    detail = exc.details() if hasattr(exc, "details") else str(exc)
+    where = f"Hatchet at {config.hatchet.host_port}"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthError(f"{what}: {where} refused the token ({detail})")
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFoundError(f"{what}: {where}: {detail}")
+    return ConnectError(f"{what}: {where} is not reachable ({code.name if code else 'error'}: {detail})")
+
+
+def check_engine_version(config: Config) -> str:
+    """The engine's version (Dispatcher/GetVersion); ConfigError when it is too old for the SDK,
+    ConnectError/AuthError when the engine cannot be reached or refuses the token."""
+    sdk_config = client_config(config)
+    stub = DispatcherStub(new_conn(sdk_config, False))
+    try:
+        response = stub.GetVersion(  # type: ignore[attr-defined]
+            GetVersionRequest(), metadata=create_authorization_header(sdk_config.token), timeout=10
+        )
+        version = str(response.version)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            version = ""
+        else:
+            raise translate(exc, "checking the engine version", config) from exc
+    parts = version.lstrip("v").split("-", 1)[0].split(".")
+    numbers = tuple(int(p) for p in parts) if len(parts) == 3 and all(p.isdigit() for p in parts) else ()
+    if numbers < MIN_ENGINE_VERSION:
+        wanted = "v" + ".".join(map(str, MIN_ENGINE_VERSION))
+        raise ConfigError(
+            f"the Hatchet engine at {config.hatchet.host_port} is {version or 'older than v0.78'}; "
+            f"hatchet-sdk 1.43 needs {wanted} or newer: upgrade hatchet-lite (README, Hatchet)"
+        )
+    return version
+
+
+def _as_model(value: Any, model: type[BaseModel]) -> BaseModel:
+    return value if isinstance(value, model) else model.model_validate(value)
+
+
+def _task_fn(
+    workflow: Workflow,
+    step: Step,
+    tasks: Mapping[str, Any],
+    runtime: Callable[[], TaskRuntime],
+    executor: Callable[[], ThreadPoolExecutor | None],
+) -> Callable[..., Any]:
+    async def task(input: BaseModel, ctx: Context) -> BaseModel:
+        parents = {p: _as_model(ctx.task_output(tasks[p]), workflow.step(p).output) for p in step.parents}
+        cancel = threading.Event()
+        loop = asyncio.get_running_loop()
+        run_id = ctx.workflow_run_id
+        call = lambda: runtime().run_step(  # noqa: E731
+            workflow,
+            step,
+            _as_model(input, workflow.input),
+            run_id=run_id,
+            metadata=dict(ctx.additional_metadata or {}),
+            retry_count=ctx.retry_count,
+            parents=parents,
+            cancel=cancel,
+        )
+        try:
+            return await loop.run_in_executor(executor(), call)
+        except asyncio.CancelledError:
+            cancel.set()
+            loop.run_in_executor(executor(), runtime().cancelled, workflow, step, run_id)
+            raise
+        except StepFailure as failure:
+            if failure.retry:
+                raise TaskFailed(str(failure)) from None
+            raise NonRetryableException(str(failure)) from None
+        except Cancelled as exc:
+            raise NonRetryableException(f"{exc} [exit {exc.exit_code}]") from None
+
+    task.__name__ = step.name.replace("-", "_")
+    task.__annotations__ = {"input": workflow.input, "ctx": Context, "return": step.output}
+    return task
+
+
+def compile_workflow(
+    hatchet: Hatchet,
+    workflow: Workflow,
+    runtime: Callable[[], TaskRuntime],
+    executor: Callable[[], ThreadPoolExecutor | None] = lambda: None,
+) -> Any:
+    """The Hatchet workflow for `workflow`: one task per step, nothing added but retries,
+    timeouts, the VM concurrency key and labels."""
+    concurrency = (
+        ConcurrencyExpression(
+            expression=VM_CONCURRENCY_KEY,
+            max_runs=1,
+            limit_strategy=ConcurrencyLimitStrategy.GROUP_ROUND_ROBIN,
+        )
+        if workflow.gui
+        else None
+    )
+    hwf = hatchet.workflow(
+        name=workflow.name,
+        description=workflow.description or None,
+        input_validator=workflow.input,
+        concurrency=concurrency,
+    )
+    labels = [DesiredWorkerLabel(key=k, value=v, required=True) for k, v in workflow.labels.items()]
+    tasks: dict[str, Any] = {}
+    for step in workflow.steps:
+        backoff = step.retries > 0 and step.backoff_seconds > 0
+        tasks[step.name] = hwf.task(
+            name=step.name,
+            parents=[tasks[p] for p in step.parents],
+            retries=step.retries,
+            backoff_factor=2.0 if backoff else None,
+            backoff_max_seconds=max(1, math.ceil(step.backoff_seconds * 2 ** max(0, step.retries - 1)))
+            if backoff
+            else None,
+            execution_timeout=timedelta(seconds=max(1, math.ceil(step.timeout_seconds))),
+            schedule_timeout=SCHEDULE_TIMEOUT,
+            desired_worker_labels=labels or None,
+        )(_task_fn(workflow, step, tasks, runtime, executor))
+    return hwf
+
+
+def _quietly(write: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    with contextlib.suppress(IllegalTransition):  # another process (the worker) recorded it first
+        write(*args, **kwargs)
+
+
+def _finished(details: Any) -> bool:
+    return bool(details.done) or details.status.value in ("COMPLETED", "FAILED", "CANCELLED")
+
+
+def _no_runtime() -> TaskRuntime:
+    raise RuntimeError("tasks run on a worker, not in the triggering process")
+
+
+class HatchetRuns:
+    """Trigger, follow, wait for and cancel runs; each recorded in the local journal."""
+
+    def __init__(self, config: Config, journal: Journal | None = None) -> None:
+        self.config = config
+        self._client_config = client_config(config)
+        self.hatchet = Hatchet(config=self._client_config)
+        self.journal = journal or Journal.open(config.data.dir)
+
+    def close(self) -> None:
+        self.journal.close()
+
+    def submit(self, workflow: Workflow, input: BaseModel, *, job_id: str | None = None) -> tuple[str, str]:
+        """Trigger a run; (job id, run id). The job is recorded only once the engine took the run."""
+        job_id = job_id or new_job_id()
+        trace_id = new_trace_id()
+        vm = f"{self.config.ssh.host}:{self.config.ssh.port}"
+        metadata = {"job_id": job_id, "trace_id": trace_id, "vm": vm}
+        hwf = compile_workflow(self.hatchet, workflow, _no_runtime)
+        try:
+            ref = hwf.run(input, wait_for_result=False, additional_metadata=metadata)
+        except grpc.RpcError as exc:
+            raise translate(exc, f"triggering {workflow.name}", self.config) from exc
+        run_id = ref.workflow_run_id
+        record_job(self.journal, workflow, input, job_id=job_id, trace_id=trace_id, run_id=run_id)
+        log.info(
+            "run triggered",
+            extra={"op": "trigger", "job_id": job_id, "run_id": run_id, "workflow": workflow.name},
+        )
+        return job_id, run_id
+
+    def details(self, run_id: str) -> Any:
+        try:
+            return self.hatchet.runs.get_details(run_id)
+        except grpc.RpcError as exc:
+            raise translate(exc, f"run {run_id}", self.config) from exc
+
+    def wait(
+        self,
+        workflow: Workflow,
+        job_id: str,
+        run_id: str,
+        progress: Callable[[str, str], None] = lambda step, state: None,
+        poll: float = POLL_SECONDS,
+    ) -> JobOutcome:
+        """Follow the run until it ends (calling `progress(step, state)` on each change)."""
+        seen: dict[str, str] = {}
+        started, hinted = time.monotonic(), False
+        while True:
+            details = self.details(run_id)
+            waiting = time.monotonic() - started > NO_WORKER_HINT_SECONDS
+            if not hinted and waiting and all(t.status.value == "QUEUED" for t in details.task_runs.values()):
+                hinted = True
+                progress("*", "still queued: no worker has taken it (is `win-automation worker` running?)")
+            for name, task in details.task_runs.items():
+                state = _STATES.get(task.status.value, JobState.RUNNING).value
+                if seen.get(name) != state:
+                    seen[name] = state
+                    progress(name, state)
+            if _finished(details):
+                return self._outcome(workflow, job_id, details)
+            time.sleep(poll)
+
+    def sync(self, workflow: Workflow, job_id: str, run_id: str, *, patience: float = 0.0) -> None:
+        """Record the run's current state in the journal, waiting up to `patience` s for its end."""
+        deadline = time.monotonic() + patience
+        while True:
+            details = self.details(run_id)
+            if _finished(details):
+                self._outcome(workflow, job_id, details)
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_SECONDS)
+        steps = {s.name: s.state for s in self.journal.steps(job_id)}
+        running = [n for n, t in details.task_runs.items() if t.status.value == "RUNNING"]
+        if running and self.journal.get_job(job_id).state == JobState.QUEUED:
+            _quietly(self.journal.set_job_state, job_id, JobState.RUNNING)
+        for name in running:
+            if steps.get(name) == JobState.QUEUED:
+                _quietly(self.journal.step_started, job_id, name, attempt=1)
+
+    def _outcome(self, workflow: Workflow, job_id: str, details: Any) -> JobOutcome:
+        job = self.journal.get_job(job_id)
+        state = _STATES.get(details.status.value, JobState.FAILED)
+        outcome = JobOutcome(job_id, job.trace_id, workflow.name, state)
+        for name, task in details.task_runs.items():
+            if task.status.value == "COMPLETED" and task.output is not None:
+                outcome.outputs[name] = workflow.step(name).output.model_validate(task.output)
+            if task.status.value == "FAILED" and task.error and outcome.error is None:
+                message, code = parse_failure(task.error)
+                outcome.error, outcome.error_code = f"step {name}: {message}", code
+        if state == JobState.CANCELLED:
+            outcome.error, outcome.error_code = outcome.error or "cancelled", Cancelled.exit_code
+        self._record_outcome(workflow, job_id, details, outcome)
+        return outcome
+
+    def _record_outcome(self, workflow: Workflow, job_id: str, details: Any, outcome: JobOutcome) -> None:
+        """Bring the local record up to the engine's view. A worker on this host may be writing the
+        same record: a transition it made first (IllegalTransition) is left as it made it."""
+        steps = {s.name: s.state for s in self.journal.steps(job_id)}
+        for name, task in details.task_runs.items():
+            target = _STATES.get(task.status.value, JobState.FAILED)
+            current = steps.get(name)
+            if current not in ACTIVE or target in ACTIVE:
+                continue
+            error, code = parse_failure(task.error) if task.error else (None, None)
+            if target == JobState.CANCELLED or (target != JobState.SUCCEEDED and current == JobState.QUEUED):
+                target = JobState.CANCELLED if target == JobState.CANCELLED else JobState.SKIPPED
+            elif current == JobState.QUEUED:
+                _quietly(self.journal.step_started, job_id, name, attempt=1)
+            output = (
+                json.dumps(task.output) if task.output is not None and target == JobState.SUCCEEDED else None
+            )
+            _quietly(
+                self.journal.step_finished,
+                job_id,
+                name,
+                target,
+                output_json=output,
+                error=error,
+                error_code=code,
+            )
+        if self.journal.get_job(job_id).state in ACTIVE and outcome.state not in ACTIVE:
+            if self.journal.get_job(job_id).state == JobState.QUEUED and outcome.state != JobState.CANCELLED:
+                _quietly(self.journal.set_job_state, job_id, JobState.RUNNING)
+            _quietly(
+                self.journal.set_job_state,
+                job_id,
+                outcome.state,
+                error=outcome.error,
+                error_code=outcome.error_code,
+            )
+
+    def cancel(self, run_id: str) -> list[str]:
+        """Cancel every task of the run (v1 AdminService/CancelTasks)."""
+        stub = AdminServiceStub(new_conn(self._client_config, False))
+        try:
+            response = stub.CancelTasks(
+                admin_pb2.CancelTasksRequest(external_ids=[run_id]),
+                metadata=create_authorization_header(self._client_config.token),
+                timeout=10,
+            )
+        except grpc.RpcError as exc:
+            raise translate(exc, f"cancelling run {run_id}", self.config) from exc
+        return list(response.cancelled_tasks)

@@ -1,0 +1,181 @@
+"""The Hatchet worker process behind `win-automation worker`.
+
+`run_worker` compiles every workflow from `workflows.all_workflows()` (a workflow added later is
+picked up with no change here), registers them with the engine and serves their tasks with
+`slots` concurrent steps, advertising `labels` (for example the VM it can reach) so that
+workflows which declare labels are routed to it. Next to the SDK's worker it runs:
+
+- the project's log lines, in this process and in the SDK's listener subprocess (the client
+  config is a subclass that installs them when the subprocess unpickles it);
+- a drain on SIGTERM/SIGINT: the SDK pauses assignment and waits for running steps; if they
+  are still running after `grace` seconds (or on a second signal) the worker exits at once with
+  code 1, and the engine hands their tasks to another worker when the heartbeats stop;
+- artifact retention (`artifacts.retention_days`, 0 keeps everything) at start and every hour;
+- optional metric lines (`--metrics`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from types import FrameType
+from typing import Any
+
+from hatchet_sdk import ClientConfig, Hatchet
+
+from win_automation import log as project_log
+from win_automation import metrics
+from win_automation.artifacts import prune
+from win_automation.config import Config
+from win_automation.engines.hatchet import check_engine_version, client_config, compile_workflow
+from win_automation.engines.hatchet_runtime import TaskRuntime
+from win_automation.errors import ConfigError
+
+log = logging.getLogger(__name__)
+RETENTION_INTERVAL = 3600.0
+FORCED_EXIT = 1
+
+
+def route_sdk_logs(level: int) -> None:
+    """The SDK's `hatchet` logger writes through the project's key=value handler (warnings and
+    up, everything with --debug) instead of its own stdout format."""
+    sdk = logging.getLogger("hatchet")
+    sdk.handlers[:] = []
+    sdk.propagate = True
+    sdk.setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
+
+
+class WorkerClientConfig(ClientConfig):
+    """The SDK's client config; unpickled in the listener subprocess, it installs our logs."""
+
+    project_log_level: int = logging.INFO
+
+    def __setstate__(self, state: Any) -> None:
+        super().__setstate__(state)
+        project_log.register_secret(self.token)
+        project_log.install(self.project_log_level)
+        route_sdk_logs(self.project_log_level)
+
+
+def default_name() -> str:
+    return f"win-automation-{socket.gethostname()}"
+
+
+def prune_artifacts(config: Config, runtime: TaskRuntime) -> int:
+    """Delete job folders older than the retention; 0 days keeps everything. Returns how many."""
+    days = config.artifacts.retention_days
+    if days <= 0:
+        return 0
+    with runtime.lock:
+        active = frozenset(runtime.journal.active_job_ids())
+    pruned = prune(config.artifacts.out_dir, days * 86400.0, keep=active)
+    if pruned:
+        log.info(
+            "artifact folders pruned",
+            extra={"op": "retention", "count": len(pruned), "bytes": sum(p.size_bytes for p in pruned)},
+        )
+    return len(pruned)
+
+
+def _retention_loop(config: Config, runtime: TaskRuntime, stop: threading.Event) -> None:
+    while True:
+        try:
+            prune_artifacts(config, runtime)
+        except Exception:  # retention must never stop the worker
+            log.warning("artifact retention failed", exc_info=True, extra={"op": "retention"})
+        if stop.wait(RETENTION_INTERVAL):
+            return
+
+
+def _install_drain(grace: float) -> None:
+    """Wrap the SDK's SIGTERM/SIGINT handlers: log, drain, and force the exit after `grace`."""
+    draining = threading.Event()
+
+    def force() -> None:
+        log.warning("grace period over: leaving running steps to the engine", extra={"op": "drain"})
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        # step threads may be stuck in a remote call: do not wait for them (the SDK's listener
+        # subprocess sees its parent gone and stops; the engine then reassigns the steps)
+        os._exit(FORCED_EXIT)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        original = signal.getsignal(signum)
+
+        def handler(number: int, frame: FrameType | None, original: Any = original) -> None:
+            if draining.is_set():
+                force()
+                return
+            draining.set()
+            log.info(
+                "draining: no new steps, finishing running ones",
+                extra={"op": "drain", "signal": signal.Signals(number).name, "grace_s": grace},
+            )
+            timer = threading.Timer(grace, force)
+            timer.daemon = True
+            timer.start()
+            if callable(original):
+                original(number, frame)
+
+        signal.signal(signum, handler)
+
+
+def run_worker(
+    config: Config,
+    workflows: dict[str, Any],
+    *,
+    name: str,
+    slots: int,
+    labels: dict[str, str],
+    grace: float,
+    metrics_interval: float | None,
+    log_level: int = logging.INFO,
+) -> int:
+    """Serve every workflow's tasks until a signal drains the worker; the exit code."""
+    if not workflows:
+        raise ConfigError("no workflows are defined in the workflows package: nothing to serve")
+    version = check_engine_version(config)
+    sdk_config = client_config(config, WorkerClientConfig, project_log_level=log_level)
+    route_sdk_logs(log_level)
+    runtime = TaskRuntime(config)
+    executor = ThreadPoolExecutor(max_workers=slots + 4, thread_name_prefix="step")
+    hatchet = Hatchet(config=sdk_config)
+    compiled = [compile_workflow(hatchet, wf, lambda: runtime, lambda: executor) for wf in workflows.values()]
+    with warnings.catch_warnings():  # 1.43 takes labels only as a dict, and warns about it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        worker = hatchet.worker(name, slots=slots, labels=dict(labels), workflows=compiled)
+    _install_drain(grace)
+    stop = threading.Event()
+    threading.Thread(
+        target=_retention_loop, args=(config, runtime, stop), name="retention", daemon=True
+    ).start()
+    log.info(
+        "worker starting",
+        extra={
+            "op": "worker",
+            "worker": name,
+            "slots": slots,
+            "labels": ",".join(f"{k}={v}" for k, v in labels.items()),
+            "workflows": ",".join(workflows),
+            "engine": config.hatchet.host_port,
+            "engine_version": version,
+        },
+    )
+    emitting = metrics.emitting(metrics_interval, config.metrics.path) if metrics_interval else nullcontext()
+    try:
+        with emitting:
+            worker.start()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0
+        log.info("worker stopped", extra={"op": "worker", "worker": name, "code": code})
+        return code
+    finally:
+        stop.set()
+        executor.shutdown(wait=False, cancel_futures=True)
+    return 0
