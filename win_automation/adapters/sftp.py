@@ -25,8 +25,10 @@ from win_automation.errors import ConnectError, NotFoundError, WinAutomationErro
 
 Progress = Callable[[int, int], None]
 
-CHUNK = 64 * 1024
-PIPELINE = 64
+# OpenSSH's sftp-server answers reads of up to 255 KiB whole (SFTP_MAX_READ_LENGTH); requests are
+# sent in batches (one SSH packet for many READs) once half the pipeline has been answered.
+CHUNK = 255 * 1024
+PIPELINE = 32
 CHANNEL_WINDOW = 8 * 1024 * 1024
 CHANNEL_PACKET = 128 * 1024
 
@@ -62,12 +64,15 @@ class _SftpStream:
         self.pos = 0
         self.next_id = 1
 
-    def send(self, kind: int, payload: bytes) -> int:
-        request_id = self.next_id
+    def pack(self, kind: int, payload: bytes) -> bytes:
+        """One request packet with the next request id (`next_id - 1` afterwards)."""
+        body = struct.pack(">BI", kind, self.next_id) + payload
         self.next_id += 1
-        body = struct.pack(">BI", kind, request_id) + payload
-        self.channel.sendall(struct.pack(">I", len(body)) + body)
-        return request_id
+        return struct.pack(">I", len(body)) + body
+
+    def send(self, kind: int, payload: bytes) -> int:
+        self.channel.sendall(self.pack(kind, payload))
+        return self.next_id - 1
 
     def packet(self) -> tuple[int, memoryview]:
         """The next whole packet (type, body after the type byte); reads from the channel as needed."""
@@ -111,9 +116,7 @@ def _status(body: memoryview) -> tuple[int, str]:
     return code, bytes(body[12 : 12 + length]).decode("utf-8", "replace")
 
 
-def download(
-    conn: SshConnection, remote: str, out: BinaryIO, progress: Progress | None = None
-) -> Copied:
+def download(conn: SshConnection, remote: str, out: BinaryIO, progress: Progress | None = None) -> Copied:
     """Copy remote file `remote` into `out` (seekable, empty); returns its size and sha256."""
     transport = conn.transport()
     try:
@@ -161,13 +164,19 @@ def _download(stream: _SftpStream, remote: str, out: BinaryIO, progress: Progres
     eof = False
     fd = out.fileno()
 
-    def request(offset: int, length: int) -> None:
-        pending[stream.send(_READ, handle + struct.pack(">QI", offset, length))] = (offset, length)
+    def request(offset: int, length: int) -> bytes:
+        packet = stream.pack(_READ, handle + struct.pack(">QI", offset, length))
+        pending[stream.next_id - 1] = (offset, length)
+        return packet
 
     while True:
-        while not eof and len(pending) < PIPELINE and (size < 0 or next_offset < size):
-            request(next_offset, CHUNK)
-            next_offset += CHUNK
+        if len(pending) <= PIPELINE // 2:
+            batch = []
+            while not eof and len(pending) < PIPELINE and (size < 0 or next_offset < size):
+                batch.append(request(next_offset, CHUNK))
+                next_offset += CHUNK
+            if batch:
+                stream.channel.sendall(b"".join(batch))
         if not pending:
             break
         kind, body = stream.packet()
@@ -188,7 +197,7 @@ def _download(stream: _SftpStream, remote: str, out: BinaryIO, progress: Progres
                 parked[offset] = bytes(data)
             del data, body
             if got < length:  # a short read: ask for the rest
-                request(offset + got, length - got)
+                stream.channel.sendall(request(offset + got, length - got))
             if progress is not None:
                 progress(hashed, size)
         elif kind == _STATUS:
