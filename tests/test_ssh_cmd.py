@@ -251,3 +251,27 @@ def test_bad_options_are_one_line_usage_errors(cli) -> None:  # type: ignore[no-
         last = out.stderr.strip().splitlines()[-1]
         assert out.code == 2 and last.startswith(f"error: {needle}"), out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_large_output_stays_out_of_the_step_payload_but_json_has_it_whole(
+    cli, live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from win_automation.journal import Journal
+    from workflows.ssh_exec import OUTPUT_PREVIEW_CHARS
+
+    size = 3 * OUTPUT_PREVIEW_CHARS + 5
+    env = env_for(live_sshd, known_hosts)
+    out = cli(
+        "ssh", "run", "--shell", "cmd", "--json", "--", f"head -c {size} /dev/zero | tr '\\0' a", env=env
+    )
+    assert out.code == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["stdout"] == "a" * size
+    journal = Journal.open(tmp_path / "data")
+    try:
+        step = next(s for s in journal.steps(data["job_id"]) if s.name == "exec")
+    finally:
+        journal.close()
+    assert step.output_json is not None
+    kept = json.loads(step.output_json)
+    assert kept["stdout_truncated"] is True and kept["stdout"] == "a" * OUTPUT_PREVIEW_CHARS

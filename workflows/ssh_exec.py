@@ -6,7 +6,8 @@ Two steps over the process-wide SSH connection (`get_connection(ctx.config.ssh)`
   step and the job are recorded `skipped` (output `skipped: true`, exit code 0);
   otherwise run it with its deadline (`timeout_seconds`, killing the remote process tree when it
   passes). Writes the ssh artifacts `stdout.txt`, `stderr.txt`, `exit_code.txt` (plus
-  `result.json`) to the job's folder either way.
+  `result.json`) to the job's folder either way; the step's output keeps only the last 64 K
+  characters of each stream (`ExecOutput`), so payloads stay small.
 
 A command that ran and exited non-zero is a finished step whose output says so (the CLI exits with
 that code); connection, authentication and host-key errors fail the step. Live output: a caller in
@@ -51,8 +52,26 @@ class CheckOutput(BaseModel):
     exit_code: int | None = None
 
 
+# Per stream, in the step's output: the journal row and the Hatchet payload (gRPC caps messages at
+# 4 MB, and a child task receives its parents' outputs) stay small whatever the command prints.
+OUTPUT_PREVIEW_CHARS = 64 * 1024
+
+
 class ExecOutput(CommandResult):
-    pass
+    """The command's result. `stdout`/`stderr` hold at most their last OUTPUT_PREVIEW_CHARS
+    characters (flagged `*_truncated`); the whole text is in the job's stdout.txt/stderr.txt."""
+
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+    @classmethod
+    def of(cls, result: CommandResult) -> ExecOutput:
+        fields = result.model_dump()
+        for stream in ("stdout", "stderr"):
+            text = fields[stream]
+            fields[f"{stream}_truncated"] = len(text) > OUTPUT_PREVIEW_CHARS
+            fields[stream] = text[-OUTPUT_PREVIEW_CHARS:]
+        return cls(**fields)
 
 
 def _connection(ctx: StepContext):  # type: ignore[no-untyped-def]
@@ -85,7 +104,7 @@ def execute(inp: SshExecInput, ctx: StepContext) -> ExecOutput:
         ctx.log.info("check passed: command skipped", extra={"op": "ssh.exec"})
         skipped = skipped_result(display, inp.shell)
         write_artifacts(ctx, skipped)
-        raise Skipped(f"skipped: the check `{inp.check}` exited 0", result=ExecOutput(**skipped.model_dump()))
+        raise Skipped(f"skipped: the check `{inp.check}` exited 0", result=ExecOutput.of(skipped))
     with _LIVE_LOCK:
         sinks = LIVE_OUTPUT.get(ctx.job_id)
     on_out, on_err = sinks if sinks is not None else (None, None)
@@ -114,7 +133,7 @@ def execute(inp: SshExecInput, ctx: StepContext) -> ExecOutput:
             on_stderr=on_err,
         )
     write_artifacts(ctx, result)
-    return ExecOutput(**result.model_dump())
+    return ExecOutput.of(result)
 
 
 def write_artifacts(ctx: StepContext, result: CommandResult) -> None:

@@ -41,6 +41,20 @@ def _write(stream: Any) -> Any:
     return sink
 
 
+def _whole(config: Config, job_id: str, stream: str, preview: str, truncated: bool) -> str:
+    """A stream's whole text: the job's artifact when the step output kept only its tail (and the
+    job ran on this host), else what the step output holds, with a note when that is cut."""
+    if not truncated:
+        return preview
+    try:
+        return (config.artifacts.out_dir / job_id / f"{stream}.txt").read_bytes().decode("utf-8")
+    except OSError:
+        sys.stderr.write(
+            f"note: {stream} shows its last {len(preview)} characters (job {job_id} ran elsewhere)\n"
+        )
+        return preview
+
+
 def _run_job(
     ctx: typer.Context,
     payload: dict[str, Any],
@@ -78,12 +92,14 @@ def _run_job(
             raise typer.Exit(outcome.exit_code)
         result = outcome.outputs["exec"]
         assert isinstance(result, ssh_exec.ExecOutput)
+        stdout = _whole(config, outcome.job_id, "stdout", result.stdout, result.stdout_truncated)
+        stderr = _whole(config, outcome.job_id, "stderr", result.stderr, result.stderr_truncated)
         if as_json:
             print_json(
                 {
                     "exit_code": result.exit_code,
-                    "stdout": result.stdout,
-                    "stderr": result.stderr,
+                    "stdout": stdout,
+                    "stderr": stderr,
                     "duration_ms": result.duration_ms,
                     "job_id": outcome.job_id,
                     "timed_out": result.timed_out,
@@ -92,8 +108,8 @@ def _run_job(
             )
         else:
             if not streamed:  # ran on Hatchet: the output arrives with the result
-                _write(sys.stdout)(result.stdout)
-                _write(sys.stderr)(result.stderr)
+                _write(sys.stdout)(stdout)
+                _write(sys.stderr)(stderr)
             if result.skipped:
                 sys.stderr.write(f"skipped: the idempotency check passed (job {outcome.job_id})\n")
         if result.timed_out:
