@@ -47,6 +47,9 @@ def test_run_json_is_a_job_with_ssh_artifacts(
     assert all(a["type"] == "ssh" and a["size_bytes"] >= 0 and len(a["sha256"]) == 64 for a in names.values())
     shown = cli("jobs", "show", data["job_id"], "--json")
     assert shown.code == 0 and "ssh-exec" in shown.stdout
+    failed = json.loads(cli("jobs", "list", "--state", "failed", "--json").stdout)
+    assert [(j["job_id"], j["exit_code"]) for j in failed] == [(data["job_id"], 3)]
+    assert "exited with 3" in failed[0]["error"]
 
 
 def test_run_streams_powershell_and_exits_with_its_code(cli, live_sshd: SshServer, known_hosts: Path) -> None:  # type: ignore[no-untyped-def]
@@ -68,6 +71,8 @@ def test_run_timeout_exits_124(cli, live_sshd: SshServer, known_hosts: Path) -> 
     )
     assert out.code == 124 and out.stdout == "go\n"
     assert "deadline" in out.stderr and "killed" in out.stderr
+    (job,) = json.loads(cli("jobs", "list", "--json").stdout)
+    assert (job["state"], job["exit_code"]) == ("failed", 124)
 
 
 def test_idempotent_skip_is_recorded(cli, live_sshd: SshServer, known_hosts: Path, remote_dir: Path) -> None:  # type: ignore[no-untyped-def]

@@ -8,7 +8,8 @@
     ├── AuthError                      exit 4  credentials were refused (never retried)
     ├── HostKeyError                   exit 5  unknown or changed host key (never retried)
     ├── OperationTimeout     transient exit 124 a deadline passed (the remote work was stopped)
-    ├── CommandFailed                  exit 1  a remote command ran and failed; carries its result
+    ├── CommandFailed               exit 1-255 a remote command ran and failed; carries its result
+    │                                          and exits with the command's code (see command_result)
     ├── Skipped                        exit 0  a step had nothing to do (its result says why)
     ├── IllegalTransition              exit 1  a job/step state change the state machine forbids
     ├── ArtifactMismatch               exit 1  an artifact's size or sha256 differs from its manifest
@@ -26,13 +27,15 @@ from typing import Any, ClassVar
 class WinAutomationError(Exception):
     """Root of all project errors; `str(err)` is the one-line message shown to users."""
 
-    exit_code: ClassVar[int] = 1
+    exit_code: int = 1
     transient: ClassVar[bool] = False
 
-    def __init__(self, message: str, *, result: Any = None) -> None:
+    def __init__(self, message: str, *, result: Any = None, exit_code: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.result = result
+        if exit_code is not None:  # e.g. CommandFailed: the remote command's own code
+            self.exit_code = exit_code
 
     def __str__(self) -> str:
         return self.message

@@ -9,8 +9,11 @@ Two steps over the process-wide SSH connection (`get_connection(ctx.config.ssh)`
   `result.json`) to the job's folder either way; the step's output keeps only the last 64 K
   characters of each stream (`ExecOutput`), so payloads stay small.
 
-A command that ran and exited non-zero is a finished step whose output says so (the CLI exits with
-that code); connection, authentication and host-key errors fail the step. Live output: a caller in
+A command that exits non-zero fails the step (and the job) with CommandFailed, whose exit code is
+the command's (0-255, else 255); past its deadline it fails with OperationTimeout (124). Either
+error carries the step's output, which the engines journal with the failure, so the CLI still
+prints the command's output and `jobs list --state failed` finds failed commands. Connection,
+authentication and host-key errors fail the step too, with no output. Live output: a caller in
 the same process may register callbacks for a job id in `LIVE_OUTPUT` before running the job.
 """
 
@@ -22,8 +25,8 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from win_automation.command_result import CommandResult, Shell
-from win_automation.errors import Skipped
+from win_automation.command_result import CommandResult, Shell, cli_exit_code, describe_exit_code
+from win_automation.errors import CommandFailed, OperationTimeout, Skipped
 from win_automation.workflow import Step, StepContext, Workflow
 
 # job id -> (stdout sink, stderr sink): set by the CLI to stream output as it arrives.
@@ -133,7 +136,19 @@ def execute(inp: SshExecInput, ctx: StepContext) -> ExecOutput:
             on_stderr=on_err,
         )
     write_artifacts(ctx, result)
-    return ExecOutput.of(result)
+    output = ExecOutput.of(result)
+    if result.timed_out:
+        raise OperationTimeout(
+            f"the command passed its deadline of {timeout:g}s; its remote process tree was killed",
+            result=output,
+        )
+    if result.exit_code != 0:
+        raise CommandFailed(
+            f"the remote command exited with {describe_exit_code(result.exit_code)}",
+            result=output,
+            exit_code=cli_exit_code(result.exit_code),
+        )
+    return output
 
 
 def write_artifacts(ctx: StepContext, result: CommandResult) -> None:

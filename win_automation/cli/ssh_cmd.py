@@ -85,13 +85,12 @@ def _run_job(
             ssh_exec.LIVE_OUTPUT.pop(job_id, None)
 
     def report(outcome: JobOutcome) -> None:
-        if outcome.error is not None or "exec" not in outcome.outputs:
+        result = outcome.outputs.get("exec")
+        if not isinstance(result, ssh_exec.ExecOutput):  # it never ran: no connection, cancelled...
             from win_automation.log import redact
 
             error(redact(outcome.error or f"job {outcome.job_id} {outcome.state.value}"))
             raise typer.Exit(outcome.exit_code)
-        result = outcome.outputs["exec"]
-        assert isinstance(result, ssh_exec.ExecOutput)
         stdout = _whole(config, outcome.job_id, "stdout", result.stdout, result.stdout_truncated)
         stderr = _whole(config, outcome.job_id, "stderr", result.stderr, result.stderr_truncated)
         if as_json:

@@ -41,6 +41,7 @@ from win_automation.config import Config
 from win_automation.engines.context import JobMonitor, LocalStepContext
 from win_automation.engines.outcome import JobOutcome as JobOutcome  # re-exported for Hatchet
 from win_automation.engines.outcome import describe as describe
+from win_automation.engines.outcome import failed_output
 from win_automation.engines.outcome import retryable as retryable
 from win_automation.errors import (
     Cancelled,
@@ -207,6 +208,8 @@ class LocalEngine:
             except Exception as exc:
                 message, code = describe(exc)
                 blocked.add(step.name)
+                if (kept := failed_output(exc, step.output)) is not None:
+                    outcome.outputs[step.name] = kept
                 if outcome.error is None:
                     outcome.error, outcome.error_code = f"step {step.name}: {message}", code
                 continue
@@ -277,8 +280,14 @@ class LocalEngine:
                 message, code = describe(exc)
                 last = attempt == attempts or not retryable(exc)
                 if last:
+                    kept = failed_output(exc, step.output)
                     self.journal.step_finished(
-                        job.job_id, step.name, JobState.FAILED, error=message, error_code=code
+                        job.job_id,
+                        step.name,
+                        JobState.FAILED,
+                        output_json=None if kept is None else kept.model_dump_json(),
+                        error=message,
+                        error_code=code,
                     )
                     raise
                 self.journal.step_attempt_failed(job.job_id, step.name, attempt=attempt, error=message)

@@ -52,5 +52,12 @@ def describe(exc: BaseException) -> tuple[str, int]:
     return redact(f"{type(exc).__name__}: {exc}".splitlines()[0]), 1
 
 
+def failed_output(exc: BaseException, output: type[BaseModel]) -> BaseModel | None:
+    """The result a failed step's error carries (a CommandFailed's command result), when it is of
+    the step's output type: journaled with the failure, so `jobs show` and the CLI still have it."""
+    result = getattr(exc, "result", None)
+    return result if isinstance(result, output) else None
+
+
 def retryable(exc: BaseException) -> bool:
     return not isinstance(exc, WinAutomationError) or exc.transient
