@@ -99,8 +99,7 @@ def test_timeout_kills_the_remote_process_tree(conn) -> None:  # type: ignore[no
 def test_powershell_timeout_kills_the_stand_in(conn) -> None:  # type: ignore[no-untyped-def]
     result = remote.run_powershell(conn, "Write-Output 'go'\nStart-Sleep 60", remote_os="posix", timeout=1.0)
     assert result.timed_out and result.exit_code == 124
-    time.sleep(0.3)
-    assert not _alive("Start-Sleep|powershell.exe -NoProfile")
+    assert _wait_gone("Start-Sleep|powershell.exe -NoProfile")
 
 
 def test_windows_kill_uses_the_needle_of_each_mode() -> None:
