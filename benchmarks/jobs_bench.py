@@ -126,9 +126,7 @@ def main() -> None:
         job = engine_per_job(tmp, args.jobs)
         normal = sqlite_per_commit(tmp / "normal.sqlite3", args.jobs, "NORMAL")
         full = sqlite_per_commit(tmp / "full.sqlite3", min(args.jobs, 200), "FULL")
-        print(
-            f"3-step no-op workflow, local engine + journal   median {job * 1000:7.3f} ms/job (target < 5)"
-        )
+        print(f"3-step no-op workflow, local engine + journal   median {job * 1000:7.3f} ms/job (target < 5)")
         print(f"bare SQLite insert+commit (WAL, sync=NORMAL)    median {normal * 1000:7.3f} ms/commit")
         print(f"bare SQLite insert+commit (WAL, sync=FULL)      median {full * 1000:7.3f} ms/commit")
         print(f"ratio engine job / bare commit: {job / normal:.1f}x (a job makes 9 journal commits)")

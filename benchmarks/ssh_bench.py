@@ -30,6 +30,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fixture_sshd import SshServer  # noqa: E402
 
 
+def openssh_options(server: SshServer, known: Path) -> list[str]:
+    """The OpenSSH clients' options: the test key, the known-hosts file, no prompts."""
+    key_and_hosts = ["-i", str(server.client_key), "-o", f"UserKnownHostsFile={known}"]
+    return [*key_and_hosts, "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes"]
+
+
 def best_of(rounds: int, fn) -> float:  # type: ignore[no-untyped-def]
     return min(fn() for _ in range(rounds))
 
@@ -103,16 +109,9 @@ def latency(server: SshServer, known: Path, n: int) -> dict[str, float]:
         "ssh",
         "-p",
         str(server.port),
-        "-i",
-        str(server.client_key),
-        "-o",
-        f"UserKnownHostsFile={known}",
-        "-o",
-        "StrictHostKeyChecking=yes",
+        *openssh_options(server, known),
         "-o",
         f"ControlPath={control}",
-        "-o",
-        "BatchMode=yes",
         f"{server.user}@127.0.0.1",
     ]
     subprocess.run(
@@ -173,12 +172,7 @@ def throughput(server: SshServer, known: Path, mib: int) -> dict[str, float]:
         "-q",
         "-P",
         str(server.port),
-        "-i",
-        str(server.client_key),
-        "-o",
-        f"UserKnownHostsFile={known}",
-        "-o",
-        "BatchMode=yes",
+        *openssh_options(server, known),
         f"{server.user}@127.0.0.1:{source}",
         str(out_dir / "openssh.bin"),
     ]
