@@ -228,8 +228,17 @@ def test_ssh_run_on_hatchet_runs_both_steps_against_the_real_sshd(
 def test_ssh_run_on_hatchet_exits_with_the_remote_exit_code(
     hatchet_world: HatchetWorld, hatchet_worker: WorkerProcess
 ) -> None:
-    result = hatchet_world.cli("ssh", "run", "--engine", "hatchet", "--", "exit 7")
+    result = hatchet_world.cli("ssh", "run", "--engine", "hatchet", "--json", "--", "exit 7")
     assert result.code == 7, result.stderr
+    # the worker runs on this host: its journal holds the failed command's result for the trigger
+    data = json.loads(result.stdout)
+    assert data["exit_code"] == 7 and "exit 7" in data["stdout"]
+    (job,) = [
+        j
+        for j in json.loads(hatchet_world.cli("jobs", "list", "--json").stdout)
+        if j["job_id"] == data["job_id"]
+    ]
+    assert (job["state"], job["exit_code"]) == ("failed", 7)
 
 
 def test_an_idempotent_ssh_run_on_hatchet_that_has_nothing_to_do_is_skipped(

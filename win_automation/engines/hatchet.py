@@ -333,7 +333,16 @@ class HatchetRuns:
         job = self.journal.get_job(job_id)
         state = _STATES.get(details.status.value, JobState.FAILED)
         outcome = JobOutcome(job_id, job.trace_id, workflow.name, state)
+        # A failed step's output (a failed command's result) reaches the journal only on the
+        # worker's host: when that is this host, the caller gets it as on the local engine.
+        journaled = {
+            s.name: s.output_json
+            for s in self.journal.steps(job_id)
+            if s.state == JobState.FAILED and s.output_json is not None
+        }
         for name, task in details.task_runs.items():
+            if task.status.value == "FAILED" and name in journaled:
+                outcome.outputs[name] = workflow.step(name).output.model_validate_json(journaled[name])
             if task.status.value == "COMPLETED" and task.output is not None:
                 outcome.outputs[name] = workflow.step(name).output.model_validate(task.output)
             if task.status.value == "FAILED" and task.error and outcome.error is None:

@@ -29,7 +29,7 @@ from win_automation import metrics
 from win_automation.artifacts import ArtifactWriter
 from win_automation.config import Config
 from win_automation.engines.context import LocalStepContext
-from win_automation.engines.outcome import describe, retryable
+from win_automation.engines.outcome import describe, failed_output, retryable
 from win_automation.errors import Cancelled, IllegalTransition, Skipped
 from win_automation.jobids import is_job_id, new_job_id, new_trace_id
 from win_automation.jobrecords import JobRecord
@@ -191,7 +191,8 @@ class TaskRuntime:
                 extra={**extra, "err": message},
             )
             if final:
-                self._finish(job, step.name, JobState.FAILED, error=message, code=code)
+                kept = failed_output(exc, step.output)
+                self._finish(job, step.name, JobState.FAILED, error=message, code=code, output=kept)
             else:
                 self._record(
                     "step",
@@ -255,11 +256,28 @@ class TaskRuntime:
             "step cancelled", extra={"op": "step", "job_id": job.job_id, "run_id": run_id, "step": step.name}
         )
 
-    def _finish(self, job: JobRecord, step: str, state: JobState, *, error: str, code: int) -> None:
-        """`step` ends in `state`; its job ends the same way, and its queued steps are skipped."""
+    def _finish(
+        self,
+        job: JobRecord,
+        step: str,
+        state: JobState,
+        *,
+        error: str,
+        code: int,
+        output: BaseModel | None = None,
+    ) -> None:
+        """`step` ends in `state` (with the output its error carried, if any); its job ends the same
+        way, and its queued steps are skipped."""
         with self.lock:
             self._record(
-                "step", self.journal.step_finished, job.job_id, step, state, error=error, error_code=code
+                "step",
+                self.journal.step_finished,
+                job.job_id,
+                step,
+                state,
+                output_json=None if output is None else output.model_dump_json(),
+                error=error,
+                error_code=code,
             )
             for record in self.journal.steps(job.job_id):
                 if record.state == JobState.QUEUED:
