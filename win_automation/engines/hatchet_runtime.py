@@ -29,7 +29,13 @@ from win_automation import metrics
 from win_automation.artifacts import ArtifactWriter
 from win_automation.config import Config
 from win_automation.engines.context import LocalStepContext
-from win_automation.engines.outcome import describe, failed_output, retryable
+from win_automation.engines.outcome import (
+    checked_output,
+    describe,
+    failed_output,
+    retryable,
+    skipped_output,
+)
 from win_automation.errors import Cancelled, IllegalTransition, Skipped
 from win_automation.jobids import is_job_id, new_job_id, new_trace_id
 from win_automation.jobrecords import JobRecord
@@ -172,15 +178,9 @@ class TaskRuntime:
             try:
                 output = step.fn(input, ctx)
             except Skipped as skipped:  # nothing to do: its result stands for the step's output
-                if not isinstance(skipped.result, step.output):
-                    raise TypeError(
-                        f"step {step.name}: Skipped must carry a {step.output.__name__}"
-                    ) from None
-                return self._succeeded(job, step, skipped.result, run_id, extra, skipped=redact(str(skipped)))
-            if not isinstance(output, step.output):
-                raise TypeError(
-                    f"step {step.name} returned {type(output).__name__}, not {step.output.__name__}"
-                )
+                result = skipped_output(step, skipped)
+                return self._succeeded(job, step, result, run_id, extra, skipped=redact(str(skipped)))
+            output = checked_output(step, output)
         except Exception as exc:
             if cancel.is_set():
                 raise Cancelled(f"step {step.name} cancelled") from exc

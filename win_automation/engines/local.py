@@ -40,8 +40,8 @@ from win_automation.artifacts import ArtifactWriter
 from win_automation.config import Config
 from win_automation.engines.context import JobMonitor, LocalStepContext
 from win_automation.engines.outcome import JobOutcome as JobOutcome  # re-exported for Hatchet
+from win_automation.engines.outcome import checked_output, failed_output, skipped_output
 from win_automation.engines.outcome import describe as describe
-from win_automation.engines.outcome import failed_output
 from win_automation.engines.outcome import retryable as retryable
 from win_automation.errors import (
     Cancelled,
@@ -260,17 +260,18 @@ class LocalEngine:
             try:
                 output = self._attempt(step, input, ctx, cancel, attempt_cancel)
             except Skipped as skipped:
-                if not isinstance(skipped.result, step.output):
-                    message = f"step {step.name}: Skipped must carry a {step.output.__name__}"
+                try:
+                    result = skipped_output(step, skipped)
+                except TypeError as exc:
                     self.journal.step_finished(
-                        job.job_id, step.name, JobState.FAILED, error=message, error_code=1
+                        job.job_id, step.name, JobState.FAILED, error=str(exc), error_code=1
                     )
-                    raise TypeError(message) from None
+                    raise exc from None
                 self.journal.step_finished(
                     job.job_id,
                     step.name,
                     JobState.SKIPPED,
-                    output_json=skipped.result.model_dump_json(),
+                    output_json=result.model_dump_json(),
                     error=redact(str(skipped)),
                 )
                 raise
@@ -338,9 +339,7 @@ class LocalEngine:
             ) from error
         if error is not None:
             raise error
-        if not isinstance(value, step.output):
-            raise TypeError(f"step {step.name} returned {type(value).__name__}, not {step.output.__name__}")
-        return value
+        return checked_output(step, value)
 
     def _finish_unfinished(
         self, job_id: str, workflow: Workflow, outcome: JobOutcome, state: JobState

@@ -7,9 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from win_automation.errors import Cancelled, WinAutomationError
+from win_automation.errors import Cancelled, Skipped, WinAutomationError
 from win_automation.jobstate import JobState
 from win_automation.log import redact
+from win_automation.workflow import Step
 
 
 @dataclass
@@ -50,6 +51,20 @@ def describe(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, WinAutomationError):
         return redact(str(exc)), exc.exit_code
     return redact(f"{type(exc).__name__}: {exc}".splitlines()[0]), 1
+
+
+def checked_output(step: Step, value: object) -> BaseModel:
+    """`value` when it is the step's output type; a TypeError naming the step otherwise."""
+    if not isinstance(value, step.output):
+        raise TypeError(f"step {step.name} returned {type(value).__name__}, not {step.output.__name__}")
+    return value
+
+
+def skipped_output(step: Step, skipped: Skipped) -> BaseModel:
+    """The result a step's Skipped carries, which stands for its output; a TypeError if it cannot."""
+    if not isinstance(skipped.result, step.output):
+        raise TypeError(f"step {step.name}: Skipped must carry a {step.output.__name__}")
+    return skipped.result
 
 
 def failed_output(exc: BaseException, output: type[BaseModel]) -> BaseModel | None:
