@@ -30,13 +30,13 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from win_automation.config import load_config
+from win_automation.definition import Step, StepContext, Workflow
 from win_automation.engines.local import LocalEngine
-from win_automation.workflow import Step, StepContext, Workflow
 
 CHILD_HASH = """
 import json, resource, sys, time
 from pathlib import Path
-from win_automation.artifacts import hash_file
+from win_automation.artifacts.store import hash_file
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 size, sha = hash_file(Path(sys.argv[1]))

@@ -52,7 +52,7 @@ def latency(server: SshServer, known: Path, n: int) -> dict[str, float]:
     import asyncssh
 
     from win_automation.adapters import ssh
-    from win_automation.remote import run_command
+    from win_automation.operations.ssh import run_command
 
     results: dict[str, float] = {}
     conn = ssh.get_connection(server.config(known))
@@ -131,7 +131,7 @@ def latency(server: SshServer, known: Path, n: int) -> dict[str, float]:
 
 def throughput(server: SshServer, known: Path, mib: int) -> dict[str, float]:
     from win_automation.adapters import sftp, ssh
-    from win_automation.transfers import get_file
+    from win_automation.operations.transfers import get_file
 
     source = server.remote_dir / "bench.bin"
     block = os.urandom(1 << 20)

@@ -19,10 +19,10 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from win_automation.config import load_config
+from win_automation.definition import Step, StepContext, Workflow
 from win_automation.engines.local import LocalEngine
 from win_automation.errors import Cancelled, CommandFailed
-from win_automation.journal import Journal
-from win_automation.workflow import Step, StepContext, Workflow
+from win_automation.jobs.journal import Journal
 
 
 class In(BaseModel):
@@ -99,7 +99,7 @@ def main() -> int:
     command = sys.argv[1]
     if command == "journal-writer":
         journal = Journal.open(config.data.dir)
-        from win_automation.jobstate import JobState
+        from win_automation.jobs.state import JobState
 
         for _ in range(int(sys.argv[2])):
             job = journal.create_job("gated", "{}", steps=["first"])

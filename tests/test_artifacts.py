@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fixture_jobs import wait_for
 
-from win_automation.artifacts import (
+from win_automation.artifacts.store import (
     ArtifactWriter,
     copy_verified,
     hash_file,
@@ -24,7 +24,7 @@ from win_automation.artifacts import (
     verify_folder,
 )
 from win_automation.errors import ArtifactMismatch, NotFoundError, UsageError
-from win_automation.jobids import new_job_id, new_trace_id
+from win_automation.jobs.ids import new_job_id, new_trace_id
 
 DAY = 86400.0
 

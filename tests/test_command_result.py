@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from win_automation.command_result import cli_exit_code, describe_exit_code, signed32
+from win_automation.operations.command_result import cli_exit_code, describe_exit_code, signed32
 
 
 def test_windows_codes_are_signed_and_mapped_into_0_255() -> None:

@@ -15,12 +15,12 @@ from fake_hatchet import make_token
 from pydantic import BaseModel
 
 from win_automation.config import Config, load_config
-from win_automation.engines.hatchet import TaskFailed, compile_workflow, connect
-from win_automation.engines.hatchet_runtime import TaskRuntime, parse_failure
+from win_automation.definition import Step, StepContext, Workflow
+from win_automation.engines.hatchet.client import TaskFailed, compile_workflow, connect
+from win_automation.engines.hatchet.runtime import TaskRuntime, parse_failure
 from win_automation.errors import AuthError, Cancelled, ConnectError
-from win_automation.jobids import new_job_id
-from win_automation.journal import Journal
-from win_automation.workflow import Step, StepContext, Workflow
+from win_automation.jobs.ids import new_job_id
+from win_automation.jobs.journal import Journal
 from workflows.ping import ArtifactCheck, EngineCheck, JournalCheck, PingInput, ping
 
 
@@ -267,7 +267,7 @@ def test_parse_failure(text: str, expected: tuple[str, int]) -> None:
 def test_retention_prunes_old_job_folders_but_keeps_active_jobs(config: Config, runtime: TaskRuntime) -> None:
     import os
 
-    from win_automation.engines.hatchet_worker import prune_artifacts
+    from win_automation.engines.hatchet.worker import prune_artifacts
 
     old, active = new_job_id(now=time.time() - 30 * 86400), new_job_id(now=time.time() - 30 * 86400)
     for job_id in (old, active):
@@ -289,7 +289,7 @@ def test_trigger_wait_and_cancel_on_an_engine_with_no_worker(
 ) -> None:
     from fake_hatchet import FakeHatchet
 
-    from win_automation.engines import hatchet as adapter
+    from win_automation.engines.hatchet import client as adapter
 
     monkeypatch.setattr(adapter, "NO_WORKER_HINT_SECONDS", 0.3)
     engine = FakeHatchet().start()

@@ -16,13 +16,13 @@ from fixture_jobs import wait_for
 from pydantic import BaseModel
 
 from win_automation import metrics
-from win_automation.artifacts import verify_folder
+from win_automation.artifacts.store import verify_folder
 from win_automation.config import Config
+from win_automation.definition import Step, StepContext, Workflow
 from win_automation.engines.local import LocalEngine
 from win_automation.errors import ConnectError, UsageError
-from win_automation.jobstate import JobState
-from win_automation.journal import Journal
-from win_automation.workflow import Step, StepContext, Workflow
+from win_automation.jobs.journal import Journal
+from win_automation.jobs.state import JobState
 from workflows import all_workflows
 
 Child = Callable[..., subprocess.Popen[str]]

@@ -17,7 +17,7 @@ import pytest
 from fixture_hatchet import HatchetWorld, WorkerProcess
 from fixture_sshd import SshServer
 
-from win_automation.jobids import new_job_id
+from win_automation.jobs.ids import new_job_id
 from workflows import all_workflows
 
 pytestmark = pytest.mark.slow

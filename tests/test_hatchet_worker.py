@@ -13,7 +13,7 @@ import pytest
 from fixture_hatchet import HatchetWorld
 from fixture_sshd import SshServer
 
-from win_automation.jobids import new_job_id
+from win_automation.jobs.ids import new_job_id
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from win_automation.errors import UsageError
-from win_automation.jobids import is_job_id, job_id_time, new_job_id, new_trace_id, validate_job_id
+from win_automation.jobs.ids import is_job_id, job_id_time, new_job_id, new_trace_id, validate_job_id
 
 
 def test_generated_ids_validate_sort_by_time_and_are_unique() -> None:

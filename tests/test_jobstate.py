@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from win_automation.errors import IllegalTransition
-from win_automation.jobstate import TRANSITIONS, JobState, check_transition, parse_state
+from win_automation.jobs.state import TRANSITIONS, JobState, check_transition, parse_state
 
 ALLOWED = {
     ("queued", "running"),

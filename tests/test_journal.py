@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from win_automation.errors import IllegalTransition, NotFoundError
-from win_automation.jobstate import JobState
-from win_automation.journal import HEARTBEAT_EXPIRY, Journal
-from win_automation.journal_schema import MIGRATIONS
+from win_automation.jobs.journal import HEARTBEAT_EXPIRY, Journal
+from win_automation.jobs.schema import MIGRATIONS
+from win_automation.jobs.state import JobState
 
 
 def test_records_a_job_its_steps_and_every_state_change(tmp_path: Path) -> None:
@@ -80,8 +80,8 @@ def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
 
 def test_a_dead_owner_or_expired_heartbeat_makes_the_job_interrupted(tmp_path: Path) -> None:
     script = (
-        "import sys; from pathlib import Path; from win_automation.journal import Journal; "
-        "from win_automation.jobstate import JobState as S; j = Journal.open(Path(sys.argv[1])); "
+        "import sys; from pathlib import Path; from win_automation.jobs.journal import Journal; "
+        "from win_automation.jobs.state import JobState as S; j = Journal.open(Path(sys.argv[1])); "
         "job = j.create_job('ping', '{}', steps=['a']); j.set_job_state(job.job_id, S.RUNNING); "
         "j.step_started(job.job_id, 'a', attempt=1); print(job.job_id)"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from win_automation import powershell
+from win_automation.operations import powershell
 
 
 @given(st.text())

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from fixture_sshd import SshServer
 
-from win_automation import transfers
 from win_automation.adapters import ssh
 from win_automation.errors import NotFoundError, WinAutomationError
+from win_automation.operations import transfers
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from win_automation.definition import Workflow
 from win_automation.errors import UsageError
-from win_automation.workflow import Workflow
 from workflows import all_workflows, get_workflow
 
 

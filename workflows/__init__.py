@@ -11,7 +11,7 @@ import importlib
 import pkgutil
 from functools import cache
 
-from win_automation.workflow import Workflow
+from win_automation.definition import Workflow
 
 
 @cache

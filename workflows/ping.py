@@ -18,9 +18,9 @@ import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from win_automation.definition import Step, StepContext, Workflow
 from win_automation.errors import Cancelled, NotFoundError
-from win_automation.journal import Journal
-from win_automation.workflow import Step, StepContext, Workflow
+from win_automation.jobs.journal import Journal
 
 
 class PingInput(BaseModel):

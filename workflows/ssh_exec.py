@@ -25,9 +25,9 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from win_automation.command_result import CommandResult, Shell, cli_exit_code, describe_exit_code
+from win_automation.definition import Step, StepContext, Workflow
 from win_automation.errors import CommandFailed, OperationTimeout, Skipped
-from win_automation.workflow import Step, StepContext, Workflow
+from win_automation.operations.command_result import CommandResult, Shell, cli_exit_code, describe_exit_code
 
 # job id -> (stdout sink, stderr sink): set by the CLI to stream output as it arrives.
 LIVE_OUTPUT: dict[str, tuple[Callable[[str], None], Callable[[str], None]]] = {}
@@ -86,7 +86,7 @@ def _connection(ctx: StepContext):  # type: ignore[no-untyped-def]
 def check(inp: SshExecInput, ctx: StepContext) -> CheckOutput:
     if inp.check is None:
         return CheckOutput(checked=False, passed=False)
-    from win_automation.remote import run_command
+    from win_automation.operations.ssh import run_command
 
     result = run_command(
         _connection(ctx),
@@ -100,7 +100,7 @@ def check(inp: SshExecInput, ctx: StepContext) -> CheckOutput:
 
 
 def execute(inp: SshExecInput, ctx: StepContext) -> ExecOutput:
-    from win_automation.remote import run_command, run_powershell, skipped_result
+    from win_automation.operations.ssh import run_command, run_powershell, skipped_result
 
     display = inp.display or inp.command
     if ctx.parent("check", CheckOutput).passed:

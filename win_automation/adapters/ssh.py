@@ -9,7 +9,7 @@ OperationTimeout only); authentication and host-key errors are never retried.
 `SshConnection.exec` runs one command: no PTY, stdin closed at once (`shutdown_write`), stdout and
 stderr streamed to callbacks as they arrive and kept whole, the status from `recv_exit_status()`,
 and a deadline after which the channel is closed and `ExecOutcome.timed_out` is set (the caller
-then kills the remote process tree; see win_automation.remote).
+then kills the remote process tree; see win_automation.operations.ssh).
 """
 
 from __future__ import annotations

@@ -13,7 +13,12 @@ from pathlib import Path
 import typer
 
 from win_automation import __version__
-from win_automation.cli import artifacts_cmd, config_cmd, jobs_cmd, run_cmd, ssh_cmd, worker_cmd
+from win_automation.cli.commands import artifacts as artifacts_cmd
+from win_automation.cli.commands import config as config_cmd
+from win_automation.cli.commands import jobs as jobs_cmd
+from win_automation.cli.commands import run as run_cmd
+from win_automation.cli.commands import ssh as ssh_cmd
+from win_automation.cli.commands import worker as worker_cmd
 from win_automation.cli.output import error
 from win_automation.cli.state import CliState
 

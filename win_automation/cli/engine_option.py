@@ -20,10 +20,10 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from win_automation.config import Config
+    from win_automation.definition import Workflow
     from win_automation.engines.outcome import JobOutcome
-    from win_automation.jobrecords import JobRecord
-    from win_automation.journal import Journal
-    from win_automation.workflow import Workflow
+    from win_automation.jobs.journal import Journal
+    from win_automation.jobs.records import JobRecord
 
 ENGINE_HELP = (
     "Where the job runs: hatchet (durable, on a worker) or local; default hatchet when a token is set."
@@ -66,7 +66,7 @@ def run_job(
     from win_automation.config.hatchet_token import token_claims
 
     token_claims(config)  # a clear ConfigError before the slow SDK import
-    from win_automation.engines.hatchet import HatchetRuns
+    from win_automation.engines.hatchet.client import HatchetRuns
 
     runs = HatchetRuns(config)
     try:
@@ -100,7 +100,7 @@ def sync_hatchet_job(config: Config, journal: Journal, job: JobRecord) -> JobRec
     """Bring an active Hatchet job's record up to the engine's view (best effort: an engine that
     cannot be reached leaves the record as it is, with a note on stderr)."""
     from win_automation.errors import WinAutomationError
-    from win_automation.jobstate import ACTIVE
+    from win_automation.jobs.state import ACTIVE
 
     if (
         job.engine != "hatchet"
@@ -109,7 +109,7 @@ def sync_hatchet_job(config: Config, journal: Journal, job: JobRecord) -> JobRec
         or config.hatchet.token is None
     ):
         return job
-    from win_automation.engines.hatchet import HatchetRuns
+    from win_automation.engines.hatchet.client import HatchetRuns
     from workflows import all_workflows
 
     workflow = all_workflows().get(job.workflow)
@@ -124,7 +124,7 @@ def sync_hatchet_job(config: Config, journal: Journal, job: JobRecord) -> JobRec
 
 def cancel_hatchet_job(config: Config, journal: Journal, job: JobRecord, patience: float) -> JobRecord:
     """Cancel the Hatchet run of `job` and wait up to `patience` seconds for the engine to end it."""
-    from win_automation.engines.hatchet import HatchetRuns
+    from win_automation.engines.hatchet.client import HatchetRuns
     from win_automation.errors import UsageError
     from workflows import all_workflows
 

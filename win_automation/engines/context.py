@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from win_automation.artifacts import ArtifactWriter
+from win_automation.artifacts.store import ArtifactWriter
 from win_automation.config import Config
-from win_automation.journal import HEARTBEAT_INTERVAL, Journal
+from win_automation.jobs.journal import HEARTBEAT_INTERVAL, Journal
 
 Out = TypeVar("Out", bound=BaseModel)
 log = logging.getLogger(__name__)

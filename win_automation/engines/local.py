@@ -22,7 +22,7 @@
   returns, before any further step starts.
 - Ctrl-C (KeyboardInterrupt, also inside a step) records the job `interrupted` (resumable) and
   raises Cancelled (exit 130); kill -9 leaves it to the next `Journal.open` to do the same.
-- GUI workflows (`Workflow.gui`) hold the per-VM desktop lock (win_automation.locks) while they
+- GUI workflows (`Workflow.gui`) hold the per-VM desktop lock (win_automation.jobs.locks) while they
   run; the VM is `ssh.host:ssh.port`.
 """
 
@@ -36,8 +36,9 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ValidationError
 
 from win_automation import metrics
-from win_automation.artifacts import ArtifactWriter
+from win_automation.artifacts.store import ArtifactWriter
 from win_automation.config import Config
+from win_automation.definition import Step, Workflow
 from win_automation.engines.context import JobMonitor, LocalStepContext
 from win_automation.engines.outcome import JobOutcome as JobOutcome  # re-exported for Hatchet
 from win_automation.engines.outcome import checked_output, failed_output, skipped_output
@@ -50,13 +51,12 @@ from win_automation.errors import (
     Skipped,
     UsageError,
 )
-from win_automation.jobids import validate_job_id
-from win_automation.jobrecords import JobRecord
-from win_automation.jobstate import RESUMABLE, JobState
-from win_automation.journal import Journal
-from win_automation.locks import vm_lock
+from win_automation.jobs.ids import validate_job_id
+from win_automation.jobs.journal import Journal
+from win_automation.jobs.locks import vm_lock
+from win_automation.jobs.records import JobRecord
+from win_automation.jobs.state import RESUMABLE, JobState
 from win_automation.log import redact
-from win_automation.workflow import Step, Workflow
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from win_automation.definition import Step
 from win_automation.errors import Cancelled, Skipped, WinAutomationError
-from win_automation.jobstate import JobState
+from win_automation.jobs.state import JobState
 from win_automation.log import redact
-from win_automation.workflow import Step
 
 
 @dataclass

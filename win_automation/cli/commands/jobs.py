@@ -1,6 +1,6 @@
 """`win-automation jobs list|show|cancel|resume`: the journal, as people and programs read it.
 
-Every JOB_ID is validated (`win_automation.jobids`) before the journal or any folder is opened:
+Every JOB_ID is validated (`win_automation.jobs.ids`) before the journal or any folder is opened:
 a path such as `../x` is a usage error, exit 2. Opening the journal marks interrupted the jobs
 whose owner process is gone, so `jobs list` never shows a dead job as running.
 """
@@ -17,8 +17,8 @@ from win_automation.cli.output import print_json, print_table
 from win_automation.cli.state import state
 
 if TYPE_CHECKING:
-    from win_automation.jobrecords import JobRecord, StepRecord
-    from win_automation.journal import Journal
+    from win_automation.jobs.journal import Journal
+    from win_automation.jobs.records import JobRecord, StepRecord
 
 app = typer.Typer(help="List, inspect, cancel and resume jobs.", no_args_is_help=True)
 
@@ -89,7 +89,7 @@ def step_dict(step: StepRecord) -> dict[str, Any]:
 
 
 def open_journal(ctx: typer.Context) -> Journal:
-    from win_automation.journal import Journal
+    from win_automation.jobs.journal import Journal
 
     return Journal.open(state(ctx).config().data.dir)
 
@@ -107,7 +107,7 @@ def list_jobs(
 ) -> None:
     """List jobs, newest first."""
     from win_automation.errors import UsageError
-    from win_automation.jobstate import parse_state
+    from win_automation.jobs.state import parse_state
 
     try:
         wanted = parse_state(state_) if state_ is not None else None
@@ -150,9 +150,9 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show a job: its steps with attempts, durations and errors, its artifacts and its events."""
-    from win_automation.artifacts import read_manifest
+    from win_automation.artifacts.store import read_manifest
     from win_automation.errors import WinAutomationError
-    from win_automation.jobids import validate_job_id
+    from win_automation.jobs.ids import validate_job_id
 
     validate_job_id(job_id)
     config = state(ctx).config()
@@ -228,8 +228,8 @@ def cancel(
     """Cancel a queued, running or interrupted job; a running one stops at its next step or sooner."""
     from win_automation.cli.parse import duration_option
     from win_automation.errors import WinAutomationError
-    from win_automation.jobids import validate_job_id
-    from win_automation.jobstate import ACTIVE, JobState
+    from win_automation.jobs.ids import validate_job_id
+    from win_automation.jobs.state import ACTIVE, JobState
 
     validate_job_id(job_id)
     patience = duration_option(wait, "--wait")
@@ -277,9 +277,9 @@ def resume(
     ),
 ) -> None:
     """Continue a failed or interrupted job from its first unfinished step (finished steps are not re-run)."""
-    from win_automation.cli.run_cmd import interruptible, metrics_for, report
+    from win_automation.cli.commands.run import interruptible, metrics_for, report
     from win_automation.engines.local import LocalEngine
-    from win_automation.jobids import validate_job_id
+    from win_automation.jobs.ids import validate_job_id
     from workflows import all_workflows
 
     validate_job_id(job_id)

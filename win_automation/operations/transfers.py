@@ -20,11 +20,11 @@ from typing import BinaryIO
 
 from pydantic import BaseModel
 
-from win_automation import powershell
 from win_automation.adapters import sftp
 from win_automation.adapters.ssh import SshConnection
 from win_automation.errors import CommandFailed, NotFoundError, WinAutomationError
 from win_automation.log import Timer
+from win_automation.operations import powershell
 
 log = logging.getLogger(__name__)
 

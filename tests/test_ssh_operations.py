@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from fixture_sshd import SshServer
 
-from win_automation import powershell, remote
 from win_automation.adapters import ssh
+from win_automation.operations import powershell
+from win_automation.operations import ssh as remote
 
 
 @pytest.fixture

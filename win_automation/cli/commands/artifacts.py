@@ -54,7 +54,7 @@ def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None] | Non
 
 
 def local_folder(ctx: typer.Context, job: str) -> Path:
-    from win_automation.artifacts import job_folder
+    from win_automation.artifacts.store import job_folder
 
     return job_folder(state(ctx).config().artifacts.out_dir, job)
 
@@ -64,7 +64,7 @@ def list_artifacts(
     ctx: typer.Context, job: str = JOB, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
 ) -> None:
     """List a job's artifacts as its manifest records them."""
-    from win_automation.artifacts import read_manifest
+    from win_automation.artifacts.store import read_manifest
 
     folder = local_folder(ctx, job)
     manifest = read_manifest(folder)
@@ -93,7 +93,7 @@ def fetch(
     ),
 ) -> None:
     """Copy a job's artifacts into OUT/JOB_ID/, checking every size and sha256 against the manifest."""
-    from win_automation.artifacts import (
+    from win_automation.artifacts.store import (
         MANIFEST,
         ArtifactSource,
         LocalSource,
@@ -109,7 +109,7 @@ def fetch(
     where = str(folder)
     if source == "vm" or (source == "auto" and not (folder / MANIFEST).exists()):
         from win_automation.adapters.ssh import get_connection
-        from win_automation.remote_artifacts import VmSource, sftp_path
+        from win_automation.operations.artifacts import VmSource, sftp_path
 
         config = state(ctx).config()
         origin = VmSource(get_connection(config.ssh), config.artifacts.remote_dir, job)
@@ -128,7 +128,7 @@ def fetch(
 @app.command()
 def verify(ctx: typer.Context, job: str = JOB) -> None:
     """Re-hash a job's artifact folder against its manifest; exit 1 naming each file that differs."""
-    from win_automation.artifacts import read_manifest, verify_folder
+    from win_automation.artifacts.store import read_manifest, verify_folder
 
     folder = local_folder(ctx, job)
     total = sum(a.size_bytes for a in read_manifest(folder).artifacts)
@@ -151,8 +151,8 @@ def prune(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Apply retention: delete job folders older than the retention period (never active jobs)."""
+    from win_automation.artifacts.retention import apply_retention
     from win_automation.cli.parse import duration_option
-    from win_automation.retention import apply_retention
 
     seconds = None if older_than is None else duration_option(older_than, "--older-than")
     pruned = apply_retention(state(ctx).config(), older_than_seconds=seconds, dry_run=dry_run)

@@ -6,7 +6,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from win_automation.jobstate import JobState
+from win_automation.jobs.state import JobState
 
 
 @dataclass(frozen=True)

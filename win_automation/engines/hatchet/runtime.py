@@ -26,8 +26,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from win_automation import metrics
-from win_automation.artifacts import ArtifactWriter
+from win_automation.artifacts.store import ArtifactWriter
 from win_automation.config import Config
+from win_automation.definition import Step, Workflow
 from win_automation.engines.context import LocalStepContext
 from win_automation.engines.outcome import (
     checked_output,
@@ -37,12 +38,11 @@ from win_automation.engines.outcome import (
     skipped_output,
 )
 from win_automation.errors import Cancelled, IllegalTransition, Skipped
-from win_automation.jobids import is_job_id, new_job_id, new_trace_id
-from win_automation.jobrecords import JobRecord
-from win_automation.jobstate import ACTIVE, JobState
-from win_automation.journal import Journal
+from win_automation.jobs.ids import is_job_id, new_job_id, new_trace_id
+from win_automation.jobs.journal import Journal
+from win_automation.jobs.records import JobRecord
+from win_automation.jobs.state import ACTIVE, JobState
 from win_automation.log import redact
-from win_automation.workflow import Step, Workflow
 
 log = logging.getLogger(__name__)
 ENGINE = "hatchet"

@@ -17,9 +17,9 @@ from pydantic import ValidationError
 
 from win_automation.adapters import sftp
 from win_automation.adapters.ssh import SshConnection
-from win_automation.artifacts import MANIFEST, Manifest, safe_relative
+from win_automation.artifacts.store import MANIFEST, Manifest, safe_relative
 from win_automation.errors import ArtifactMismatch
-from win_automation.jobids import validate_job_id
+from win_automation.jobs.ids import validate_job_id
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 

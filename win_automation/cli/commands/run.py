@@ -58,7 +58,7 @@ def interruptible() -> Iterator[None]:
 
 def report(outcome: JobOutcome, config: Config, as_json: bool) -> None:
     """Print the outcome and exit with its code (a failure ends with the one-line error)."""
-    from win_automation.journal import Journal
+    from win_automation.jobs.journal import Journal
 
     with Journal.open(config.data.dir, recover=False) as journal:
         steps = journal.steps(outcome.job_id)

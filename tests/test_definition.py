@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from win_automation.workflow import Step, Workflow
+from win_automation.definition import Step, Workflow
 
 
 class In(BaseModel):

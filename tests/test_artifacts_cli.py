@@ -6,8 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from win_automation.artifacts import ArtifactWriter
-from win_automation.jobids import new_job_id, new_trace_id
+from win_automation.artifacts.store import ArtifactWriter
+from win_automation.jobs.ids import new_job_id, new_trace_id
 
 
 def ping(cli) -> str:  # type: ignore[no-untyped-def]

@@ -37,7 +37,7 @@ from typing import IO, Annotated, BinaryIO, Literal, Protocol, get_args
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from win_automation.errors import ArtifactMismatch, NotFoundError, UsageError
-from win_automation.jobids import is_job_id, validate_job_id
+from win_automation.jobs.ids import is_job_id, validate_job_id
 
 ArtifactType = Literal["ssh", "aloha", "playwright", "ping"]
 ARTIFACT_TYPES: tuple[str, ...] = get_args(ArtifactType)
@@ -271,7 +271,7 @@ def verify_folder(folder: Path, progress: Callable[[int], None] | None = None) -
 
 class ArtifactSource(Protocol):
     """Where `copy_verified` reads a job's artifacts from: a local folder, or the VM over SFTP
-    (win_automation.remote_artifacts)."""
+    (win_automation.operations.artifacts)."""
 
     def manifest(self) -> Manifest: ...
 

@@ -6,9 +6,9 @@ import json
 import os
 from pathlib import Path
 
-from win_automation.artifacts import ArtifactWriter
-from win_automation.jobids import new_job_id, new_trace_id
-from win_automation.remote_artifacts import sftp_path
+from win_automation.artifacts.store import ArtifactWriter
+from win_automation.jobs.ids import new_job_id, new_trace_id
+from win_automation.operations.artifacts import sftp_path
 
 
 def test_sftp_paths_for_windows_and_posix_roots() -> None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from fixture_jobs import wait_for
 
-from win_automation.jobstate import JobState
-from win_automation.journal import Journal
+from win_automation.jobs.journal import Journal
+from win_automation.jobs.state import JobState
 
 BAD_IDS = ["../x", "/etc/passwd", ""]
 

@@ -261,7 +261,7 @@ def test_bad_options_are_one_line_usage_errors(cli) -> None:  # type: ignore[no-
 def test_large_output_stays_out_of_the_step_payload_but_json_has_it_whole(
     cli, live_sshd: SshServer, known_hosts: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    from win_automation.journal import Journal
+    from win_automation.jobs.journal import Journal
     from workflows.ssh_exec import OUTPUT_PREVIEW_CHARS
 
     size = 3 * OUTPUT_PREVIEW_CHARS + 5

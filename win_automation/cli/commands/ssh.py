@@ -63,9 +63,9 @@ def _run_job(
     no_wait: bool = False,
 ) -> None:
     from win_automation.cli.engine_option import run_job
-    from win_automation.command_result import cli_exit_code, describe_exit_code
     from win_automation.engines.local import JobOutcome, LocalEngine
-    from win_automation.jobids import new_job_id
+    from win_automation.jobs.ids import new_job_id
+    from win_automation.operations.command_result import cli_exit_code, describe_exit_code
     from workflows import ssh_exec
 
     config = state(ctx).config()
@@ -241,7 +241,7 @@ def put(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Upload a file, verified by size and sha256; never a partial file under REMOTE."""
-    from win_automation.transfers import put_file
+    from win_automation.operations.transfers import put_file
 
     _transfer(
         ctx,
@@ -261,7 +261,7 @@ def get(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Download a file, verified by size and sha256; never a partial file under LOCAL."""
-    from win_automation.transfers import get_file
+    from win_automation.operations.transfers import get_file
 
     _transfer(
         ctx,

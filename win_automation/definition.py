@@ -8,7 +8,7 @@ run per VM) and desired worker labels.
 
 Definitions live in the top-level `workflows/` package (`workflows.all_workflows()` finds them);
 the engines supply the `StepContext`. A step reads only its declared parents' outputs
-(`ctx.parent`), writes evidence through `ctx.artifacts` (see win_automation.artifacts), checks
+(`ctx.parent`), writes evidence through `ctx.artifacts` (see win_automation.artifacts.store), checks
 `ctx.cancelled()` at safe points, and raises project errors: a non-transient WinAutomationError is
 not retried by either engine, anything else is retried up to `retries` times.
 """
@@ -64,7 +64,7 @@ class StepContext(Protocol):
 
     @property
     def artifacts(self) -> ArtifactSink:
-        """The job's artifact writer (see win_automation.artifacts)."""
+        """The job's artifact writer (see win_automation.artifacts.store)."""
         ...
 
 

@@ -68,7 +68,7 @@ def worker(
     token_claims(config)
     # gRPC's C core logs to stderr by itself, outside the project's schema: errors only
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    from win_automation.engines.hatchet_worker import default_name, run_worker
+    from win_automation.engines.hatchet.worker import default_name, run_worker
     from workflows import all_workflows
 
     code = run_worker(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from win_automation.artifacts import PruneResult, prune
+from win_automation.artifacts.store import PruneResult, prune
 from win_automation.config import Config
-from win_automation.journal import Journal
+from win_automation.jobs.journal import Journal
 
 log = logging.getLogger(__name__)
 DAY = 86400.0

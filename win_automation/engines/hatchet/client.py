@@ -52,7 +52,8 @@ from pydantic import BaseModel
 
 from win_automation.config import Config
 from win_automation.config.hatchet_token import token_claims
-from win_automation.engines.hatchet_runtime import StepFailure, TaskRuntime, parse_failure, record_job
+from win_automation.definition import Step, Workflow
+from win_automation.engines.hatchet.runtime import StepFailure, TaskRuntime, parse_failure, record_job
 from win_automation.engines.outcome import JobOutcome
 from win_automation.errors import (
     AuthError,
@@ -63,10 +64,9 @@ from win_automation.errors import (
     NotFoundError,
     WinAutomationError,
 )
-from win_automation.jobids import new_job_id, new_trace_id
-from win_automation.jobstate import ACTIVE, JobState
-from win_automation.journal import Journal
-from win_automation.workflow import Step, Workflow
+from win_automation.jobs.ids import new_job_id, new_trace_id
+from win_automation.jobs.journal import Journal
+from win_automation.jobs.state import ACTIVE, JobState
 
 log = logging.getLogger(__name__)
 # hatchet-sdk 1.43 registers workers with slot types from this engine version on; below it the SDK

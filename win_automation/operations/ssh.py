@@ -26,10 +26,10 @@ import uuid
 from collections.abc import Callable
 from typing import Literal
 
-from win_automation import powershell
 from win_automation.adapters import sftp
 from win_automation.adapters.ssh import SshConnection
-from win_automation.command_result import TIMEOUT_EXIT_CODE, CommandResult, Shell, signed32
+from win_automation.operations import powershell
+from win_automation.operations.command_result import TIMEOUT_EXIT_CODE, CommandResult, Shell, signed32
 
 log = logging.getLogger(__name__)
 

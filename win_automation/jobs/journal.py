@@ -45,8 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from win_automation.errors import NotFoundError
-from win_automation.jobids import new_job_id, new_trace_id
-from win_automation.jobrecords import (
+from win_automation.jobs.ids import new_job_id, new_trace_id
+from win_automation.jobs.owners import process_alive, process_start
+from win_automation.jobs.records import (
     EventRecord,
     JobRecord,
     StepRecord,
@@ -54,9 +55,8 @@ from win_automation.jobrecords import (
     job_from_row,
     step_from_row,
 )
-from win_automation.jobstate import ACTIVE, JobState, check_transition
-from win_automation.journal_schema import MIGRATIONS
-from win_automation.owners import process_alive, process_start
+from win_automation.jobs.schema import MIGRATIONS
+from win_automation.jobs.state import ACTIVE, JobState, check_transition
 
 JOURNAL_FILE = "journal.sqlite3"
 BUSY_TIMEOUT_SECONDS = 10.0

@@ -31,10 +31,10 @@ from hatchet_sdk import ClientConfig, Hatchet
 
 from win_automation import log as project_log
 from win_automation import metrics
-from win_automation.artifacts import prune
+from win_automation.artifacts.store import prune
 from win_automation.config import Config
-from win_automation.engines.hatchet import check_engine_version, client_config, compile_workflow
-from win_automation.engines.hatchet_runtime import TaskRuntime
+from win_automation.engines.hatchet.client import check_engine_version, client_config, compile_workflow
+from win_automation.engines.hatchet.runtime import TaskRuntime
 from win_automation.errors import ConfigError
 
 log = logging.getLogger(__name__)
