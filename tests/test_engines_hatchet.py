@@ -21,6 +21,7 @@ from win_automation.engines.hatchet.runtime import TaskRuntime, parse_failure
 from win_automation.errors import AuthError, Cancelled, ConnectError
 from win_automation.jobs.ids import new_job_id
 from win_automation.jobs.journal import Journal
+from win_automation.jobs.state import JobState
 from workflows.ping import ArtifactCheck, EngineCheck, JournalCheck, PingInput, ping
 
 
@@ -112,7 +113,7 @@ def test_each_step_becomes_one_task_with_its_parents_retries_backoff_and_timeout
     assert list(tasks["double"].parents) == ["first"]
     assert tasks["double"].retries == 2
     assert tasks["double"].backoff_factor == 2.0 and tasks["double"].backoff_max_seconds == 1
-    assert tasks["double"].timeout == "13s"
+    assert tasks["double"].timeout == "43s"  # the step's own 13 s deadline + the engine's 30 s backstop
     assert tasks["first"].schedule_timeout == "24h"
     assert tasks["first"].retries == 0 and not tasks["first"].HasField("backoff_factor")
     assert tasks["double"].action == "unit-flow:double"
@@ -200,7 +201,19 @@ def test_a_non_transient_error_is_non_retryable_and_carries_its_exit_code(
     with journal(config) as j:
         job = j.get_job(job_id)
         step = next(s for s in j.steps(job_id) if s.name == "auth")
-    assert (job.state.value, job.error_code, step.state.value, step.error_code) == ("failed", 4, "failed", 4)
+        # the other branches (first, flaky, slow) are independent: the engine still runs them, so
+        # the job ends only when they have
+        assert job.state.value == "running"
+        assert (step.state.value, step.error_code) == ("failed", 4)
+        for other in ("flaky", "slow", "first", "double"):
+            j.step_finished(job_id, other, JobState.SKIPPED, output_json="{}")
+        j.end_job(job_id)
+        job = j.get_job(job_id)
+    assert (job.state.value, job.error_code, job.error) == (
+        "failed",
+        4,
+        "step auth: ssh: authentication failed for administrator@vm",
+    )
 
 
 def test_a_transient_error_is_left_to_the_engine_to_retry_until_the_last_attempt(
@@ -219,7 +232,7 @@ def test_a_transient_error_is_left_to_the_engine_to_retry_until_the_last_attempt
     with journal(config) as j:
         step = next(s for s in j.steps(job_id) if s.name == "flaky")
         assert (step.state.value, step.attempts, step.error_code) == ("failed", 2, 3)
-        assert j.get_job(job_id).state.value == "failed"
+        assert j.get_job(job_id).state.value == "running"  # independent branches still to run
 
 
 def test_cancellation_reaches_the_running_step(config: Config, runtime: TaskRuntime) -> None:

@@ -243,7 +243,7 @@ def test_an_engine_failure_is_recorded_not_left_queued(jobs_config: Config) -> N
         engine.run(wf, Count())
     (job,) = engine.journal.list_jobs()
     assert job.state == JobState.INTERRUPTED and (job.error or "").startswith("engine: FileExistsError")
-    assert engine.journal.steps(job.job_id)[0].state == JobState.QUEUED
+    assert engine.journal.steps(job.job_id)[0].state == JobState.INTERRUPTED  # resumable, as the job
 
 
 def test_a_step_skipped_by_its_own_check_counts_as_finished_on_resume(jobs_config: Config) -> None:

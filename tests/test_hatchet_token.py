@@ -9,7 +9,8 @@ import pytest
 from fake_hatchet import make_token
 
 from win_automation.config import load_config
-from win_automation.config.hatchet_token import engine_choice, token_claims
+from win_automation.config.hatchet_token import token_claims
+from win_automation.engines.dispatch import engine_choice
 from win_automation.errors import ConfigError, UsageError
 
 

@@ -21,12 +21,15 @@ import re
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from win_automation.config import Config
 from win_automation.errors import UsageError
+
+if TYPE_CHECKING:  # the VM object is an operation; steps get it from their engine
+    pass
 
 _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
@@ -109,6 +112,14 @@ class Workflow:
 
     def step(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)
+
+    def descendants(self, name: str) -> list[str]:
+        """Every step downstream of `name` (its dependents, theirs, ...), in definition order."""
+        below = {name}
+        for step in self.steps:
+            if below.intersection(step.parents):
+                below.add(step.name)
+        return [s.name for s in self.steps if s.name in below and s.name != name]
 
     def parse_input(self, raw: str | Mapping[str, Any] | None, *, name: str = "--input") -> BaseModel:
         """The validated input model from JSON text or a mapping (None means `{}`); a bad value

@@ -14,6 +14,8 @@
     ├── IllegalTransition              exit 1  a job/step state change the state machine forbids
     ├── ArtifactMismatch               exit 1  an artifact's size or sha256 differs from its manifest
     └── Cancelled                      exit 130 the job or command was cancelled (or interrupted)
+        └── Superseded                 exit 130 another process took the job over (resumed it
+                                               after this owner stopped heart-beating)
 
 `transient` says whether a retry may help. `exit_code` is what the CLI exits with.
 Outside exceptions are translated into these once, in the adapter that meets them.
@@ -94,6 +96,10 @@ class Skipped(WinAutomationError):
 
 class Cancelled(WinAutomationError):
     exit_code = 130
+
+
+class Superseded(Cancelled):
+    """This process no longer owns the job (its epoch was superseded): it records nothing more."""
 
 
 EXIT_CODES: dict[int, str] = {

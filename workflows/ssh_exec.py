@@ -1,6 +1,6 @@
 """`ssh-exec`: run one PowerShell or cmd command (or a .ps1 script) on the VM and keep its output.
 
-Two steps over the process-wide SSH connection (`get_connection(ctx.config.ssh)`):
+Two steps on the VM (`ctx.vm`):
 - `check`: when `check` is given (the idempotency check), run it; it passes when it exits 0.
 - `exec`: when the check passed, the command is skipped: the step raises errors.Skipped, so the
   step and the job are recorded `skipped` (output `skipped: true`, exit code 0);
@@ -13,25 +13,20 @@ A command that exits non-zero fails the step (and the job) with CommandFailed, w
 the command's (0-255, else 255); past its deadline it fails with OperationTimeout (124). Either
 error carries the step's output, which the engines journal with the failure, so the CLI still
 prints the command's output and `jobs list --state failed` finds failed commands. Connection,
-authentication and host-key errors fail the step too, with no output. Live output: a caller in
-the same process may register callbacks for a job id in `LIVE_OUTPUT` before running the job.
+authentication and host-key errors fail the step too, with no output. Output streams live through
+`ctx.emit` as it arrives; a cancelled job kills the command's remote process tree (Cancelled, 130).
 """
 
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from win_automation.definition import Step, StepContext, Workflow
-from win_automation.errors import CommandFailed, OperationTimeout, Skipped
+from win_automation.errors import Cancelled, CommandFailed, OperationTimeout, Skipped
 from win_automation.operations.command_result import CommandResult, Shell, cli_exit_code, describe_exit_code
-
-# job id -> (stdout sink, stderr sink): set by the CLI to stream output as it arrives.
-LIVE_OUTPUT: dict[str, tuple[Callable[[str], None], Callable[[str], None]]] = {}
-_LIVE_LOCK = threading.Lock()
+from win_automation.operations.ssh import skipped_result
 
 
 class SshExecInput(BaseModel):
@@ -77,66 +72,32 @@ class ExecOutput(CommandResult):
         return cls(**fields)
 
 
-def _connection(ctx: StepContext):  # type: ignore[no-untyped-def]
-    from win_automation.adapters.ssh import get_connection
-
-    return get_connection(ctx.config.ssh)
-
-
 def check(inp: SshExecInput, ctx: StepContext) -> CheckOutput:
     if inp.check is None:
         return CheckOutput(checked=False, passed=False)
-    from win_automation.operations.ssh import run_command
-
-    result = run_command(
-        _connection(ctx),
-        inp.check,
-        shell=inp.shell,
-        remote_os=ctx.config.ssh.remote_os,
-        timeout=inp.timeout_seconds or ctx.config.ssh.command_timeout,
-    )
+    result = ctx.vm.run(inp.check, shell=inp.shell, timeout=inp.timeout_seconds, live=False)
+    if result.cancelled:
+        raise Cancelled("cancelled while the idempotency check ran; its remote process tree was killed")
     ctx.log.info("idempotency check ran", extra={"op": "ssh.check", "exit_code": result.exit_code})
     return CheckOutput(checked=True, passed=result.ok, exit_code=result.exit_code)
 
 
 def execute(inp: SshExecInput, ctx: StepContext) -> ExecOutput:
-    from win_automation.operations.ssh import run_command, run_powershell, skipped_result
-
     display = inp.display or inp.command
     if ctx.parent("check", CheckOutput).passed:
         ctx.log.info("check passed: command skipped", extra={"op": "ssh.exec"})
         skipped = skipped_result(display, inp.shell)
         write_artifacts(ctx, skipped)
         raise Skipped(f"skipped: the check `{inp.check}` exited 0", result=ExecOutput.of(skipped))
-    with _LIVE_LOCK:
-        sinks = LIVE_OUTPUT.get(ctx.job_id)
-    on_out, on_err = sinks if sinks is not None else (None, None)
     timeout = inp.timeout_seconds or ctx.config.ssh.command_timeout
-    conn = _connection(ctx)
-    remote_os = ctx.config.ssh.remote_os
     if inp.shell == "powershell":
-        result = run_powershell(
-            conn,
-            inp.command,
-            args=tuple(inp.args),
-            remote_os=remote_os,
-            timeout=timeout,
-            on_stdout=on_out,
-            on_stderr=on_err,
-            display=display,
-        )
+        result = ctx.vm.powershell(inp.command, args=tuple(inp.args), timeout=timeout, display=display)
     else:
-        result = run_command(
-            conn,
-            inp.command,
-            shell="cmd",
-            remote_os=remote_os,
-            timeout=timeout,
-            on_stdout=on_out,
-            on_stderr=on_err,
-        )
+        result = ctx.vm.run(inp.command, shell="cmd", timeout=timeout)
     write_artifacts(ctx, result)
     output = ExecOutput.of(result)
+    if result.cancelled:
+        raise Cancelled("cancelled while the command ran; its remote process tree was killed", result=output)
     if result.timed_out:
         raise OperationTimeout(
             f"the command passed its deadline of {timeout:g}s; its remote process tree was killed",

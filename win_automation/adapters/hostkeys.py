@@ -41,6 +41,11 @@ class PresentedKey:
     def describe(self) -> str:
         return f"{self.key_type} key {self.fingerprint}"
 
+    @property
+    def entry(self) -> str:
+        """The known-hosts name (`[host]:port`)."""
+        return host_entry(self.host, self.port)
+
 
 def _load(path: Path) -> paramiko.HostKeys:
     keys = paramiko.HostKeys()

@@ -42,6 +42,8 @@ MAX_PACKET_SIZE = 128 * 1024
 # AES-GCM needs no separate MAC pass: the cheapest cipher paramiko offers.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
 READ_SIZE = 1024 * 1024
+# How often a running command checks whether its job was cancelled.
+CANCEL_POLL = 0.1
 # The server closed the channel without an exit status (the process was killed by a signal).
 NO_EXIT_STATUS = 255
 
@@ -55,6 +57,7 @@ class ExecOutcome:
     exit_status: int | None
     timed_out: bool
     duration_ms: int
+    cancelled: bool = False
 
 
 def _target(cfg: SSHConfig) -> str:
@@ -240,12 +243,14 @@ class SshConnection:
         timeout: float | None = None,
         on_stdout: Chunk | None = None,
         on_stderr: Chunk | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> ExecOutcome:
-        """Run `command` (no PTY); stream and keep its output; stop waiting at the deadline."""
+        """Run `command` (no PTY); stream and keep its output; stop waiting at the deadline, or
+        within CANCEL_POLL seconds of `cancelled()` turning true (`ExecOutcome.cancelled`)."""
         with Timer() as timer:
             channel = self.open_channel()
             try:
-                outcome = self._run(channel, command, timeout, on_stdout, on_stderr)
+                outcome = self._run(channel, command, timeout, on_stdout, on_stderr, cancelled)
             finally:
                 channel.close()
         outcome.duration_ms = timer.ms
@@ -258,6 +263,7 @@ class SshConnection:
         timeout: float | None,
         on_stdout: Chunk | None,
         on_stderr: Chunk | None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> ExecOutcome:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -284,7 +290,8 @@ class SshConnection:
                         sink(data)
 
         fd = channel.fileno()
-        timed_out = False
+        timed_out = stopped = False
+        poll = 1.0 if cancelled is None else CANCEL_POLL
         while True:
             finished = channel.eof_received or channel.closed
             drain()
@@ -294,7 +301,12 @@ class SshConnection:
             if remaining is not None and remaining <= 0:
                 timed_out = True
                 break
-            select.select([fd], [], [], 1.0 if remaining is None else min(remaining, 1.0))
+            if cancelled is not None and cancelled():
+                stopped = True
+                break
+            select.select([fd], [], [], poll if remaining is None else min(remaining, poll))
+        if stopped:
+            return ExecOutcome(b"".join(out), b"".join(err), None, False, 0, cancelled=True)
         status: int | None = None
         if not timed_out:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())

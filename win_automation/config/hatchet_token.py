@@ -3,8 +3,7 @@
 A Hatchet API token is a JWT whose claims carry `sub` (the tenant id), `server_url` (REST API) and
 `grpc_broadcast_address` (the engine's gRPC address). The SDK raises a pydantic traceback for a
 missing or malformed one; `token_claims` turns each problem into a one-line ConfigError (exit 2)
-that never shows the token itself. `engine_choice` applies "hatchet when a token is configured,
-else local" for every job command.
+that never shows the token itself.
 """
 
 from __future__ import annotations
@@ -54,14 +53,3 @@ def token_claims(config: Config) -> TokenClaims:
     if missing:
         raise ConfigError(f"{TOKEN_SOURCE} is not a Hatchet token: its claims lack {', '.join(missing)}")
     return TokenClaims(claims["sub"], claims["server_url"], claims["grpc_broadcast_address"])
-
-
-def engine_choice(config: Config, requested: str | None) -> Engine:
-    """`--engine` if given (validated), else hatchet when a token is configured, else local."""
-    if requested is None:
-        return "hatchet" if config.hatchet.token is not None else "local"
-    if requested not in ("local", "hatchet"):
-        from win_automation.errors import UsageError
-
-        raise UsageError(f"--engine: must be one of local, hatchet, got {requested!r}")
-    return "hatchet" if requested == "hatchet" else "local"

@@ -99,6 +99,11 @@ class SSHConfig(Section):
         description="The VM's OS, which says how a timed-out command's process tree is killed.",
     )
 
+    @property
+    def vm_key(self) -> str:
+        """`host:port`: which VM this is (the desktop lock, Hatchet's concurrency key)."""
+        return f"{self.host}:{self.port}"
+
 
 class AlohaConfig(Section):
     server_url: Url = Field("http://127.0.0.1:7887/", description="ShowUI-Aloha server (port 7887).")

@@ -1,31 +1,25 @@
-"""The local engine's helpers: the concrete StepContext and the job monitor thread.
+"""`JobStepContext`: what a step receives from either engine.
 
-`LocalStepContext` is what a step receives when the local engine runs it: its parents' outputs,
-a logger carrying job_id/trace_id/step, the job's ArtifactWriter (created on first use) and a
-cancellation check. `JobMonitor` is one daemon thread per engine with its own journal connection:
-it refreshes the heartbeat of the jobs this process runs every HEARTBEAT_INTERVAL, polls their
-cancel flag every `poll` seconds (so `jobs cancel` from another process is seen within ~0.1 s even
-while a step is busy) and trips the deadline of the running step attempt. Either turns the step's
-`ctx.cancelled()` true.
+Its parents' outputs, a logger carrying job_id/trace_id/step/attempt, the job's ArtifactWriter,
+a cancellation check (the job was cancelled, or this attempt passed its deadline), the VM
+(`ctx.vm`, an operations.vm.Vm bound to the cancel check and the live-output sink) and `emit` for
+live output, which the engine forwards to whoever waits for the job (the CLI prints it).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Mapping, MutableMapping
-from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from win_automation.artifacts.store import ArtifactWriter
 from win_automation.config import Config
-from win_automation.jobs.journal import HEARTBEAT_INTERVAL, Journal
+from win_automation.operations.vm import Emit, Vm
 
 Out = TypeVar("Out", bound=BaseModel)
-log = logging.getLogger(__name__)
 
 
 class StepLogger(logging.LoggerAdapter[logging.Logger]):
@@ -38,7 +32,7 @@ class StepLogger(logging.LoggerAdapter[logging.Logger]):
         return msg, kwargs
 
 
-class LocalStepContext:
+class JobStepContext:
     def __init__(
         self,
         *,
@@ -51,6 +45,7 @@ class LocalStepContext:
         artifacts: ArtifactWriter,
         job_cancel: threading.Event,
         attempt_cancel: threading.Event,
+        emit: Emit | None = None,
     ) -> None:
         self.job_id = job_id
         self.trace_id = trace_id
@@ -65,6 +60,8 @@ class LocalStepContext:
         self._artifacts = artifacts
         self._job_cancel = job_cancel
         self._attempt_cancel = attempt_cancel
+        self._emit = emit
+        self._vm: Vm | None = None
 
     def parent(self, step: str, model: type[Out]) -> Out:
         """The output of the declared parent `step`, as `model`."""
@@ -83,75 +80,14 @@ class LocalStepContext:
     def artifacts(self) -> ArtifactWriter:
         return self._artifacts
 
+    @property
+    def vm(self) -> Vm:
+        """The VM (config `ssh.*`), bound to this attempt's cancel check and live output."""
+        if self._vm is None:
+            self._vm = Vm(self.config, cancelled=self.cancelled, emit=self._emit)
+        return self._vm
 
-class JobMonitor:
-    """Heartbeats and cancel polling for the jobs this process runs."""
-
-    def __init__(self, data_dir: Path, *, poll: float = 0.1, heartbeat: float = HEARTBEAT_INTERVAL) -> None:
-        self._data_dir = data_dir
-        self._poll = poll
-        self._heartbeat = heartbeat
-        self._jobs: dict[str, threading.Event] = {}
-        self._deadlines: dict[str, tuple[float, threading.Event]] = {}
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def watch(self, job_id: str) -> threading.Event:
-        """Start watching `job_id`; the event is set when its cancellation is requested."""
-        event = threading.Event()
-        with self._lock:
-            self._jobs[job_id] = event
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="job-monitor", daemon=True)
-                self._thread.start()
-        return event
-
-    def unwatch(self, job_id: str) -> None:
-        with self._lock:
-            self._jobs.pop(job_id, None)
-            self._deadlines.pop(job_id, None)
-
-    def arm(self, job_id: str, deadline: float, event: threading.Event) -> None:
-        """Set `event` once `time.monotonic()` passes `deadline` (a step attempt's timeout)."""
-        with self._lock:
-            self._deadlines[job_id] = (deadline, event)
-
-    def disarm(self, job_id: str) -> None:
-        with self._lock:
-            self._deadlines.pop(job_id, None)
-
-    def stop(self) -> None:
-        """End the thread (the engine is closed); jobs still watched stop heart-beating."""
-        self._stopped.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _loop(self) -> None:
-        journal = Journal.open(self._data_dir, recover=False)
-        try:
-            self._watch(journal)
-        finally:
-            journal.close()
-
-    def _watch(self, journal: Journal) -> None:
-        last_beat = time.monotonic()
-        while not self._stopped.wait(self._poll):
-            with self._lock:
-                jobs = dict(self._jobs)
-                deadlines = list(self._deadlines.values())
-            if not jobs:
-                continue
-            now = time.monotonic()
-            for deadline, expired in deadlines:
-                if now >= deadline:
-                    expired.set()
-            try:
-                for job_id, event in jobs.items():
-                    if not event.is_set() and journal.cancel_requested(job_id):
-                        event.set()
-                if time.monotonic() - last_beat >= self._heartbeat:
-                    journal.heartbeat(*jobs)
-                    last_beat = time.monotonic()
-            except Exception:  # a busy or broken journal must not kill the monitor
-                log.warning("job monitor could not reach the journal", exc_info=True, extra={"op": "monitor"})
+    def emit(self, stream: str, text: str) -> None:
+        """Live output (`stdout` or `stderr`) for whoever waits for the job; dropped when nobody does."""
+        if self._emit is not None:
+            self._emit(stream, text)

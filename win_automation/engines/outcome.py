@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from win_automation.definition import Step
+from win_automation.artifacts.store import job_folder, safe_relative
+from win_automation.definition import Step, Workflow
 from win_automation.errors import Cancelled, Skipped, WinAutomationError
+from win_automation.jobs.journal import Journal
 from win_automation.jobs.state import JobState
 from win_automation.log import redact
 
@@ -26,6 +29,18 @@ class JobOutcome:
     error_code: int | None = None
     skipped: list[str] = field(default_factory=list)
     """Steps that raised errors.Skipped (nothing to do); with no failure the job ends `skipped`."""
+    engine: str = "local"
+    artifacts_dir: Path | None = None
+    """The job's artifact folder on this host (None when it ran elsewhere)."""
+
+    def artifact_text(self, name: str) -> str | None:
+        """The text of the job's artifact `name` (UTF-8), or None when it is not on this host."""
+        if self.artifacts_dir is None:
+            return None
+        try:
+            return (self.artifacts_dir / safe_relative(name)).read_bytes().decode("utf-8", errors="replace")
+        except OSError:
+            return None
 
     @property
     def exit_code(self) -> int:
@@ -44,6 +59,22 @@ class JobOutcome:
             "error": self.error,
             "outputs": {name: out.model_dump(mode="json") for name, out in self.outputs.items()},
         }
+
+
+def outcome_of(
+    journal: Journal, workflow: Workflow, job_id: str, outputs: dict[str, BaseModel], artifacts_root: Path
+) -> JobOutcome:
+    """The outcome of job `job_id` as the journal records it, with the steps' outputs."""
+    job = journal.get_job(job_id)
+    outcome = JobOutcome(
+        job_id, job.trace_id, workflow.name, job.state, dict(outputs), job.error, job.error_code
+    )
+    outcome.engine = job.engine
+    outcome.artifacts_dir = job_folder(artifacts_root, job_id).absolute()
+    outcome.skipped = [
+        s.name for s in journal.steps(job_id) if s.state == JobState.SKIPPED and s.output_json is not None
+    ]
+    return outcome
 
 
 def describe(exc: BaseException) -> tuple[str, int]:

@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from win_automation.errors import NotFoundError
+from win_automation.errors import NotFoundError, Superseded
 from win_automation.jobs.ids import new_job_id, new_trace_id
 from win_automation.jobs.owners import process_alive, process_start
 from win_automation.jobs.records import (
@@ -62,6 +62,7 @@ JOURNAL_FILE = "journal.sqlite3"
 BUSY_TIMEOUT_SECONDS = 10.0
 HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_EXPIRY = 30.0
+PARENT_FAILED = "a parent step failed"
 
 
 # A finished step: succeeded, or skipped by errors.Skipped (which records the step's output).
@@ -106,10 +107,20 @@ class Journal:
         self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, fence: tuple[str, int | None] | None = None) -> Iterator[sqlite3.Connection]:
+        """One `BEGIN IMMEDIATE` transaction. `fence` (job id, epoch held by the caller): the
+        write happens only while the job's epoch is still that one, else Superseded."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                if fence is not None and fence[1] is not None:
+                    job_id, epoch = fence
+                    row = self._conn.execute("SELECT epoch FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+                    if row is not None and row[0] != epoch:
+                        raise Superseded(
+                            f"job {job_id} was taken over by another process (owner epoch {row[0]},"
+                            f" this process held {epoch}); this process records nothing more"
+                        )
                 yield self._conn
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -180,11 +191,17 @@ class Journal:
         return self.get_job(job_id)
 
     def set_job_state(
-        self, job_id: str, state: JobState, *, error: str | None = None, error_code: int | None = None
+        self,
+        job_id: str,
+        state: JobState,
+        *,
+        error: str | None = None,
+        error_code: int | None = None,
+        epoch: int | None = None,
     ) -> None:
         """Move the job to `state` (checked), stamping start/finish times and the error."""
         now = time.time()
-        with self._write() as conn:
+        with self._write((job_id, epoch)) as conn:
             current = self._job_state(conn, job_id)
             check_transition(current, state, what=f"job {job_id}")
             sets = ["state = ?", "updated_at = ?", "error = ?", "error_code = ?"]
@@ -219,7 +236,7 @@ class Journal:
             conn.execute(
                 "UPDATE jobs SET state = 'queued', error = NULL, error_code = NULL, finished_at = NULL,"
                 " cancel_requested = 0, updated_at = ?, owner_pid = ?, owner_start = ?, owner_host = ?,"
-                " heartbeat_at = ? WHERE job_id = ?",
+                " heartbeat_at = ?, epoch = epoch + 1 WHERE job_id = ?",
                 (now, self._pid, self._start, self._host, now, job_id),
             )
             self._event(conn, job_id, None, JobState.QUEUED, None, f"resumed from {current.value}", now)
@@ -229,16 +246,24 @@ class Journal:
         with self._write() as conn:
             conn.execute("UPDATE jobs SET external_id = ? WHERE job_id = ?", (external_id, job_id))
 
-    def heartbeat(self, *job_ids: str) -> None:
-        with self._write() as conn:
-            conn.executemany(
-                "UPDATE jobs SET heartbeat_at = ? WHERE job_id = ?", [(time.time(), j) for j in job_ids]
-            )
-
-    def step_started(self, job_id: str, step: str, *, attempt: int) -> None:
-        """An attempt of `step` begins (attempt 1, or a retry: running -> running)."""
+    def heartbeat(self, jobs: dict[str, int | None]) -> None:
+        """Refresh the heartbeat of each job id whose epoch is still the one given (None: any)."""
         now = time.time()
         with self._write() as conn:
+            conn.executemany(
+                "UPDATE jobs SET heartbeat_at = ? WHERE job_id = ? AND (? IS NULL OR epoch = ?)",
+                [(now, job_id, epoch, epoch) for job_id, epoch in jobs.items()],
+            )
+
+    def control(self, job_id: str) -> tuple[bool, int]:
+        """(cancel requested, current owner epoch): what a running owner polls."""
+        rows = self._query("SELECT cancel_requested, epoch FROM jobs WHERE job_id = ?", (job_id,))
+        return (bool(rows[0][0]), int(rows[0][1])) if rows else (False, 0)
+
+    def step_started(self, job_id: str, step: str, *, attempt: int, epoch: int | None = None) -> None:
+        """An attempt of `step` begins (attempt 1, or a retry: running -> running)."""
+        now = time.time()
+        with self._write((job_id, epoch)) as conn:
             current = self._step_state(conn, job_id, step)
             check_transition(current, JobState.RUNNING, what=f"step {step} of job {job_id}")
             conn.execute(
@@ -248,9 +273,11 @@ class Journal:
             )
             self._event(conn, job_id, step, JobState.RUNNING, attempt, None, now)
 
-    def step_attempt_failed(self, job_id: str, step: str, *, attempt: int, error: str) -> None:
+    def step_attempt_failed(
+        self, job_id: str, step: str, *, attempt: int, error: str, epoch: int | None = None
+    ) -> None:
         """One attempt failed and will be retried: an event, the step stays running."""
-        with self._write() as conn:
+        with self._write((job_id, epoch)) as conn:
             conn.execute("UPDATE steps SET error = ? WHERE job_id = ? AND name = ?", (error, job_id, step))
             self._event(conn, job_id, step, "retrying", attempt, error, time.time())
 
@@ -263,11 +290,26 @@ class Journal:
         output_json: str | None = None,
         error: str | None = None,
         error_code: int | None = None,
-    ) -> None:
-        """The step ends in `state` (succeeded with its output, failed, skipped, cancelled...)."""
+        epoch: int | None = None,
+        skip: Sequence[str] = (),
+    ) -> bool:
+        """The step ends in `state` (succeeded with its output, failed, skipped, cancelled...);
+        each step in `skip` still queued is skipped ("a parent step failed"). A step that has
+        already ended is left as it is (another process recorded it first): False. A queued step
+        that ends is recorded as started first (the worker that ran it is on another host)."""
         now = time.time()
-        with self._write() as conn:
+        with self._write((job_id, epoch)) as conn:
             current = self._step_state(conn, job_id, step)
+            if current not in ACTIVE:
+                return False
+            if current == JobState.QUEUED and state in (JobState.SUCCEEDED, JobState.FAILED):
+                conn.execute(
+                    "UPDATE steps SET state = 'running', attempts = 1, started_at = ?"
+                    " WHERE job_id = ? AND name = ?",
+                    (now, job_id, step),
+                )
+                self._event(conn, job_id, step, JobState.RUNNING, 1, None, now)
+                current = JobState.RUNNING
             check_transition(current, state, what=f"step {step} of job {job_id}")
             conn.execute(
                 "UPDATE steps SET state = ?, output_json = ?, error = ?, error_code = ?, finished_at = ?"
@@ -278,6 +320,87 @@ class Journal:
                 "SELECT attempts FROM steps WHERE job_id = ? AND name = ?", (job_id, step)
             ).fetchone()
             self._event(conn, job_id, step, state, attempts or None, error, now)
+            for name in skip:
+                if self._step_state(conn, job_id, name) == JobState.QUEUED:
+                    conn.execute(
+                        "UPDATE steps SET state = 'skipped', error = ?, finished_at = ?"
+                        " WHERE job_id = ? AND name = ?",
+                        (PARENT_FAILED, now, job_id, name),
+                    )
+                    self._event(conn, job_id, name, JobState.SKIPPED, None, PARENT_FAILED, now)
+        return True
+
+    def end_job(
+        self,
+        job_id: str,
+        state: JobState | None = None,
+        *,
+        error: str | None = None,
+        error_code: int | None = None,
+        epoch: int | None = None,
+    ) -> JobState | None:
+        """End an active job, in one transaction.
+
+        With `state` (cancelled, interrupted, or failed when the engine itself broke): its
+        unfinished steps end with it (queued ones `skipped` when it failed). Without: the job ends
+        only once every step has, in the state its steps say: `failed` (with the first failed
+        step's error) when one failed, else `skipped` when one had nothing to do, else
+        `succeeded`. Returns the state the job ended in, or None when it is not ending (a step is
+        unfinished, or the job had already ended: another process recorded it first)."""
+        now = time.time()
+        with self._write((job_id, epoch)) as conn:
+            current = self._job_state(conn, job_id)
+            if current not in ACTIVE:
+                return None
+            steps = conn.execute(
+                "SELECT name, state, error, error_code, output_json FROM steps WHERE job_id = ?"
+                " ORDER BY finished_at, position",
+                (job_id,),
+            ).fetchall()
+            if state is None:
+                states = {JobState(row["state"]) for row in steps}
+                if states & ACTIVE:
+                    return None
+                failed = [row for row in steps if row["state"] == JobState.FAILED]
+                if failed:
+                    state = JobState.FAILED
+                    error = f"step {failed[0]['name']}: {failed[0]['error']}"
+                    error_code = failed[0]["error_code"] or 1
+                elif any(r["state"] == JobState.SKIPPED and r["output_json"] is not None for r in steps):
+                    state = JobState.SKIPPED
+                else:
+                    state = JobState.SUCCEEDED
+            else:
+                for row in steps:
+                    step_state = JobState(row["state"])
+                    if step_state in ACTIVE:
+                        ended = state
+                        if state == JobState.FAILED:
+                            ended = JobState.SKIPPED if step_state == JobState.QUEUED else JobState.FAILED
+                        note = error if step_state == JobState.RUNNING else None
+                        conn.execute(
+                            "UPDATE steps SET state = ?, finished_at = ?, error = COALESCE(?, error)"
+                            " WHERE job_id = ? AND name = ?",
+                            (ended, now, note, job_id, row["name"]),
+                        )
+                        self._event(conn, job_id, row["name"], ended, None, None, now)
+            if current == JobState.QUEUED and state in (
+                JobState.SUCCEEDED,
+                JobState.FAILED,
+                JobState.SKIPPED,
+            ):
+                conn.execute(
+                    "UPDATE jobs SET started_at = COALESCE(started_at, ?) WHERE job_id = ?", (now, job_id)
+                )
+            else:
+                check_transition(current, state, what=f"job {job_id}")
+            conn.execute(
+                "UPDATE jobs SET state = ?, updated_at = ?, finished_at = ?, error = ?, error_code = ?"
+                " WHERE job_id = ?",
+                (state, now, now, error, error_code, job_id),
+            )
+            self._event(conn, job_id, None, state, None, error, now)
+        return state
 
     def request_cancel(self, job_id: str) -> JobRecord:
         """Ask the owner of an active job to stop; an interrupted job is cancelled at once."""
@@ -321,7 +444,8 @@ class Journal:
                     continue  # its owner finished it meanwhile
                 message = "owner process died or stopped heart-beating"
                 conn.execute(
-                    "UPDATE jobs SET state = ?, updated_at = ?, finished_at = ?, error = ? WHERE job_id = ?",
+                    "UPDATE jobs SET state = ?, updated_at = ?, finished_at = ?, error = ?, epoch = epoch + 1"
+                    " WHERE job_id = ?",
                     (JobState.INTERRUPTED, now, now, message, job_id),
                 )
                 conn.execute(
@@ -363,6 +487,10 @@ class Journal:
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [job_from_row(row) for row in self._query(sql, args)]
+
+    def step_state(self, job_id: str, step: str) -> JobState:
+        with self._lock:
+            return self._step_state(self._conn, job_id, step)
 
     def steps(self, job_id: str) -> list[StepRecord]:
         rows = self._query("SELECT * FROM steps WHERE job_id = ? ORDER BY position", (job_id,))

@@ -29,6 +29,7 @@ class JobRecord:
     owner_host: str | None
     heartbeat_at: float | None
     cancel_requested: bool
+    epoch: int
 
 
 @dataclass(frozen=True)

@@ -27,4 +27,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             state TEXT NOT NULL, attempt INTEGER, message TEXT, ts REAL NOT NULL)""",
         "CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id)",
     ),
+    (
+        # The owner's fence: every change of owner (resume, or marking a silent owner interrupted)
+        # increments it, and an owner's writes carry the epoch it holds.
+        "ALTER TABLE jobs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 1",
+    ),
 )

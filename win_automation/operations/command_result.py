@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 TIMEOUT_EXIT_CODE = 124
+CANCELLED_EXIT_CODE = 130
 OUT_OF_RANGE_EXIT_CODE = 255
 
 Shell = Literal["powershell", "cmd"]
@@ -36,7 +37,8 @@ def describe_exit_code(code: int) -> str:
 
 
 class CommandResult(BaseModel):
-    """One remote command's outcome. `exit_code` is 124 with `timed_out` when its deadline passed."""
+    """One remote command's outcome. `exit_code` is 124 with `timed_out` when its deadline passed,
+    130 with `cancelled` when its job was cancelled (the remote process tree was killed either way)."""
 
     command: str
     shell: str
@@ -46,7 +48,8 @@ class CommandResult(BaseModel):
     duration_ms: int
     timed_out: bool = False
     skipped: bool = False
+    cancelled: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out
+        return self.exit_code == 0 and not self.timed_out and not self.cancelled

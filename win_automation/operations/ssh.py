@@ -29,11 +29,18 @@ from typing import Literal
 from win_automation.adapters import sftp
 from win_automation.adapters.ssh import SshConnection
 from win_automation.operations import powershell
-from win_automation.operations.command_result import TIMEOUT_EXIT_CODE, CommandResult, Shell, signed32
+from win_automation.operations.command_result import (
+    CANCELLED_EXIT_CODE,
+    TIMEOUT_EXIT_CODE,
+    CommandResult,
+    Shell,
+    signed32,
+)
 
 log = logging.getLogger(__name__)
 
 TextSink = Callable[[str], None]
+Cancelled = Callable[[], bool]
 RemoteOs = Literal["windows", "posix"]
 
 PID_MARKER = b"\x1ewa-pid:"
@@ -116,13 +123,14 @@ def _execute(
     timeout: float | None,
     on_stdout: TextSink | None,
     on_stderr: TextSink | None,
+    cancelled: Cancelled | None = None,
 ) -> CommandResult:
     posix = remote_os == "posix"
     if posix:
         line = f"printf '\\036wa-pid:%s\\n' \"$$\" >&2; {line}"
     out = _Stream(on_stdout, pid_marker=False, clixml=False)
     err = _Stream(on_stderr, pid_marker=posix, clixml=shell == "powershell")
-    outcome = conn.exec(line, timeout=timeout, on_stdout=out.feed, on_stderr=err.feed)
+    outcome = conn.exec(line, timeout=timeout, on_stdout=out.feed, on_stderr=err.feed, cancelled=cancelled)
     stderr = err.text()
     if shell == "powershell":
         stderr = powershell.strip_clixml(stderr)
@@ -133,6 +141,10 @@ def _execute(
             extra={"op": "ssh.run", "timeout_s": timeout},
         )
         code = TIMEOUT_EXIT_CODE
+    elif outcome.cancelled:
+        _kill(conn, remote_os, needle, err.pid)
+        log.warning("command cancelled; its remote process tree was killed", extra={"op": "ssh.run"})
+        code = CANCELLED_EXIT_CODE
     else:
         assert outcome.exit_status is not None
         code = signed32(outcome.exit_status)
@@ -144,6 +156,7 @@ def _execute(
         stderr=stderr,
         duration_ms=outcome.duration_ms,
         timed_out=outcome.timed_out,
+        cancelled=outcome.cancelled,
     )
 
 
@@ -157,6 +170,7 @@ def run_powershell(
     on_stdout: TextSink | None = None,
     on_stderr: TextSink | None = None,
     display: str | None = None,
+    cancelled: Cancelled | None = None,
 ) -> CommandResult:
     """Run PowerShell `body` (with `args`): encoded, or uploaded and run with -File when long."""
     run_id = _run_id()
@@ -173,6 +187,7 @@ def run_powershell(
             timeout=timeout,
             on_stdout=on_stdout,
             on_stderr=on_stderr,
+            cancelled=cancelled,
         )
 
     if not powershell.needs_upload(script):
@@ -196,11 +211,18 @@ def run_command(
     timeout: float | None = None,
     on_stdout: TextSink | None = None,
     on_stderr: TextSink | None = None,
+    cancelled: Cancelled | None = None,
 ) -> CommandResult:
     """Run `command` on the VM in PowerShell or in cmd (passed as given to the VM's shell)."""
     if shell == "powershell":
         return run_powershell(
-            conn, command, remote_os=remote_os, timeout=timeout, on_stdout=on_stdout, on_stderr=on_stderr
+            conn,
+            command,
+            remote_os=remote_os,
+            timeout=timeout,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            cancelled=cancelled,
         )
     needle = None
     line = command
@@ -217,6 +239,7 @@ def run_command(
         timeout=timeout,
         on_stdout=on_stdout,
         on_stderr=on_stderr,
+        cancelled=cancelled,
     )
 
 

@@ -17,7 +17,6 @@ from win_automation.cli.output import print_json, print_table
 from win_automation.cli.state import state
 
 if TYPE_CHECKING:
-    from win_automation.jobs.journal import Journal
     from win_automation.jobs.records import JobRecord, StepRecord
 
 app = typer.Typer(help="List, inspect, cancel and resume jobs.", no_args_is_help=True)
@@ -88,12 +87,6 @@ def step_dict(step: StepRecord) -> dict[str, Any]:
     }
 
 
-def open_journal(ctx: typer.Context) -> Journal:
-    from win_automation.jobs.journal import Journal
-
-    return Journal.open(state(ctx).config().data.dir)
-
-
 @app.command("list")
 def list_jobs(
     ctx: typer.Context,
@@ -113,14 +106,11 @@ def list_jobs(
         wanted = parse_state(state_) if state_ is not None else None
     except ValueError as exc:
         raise UsageError(f"--state: {exc}") from None
-    cutoff = parse_since(since, time.time()) if since is not None else None
-    with open_journal(ctx) as journal:
-        jobs = journal.list_jobs(state=wanted, workflow=type_, since=cutoff, limit=limit)
-        if any(job.engine == "hatchet" for job in jobs):
-            from win_automation.cli.engine_option import sync_hatchet_job
+    from win_automation.engines.dispatch import list_jobs as listed
 
-            jobs = [sync_hatchet_job(state(ctx).config(), journal, job) for job in jobs]
-        rows = [job_dict(job, journal.steps(job.job_id)) for job in jobs]
+    cutoff = parse_since(since, time.time()) if since is not None else None
+    views = listed(state(ctx).config(), state=wanted, workflow=type_, since=cutoff, limit=limit, note=_note)
+    rows = [job_dict(view.job, view.steps) for view in views]
     if as_json:
         print_json(rows)
         return
@@ -151,19 +141,12 @@ def show(
 ) -> None:
     """Show a job: its steps with attempts, durations and errors, its artifacts and its events."""
     from win_automation.artifacts.store import read_manifest
+    from win_automation.engines.dispatch import show_job
     from win_automation.errors import WinAutomationError
-    from win_automation.jobs.ids import validate_job_id
 
-    validate_job_id(job_id)
     config = state(ctx).config()
-    with open_journal(ctx) as journal:
-        job = journal.get_job(job_id)
-        if job.engine == "hatchet":
-            from win_automation.cli.engine_option import sync_hatchet_job
-
-            job = sync_hatchet_job(config, journal, job)
-        steps = journal.steps(job_id)
-        events = journal.events(job_id)
+    view = show_job(config, job_id, note=_note)
+    job, steps, events = view.job, view.steps, view.events
     try:
         artifacts = [a.model_dump() for a in read_manifest(config.artifacts.out_dir / job_id).artifacts]
     except WinAutomationError:
@@ -227,41 +210,18 @@ def cancel(
 ) -> None:
     """Cancel a queued, running or interrupted job; a running one stops at its next step or sooner."""
     from win_automation.cli.parse import duration_option
+    from win_automation.engines.dispatch import cancel_job
     from win_automation.errors import WinAutomationError
-    from win_automation.jobs.ids import validate_job_id
     from win_automation.jobs.state import ACTIVE, JobState
 
-    validate_job_id(job_id)
     patience = duration_option(wait, "--wait")
-    with open_journal(ctx) as journal:
-        before = journal.get_job(job_id)
-        if before.state not in ACTIVE and before.state != JobState.INTERRUPTED:
-            raise WinAutomationError(f"job {job_id} is already {before.state.value}; nothing to cancel")
-        if before.engine == "hatchet":
-            from win_automation.cli.engine_option import cancel_hatchet_job
-
-            job = cancel_hatchet_job(state(ctx).config(), journal, before, patience)
-            run = job.external_id
-            if job.state in ACTIVE:
-                typer.echo(f"cancel sent to Hatchet run {run}; job {job_id} is still {job.state.value}")
-            elif job.state == JobState.CANCELLED:
-                typer.echo(f"job {job_id} cancelled (Hatchet run {run})")
-            else:
-                ended = job.state.value
-                raise WinAutomationError(f"job {job_id} ended {ended} before the cancel took effect")
-            return
-        job = journal.request_cancel(job_id)
-        deadline = time.monotonic() + patience
-        while job.state in ACTIVE and time.monotonic() < deadline:
-            time.sleep(0.05)
-            journal.recover_interrupted()
-            job = journal.get_job(job_id)
-        if job.state == JobState.INTERRUPTED:
-            job = journal.request_cancel(job_id)  # its owner died meanwhile
+    job = cancel_job(state(ctx).config(), job_id, patience)
+    run = f" (Hatchet run {job.external_id})" if job.engine == "hatchet" else ""
     if job.state == JobState.CANCELLED:
-        typer.echo(f"job {job_id} cancelled")
+        typer.echo(f"job {job_id} cancelled{run}")
     elif job.state in ACTIVE:
-        typer.echo(f"cancel requested; job {job_id} is still {job.state.value} (owner pid {job.owner_pid})")
+        owner = f"Hatchet run {job.external_id}" if run else f"owner pid {job.owner_pid}"
+        typer.echo(f"cancel requested; job {job_id} is still {job.state.value} ({owner})")
     else:
         raise WinAutomationError(f"job {job_id} ended {job.state.value} before the cancel took effect")
 
@@ -277,17 +237,15 @@ def resume(
     ),
 ) -> None:
     """Continue a failed or interrupted job from its first unfinished step (finished steps are not re-run)."""
-    from win_automation.cli.commands.run import interruptible, metrics_for, report
-    from win_automation.engines.local import LocalEngine
-    from win_automation.jobs.ids import validate_job_id
-    from workflows import all_workflows
+    from win_automation.cli.commands.run import report
+    from win_automation.cli.options import metrics_for
+    from win_automation.engines.dispatch import resume_job
 
-    validate_job_id(job_id)
     config = state(ctx).config()
-    with metrics_for(config, metrics, metrics_interval), interruptible():
-        engine = LocalEngine(config)
-        try:
-            outcome = engine.resume(job_id, all_workflows())
-        finally:
-            engine.close()
+    with metrics_for(config, metrics, metrics_interval):
+        outcome = resume_job(config, job_id)
     report(outcome, config, as_json)
+
+
+def _note(text: str) -> None:
+    typer.echo(text, err=True)

@@ -2,7 +2,7 @@
 
 The input is validated against the workflow's model before any job is recorded (a bad field is
 one line naming it, exit 2). The job runs on the embedded local engine in this process, or on
-Hatchet (`--engine`, see win_automation.cli.engine_option; `--no-wait` returns the run id); its
+Hatchet (`--engine`, see win_automation.engines.dispatch; `--no-wait` returns the run id); its
 outcome is printed (a step table, or `--json`) and the exit code says how it ended: 0 succeeded,
 the failing step's code when it failed (1, or e.g. 3 when the VM was unreachable), 130 when it
 was cancelled or interrupted. Ctrl-C and SIGTERM record the job `interrupted`, resumable with
@@ -11,57 +11,26 @@ was cancelled or interrupted. Ctrl-C and SIGTERM record the job `interrupted`, r
 
 from __future__ import annotations
 
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING
 
 import typer
 
-from win_automation.cli.engine_option import engine_option, no_wait_option, run_job
+from win_automation.cli.options import engine_option, metrics_for, no_wait_option
 from win_automation.cli.output import error, print_json, print_table
 from win_automation.cli.state import state
 
 if TYPE_CHECKING:
     from win_automation.config import Config
-    from win_automation.engines.local import JobOutcome
-
-
-@contextmanager
-def metrics_for(config: Config, enabled: bool, interval: str | None) -> Iterator[None]:
-    """Run the block with the metrics emitter on when `--metrics` was given."""
-    from win_automation import metrics
-    from win_automation.cli.parse import duration_option
-
-    seconds = config.metrics.interval
-    if interval is not None:
-        seconds = duration_option(interval, "--metrics-interval", positive=True)
-    with metrics.emitting(seconds, config.metrics.path, enabled=enabled):
-        yield
-
-
-@contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C, so the engine records the job interrupted before exiting."""
-
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    from win_automation.definition import Workflow
+    from win_automation.engines.outcome import JobOutcome
 
 
 def report(outcome: JobOutcome, config: Config, as_json: bool) -> None:
     """Print the outcome and exit with its code (a failure ends with the one-line error)."""
-    from win_automation.jobs.journal import Journal
+    from win_automation.engines.dispatch import show_job
 
-    with Journal.open(config.data.dir, recover=False) as journal:
-        steps = journal.steps(outcome.job_id)
+    steps = show_job(config, outcome.job_id).steps
     folder = config.artifacts.out_dir / outcome.job_id
     artifacts_dir = str(folder) if (folder / "manifest.json").exists() else None
     if as_json:
@@ -89,6 +58,48 @@ def _ms(start: float | None, end: float | None) -> str:
     return "" if start is None or end is None else f"{(end - start) * 1000:.0f} ms"
 
 
+def progress_printer(as_json: bool):  # type: ignore[no-untyped-def]
+    """Hatchet progress lines on stderr (none with --json)."""
+    return None if as_json else (lambda step, state: typer.echo(f"  {step}: {state}", err=True))
+
+
+def print_submitted(job_id: str, run_id: str, as_json: bool) -> None:
+    if as_json:
+        print_json({"job_id": job_id, "run_id": run_id, "engine": "hatchet"})
+    else:
+        typer.echo(f"job {job_id} queued on Hatchet as run {run_id}")
+
+
+def start(
+    config: Config,
+    workflow: Workflow,
+    model: object,
+    *,
+    engine: str | None,
+    no_wait: bool,
+    as_json: bool,
+    on_output: object = None,
+) -> JobOutcome | None:
+    """Run (or with --no-wait, submit) a job; the outcome, or None when submitted."""
+    from pydantic import BaseModel
+
+    from win_automation.engines import dispatch
+
+    assert isinstance(model, BaseModel)
+    if no_wait:
+        submitted = dispatch.submit_job(config, workflow, model, engine=engine)
+        print_submitted(submitted.job_id, submitted.run_id, as_json)
+        return None
+    return dispatch.run_job(
+        config,
+        workflow,
+        model,
+        engine=engine,
+        on_output=on_output,  # type: ignore[arg-type]
+        on_progress=progress_printer(as_json),
+    )
+
+
 def run(
     ctx: typer.Context,
     workflow: str = typer.Argument(..., help="The workflow to run, e.g. ping."),
@@ -105,7 +116,6 @@ def run(
     no_wait: bool = no_wait_option(),
 ) -> None:
     """Run a workflow as a job (on Hatchet when a token is set, else here) and wait for its end."""
-    from win_automation.engines.local import LocalEngine
     from win_automation.errors import UsageError
     from workflows import get_workflow
 
@@ -119,23 +129,7 @@ def run(
             raise UsageError(f"--input-file: cannot read {input_file}: {exc.strerror}") from None
     model = definition.parse_input(input, name="--input-file" if input_file else "--input")
     config = state(ctx).config()
-
-    def run_local() -> JobOutcome:
-        with interruptible():
-            local = LocalEngine(config)
-            try:
-                return local.run(definition, model)
-            finally:
-                local.close()
-
     with metrics_for(config, metrics, metrics_interval):
-        run_job(
-            config,
-            definition,
-            model,
-            engine=engine,
-            no_wait=no_wait,
-            as_json=as_json,
-            run_local=run_local,
-            report=lambda outcome: report(outcome, config, as_json),
-        )
+        outcome = start(config, definition, model, engine=engine, no_wait=no_wait, as_json=as_json)
+    if outcome is not None:
+        report(outcome, config, as_json)

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from win_automation.cli.engine_option import engine_option, no_wait_option
+from win_automation.cli.options import engine_option, no_wait_option
 from win_automation.cli.output import error, print_json
 from win_automation.cli.state import state
 
 if TYPE_CHECKING:
     from win_automation.config import Config
+    from win_automation.engines.outcome import JobOutcome
 
 app = typer.Typer(
     help="Run PowerShell or cmd on the VM, copy files, trust its host key.", no_args_is_help=True
@@ -41,18 +42,22 @@ def _write(stream: Any) -> Any:
     return sink
 
 
-def _whole(config: Config, job_id: str, stream: str, preview: str, truncated: bool) -> str:
+def _live(stream: str, text: str) -> None:
+    _write(sys.stdout if stream == "stdout" else sys.stderr)(text)
+
+
+def _whole(outcome: JobOutcome, stream: str, preview: str, truncated: bool) -> str:
     """A stream's whole text: the job's artifact when the step output kept only its tail (and the
     job ran on this host), else what the step output holds, with a note when that is cut."""
     if not truncated:
         return preview
-    try:
-        return (config.artifacts.out_dir / job_id / f"{stream}.txt").read_bytes().decode("utf-8")
-    except OSError:
+    text = outcome.artifact_text(f"{stream}.txt")
+    if text is None:
         sys.stderr.write(
-            f"note: {stream} shows its last {len(preview)} characters (job {job_id} ran elsewhere)\n"
+            f"note: {stream} shows its last {len(preview)} characters (job {outcome.job_id} ran elsewhere)\n"
         )
         return preview
+    return text
 
 
 def _run_job(
@@ -62,74 +67,53 @@ def _run_job(
     engine: str | None = None,
     no_wait: bool = False,
 ) -> None:
-    from win_automation.cli.engine_option import run_job
-    from win_automation.engines.local import JobOutcome, LocalEngine
-    from win_automation.jobs.ids import new_job_id
+    from win_automation.cli.commands.run import start
     from win_automation.operations.command_result import cli_exit_code, describe_exit_code
     from workflows import ssh_exec
 
     config = state(ctx).config()
-    inp = ssh_exec.SshExecInput(**payload)
-    job_id = new_job_id()
-    streamed: list[bool] = []
+    workflow = ssh_exec.ssh_exec
+    model = workflow.parse_input({k: v for k, v in payload.items() if v is not None}, name="ssh")
+    live = None if as_json else _live
+    outcome = start(config, workflow, model, engine=engine, no_wait=no_wait, as_json=as_json, on_output=live)
+    if outcome is None:
+        return
+    result = outcome.outputs.get("exec")
+    if not isinstance(result, ssh_exec.ExecOutput):  # it never ran: no connection, cancelled...
+        from win_automation.log import redact
 
-    def run_local() -> JobOutcome:
-        if not as_json:
-            streamed.append(True)
-            ssh_exec.LIVE_OUTPUT[job_id] = (_write(sys.stdout), _write(sys.stderr))
-        local = LocalEngine(config)
-        try:
-            return local.run(ssh_exec.ssh_exec, inp, job_id=job_id)
-        finally:
-            local.close()
-            ssh_exec.LIVE_OUTPUT.pop(job_id, None)
-
-    def report(outcome: JobOutcome) -> None:
-        result = outcome.outputs.get("exec")
-        if not isinstance(result, ssh_exec.ExecOutput):  # it never ran: no connection, cancelled...
-            from win_automation.log import redact
-
-            error(redact(outcome.error or f"job {outcome.job_id} {outcome.state.value}"))
-            raise typer.Exit(outcome.exit_code)
-        stdout = _whole(config, outcome.job_id, "stdout", result.stdout, result.stdout_truncated)
-        stderr = _whole(config, outcome.job_id, "stderr", result.stderr, result.stderr_truncated)
-        if as_json:
-            print_json(
-                {
-                    "exit_code": result.exit_code,
-                    "stdout": stdout,
-                    "stderr": stderr,
-                    "duration_ms": result.duration_ms,
-                    "job_id": outcome.job_id,
-                    "timed_out": result.timed_out,
-                    "skipped": result.skipped,
-                }
-            )
-        else:
-            if not streamed:  # ran on Hatchet: the output arrives with the result
-                _write(sys.stdout)(stdout)
-                _write(sys.stderr)(stderr)
-            if result.skipped:
-                sys.stderr.write(f"skipped: the idempotency check passed (job {outcome.job_id})\n")
-        if result.timed_out:
-            error(
-                f"the command passed its deadline of {payload.get('timeout_seconds')}s; "
-                f"its remote process tree was killed (job {outcome.job_id})"
-            )
-        elif not 0 <= result.exit_code <= 255:
-            error(f"the remote command exited with {describe_exit_code(result.exit_code)}; exiting 255")
-        raise typer.Exit(cli_exit_code(result.exit_code))
-
-    run_job(
-        config,
-        ssh_exec.ssh_exec,
-        inp,
-        engine=engine,
-        no_wait=no_wait,
-        as_json=as_json,
-        run_local=run_local,
-        report=report,
-    )
+        error(redact(outcome.error or f"job {outcome.job_id} {outcome.state.value}"))
+        raise typer.Exit(outcome.exit_code)
+    stdout = _whole(outcome, "stdout", result.stdout, result.stdout_truncated)
+    stderr = _whole(outcome, "stderr", result.stderr, result.stderr_truncated)
+    if as_json:
+        print_json(
+            {
+                "exit_code": result.exit_code,
+                "stdout": stdout,
+                "stderr": stderr,
+                "duration_ms": result.duration_ms,
+                "job_id": outcome.job_id,
+                "timed_out": result.timed_out,
+                "skipped": result.skipped,
+            }
+        )
+    else:
+        if outcome.engine != "local":  # ran on Hatchet: the output arrives with the result
+            _write(sys.stdout)(stdout)
+            _write(sys.stderr)(stderr)
+        if result.skipped:
+            sys.stderr.write(f"skipped: the idempotency check passed (job {outcome.job_id})\n")
+    if result.timed_out:
+        error(
+            f"the command passed its deadline of {payload.get('timeout_seconds')}s; "
+            f"its remote process tree was killed (job {outcome.job_id})"
+        )
+    elif result.cancelled:
+        error(f"job {outcome.job_id} cancelled; the command's remote process tree was killed")
+    elif not 0 <= result.exit_code <= 255:
+        error(f"the remote command exited with {describe_exit_code(result.exit_code)}; exiting 255")
+    raise typer.Exit(outcome.exit_code if result.cancelled else cli_exit_code(result.exit_code))
 
 
 @app.command()
@@ -212,19 +196,16 @@ def _progress(label: str) -> Any:
 
 
 def _transfer(ctx: typer.Context, label: str, as_json: bool, fn: Any) -> None:
-    from win_automation.adapters.ssh import get_connection
+    from win_automation.operations.vm import Vm
 
-    config = state(ctx).config()
-    conn = get_connection(config.ssh)
+    vm = Vm(state(ctx).config())
     bar = _progress(label)
     if bar is None:
-        result = fn(conn, config, None)
+        result = fn(vm, None)
     else:
         with bar:
             task = bar.add_task(label, total=None)
-            result = fn(
-                conn, config, lambda done, total: bar.update(task, completed=done, total=max(total, 0))
-            )
+            result = fn(vm, lambda done, total: bar.update(task, completed=done, total=max(total, 0)))
     if as_json:
         print_json(result.model_dump())
     else:
@@ -241,16 +222,7 @@ def put(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Upload a file, verified by size and sha256; never a partial file under REMOTE."""
-    from win_automation.operations.transfers import put_file
-
-    _transfer(
-        ctx,
-        f"put {local.name}",
-        as_json,
-        lambda conn, config, progress: put_file(
-            conn, local, remote, remote_os=config.ssh.remote_os, progress=progress
-        ),
-    )
+    _transfer(ctx, f"put {local.name}", as_json, lambda vm, progress: vm.put(local, remote, progress))
 
 
 @app.command()
@@ -261,16 +233,7 @@ def get(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Download a file, verified by size and sha256; never a partial file under LOCAL."""
-    from win_automation.operations.transfers import get_file
-
-    _transfer(
-        ctx,
-        f"get {Path(remote).name}",
-        as_json,
-        lambda conn, config, progress: get_file(
-            conn, remote, local, remote_os=config.ssh.remote_os, progress=progress
-        ),
-    )
+    _transfer(ctx, f"get {Path(remote).name}", as_json, lambda vm, progress: vm.get(remote, local, progress))
 
 
 @app.command()
@@ -283,18 +246,17 @@ def trust(
     replace: bool = typer.Option(False, "--replace", help="Replace a different key already recorded."),
 ) -> None:
     """Show the VM's host key (type and SHA256 fingerprint) and record it in the known-hosts file."""
-    from win_automation.adapters import hostkeys
-    from win_automation.adapters.ssh import fetch_host_key
     from win_automation.errors import HostKeyError, UsageError
+    from win_automation.operations.vm import Vm
 
     if fingerprint is not None and not fingerprint.startswith("SHA256:"):
         raise UsageError(f"--fingerprint: must start with 'SHA256:', got {fingerprint!r}")
-    config = state(ctx).config().ssh
-    key, presented = fetch_host_key(config)
-    name = hostkeys.host_entry(config.host, config.port)
-    typer.echo(f"{name} presents {presented.describe()}")
+    vm = Vm(state(ctx).config())
+    key = vm.host_key()
+    name = key.presented.entry
+    typer.echo(f"{name} presents {key.presented.describe()}")
     if fingerprint is not None:
-        if fingerprint != presented.fingerprint:
+        if fingerprint != key.presented.fingerprint:
             raise HostKeyError(f"--fingerprint {fingerprint} does not match the key {name} presents")
     elif not yes:
         if not sys.stdin.isatty():
@@ -303,7 +265,6 @@ def trust(
             )
         if not typer.confirm("Trust this key?", default=False):
             raise UsageError("not trusted")
-    changed = hostkeys.record(
-        key, host=config.host, port=config.port, known_hosts=config.known_hosts, replace=replace
-    )
-    typer.echo(f"{'recorded in' if changed else 'already in'} {config.known_hosts}")
+    changed = vm.trust(key, replace=replace)
+    known_hosts = vm.config.ssh.known_hosts
+    typer.echo(f"{'recorded in' if changed else 'already in'} {known_hosts}")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import threading
@@ -50,11 +49,13 @@ from hatchet_sdk.contracts.v1.workflows_pb2_grpc import AdminServiceStub
 from hatchet_sdk.utils.api_auth import create_authorization_header
 from pydantic import BaseModel
 
+from win_automation.artifacts.store import job_folder
 from win_automation.config import Config
 from win_automation.config.hatchet_token import token_claims
 from win_automation.definition import Step, Workflow
 from win_automation.engines.hatchet.runtime import StepFailure, TaskRuntime, parse_failure, record_job
 from win_automation.engines.outcome import JobOutcome
+from win_automation.engines.recorder import JobRecorder
 from win_automation.errors import (
     AuthError,
     Cancelled,
@@ -66,7 +67,7 @@ from win_automation.errors import (
 )
 from win_automation.jobs.ids import new_job_id, new_trace_id
 from win_automation.jobs.journal import Journal
-from win_automation.jobs.state import ACTIVE, JobState
+from win_automation.jobs.state import JobState
 
 log = logging.getLogger(__name__)
 # hatchet-sdk 1.43 registers workers with slot types from this engine version on; below it the SDK
@@ -74,6 +75,7 @@ log = logging.getLogger(__name__)
 MIN_ENGINE_VERSION = (0, 78, 23)
 VM_CONCURRENCY_KEY = "additional_metadata.vm"
 POLL_SECONDS = 0.25
+EXECUTION_GRACE = 30.0
 NO_WORKER_HINT_SECONDS = 10.0
 # how long a task may wait for a worker before the engine cancels it (the SDK's default is 5 min,
 # too short for queued jobs to survive a worker restart or a busy VM)
@@ -227,16 +229,13 @@ def compile_workflow(
             backoff_max_seconds=max(1, math.ceil(step.backoff_seconds * 2 ** max(0, step.retries - 1)))
             if backoff
             else None,
-            execution_timeout=timedelta(seconds=max(1, math.ceil(step.timeout_seconds))),
+            # the step enforces its own deadline (a timeout is 124 on both engines); the engine's is
+            # a backstop for a worker that stopped answering
+            execution_timeout=timedelta(seconds=max(1, math.ceil(step.timeout_seconds + EXECUTION_GRACE))),
             schedule_timeout=SCHEDULE_TIMEOUT,
             desired_worker_labels=labels or None,
         )(_task_fn(workflow, step, tasks, runtime, executor))
     return hwf
-
-
-def _quietly(write: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-    with contextlib.suppress(IllegalTransition):  # another process (the worker) recorded it first
-        write(*args, **kwargs)
 
 
 def _finished(details: Any) -> bool:
@@ -263,7 +262,7 @@ class HatchetRuns:
         """Trigger a run; (job id, run id). The job is recorded only once the engine took the run."""
         job_id = job_id or new_job_id()
         trace_id = new_trace_id()
-        vm = f"{self.config.ssh.host}:{self.config.ssh.port}"
+        vm = self.config.ssh.vm_key
         metadata = {"job_id": job_id, "trace_id": trace_id, "vm": vm}
         hwf = compile_workflow(self.hatchet, workflow, _no_runtime)
         try:
@@ -322,17 +321,18 @@ class HatchetRuns:
                 break
             time.sleep(POLL_SECONDS)
         steps = {s.name: s.state for s in self.journal.steps(job_id)}
-        running = [n for n, t in details.task_runs.items() if t.status.value == "RUNNING"]
-        if running and self.journal.get_job(job_id).state == JobState.QUEUED:
-            _quietly(self.journal.set_job_state, job_id, JobState.RUNNING)
-        for name in running:
-            if steps.get(name) == JobState.QUEUED:
-                _quietly(self.journal.step_started, job_id, name, attempt=1)
+        recorder = JobRecorder(self.journal, job_id, workflow)
+        for name, task in details.task_runs.items():
+            if task.status.value == "RUNNING" and steps.get(name) == JobState.QUEUED:
+                with contextlib.suppress(IllegalTransition):  # the worker on this host got there first
+                    recorder.attempt_started(name, 1)
 
     def _outcome(self, workflow: Workflow, job_id: str, details: Any) -> JobOutcome:
         job = self.journal.get_job(job_id)
         state = _STATES.get(details.status.value, JobState.FAILED)
-        outcome = JobOutcome(job_id, job.trace_id, workflow.name, state)
+        outcome = JobOutcome(job_id, job.trace_id, workflow.name, state, engine="hatchet")
+        folder = job_folder(self.config.artifacts.out_dir, job_id)
+        outcome.artifacts_dir = folder.absolute() if folder.is_dir() else None
         # A failed step's output (a failed command's result) reaches the journal only on the
         # worker's host: when that is this host, the caller gets it as on the local engine.
         journaled = {
@@ -354,41 +354,20 @@ class HatchetRuns:
         return outcome
 
     def _record_outcome(self, workflow: Workflow, job_id: str, details: Any, outcome: JobOutcome) -> None:
-        """Bring the local record up to the engine's view. A worker on this host may be writing the
-        same record: a transition it made first (IllegalTransition) is left as it made it."""
-        steps = {s.name: s.state for s in self.journal.steps(job_id)}
+        """Bring the local record up to the engine's view through the same state machine the
+        worker records with; what the worker (on this host) recorded first is left as it is."""
+        recorder = JobRecorder(self.journal, job_id, workflow)
         for name, task in details.task_runs.items():
-            target = _STATES.get(task.status.value, JobState.FAILED)
-            current = steps.get(name)
-            if current not in ACTIVE or target in ACTIVE:
-                continue
-            error, code = parse_failure(task.error) if task.error else (None, None)
-            if target == JobState.CANCELLED or (target != JobState.SUCCEEDED and current == JobState.QUEUED):
-                target = JobState.CANCELLED if target == JobState.CANCELLED else JobState.SKIPPED
-            elif current == JobState.QUEUED:
-                _quietly(self.journal.step_started, job_id, name, attempt=1)
-            output = (
-                json.dumps(task.output) if task.output is not None and target == JobState.SUCCEEDED else None
-            )
-            _quietly(
-                self.journal.step_finished,
-                job_id,
-                name,
-                target,
-                output_json=output,
-                error=error,
-                error_code=code,
-            )
-        if self.journal.get_job(job_id).state in ACTIVE and outcome.state not in ACTIVE:
-            if self.journal.get_job(job_id).state == JobState.QUEUED and outcome.state != JobState.CANCELLED:
-                _quietly(self.journal.set_job_state, job_id, JobState.RUNNING)
-            _quietly(
-                self.journal.set_job_state,
-                job_id,
-                outcome.state,
-                error=outcome.error,
-                error_code=outcome.error_code,
-            )
+            status = task.status.value
+            if status == "COMPLETED" and name in outcome.outputs:
+                recorder.succeeded(name, outcome.outputs[name])
+            elif status == "FAILED":
+                message, code = parse_failure(task.error or "")
+                recorder.failed(name, message, code)
+        if outcome.state in (JobState.CANCELLED, JobState.FAILED):
+            recorder.end(outcome.state, outcome.error, outcome.error_code)
+        else:
+            recorder.end_if_done()
 
     def cancel(self, run_id: str) -> list[str]:
         """Cancel every task of the run (v1 AdminService/CancelTasks)."""

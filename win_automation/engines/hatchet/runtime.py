@@ -1,12 +1,13 @@
 """What a Hatchet task does on the worker's host, without the SDK: run one step and journal it.
 
 `TaskRuntime.run_step` is called (in a thread, off the worker's event loop) by each compiled task
-in win_automation.engines.hatchet. It finds or records the job in the local journal
+in win_automation.engines.hatchet.client. It finds or records the job in the local journal
 (`engine='hatchet'`, the Hatchet run id as `external_id`; the job id chosen by the trigger travels
 in the run's additional metadata, so a trigger on the same host and the worker share one record),
-records the attempt, runs the plain step function with a `LocalStepContext` (parents' outputs,
-the job's artifact writer, a cancel flag) and records the result. The job is marked succeeded
-when all its steps succeeded, failed when a step failed for good.
+then runs the attempt exactly as the local engine does: `JobMonitor.run_attempt` (the step's own
+deadline: a timeout is OperationTimeout, 124, on both engines) and `JobRecorder` (the one state
+machine: a failed step skips its dependents, independent branches run, the job ends when every
+step has).
 
 Retries are the engine's: a failed attempt raises `StepFailure`, whose `retry` says whether the
 engine may try again (a non-transient project error, such as an SSH authentication failure, may
@@ -20,6 +21,7 @@ import logging
 import re
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,23 +31,19 @@ from win_automation import metrics
 from win_automation.artifacts.store import ArtifactWriter
 from win_automation.config import Config
 from win_automation.definition import Step, Workflow
-from win_automation.engines.context import LocalStepContext
-from win_automation.engines.outcome import (
-    checked_output,
-    describe,
-    failed_output,
-    retryable,
-    skipped_output,
-)
-from win_automation.errors import Cancelled, IllegalTransition, Skipped
+from win_automation.engines.context import JobStepContext
+from win_automation.engines.monitor import JobMonitor
+from win_automation.engines.outcome import describe, retryable
+from win_automation.engines.recorder import JobRecorder
+from win_automation.errors import Cancelled, Skipped
 from win_automation.jobs.ids import is_job_id, new_job_id, new_trace_id
 from win_automation.jobs.journal import Journal
 from win_automation.jobs.records import JobRecord
-from win_automation.jobs.state import ACTIVE, JobState
-from win_automation.log import redact
+from win_automation.jobs.state import JobState
 
 log = logging.getLogger(__name__)
 ENGINE = "hatchet"
+MAX_WRITERS = 256
 _EXIT = re.compile(r"\s*\[exit (\d+)\]\s*$")
 
 
@@ -95,15 +93,18 @@ def record_job(
 
 
 class TaskRuntime:
-    """One per worker process: a journal connection (serialised by a lock) and the job writers."""
+    """One per worker process: a journal connection (serialised by a lock), the job monitor that
+    arms step deadlines, and the job writers."""
 
     def __init__(self, config: Config, journal: Journal | None = None) -> None:
         self.config = config
         self.journal = journal or Journal.open(config.data.dir)
         self.lock = threading.RLock()
-        self._writers: dict[str, ArtifactWriter] = {}
+        self.monitor = JobMonitor(config.data.dir)
+        self._writers: OrderedDict[str, ArtifactWriter] = OrderedDict()
 
     def close(self) -> None:
+        self.monitor.stop()
         self.journal.close()
 
     def job_for(
@@ -133,15 +134,12 @@ class TaskRuntime:
                     self.config.artifacts.out_dir, job.job_id, job.trace_id, job.created_at
                 )
                 self._writers[job.job_id] = writer
+                while len(self._writers) > MAX_WRITERS:  # jobs long ended
+                    self._writers.popitem(last=False)
             return writer
 
-    def _record(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
-        """A journal write that may lose a race (a cancel recorded meanwhile): logged, not fatal."""
-        with self.lock:
-            try:
-                fn(*args, **kwargs)
-            except IllegalTransition as exc:
-                log.info("journal left as it is", extra={"op": what, "err": str(exc)})
+    def _recorder(self, workflow: Workflow, job: JobRecord) -> _Locked:
+        return _Locked(JobRecorder(self.journal, job.job_id, workflow), self.lock)
 
     def run_step(
         self,
@@ -157,13 +155,12 @@ class TaskRuntime:
     ) -> BaseModel:
         job = self.job_for(workflow, run_id, metadata, input)
         attempt = retry_count + 1
-        with self.lock:
-            if self.journal.get_job(job.job_id).state == JobState.QUEUED:
-                self._record("job", self.journal.set_job_state, job.job_id, JobState.RUNNING)
-            self._record("step", self.journal.step_started, job.job_id, step.name, attempt=attempt)
+        recorder = self._recorder(workflow, job)
+        recorder.call("attempt_started", step.name, attempt)
         extra = {"op": "step", "job_id": job.job_id, "run_id": run_id, "step": step.name, "attempt": attempt}
         log.info("step started", extra=extra)
-        ctx = LocalStepContext(
+        attempt_cancel = threading.Event()
+        ctx = JobStepContext(
             job_id=job.job_id,
             trace_id=job.trace_id,
             step=step.name,
@@ -172,125 +169,52 @@ class TaskRuntime:
             parents=parents,
             artifacts=self._writer(job),
             job_cancel=cancel,
-            attempt_cancel=threading.Event(),
+            attempt_cancel=attempt_cancel,
         )
+        error, value = self.monitor.run_attempt(step, input, ctx, cancel, attempt_cancel)
+        if isinstance(error, Cancelled):
+            recorder.call("end", JobState.CANCELLED, str(error), Cancelled.exit_code)
+            raise error
+        may_retry = retry_count < step.retries
         try:
-            try:
-                output = step.fn(input, ctx)
-            except Skipped as skipped:  # nothing to do: its result stands for the step's output
-                result = skipped_output(step, skipped)
-                return self._succeeded(job, step, result, run_id, extra, skipped=redact(str(skipped)))
-            output = checked_output(step, output)
+            output: BaseModel = recorder.call(
+                "record_attempt", step, attempt, error, value, may_retry=may_retry
+            )
+        except Skipped as skipped:
+            log.info("step skipped", extra=extra)
+            return skipped.result  # type: ignore[no-any-return]
         except Exception as exc:
-            if cancel.is_set():
-                raise Cancelled(f"step {step.name} cancelled") from exc
             message, code = describe(exc)
-            final = not retryable(exc) or retry_count >= step.retries
+            final = not (may_retry and retryable(exc))
             log.warning(
                 "step failed" if final else "step attempt failed, the engine retries it",
                 extra={**extra, "err": message},
             )
-            if final:
-                kept = failed_output(exc, step.output)
-                self._finish(job, step.name, JobState.FAILED, error=message, code=code, output=kept)
-            else:
-                self._record(
-                    "step",
-                    self.journal.step_attempt_failed,
-                    job.job_id,
-                    step.name,
-                    attempt=attempt,
-                    error=message,
-                )
             raise StepFailure(message, code, retry=retryable(exc)) from exc
-        if cancel.is_set():
-            raise Cancelled(f"step {step.name} cancelled")
-        return self._succeeded(job, step, output, run_id, extra)
-
-    def _succeeded(
-        self,
-        job: JobRecord,
-        step: Step,
-        output: BaseModel,
-        run_id: str,
-        extra: dict[str, Any],
-        *,
-        skipped: str | None = None,
-    ) -> BaseModel:
-        """Record the step's result; the job ends when all its steps did (`skipped` when one had
-        nothing to do, as on the local engine)."""
-        state = JobState.SKIPPED if skipped is not None else JobState.SUCCEEDED
-        with self.lock:
-            self._record(
-                "step",
-                self.journal.step_finished,
-                job.job_id,
-                step.name,
-                state,
-                output_json=output.model_dump_json(),
-                error=skipped,
-            )
-            states = {s.state for s in self.journal.steps(job.job_id)}
-            if (
-                states <= {JobState.SUCCEEDED, JobState.SKIPPED}
-                and self.journal.get_job(job.job_id).state in ACTIVE
-            ):
-                final = JobState.SKIPPED if JobState.SKIPPED in states else JobState.SUCCEEDED
-                self._record("job", self.journal.set_job_state, job.job_id, final)
-                self._writers.pop(job.job_id, None)
-                metrics.inc("jobs_completed_total")
-                log.info(f"job {final.value}", extra={"op": "job", "job_id": job.job_id, "run_id": run_id})
-        log.info(f"step {state.value}", extra=extra)
+        log.info("step succeeded", extra=extra)
         return output
 
     def cancelled(self, workflow: Workflow, step: Step, run_id: str) -> None:
-        """The engine cancelled this step's run: record the step and the job cancelled."""
+        """The engine cancelled this step's run: record the job (and its unfinished steps) cancelled."""
         with self.lock:
             job = self.journal.find_external(ENGINE, run_id)
-            if job is None:
-                return
-            self._finish(
-                job, step.name, JobState.CANCELLED, error="cancelled by the engine", code=Cancelled.exit_code
-            )
+        if job is None:
+            return
+        self._recorder(workflow, job).call(
+            "end", JobState.CANCELLED, "cancelled by the engine", Cancelled.exit_code
+        )
         log.info(
             "step cancelled", extra={"op": "step", "job_id": job.job_id, "run_id": run_id, "step": step.name}
         )
 
-    def _finish(
-        self,
-        job: JobRecord,
-        step: str,
-        state: JobState,
-        *,
-        error: str,
-        code: int,
-        output: BaseModel | None = None,
-    ) -> None:
-        """`step` ends in `state` (with the output its error carried, if any); its job ends the same
-        way, and its queued steps are skipped."""
+
+class _Locked:
+    """A recorder whose calls hold the runtime's lock (its journal connection is shared by threads)."""
+
+    def __init__(self, recorder: JobRecorder, lock: threading.RLock) -> None:
+        self.recorder = recorder
+        self.lock = lock
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         with self.lock:
-            self._record(
-                "step",
-                self.journal.step_finished,
-                job.job_id,
-                step,
-                state,
-                output_json=None if output is None else output.model_dump_json(),
-                error=error,
-                error_code=code,
-            )
-            for record in self.journal.steps(job.job_id):
-                if record.state == JobState.QUEUED:
-                    skipped = JobState.CANCELLED if state == JobState.CANCELLED else JobState.SKIPPED
-                    self._record("step", self.journal.step_finished, job.job_id, record.name, skipped)
-            if self.journal.get_job(job.job_id).state in ACTIVE:
-                self._record(
-                    "job",
-                    self.journal.set_job_state,
-                    job.job_id,
-                    state,
-                    error=f"step {step}: {error}",
-                    error_code=code,
-                )
-                metrics.inc("jobs_failed_total" if state == JobState.FAILED else "jobs_cancelled_total")
-            self._writers.pop(job.job_id, None)
+            return getattr(self.recorder, method)(*args, **kwargs)

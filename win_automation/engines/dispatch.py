@@ -1,0 +1,241 @@
+"""Dispatch: every job command's one call below the CLI, on whichever engine runs the job.
+
+    outcome = run_job(config, workflow, model, engine=None, on_output=print_live, on_progress=show)
+    submitted = submit_job(config, workflow, model, engine="hatchet")       # --no-wait
+    outcome = resume_job(config, job_id)
+    job = cancel_job(config, job_id, patience=10.0)
+    views = list_jobs(config, state=None, workflow=None, since=None, limit=50)
+    view = show_job(config, job_id)
+
+The engine is `hatchet` when a Hatchet token is configured, else `local`, unless `engine` names
+one. On the local engine the job runs in this process; `on_output(stream, text)` gets the steps'
+live output (`ctx.emit`). On Hatchet the run is triggered, followed (`on_progress(step, state)`)
+and waited for; its output arrives with the result. SIGTERM is Ctrl-C for every job command: a
+local job is recorded `interrupted` (resumable), a Hatchet wait stops while the run goes on;
+both raise Cancelled (exit 130). Jobs recorded with `engine=hatchet` are refreshed from the
+engine before they are shown.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel
+
+from win_automation.config import Config
+from win_automation.definition import Workflow
+from win_automation.engines.outcome import JobOutcome
+from win_automation.errors import Cancelled, UsageError, WinAutomationError
+from win_automation.jobs.ids import validate_job_id
+from win_automation.jobs.journal import Journal
+from win_automation.jobs.records import EventRecord, JobRecord, StepRecord
+from win_automation.jobs.state import ACTIVE, JobState
+from win_automation.operations.vm import Emit
+
+if TYPE_CHECKING:
+    from win_automation.engines.hatchet.client import HatchetRuns
+
+Engine = Literal["local", "hatchet"]
+Progress = Callable[[str, str], None]
+Note = Callable[[str], None]
+
+
+def _quiet(text: str) -> None:
+    return None
+
+
+def engine_choice(config: Config, requested: str | None) -> Engine:
+    """`--engine` if given (validated), else hatchet when a token is configured, else local."""
+    if requested is None:
+        return "hatchet" if config.hatchet.token is not None else "local"
+    if requested not in ("local", "hatchet"):
+        raise UsageError(f"--engine: must be one of local, hatchet, got {requested!r}")
+    return "hatchet" if requested == "hatchet" else "local"
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C (in the main thread), so a job is recorded before the exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _hatchet(config: Config, journal: Journal | None = None) -> HatchetRuns:
+    from win_automation.config.hatchet_token import token_claims
+
+    token_claims(config)  # a clear ConfigError before the slow SDK import
+    from win_automation.engines.hatchet.client import HatchetRuns
+
+    return HatchetRuns(config, journal)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str
+    run_id: str
+    engine: str = "hatchet"
+
+
+def submit_job(
+    config: Config, workflow: Workflow, model: BaseModel, *, engine: str | None = None
+) -> Submitted:
+    """Queue a job without waiting for it: only Hatchet can run a job without this process."""
+    if engine_choice(config, engine) == "local":
+        raise UsageError("--no-wait: only with the hatchet engine (the local engine runs in this process)")
+    runs = _hatchet(config)
+    try:
+        return Submitted(*runs.submit(workflow, model))
+    finally:
+        runs.close()
+
+
+def run_job(
+    config: Config,
+    workflow: Workflow,
+    model: BaseModel,
+    *,
+    engine: str | None = None,
+    on_output: Emit | None = None,
+    on_progress: Progress | None = None,
+) -> JobOutcome:
+    """Run `workflow` as a job on the chosen engine and wait for its end."""
+    if engine_choice(config, engine) == "local":
+        from win_automation.engines.local import LocalEngine
+
+        with interruptible():
+            local = LocalEngine(config)
+            try:
+                return local.run(workflow, model, emit=on_output)
+            finally:
+                local.close()
+    progress = on_progress or (lambda step, state: None)
+    runs = _hatchet(config)
+    try:
+        job_id, run_id = runs.submit(workflow, model)
+        progress("*", f"job {job_id}: Hatchet run {run_id}")
+        try:
+            with interruptible():
+                return runs.wait(workflow, job_id, run_id, progress=progress)
+        except KeyboardInterrupt:
+            raise Cancelled(f"stopped waiting; job {job_id} goes on as Hatchet run {run_id}") from None
+    finally:
+        runs.close()
+
+
+def resume_job(config: Config, job_id: str, *, on_output: Emit | None = None) -> JobOutcome:
+    """Continue a failed or interrupted local job from its first unfinished step."""
+    from win_automation.engines.local import LocalEngine
+    from workflows import all_workflows
+
+    validate_job_id(job_id)
+    with interruptible():
+        local = LocalEngine(config)
+        try:
+            return local.resume(job_id, all_workflows(), emit=on_output)
+        finally:
+            local.close()
+
+
+def _refresh(config: Config, journal: Journal, job: JobRecord, note: Note) -> JobRecord:
+    """An active Hatchet job's record brought up to the engine's view (best effort: an engine
+    that cannot be reached leaves it as it is, with a note)."""
+    if (
+        job.engine != "hatchet"
+        or job.state not in ACTIVE
+        or not job.external_id
+        or config.hatchet.token is None
+    ):
+        return job
+    from workflows import all_workflows
+
+    workflow = all_workflows().get(job.workflow)
+    if workflow is None:
+        return job
+    try:
+        _hatchet(config, journal).sync(workflow, job.job_id, job.external_id)
+    except WinAutomationError as exc:
+        note(f"note: could not refresh from Hatchet: {exc}")
+    return journal.get_job(job.job_id)
+
+
+@dataclass(frozen=True)
+class JobView:
+    job: JobRecord
+    steps: list[StepRecord]
+    events: list[EventRecord]
+
+
+def list_jobs(
+    config: Config,
+    *,
+    state: JobState | None = None,
+    workflow: str | None = None,
+    since: float | None = None,
+    limit: int = 50,
+    note: Note = _quiet,
+) -> list[JobView]:
+    """Jobs newest first, each with its steps (Hatchet jobs refreshed from the engine)."""
+    with Journal.open(config.data.dir) as journal:
+        jobs = journal.list_jobs(state=state, workflow=workflow, since=since, limit=limit)
+        jobs = [_refresh(config, journal, job, note) for job in jobs]
+        return [JobView(job, journal.steps(job.job_id), []) for job in jobs]
+
+
+def show_job(config: Config, job_id: str, *, note: Note = _quiet) -> JobView:
+    """One job with its steps and events (refreshed from Hatchet when it runs there)."""
+    validate_job_id(job_id)
+    with Journal.open(config.data.dir) as journal:
+        job = _refresh(config, journal, journal.get_job(job_id), note)
+        return JobView(job, journal.steps(job_id), journal.events(job_id))
+
+
+def cancel_job(config: Config, job_id: str, patience: float) -> JobRecord:
+    """Cancel a queued, running or interrupted job and wait up to `patience` s for it to end.
+    A local job's owner stops its running step (a remote command's process tree is killed);
+    a Hatchet job's run is cancelled on the engine. Returns the job as it then is."""
+    validate_job_id(job_id)
+    with Journal.open(config.data.dir) as journal:
+        job = journal.get_job(job_id)
+        if job.state not in ACTIVE and job.state != JobState.INTERRUPTED:
+            raise WinAutomationError(f"job {job_id} is already {job.state.value}; nothing to cancel")
+        if job.engine == "hatchet":
+            return _cancel_hatchet(config, journal, job, patience)
+        job = journal.request_cancel(job_id)
+        deadline = time.monotonic() + patience
+        while job.state in ACTIVE and time.monotonic() < deadline:
+            time.sleep(0.05)
+            journal.recover_interrupted()
+            job = journal.get_job(job_id)
+        if job.state == JobState.INTERRUPTED:
+            job = journal.request_cancel(job_id)  # its owner died meanwhile
+        return job
+
+
+def _cancel_hatchet(config: Config, journal: Journal, job: JobRecord, patience: float) -> JobRecord:
+    from workflows import all_workflows
+
+    if not job.external_id:
+        raise UsageError(f"job {job.job_id} has no Hatchet run id recorded; nothing to cancel there")
+    runs = _hatchet(config, journal)
+    runs.cancel(job.external_id)
+    workflow = all_workflows().get(job.workflow)
+    if workflow is not None:
+        runs.sync(workflow, job.job_id, job.external_id, patience=patience)
+    return journal.get_job(job.job_id)

@@ -1,0 +1,144 @@
+"""`Vm`: the one object that stands for the Windows VM, in the spirit of fabric's `Connection`.
+
+A step gets it as `ctx.vm`; the CLI's direct commands (`ssh put/get/trust`) build one with
+`Vm(config)`. It carries the VM's settings (remote OS, default command timeout) and the job's
+cancel check and live-output sink, so a workflow never touches an adapter:
+
+    result = ctx.vm.powershell("Get-Service sshd")          # CommandResult, streamed to ctx.emit
+    result = ctx.vm.run("dir C:\\", shell="cmd", timeout=30)
+    ctx.vm.put(Path("tool.zip"), "C:/tools/tool.zip")       # verified by size and sha256
+    digest = ctx.vm.sha256("C:/tools/tool.zip")
+
+The SSH connection underneath is the adapter's per-process pool (one transport per VM). A job
+that is cancelled stops a running command within ~0.1 s: its remote process tree is killed, as
+at a timeout, and the result says `cancelled`. Later capabilities (Aloha, the browser, QMP) hang
+off this object the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from win_automation.adapters import hostkeys
+from win_automation.adapters.ssh import SshConnection, fetch_host_key, get_connection
+from win_automation.config import Config
+from win_automation.operations import ssh as commands
+from win_automation.operations import transfers
+from win_automation.operations.command_result import CommandResult, Shell
+
+Emit = Callable[[str, str], None]
+"""Live output: `emit(stream, text)` with stream `stdout` or `stderr`."""
+
+
+def _never() -> bool:
+    return False
+
+
+class Vm:
+    """The VM of `config` (`ssh.*`), for one job (its cancel check and live output) or one command."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        cancelled: Callable[[], bool] = _never,
+        emit: Emit | None = None,
+    ) -> None:
+        self.config = config
+        self.cancelled = cancelled
+        self.emit = emit
+
+    @property
+    def key(self) -> str:
+        """`host:port`: the VM's identity for locks and Hatchet concurrency keys."""
+        return self.config.ssh.vm_key
+
+    @property
+    def connection(self) -> SshConnection:
+        return get_connection(self.config.ssh)
+
+    def _sinks(self, live: bool) -> tuple[commands.TextSink | None, commands.TextSink | None]:
+        emit = self.emit
+        if not live or emit is None:
+            return None, None
+        return (lambda text: emit("stdout", text)), (lambda text: emit("stderr", text))
+
+    def run(
+        self, command: str, *, shell: Shell = "cmd", timeout: float | None = None, live: bool = True
+    ) -> CommandResult:
+        """Run `command` in cmd (as given to the VM's shell) or PowerShell; `live` streams its
+        output to the job's live-output sink."""
+        on_out, on_err = self._sinks(live)
+        return commands.run_command(
+            self.connection,
+            command,
+            shell=shell,
+            remote_os=self.config.ssh.remote_os,
+            timeout=timeout or self.config.ssh.command_timeout,
+            on_stdout=on_out,
+            on_stderr=on_err,
+            cancelled=self.cancelled,
+        )
+
+    def powershell(
+        self,
+        script: str,
+        *,
+        args: tuple[str, ...] = (),
+        timeout: float | None = None,
+        display: str | None = None,
+        live: bool = True,
+    ) -> CommandResult:
+        """Run a PowerShell script with `args` (encoded, or uploaded and run with -File when long)."""
+        on_out, on_err = self._sinks(live)
+        return commands.run_powershell(
+            self.connection,
+            script,
+            args=args,
+            remote_os=self.config.ssh.remote_os,
+            timeout=timeout or self.config.ssh.command_timeout,
+            on_stdout=on_out,
+            on_stderr=on_err,
+            display=display,
+            cancelled=self.cancelled,
+        )
+
+    def put(
+        self, local: Path, remote: str, progress: transfers.Progress | None = None
+    ) -> transfers.TransferResult:
+        return transfers.put_file(
+            self.connection, local, remote, remote_os=self.config.ssh.remote_os, progress=progress
+        )
+
+    def get(
+        self, remote: str, local: Path, progress: transfers.Progress | None = None
+    ) -> transfers.TransferResult:
+        return transfers.get_file(
+            self.connection, remote, local, remote_os=self.config.ssh.remote_os, progress=progress
+        )
+
+    def sha256(self, remote: str) -> str:
+        return transfers.remote_sha256(self.connection, remote, self.config.ssh.remote_os)
+
+    def host_key(self) -> HostKey:
+        """The key the VM presents, not verified: `ssh trust` shows it, then `trust` records it."""
+        key, presented = fetch_host_key(self.config.ssh)
+        return HostKey(key, presented)
+
+    def trust(self, host_key: HostKey, *, replace: bool = False) -> bool:
+        """Record `host_key` (as shown) in `ssh.known_hosts`; True when the file changed."""
+        cfg = self.config.ssh
+        return hostkeys.record(
+            host_key.key, host=cfg.host, port=cfg.port, known_hosts=cfg.known_hosts, replace=replace
+        )
+
+
+@dataclass(frozen=True)
+class HostKey:
+    """A host key as presented: the key itself (opaque above the adapters) and what to show."""
+
+    key: Any
+    presented: hostkeys.PresentedKey
