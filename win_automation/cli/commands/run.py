@@ -105,7 +105,7 @@ def run(
     workflow: str = typer.Argument(..., help="The workflow to run, e.g. ping."),
     input: str | None = typer.Option(None, "--input", help="The workflow's input as a JSON object."),
     input_file: Path | None = typer.Option(
-        None, "--input-file", help="Read the input JSON from this file.", dir_okay=False
+        None, "--input-file", help="Read the input JSON from this file.", readable=False
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
     metrics: bool = typer.Option(False, "--metrics", help="Emit metric lines while the job runs."),
@@ -123,10 +123,12 @@ def run(
     if input is not None and input_file is not None:
         raise UsageError("--input and --input-file: give one or the other")
     if input_file is not None:
+        from win_automation import jsontext
+
         try:
-            input = input_file.read_text()
-        except OSError as exc:
-            raise UsageError(f"--input-file: cannot read {input_file}: {exc.strerror}") from None
+            input = jsontext.read_text(input_file)
+        except ValueError as exc:
+            raise UsageError(f"--input-file {input_file}: {exc}") from None
     model = definition.parse_input(input, name="--input-file" if input_file else "--input")
     config = state(ctx).config()
     with metrics_for(config, metrics, metrics_interval):
