@@ -30,9 +30,10 @@ def report(outcome: JobOutcome, config: Config, as_json: bool) -> None:
     """Print the outcome and exit with its code (a failure ends with the one-line error)."""
     from win_automation.engines.dispatch import show_job
 
-    steps = show_job(config, outcome.job_id).steps
-    folder = config.artifacts.out_dir / outcome.job_id
-    artifacts_dir = str(folder) if (folder / "manifest.json").exists() else None
+    view = show_job(config, outcome.job_id)
+    steps = view.steps
+    folder = outcome.artifacts_dir or (Path(view.job.artifacts_dir) if view.job.artifacts_dir else None)
+    artifacts_dir = str(folder) if folder and (folder / "manifest.json").exists() else None
     if as_json:
         print_json({**outcome.as_dict(), "artifacts_dir": artifacts_dir, "exit_code": outcome.exit_code})
     else:
