@@ -47,9 +47,7 @@ def parts(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".wa-part-" in p.name)
 
 
-def test_a_download_that_stalls_fails_within_the_bound_and_leaves_nothing(
-    proxied, remote_dir, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+def test_a_stalled_download_fails_within_the_bound_and_leaves_nothing(proxied, remote_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
     source = remote_dir / "big.bin"
     source.write_bytes(os.urandom(8 << 20))
     cfg = proxied(down_budget=1 << 20)
@@ -61,9 +59,7 @@ def test_a_download_that_stalls_fails_within_the_bound_and_leaves_nothing(
     assert not local.exists() and parts(tmp_path) == []
 
 
-def test_an_upload_that_stalls_fails_and_the_next_put_removes_its_partial(
-    proxied, remote_dir, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+def test_a_stalled_upload_fails_within_the_bound(proxied, remote_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
     local = tmp_path / "up.bin"
     local.write_bytes(os.urandom(8 << 20))
     target = remote_dir / "up.bin"
