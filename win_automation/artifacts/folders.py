@@ -1,7 +1,8 @@
 """Where a job's artifact folder is: the absolute path the journal recorded when the job was
 created, so that `artifacts list|verify|fetch` and `jobs show` find it from any working directory
 (`artifacts.out_dir` may be relative). Jobs recorded before the journal kept the path, and jobs
-the journal of this host does not know, fall back to `<artifacts.out_dir>/<job_id>` made absolute.
+the journal of this host does not know (or a journal that cannot be read), fall back to
+`<artifacts.out_dir>/<job_id>` made absolute.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from win_automation.artifacts.store import job_folder
 from win_automation.config import Config
-from win_automation.errors import NotFoundError
+from win_automation.errors import NotFoundError, StorageError
 from win_automation.jobs.ids import validate_job_id
 from win_automation.jobs.journal import JOURNAL_FILE, Journal
 
@@ -21,11 +22,11 @@ def recorded_folder(config: Config, job_id: str) -> Path | None:
     validate_job_id(job_id)
     if not (config.data.dir / JOURNAL_FILE).is_file():
         return None  # no journal here: do not create one to answer a question
-    with Journal.open(config.data.dir, recover=False) as journal:
-        try:
+    try:
+        with Journal.open(config.data.dir, recover=False) as journal:
             job = journal.get_job(job_id)
-        except NotFoundError:
-            return None
+    except (NotFoundError, StorageError):  # unknown here, or a broken journal: artifacts still count
+        return None
     return Path(job.artifacts_dir) if job.artifacts_dir else None
 
 

@@ -121,8 +121,13 @@ def fetch(
     manifest = origin.manifest()
     total = sum(a.size_bytes for a in manifest.artifacts)
     target = out / job
+    from win_automation.errors import StorageError
+
     with progress_bar(f"fetch {job}", total) as advance:
-        manifest, mismatches = copy_verified(origin, target, advance)
+        try:
+            manifest, mismatches = copy_verified(origin, target, advance)
+        except StorageError as exc:
+            raise StorageError(f"--out {out}: {exc}; choose a folder you can write") from None
     raise_mismatches(f"fetch {job} from {where}", mismatches)
     typer.echo(
         f"fetched {len(manifest.artifacts)} artifact(s), {human_bytes(total)}, verified, into {target}"
