@@ -129,7 +129,13 @@ class LocalEngine:
     ) -> JobOutcome:
         recorder = JobRecorder(self.journal, job.job_id, workflow, epoch=job.epoch)
         cancel = self._monitor.watch(job.job_id, job.epoch)
-        writer = ArtifactWriter(self.config.artifacts.out_dir, job.job_id, job.trace_id, job.created_at)
+        writer = ArtifactWriter(
+            self.config.artifacts.out_dir,
+            job.job_id,
+            job.trace_id,
+            job.created_at,
+            types=workflow.artifact_types,
+        )
         outputs = dict(done)
         try:
             with self._desktop(workflow, job.job_id, cancel):

@@ -126,12 +126,16 @@ class TaskRuntime:
                 run_id=run_id,
             )
 
-    def _writer(self, job: JobRecord) -> ArtifactWriter:
+    def _writer(self, workflow: Workflow, job: JobRecord) -> ArtifactWriter:
         with self.lock:
             writer = self._writers.get(job.job_id)
             if writer is None:
                 writer = ArtifactWriter(
-                    self.config.artifacts.out_dir, job.job_id, job.trace_id, job.created_at
+                    self.config.artifacts.out_dir,
+                    job.job_id,
+                    job.trace_id,
+                    job.created_at,
+                    types=workflow.artifact_types,
                 )
                 self._writers[job.job_id] = writer
                 while len(self._writers) > MAX_WRITERS:  # jobs long ended
@@ -167,7 +171,7 @@ class TaskRuntime:
             attempt=attempt,
             config=self.config,
             parents=parents,
-            artifacts=self._writer(job),
+            artifacts=self._writer(workflow, job),
             job_cancel=cancel,
             attempt_cancel=attempt_cancel,
         )
