@@ -289,12 +289,12 @@ def test_retention_prunes_old_job_folders_but_keeps_active_jobs(config: Config, 
         (folder / "stdout.txt").write_text("x")
         os.utime(folder, (time.time() - 30 * 86400, time.time() - 30 * 86400))
     runtime.journal.create_job("ping", "{}", steps=["check-engine"], engine="hatchet", job_id=active)
-    assert prune_artifacts(config, runtime) == 1
+    assert prune_artifacts(config) == 1
     assert not (config.artifacts.out_dir / old).exists() and (config.artifacts.out_dir / active).exists()
     keep_all = config.model_copy(
         update={"artifacts": config.artifacts.model_copy(update={"retention_days": 0})}
     )
-    assert prune_artifacts(keep_all, runtime) == 0
+    assert prune_artifacts(keep_all) == 0
 
 
 def test_trigger_wait_and_cancel_on_an_engine_with_no_worker(
