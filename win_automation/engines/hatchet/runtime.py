@@ -32,6 +32,7 @@ from win_automation.artifacts.store import ArtifactWriter
 from win_automation.config import Config
 from win_automation.definition import Step, Workflow
 from win_automation.engines.context import JobStepContext
+from win_automation.engines.desktop import holding_desktop
 from win_automation.engines.monitor import JobMonitor
 from win_automation.engines.outcome import describe, retryable
 from win_automation.engines.recorder import JobRecorder
@@ -175,7 +176,11 @@ class TaskRuntime:
             job_cancel=cancel,
             attempt_cancel=attempt_cancel,
         )
-        error, value = self.monitor.run_attempt(step, input, ctx, cancel, attempt_cancel)
+        try:
+            with holding_desktop(self.config, workflow, job.job_id, cancel.is_set):
+                error, value = self.monitor.run_attempt(step, input, ctx, cancel, attempt_cancel)
+        except Cancelled as waiting:  # cancelled while waiting for the desktop
+            error, value = waiting, None
         if isinstance(error, Cancelled):
             recorder.call("end", JobState.CANCELLED, str(error), Cancelled.exit_code)
             raise error
