@@ -139,7 +139,9 @@ def test_a_hatchet_gui_step_waits_while_a_local_gui_job_holds_the_same_vm_deskto
     done = threading.Event()
 
     def run() -> None:
-        asyncio.run(task(hwf, "only").aio_mock_run(input=In(n=1), additional_metadata={"job_id": new_job_id()}))
+        asyncio.run(
+            task(hwf, "only").aio_mock_run(input=In(n=1), additional_metadata={"job_id": new_job_id()})
+        )
         done.set()
 
     with vm_lock(config.data.dir, config.ssh.vm_key):  # what a local GUI job on this host holds
