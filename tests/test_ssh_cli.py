@@ -322,3 +322,26 @@ def test_cancel_stops_the_running_remote_command(
     exec_step = next(s for s in shown["steps"] if s["name"] == "exec")
     assert shown["state"] == "cancelled" and exec_step["state"] == "cancelled"
     assert "remote process tree was killed" in exec_step["error"]
+
+
+def test_sigterm_records_an_ssh_job_interrupted_like_run(
+    live_sshd: SshServer, known_hosts: Path, cli, cli_env, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", "echo go; sleep 20"],
+        env={**cli_env, **env_for(live_sshd, known_hosts)},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == b"go\n"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 130 and b"Traceback" not in err, err
+    (job,) = json.loads(cli("jobs", "list", "--json").stdout)
+    assert job["state"] == "interrupted"
+    assert f"jobs resume {job['job_id']}" in err.decode()

@@ -136,7 +136,7 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show a job: its steps with attempts, durations and errors, its artifacts and its events."""
-    from win_automation.artifacts.store import read_manifest
+    from win_automation.artifacts.store import job_folder, read_manifest
     from win_automation.engines.dispatch import show_job
     from win_automation.errors import WinAutomationError
 
@@ -144,7 +144,9 @@ def show(
     view = show_job(config, job_id, note=_note)
     job, steps, events = view.job, view.steps, view.events
     try:
-        artifacts = [a.model_dump() for a in read_manifest(config.artifacts.out_dir / job_id).artifacts]
+        artifacts = [
+            a.model_dump() for a in read_manifest(job_folder(config.artifacts.out_dir, job_id)).artifacts
+        ]
     except WinAutomationError:
         artifacts = []
     data = {
