@@ -117,7 +117,9 @@ def test_verify_names_artifacts_that_are_folders_or_unreadable(cli_env) -> None:
     artifact.chmod(0o000)
     res = unprivileged.run_cli("artifacts", "verify", "--job", job, env=env, cwd=home)
     one_line(res, 1, "ping.json (unreadable: Permission denied)")
-    res = unprivileged.run_cli("artifacts", "fetch", "--job", job, "--out", str(home / "o"), env=env, cwd=home)
+    res = unprivileged.run_cli(
+        "artifacts", "fetch", "--job", job, "--out", str(home / "o"), env=env, cwd=home
+    )
     one_line(res, 1, "ping.json (unreadable: Permission denied)")
     artifact.unlink()
     artifact.mkdir()
@@ -131,7 +133,9 @@ def test_huge_and_deeply_nested_arguments(cli, tmp_path: Path) -> None:  # type:
     assert listed.code == 0 and len(json.loads(listed.stdout)) == 1
     nested = tmp_path / "nested.json"
     nested.write_text('{"message": ' + "[" * 1100 + "]" * 1100 + "}")
-    one_line(cli("run", "ping", "--input-file", str(nested)), 2, "--input-file", "nested more than 200 levels")
+    one_line(
+        cli("run", "ping", "--input-file", str(nested)), 2, "--input-file", "nested more than 200 levels"
+    )
     one_line(cli("run", "ping", "--input", nested.read_text()), 2, "--input: nested more than 200 levels")
     one_line(cli("run", "ping", "--input", '{"message": ' + "9" * 5000 + "}"), 2, "more than 4300 digits")
     fifo = tmp_path / "fifo"
@@ -192,7 +196,9 @@ def test_prune_removes_stale_partial_files_only(cli, tmp_path: Path) -> None:  #
         path.write_text("partial")
     os.utime(old, (time.time() - 2 * 86400,) * 2)
     dry = cli("artifacts", "prune", "--dry-run", "--json")
-    assert sorted(json.loads(dry.stdout)["partial_files"]) == sorted([str(stale), str(old)]) and stale.exists()
+    assert (
+        sorted(json.loads(dry.stdout)["partial_files"]) == sorted([str(stale), str(old)]) and stale.exists()
+    )
     res = cli("artifacts", "prune")
     assert res.code == 0 and "removed 2 stale partial file(s)" in res.stdout
     assert not stale.exists() and not old.exists() and live.exists() and untagged.exists()

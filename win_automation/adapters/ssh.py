@@ -7,7 +7,8 @@ has dropped. Connecting follows the connect retry policy (3 attempts; ConnectErr
 OperationTimeout only); authentication and host-key errors are never retried.
 
 `SshConnection.exec` runs one command: no PTY, stdin closed at once (`shutdown_write`), stdout and
-stderr streamed to callbacks as they arrive and kept whole, the status from `recv_exit_status()`,
+stderr streamed to callbacks as they arrive (and kept whole unless `keep=False`: a caller that
+streams them to files keeps memory flat), the status from `recv_exit_status()`,
 and a deadline after which the channel is closed and `ExecOutcome.timed_out` is set (the caller
 then kills the remote process tree; see win_automation.operations.ssh).
 """
@@ -294,13 +295,15 @@ class SshConnection:
         on_stdout: Chunk | None = None,
         on_stderr: Chunk | None = None,
         cancelled: Callable[[], bool] | None = None,
+        keep: bool = True,
     ) -> ExecOutcome:
-        """Run `command` (no PTY); stream and keep its output; stop waiting at the deadline, or
-        within CANCEL_POLL seconds of `cancelled()` turning true (`ExecOutcome.cancelled`)."""
+        """Run `command` (no PTY); stream its output (kept in the outcome when `keep`); stop
+        waiting at the deadline, or within CANCEL_POLL seconds of `cancelled()` turning true
+        (`ExecOutcome.cancelled`)."""
         with Timer() as timer:
             channel = self.open_channel()
             try:
-                outcome = self._run(channel, command, timeout, on_stdout, on_stderr, cancelled)
+                outcome = self._run(channel, command, timeout, on_stdout, on_stderr, cancelled, keep)
             finally:
                 channel.close()
         outcome.duration_ms = timer.ms
@@ -314,6 +317,7 @@ class SshConnection:
         on_stdout: Chunk | None,
         on_stderr: Chunk | None,
         cancelled: Callable[[], bool] | None = None,
+        keep: bool = True,
     ) -> ExecOutcome:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -335,7 +339,8 @@ class SshConnection:
                     data = recv(READ_SIZE)
                     if not data:
                         break
-                    kept.append(data)
+                    if keep:
+                        kept.append(data)
                     if sink is not None:
                         sink(data)
 
