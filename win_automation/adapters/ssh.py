@@ -23,12 +23,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import paramiko
 
 from win_automation.adapters import hostkeys
+from win_automation.adapters.execution import Chunk, ExecOutcome
 from win_automation.config.schema import SSHConfig
 from win_automation.errors import AuthError, ConnectError
 from win_automation.log import Timer, register_secret
@@ -47,18 +47,6 @@ READ_SIZE = 1024 * 1024
 CANCEL_POLL = 0.1
 # The server closed the channel without an exit status (the process was killed by a signal).
 NO_EXIT_STATUS = 255
-
-Chunk = Callable[[bytes], None]
-
-
-@dataclass
-class ExecOutcome:
-    stdout: bytes
-    stderr: bytes
-    exit_status: int | None
-    timed_out: bool
-    duration_ms: int
-    cancelled: bool = False
 
 
 def _target(cfg: SSHConfig) -> str:
@@ -281,6 +269,19 @@ class SshConnection:
                     raise ConnectError(f"cannot start SFTP on {_target(self.cfg)}: {exc}") from exc
             assert self._sftp is not None
             return self._sftp
+
+    def put_bytes(self, remote: str, data: bytes) -> None:
+        """Write `data` to the remote file `remote` over SFTP (an uploaded script)."""
+        import io
+
+        from win_automation.adapters import sftp
+
+        sftp.upload(self, io.BytesIO(data), remote, len(data))
+
+    def remove(self, remote: str) -> None:
+        from win_automation.adapters import sftp
+
+        sftp.remove(self, remote)
 
     @staticmethod
     def _alive(channel: paramiko.Channel) -> bool:

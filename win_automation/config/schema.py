@@ -70,6 +70,12 @@ def _positive(value: float) -> float:
     return value
 
 
+def _not_negative(value: float) -> float:
+    if value < 0:
+        raise ValueError(f"must be zero or more, got {value!r}")
+    return value
+
+
 def _expand(value: Path) -> Path:
     return value.expanduser()
 
@@ -81,6 +87,7 @@ Url = Annotated[str, AfterValidator(_url)]
 HostPort = Annotated[str, AfterValidator(_host_port)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
+NonNegativeDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_not_negative)]
 
 
 def env(name: str) -> dict[str, Any]:
@@ -120,6 +127,16 @@ class SSHConfig(Section):
     remote_os: Literal["windows", "posix"] = Field(
         "windows",
         description="The VM's OS, which says how a timed-out command's process tree is killed.",
+    )
+    persist: NonNegativeDuration = Field(
+        300.0,
+        description="How long a CLI call's warm connection helper stays after its last command"
+        " (as OpenSSH's ControlPersist); 0 turns it off.",
+    )
+    warm_powershell: bool = Field(
+        False,
+        description="Run PowerShell commands in one long-lived powershell.exe per connection"
+        " (each in a fresh scope) instead of one process per command.",
     )
 
     @property

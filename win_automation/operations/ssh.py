@@ -24,15 +24,13 @@ stays flat whatever the command prints. Without files the whole output is kept, 
 from __future__ import annotations
 
 import codecs
-import io
 import logging
 import re
 import uuid
 from collections.abc import Callable
 from typing import Literal, Protocol
 
-from win_automation.adapters import sftp
-from win_automation.adapters.ssh import SshConnection
+from win_automation.adapters.execution import Executor
 from win_automation.operations import powershell
 from win_automation.operations.command_result import (
     CANCELLED_EXIT_CODE,
@@ -142,7 +140,7 @@ def _run_id() -> str:
     return uuid.uuid4().hex
 
 
-def _kill(conn: SshConnection, remote_os: RemoteOs, needle: str | None, pid: int | None) -> None:
+def _kill(conn: Executor, remote_os: RemoteOs, needle: str | None, pid: int | None) -> None:
     if remote_os == "posix":
         if pid is None:
             log.warning("no PID seen; cannot kill the remote process", extra={"op": "ssh.kill"})
@@ -159,7 +157,7 @@ def _kill(conn: SshConnection, remote_os: RemoteOs, needle: str | None, pid: int
 
 
 def _execute(
-    conn: SshConnection,
+    conn: Executor,
     line: str,
     *,
     display: str,
@@ -213,7 +211,7 @@ def _execute(
 
 
 def run_powershell(
-    conn: SshConnection,
+    conn: Executor,
     body: str,
     *,
     args: tuple[str, ...] = (),
@@ -248,16 +246,16 @@ def run_powershell(
         return execute(powershell.encoded_command_line(script), powershell.encoded_needle(script))
     path = f".wa-script-{run_id}.ps1"
     data = script.encode("utf-8-sig")  # Windows PowerShell reads a BOM-less .ps1 as ANSI
-    sftp.upload(conn, io.BytesIO(data), path, len(data))
+    conn.put_bytes(path, data)
     log.debug("script uploaded for -File", extra={"op": "ssh.run", "path": path, "bytes": len(data)})
     try:
         return execute(powershell.file_command_line(path), path)
     finally:
-        sftp.remove(conn, path)
+        conn.remove(path)
 
 
 def run_command(
-    conn: SshConnection,
+    conn: Executor,
     command: str,
     *,
     shell: Shell = "powershell",
@@ -301,7 +299,7 @@ def run_command(
 
 
 def run_idempotent(
-    conn: SshConnection,
+    conn: Executor,
     command: str,
     check: str,
     *,

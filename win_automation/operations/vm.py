@@ -9,7 +9,10 @@ cancel check and live-output sink, so a workflow never touches an adapter:
     ctx.vm.put(Path("tool.zip"), "C:/tools/tool.zip")       # verified by size and sha256
     digest = ctx.vm.sha256("C:/tools/tool.zip")
 
-The SSH connection underneath is the adapter's per-process pool (one transport per VM). A job
+The SSH connection underneath is the adapter's per-process pool (one transport per VM); in a CLI
+process (`share_connections()`, called for job commands) with `ssh.persist` on, commands go
+through the VM's warm helper instead (win_automation.adapters.persist), shared by CLI calls, and
+paramiko is never imported for them. Transfers always use the in-process connection. A job
 that is cancelled stops a running command within ~0.1 s: its remote process tree is killed, as
 at a timeout, and the result says `cancelled`. Later capabilities (Aloha, the browser, QMP) hang
 off this object the same way.
@@ -20,14 +23,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from win_automation.adapters import hostkeys
-from win_automation.adapters.ssh import SshConnection, fetch_host_key, get_connection
+from win_automation.adapters.execution import Executor
 from win_automation.config import Config
 from win_automation.operations import ssh as commands
-from win_automation.operations import transfers
 from win_automation.operations.command_result import CommandResult, Shell
+
+if TYPE_CHECKING:
+    from win_automation.adapters import hostkeys
+    from win_automation.adapters.ssh import SshConnection
+    from win_automation.operations import transfers
 
 Emit = Callable[[str, str], None]
 """Live output: `emit(stream, text)` with stream `stdout` or `stderr`."""
@@ -35,6 +41,16 @@ Emit = Callable[[str, str], None]
 
 def _never() -> bool:
     return False
+
+
+_SHARED = False
+
+
+def share_connections(on: bool = True) -> None:
+    """Let this process run its commands through the VM's warm helper (when `ssh.persist` > 0).
+    The CLI's job commands turn it on; long-lived processes (the worker) keep their own."""
+    global _SHARED
+    _SHARED = on
 
 
 class Vm:
@@ -57,7 +73,20 @@ class Vm:
         return self.config.ssh.vm_key
 
     @property
-    def connection(self) -> SshConnection:
+    def connection(self) -> Executor:
+        """What runs commands: the warm helper shared by CLI calls, or this process's connection."""
+        ssh = self.config.ssh
+        if _SHARED and ssh.persist > 0:
+            from win_automation.adapters.persist import WarmConnection
+
+            return WarmConnection(ssh, self.config.data.dir, ssh.persist, ssh.warm_powershell)
+        return self.ssh
+
+    @property
+    def ssh(self) -> SshConnection:
+        """This process's own SSH connection (transfers, host keys)."""
+        from win_automation.adapters.ssh import get_connection
+
         return get_connection(self.config.ssh)
 
     def _sinks(self, live: bool) -> tuple[commands.TextSink | None, commands.TextSink | None]:
@@ -119,27 +148,37 @@ class Vm:
     def put(
         self, local: Path, remote: str, progress: transfers.Progress | None = None
     ) -> transfers.TransferResult:
+        from win_automation.operations import transfers
+
         return transfers.put_file(
-            self.connection, local, remote, remote_os=self.config.ssh.remote_os, progress=progress
+            self.ssh, local, remote, remote_os=self.config.ssh.remote_os, progress=progress
         )
 
     def get(
         self, remote: str, local: Path, progress: transfers.Progress | None = None
     ) -> transfers.TransferResult:
+        from win_automation.operations import transfers
+
         return transfers.get_file(
-            self.connection, remote, local, remote_os=self.config.ssh.remote_os, progress=progress
+            self.ssh, remote, local, remote_os=self.config.ssh.remote_os, progress=progress
         )
 
     def sha256(self, remote: str) -> str:
-        return transfers.remote_sha256(self.connection, remote, self.config.ssh.remote_os)
+        from win_automation.operations import transfers
+
+        return transfers.remote_sha256(self.ssh, remote, self.config.ssh.remote_os)
 
     def host_key(self) -> HostKey:
         """The key the VM presents, not verified: `ssh trust` shows it, then `trust` records it."""
+        from win_automation.adapters.ssh import fetch_host_key
+
         key, presented = fetch_host_key(self.config.ssh)
         return HostKey(key, presented)
 
     def trust(self, host_key: HostKey, *, replace: bool = False) -> bool:
         """Record `host_key` (as shown) in `ssh.known_hosts`; True when the file changed."""
+        from win_automation.adapters import hostkeys
+
         cfg = self.config.ssh
         return hostkeys.record(
             host_key.key, host=cfg.host, port=cfg.port, known_hosts=cfg.known_hosts, replace=replace
@@ -152,3 +191,17 @@ class HostKey:
 
     key: Any
     presented: hostkeys.PresentedKey
+
+
+def warm_helpers(config: Config) -> list[dict[str, Any]]:
+    """The warm-connection helpers of this data dir (`ssh persist status`)."""
+    from win_automation.adapters import persist
+
+    return persist.helpers(config.data.dir)
+
+
+def stop_warm_helpers(config: Config, vm: str | None = None) -> list[dict[str, Any]]:
+    """Stop the warm-connection helpers (`ssh persist stop`)."""
+    from win_automation.adapters import persist
+
+    return persist.stop_helpers(config.data.dir, vm)

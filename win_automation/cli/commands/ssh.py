@@ -1,10 +1,11 @@
-"""`win-automation ssh run|script|put|get|trust`: commands and files on the VM over SSH.
+"""`win-automation ssh run|script|put|get|trust|persist`: commands and files on the VM over SSH.
 
 `run` and `script` are jobs (the `ssh-exec` workflow, on the local engine or on Hatchet with
 `--engine`): their output streams as it arrives (on Hatchet: when the run ends), is kept in the
 job's artifact folder, and the CLI exits with the remote exit code
 (0-255 as is, anything else 255; 124 when the deadline passed). paramiko is imported inside the
-commands only.
+commands only. `persist status|stop` shows and stops the warm-connection helpers that job
+commands share (`ssh.persist`).
 """
 
 from __future__ import annotations
@@ -296,3 +297,47 @@ def trust(
     changed = vm.trust(key, replace=replace)
     known_hosts = vm.config.ssh.known_hosts
     typer.echo(f"{'recorded in' if changed else 'already in'} {known_hosts}")
+
+
+persist_app = typer.Typer(
+    help="The warm connections that job commands share (ssh.persist): show or stop them.",
+    no_args_is_help=True,
+)
+app.add_typer(persist_app, name="persist")
+
+
+@persist_app.command("status")
+def persist_status(
+    ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
+) -> None:
+    """Show the warm-connection helpers of this data dir: VM, pid, since when, alive."""
+    from win_automation.cli.output import print_table
+    from win_automation.operations.vm import warm_helpers
+
+    config = state(ctx).config()
+    found = warm_helpers(config)
+    if as_json:
+        print_json({"persist_seconds": config.ssh.persist, "helpers": found})
+        return
+    if not found:
+        typer.echo("no warm connection" + ("" if config.ssh.persist > 0 else " (ssh.persist is 0: off)"))
+        return
+    rows = [(h["vm"], h["user"], h["pid"], h["started"], "alive" if h["alive"] else "dead") for h in found]
+    print_table("warm connections", ("vm", "user", "pid", "started", "state"), rows)
+
+
+@persist_app.command("stop")
+def persist_stop(
+    ctx: typer.Context,
+    all_vms: bool = typer.Option(False, "--all", help="Every VM's helper, not only ssh.host:port's."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Stop the warm-connection helper of the configured VM (or all of them with --all)."""
+    from win_automation.operations.vm import stop_warm_helpers
+
+    config = state(ctx).config()
+    stopped = stop_warm_helpers(config, None if all_vms else config.ssh.vm_key)
+    if as_json:
+        print_json({"stopped": stopped})
+    else:
+        typer.echo(f"stopped {len(stopped)} warm connection(s)")

@@ -1,0 +1,45 @@
+"""What running one remote command returns (`ExecOutcome`) and what runs one (`Executor`).
+
+Both the in-process SSH connection (win_automation.adapters.ssh) and the warm connection shared
+with other processes (win_automation.adapters.persist) are Executors; this module imports
+neither paramiko nor anything heavy, so a command that goes through a warm helper stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+Chunk = Callable[[bytes], None]
+
+
+@dataclass
+class ExecOutcome:
+    stdout: bytes
+    stderr: bytes
+    exit_status: int | None
+    timed_out: bool
+    duration_ms: int
+    cancelled: bool = False
+
+
+class Executor(Protocol):
+    """Runs one command on the VM (no PTY, stdin closed), streaming its output to callbacks."""
+
+    def exec(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        on_stdout: Chunk | None = None,
+        on_stderr: Chunk | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        keep: bool = True,
+    ) -> ExecOutcome: ...
+
+    def put_bytes(self, remote: str, data: bytes) -> None:
+        """Write a small file on the VM (an uploaded script)."""
+
+    def remove(self, remote: str) -> None:
+        """Remove a file on the VM (quietly when it is already gone)."""

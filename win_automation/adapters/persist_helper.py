@@ -1,0 +1,222 @@
+"""The warm-connection helper: one background process per VM that holds its SSH connection.
+
+Started by win_automation.adapters.persist (`python -m win_automation.adapters.persist_helper
+SOCKET`, the `ssh` section as JSON on stdin). It connects first (host key, authentication, the
+connect retry policy) and answers one line on stdout: `{"ok": true}` or `{"error": ...}` with the
+error's class, message and exit code, so the caller fails exactly as a direct connection would.
+Then it listens on SOCKET (mode 0600; peers must be this user, checked with SO_PEERCRED) and runs
+each request on its own thread over the one connection (reconnecting, with the host-key check,
+when it dropped, e.g. the VM restarted). It exits when no request came for `persist` seconds, when
+its socket file is removed or replaced, or on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from win_automation.adapters import persist
+from win_automation.adapters.ssh import SshConnection
+from win_automation.config.schema import SSHConfig
+from win_automation.errors import ConnectError, WinAutomationError
+
+log = logging.getLogger("win_automation.persist_helper")
+CHECK_EVERY = 1.0
+
+
+class Helper:
+    def __init__(self, cfg: SSHConfig, sock: Path, persist_seconds: float) -> None:
+        self.cfg = cfg
+        self.sock = sock
+        self.persist = persist_seconds
+        self.conn = SshConnection(cfg)
+        self.busy = 0
+        self.last = time.monotonic()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+
+    # -- a request --------------------------------------------------------------------------
+    def serve(self, client: socket.socket) -> None:
+        with self.lock:
+            self.busy += 1
+        try:
+            self._serve(client)
+        except OSError:
+            pass  # the caller went away
+        finally:
+            with self.lock:
+                self.busy -= 1
+                self.last = time.monotonic()
+            client.close()
+
+    def _serve(self, client: socket.socket) -> None:
+        creds = client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _, uid, _ = struct.unpack("3i", creds)
+        if uid != os.geteuid():
+            return
+        frame = persist.recv_frame(client)
+        if frame is None or frame[0] != b"R":
+            return
+        request = json.loads(frame[1])
+        send_lock = threading.Lock()
+
+        def send(kind: bytes, payload: bytes = b"") -> None:
+            with send_lock:
+                persist.send_frame(client, kind, payload)
+
+        send(b"A")
+        cancelled = threading.Event()
+        done = threading.Event()
+
+        def watch() -> None:  # heartbeats out; a cancel (or the caller's going away) in
+            beat = time.monotonic() + persist.HEARTBEAT
+            while not done.is_set():
+                if not cancelled.is_set() and select.select([client], [], [], persist.CANCEL_POLL)[0]:
+                    cancelled.set()  # a `C` frame, or EOF: the caller is gone
+                elif cancelled.is_set() and done.wait(persist.CANCEL_POLL):
+                    return
+                if time.monotonic() >= beat:
+                    beat = time.monotonic() + persist.HEARTBEAT
+                    with contextlib.suppress(OSError):
+                        send(b"H")
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            answer = self._run(request, send, cancelled)
+        except WinAutomationError as exc:
+            answer = {"error": persist.error_payload(exc)}
+        except Exception as exc:  # the caller gets a one-line error, not a hang
+            log.exception("request failed")
+            failure = ConnectError(f"the warm-connection helper failed: {exc}")
+            answer = {"error": persist.error_payload(failure)}
+        finally:
+            done.set()
+        send(b"X", json.dumps(answer).encode())
+
+    def _run(self, request: dict[str, Any], send: Any, cancelled: threading.Event) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "exec":
+            outcome = self.conn.exec(
+                str(request["command"]),
+                timeout=request.get("timeout"),
+                on_stdout=lambda data: send(b"O", data),
+                on_stderr=lambda data: send(b"E", data),
+                cancelled=cancelled.is_set,
+                keep=False,
+            )
+            return {
+                "exit_status": outcome.exit_status,
+                "timed_out": outcome.timed_out,
+                "duration_ms": outcome.duration_ms,
+                "cancelled": outcome.cancelled,
+            }
+        if op == "put":
+            self.conn.put_bytes(str(request["path"]), base64.b64decode(request["data"]))
+            return {}
+        if op == "remove":
+            self.conn.remove(str(request["path"]))
+            return {}
+        raise ConnectError(f"the warm-connection helper does not know the request {op!r}")
+
+    # -- the process ------------------------------------------------------------------------
+    def listen(self) -> socket.socket:
+        with contextlib.suppress(FileNotFoundError):
+            self.sock.unlink()
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            with persist.sun_path(self.sock) as where:
+                server.bind(where)
+        finally:
+            os.umask(old)
+        self.sock.chmod(0o600)
+        server.listen(64)
+        server.settimeout(CHECK_EVERY)
+        return server
+
+    def should_exit(self, inode: int) -> bool:
+        if self.stop.is_set():
+            return True
+        try:
+            if self.sock.lstat().st_ino != inode:
+                return True  # replaced by another helper
+        except FileNotFoundError:
+            return True
+        with self.lock:
+            return self.busy == 0 and time.monotonic() - self.last > self.persist
+
+    def run(self, server: socket.socket) -> None:
+        inode = self.sock.lstat().st_ino
+        while not self.should_exit(inode):
+            try:
+                client, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self.stop.is_set():
+                    break
+                raise
+            with self.lock:
+                self.last = time.monotonic()
+            threading.Thread(target=self.serve, args=(client,), daemon=True).start()
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            if self.sock.lstat().st_ino == inode:
+                self.sock.unlink()
+                persist.info_path(self.sock).unlink(missing_ok=True)
+        self.conn.close()
+
+
+def _answer(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s persist-helper %(message)s")
+    sock = Path(argv[0])
+    request = json.loads(sys.stdin.read())
+    cfg = SSHConfig(**request["ssh"])
+    helper = Helper(cfg, sock, float(request["persist"]))
+    try:
+        helper.conn.transport()
+        server = helper.listen()
+    except WinAutomationError as exc:
+        _answer({"error": persist.error_payload(exc)})
+        return 1
+    except OSError as exc:
+        _answer({"error": persist.error_payload(ConnectError(f"cannot listen on {sock}: {exc}"))})
+        return 1
+    info = {
+        "pid": os.getpid(),
+        "vm": cfg.vm_key,
+        "user": cfg.user,
+        "persist": helper.persist,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    persist.info_path(sock).write_text(json.dumps(info), encoding="utf-8")
+    signal.signal(signal.SIGTERM, lambda *_: helper.stop.set())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _answer({"ok": True})
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    helper.run(server)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
