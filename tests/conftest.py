@@ -33,9 +33,24 @@ def cli_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     yield env
 
 
+def stop_warm_helpers(data_dir: Path) -> None:
+    """Kill the warm-connection helpers (ssh.persist) that a test's CLI calls left running."""
+    import json
+    import signal
+
+    for info in (data_dir / "ssh-persist").glob("*.json"):
+        try:
+            pid = json.loads(info.read_text())["pid"]
+            if b"persist_helper" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, KeyError):
+            pass
+
+
 @pytest.fixture
 def cli(cli_env: dict[str, str], tmp_path: Path):  # type: ignore[no-untyped-def]
-    """Run `win-automation ARGS...` as a subprocess; returns Run(code, stdout, stderr)."""
+    """Run `win-automation ARGS...` as a subprocess; returns Run(code, stdout, stderr). Warm
+    connection helpers its job commands started are stopped after the test."""
 
     def run(
         *args: str, env: dict[str, str] | None = None, timeout: float = 60, input: str | None = None
@@ -51,4 +66,5 @@ def cli(cli_env: dict[str, str], tmp_path: Path):  # type: ignore[no-untyped-def
         )
         return Run(proc.returncode, proc.stdout, proc.stderr)
 
-    return run
+    yield run
+    stop_warm_helpers(Path(cli_env["WIN_AUTOMATION_DATA_DIR"]))

@@ -33,6 +33,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import select
 import signal
@@ -258,20 +259,24 @@ def spawn(cfg: SSHConfig, sock: Path, persist: float, warm_powershell: bool = Fa
     while not line.endswith(b"\n"):
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            proc.kill()
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the helper and its parent
+            proc.wait()
             raise ConnectError(f"the warm-connection helper for {cfg.vm_key} did not start in time")
         data = os.read(fd, 4096)
         if not data:
             break
         line += data
     proc.stdout.close()
+    proc.wait(5)  # the helper forked away from it at once
     try:
         answer = json.loads(line) if line else {}
     except ValueError:
         answer = {}
+    for record in answer.get("log") or ():  # the helper's connect retries, as if they were ours
+        logging.getLogger(str(record["name"])).log(int(record["level"]), record["msg"], extra=record["extra"])
     if answer.get("ok"):
         return
-    proc.wait(5)
     if "error" in answer:
         raise error_from(answer["error"])
     tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []

@@ -180,26 +180,49 @@ class Helper:
         self.conn.close()
 
 
+class _Kept(logging.Handler):
+    """Keeps the warnings of the start-up (connect retries): the starter logs them as its own."""
+
+    STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        extra = {k: v for k, v in record.__dict__.items() if k not in self.STANDARD}
+        self.records.append(
+            {"name": record.name, "level": record.levelno, "msg": record.getMessage(), "extra": extra}
+        )
+
+
 def _answer(payload: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(payload) + "\n")
     sys.stdout.flush()
 
 
 def main(argv: list[str]) -> int:
+    if os.fork() > 0:  # the starter reaps this parent at once; the helper lives on, orphaned
+        os._exit(0)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s persist-helper %(message)s")
     sock = Path(argv[0])
     request = json.loads(sys.stdin.read())
     cfg = SSHConfig(**request["ssh"])
     helper = Helper(cfg, sock, float(request["persist"]))
+    kept = _Kept()
+    logging.getLogger().addHandler(kept)
     try:
         helper.conn.transport()
         server = helper.listen()
     except WinAutomationError as exc:
-        _answer({"error": persist.error_payload(exc)})
+        _answer({"error": persist.error_payload(exc), "log": kept.records})
         return 1
     except OSError as exc:
-        _answer({"error": persist.error_payload(ConnectError(f"cannot listen on {sock}: {exc}"))})
+        error = ConnectError(f"cannot listen on {sock}: {exc}")
+        _answer({"error": persist.error_payload(error), "log": kept.records})
         return 1
+    finally:
+        logging.getLogger().removeHandler(kept)
     info = {
         "pid": os.getpid(),
         "vm": cfg.vm_key,
@@ -210,7 +233,7 @@ def main(argv: list[str]) -> int:
     persist.info_path(sock).write_text(json.dumps(info), encoding="utf-8")
     signal.signal(signal.SIGTERM, lambda *_: helper.stop.set())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    _answer({"ok": True})
+    _answer({"ok": True, "log": kept.records})
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)

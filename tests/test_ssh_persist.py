@@ -1,0 +1,310 @@
+"""The warm connection shared by CLI calls (ssh.persist): real CLI processes, the real sshd, the
+real helper process; its faults (killed, paused, socket removed or foreign, racing starters, the
+VM's sshd restarting)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixture_sshd import SshServer
+
+from win_automation.adapters import persist
+from win_automation.config import Config
+from win_automation.errors import StorageError
+
+
+def env_for(server: SshServer, known_hosts: Path, **overrides: Any) -> dict[str, str]:
+    return server.env(known_hosts, **overrides)
+
+
+def helpers(cli, env: dict[str, str]) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    res = cli("ssh", "persist", "status", "--json", env=env)
+    assert res.code == 0, res.stderr
+    return list(json.loads(res.stdout)["helpers"])
+
+
+def only_helper(cli, env: dict[str, str]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    (helper,) = helpers(cli, env)
+    assert helper["alive"], helper
+    return helper
+
+
+def jobs(cli, env: dict[str, str]) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    return list(json.loads(cli("jobs", "list", "--json", env=env).stdout))
+
+
+def test_calls_share_one_helper_and_behave_as_direct(
+    cli, live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    env = env_for(live_sshd, known_hosts)
+    first = cli("ssh", "run", "--shell", "cmd", "--json", "--", "echo out; echo err >&2; exit 3", env=env)
+    assert first.code == 3, first.stderr
+    helper = only_helper(cli, env)
+    sock = Path(helper["socket"])
+    info = sock.lstat()
+    assert (info.st_mode & 0o777, info.st_uid) == (0o600, os.geteuid())
+    assert helper["vm"] == f"127.0.0.1:{live_sshd.port}"
+    second = cli("ssh", "run", "--shell", "cmd", "--json", "--", "echo out; echo err >&2; exit 3", env=env)
+    assert only_helper(cli, env)["pid"] == helper["pid"]
+    direct = cli(
+        "ssh",
+        "run",
+        "--shell",
+        "cmd",
+        "--json",
+        "--",
+        "echo out; echo err >&2; exit 3",
+        env={**env, "WIN_AUTOMATION_SSH_PERSIST": "0"},
+    )
+    shapes = []
+    for res in (first, second, direct):
+        data = json.loads(res.stdout)
+        folder = tmp_path / "artifacts" / data["job_id"]
+        shapes.append(
+            (
+                res.code,
+                data["stdout"],
+                data["stderr"],
+                (folder / "stdout.txt").read_text(),
+                (folder / "exit_code.txt").read_text(),
+            )
+        )
+    assert shapes == [(3, "out\n", "err\n", "out\n", "3\n")] * 3
+    assert {(j["state"], j["exit_code"]) for j in jobs(cli, env)} == {("failed", 3)}
+    # streamed PowerShell, a long script uploaded and removed through the helper
+    long_script = "Write-Output 'start'\n" + "# padding\n" * 1200 + "exit 7\n"
+    res = cli("ssh", "run", "--", long_script, env=env)
+    assert res.code == 7 and res.stdout.startswith("Write-Output 'start'")
+    reports = [json.loads(line) for line in live_sshd.reports.read_text().splitlines()]
+    assert reports[-1]["mode"] == "file" and reports[-1]["body"].startswith("Write-Output 'start'")
+    assert not list(Path(pwd.getpwnam(live_sshd.user).pw_dir).glob(".wa-script-*"))
+    assert only_helper(cli, env)["pid"] == helper["pid"]
+    stopped = cli("ssh", "persist", "stop", env=env)
+    assert stopped.code == 0 and "stopped 1" in stopped.stdout
+    assert helpers(cli, env) == [] and not sock.exists()
+
+
+def test_a_warm_call_imports_neither_paramiko_nor_hatchet(
+    cli, cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    env = {**cli_env, **env_for(live_sshd, known_hosts)}
+    assert cli("ssh", "run", "--shell", "cmd", "--", "echo warm-up", env=env).code == 0
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['win-automation', 'ssh', 'run', '--shell', 'cmd', '--', 'echo hi']\n"
+        "try:\n    runpy.run_module('win_automation', run_name='__main__')\n"
+        "except SystemExit as exc:\n    code = exc.code\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('paramiko', 'hatchet_sdk'))\n"
+        "print('HEAVY', heavy, code)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.splitlines()[-1] == "HEAVY [] 0", out.stdout + out.stderr
+    assert out.stdout.startswith("hi\n")
+    direct = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**env, "WIN_AUTOMATION_SSH_PERSIST": "0"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "'paramiko'" in direct.stdout.splitlines()[-1]  # the probe does see the cold path's import
+
+
+@pytest.mark.parametrize("fault", ["host key", "auth"])
+def test_host_key_and_auth_errors_are_the_direct_ones(
+    cli, live_sshd: SshServer, known_hosts: Path, tmp_path: Path, fault: str
+) -> None:  # type: ignore[no-untyped-def]
+    if fault == "host key":
+        other = tmp_path / "other_known_hosts"
+        other.write_text(
+            f"[127.0.0.1]:{live_sshd.port} " + (live_sshd.client_key.with_suffix(".pub").read_text())
+        )
+        env = env_for(live_sshd, other)
+    else:
+        env = env_for(live_sshd, known_hosts, key_file=str(tmp_path / "no-such-key"))
+    warm = cli("ssh", "run", "--shell", "cmd", "--", "echo hi", env=env)
+    cold = cli(
+        "ssh", "run", "--shell", "cmd", "--", "echo hi", env={**env, "WIN_AUTOMATION_SSH_PERSIST": "0"}
+    )
+    assert warm.code == cold.code == (5 if fault == "host key" else 4)
+    assert warm.stderr.strip().splitlines()[-1] == cold.stderr.strip().splitlines()[-1]
+    assert len(warm.stderr.strip().splitlines()) == 1 and "Traceback" not in warm.stderr
+    assert [h for h in helpers(cli, env) if h["alive"]] == []
+
+
+def test_timeout_kills_the_remote_tree_through_the_helper(
+    cli, live_sshd: SshServer, known_hosts: Path, remote_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
+    env = env_for(live_sshd, known_hosts)
+    marker = remote_dir / "survived"
+    res = cli(
+        "ssh", "run", "--shell", "cmd", "--timeout", "1s", "--", f"echo go; sleep 3; touch {marker}", env=env
+    )
+    assert res.code == 124 and res.stdout == "go\n" and "killed" in res.stderr
+    time.sleep(2.5)
+    assert not marker.exists()
+    assert [(j["state"], j["exit_code"]) for j in jobs(cli, env)] == [("failed", 124)]
+
+
+def test_helper_killed_mid_command_fails_the_job_with_3_and_is_replaced(
+    cli, live_sshd: SshServer, known_hosts: Path
+) -> None:  # type: ignore[no-untyped-def]
+    env = env_for(live_sshd, known_hosts)
+    assert cli("ssh", "run", "--shell", "cmd", "--", "true", env=env).code == 0
+    old = only_helper(cli, env)["pid"]
+    killer = threading.Timer(1.0, os.kill, (old, signal.SIGKILL))
+    killer.start()
+    started = time.monotonic()
+    res = cli("ssh", "run", "--shell", "cmd", "--", "echo started; sleep 20", env=env, timeout=30)
+    assert time.monotonic() - started < 10
+    assert res.code == 3 and "helper" in res.stderr and "died" in res.stderr
+    assert res.stderr.strip().count("\n") == 0 or "Traceback" not in res.stderr
+    again = cli("ssh", "run", "--shell", "cmd", "--", "echo again", env=env)
+    assert again.code == 0 and again.stdout == "again\n"
+    assert only_helper(cli, env)["pid"] != old
+    assert [j["state"] for j in jobs(cli, env)].count("running") == 0
+
+
+def test_socket_removed_or_helper_paused_starts_a_fresh_helper(
+    cli, live_sshd: SshServer, known_hosts: Path
+) -> None:  # type: ignore[no-untyped-def]
+    env = env_for(live_sshd, known_hosts, connect_timeout=1)
+    assert cli("ssh", "run", "--shell", "cmd", "--", "true", env=env).code == 0
+    first = only_helper(cli, env)
+    Path(first["socket"]).unlink()
+    assert cli("ssh", "run", "--shell", "cmd", "--", "echo one", env=env).stdout == "one\n"
+    second = only_helper(cli, env)
+    assert second["pid"] != first["pid"]
+    deadline = time.monotonic() + 5  # the first helper saw its socket go and left
+    while os.path.exists(f"/proc/{first['pid']}/cmdline") and time.monotonic() < deadline:
+        if not Path(f"/proc/{first['pid']}/cmdline").read_bytes():
+            break
+        time.sleep(0.1)
+    assert (
+        not os.path.exists(f"/proc/{first['pid']}/cmdline")
+        or not Path(f"/proc/{first['pid']}/cmdline").read_bytes()
+    )
+    os.kill(second["pid"], signal.SIGSTOP)  # accepts (the backlog) but never answers
+    try:
+        res = cli("ssh", "run", "--shell", "cmd", "--", "echo two", env=env, timeout=30)
+        assert res.code == 0 and res.stdout == "two\n"
+    finally:
+        os.kill(second["pid"], signal.SIGCONT)
+    assert only_helper(cli, env)["pid"] not in (first["pid"], second["pid"])
+
+
+@pytest.mark.parametrize("fault", ["other user", "mode 0644", "not a socket"])
+def test_a_foreign_socket_is_refused_in_one_line(
+    cli, cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, fault: str
+) -> None:  # type: ignore[no-untyped-def]
+    env = env_for(live_sshd, known_hosts)
+    config = Config.model_validate({"ssh": live_sshd.settings(known_hosts)})
+    path = persist.socket_path(Path(cli_env["WIN_AUTOMATION_DATA_DIR"]), config.ssh)
+    path.parent.mkdir(parents=True, mode=0o700)
+    if fault == "not a socket":
+        path.write_text("")
+        path.chmod(0o600)
+    else:
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        server.close()
+        path.chmod(0o644 if fault == "mode 0644" else 0o600)
+        if fault == "other user":
+            if os.geteuid() != 0:
+                pytest.fail("this test runs as root (it hands the socket to another user)")
+            os.chown(path, 65534, 65534)
+    res = cli("ssh", "run", "--shell", "cmd", "--", "echo hi", env=env)
+    assert res.code == 74 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert f"refusing {path}" in res.stderr and res.stdout == ""
+    assert path.exists() and not path.with_suffix(".json").exists()  # nothing replaced it
+    with pytest.raises(StorageError):
+        persist.check_socket(path)
+
+
+def test_two_processes_starting_at_once_share_one_helper(
+    cli, cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    env = {**cli_env, **env_for(live_sshd, known_hosts)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", f"echo {n}"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(3)
+    ]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert [o[0] for o in outs] == ["0\n", "1\n", "2\n"]
+    helper = only_helper(cli, env)
+    running = subprocess.run(["pgrep", "-f", Path(helper["socket"]).name], capture_output=True, text=True)
+    assert running.stdout.split() == [str(helper["pid"])]
+
+
+def test_sshd_restarting_under_a_warm_helper(cli, live_sshd: SshServer, known_hosts: Path) -> None:  # type: ignore[no-untyped-def]
+    env = env_for(live_sshd, known_hosts)
+    assert cli("ssh", "run", "--shell", "cmd", "--", "true", env=env).code == 0
+    pid = only_helper(cli, env)["pid"]
+    live_sshd.stop()
+    try:
+        down = cli("ssh", "run", "--shell", "cmd", "--", "echo down", env=env, timeout=60)
+        assert down.code == 3 and "connect" in down.stderr and "Traceback" not in down.stderr
+    finally:
+        live_sshd.start()
+    res = cli("ssh", "run", "--shell", "cmd", "--", "echo back", env=env)
+    assert res.code == 0 and res.stdout == "back\n"
+    assert only_helper(cli, env)["pid"] == pid  # the same helper reconnected (host key checked again)
+    assert [j["state"] for j in jobs(cli, env)].count("running") == 0
+
+
+def test_idle_helper_leaves_and_persist_0_starts_none(cli, live_sshd: SshServer, known_hosts: Path) -> None:  # type: ignore[no-untyped-def]
+    off = env_for(live_sshd, known_hosts, persist="0")
+    assert cli("ssh", "run", "--shell", "cmd", "--", "true", env=off).code == 0
+    assert helpers(cli, off) == []
+    assert "ssh.persist is 0" in cli("ssh", "persist", "status", env=off).stdout
+    short = env_for(live_sshd, known_hosts, persist="1s")
+    assert cli("ssh", "run", "--shell", "cmd", "--", "true", env=short).code == 0
+    sock = Path(only_helper(cli, short)["socket"])
+    deadline = time.monotonic() + 10
+    while sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not sock.exists() and helpers(cli, short) == []
+    bad = cli(
+        "ssh", "run", "--shell", "cmd", "--", "true", env=env_for(live_sshd, known_hosts, persist="-1s")
+    )
+    assert bad.code == 2 and "ssh.persist" in bad.stderr
+
+
+def test_cancel_through_the_helper_stops_the_command(
+    live_sshd: SshServer, known_hosts: Path, tmp_path: Path, remote_dir: Path
+) -> None:
+    cfg = live_sshd.config(known_hosts)
+    conn = persist.WarmConnection(cfg, tmp_path / "data", 30)
+    try:
+        flag = threading.Event()
+        threading.Timer(0.5, flag.set).start()
+        seen: list[bytes] = []
+        started = time.monotonic()
+        outcome = conn.exec("echo a; sleep 20", timeout=60, on_stdout=seen.append, cancelled=flag.is_set)
+        assert outcome.cancelled and time.monotonic() - started < 5 and b"".join(seen) == b"a\n"
+        again = conn.exec("echo b", timeout=10)
+        assert (again.stdout, again.exit_status) == (b"b\n", 0)
+    finally:
+        persist.stop_helpers(tmp_path / "data")
