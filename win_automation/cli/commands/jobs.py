@@ -16,6 +16,7 @@ import typer
 
 from win_automation.cli.output import print_json, print_table
 from win_automation.cli.state import state
+from win_automation.durations import rfc3339
 
 if TYPE_CHECKING:
     from win_automation.jobs.records import JobRecord, StepRecord
@@ -24,12 +25,7 @@ app = typer.Typer(help="List, inspect, cancel and resume jobs.", no_args_is_help
 
 
 def when(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return (
-        datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        + f"{int(timestamp * 1000) % 1000:03d}Z"
-    )
+    return None if timestamp is None else rfc3339(timestamp)
 
 
 def duration_ms(start: float | None, end: float | None) -> int | None:
