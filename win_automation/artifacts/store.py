@@ -205,14 +205,11 @@ class ArtifactWriter:
             raise UsageError(f"artifact type {type!r} is not one this workflow declares ({wanted})")
         name = safe_relative(name)
         target = self.folder / name
-        _writable(target.parent)
+        # An OSError here stays one: the engine retries the step (a full disk may clear).
+        target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.with_name(temp_name(target.name))
         try:
-            handle = temp.open("wb")
-        except OSError as exc:
-            raise StorageError(f"cannot write artifact {target}: {exc.strerror or exc}") from None
-        try:
-            with handle:
+            with temp.open("wb") as handle:
                 writer = _HashingWriter(handle)
                 yield writer
                 handle.flush()
