@@ -1,13 +1,15 @@
 """A TCP proxy on loopback in front of a real server, for fault tests: it forwards both ways until
 a direction has carried its byte budget, then stops forwarding that way and keeps the connection
 open (a server that stalls mid-transfer: TCP alive, keepalives unanswered); `silent=True` accepts
-connections and never forwards a byte (a server that accepts TCP and sends no SSH banner)."""
+connections and never forwards a byte (a server that accepts TCP and sends no SSH banner);
+`down_rate` (bytes per second) forwards the server's bytes slowly but steadily (a slow link)."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+import time
 
 
 class StallProxy:
@@ -18,10 +20,12 @@ class StallProxy:
         down_budget: int | None = None,
         up_budget: int | None = None,
         silent: bool = False,
+        down_rate: int | None = None,
     ) -> None:
         self.target_port = target_port
         self.budgets = {"down": down_budget, "up": up_budget}
         self.silent = silent
+        self.down_rate = down_rate
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.accepted = 0
@@ -55,14 +59,17 @@ class StallProxy:
             if not self._keep(socket.create_connection(("127.0.0.1", self.target_port))):
                 return
             server = self._sockets[-1]
+            down = (server, client, budgets["down"], self.down_rate if self.accepted == 1 else None)
             threading.Thread(target=self._pump, args=(client, server, budgets["up"]), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, budgets["down"]), daemon=True).start()
+            threading.Thread(target=self._pump, args=down, daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket, budget: int | None) -> None:
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, budget: int | None, rate: int | None = None
+    ) -> None:
         sent = 0
         while True:
             try:
-                data = src.recv(65536)
+                data = src.recv(16384 if rate else 65536)
             except OSError:
                 return
             if not data:
@@ -81,6 +88,8 @@ class StallProxy:
                 dst.sendall(data)
             except OSError:
                 return
+            if rate:
+                time.sleep(len(data) / rate)
 
     def close(self) -> None:
         with self._lock:

@@ -173,3 +173,17 @@ def test_a_server_that_sends_no_banner_is_retried_then_exit_3(live_sshd, known_h
     assert "wait_ms=500" in res.stderr and "wait_ms=1000" in res.stderr
     assert 3 * 0.5 + 1.5 <= elapsed < 15
     assert "Traceback" not in res.stderr and "paramiko" not in res.stderr
+
+
+def test_a_transfer_that_never_stalls_still_has_a_deadline(proxied, remote_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from win_automation.errors import OperationTimeout
+
+    source = remote_dir / "slow.bin"
+    source.write_bytes(os.urandom(1 << 20))
+    cfg = proxied(down_rate=256 * 1024).model_copy(update={"command_timeout": 0.5})  # 1.5 s for 1 MiB
+    local = tmp_path / "slow.bin"
+    started = time.monotonic()
+    with pytest.raises(OperationTimeout, match=r"passed its deadline of 1.5s"):
+        transfers.get_file(ssh.get_connection(cfg), str(source), local, remote_os="posix")
+    assert 1.4 < time.monotonic() - started < 4
+    assert not local.exists() and parts(tmp_path) == []
