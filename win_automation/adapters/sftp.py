@@ -4,7 +4,9 @@ paramiko's own `SFTPClient.get` reaches about half of OpenSSH's `sftp` throughpu
 keeps every answer in a dict and scans it on each read). `download` speaks SFTP v3 itself on a
 subsystem channel of the same transport: it keeps `PIPELINE` READ requests of `CHUNK` bytes in
 flight, parses the DATA answers straight from the channel buffer and writes them at their
-offset, hashing as it goes. Everything else uses paramiko's `SFTPClient` (uploads pipelined).
+offset; a hashing thread (`_Hasher`) digests them in order, off the read path (hashlib lets go of
+the GIL), so the hash costs no second pass and no time on the reading thread. Everything else
+uses paramiko's `SFTPClient` (uploads pipelined).
 
 Deadlines: every read and write on an SFTP channel waits at most `stall_seconds(ssh)` (the longer
 of ssh.connect_timeout and two keepalive intervals) for the VM: a longer stall is a ConnectError
@@ -17,8 +19,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import queue
 import stat
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -50,6 +54,31 @@ _ATTR_SIZE = 0x01
 class Copied:
     size: int
     sha256: str
+
+
+class _Hasher:
+    """sha256 of the chunks fed to it, in order, on its own thread (at most HASH_QUEUE waiting)."""
+
+    HASH_QUEUE = 64
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.chunks: queue.Queue[bytes | None] = queue.Queue(self.HASH_QUEUE)
+        self.thread = threading.Thread(target=self._run, name="sftp-sha256", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        update = self.digest.update
+        while (chunk := self.chunks.get()) is not None:
+            update(chunk)
+
+    def feed(self, chunk: bytes) -> None:
+        self.chunks.put(chunk)
+
+    def close(self) -> str:
+        self.chunks.put(None)
+        self.thread.join()
+        return self.digest.hexdigest()
 
 
 class Deadline:
@@ -200,65 +229,69 @@ def _download(
             (size,) = struct.unpack_from(">Q", attrs, 8)
     deadline.arm(size)
 
-    digest = hashlib.sha256()
-    pending: dict[int, tuple[int, int]] = {}  # request id -> (offset, length)
-    parked: dict[int, bytes] = {}  # data that arrived ahead of the hashing position
-    next_offset = 0
-    hashed = 0
-    eof = False
-    fd = out.fileno()
+    hasher = _Hasher()
+    try:
+        pending: dict[int, tuple[int, int]] = {}  # request id -> (offset, length)
+        parked: dict[int, bytes] = {}  # data that arrived ahead of the hashing position
+        next_offset = 0
+        hashed = 0
+        eof = False
+        fd = out.fileno()
 
-    def request(offset: int, length: int) -> bytes:
-        packet = stream.pack(_READ, handle + struct.pack(">QI", offset, length))
-        pending[stream.next_id - 1] = (offset, length)
-        return packet
+        def request(offset: int, length: int) -> bytes:
+            packet = stream.pack(_READ, handle + struct.pack(">QI", offset, length))
+            pending[stream.next_id - 1] = (offset, length)
+            return packet
 
-    while True:
-        if len(pending) <= PIPELINE // 2:
-            batch = []
-            while not eof and len(pending) < PIPELINE and (size < 0 or next_offset < size):
-                batch.append(request(next_offset, CHUNK))
-                next_offset += CHUNK
-            if batch:
-                stream.channel.sendall(b"".join(batch))
-        if not pending:
-            break
-        deadline.check()
-        kind, body = stream.packet()
-        (request_id,) = struct.unpack_from(">I", body, 0)
-        offset, length = pending.pop(request_id)
-        if kind == _DATA:
-            (got,) = struct.unpack_from(">I", body, 4)
-            data = body[8 : 8 + got]
-            os.pwrite(fd, data, offset)
-            if offset == hashed:
-                digest.update(data)
-                hashed += got
-                while hashed in parked:
-                    chunk = parked.pop(hashed)
-                    digest.update(chunk)
-                    hashed += len(chunk)
+        while True:
+            if len(pending) <= PIPELINE // 2:
+                batch = []
+                while not eof and len(pending) < PIPELINE and (size < 0 or next_offset < size):
+                    batch.append(request(next_offset, CHUNK))
+                    next_offset += CHUNK
+                if batch:
+                    stream.channel.sendall(b"".join(batch))
+            if not pending:
+                break
+            deadline.check()
+            kind, body = stream.packet()
+            (request_id,) = struct.unpack_from(">I", body, 0)
+            offset, length = pending.pop(request_id)
+            if kind == _DATA:
+                (got,) = struct.unpack_from(">I", body, 4)
+                data = body[8 : 8 + got]
+                os.pwrite(fd, data, offset)
+                if offset == hashed:
+                    hasher.feed(bytes(data))
+                    hashed += got
+                    while hashed in parked:
+                        chunk = parked.pop(hashed)
+                        hasher.feed(chunk)
+                        hashed += len(chunk)
+                else:
+                    parked[offset] = bytes(data)
+                del data, body
+                if got < length:  # a short read: ask for the rest
+                    stream.channel.sendall(request(offset + got, length - got))
+                if progress is not None:
+                    progress(hashed, size)
+            elif kind == _STATUS:
+                code, message = _status(body)
+                del body
+                if code != _FX_EOF:
+                    raise WinAutomationError(f"reading remote file {remote} failed: {message}")
+                eof = True
             else:
-                parked[offset] = bytes(data)
-            del data, body
-            if got < length:  # a short read: ask for the rest
-                stream.channel.sendall(request(offset + got, length - got))
-            if progress is not None:
-                progress(hashed, size)
-        elif kind == _STATUS:
-            code, message = _status(body)
-            del body
-            if code != _FX_EOF:
-                raise WinAutomationError(f"reading remote file {remote} failed: {message}")
-            eof = True
-        else:
-            raise ConnectError(f"unexpected SFTP answer {kind} to READ")
-        stream.release()
-    if parked:
-        raise ConnectError(f"SFTP download of {remote} left gaps at {sorted(parked)[:3]}")
-    stream.send(_CLOSE, handle)
-    stream.packet_bytes()
-    return Copied(hashed, digest.hexdigest())
+                raise ConnectError(f"unexpected SFTP answer {kind} to READ")
+            stream.release()
+        if parked:
+            raise ConnectError(f"SFTP download of {remote} left gaps at {sorted(parked)[:3]}")
+        stream.send(_CLOSE, handle)
+        stream.packet_bytes()
+    except BaseException:
+        hasher.close()
+        raise
+    return Copied(hashed, hasher.close())
 
 
 def upload(

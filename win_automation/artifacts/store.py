@@ -34,6 +34,7 @@ from typing import IO, Annotated, BinaryIO, Protocol
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
+from win_automation.artifacts.hashing import hash_file
 from win_automation.durations import rfc3339
 from win_automation.errors import ArtifactMismatch, NoArtifacts, NotFoundError, StorageError, UsageError
 from win_automation.jobs.ids import is_job_id, validate_job_id
@@ -109,21 +110,6 @@ class Manifest(BaseModel):
 
     def created_timestamp(self) -> float:
         return datetime.fromisoformat(self.created_at.replace("Z", "+00:00")).timestamp()
-
-
-def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> tuple[int, str]:
-    """(size, sha256 hex) of `path`, streamed with a constant-size buffer."""
-    digest = hashlib.sha256()
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    size = 0
-    with path.open("rb", buffering=0) as handle:
-        while count := handle.readinto(buffer):
-            digest.update(view[:count])
-            size += count
-            if progress is not None:
-                progress(count)
-    return size, digest.hexdigest()
 
 
 def job_folder(root: Path, job_id: str) -> Path:

@@ -110,8 +110,9 @@ def windows_path(remote: str) -> str:
 
 def remote_sha256(conn: SshConnection, remote: str, remote_os: str) -> str:
     """The sha256 (lower-case hex) of a remote file, computed on the VM."""
-    if remote_os == "posix":
-        command = f"sha256sum -- {_posix_quote(remote)}"
+    if remote_os == "posix":  # OpenSSL's sha256 (SHA-NI where the CPU has it), else coreutils'
+        path = _posix_quote(remote)
+        command = f"openssl dgst -sha256 -r -- {path} 2>/dev/null || sha256sum -- {path}"
     else:
         path = powershell.quote_literal(windows_path(remote))
         script = powershell.wrap_script(f"(Get-FileHash -Algorithm SHA256 -LiteralPath {path}).Hash")
