@@ -40,7 +40,6 @@ import signal
 import socket
 import stat
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -229,9 +228,11 @@ def _secret(value: Any) -> str | None:
     return None if value is None else str(value.get_secret_value())
 
 
-def spawn(cfg: SSHConfig, sock: Path, persist: float, warm_powershell: bool = False) -> None:
+def spawn(cfg: SSHConfig, sock: Path, persist: float) -> None:
     """Start the helper for `cfg` at `sock`; return when it is connected and listening, or raise
     the error its connection attempt ended with."""
+    import subprocess
+
     settings = cfg.model_dump(mode="json")
     settings["password"] = _secret(cfg.password)
     settings["key_passphrase"] = _secret(cfg.key_passphrase)
@@ -246,7 +247,7 @@ def spawn(cfg: SSHConfig, sock: Path, persist: float, warm_powershell: bool = Fa
             close_fds=True,
         )
     assert proc.stdin is not None and proc.stdout is not None
-    request = {"ssh": settings, "persist": persist, "warm_powershell": warm_powershell}
+    request = {"ssh": settings, "persist": persist}
     try:
         proc.stdin.write(json.dumps(request).encode())
         proc.stdin.close()
@@ -294,10 +295,9 @@ class _Stale(Exception):
 class WarmConnection:
     """An Executor that runs commands through the VM's warm helper (started when needed)."""
 
-    def __init__(self, cfg: SSHConfig, data_dir: Path, persist: float, warm_powershell: bool = False) -> None:
+    def __init__(self, cfg: SSHConfig, data_dir: Path, persist: float) -> None:
         self.cfg = cfg
         self.persist = persist
-        self.warm_powershell = warm_powershell
         self.sock = socket_path(data_dir, cfg)
         _ensure_dir(self.sock.parent)
 
@@ -331,7 +331,7 @@ class WarmConnection:
                     probe.close()
                     return
             discard(self.sock, kill=True)
-            spawn(self.cfg, self.sock, self.persist, self.warm_powershell)
+            spawn(self.cfg, self.sock, self.persist)
 
     def _open(self, request: dict[str, Any]) -> socket.socket:
         """A connection on which the helper accepted `request` (replacing a dead helper once)."""

@@ -133,11 +133,6 @@ class SSHConfig(Section):
         description="How long a CLI call's warm connection helper stays after its last command"
         " (as OpenSSH's ControlPersist); 0 turns it off.",
     )
-    warm_powershell: bool = Field(
-        False,
-        description="Run PowerShell commands in one long-lived powershell.exe per connection"
-        " (each in a fresh scope) instead of one process per command.",
-    )
 
     @property
     def vm_key(self) -> str:

@@ -79,7 +79,7 @@ class Vm:
         if _SHARED and ssh.persist > 0:
             from win_automation.adapters.persist import WarmConnection
 
-            return WarmConnection(ssh, self.config.data.dir, ssh.persist, ssh.warm_powershell)
+            return WarmConnection(ssh, self.config.data.dir, ssh.persist)
         return self.ssh
 
     @property
