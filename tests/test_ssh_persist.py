@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from fixture_sshd import SshServer
 
-from win_automation.adapters import persist
+from win_automation.adapters import persist, persist_wire
 from win_automation.config import Config
 from win_automation.errors import StorageError
 
@@ -213,7 +213,7 @@ def test_a_foreign_socket_is_refused_in_one_line(
 ) -> None:  # type: ignore[no-untyped-def]
     env = env_for(live_sshd, known_hosts)
     config = Config.model_validate({"ssh": live_sshd.settings(known_hosts)})
-    path = persist.socket_path(Path(cli_env["WIN_AUTOMATION_DATA_DIR"]), config.ssh)
+    path = persist_wire.socket_path(Path(cli_env["WIN_AUTOMATION_DATA_DIR"]), config.ssh)
     path.parent.mkdir(parents=True, mode=0o700)
     if fault == "not a socket":
         path.write_text("")
@@ -232,7 +232,7 @@ def test_a_foreign_socket_is_refused_in_one_line(
     assert f"refusing {path}" in res.stderr and res.stdout == ""
     assert path.exists() and not path.with_suffix(".json").exists()  # nothing replaced it
     with pytest.raises(StorageError):
-        persist.check_socket(path)
+        persist_wire.check_socket(path)
 
 
 def test_two_processes_starting_at_once_share_one_helper(
@@ -307,4 +307,4 @@ def test_cancel_through_the_helper_stops_the_command(
         again = conn.exec("echo b", timeout=10)
         assert (again.stdout, again.exit_status) == (b"b\n", 0)
     finally:
-        persist.stop_helpers(tmp_path / "data")
+        persist_wire.stop_helpers(tmp_path / "data")

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from win_automation.adapters import persist
+from win_automation.adapters import persist_wire as persist
 from win_automation.adapters.ssh import SshConnection
 from win_automation.config.schema import SSHConfig
 from win_automation.errors import ConnectError, WinAutomationError

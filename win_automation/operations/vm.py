@@ -195,13 +195,13 @@ class HostKey:
 
 def warm_helpers(config: Config) -> list[dict[str, Any]]:
     """The warm-connection helpers of this data dir (`ssh persist status`)."""
-    from win_automation.adapters import persist
+    from win_automation.adapters import persist_wire as persist
 
     return persist.helpers(config.data.dir)
 
 
 def stop_warm_helpers(config: Config, vm: str | None = None) -> list[dict[str, Any]]:
     """Stop the warm-connection helpers (`ssh persist stop`)."""
-    from win_automation.adapters import persist
+    from win_automation.adapters import persist_wire as persist
 
     return persist.stop_helpers(config.data.dir, vm)

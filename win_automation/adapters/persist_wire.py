@@ -1,0 +1,246 @@
+"""The warm-connection helper's socket: where it lives, who may use it, the frames on it, and
+the helpers a data dir holds (`ssh persist status|stop`). No paramiko here (see
+win_automation.adapters.persist for the client and persist_helper for the helper).
+
+Wire format, one request per connection: frames of 1 type byte, a 4-byte big-endian length and
+the payload. Client: `R` (the request, JSON), `C` (cancel). Helper: `A` (accepted), `O`/`E`
+(stdout/stderr bytes), `H` (heartbeat, every HEARTBEAT seconds), `X` (the outcome or the error,
+JSON).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import socket
+import stat
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from win_automation import errors
+from win_automation.config.schema import SSHConfig
+from win_automation.errors import ConnectError, StorageError, WinAutomationError
+
+PROTOCOL = 1
+HEARTBEAT = 1.0
+CANCEL_POLL = 0.1
+_HEADER = struct.Struct(">cI")
+# sun_path holds 108 bytes; longer paths are reached through /proc/self/fd/N/<name>.
+_MAX_SUN_PATH = 100
+
+
+# --- framing ----------------------------------------------------------------------------------
+def send_frame(sock: socket.socket, kind: bytes, payload: bytes = b"") -> None:
+    sock.sendall(_HEADER.pack(kind, len(payload)) + payload)
+
+
+def recv_exact(sock: socket.socket, size: int) -> bytes | None:
+    """`size` bytes, or None at end of stream."""
+    buf = bytearray()
+    while len(buf) < size:
+        data = sock.recv(size - len(buf))
+        if not data:
+            return None
+        buf += data
+    return bytes(buf)
+
+
+def recv_frame(sock: socket.socket) -> tuple[bytes, bytes] | None:
+    header = recv_exact(sock, _HEADER.size)
+    if header is None:
+        return None
+    kind, size = _HEADER.unpack(header)
+    payload = recv_exact(sock, size) if size else b""
+    if payload is None:
+        return None
+    return kind, payload
+
+
+def error_payload(exc: WinAutomationError) -> dict[str, Any]:
+    return {"type": type(exc).__name__, "message": str(exc), "exit_code": exc.exit_code}
+
+
+def error_from(payload: dict[str, Any]) -> WinAutomationError:
+    """The helper's error as the same class (hence the same exit code) it had there."""
+    cls = getattr(errors, str(payload.get("type")), None)
+    if not (isinstance(cls, type) and issubclass(cls, WinAutomationError)):
+        cls = ConnectError
+    return cls(str(payload.get("message")), exit_code=payload.get("exit_code"))
+
+
+# --- where the helper lives ---------------------------------------------------------------------
+def persist_dir(data_dir: Path) -> Path:
+    return data_dir / "ssh-persist"
+
+
+def helper_id(cfg: SSHConfig) -> str:
+    """Which helper serves `cfg`: a hash of the whole section (secrets hashed, never written)."""
+    fields = cfg.model_dump(mode="json")
+    for name in ("password", "key_passphrase"):
+        secret = getattr(cfg, name)
+        if secret is not None:
+            fields[name] = hashlib.sha256(secret.get_secret_value().encode()).hexdigest()
+    fields.pop("persist", None)
+    text = json.dumps({"protocol": PROTOCOL, "ssh": fields}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def socket_path(data_dir: Path, cfg: SSHConfig) -> Path:
+    return persist_dir(data_dir) / f"{helper_id(cfg)}.sock"
+
+
+def ensure_dir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = folder.lstat()
+    except OSError as exc:
+        raise StorageError(f"ssh.persist: cannot create {folder}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise StorageError(
+            f"ssh.persist: refusing {folder}: not a directory owned by you (set ssh.persist 0)"
+        )
+    if info.st_mode & 0o077:
+        with contextlib.suppress(OSError):
+            folder.chmod(0o700)
+
+
+def check_socket(path: Path) -> bool:
+    """False when there is no socket; True when it is ours (0600); StorageError otherwise."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StorageError(f"ssh.persist: cannot read {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISSOCK(info.st_mode):
+        raise StorageError(f"ssh.persist: refusing {path}: not a socket (remove it or set ssh.persist 0)")
+    if info.st_uid != os.geteuid():
+        raise StorageError(
+            f"ssh.persist: refusing {path}: owned by uid {info.st_uid}, not by you"
+            " (remove it or set ssh.persist 0)"
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise StorageError(
+            f"ssh.persist: refusing {path}: mode {stat.S_IMODE(info.st_mode):04o}, not 0600"
+            " (remove it or set ssh.persist 0)"
+        )
+    return True
+
+
+@contextlib.contextmanager
+def sun_path(path: Path) -> Iterator[str]:
+    """A path for bind()/connect(): `path` itself, or /proc/self/fd/N/<name> when too long."""
+    if len(os.fsencode(path)) <= _MAX_SUN_PATH:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+def info_path(sock: Path) -> Path:
+    return sock.with_suffix(".json")
+
+
+def read_info(sock: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(info_path(sock).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def discard(sock: Path, *, kill: bool) -> None:
+    """Remove a helper's socket and info file; with `kill`, stop its process (SIGKILL)."""
+    info = read_info(sock)
+    pid = info.get("pid") if info else None
+    if kill and isinstance(pid, int) and pid > 1 and alive(pid) and is_helper(pid, sock):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    for path in (sock, info_path(sock)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def is_helper(pid: int, sock: Path) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"persist_helper" in cmdline and sock.name.encode() in cmdline
+
+
+@contextlib.contextmanager
+def locked(sock: Path) -> Iterator[None]:
+    lock = sock.with_suffix(".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# --- status and stop ----------------------------------------------------------------------------
+def helpers(data_dir: Path) -> list[dict[str, Any]]:
+    """The helpers recorded in the data dir: vm, pid, socket, started, alive."""
+    folder = persist_dir(data_dir)
+    found: list[dict[str, Any]] = []
+    if not folder.is_dir():
+        return found
+    for sock in sorted(folder.glob("*.sock")) + sorted(
+        p.with_suffix(".sock") for p in folder.glob("*.json") if not p.with_suffix(".sock").exists()
+    ):
+        info = read_info(sock) or {}
+        pid = info.get("pid")
+        running = isinstance(pid, int) and alive(pid) and is_helper(pid, sock) and sock.exists()
+        found.append(
+            {
+                "vm": info.get("vm"),
+                "user": info.get("user"),
+                "pid": pid,
+                "socket": str(sock),
+                "started": info.get("started"),
+                "persist_seconds": info.get("persist"),
+                "alive": bool(running),
+            }
+        )
+    return found
+
+
+def stop_helpers(data_dir: Path, vm: str | None = None) -> list[dict[str, Any]]:
+    """Stop the helpers (of `vm` only, when given); returns those stopped or cleaned up."""
+    stopped = []
+    for helper in helpers(data_dir):
+        if vm is not None and helper["vm"] != vm:
+            continue
+        sock = Path(helper["socket"])
+        pid = helper["pid"]
+        if helper["alive"] and isinstance(pid, int):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        discard(sock, kill=True)
+        stopped.append(helper)
+    return stopped
