@@ -52,9 +52,12 @@ def cli(cli_env: dict[str, str], tmp_path: Path):  # type: ignore[no-untyped-def
     """Run `win-automation ARGS...` as a subprocess; returns Run(code, stdout, stderr). Warm
     connection helpers its job commands started are stopped after the test."""
 
+    data_dirs = {cli_env["WIN_AUTOMATION_DATA_DIR"]}
+
     def run(
         *args: str, env: dict[str, str] | None = None, timeout: float = 60, input: str | None = None
     ) -> Run:
+        data_dirs.add((env or {}).get("WIN_AUTOMATION_DATA_DIR", cli_env["WIN_AUTOMATION_DATA_DIR"]))
         proc = subprocess.run(
             [sys.executable, "-m", "win_automation", *args],
             env={**cli_env, **(env or {})},
@@ -67,4 +70,5 @@ def cli(cli_env: dict[str, str], tmp_path: Path):  # type: ignore[no-untyped-def
         return Run(proc.returncode, proc.stdout, proc.stderr)
 
     yield run
-    stop_warm_helpers(Path(cli_env["WIN_AUTOMATION_DATA_DIR"]))
+    for data_dir in data_dirs:
+        stop_warm_helpers(Path(data_dir))

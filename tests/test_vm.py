@@ -13,7 +13,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +24,17 @@ pytestmark = pytest.mark.vm
 
 
 @pytest.fixture(scope="module")
-def vm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def vm_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     if not os.environ.get("WIN_AUTOMATION_SSH_HOST"):
         pytest.fail("-m vm needs the VM's settings: set WIN_AUTOMATION_SSH_HOST (and port, user, key)")
     home = tmp_path_factory.mktemp("vm")
-    return {
+    env = {
         **os.environ,
         "WIN_AUTOMATION_DATA_DIR": str(home / "data"),
         "WIN_AUTOMATION_ARTIFACT_OUT": str(home / "artifacts"),
     }
+    yield env
+    wa(env, "ssh", "persist", "stop", "--all")  # the warm connection the CLI calls shared
 
 
 def wa(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -93,3 +97,21 @@ def test_put_and_get_round_trip(vm_env: dict[str, str], tmp_path: Path) -> None:
         assert back.read_bytes() == local.read_bytes()
     finally:
         ps(vm_env, f"Remove-Item -Force -ErrorAction SilentlyContinue ~\\{remote}")
+
+
+def test_cli_calls_share_one_warm_connection(vm_env: dict[str, str]) -> None:
+    """ssh.persist: later calls go through the first call's helper; prints the per-call latency."""
+    env = {**vm_env, "WIN_AUTOMATION_SSH_PERSIST": "5m"}
+    assert wa(env, "ssh", "run", "--shell", "cmd", "--", "echo warm").returncode == 0
+    pids = set()
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        done = wa(env, "ssh", "run", "--shell", "cmd", "--", "echo hi")
+        times.append(time.perf_counter() - started)
+        assert done.returncode == 0 and done.stdout.strip() == "hi", done.stderr
+        status = json.loads(wa(env, "ssh", "persist", "status", "--json").stdout)
+        pids |= {h["pid"] for h in status["helpers"] if h["alive"]}
+    assert len(pids) == 1
+    times.sort()
+    print(f"warm `ssh run --shell cmd -- echo hi`, whole process: median {times[2] * 1000:.0f} ms")
