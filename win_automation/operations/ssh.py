@@ -41,6 +41,7 @@ from win_automation.operations.command_result import (
     Shell,
     signed32,
 )
+from win_automation.partfiles import is_stale, owner_tag
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ RemoteOs = Literal["windows", "posix"]
 PID_MARKER = b"\x1ewa-pid:"
 _PID_LINE = re.compile(rb"\x1ewa-pid:(\d+)\n")
 KILL_TIMEOUT = 30.0
+SCRIPT_PREFIX = ".wa-script-"
 # What a streamed command's result keeps of each stream: enough for 64 K characters of any UTF-8.
 TAIL_BYTES = 256 * 1024
 
@@ -246,7 +248,10 @@ def run_powershell(
 
     if not powershell.needs_upload(script):
         return execute(powershell.encoded_command_line(script), powershell.encoded_needle(script))
-    path = f".wa-script-{run_id}.ps1"
+    for name, mtime in sftp.list_folder(conn, "."):  # left by a process killed while it ran
+        if name.startswith(SCRIPT_PREFIX) and is_stale(name, mtime):
+            sftp.remove(conn, name)
+    path = f"{SCRIPT_PREFIX}{owner_tag()}.ps1"
     data = script.encode("utf-8-sig")  # Windows PowerShell reads a BOM-less .ps1 as ANSI
     sftp.upload(conn, io.BytesIO(data), path, len(data))
     log.debug("script uploaded for -File", extra={"op": "ssh.run", "path": path, "bytes": len(data)})
