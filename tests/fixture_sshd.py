@@ -202,6 +202,7 @@ class SshServer:
             "KbdInteractiveAuthentication no",
             f"AllowUsers {self.user}",
             "Subsystem sftp internal-sftp",
+            "AllowTcpForwarding local",  # adapters/tunnel.py: ssh -L to the VM's loopback
             f"SetEnv PATH={self.bin}:/usr/local/bin:/usr/bin:/bin",
             "PrintMotd no",
             "PrintLastLog no",
