@@ -125,5 +125,7 @@ aloha_task = Workflow(
     input=AlohaTaskInput,
     gui=True,
     description="Run a ShowUI-Aloha GUI task on the VM's desktop and follow it to its end.",
+    artifact_types=("aloha",),
+    counters=("aloha_runs_total",),
     steps=(Step("run-task", run_task, AlohaTaskOutput, timeout_seconds=86400 + 600),),
 )

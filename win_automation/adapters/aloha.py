@@ -33,8 +33,8 @@ from typing import Any
 
 import httpx
 
+from win_automation.durations import rfc3339
 from win_automation.errors import ConnectError, NoAnswer
-from win_automation.log import rfc3339
 from win_automation.retry import CONNECT_POLICY, call_with_retry
 
 log = logging.getLogger(__name__)
