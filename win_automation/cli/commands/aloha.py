@@ -58,11 +58,17 @@ def _input(payload: dict[str, Any]) -> Any:
 @app.command()
 def run(
     ctx: typer.Context,
-    task: str = typer.Option(..., "--task", help="What to do on the desktop, in words."),
-    trace_id: str | None = typer.Option(None, "--trace-id", help="Demonstration trace for the server."),
-    max_steps: str | None = typer.Option(None, "--max-steps", help="Most steps the client takes (1-500)."),
-    screen: str = typer.Option("0", "--screen", help="The screen to act on (0-15)."),
-    timeout: str = typer.Option("30m", "--timeout", help="Deadline; then /stop and exit 124."),
+    task: str = typer.Option(..., "--task", metavar="TEXT", help="What to do on the desktop, in words."),
+    trace_id: str | None = typer.Option(
+        None, "--trace-id", metavar="NAME", help="Demonstration trace for the server."
+    ),
+    max_steps: str | None = typer.Option(
+        None, "--max-steps", metavar="N", help="Most steps the client takes (1-500)."
+    ),
+    screen: str = typer.Option("0", "--screen", metavar="N", help="The screen to act on (0-15)."),
+    timeout: str = typer.Option(
+        "30m", "--timeout", metavar="DURATION", help="Deadline; then /stop and exit 124."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
     metrics: bool = typer.Option(False, "--metrics", help="Emit metric lines while the job runs."),
     metrics_interval: str | None = typer.Option(
