@@ -170,7 +170,13 @@ def test_no_answer_within_the_request_timeout_is_exit_3_and_not_retried(aloha: A
 
 def test_a_client_that_drops_mid_task_is_exit_3(aloha: AlohaWorld) -> None:  # noqa: F811
     aloha.server.stop_after = 1000
-    threading.Timer(0.4, aloha.client.stop).start()
+
+    def kill_once_started() -> None:
+        wait_for(lambda: aloha.client.real_tasks(), what="the task to start")
+        time.sleep(0.2)
+        aloha.client.stop()
+
+    threading.Thread(target=kill_once_started, daemon=True).start()
     outcome, response = _fail(aloha)
     assert outcome.exit_code == 3 and "while the task ran" in (outcome.error or "")
     assert [e["attempt"] for e in response["exchanges"][-3:]] == [1, 2, 3]
