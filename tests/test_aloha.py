@@ -229,7 +229,7 @@ def test_jobs_cancel_stops_the_task_within_a_few_seconds(aloha: AlohaWorld) -> N
     [job] = dispatch.list_jobs(config, limit=1)
     asked = time.monotonic()
     record = dispatch.cancel_job(config, job.job.job_id, patience=10)
-    assert record.state == JobState.CANCELLED and time.monotonic() - asked < 3
+    assert record.state == JobState.CANCELLED and time.monotonic() - asked < 5
     runner.join(10)
     outcome, response = done[0]
     assert outcome.exit_code == 130 and aloha.client.real_tasks()[0].ended == "stopped"

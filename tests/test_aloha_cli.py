@@ -121,7 +121,7 @@ def test_jobs_cancel_stops_a_running_task(aloha: AlohaWorld) -> None:  # noqa: F
         cancelled = cli(aloha, "jobs", "cancel", listed[0]["job_id"])
         assert cancelled.returncode == 0, cancelled.stderr
         out, err = proc.communicate(timeout=20)
-        assert time.monotonic() - asked < 5
+        assert time.monotonic() - asked < 10  # jobs cancel itself is a process start
         assert proc.returncode == 130, err
         assert json.loads(out)["state"] == "cancelled"
         assert aloha.client.real_tasks()[0].ended == "stopped"
