@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import pytest
 from aloha_standin import Fault
 from fixture_aloha import AlohaWorld, aloha  # noqa: F401
@@ -112,6 +113,17 @@ def test_the_deadline_sends_stop_waits_for_the_end_and_exits_124(aloha: AlohaWor
     assert "client POST /stop 200 #1" in seen and seen[-1] == "client POST /run_task 200 #1"
     assert outcome.outputs["run-task"].model_dump()["reason"] == "deadline"  # journaled with the failure
     assert time.monotonic() - started < 5
+
+
+def test_the_deadline_is_exit_124_even_when_stop_cannot_reach_the_client(aloha: AlohaWorld) -> None:  # noqa: F811
+    aloha.server.stop_after = 1000
+    aloha.client.faults += [Fault("/stop", drop=True)] * 3
+    outcome, response = run(aloha.config(), timeout_seconds=0.3)
+    assert (outcome.state, outcome.exit_code) == (JobState.FAILED, 124)
+    assert "sent /stop (stopping it failed: " in (outcome.error or "")
+    assert [e["attempt"] for e in response["exchanges"] if e["route"] == "/stop"] == [1, 2, 3]
+    assert httpx.post(aloha.client.url + "/stop").status_code == 200  # the task still ran
+    aloha.client.wait_idle()
 
 
 def _fail(world: AlohaWorld, config: Config | None = None) -> tuple[JobOutcome, dict[str, Any]]:

@@ -120,6 +120,8 @@ def run_task(inp: AlohaTaskInput, ctx: StepContext) -> AlohaTaskOutput:
 
 
 def _ending(followed: Followed) -> str:
+    if followed.stop_error is not None:
+        return f" (stopping it failed: {followed.stop_error})"
     if followed.ended:
         return " (it ended)"
     return " (it had not ended when aloha.stop_timeout passed)"
