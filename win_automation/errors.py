@@ -6,6 +6,8 @@
     ├── NotFoundError                  exit 1  a job, file or run that does not exist
     │   └── NoArtifacts                exit 66 a job has no artifact folder (or no manifest) here
     ├── ConnectError         transient exit 3  the VM or a service could not be reached
+    │   └── NoAnswer                   exit 3  a service took a request and did not answer in time
+    │                                          (not retried: it may have acted on it)
     ├── AuthError                      exit 4  credentials were refused (never retried)
     ├── HostKeyError                   exit 5  unknown or changed host key (never retried)
     ├── OperationTimeout     transient exit 124 a deadline passed (the remote work was stopped)
@@ -14,6 +16,11 @@
     ├── Skipped                        exit 0  a step had nothing to do (its result says why)
     ├── IllegalTransition              exit 1  a job/step state change the state machine forbids
     ├── ArtifactMismatch               exit 1  an artifact's size or sha256 differs from its manifest
+    ├── DesktopUnavailable             exit 1  a GUI job cannot start: the VM desktop is locked or
+    │                                          nobody is logged on (operations.desktop)
+    ├── ServiceRefused                 exit 1  a service answered, but not with what was asked
+    │                                          (an Aloha 4xx/500, a 409 busy desktop, a body that
+    │                                          is not JSON)
     ├── StorageError                   exit 74 a local file or folder cannot be used: a corrupt
     │                                          journal, an unwritable data.dir or --out folder
     └── Cancelled                      exit 130 the job or command was cancelled (or interrupted)
@@ -76,6 +83,10 @@ class ConnectError(WinAutomationError):
     transient = True
 
 
+class NoAnswer(ConnectError):
+    transient = False
+
+
 class AuthError(WinAutomationError):
     exit_code = 4
 
@@ -98,6 +109,14 @@ class IllegalTransition(WinAutomationError):
 
 
 class ArtifactMismatch(WinAutomationError):
+    exit_code = 1
+
+
+class DesktopUnavailable(WinAutomationError):
+    exit_code = 1
+
+
+class ServiceRefused(WinAutomationError):
     exit_code = 1
 
 

@@ -43,3 +43,7 @@ class Executor(Protocol):
 
     def remove(self, remote: str) -> None:
         """Remove a file on the VM (quietly when it is already gone)."""
+
+    def list_folder(self, folder: str) -> list[tuple[str, float]]:
+        """(name, mtime) of each entry of a folder on the VM; empty when it does not exist."""
+        ...

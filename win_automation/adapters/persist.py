@@ -283,3 +283,7 @@ class WarmConnection:
 
     def remove(self, remote: str) -> None:
         self._call({"op": "remove", "path": remote})
+
+    def list_folder(self, folder: str) -> list[tuple[str, float]]:
+        entries = self._call({"op": "list", "path": folder}).get("entries") or []
+        return [(str(name), float(mtime)) for name, mtime in entries]

@@ -129,6 +129,8 @@ class Helper:
         if op == "remove":
             self.conn.remove(str(request["path"]))
             return {}
+        if op == "list":
+            return {"entries": self.conn.list_folder(str(request["path"]))}
         raise ConnectError(f"the warm-connection helper does not know the request {op!r}")
 
     # -- the process ------------------------------------------------------------------------

@@ -283,6 +283,11 @@ class SshConnection:
 
         sftp.remove(self, remote)
 
+    def list_folder(self, folder: str) -> list[tuple[str, float]]:
+        from win_automation.adapters import sftp
+
+        return sftp.list_folder(self, folder)
+
     @staticmethod
     def _alive(channel: paramiko.Channel) -> bool:
         transport = channel.get_transport()

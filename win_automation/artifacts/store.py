@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +37,7 @@ from win_automation.artifacts.hashing import hash_file
 from win_automation.durations import rfc3339
 from win_automation.errors import ArtifactMismatch, NoArtifacts, NotFoundError, StorageError, UsageError
 from win_automation.jobs.ids import is_job_id, validate_job_id
-from win_automation.partfiles import is_stale, owner_tag
+from win_automation.partfiles import owner_tag
 
 ArtifactType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=40)]
 MANIFEST = "manifest.json"
@@ -70,21 +69,6 @@ def safe_relative(name: str) -> str:
 def temp_name(name: str) -> str:
     """`.tmp-<name>.<owner tag>`: a file being written, which says who writes it (partfiles)."""
     return f"{TEMP_PREFIX}{name}.{owner_tag()}"
-
-
-def remove_stale_temps(folder: Path, *, dry_run: bool = False) -> list[Path]:
-    """Delete the `.tmp-*` files under `folder` whose writer is gone (partfiles.is_stale)."""
-    removed = []
-    for path in folder.rglob(f"{TEMP_PREFIX}*"):
-        try:
-            info = path.lstat()
-        except OSError:
-            continue
-        if stat.S_ISREG(info.st_mode) and is_stale(path.name, info.st_mtime):
-            if not dry_run:
-                path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
 
 
 def _manifest_path(name: str) -> str:

@@ -133,6 +133,11 @@ class SSHConfig(Section):
         description="How long a CLI call's warm connection helper stays after its last command"
         " (as OpenSSH's ControlPersist); 0 turns it off.",
     )
+    forward_services: bool = Field(
+        False,
+        description="Reach the VM's services (Aloha, Playwright) through a port forward over this SSH "
+        "connection to the VM's own loopback; their configured ports are then the VM's own.",
+    )
 
     @property
     def vm_key(self) -> str:
@@ -152,6 +157,12 @@ class AlohaConfig(Section):
         description="PowerShell that starts the Aloha client on the VM (AlohaClientStartCmd).",
     )
     request_timeout: PositiveDuration = Field(10.0, description="Deadline of one HTTP request to Aloha.")
+    poll_interval: PositiveDuration = Field(
+        1.0, description="How often a running task is checked for its end (a `/run_task` that answers 409)."
+    )
+    stop_timeout: PositiveDuration = Field(
+        60.0, description="After `/stop` (deadline, cancel), how long to wait for the task to end."
+    )
 
 
 class HatchetConfig(Section):

@@ -39,6 +39,7 @@ from win_automation.operations.command_result import (
     Shell,
     signed32,
 )
+from win_automation.partfiles import is_stale, owner_tag
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ RemoteOs = Literal["windows", "posix"]
 PID_MARKER = b"\x1ewa-pid:"
 _PID_LINE = re.compile(rb"\x1ewa-pid:(\d+)\n")
 KILL_TIMEOUT = 30.0
+SCRIPT_PREFIX = ".wa-script-"
 # What a streamed command's result keeps of each stream: enough for 64 K characters of any UTF-8.
 TAIL_BYTES = 256 * 1024
 
@@ -244,7 +246,10 @@ def run_powershell(
 
     if not powershell.needs_upload(script):
         return execute(powershell.encoded_command_line(script), powershell.encoded_needle(script))
-    path = f".wa-script-{run_id}.ps1"
+    for name, mtime in conn.list_folder("."):  # left by a process killed while it ran
+        if name.startswith(SCRIPT_PREFIX) and is_stale(name, mtime):
+            conn.remove(name)
+    path = f"{SCRIPT_PREFIX}{owner_tag()}.ps1"
     data = script.encode("utf-8-sig")  # Windows PowerShell reads a BOM-less .ps1 as ANSI
     conn.put_bytes(path, data)
     log.debug("script uploaded for -File", extra={"op": "ssh.run", "path": path, "bytes": len(data)})

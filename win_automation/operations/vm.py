@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from win_automation.adapters import hostkeys
     from win_automation.adapters.ssh import SshConnection
     from win_automation.operations import transfers
+    from win_automation.operations.aloha import Aloha
 
 Emit = Callable[[str, str], None]
 """Live output: `emit(stream, text)` with stream `stdout` or `stderr`."""
@@ -88,6 +90,13 @@ class Vm:
         from win_automation.adapters.ssh import get_connection
 
         return get_connection(self.config.ssh)
+
+    @cached_property
+    def aloha(self) -> Aloha:
+        """The VM's ShowUI-Aloha server and client (operations.aloha), bound to the cancel check."""
+        from win_automation.operations.aloha import Aloha
+
+        return Aloha(self.config, cancelled=self.cancelled)
 
     def _sinks(self, live: bool) -> tuple[commands.TextSink | None, commands.TextSink | None]:
         emit = self.emit
