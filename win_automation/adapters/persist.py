@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from win_automation.adapters.execution import Chunk, ExecOutcome
+from win_automation.adapters.execution import Chunk, ExecOutcome, Executor
 from win_automation.adapters.persist_wire import (
     CANCEL_POLL,
     HEARTBEAT,
@@ -62,9 +62,14 @@ def _secret(value: Any) -> str | None:
     return None if value is None else str(value.get_secret_value())
 
 
-def spawn(cfg: SSHConfig, sock: Path, persist: float) -> None:
-    """Start the helper for `cfg` at `sock`; return when it is connected and listening, or raise
-    the error its connection attempt ended with."""
+_BACKGROUND: list[Any] = []  # helpers started without waiting (their Popen objects, kept)
+_STARTED: set[Path] = set()
+
+
+def spawn(cfg: SSHConfig, sock: Path, persist: float, *, wait: bool = True) -> None:
+    """Start the helper for `cfg` at `sock`. With `wait`, return when it (or a helper another
+    process started at the same time) is connected and listening, or raise the error its
+    connection attempt ended with; without, return at once."""
     import subprocess
 
     settings = cfg.model_dump(mode="json")
@@ -75,18 +80,22 @@ def spawn(cfg: SSHConfig, sock: Path, persist: float) -> None:
         proc = subprocess.Popen(
             [sys.executable, "-m", "win_automation.adapters.persist_helper", str(sock)],
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.PIPE if wait else subprocess.DEVNULL,
             stderr=err,
             start_new_session=True,
             close_fds=True,
         )
-    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdin is not None
     request = {"ssh": settings, "persist": persist}
     try:
         proc.stdin.write(json.dumps(request).encode())
         proc.stdin.close()
     except OSError:
         pass
+    if not wait:
+        _BACKGROUND.append(proc)
+        return
+    assert proc.stdout is not None
     # The helper's own connect policy: 3 attempts, each bounded by connect_timeout.
     deadline = time.monotonic() + 3 * cfg.connect_timeout + 10
     line = b""
@@ -153,23 +162,37 @@ class WarmConnection:
             raise ConnectError(f"cannot reach the warm-connection helper at {self.sock}: {exc}") from None
         return client
 
-    def _ensure(self, *, replace: bool) -> None:
-        """Start a helper (under the lock, unless another process just did)."""
-        with locked(self.sock):
-            if not replace:
-                try:
-                    probe = self._connect()
-                except _Stale:
-                    pass
-                else:
-                    probe.close()
-                    return
-            discard(self.sock, kill=True)
-            spawn(self.cfg, self.sock, self.persist)
+    def _inode(self) -> int | None:
+        try:
+            return self.sock.lstat().st_ino
+        except OSError:
+            return None
+
+    def available(self) -> bool:
+        """True when a helper answers connections at the socket (a foreign socket: StorageError)."""
+        try:
+            self._connect().close()
+        except _Stale:
+            return False
+        return True
+
+    def _ensure(self, *, replace: bool, bad: int | None = None) -> None:
+        """Start a helper and wait for it (a helper that finds another one serving leaves, so of
+        two started at once one wins). With `replace`, the helper whose socket had inode `bad` is
+        killed first, unless another caller already replaced it."""
+        if replace:
+            with locked(self.sock):
+                if self._inode() != bad:
+                    return  # already replaced by a caller that found it dead too
+                discard(self.sock, kill=True)
+        elif self.available():
+            return
+        spawn(self.cfg, self.sock, self.persist)
 
     def _open(self, request: dict[str, Any]) -> socket.socket:
         """A connection on which the helper accepted `request` (replacing a dead helper once)."""
         for attempt in (1, 2, 3):
+            inode = self._inode()
             try:
                 client = self._connect()
             except _Stale:
@@ -186,7 +209,7 @@ class WarmConnection:
                 return client
             client.close()
             if attempt < 3:  # nothing was run: a dead or wedged helper is replaced
-                self._ensure(replace=True)
+                self._ensure(replace=True, bad=inode)
         raise ConnectError(f"the warm-connection helper for {self.cfg.vm_key} does not answer at {self.sock}")
 
     def _call(
@@ -287,3 +310,22 @@ class WarmConnection:
     def list_folder(self, folder: str) -> list[tuple[str, float]]:
         entries = self._call({"op": "list", "path": folder}).get("entries") or []
         return [(str(name), float(mtime)) for name, mtime in entries]
+
+
+def shared_connection(cfg: SSHConfig, data_dir: Path, persist: float) -> Executor:
+    """What a CLI call runs its commands through: the VM's warm helper when one answers; else
+    this process's own connection (connected here, with the usual checks and errors, so a cold
+    call costs what it did without helpers), and a helper is started in the background for the
+    calls that follow."""
+    warm = WarmConnection(cfg, data_dir, persist)
+    if warm.available():
+        return warm
+    from win_automation.adapters.ssh import get_connection
+
+    conn = get_connection(cfg)
+    conn.transport()  # host key and authentication checked before any helper starts
+    if warm.sock not in _STARTED:  # once per process: later steps of the job find it, or not yet
+        _STARTED.add(warm.sock)
+        with contextlib.suppress(OSError):
+            spawn(cfg, warm.sock, persist, wait=False)
+    return conn

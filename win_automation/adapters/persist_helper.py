@@ -198,6 +198,19 @@ class _Kept(logging.Handler):
         )
 
 
+def _serving(sock: Path) -> bool:
+    """True when another helper answers at `sock`."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with persist.sun_path(sock) as where:
+            probe.connect(where)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 def _answer(payload: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(payload) + "\n")
     sys.stdout.flush()
@@ -213,29 +226,34 @@ def main(argv: list[str]) -> int:
     helper = Helper(cfg, sock, float(request["persist"]))
     kept = _Kept()
     logging.getLogger().addHandler(kept)
-    try:
-        helper.conn.transport()
-        server = helper.listen()
-    except WinAutomationError as exc:
-        _answer({"error": persist.error_payload(exc), "log": kept.records})
-        return 1
-    except OSError as exc:
-        error = ConnectError(f"cannot listen on {sock}: {exc}")
-        _answer({"error": persist.error_payload(error), "log": kept.records})
-        return 1
-    finally:
-        logging.getLogger().removeHandler(kept)
-    info = {
-        "pid": os.getpid(),
-        "vm": cfg.vm_key,
-        "user": cfg.user,
-        "persist": helper.persist,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    persist.info_path(sock).write_text(json.dumps(info), encoding="utf-8")
+    with persist.locked(sock):  # of two helpers started at once, the second finds the first
+        if _serving(sock):
+            _answer({"ok": True, "log": []})
+            return 0
+        try:
+            helper.conn.transport()
+            server = helper.listen()
+        except WinAutomationError as exc:
+            _answer({"error": persist.error_payload(exc), "log": kept.records})
+            return 1
+        except OSError as exc:
+            error = ConnectError(f"cannot listen on {sock}: {exc}")
+            _answer({"error": persist.error_payload(error), "log": kept.records})
+            return 1
+        finally:
+            logging.getLogger().removeHandler(kept)
+        info = {
+            "pid": os.getpid(),
+            "vm": cfg.vm_key,
+            "user": cfg.user,
+            "persist": helper.persist,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        persist.info_path(sock).write_text(json.dumps(info), encoding="utf-8")
     signal.signal(signal.SIGTERM, lambda *_: helper.stop.set())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    _answer({"ok": True, "log": kept.records})
+    with contextlib.suppress(OSError):  # nobody may be waiting (a helper started in the background)
+        _answer({"ok": True, "log": kept.records})
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)

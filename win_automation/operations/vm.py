@@ -68,6 +68,7 @@ class Vm:
         self.config = config
         self.cancelled = cancelled
         self.emit = emit
+        self._shared: Executor | None = None
 
     @property
     def key(self) -> str:
@@ -79,9 +80,11 @@ class Vm:
         """What runs commands: the warm helper shared by CLI calls, or this process's connection."""
         ssh = self.config.ssh
         if _SHARED and ssh.persist > 0:
-            from win_automation.adapters.persist import WarmConnection
+            if self._shared is None:
+                from win_automation.adapters.persist import shared_connection
 
-            return WarmConnection(ssh, self.config.data.dir, ssh.persist)
+                self._shared = shared_connection(ssh, self.config.data.dir, ssh.persist)
+            return self._shared
         return self.ssh
 
     @property
