@@ -24,6 +24,7 @@ The socket, its checks and frames, and `ssh persist status|stop` are in persist_
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import errno
@@ -315,8 +316,8 @@ class WarmConnection:
 def shared_connection(cfg: SSHConfig, data_dir: Path, persist: float) -> Executor:
     """What a CLI call runs its commands through: the VM's warm helper when one answers; else
     this process's own connection (connected here, with the usual checks and errors, so a cold
-    call costs what it did without helpers), and a helper is started in the background for the
-    calls that follow."""
+    call costs what it did without helpers), and a helper is started in the background as this
+    process exits, for the calls that follow."""
     warm = WarmConnection(cfg, data_dir, persist)
     if warm.available():
         return warm
@@ -324,8 +325,12 @@ def shared_connection(cfg: SSHConfig, data_dir: Path, persist: float) -> Executo
 
     conn = get_connection(cfg)
     conn.transport()  # host key and authentication checked before any helper starts
-    if warm.sock not in _STARTED:  # once per process: later steps of the job find it, or not yet
+    if warm.sock not in _STARTED:  # once per process, as it exits: it does not slow this call
         _STARTED.add(warm.sock)
-        with contextlib.suppress(OSError):
-            spawn(cfg, warm.sock, persist, wait=False)
+        atexit.register(_spawn_quietly, cfg, warm.sock, persist)
     return conn
+
+
+def _spawn_quietly(cfg: SSHConfig, sock: Path, persist: float) -> None:
+    with contextlib.suppress(OSError):
+        spawn(cfg, sock, persist, wait=False)
