@@ -82,7 +82,8 @@ def _pump(sock: socket.socket, channel: paramiko.Channel) -> None:
     except (OSError, paramiko.SSHException, EOFError):
         pass
     finally:
-        channel.close()
+        with contextlib.suppress(OSError, paramiko.SSHException, EOFError):  # the transport may be gone
+            channel.close()
         sock.close()
 
 
