@@ -24,10 +24,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any
-
-from playwright.sync_api import Browser, Error, Playwright, sync_playwright
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from typing import TYPE_CHECKING, Any
 
 from win_automation.errors import (
     ConfigError,
@@ -38,6 +35,9 @@ from win_automation.errors import (
 )
 from win_automation.log import register_secret
 from win_automation.retry import call_with_retry
+
+if TYPE_CHECKING:  # playwright is imported where it is used: importing it costs ~80 ms
+    from playwright.sync_api import Browser, Playwright
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ class Endpoint:
 
 
 def is_closed_error(exc: BaseException) -> bool:
+    from playwright.sync_api import Error
+
     return isinstance(exc, Error) and any(part in str(exc) for part in _CLOSED)
 
 
@@ -80,6 +82,8 @@ def translate(
     exc: BaseException, endpoint: Endpoint, *, doing: str = "connect", lost: bool = False
 ) -> WinAutomationError:
     """The project's error for a playwright exception (its message is never passed on whole)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     where = f"the Playwright server at {endpoint.describe()}"
     text = str(exc)
     if isinstance(exc, PlaywrightTimeout):
@@ -145,6 +149,8 @@ class BrowserSession:
         return ".".join(client_version().split(".")[:2])
 
     def new_context(self, **options: Any) -> Any:
+        from playwright.sync_api import Error
+
         try:
             return self.browser.new_context(**options)
         except Error as exc:
@@ -152,6 +158,8 @@ class BrowserSession:
 
 
 def _connect(playwright: Playwright, endpoint: Endpoint, timeout: float) -> Browser:
+    from playwright.sync_api import Error
+
     try:
         return playwright.chromium.connect(endpoint.url, timeout=timeout * 1000)
     except Error as exc:
@@ -163,6 +171,8 @@ def open_browser(
     endpoint: Endpoint, *, timeout: float = 30.0, retry: bool = True
 ) -> Iterator[BrowserSession]:
     """Connect to the server (retrying refusals under the connect policy) and close everything after."""
+    from playwright.sync_api import Error, sync_playwright
+
     try:
         manager = sync_playwright()
         playwright = manager.start()
