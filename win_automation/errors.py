@@ -14,6 +14,11 @@
     ├── Skipped                        exit 0  a step had nothing to do (its result says why)
     ├── IllegalTransition              exit 1  a job/step state change the state machine forbids
     ├── ArtifactMismatch               exit 1  an artifact's size or sha256 differs from its manifest
+    ├── DesktopUnavailable             exit 1  a GUI job cannot start: the VM desktop is locked or
+    │                                          nobody is logged on (operations.desktop)
+    ├── ServiceRefused                 exit 1  a service answered, but not with what was asked
+    │                                          (an Aloha 4xx/500, a 409 busy desktop, a body that
+    │                                          is not JSON)
     └── Cancelled                      exit 130 the job or command was cancelled (or interrupted)
         └── Superseded                 exit 130 another process took the job over (resumed it
                                                after this owner stopped heart-beating)
@@ -92,6 +97,14 @@ class IllegalTransition(WinAutomationError):
 
 
 class ArtifactMismatch(WinAutomationError):
+    exit_code = 1
+
+
+class DesktopUnavailable(WinAutomationError):
+    exit_code = 1
+
+
+class ServiceRefused(WinAutomationError):
     exit_code = 1
 
 
