@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-
 from fixture_playwright import PREVIOUS_MINOR, PlaywrightServer
 from fixture_sshd import free_port
+
 from win_automation.adapters.playwright import client_version
 from win_automation.operations.playwright import health
 

@@ -16,6 +16,7 @@ from win_automation import __version__
 from win_automation.cli.commands import artifacts as artifacts_cmd
 from win_automation.cli.commands import config as config_cmd
 from win_automation.cli.commands import jobs as jobs_cmd
+from win_automation.cli.commands import playwright as playwright_cmd
 from win_automation.cli.commands import run as run_cmd
 from win_automation.cli.commands import ssh as ssh_cmd
 from win_automation.cli.commands import worker as worker_cmd
@@ -35,6 +36,7 @@ app.command("run")(run_cmd.run)
 app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(artifacts_cmd.app, name="artifacts")
 app.add_typer(ssh_cmd.app, name="ssh")
+app.add_typer(playwright_cmd.app, name="playwright")
 app.command("worker")(worker_cmd.worker)
 
 

@@ -70,6 +70,7 @@ def take_screenshot(
         job.page.goto(url, wait_until="load", timeout=timeout * 1000)
     except Exception as exc:
         if _is_timeout(exc):
+            job.stalled = True  # a page still loading cannot be shot: keep the trace only
             raise OperationTimeout(
                 f"{url} did not load within {timeout:g}s; fix: check the VM reaches it, or raise --timeout"
             ) from None
