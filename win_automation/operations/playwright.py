@@ -147,9 +147,21 @@ class BrowserJob:
         """The project's error for `exc`, raised while `doing`."""
         if isinstance(exc, WinAutomationError):
             return exc
-        if self.session.lost or is_closed_error(exc):
+        if self.server_gone(exc):
             return translate(exc, self.session.endpoint, doing=doing, lost=True)
         return translate(exc, self.session.endpoint, doing=doing)
+
+    def server_gone(self, exc: BaseException) -> bool:
+        """Whether `exc` came from losing the server (not, say, a script closing its own page)."""
+        if self.session.lost:
+            return True
+        if not is_closed_error(exc):
+            return False
+        try:  # the client may not have noticed yet (its `disconnected` event comes late): ask
+            self.session.browser.new_context().close()
+        except Exception:
+            return True
+        return False
 
 
 @contextmanager
