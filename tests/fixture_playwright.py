@@ -63,6 +63,7 @@ class PlaywrightServer:
             "port": self.port,
             "wsPathFile": str(ws_file),
             "headless": True,
+            "logFile": str(self.dir / "launch.log"),
         }
         if channel:
             settings["channel"] = channel

@@ -36,6 +36,63 @@ def _timeout(value: str) -> float:
 
 
 @app.command()
+def install(
+    ctx: typer.Context,
+    channel: str = typer.Option(
+        "msedge", "--channel", help="msedge (the VM's Edge) or chromium (downloaded on the VM)."
+    ),
+    headless: bool = typer.Option(
+        True, "--headless/--headed", help="Headed shows the browser on the VM desktop."
+    ),
+    rotate: bool = typer.Option(
+        False, "--rotate-ws-path", help="Make a new wsPath (the old one stops working)."
+    ),
+    wheel: Path | None = typer.Option(
+        None,
+        "--wheel",
+        help="The playwright win_amd64 wheel (offline); else it is downloaded and cached.",
+        dir_okay=False,
+    ),
+    allow_from: str | None = typer.Option(
+        None, "--allow-from", help="Address the firewall rule admits (default: this host, as the VM sees it)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Put a Playwright server of this client's version on the VM (a task at logon) and check it."""
+    import os
+
+    from win_automation.errors import UsageError
+    from win_automation.operations.playwright import WS_PATH_ENV
+    from win_automation.operations.playwright_install import install as run_install
+
+    if channel not in ("msedge", "chromium"):
+        raise UsageError(f"--channel: must be msedge or chromium, got {channel!r}")
+    config = state(ctx).config()
+    report = run_install(
+        config, channel=channel, headless=headless, rotate=rotate, wheel=wheel, allow_from=allow_from
+    )
+    ws_path = report.ws_path.get_secret_value()
+    export = None
+    if report.ws_path_new or os.environ.get(WS_PATH_ENV) != ws_path:
+        export = f"export {WS_PATH_ENV}={ws_path}"
+    if as_json:
+        print_json({**report.as_dict(), "export": export})
+    else:
+        status = "unchanged" if not report.changed else "changed: " + ", ".join(report.changed)
+        typer.echo(
+            f"Playwright {report.version} server ({report.channel}, "
+            f"{'headless' if report.headless else 'headed'}) in {report.dir}: {status}"
+        )
+        if export:
+            typer.echo(export)
+    if report.health is not None and not report.health.ok:
+        from win_automation.cli.output import error
+
+        error(f"installed, but health fails: {report.health.cause}; fix: {report.health.fix}")
+        raise typer.Exit(report.health.exit_code or 1)
+
+
+@app.command()
 def health(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
