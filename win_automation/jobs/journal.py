@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from win_automation.errors import NotFoundError, Superseded
+from win_automation.errors import NotFoundError, StorageError, Superseded
 from win_automation.jobs.ids import new_job_id, new_trace_id
 from win_automation.jobs.owners import process_alive, process_start
 from win_automation.jobs.records import (
@@ -65,6 +65,29 @@ HEARTBEAT_EXPIRY = 30.0
 PARENT_FAILED = "a parent step failed"
 
 
+@contextmanager
+def storage_faults(path: Path) -> Iterator[None]:
+    """SQLite's errors about the file itself (corrupt, read-only, cannot be opened) as one-line
+    StorageErrors that say where the journal is and what to do; constraint errors pass through."""
+    try:
+        yield
+    except sqlite3.IntegrityError:
+        raise
+    except sqlite3.DatabaseError as exc:
+        reason = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in reason:
+            raise StorageError(f"the journal {path} is busy ({reason}); try again") from None
+        if not isinstance(exc, sqlite3.OperationalError) or "malformed" in reason:
+            raise StorageError(
+                f"the journal {path} is corrupt ({reason}): move it aside (mv {path} {path}.corrupt)"
+                " and the next command starts a new, empty journal; the artifact folders are intact"
+            ) from None
+        raise StorageError(
+            f"the journal {path} cannot be used ({reason}): data.dir {path.parent} must be a"
+            " writable folder (or point data.dir, WIN_AUTOMATION_DATA_DIR, elsewhere)"
+        ) from None
+
+
 # A finished step: succeeded, or skipped by errors.Skipped (which records the step's output).
 _FINISHED = "(state = 'succeeded' OR (state = 'skipped' AND output_json IS NOT NULL))"
 
@@ -83,18 +106,30 @@ class Journal:
 
     @classmethod
     def open(cls, data_dir: Path, *, recover: bool = True) -> Journal:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            reason = "it is a file" if isinstance(exc, FileExistsError) else exc.strerror
+            raise StorageError(
+                f"data.dir {data_dir}: cannot create it ({reason}); point data.dir"
+                " (WIN_AUTOMATION_DATA_DIR) at a writable folder"
+            ) from None
         path = data_dir / JOURNAL_FILE
-        conn = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        journal = cls(path, conn)
-        journal._migrate()
-        if recover:
-            journal.recover_interrupted()
+        with storage_faults(path):
+            conn = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+            )
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                journal = cls(path, conn)
+                journal._migrate()
+                if recover:
+                    journal.recover_interrupted()
+            except BaseException:
+                conn.close()
+                raise
         return journal
 
     def close(self) -> None:
@@ -110,7 +145,7 @@ class Journal:
     def _write(self, fence: tuple[str, int | None] | None = None) -> Iterator[sqlite3.Connection]:
         """One `BEGIN IMMEDIATE` transaction. `fence` (job id, epoch held by the caller): the
         write happens only while the job's epoch is still that one, else Superseded."""
-        with self._lock:
+        with self._lock, storage_faults(self.path):
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 if fence is not None and fence[1] is not None:
@@ -128,7 +163,7 @@ class Journal:
             self._conn.execute("COMMIT")
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
+        with self._lock, storage_faults(self.path):
             return self._conn.execute(sql, args).fetchall()
 
     def _migrate(self) -> None:
@@ -158,15 +193,18 @@ class Journal:
         external_id: str | None = None,
         job_id: str | None = None,
         trace_id: str | None = None,
+        artifacts_root: Path | None = None,
     ) -> JobRecord:
-        """Record a new job, owned by this process, in state queued with its steps queued."""
+        """Record a new job, owned by this process, in state queued with its steps queued.
+        `artifacts_root` (artifacts.out_dir) records the job's folder `<root>/<job_id>`, absolute."""
         job_id = job_id or new_job_id()
+        folder = None if artifacts_root is None else str(Path(os.path.abspath(artifacts_root)) / job_id)
         now = time.time()
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO jobs (job_id, trace_id, workflow, engine, external_id, state, input_json,"
-                " created_at, updated_at, owner_pid, owner_start, owner_host, heartbeat_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " created_at, updated_at, owner_pid, owner_start, owner_host, heartbeat_at, artifacts_dir)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     job_id,
                     trace_id or new_trace_id(),
@@ -181,6 +219,7 @@ class Journal:
                     self._start,
                     self._host,
                     now,
+                    folder,
                 ),
             )
             conn.executemany(
@@ -484,7 +523,7 @@ class Journal:
                 args.append(value)
         sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY created_at DESC, job_id DESC"
-        if limit is not None:
+        if limit is not None and limit < 2**63:  # SQLite's integers are 64-bit: more is no limit
             sql += f" LIMIT {int(limit)}"
         return [job_from_row(row) for row in self._query(sql, args)]
 

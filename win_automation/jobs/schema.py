@@ -32,4 +32,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # increments it, and an owner's writes carry the epoch it holds.
         "ALTER TABLE jobs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 1",
     ),
+    (
+        # The job's artifact folder as an absolute path, recorded when the job is created, so
+        # that every command finds it from any working directory (artifacts.out_dir may be
+        # relative). NULL for jobs recorded before this column existed.
+        "ALTER TABLE jobs ADD COLUMN artifacts_dir TEXT",
+    ),
 )
