@@ -2,6 +2,7 @@
 
     WinAutomationError                 exit 1  the operation ran and failed or was refused
     ├── ConfigError                    exit 2  bad configuration (file, environment, value)
+    │   └── VersionMismatch            exit 2  the Playwright server's major.minor is not the client's
     ├── UsageError                     exit 2  a bad argument (an invalid job id, say)
     ├── NotFoundError                  exit 1  a job, file or run that does not exist
     │   └── NoArtifacts                exit 66 a job has no artifact folder (or no manifest) here
@@ -55,6 +56,15 @@ class WinAutomationError(Exception):
 
 class ConfigError(WinAutomationError):
     exit_code = 2
+
+
+class VersionMismatch(ConfigError):
+    """The Playwright server refused this client (HTTP 428): their major.minor versions differ."""
+
+    def __init__(self, message: str, *, client: str, server: str) -> None:
+        super().__init__(message)
+        self.client = client
+        self.server = server
 
 
 class UsageError(WinAutomationError):

@@ -21,6 +21,7 @@ from win_automation.cli.commands import aloha as aloha_cmd
 from win_automation.cli.commands import artifacts as artifacts_cmd
 from win_automation.cli.commands import config as config_cmd
 from win_automation.cli.commands import jobs as jobs_cmd
+from win_automation.cli.commands import playwright as playwright_cmd
 from win_automation.cli.commands import run as run_cmd
 from win_automation.cli.commands import ssh as ssh_cmd
 from win_automation.cli.commands import worker as worker_cmd
@@ -41,6 +42,7 @@ app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(artifacts_cmd.app, name="artifacts")
 app.add_typer(ssh_cmd.app, name="ssh")
 app.add_typer(aloha_cmd.app, name="aloha")
+app.add_typer(playwright_cmd.app, name="playwright")
 app.command("worker")(worker_cmd.worker)
 
 
