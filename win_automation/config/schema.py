@@ -104,6 +104,11 @@ class SSHConfig(Section):
         "windows",
         description="The VM's OS, which says how a timed-out command's process tree is killed.",
     )
+    forward_services: bool = Field(
+        False,
+        description="Reach the VM's services (Aloha, Playwright) through a port forward over this SSH "
+        "connection to the VM's own loopback; their configured ports are then the VM's own.",
+    )
 
     @property
     def vm_key(self) -> str:
