@@ -93,6 +93,8 @@ class Workflow:
     gui: bool = False
     labels: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    cron: Callable[[Config], str | None] | None = None
+    """The workflow's cron schedule on Hatchet, read from the worker's config (None: none)."""
 
     def __post_init__(self) -> None:
         if not _KEBAB.match(self.name):

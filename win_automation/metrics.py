@@ -3,6 +3,8 @@
 Counters (process-wide, reset when the process restarts, by design):
 jobs_enqueued_total, jobs_completed_total, jobs_failed_total, jobs_cancelled_total,
 playwright_sessions_total, aloha_runs_total. Any layer may count: `metrics.inc("aloha_runs_total")`.
+A capability may `declare` its own (the supervisor: `supervisor_check_<check>_<result>_total`,
+`supervisor_remediation_<action>_total`, and the level `supervisor_breaker_state`).
 
 Long-running commands (`run`, the worker, the supervisor) take `--metrics --metrics-interval 30s`
 and wrap their work in `with emitting(interval, path):`, which starts a daemon thread that writes
@@ -39,6 +41,21 @@ def inc(name: str, amount: int = 1) -> None:
         raise ValueError(f"unknown metric {name!r} (one of {', '.join(COUNTERS)})")
     with _lock:
         _values[name] += amount
+
+
+def declare(*names: str) -> None:
+    """Add a capability's own counters (the supervisor's per check and result) to those emitted."""
+    with _lock:
+        for name in names:
+            _values.setdefault(name, 0)
+
+
+def set_value(name: str, value: int) -> None:
+    """Set a declared metric that is a level, not a count (the supervisor's breaker state)."""
+    if name not in _values:
+        raise ValueError(f"unknown metric {name!r}")
+    with _lock:
+        _values[name] = value
 
 
 def snapshot() -> dict[str, int]:

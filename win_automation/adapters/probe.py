@@ -92,7 +92,9 @@ def _chain_has(exc: BaseException, kind: type[BaseException]) -> bool:
 def name_of(first: bytes) -> str | None:
     """What service the first bytes a server sent betray, if any."""
     if first.startswith(b"SSH-"):
-        return "an SSH server (" + first.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("ascii", "replace") + ")"
+        return (
+            "an SSH server (" + first.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("ascii", "replace") + ")"
+        )
     if first.startswith(b"HTTP/1.") or first.lstrip()[:1] == b"<":
         return "an HTTP/1 server"
     if first[:3] == b"\x00\x00\x12" or (len(first) >= 4 and first[3] == _SETTINGS_FRAME):
@@ -143,7 +145,9 @@ def probe_tcp(host: str, port: int, timeout: float, *, speak: Speak = "listen") 
     latency = _ms(started)
     if not first:
         return Probe(target, "closed", "connected, then closed at once with no bytes", latency)
-    expected = first.startswith(b"SSH-") if speak == "listen" else len(first) >= 4 and first[3] == _SETTINGS_FRAME
+    expected = (
+        first.startswith(b"SSH-") if speak == "listen" else len(first) >= 4 and first[3] == _SETTINGS_FRAME
+    )
     if expected:
         return Probe(target, "ok", name_of(first) or "answered", latency, first_bytes=first)
     service = name_of(first)
@@ -221,5 +225,7 @@ def _not_http(url: str, text: str, started: float) -> Probe:
             first = raw.encode("latin-1", "replace")
     service = name_of(first)
     if service is not None:
-        return Probe(url, "wrong_service", f"{service} answers here, not HTTP", _ms(started), first_bytes=first)
+        return Probe(
+            url, "wrong_service", f"{service} answers here, not HTTP", _ms(started), first_bytes=first
+        )
     return Probe(url, "protocol", f"the answer is not HTTP ({text})", _ms(started), first_bytes=first)

@@ -39,7 +39,7 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError
 from win_automation.errors import ArtifactMismatch, NotFoundError, UsageError
 from win_automation.jobs.ids import is_job_id, validate_job_id
 
-ArtifactType = Literal["ssh", "aloha", "playwright", "ping"]
+ArtifactType = Literal["ssh", "aloha", "playwright", "ping", "supervisor"]
 ARTIFACT_TYPES: tuple[str, ...] = get_args(ArtifactType)
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
