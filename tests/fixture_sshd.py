@@ -130,9 +130,11 @@ if "New-NetFirewallRule" in body:  # Set-FirewallRules.ps1: the VM's rules live 
     values.update(zip([name for name, _ in params], given))
     rules = json.load(open(FIREWALL_FILE)) if os.path.getsize(FIREWALL_FILE) else {}
     named = re.search(r"New-NetFirewallRule -Name \$rule\.Name", body) is not None
-    for name, display, var in re.findall(r"@\{ Name = '([^']+)'; DisplayName = '([^']+)'; Port = \$(\w+) \}", body):
+    table = r"@\{ Name = '([^']+)'; DisplayName = '([^']+)'; Port = \$(\w+) \}"
+    for name, display, var in re.findall(table, body):
         want = {"DisplayName": display, "Direction": "Inbound", "Protocol": "TCP", "LocalPort": values[var],
-                "RemoteAddress": values["RemoteAddress"], "Action": "Allow", "Profile": "Any", "Enabled": "True"}
+                "RemoteAddress": values["RemoteAddress"], "Action": "Allow", "Profile": "Any",
+                "Enabled": "True"}
         if name not in rules:  # a rule created without -Name gets a GUID: the next run adds another
             rules[name if named else str(__import__("uuid").uuid4())] = want
             action = "created"
@@ -159,7 +161,8 @@ for line in body.splitlines():
         code = 1
     elif line.strip() == "Write-Output ([DateTime]::UtcNow.ToString('o'))":  # .NET's round-trip format
         now = time.time()
-        print(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e7):07d}Z", flush=True)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+        print(stamp + f".{int(now % 1 * 1e7):07d}Z", flush=True)
     elif m := re.fullmatch(r"\s*exit\s+(-?\d+)\s*", line):
         code = int(m.group(1))
         break
