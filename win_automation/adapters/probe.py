@@ -188,16 +188,16 @@ def probe_http(url: str, timeout: float, *, method: str = "GET") -> Probe:
         if isinstance(error, socket.gaierror):
             return Probe(url, "dns", f"the name {parts.host!r} does not resolve", _ms(started))
         if isinstance(error, ConnectionResetError):
-            return Probe(url, "closed", "connected, then closed at once with no bytes", _ms(started))
+            return _closed(url, parts, timeout, started)
         return Probe(url, "dropped", f"cannot connect: {exc}", _ms(started))
     except httpx.RemoteProtocolError as exc:
         text = str(exc)
         if "without sending" in text or "Server disconnected" in text:
-            return Probe(url, "closed", "connected, then closed at once with no bytes", _ms(started))
+            return _closed(url, parts, timeout, started)
         return _not_http(url, text, started)
     except (httpx.ReadError, httpx.WriteError) as exc:
         if isinstance(_oserror(exc), ConnectionResetError):
-            return Probe(url, "closed", "connected, then closed at once with no bytes", _ms(started))
+            return _closed(url, parts, timeout, started)
         return Probe(url, "protocol", f"the connection failed: {exc}", _ms(started))
     except httpx.HTTPError as exc:
         return Probe(url, "protocol", f"{type(exc).__name__}: {exc}", _ms(started))
@@ -209,6 +209,23 @@ def probe_http(url: str, timeout: float, *, method: str = "GET") -> Probe:
             url, "http_status", f"HTTP {response.status_code}", latency, response.status_code, body, headers
         )
     return Probe(url, "ok", f"HTTP {response.status_code}", latency, response.status_code, body, headers)
+
+
+def _closed(url: str, parts: httpx.URL, timeout: float, started: float) -> Probe:
+    """No HTTP answer before the close: a server that speaks first (SSH's banner, then its refusal
+    of the request line) looks the same to h11, so listen once to tell it from a silent close."""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    again = probe_tcp(parts.host, port, min(timeout, 0.5), speak="listen")
+    if again.first_bytes:
+        service = name_of(again.first_bytes) or f"a server that speaks first ({again.first_bytes[:20]!r})"
+        return Probe(
+            url,
+            "wrong_service",
+            f"{service} answers here, not HTTP",
+            _ms(started),
+            first_bytes=again.first_bytes,
+        )
+    return Probe(url, "closed", "connected, then closed at once with no bytes", _ms(started))
 
 
 def _not_http(url: str, text: str, started: float) -> Probe:
