@@ -23,7 +23,7 @@ from win_automation.config import Config
 from win_automation.definition import Step, StepContext, Workflow
 from win_automation.errors import BreakerOpen, ConfigError, HealthCheckFailed, UsageError
 from win_automation.operations.checks import failpoints
-from win_automation.operations.supervisor import run_pass
+from win_automation.operations.supervisor import COUNTERS, run_pass
 
 
 class PassInput(BaseModel):
@@ -75,5 +75,7 @@ supervisor_pass = Workflow(
     input=PassInput,
     description="One supervisor pass: check the VM's services, repair what failed, record the breaker.",
     steps=(Step("pass", supervise, PassResult, timeout_seconds=900),),
+    artifact_types=("supervisor",),
+    counters=COUNTERS,
     cron=schedule,
 )

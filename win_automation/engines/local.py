@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
 from pydantic import BaseModel, ValidationError
 
@@ -41,13 +40,13 @@ from win_automation.artifacts.store import ArtifactWriter
 from win_automation.config import Config
 from win_automation.definition import Step, Workflow
 from win_automation.engines.context import JobStepContext
+from win_automation.engines.desktop import holding_desktop
 from win_automation.engines.monitor import JobMonitor
 from win_automation.engines.outcome import JobOutcome, describe, failed_output, outcome_of, retryable
 from win_automation.engines.recorder import JobRecorder
 from win_automation.errors import Cancelled, NotFoundError, Skipped, Superseded, UsageError
 from win_automation.jobs.ids import validate_job_id
 from win_automation.jobs.journal import Journal
-from win_automation.jobs.locks import vm_lock
 from win_automation.jobs.records import JobRecord
 from win_automation.jobs.state import RESUMABLE, JobState
 from win_automation.operations.vm import Emit
@@ -129,10 +128,17 @@ class LocalEngine:
     ) -> JobOutcome:
         recorder = JobRecorder(self.journal, job.job_id, workflow, epoch=job.epoch)
         cancel = self._monitor.watch(job.job_id, job.epoch)
-        writer = ArtifactWriter(self.config.artifacts.out_dir, job.job_id, job.trace_id, job.created_at)
+        writer = ArtifactWriter(
+            self.config.artifacts.out_dir,
+            job.job_id,
+            job.trace_id,
+            job.created_at,
+            types=workflow.artifact_types,
+        )
         outputs = dict(done)
         try:
-            with self._desktop(workflow, job.job_id, cancel):
+            cancelled = lambda: cancel.is_set() or self.journal.cancel_requested(job.job_id)  # noqa: E731
+            with holding_desktop(self.config, workflow, job.job_id, cancelled):
                 self._run_steps(job, workflow, input, outputs, writer, cancel, recorder, emit)
         except Superseded:
             log.warning(
@@ -152,22 +158,6 @@ class LocalEngine:
         finally:
             self._monitor.unwatch(job.job_id)
         return outcome_of(self.journal, workflow, job.job_id, outputs, self.config.artifacts.out_dir)
-
-    @contextmanager
-    def _desktop(self, workflow: Workflow, job_id: str, cancel: threading.Event) -> Iterator[None]:
-        if not workflow.gui:
-            yield
-            return
-        vm = self.config.ssh.vm_key
-        with vm_lock(
-            self.config.data.dir,
-            vm,
-            cancelled=lambda: cancel.is_set() or self.journal.cancel_requested(job_id),
-            on_wait=lambda: log.info(
-                "waiting for the VM desktop", extra={"op": "lock", "job_id": job_id, "vm": vm}
-            ),
-        ):
-            yield
 
     def _run_steps(
         self,

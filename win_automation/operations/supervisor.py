@@ -35,12 +35,13 @@ log = logging.getLogger(__name__)
 STATUSES = ("pass", "fail", "skipped")
 ACTIONS = ("firewall", "aloha_server", "aloha_client", "playwright")
 BREAKER_LEVEL = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
-metrics.declare(
+COUNTERS = (
     *(f"supervisor_check_{name}_{status}_total" for name in CHECKS for status in STATUSES),
     *(f"supervisor_remediation_{action}_total" for action in ACTIONS),
     "supervisor_remediations_failed_total",
     "supervisor_breaker_state",
 )
+metrics.declare(*COUNTERS)  # also declared by the supervisor-pass workflow; run_pass may run alone
 
 
 @dataclass

@@ -32,6 +32,7 @@ from win_automation.artifacts.store import ArtifactWriter
 from win_automation.config import Config
 from win_automation.definition import Step, Workflow
 from win_automation.engines.context import JobStepContext
+from win_automation.engines.desktop import holding_desktop
 from win_automation.engines.monitor import JobMonitor
 from win_automation.engines.outcome import describe, retryable
 from win_automation.engines.recorder import JobRecorder
@@ -126,12 +127,16 @@ class TaskRuntime:
                 run_id=run_id,
             )
 
-    def _writer(self, job: JobRecord) -> ArtifactWriter:
+    def _writer(self, workflow: Workflow, job: JobRecord) -> ArtifactWriter:
         with self.lock:
             writer = self._writers.get(job.job_id)
             if writer is None:
                 writer = ArtifactWriter(
-                    self.config.artifacts.out_dir, job.job_id, job.trace_id, job.created_at
+                    self.config.artifacts.out_dir,
+                    job.job_id,
+                    job.trace_id,
+                    job.created_at,
+                    types=workflow.artifact_types,
                 )
                 self._writers[job.job_id] = writer
                 while len(self._writers) > MAX_WRITERS:  # jobs long ended
@@ -167,11 +172,15 @@ class TaskRuntime:
             attempt=attempt,
             config=self.config,
             parents=parents,
-            artifacts=self._writer(job),
+            artifacts=self._writer(workflow, job),
             job_cancel=cancel,
             attempt_cancel=attempt_cancel,
         )
-        error, value = self.monitor.run_attempt(step, input, ctx, cancel, attempt_cancel)
+        try:
+            with holding_desktop(self.config, workflow, job.job_id, cancel.is_set):
+                error, value = self.monitor.run_attempt(step, input, ctx, cancel, attempt_cancel)
+        except Cancelled as waiting:  # cancelled while waiting for the desktop
+            error, value = waiting, None
         if isinstance(error, Cancelled):
             recorder.call("end", JobState.CANCELLED, str(error), Cancelled.exit_code)
             raise error
