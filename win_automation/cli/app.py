@@ -17,6 +17,7 @@ from win_automation.cli.commands import artifacts as artifacts_cmd
 from win_automation.cli.commands import config as config_cmd
 from win_automation.cli.commands import doctor as doctor_cmd
 from win_automation.cli.commands import jobs as jobs_cmd
+from win_automation.cli.commands import playwright as playwright_cmd
 from win_automation.cli.commands import run as run_cmd
 from win_automation.cli.commands import ssh as ssh_cmd
 from win_automation.cli.commands import supervisor as supervisor_cmd
@@ -37,6 +38,7 @@ app.command("run")(run_cmd.run)
 app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(artifacts_cmd.app, name="artifacts")
 app.add_typer(ssh_cmd.app, name="ssh")
+app.add_typer(playwright_cmd.app, name="playwright")
 app.command("worker")(worker_cmd.worker)
 app.add_typer(supervisor_cmd.app, name="supervisor")
 app.command("doctor")(doctor_cmd.doctor)
