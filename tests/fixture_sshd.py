@@ -128,6 +128,9 @@ if "New-NetFirewallRule" in body:  # Set-FirewallRules.ps1: the VM's rules live 
     params = re.findall(r"\[(?:string|int)\]\$(\w+) = '?([^',\n]*)'?", body)
     values = {name: default for name, default in params}
     values.update(zip([name for name, _ in params], given))
+    if values["RemoteAddress"] == "ssh-client":  # the script's own rule: the SSH client's address
+        client = os.environ.get("SSH_CLIENT")
+        values["RemoteAddress"] = client.split()[0] if client else "Any"
     rules = json.load(open(FIREWALL_FILE)) if os.path.getsize(FIREWALL_FILE) else {}
     named = re.search(r"New-NetFirewallRule -Name \$rule\.Name", body) is not None
     table = r"@\{ Name = '([^']+)'; DisplayName = '([^']+)'; Port = \$(\w+) \}"

@@ -121,16 +121,17 @@ def test_pass_repairs_aloha_and_the_firewall_twice_changes_nothing(
     assert [r["action"] for r in rules_again] == ["unchanged"] * 4
     assert sshd.firewall_file.read_text() == before  # idempotent: no duplicate, no change
 
-    changed = Config(
+    changed = Config(  # unset: the SSH client's address as the VM sees it (here 127.0.0.1)
         **{
             **world["settings"],
-            "supervisor": {**world["settings"]["supervisor"], "firewall_remote_address": "192.168.1.5"},
+            "supervisor": {**world["settings"]["supervisor"], "firewall_remote_address": None},
         }
     )
     third = run_pass(changed, vm=Vm(changed), owner="test:1", forced=frozenset({"playwright"}))
     rules_third = next(r for r in third.remediations if r["action"] == "firewall")["rules"]
     assert [r["action"] for r in rules_third] == ["updated"] * 4  # Set-NetFirewallRule, not a new rule
-    assert len(json.loads(sshd.firewall_file.read_text())) == 4
+    final = json.loads(sshd.firewall_file.read_text())
+    assert len(final) == 4 and {r["RemoteAddress"] for r in final.values()} == {"127.0.0.1"}
 
 
 def test_ceiling_then_needs_a_person(world: dict[str, Any]) -> None:

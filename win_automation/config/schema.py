@@ -218,7 +218,7 @@ class SupervisorConfig(Section):
     firewall_remote_address: str | None = Field(
         None,
         description="The host's address as the VM sees it (10.0.2.2 with QEMU user-mode networking);"
-        " the firewall rules admit only it. Unset: any address.",
+        " the firewall rules admit only it. Unset: the SSH client's address as the VM sees it.",
     )
     cron: Annotated[str | None, AfterValidator(_cron)] = Field(
         None,

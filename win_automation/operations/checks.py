@@ -83,7 +83,7 @@ def _guest_port(url: str) -> int:
 
 def firewall_fix(config: Config, check: str) -> str:
     """The PowerShell (elevated, on the VM) that creates the check's firewall rule."""
-    address = config.supervisor.firewall_remote_address or "Any"
+    address = config.supervisor.firewall_remote_address or "HOST-ADDRESS-AS-THE-VM-SEES-IT"
     return (
         f"on the VM, elevated: New-NetFirewallRule -Name {RULES[check]} -Direction Inbound -Protocol TCP"
         f" -LocalPort {guest_port(config, check)} -RemoteAddress {address} -Action Allow -Profile Any"

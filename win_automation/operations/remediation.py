@@ -1,7 +1,8 @@
 """What the supervisor does about a failed VM service check, over SSH, and the bounded wait after.
 
 - `ensure_firewall(vm, config)`: scripts/windows/Set-FirewallRules.ps1 with the host's address
-  (`supervisor.firewall_remote_address`, else Any) and the guest ports; one entry per rule, each
+  (`supervisor.firewall_remote_address`, else the SSH client's address as the VM sees it) and
+  the guest ports; one entry per rule, each
   `created`, `updated` or `unchanged` (a second run changes nothing; rules have fixed -Name ids).
 - `start_service(vm, config, check)`: `aloha.server_start_cmd` / `aloha.client_start_cmd` (as
   configured: scheduled tasks in the user's session), or Start-WinAutomationTask.ps1 with the
@@ -28,7 +29,7 @@ WAIT_POLL = 0.5
 
 def firewall_args(config: Config) -> tuple[str, ...]:
     return (
-        config.supervisor.firewall_remote_address or "Any",
+        config.supervisor.firewall_remote_address or "ssh-client",
         *(str(guest_port(config, check)) for check in ("ssh", "aloha_server", "aloha_client", "playwright")),
     )
 

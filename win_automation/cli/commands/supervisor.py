@@ -146,7 +146,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """Each check's last result, last success and error, failures in a row, the breaker."""
-    from win_automation.metrics import rfc3339
+    from win_automation.durations import rfc3339
     from win_automation.operations.supervisor import status as read_status
 
     data = read_status(state(ctx).config())
