@@ -154,3 +154,22 @@ def test_failpoints() -> None:
         failpoints({"WIN_AUTOMATION_SUPERVISOR_FAILPOINT": "aloha_server,nope"})
     forced = run_checks(config(), ("aloha_server",), frozenset({"aloha_server"}))
     assert forced[0].status == "fail" and forced[0].kind == "failpoint"
+
+
+def test_playwright_check_and_versions_against_a_real_server(pw_server: Any, tmp_path: Path) -> None:
+    from win_automation.operations.checks import run_check
+    from win_automation.operations.doctor import check_playwright_version
+
+    cfg = pw_server.config(tmp_path)
+    result = run_check("playwright", cfg)
+    assert result.status == "pass", result
+    client, server = str(result.data["client"]), str(result.data["server"])
+    assert client.split(".")[:2] == server.split(".")[:2]
+    assert check_playwright_version(result).status == "pass"
+    wrong = pw_server.config(tmp_path, ws_path="not-the-ws-path")
+    refused = run_check("playwright", wrong)
+    assert refused.status == "fail" and refused.fix and refused.repair
+    mismatch = check_playwright_version(
+        type(result)("playwright", "fail", "", data={"client": "1.65.0", "server": "1.64.2"})
+    )
+    assert mismatch.status == "fail" and "playwright install" in mismatch.fix
