@@ -68,9 +68,14 @@ def screenshot_headed(inp: ScreenshotInput, ctx: StepContext) -> ScreenshotOutpu
     return screenshot(inp, ctx)
 
 
+ARTIFACT_TYPES = ("playwright",)
+COUNTERS = ("playwright_sessions_total",)
+
 playwright_screenshot = Workflow(
     name="playwright-screenshot",
     input=ScreenshotInput,
+    artifact_types=ARTIFACT_TYPES,
+    counters=COUNTERS,
     description="A screenshot of a URL, taken by the browser on the VM.",
     steps=(Step("screenshot", screenshot, ScreenshotOutput, timeout_seconds=3900),),
 )
@@ -78,6 +83,8 @@ playwright_screenshot = Workflow(
 playwright_screenshot_headed = Workflow(
     name="playwright-screenshot-headed",
     input=ScreenshotInput,
+    artifact_types=ARTIFACT_TYPES,
+    counters=COUNTERS,
     gui=True,
     description="A screenshot by the VM's headed browser (a GUI job: the VM desktop, one at a time).",
     steps=(Step("screenshot", screenshot_headed, ScreenshotOutput, timeout_seconds=3900),),
