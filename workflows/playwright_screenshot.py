@@ -50,7 +50,12 @@ class ScreenshotOutput(BaseModel):
 def screenshot(inp: ScreenshotInput, ctx: StepContext) -> ScreenshotOutput:
     with browser_session(ctx.config, ctx.artifacts, trace=inp.trace, timeout=inp.timeout_seconds) as job:
         shot = take_screenshot(
-            job, inp.url, full_page=inp.full_page, wait_for=inp.wait_for, timeout=inp.timeout_seconds
+            job,
+            inp.url,
+            full_page=inp.full_page,
+            wait_for=inp.wait_for,
+            timeout=inp.timeout_seconds,
+            cancelled=ctx.cancelled,
         )
     ctx.log.info("screenshot taken", extra={"op": "playwright.screenshot", "bytes": shot.size_bytes})
     return ScreenshotOutput(

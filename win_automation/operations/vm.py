@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from win_automation.adapters import hostkeys
 from win_automation.adapters.ssh import SshConnection, fetch_host_key, get_connection
@@ -28,6 +29,9 @@ from win_automation.config import Config
 from win_automation.operations import ssh as commands
 from win_automation.operations import transfers
 from win_automation.operations.command_result import CommandResult, Shell
+
+if TYPE_CHECKING:
+    from win_automation.operations.aloha import Aloha
 
 Emit = Callable[[str, str], None]
 """Live output: `emit(stream, text)` with stream `stdout` or `stderr`."""
@@ -59,6 +63,13 @@ class Vm:
     @property
     def connection(self) -> SshConnection:
         return get_connection(self.config.ssh)
+
+    @cached_property
+    def aloha(self) -> Aloha:
+        """The VM's ShowUI-Aloha server and client (operations.aloha), bound to the cancel check."""
+        from win_automation.operations.aloha import Aloha
+
+        return Aloha(self.config, cancelled=self.cancelled)
 
     def _sinks(self, live: bool) -> tuple[commands.TextSink | None, commands.TextSink | None]:
         emit = self.emit
