@@ -338,10 +338,12 @@ def makedirs(conn: SshConnection, remote: str) -> bool:
         if not path or path.endswith(":"):  # the root, or a Windows drive
             continue
         try:
-            attrs = sftp.stat(path)
+            with _bounded(conn, f"SFTP stat of {path}"):
+                attrs = sftp.stat(path)
         except FileNotFoundError:
             try:
-                sftp.mkdir(path)
+                with _bounded(conn, f"SFTP mkdir of {path}"):
+                    sftp.mkdir(path)
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 raise _translate(exc, f"remote folder {path}") from exc
             created = True
