@@ -22,6 +22,9 @@
     ├── ServiceRefused                 exit 1  a service answered, but not with what was asked
     │                                          (an Aloha 4xx/500, a 409 busy desktop, a body that
     │                                          is not JSON)
+    ├── HealthCheckFailed              exit 1  a supervisor pass ended with a failed check
+    ├── BreakerOpen                    exit 75 the supervisor's circuit breaker is open: checks
+    │                                          failed and nothing was repaired (EX_TEMPFAIL)
     ├── StorageError                   exit 74 a local file or folder cannot be used: a corrupt
     │                                          journal, an unwritable data.dir or --out folder
     └── Cancelled                      exit 130 the job or command was cancelled (or interrupted)
@@ -130,6 +133,14 @@ class ServiceRefused(WinAutomationError):
     exit_code = 1
 
 
+class HealthCheckFailed(WinAutomationError):
+    exit_code = 1
+
+
+class BreakerOpen(WinAutomationError):
+    exit_code = 75
+
+
 class Skipped(WinAutomationError):
     """Raised by a step that had nothing to do (an idempotency check passed); `result` is its output.
 
@@ -156,6 +167,7 @@ EXIT_CODES: dict[int, str] = {
     5: "the host key is unknown or has changed (trust it with `win-automation ssh trust`)",
     66: "no artifacts: the job has no artifact folder or manifest on this host",
     74: "a local file or folder cannot be used (corrupt journal, unwritable data.dir or --out)",
+    75: "`supervisor run --once`: the circuit breaker is open (checks failed, nothing repaired; retry later)",
     124: "a deadline passed; the remote work was stopped",
     255: "`ssh run`/`ssh script`: the remote exit code was outside 0-255 (see SSH, exit codes)",
     130: "cancelled or interrupted (Ctrl-C, `jobs cancel`)",
