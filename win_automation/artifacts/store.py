@@ -7,6 +7,7 @@ to the job folder), "size_bytes", "sha256"}]}`. Types and their usual files:
     aloha       response.json
     playwright  screenshot.png, trace.zip
     ping        ping.json (the `ping` workflow's self-check)
+    screen      before.png, after.png, failure-STEP.png (GUI jobs, from QEMU's screendump)
 
 Writing (`ArtifactWriter`, given to steps as `ctx.artifacts`): each artifact is written to a
 temporary name in the job folder, hashed while it is written, fsynced, renamed into place, and
@@ -39,7 +40,7 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError
 from win_automation.errors import ArtifactMismatch, NotFoundError, UsageError
 from win_automation.jobs.ids import is_job_id, validate_job_id
 
-ArtifactType = Literal["ssh", "aloha", "playwright", "ping"]
+ArtifactType = Literal["ssh", "aloha", "playwright", "ping", "screen"]
 ARTIFACT_TYPES: tuple[str, ...] = get_args(ArtifactType)
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20

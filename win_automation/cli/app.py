@@ -18,6 +18,7 @@ from win_automation.cli.commands import config as config_cmd
 from win_automation.cli.commands import jobs as jobs_cmd
 from win_automation.cli.commands import run as run_cmd
 from win_automation.cli.commands import ssh as ssh_cmd
+from win_automation.cli.commands import vm as vm_cmd
 from win_automation.cli.commands import worker as worker_cmd
 from win_automation.cli.output import error
 from win_automation.cli.state import CliState
@@ -36,6 +37,7 @@ app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(artifacts_cmd.app, name="artifacts")
 app.add_typer(ssh_cmd.app, name="ssh")
 app.command("worker")(worker_cmd.worker)
+app.add_typer(vm_cmd.app, name="vm")
 
 
 def _version(value: bool) -> None:
