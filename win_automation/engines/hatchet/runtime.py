@@ -13,6 +13,9 @@ Retries are the engine's: a failed attempt raises `StepFailure`, whose `retry` s
 engine may try again (a non-transient project error, such as an SSH authentication failure, may
 not; the Hatchet boundary turns that into NonRetryableException). The failure travels as text:
 `message [exit N]`, so the side that waits for the run can exit with the step's code.
+
+GUI workflows keep the VM's screen (vm.qmp_socket): before.png at the first step's first attempt,
+failure-STEP.png when a step fails for good, after.png when the last step succeeds.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from win_automation.jobs.ids import is_job_id, new_job_id, new_trace_id
 from win_automation.jobs.journal import Journal
 from win_automation.jobs.records import JobRecord
 from win_automation.jobs.state import JobState
+from win_automation.operations import qemu
 
 log = logging.getLogger(__name__)
 ENGINE = "hatchet"
@@ -155,6 +159,8 @@ class TaskRuntime:
     ) -> BaseModel:
         job = self.job_for(workflow, run_id, metadata, input)
         attempt = retry_count + 1
+        if workflow.gui and attempt == 1 and step is workflow.steps[0]:
+            qemu.keep_screen(self.config, self._writer(job), "before.png")
         recorder = self._recorder(workflow, job)
         recorder.call("attempt_started", step.name, attempt)
         extra = {"op": "step", "job_id": job.job_id, "run_id": run_id, "step": step.name, "attempt": attempt}
@@ -190,8 +196,12 @@ class TaskRuntime:
                 "step failed" if final else "step attempt failed, the engine retries it",
                 extra={**extra, "err": message},
             )
+            if workflow.gui and final:  # the screen at the moment of failure
+                qemu.keep_screen(self.config, self._writer(job), f"failure-{step.name}.png")
             raise StepFailure(message, code, retry=retryable(exc)) from exc
         log.info("step succeeded", extra=extra)
+        if workflow.gui and step is workflow.steps[-1]:
+            qemu.keep_screen(self.config, self._writer(job), "after.png")
         return output
 
     def cancelled(self, workflow: Workflow, step: Step, run_id: str) -> None:
