@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["fixture_jobs", "fixture_sshd", "fixture_hatchet", "fixture_qemu"]
+pytest_plugins = ["fixture_jobs", "fixture_sshd", "fixture_hatchet", "fixture_playwright", "fixture_qemu"]
 
 
 @dataclass

@@ -18,6 +18,9 @@ The stand-in decodes `-EncodedCommand` (or reads `-File`), writes the user's scr
 the wrapper's markers) to stdout as UTF-8, appends a JSON report of what arrived to
 `<server dir>/powershell-reports.jsonl`, and acts on a few lines of the body: `exit N`,
 `Start-Sleep N` and `Write-Error 'text'` (a CLIXML error record on stderr, as real PowerShell does).
+Given exactly the desktop probe (scripts/windows/Get-DesktopState.ps1, checked by its sha256) it
+prints the probe's JSON line for the state the test set (`sshd.set_desktop("locked")`, or the
+`desktop` fixture; `unlocked` by default) instead of the body.
 Given the Windows kill script (win_automation.powershell.kill_tree_script), it does what taskkill
 /T /F would: kills every process whose command line holds the needle, with its descendants.
 """
@@ -25,6 +28,7 @@ Given the Windows kill script (win_automation.powershell.kill_tree_script), it d
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pwd
 import shutil
@@ -44,8 +48,15 @@ TEST_USER = "wa-sshtest"
 
 STANDIN = r'''#!/usr/bin/python3
 """powershell.exe stand-in: report what arrived, echo the user's script body, obey a few lines."""
-import base64, json, re, sys, time
+import base64, hashlib, json, os, re, sys, time
 REPORTS = __REPORTS__
+DESKTOP_FILE, DESKTOP_PROBE_SHA256 = __DESKTOP__
+USER = "WIN11\\tester"
+DESKTOPS = {  # what scripts/windows/Get-DesktopState.ps1 prints in each state
+    "unlocked": {"state": "unlocked", "session": 1, "user": USER, "logonui": False, "explorer": True},
+    "locked": {"state": "locked", "session": 1, "user": USER, "logonui": True, "explorer": True},
+    "no-user": {"state": "no-user", "session": 1, "user": None, "logonui": True, "explorer": False},
+}
 args = sys.argv[1:]
 report = {"argv": args}
 if "-EncodedCommand" in args:
@@ -95,8 +106,15 @@ begin, end = "# >>> win-automation script\n", "\n# <<< win-automation script"
 body = script.split(begin, 1)[1].split(end, 1)[0] if begin in script else script
 report["script"] = script
 report["body"] = body
+probe = hashlib.sha256(body.encode("utf-8")).hexdigest() == DESKTOP_PROBE_SHA256
+if probe:  # exactly the desktop probe arrived: answer as the VM's desktop is set by the test
+    state = open(DESKTOP_FILE).read().strip() if os.path.exists(DESKTOP_FILE) else "unlocked"
+    report["desktop"] = state
 with open(REPORTS, "a", encoding="utf-8") as fh:
     fh.write(json.dumps(report) + "\n")
+if probe:
+    print(json.dumps(DESKTOPS[state]) if state in DESKTOPS else state)
+    sys.exit(0)
 sys.stdout.buffer.write(body.encode("utf-8"))
 sys.stdout.flush()
 code = 0
@@ -113,6 +131,12 @@ for line in body.splitlines():
         break
 sys.exit(code & 0xFF)
 '''
+
+
+def _desktop_probe_sha256() -> str:
+    from win_automation.operations.winscripts import script_text
+
+    return hashlib.sha256(script_text("Get-DesktopState").encode("utf-8")).hexdigest()
 
 
 def free_port() -> int:
@@ -153,7 +177,12 @@ class SshServer:
         self.reports.touch(mode=0o666)
         self.reports.chmod(0o666)
         standin = self.bin / "powershell.exe"
-        standin.write_text(STANDIN.replace("__REPORTS__", repr(str(self.reports))), encoding="utf-8")
+        self.desktop_file = self.dir / "desktop-state"
+        desktop = (str(self.desktop_file), _desktop_probe_sha256())
+        standin.write_text(
+            STANDIN.replace("__REPORTS__", repr(str(self.reports))).replace("__DESKTOP__", repr(desktop)),
+            encoding="utf-8",
+        )
         standin.chmod(0o755)
         self.remote_dir = self.dir / "remote"
         self.remote_dir.mkdir()
@@ -202,6 +231,7 @@ class SshServer:
             "KbdInteractiveAuthentication no",
             f"AllowUsers {self.user}",
             "Subsystem sftp internal-sftp",
+            "AllowTcpForwarding local",  # adapters/tunnel.py: ssh -L to the VM's loopback
             f"SetEnv PATH={self.bin}:/usr/local/bin:/usr/bin:/bin",
             "PrintMotd no",
             "PrintLastLog no",
@@ -315,6 +345,12 @@ class SshServer:
             for key, value in self.settings(known_hosts, **overrides).items()
         }
 
+    def set_desktop(self, state: str) -> None:
+        """What the desktop probe finds: `unlocked` (also when never set), `locked`, `no-user`, or
+        any other text, printed as the probe's output line as it is."""
+        self.desktop_file.write_text(state + "\n", encoding="utf-8")
+        self.desktop_file.chmod(0o644)
+
     def clear_remote(self) -> Path:
         for child in self.remote_dir.iterdir():
             if child.is_dir():
@@ -340,6 +376,13 @@ def live_sshd(sshd: SshServer) -> SshServer:
     if sshd.proc is None or sshd.proc.poll() is not None:
         sshd.start()
     return sshd
+
+
+@pytest.fixture
+def desktop(live_sshd: SshServer) -> Iterator[Any]:
+    """`set(state)`: what the stand-in's desktop probe answers for this test (unlocked after it)."""
+    yield live_sshd.set_desktop
+    live_sshd.set_desktop("unlocked")
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
     WinAutomationError                 exit 1  the operation ran and failed or was refused
     ├── ConfigError                    exit 2  bad configuration (file, environment, value)
+    │   └── VersionMismatch            exit 2  the Playwright server's major.minor is not the client's
     ├── UsageError                     exit 2  a bad argument (an invalid job id, say)
     ├── NotFoundError                  exit 1  a job, file or run that does not exist
     ├── ConnectError         transient exit 3  the VM or a service could not be reached
@@ -13,6 +14,11 @@
     ├── Skipped                        exit 0  a step had nothing to do (its result says why)
     ├── IllegalTransition              exit 1  a job/step state change the state machine forbids
     ├── ArtifactMismatch               exit 1  an artifact's size or sha256 differs from its manifest
+    ├── DesktopUnavailable             exit 1  a GUI job cannot start: the VM desktop is locked or
+    │                                          nobody is logged on (operations.desktop)
+    ├── ServiceRefused                 exit 1  a service answered, but not with what was asked
+    │                                          (an Aloha 4xx/500, a 409 busy desktop, a body that
+    │                                          is not JSON)
     └── Cancelled                      exit 130 the job or command was cancelled (or interrupted)
         └── Superseded                 exit 130 another process took the job over (resumed it
                                                after this owner stopped heart-beating)
@@ -45,6 +51,15 @@ class WinAutomationError(Exception):
 
 class ConfigError(WinAutomationError):
     exit_code = 2
+
+
+class VersionMismatch(ConfigError):
+    """The Playwright server refused this client (HTTP 428): their major.minor versions differ."""
+
+    def __init__(self, message: str, *, client: str, server: str) -> None:
+        super().__init__(message)
+        self.client = client
+        self.server = server
 
 
 class UsageError(WinAutomationError):
@@ -82,6 +97,14 @@ class IllegalTransition(WinAutomationError):
 
 
 class ArtifactMismatch(WinAutomationError):
+    exit_code = 1
+
+
+class DesktopUnavailable(WinAutomationError):
+    exit_code = 1
+
+
+class ServiceRefused(WinAutomationError):
     exit_code = 1
 
 

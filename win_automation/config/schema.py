@@ -48,6 +48,12 @@ def _positive(value: float) -> float:
     return value
 
 
+def _cron(value: str | None) -> str | None:
+    if value is not None and len(value.split()) != 5:
+        raise ValueError(f"must be a cron expression of five fields (e.g. '*/5 * * * *'), got {value!r}")
+    return value
+
+
 def _expand(value: Path) -> Path:
     return value.expanduser()
 
@@ -97,6 +103,11 @@ class SSHConfig(Section):
     remote_os: Literal["windows", "posix"] = Field(
         "windows",
         description="The VM's OS, which says how a timed-out command's process tree is killed.",
+    )
+    forward_services: bool = Field(
+        False,
+        description="Reach the VM's services (Aloha, Playwright) through a port forward over this SSH "
+        "connection to the VM's own loopback; their configured ports are then the VM's own.",
     )
 
     @property
@@ -190,6 +201,25 @@ class SupervisorConfig(Section):
         3, description="Consecutive failures that open the circuit breaker."
     )
     breaker_cooldown: PositiveDuration = Field(60.0, description="How long an open breaker waits.")
+    check_timeout: PositiveDuration = Field(
+        5.0, description="Deadline of one health check (each probe of `doctor` and the supervisor)."
+    )
+    remediation_ceiling: Annotated[int, Field(ge=1)] = Field(
+        3, description="Remediations of one check per hour; beyond it the check needs a person."
+    )
+    remediation_wait: PositiveDuration = Field(
+        60.0, description="How long a remediation waits for its check to pass again."
+    )
+    firewall_remote_address: str | None = Field(
+        None,
+        description="The host's address as the VM sees it (10.0.2.2 with QEMU user-mode networking);"
+        " the firewall rules admit only it. Unset: any address.",
+    )
+    cron: Annotated[str | None, AfterValidator(_cron)] = Field(
+        None,
+        description="Cron schedule of the `supervisor-pass` workflow on Hatchet (e.g. `* * * * *`);"
+        " unset: no cron is registered.",
+    )
 
 
 class VmConfig(Section):

@@ -68,11 +68,10 @@ from win_automation.errors import (
 from win_automation.jobs.ids import new_job_id, new_trace_id
 from win_automation.jobs.journal import Journal
 from win_automation.jobs.state import JobState
+from win_automation.versions import MIN_HATCHET_ENGINE
 
 log = logging.getLogger(__name__)
-# hatchet-sdk 1.43 registers workers with slot types from this engine version on; below it the SDK
-# takes a deprecated path that, since August 2026, fails at random (DeprecationError 1 call in 5).
-MIN_ENGINE_VERSION = (0, 78, 23)
+MIN_ENGINE_VERSION = MIN_HATCHET_ENGINE  # see win_automation.versions
 VM_CONCURRENCY_KEY = "additional_metadata.vm"
 POLL_SECONDS = 0.25
 EXECUTION_GRACE = 30.0
