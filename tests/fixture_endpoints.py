@@ -59,7 +59,9 @@ class HttpEndpoint:
                 status, body = endpoint.routes.get(self.path, (404, "<html>Not Found</html>"))
                 data = body.encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "text/plain" if not body.startswith("{") else "application/json")
+                self.send_header(
+                    "Content-Type", "text/plain" if not body.startswith("{") else "application/json"
+                )
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
