@@ -84,6 +84,9 @@ def test_screenshot_where_qemu_cannot_write(vm_config: Config) -> None:
 
 
 def test_status(vm_config: Config, qemu_vm: QemuVm, cli) -> None:  # type: ignore[no-untyped-def]
+    from win_automation.operations.vm import Vm
+
+    assert Vm(vm_config).qemu.status() == status(vm_config)  # what a step reaches as ctx.vm.qemu
     state = status(vm_config)
     assert (state.status, state.running, state.crashed) == ("prelaunch", False, False)
     done = cli("vm", "status", "--json", env=qemu_vm.env())

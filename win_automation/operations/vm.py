@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from win_automation.adapters import hostkeys
 from win_automation.adapters.ssh import SshConnection, fetch_host_key, get_connection
@@ -28,6 +28,9 @@ from win_automation.config import Config
 from win_automation.operations import ssh as commands
 from win_automation.operations import transfers
 from win_automation.operations.command_result import CommandResult, Shell
+
+if TYPE_CHECKING:
+    from win_automation.operations.qemu import Qemu
 
 Emit = Callable[[str, str], None]
 """Live output: `emit(stream, text)` with stream `stdout` or `stderr`."""
@@ -55,6 +58,14 @@ class Vm:
     def key(self) -> str:
         """`host:port`: the VM's identity for locks and Hatchet concurrency keys."""
         return self.config.ssh.vm_key
+
+    @property
+    def qemu(self) -> Qemu:
+        """The QEMU process behind the VM (QMP, `vm.qmp_socket`): `ctx.vm.qemu.screenshot(path)`,
+        snapshots, run state. ConfigError when vm.qmp_socket is not set."""
+        from win_automation.operations.qemu import Qemu
+
+        return Qemu(self.config)
 
     @property
     def connection(self) -> SshConnection:
