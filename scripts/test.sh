@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The one test command (README, .ci/run): install what is missing, then ruff, mypy and pytest.
+# The one test command (README, .ci/run): install what is missing, then ruff, mypy, the layering
+# contracts (import-linter, see pyproject.toml) and pytest.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k config -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
 .venv/bin/ruff check win_automation workflows tests benchmarks
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache >/dev/null || .venv/bin/lint-imports --no-cache
 exec .venv/bin/pytest "$@"

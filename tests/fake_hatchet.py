@@ -437,9 +437,13 @@ class FakeHatchet:
             return
         task.status, task.error = FAILED, error
         run = self.runs[task.run_id]
-        for other in run.tasks.values():
-            if other.status == QUEUED:
-                other.status = CANCELLED
+        # as Hatchet does: the failed task's descendants never run; independent branches go on
+        below = {task.spec.readable_id}
+        for other in run.tasks.values():  # tasks are in definition (topological) order
+            if below.intersection(other.spec.parents):
+                below.add(other.spec.readable_id)
+                if other.status == QUEUED:
+                    other.status = CANCELLED
         self._maybe_finish(run)
 
     def _maybe_finish(self, run: Run) -> None:

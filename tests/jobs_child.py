@@ -89,6 +89,7 @@ gated = Workflow(
         Step("middle", middle, Out, parents=("first",)),
         Step("last", last, Out, parents=("middle",)),
     ),
+    artifact_types=("ssh", "playwright"),
 )
 desktop = Workflow(name="desktop", input=In, gui=True, steps=(Step("desk", desk, Out),))
 WORKFLOWS = {w.name: w for w in (gated, desktop)}

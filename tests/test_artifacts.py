@@ -26,11 +26,13 @@ from win_automation.artifacts.store import (
 from win_automation.errors import ArtifactMismatch, NotFoundError, UsageError
 from win_automation.jobs.ids import new_job_id, new_trace_id
 
+TYPES = ("ssh", "aloha", "playwright")
+
 DAY = 86400.0
 
 
 def writer(root: Path, created: float | None = None) -> ArtifactWriter:
-    return ArtifactWriter(root, new_job_id(created), new_trace_id(), created)
+    return ArtifactWriter(root, new_job_id(created), new_trace_id(), created, types=TYPES)
 
 
 def test_writes_files_and_a_manifest_that_verifies(tmp_path: Path) -> None:
@@ -69,7 +71,7 @@ def test_bad_type_and_bad_job_id_touch_nothing(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="artifact type 'video'"):
         writer(tmp_path).write_text("video", "a.mp4", "x")
     with pytest.raises(UsageError, match="not a job id"):
-        ArtifactWriter(tmp_path, "../escape", new_trace_id())
+        ArtifactWriter(tmp_path, "../escape", new_trace_id(), types=TYPES)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -54,7 +54,13 @@ def test_prune_applies_retention_with_dry_run_and_the_configured_default(cli, tm
     ages = {"new": 3600.0, "two-days": 2 * 86400.0, "ten-days": 10 * 86400.0}
     ids = {}
     for label, age in ages.items():
-        writer = ArtifactWriter(root, new_job_id(now - age), new_trace_id(), now - age)
+        writer = ArtifactWriter(
+            root,
+            new_job_id(now - age),
+            new_trace_id(),
+            now - age,
+            types=("ssh", "ping", "aloha", "playwright"),
+        )
         writer.write_text("aloha", "response.json", "{}")
         ids[label] = writer.job_id
     dry = cli("artifacts", "prune", "--dry-run", "--json")

@@ -20,7 +20,9 @@ def test_sftp_paths_for_windows_and_posix_roots() -> None:
 
 
 def vm_job(remote_dir: Path) -> ArtifactWriter:
-    writer = ArtifactWriter(remote_dir, new_job_id(), new_trace_id())
+    writer = ArtifactWriter(
+        remote_dir, new_job_id(), new_trace_id(), types=("ssh", "ping", "aloha", "playwright")
+    )
     writer.write_text("ssh", "stdout.txt", "remote output\n")
     writer.write_bytes("playwright", "trace.zip", os.urandom(300_000))
     for path in [writer.folder, *writer.folder.iterdir()]:

@@ -130,6 +130,27 @@ def test_a_gui_workflow_runs_one_at_a_time_per_vm_on_workers_with_its_labels(
     assert label.str_value == "win11" and label.required
 
 
+def test_a_hatchet_gui_step_waits_while_a_local_gui_job_holds_the_same_vm_desktop(
+    config: Config, runtime: TaskRuntime
+) -> None:
+    from win_automation.jobs.locks import vm_lock
+
+    hwf = compiled(config, gui, runtime)
+    done = threading.Event()
+
+    def run() -> None:
+        asyncio.run(
+            task(hwf, "only").aio_mock_run(input=In(n=1), additional_metadata={"job_id": new_job_id()})
+        )
+        done.set()
+
+    with vm_lock(config.data.dir, config.ssh.vm_key):  # what a local GUI job on this host holds
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        assert not done.wait(0.6), "the Hatchet GUI step ran while the desktop was held"
+    assert done.wait(10), "the Hatchet GUI step never ran once the desktop was free"
+
+
 def test_the_namespace_prefixes_workflow_names(tmp_path: Path) -> None:
     env = {
         "HATCHET_CLIENT_TOKEN": make_token("http://127.0.0.1:1", "127.0.0.1:2"),
@@ -289,12 +310,12 @@ def test_retention_prunes_old_job_folders_but_keeps_active_jobs(config: Config, 
         (folder / "stdout.txt").write_text("x")
         os.utime(folder, (time.time() - 30 * 86400, time.time() - 30 * 86400))
     runtime.journal.create_job("ping", "{}", steps=["check-engine"], engine="hatchet", job_id=active)
-    assert prune_artifacts(config, runtime) == 1
+    assert prune_artifacts(config) == 1
     assert not (config.artifacts.out_dir / old).exists() and (config.artifacts.out_dir / active).exists()
     keep_all = config.model_copy(
         update={"artifacts": config.artifacts.model_copy(update={"retention_days": 0})}
     )
-    assert prune_artifacts(keep_all, runtime) == 0
+    assert prune_artifacts(keep_all) == 0
 
 
 def test_trigger_wait_and_cancel_on_an_engine_with_no_worker(

@@ -196,8 +196,37 @@ def test_metrics_lines_go_to_the_metrics_file(cli, tmp_path: Path) -> None:  # t
     )
     assert res.code == 0, res.stderr
     lines = path.read_text().splitlines()
-    assert len(lines) >= 12 and len(lines) % 6 == 0 and "metric=" not in res.stdout
-    assert lines[-6].startswith("metric=jobs_enqueued_total value=1 ts=")
-    assert lines[-5].startswith("metric=jobs_completed_total value=1 ts=")
+    assert len(lines) >= 8 and len(lines) % 4 == 0 and "metric=" not in res.stdout  # 4 job counters a round
+    assert lines[-4].startswith("metric=jobs_enqueued_total value=1 ts=")
+    assert lines[-3].startswith("metric=jobs_completed_total value=1 ts=")
     on_stdout = cli("run", "ping", "--metrics")
     assert "metric=jobs_completed_total value=1 ts=" in on_stdout.stdout
+
+
+def test_a_paused_owner_is_fenced_once_another_process_resumed_its_job(cli, cli_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """SIGSTOP an owner until its heartbeat expires, resume the job elsewhere, SIGCONT the owner: the
+    job runs once to its end under the new owner; the old one records nothing more and exits 130."""
+    import sqlite3
+
+    data = tmp_path / "data"
+    proc = start_cli(cli_env, tmp_path, "run", "ping", "--input", '{"hold_seconds": 1.5}')
+    wait_for(lambda: step_running(data, "check-journal"), what="check-journal to run")
+    job_id = step_running(data, "check-journal")
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        conn = sqlite3.connect(data / "journal.sqlite3", timeout=10)
+        with conn:  # what 33 s of silence looks like: a heartbeat past HEARTBEAT_EXPIRY
+            conn.execute("UPDATE jobs SET heartbeat_at = heartbeat_at - 3600 WHERE job_id = ?", (job_id,))
+        conn.close()
+        resumed = cli("jobs", "resume", job_id, "--json")
+        assert resumed.code == 0, resumed.stderr
+        assert json.loads(resumed.stdout)["state"] == "succeeded"
+        events_before = json.loads(cli("jobs", "show", job_id, "--json").stdout)["events"]
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert f"job {job_id} was taken over by another process" in err
+    shown = json.loads(cli("jobs", "show", job_id, "--json").stdout)
+    assert shown["state"] == "succeeded" and [s["state"] for s in shown["steps"]] == ["succeeded"] * 3
+    assert shown["events"] == events_before  # the old owner wrote nothing after the take-over

@@ -251,6 +251,7 @@ def test_bad_options_are_one_line_usage_errors(cli) -> None:  # type: ignore[no-
         (("ssh", "run", "--timeout", "soon", "--", "x"), "--timeout: must be a duration"),
         (("ssh", "run", "--shell", "bash", "--", "x"), "--shell: must be powershell or cmd"),
         (("ssh", "trust", "--fingerprint", "MD5:xx"), "--fingerprint: must start with 'SHA256:'"),
+        (("ssh", "run", "--", ""), "input.command: String should have at least 1 character"),
     ):
         out = cli(*args)
         last = out.stderr.strip().splitlines()[-1]
@@ -280,3 +281,67 @@ def test_large_output_stays_out_of_the_step_payload_but_json_has_it_whole(
     assert step.output_json is not None
     kept = json.loads(step.output_json)
     assert kept["stdout_truncated"] is True and kept["stdout"] == "a" * OUTPUT_PREVIEW_CHARS
+
+
+def test_cancel_stops_the_running_remote_command(
+    live_sshd: SshServer, known_hosts: Path, remote_dir: Path, cli, cli_env, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+    import time
+
+    done = remote_dir / "done"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "win_automation",
+            "ssh",
+            "run",
+            "--shell",
+            "cmd",
+            "--",
+            f"echo go; sleep 3; touch {done}",
+        ],
+        env={**cli_env, **env_for(live_sshd, known_hosts)},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == b"go\n"
+    (job,) = json.loads(cli("jobs", "list", "--state", "running", "--json").stdout)
+    started = time.monotonic()
+    cancelled = cli("jobs", "cancel", job["job_id"], "--wait", "5s")
+    assert cancelled.code == 0 and "cancelled" in cancelled.stdout, cancelled.stderr
+    assert time.monotonic() - started < 2.5  # the command stopped, not its 3 s run
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130, err
+    time.sleep(3.5)
+    assert not done.exists(), "the remote command ran on after the cancel"
+    shown = json.loads(cli("jobs", "show", job["job_id"], "--json").stdout)
+    exec_step = next(s for s in shown["steps"] if s["name"] == "exec")
+    assert shown["state"] == "cancelled" and exec_step["state"] == "cancelled"
+    assert "remote process tree was killed" in exec_step["error"]
+
+
+def test_sigterm_records_an_ssh_job_interrupted_like_run(
+    live_sshd: SshServer, known_hosts: Path, cli, cli_env, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", "echo go; sleep 20"],
+        env={**cli_env, **env_for(live_sshd, known_hosts)},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == b"go\n"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 130 and b"Traceback" not in err, err
+    (job,) = json.loads(cli("jobs", "list", "--json").stdout)
+    assert job["state"] == "interrupted"
+    assert f"jobs resume {job['job_id']}" in err.decode()

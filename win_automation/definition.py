@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from win_automation import metrics
 from win_automation.config import Config
 from win_automation.errors import UsageError
 
@@ -93,10 +94,18 @@ class Workflow:
     gui: bool = False
     labels: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    artifact_types: tuple[str, ...] = ()
+    """The artifact types its steps write (`ctx.artifacts.write_text(type, ...)`), kebab-case."""
+    counters: tuple[str, ...] = ()
+    """The metric counters its steps increment (`metrics.inc(name)`); declared when it is defined."""
 
     def __post_init__(self) -> None:
         if not _KEBAB.match(self.name):
             raise ValueError(f"workflow name {self.name!r} must be kebab-case")
+        for kind in self.artifact_types:
+            if not _KEBAB.match(kind):
+                raise ValueError(f"{self.name}: artifact type {kind!r} must be kebab-case")
+        metrics.declare(*self.counters)
         seen: set[str] = set()
         for step in self.steps:
             if not _KEBAB.match(step.name):

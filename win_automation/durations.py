@@ -1,9 +1,11 @@
-"""Durations as users write them (`500ms`, `30s`, `5m`, `2h`, `7d`, plain seconds) and back."""
+"""Durations as users write them (`500ms`, `30s`, `5m`, `2h`, `7d`, plain seconds) and back, and
+the one RFC 3339 formatter of timestamps (logs, metrics, manifests, `jobs` output)."""
 
 from __future__ import annotations
 
 import math
 import re
+from datetime import UTC, datetime
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -32,3 +34,10 @@ def format_duration(seconds: float) -> str:
     if seconds < 1 and (seconds * 1000).is_integer():
         return f"{int(seconds * 1000)}ms"
     return f"{seconds:.6f}".rstrip("0").rstrip(".") + "s"
+
+
+def rfc3339(timestamp: float, *, millis: bool = True) -> str:
+    """A Unix time as RFC 3339 in UTC: `2026-11-22T10:00:00.123Z` (or without the milliseconds)."""
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    return text + (f".{moment.microsecond // 1000:03d}Z" if millis else "Z")

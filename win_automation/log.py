@@ -18,8 +18,9 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any, TextIO
+
+from win_automation.durations import rfc3339
 
 _LEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error", "CRITICAL": "error"}
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "op"}
@@ -70,11 +71,6 @@ def encode_value(value: object) -> str:
 
 def format_line(fields: Iterable[tuple[str, object]]) -> str:
     return " ".join(f"{key}={encode_value(value)}" for key, value in fields if value is not None)
-
-
-def rfc3339(timestamp: float) -> str:
-    moment = datetime.fromtimestamp(timestamp, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def component_of(logger_name: str) -> str:

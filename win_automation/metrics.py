@@ -1,8 +1,9 @@
 """In-process counters and the emitter that writes them as `metric=<name> value=<n> ts=<RFC3339>`.
 
-Counters (process-wide, reset when the process restarts, by design):
-jobs_enqueued_total, jobs_completed_total, jobs_failed_total, jobs_cancelled_total,
-playwright_sessions_total, aloha_runs_total. Any layer may count: `metrics.inc("aloha_runs_total")`.
+Counters (process-wide, reset when the process restarts, by design): the engines' own
+jobs_enqueued_total, jobs_completed_total, jobs_failed_total, jobs_cancelled_total, and those a
+workflow declares (`Workflow(counters=("aloha_runs_total",))` calls `declare`). Any layer may
+count a declared counter: `metrics.inc("aloha_runs_total")`; an undeclared name is a bug.
 
 Long-running commands (`run`, the worker, the supervisor) take `--metrics --metrics-interval 30s`
 and wrap their work in `with emitting(interval, path):`, which starts a daemon thread that writes
@@ -17,26 +18,32 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
+
+from win_automation.durations import rfc3339
 
 COUNTERS: tuple[str, ...] = (
     "jobs_enqueued_total",
     "jobs_completed_total",
     "jobs_failed_total",
     "jobs_cancelled_total",
-    "playwright_sessions_total",
-    "aloha_runs_total",
 )
 
 _lock = threading.Lock()
 _values: dict[str, int] = dict.fromkeys(COUNTERS, 0)
 
 
+def declare(*names: str) -> None:
+    """Make counters known (at 0), e.g. a workflow's; declaring one twice is harmless."""
+    with _lock:
+        for name in names:
+            _values.setdefault(name, 0)
+
+
 def inc(name: str, amount: int = 1) -> None:
     if name not in _values:
-        raise ValueError(f"unknown metric {name!r} (one of {', '.join(COUNTERS)})")
+        raise ValueError(f"unknown metric {name!r} (one of {', '.join(_values)})")
     with _lock:
         _values[name] += amount
 
@@ -50,11 +57,6 @@ def reset() -> None:
     with _lock:
         for name in _values:
             _values[name] = 0
-
-
-def rfc3339(timestamp: float) -> str:
-    moment = datetime.fromtimestamp(timestamp, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def format_lines(values: dict[str, int], timestamp: float) -> list[str]:

@@ -101,6 +101,7 @@ ping = Workflow(
     name="ping",
     input=PingInput,
     description="Check the job runtime (engine, journal, artifact folder) without touching the VM.",
+    artifact_types=("ping",),
     steps=(
         Step("check-engine", check_engine, EngineCheck, timeout_seconds=30),
         Step("check-journal", check_journal, JournalCheck, parents=("check-engine",), timeout_seconds=3700),

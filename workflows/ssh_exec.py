@@ -123,6 +123,7 @@ ssh_exec = Workflow(
     name="ssh-exec",
     input=SshExecInput,
     description="Run a PowerShell or cmd command on the VM (optionally skipped by a check).",
+    artifact_types=("ssh",),
     steps=(
         Step("check", check, CheckOutput, timeout_seconds=86400),
         Step("exec", execute, ExecOutput, parents=("check",), timeout_seconds=86400),

@@ -1,13 +1,9 @@
 """Artifact folders: `<artifacts.out_dir>/<job_id>/` holding a job's evidence and `manifest.json`.
 
 Manifest: `{"job_id", "trace_id", "created_at" (RFC3339), "artifacts": [{"type", "path" (relative
-to the job folder), "size_bytes", "sha256"}]}`. Types and their usual files:
-
-    ssh         stdout.txt, stderr.txt, exit_code.txt
-    aloha       response.json
-    playwright  screenshot.png, trace.zip
-    ping        ping.json (the `ping` workflow's self-check)
-    screen      before.png, after.png, failure-STEP.png (GUI jobs, from QEMU's screendump)
+to the job folder), "size_bytes", "sha256"}]}`. An artifact's type is a short kebab-case word that
+its workflow declares (`Workflow.artifact_types`, e.g. `ssh` for stdout.txt/stderr.txt/exit_code.txt):
+a writer accepts only the types it was given.
 
 Writing (`ArtifactWriter`, given to steps as `ctx.artifacts`): each artifact is written to a
 temporary name in the job folder, hashed while it is written, fsynced, renamed into place, and
@@ -31,17 +27,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import IO, Annotated, BinaryIO, Literal, Protocol, get_args
+from typing import IO, Annotated, BinaryIO, Protocol
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
+from win_automation.durations import rfc3339
 from win_automation.errors import ArtifactMismatch, NotFoundError, UsageError
 from win_automation.jobs.ids import is_job_id, validate_job_id
 
-ArtifactType = Literal["ssh", "aloha", "playwright", "ping", "screen"]
-ARTIFACT_TYPES: tuple[str, ...] = get_args(ArtifactType)
+ArtifactType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=40)]
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
 TEMP_PREFIX = ".tmp-"
@@ -91,10 +87,6 @@ class Manifest(BaseModel):
 
     def created_timestamp(self) -> float:
         return datetime.fromisoformat(self.created_at.replace("Z", "+00:00")).timestamp()
-
-
-def rfc3339(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> tuple[int, str]:
@@ -164,8 +156,17 @@ class _HashingWriter:
 class ArtifactWriter:
     """Writes one job's artifacts and keeps its manifest true after every file."""
 
-    def __init__(self, root: Path, job_id: str, trace_id: str, created_at: float | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        job_id: str,
+        trace_id: str,
+        created_at: float | None = None,
+        *,
+        types: tuple[str, ...],
+    ) -> None:
         self.folder = job_folder(root, job_id)
+        self.types = types
         self.job_id = job_id
         self.trace_id = trace_id
         self._created_at = time.time() if created_at is None else created_at
@@ -174,8 +175,9 @@ class ArtifactWriter:
     @contextmanager
     def open(self, type: str, name: str) -> Iterator[_HashingWriter]:
         """Stream an artifact: `with writer.open("playwright", "trace.zip") as f: f.write(...)`."""
-        if type not in ARTIFACT_TYPES:
-            raise UsageError(f"artifact type {type!r} must be one of {', '.join(ARTIFACT_TYPES)}")
+        if type not in self.types:
+            wanted = ", ".join(self.types) or "none declared"
+            raise UsageError(f"artifact type {type!r} is not one this workflow declares ({wanted})")
         name = safe_relative(name)
         target = self.folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +221,9 @@ class ArtifactWriter:
         try:
             return read_manifest(self.folder)
         except NotFoundError:
-            return Manifest(job_id=self.job_id, trace_id=self.trace_id, created_at=rfc3339(self._created_at))
+            return Manifest(
+                job_id=self.job_id, trace_id=self.trace_id, created_at=rfc3339(self._created_at, millis=False)
+            )
 
     def _record(self, entry: ArtifactEntry) -> None:
         with self._lock:

@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
 from pydantic import BaseModel, ValidationError
 
@@ -43,13 +42,13 @@ from win_automation.artifacts.store import ArtifactWriter
 from win_automation.config import Config
 from win_automation.definition import Step, Workflow
 from win_automation.engines.context import JobStepContext
+from win_automation.engines.desktop import holding_desktop
 from win_automation.engines.monitor import JobMonitor
 from win_automation.engines.outcome import JobOutcome, describe, failed_output, outcome_of, retryable
 from win_automation.engines.recorder import JobRecorder
 from win_automation.errors import Cancelled, NotFoundError, Skipped, Superseded, UsageError
 from win_automation.jobs.ids import validate_job_id
 from win_automation.jobs.journal import Journal
-from win_automation.jobs.locks import vm_lock
 from win_automation.jobs.records import JobRecord
 from win_automation.jobs.state import RESUMABLE, JobState
 from win_automation.operations import qemu
@@ -139,11 +138,21 @@ class LocalEngine:
     ) -> JobOutcome:
         recorder = JobRecorder(self.journal, job.job_id, workflow, epoch=job.epoch)
         cancel = self._monitor.watch(job.job_id, job.epoch)
-        writer = ArtifactWriter(self.config.artifacts.out_dir, job.job_id, job.trace_id, job.created_at)
+        writer = ArtifactWriter(
+            self.config.artifacts.out_dir,
+            job.job_id,
+            job.trace_id,
+            job.created_at,
+            types=qemu.writer_types(workflow.artifact_types, workflow.gui),
+        )
         outputs = dict(done)
         try:
-            with self._desktop(workflow, job.job_id, cancel, writer, snapshot):
+            cancelled = lambda: cancel.is_set() or self.journal.cancel_requested(job.job_id)  # noqa: E731
+            with holding_desktop(self.config, workflow, job.job_id, cancelled, always=snapshot is not None):
+                self._prepare_desktop(workflow, job.job_id, writer, snapshot)
                 self._run_steps(job, workflow, input, outputs, writer, cancel, recorder, emit)
+                if workflow.gui:
+                    qemu.keep_screen(self.config, writer, "after.png")
         except Superseded:
             log.warning(
                 "job taken over by another process; stopped", extra={"op": "run", "job_id": job.job_id}
@@ -163,37 +172,16 @@ class LocalEngine:
             self._monitor.unwatch(job.job_id)
         return outcome_of(self.journal, workflow, job.job_id, outputs, self.config.artifacts.out_dir)
 
-    @contextmanager
-    def _desktop(
-        self,
-        workflow: Workflow,
-        job_id: str,
-        cancel: threading.Event,
-        writer: ArtifactWriter,
-        snapshot: str | None,
-    ) -> Iterator[None]:
-        """The VM's desktop for a GUI job (or one started from a snapshot): its lock; the snapshot
-        loaded; the screen kept as before.png / after.png when vm.qmp_socket is set."""
-        if not workflow.gui and snapshot is None:
-            yield
-            return
-        vm = self.config.ssh.vm_key
-        with vm_lock(
-            self.config.data.dir,
-            vm,
-            cancelled=lambda: cancel.is_set() or self.journal.cancel_requested(job_id),
-            on_wait=lambda: log.info(
-                "waiting for the VM desktop", extra={"op": "lock", "job_id": job_id, "vm": vm}
-            ),
-        ):
-            if snapshot is not None:
-                log.info("loading snapshot", extra={"op": "snapshot", "job_id": job_id, "snapshot": snapshot})
-                qemu.Qemu(self.config).snapshot_load(snapshot)
-            if workflow.gui:
-                qemu.keep_screen(self.config, writer, "before.png")
-            yield
-            if workflow.gui:
-                qemu.keep_screen(self.config, writer, "after.png")
+    def _prepare_desktop(
+        self, workflow: Workflow, job_id: str, writer: ArtifactWriter, snapshot: str | None
+    ) -> None:
+        """With the desktop held: load the snapshot the job starts from; keep the screen as
+        before.png for a GUI job (when vm.qmp_socket is set)."""
+        if snapshot is not None:
+            log.info("loading snapshot", extra={"op": "snapshot", "job_id": job_id, "snapshot": snapshot})
+            qemu.Qemu(self.config).snapshot_load(snapshot)
+        if workflow.gui:
+            qemu.keep_screen(self.config, writer, "before.png")
 
     def _run_steps(
         self,

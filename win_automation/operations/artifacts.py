@@ -16,9 +16,17 @@ from typing import BinaryIO
 from pydantic import ValidationError
 
 from win_automation.adapters import sftp
-from win_automation.adapters.ssh import SshConnection
-from win_automation.artifacts.store import MANIFEST, Manifest, safe_relative
-from win_automation.errors import ArtifactMismatch
+from win_automation.adapters.ssh import SshConnection, get_connection
+from win_automation.artifacts.store import (
+    MANIFEST,
+    ArtifactSource,
+    LocalSource,
+    Manifest,
+    job_folder,
+    safe_relative,
+)
+from win_automation.config import Config
+from win_automation.errors import ArtifactMismatch, UsageError
 from win_automation.jobs.ids import validate_job_id
 
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
@@ -71,3 +79,16 @@ class VmSource:
 
         copied = sftp.download(self.conn, remote, out, advance)
         return copied.size, copied.sha256
+
+
+def artifact_source(config: Config, job_id: str, source: str) -> tuple[ArtifactSource, str]:
+    """Where to copy job `job_id`'s artifacts from, and how to name it: `local` (its folder under
+    artifacts.out_dir), `vm` (artifacts.remote_dir over SFTP), or `auto` (local when it has a
+    manifest, else the VM)."""
+    if source not in ("auto", "local", "vm"):
+        raise UsageError(f"--from: {source!r} must be auto, local or vm")
+    folder = job_folder(config.artifacts.out_dir, job_id)
+    if source == "local" or (source == "auto" and (folder / MANIFEST).exists()):
+        return LocalSource(folder), str(folder)
+    remote = VmSource(get_connection(config.ssh), config.artifacts.remote_dir, job_id)
+    return remote, f"{config.ssh.host}:{sftp_path(config.artifacts.remote_dir, job_id)}"

@@ -280,6 +280,14 @@ def _snapshots(qmp: QmpSession) -> list[Snapshot]:
     )
 
 
+SCREEN = "screen"
+
+
+def writer_types(types: tuple[str, ...], gui: bool) -> tuple[str, ...]:
+    """A job's artifact types: its workflow's, and `screen` for a GUI workflow (keep_screen)."""
+    return (*types, SCREEN) if gui and SCREEN not in types else types
+
+
 def keep_screen(config: Config, writer: ArtifactWriter, name: str) -> bool:
     """Keep the VM's screen as artifact `name` (type `screen`) of a GUI job. A no-op without
     vm.qmp_socket; a failure is logged, never raised: evidence must not fail the job."""
@@ -290,7 +298,7 @@ def keep_screen(config: Config, writer: ArtifactWriter, name: str) -> bool:
         writer.folder.mkdir(parents=True, exist_ok=True)
         shot = Qemu(config).screenshot(writer.folder / f"{TEMP_PREFIX}screen-{uuid.uuid4().hex[:8]}.png")
         try:
-            writer.write_file("screen", name, Path(shot.path))
+            writer.write_file(SCREEN, name, Path(shot.path))
         finally:
             Path(shot.path).unlink(missing_ok=True)
     except (WinAutomationError, OSError) as exc:

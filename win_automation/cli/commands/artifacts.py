@@ -93,27 +93,11 @@ def fetch(
     ),
 ) -> None:
     """Copy a job's artifacts into OUT/JOB_ID/, checking every size and sha256 against the manifest."""
-    from win_automation.artifacts.store import (
-        MANIFEST,
-        ArtifactSource,
-        LocalSource,
-        copy_verified,
-        raise_mismatches,
-    )
-    from win_automation.errors import UsageError
+    from win_automation.artifacts.store import copy_verified, raise_mismatches
+    from win_automation.operations.artifacts import artifact_source
 
-    if source not in ("auto", "local", "vm"):
-        raise UsageError(f"--from: {source!r} must be auto, local or vm")
-    folder = local_folder(ctx, job)
-    origin: ArtifactSource = LocalSource(folder)
-    where = str(folder)
-    if source == "vm" or (source == "auto" and not (folder / MANIFEST).exists()):
-        from win_automation.adapters.ssh import get_connection
-        from win_automation.operations.artifacts import VmSource, sftp_path
-
-        config = state(ctx).config()
-        origin = VmSource(get_connection(config.ssh), config.artifacts.remote_dir, job)
-        where = f"{config.ssh.host}:{sftp_path(config.artifacts.remote_dir, job)}"
+    local_folder(ctx, job)  # validates the id before anything is opened
+    origin, where = artifact_source(state(ctx).config(), job, source)
     manifest = origin.manifest()
     total = sum(a.size_bytes for a in manifest.artifacts)
     target = out / job

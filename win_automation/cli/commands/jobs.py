@@ -15,6 +15,7 @@ import typer
 
 from win_automation.cli.output import print_json, print_table
 from win_automation.cli.state import state
+from win_automation.durations import rfc3339
 
 if TYPE_CHECKING:
     from win_automation.jobs.records import JobRecord, StepRecord
@@ -23,12 +24,7 @@ app = typer.Typer(help="List, inspect, cancel and resume jobs.", no_args_is_help
 
 
 def when(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return (
-        datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        + f"{int(timestamp * 1000) % 1000:03d}Z"
-    )
+    return None if timestamp is None else rfc3339(timestamp)
 
 
 def duration_ms(start: float | None, end: float | None) -> int | None:
@@ -140,7 +136,7 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show a job: its steps with attempts, durations and errors, its artifacts and its events."""
-    from win_automation.artifacts.store import read_manifest
+    from win_automation.artifacts.store import job_folder, read_manifest
     from win_automation.engines.dispatch import show_job
     from win_automation.errors import WinAutomationError
 
@@ -148,7 +144,9 @@ def show(
     view = show_job(config, job_id, note=_note)
     job, steps, events = view.job, view.steps, view.events
     try:
-        artifacts = [a.model_dump() for a in read_manifest(config.artifacts.out_dir / job_id).artifacts]
+        artifacts = [
+            a.model_dump() for a in read_manifest(job_folder(config.artifacts.out_dir, job_id)).artifacts
+        ]
     except WinAutomationError:
         artifacts = []
     data = {

@@ -31,8 +31,8 @@ def report(outcome: JobOutcome, config: Config, as_json: bool) -> None:
     from win_automation.engines.dispatch import show_job
 
     steps = show_job(config, outcome.job_id).steps
-    folder = config.artifacts.out_dir / outcome.job_id
-    artifacts_dir = str(folder) if (folder / "manifest.json").exists() else None
+    folder = outcome.artifacts_dir
+    artifacts_dir = str(folder) if folder is not None and (folder / "manifest.json").exists() else None
     if as_json:
         print_json({**outcome.as_dict(), "artifacts_dir": artifacts_dir, "exit_code": outcome.exit_code})
     else:

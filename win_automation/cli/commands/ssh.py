@@ -73,7 +73,7 @@ def _run_job(
 
     config = state(ctx).config()
     workflow = ssh_exec.ssh_exec
-    model = workflow.parse_input({k: v for k, v in payload.items() if v is not None}, name="ssh")
+    model = workflow.parse_input({k: v for k, v in payload.items() if v is not None}, name="input")
     live = None if as_json else _live
     outcome = start(config, workflow, model, engine=engine, no_wait=no_wait, as_json=as_json, on_output=live)
     if outcome is None:

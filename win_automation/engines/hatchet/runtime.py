@@ -14,8 +14,9 @@ engine may try again (a non-transient project error, such as an SSH authenticati
 not; the Hatchet boundary turns that into NonRetryableException). The failure travels as text:
 `message [exit N]`, so the side that waits for the run can exit with the step's code.
 
-GUI workflows keep the VM's screen (vm.qmp_socket): before.png at the first step's first attempt,
-failure-STEP.png when a step fails for good, after.png when the last step succeeds.
+GUI workflows keep the VM's screen (vm.qmp_socket), while the step holds the desktop: before.png
+at the first step's first attempt, failure-STEP.png when an attempt fails, after.png when the last
+step succeeds.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from win_automation.artifacts.store import ArtifactWriter
 from win_automation.config import Config
 from win_automation.definition import Step, Workflow
 from win_automation.engines.context import JobStepContext
+from win_automation.engines.desktop import holding_desktop
 from win_automation.engines.monitor import JobMonitor
 from win_automation.engines.outcome import describe, retryable
 from win_automation.engines.recorder import JobRecorder
@@ -130,12 +132,16 @@ class TaskRuntime:
                 run_id=run_id,
             )
 
-    def _writer(self, job: JobRecord) -> ArtifactWriter:
+    def _writer(self, workflow: Workflow, job: JobRecord) -> ArtifactWriter:
         with self.lock:
             writer = self._writers.get(job.job_id)
             if writer is None:
                 writer = ArtifactWriter(
-                    self.config.artifacts.out_dir, job.job_id, job.trace_id, job.created_at
+                    self.config.artifacts.out_dir,
+                    job.job_id,
+                    job.trace_id,
+                    job.created_at,
+                    types=qemu.writer_types(workflow.artifact_types, workflow.gui),
                 )
                 self._writers[job.job_id] = writer
                 while len(self._writers) > MAX_WRITERS:  # jobs long ended
@@ -159,8 +165,7 @@ class TaskRuntime:
     ) -> BaseModel:
         job = self.job_for(workflow, run_id, metadata, input)
         attempt = retry_count + 1
-        if workflow.gui and attempt == 1 and step is workflow.steps[0]:
-            qemu.keep_screen(self.config, self._writer(job), "before.png")
+        writer = self._writer(workflow, job)
         recorder = self._recorder(workflow, job)
         recorder.call("attempt_started", step.name, attempt)
         extra = {"op": "step", "job_id": job.job_id, "run_id": run_id, "step": step.name, "attempt": attempt}
@@ -173,11 +178,19 @@ class TaskRuntime:
             attempt=attempt,
             config=self.config,
             parents=parents,
-            artifacts=self._writer(job),
+            artifacts=writer,
             job_cancel=cancel,
             attempt_cancel=attempt_cancel,
         )
-        error, value = self.monitor.run_attempt(step, input, ctx, cancel, attempt_cancel)
+        try:
+            with holding_desktop(self.config, workflow, job.job_id, cancel.is_set):
+                if workflow.gui and attempt == 1 and step is workflow.steps[0]:
+                    qemu.keep_screen(self.config, writer, "before.png")
+                error, value = self.monitor.run_attempt(step, input, ctx, cancel, attempt_cancel)
+                if workflow.gui:
+                    self._keep_screen_after(workflow, step, writer, error)
+        except Cancelled as waiting:  # cancelled while waiting for the desktop
+            error, value = waiting, None
         if isinstance(error, Cancelled):
             recorder.call("end", JobState.CANCELLED, str(error), Cancelled.exit_code)
             raise error
@@ -196,13 +209,19 @@ class TaskRuntime:
                 "step failed" if final else "step attempt failed, the engine retries it",
                 extra={**extra, "err": message},
             )
-            if workflow.gui and final:  # the screen at the moment of failure
-                qemu.keep_screen(self.config, self._writer(job), f"failure-{step.name}.png")
             raise StepFailure(message, code, retry=retryable(exc)) from exc
         log.info("step succeeded", extra=extra)
-        if workflow.gui and step is workflow.steps[-1]:
-            qemu.keep_screen(self.config, self._writer(job), "after.png")
         return output
+
+    def _keep_screen_after(
+        self, workflow: Workflow, step: Step, writer: ArtifactWriter, error: BaseException | None
+    ) -> None:
+        """A GUI step's screen, still holding the desktop: failure-STEP.png when the attempt failed
+        (the last attempt's stays), after.png when the last step succeeded."""
+        if error is not None and not isinstance(error, Cancelled | Skipped):
+            qemu.keep_screen(self.config, writer, f"failure-{step.name}.png")
+        elif error is None and step is workflow.steps[-1]:
+            qemu.keep_screen(self.config, writer, "after.png")
 
     def cancelled(self, workflow: Workflow, step: Step, run_id: str) -> None:
         """The engine cancelled this step's run: record the job (and its unfinished steps) cancelled."""

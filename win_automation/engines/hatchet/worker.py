@@ -31,7 +31,7 @@ from hatchet_sdk import ClientConfig, Hatchet
 
 from win_automation import log as project_log
 from win_automation import metrics
-from win_automation.artifacts.store import prune
+from win_automation.artifacts.retention import apply_retention
 from win_automation.config import Config
 from win_automation.engines.hatchet.client import check_engine_version, client_config, compile_workflow
 from win_automation.engines.hatchet.runtime import TaskRuntime
@@ -67,26 +67,17 @@ def default_name() -> str:
     return f"win-automation-{socket.gethostname()}"
 
 
-def prune_artifacts(config: Config, runtime: TaskRuntime) -> int:
-    """Delete job folders older than the retention; 0 days keeps everything. Returns how many."""
-    days = config.artifacts.retention_days
-    if days <= 0:
+def prune_artifacts(config: Config) -> int:
+    """Apply retention (artifacts.retention; 0 days keeps everything). Returns how many folders went."""
+    if config.artifacts.retention_days <= 0:
         return 0
-    with runtime.lock:
-        active = frozenset(runtime.journal.active_job_ids())
-    pruned = prune(config.artifacts.out_dir, days * 86400.0, keep=active)
-    if pruned:
-        log.info(
-            "artifact folders pruned",
-            extra={"op": "retention", "count": len(pruned), "bytes": sum(p.size_bytes for p in pruned)},
-        )
-    return len(pruned)
+    return len(apply_retention(config))
 
 
-def _retention_loop(config: Config, runtime: TaskRuntime, stop: threading.Event) -> None:
+def _retention_loop(config: Config, stop: threading.Event) -> None:
     while True:
         try:
-            prune_artifacts(config, runtime)
+            prune_artifacts(config)
         except Exception:  # retention must never stop the worker
             log.warning("artifact retention failed", exc_info=True, extra={"op": "retention"})
         if stop.wait(RETENTION_INTERVAL):
@@ -152,9 +143,7 @@ def run_worker(
         worker = hatchet.worker(name, slots=slots, labels=dict(labels), workflows=compiled)
     _install_drain(grace)
     stop = threading.Event()
-    threading.Thread(
-        target=_retention_loop, args=(config, runtime, stop), name="retention", daemon=True
-    ).start()
+    threading.Thread(target=_retention_loop, args=(config, stop), name="retention", daemon=True).start()
     log.info(
         "worker starting",
         extra={
