@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ def aloha_server_routes() -> Routes:
 
 
 def hatchet_health_routes(version: str = "v0.80.0") -> Routes:
-    return {"/live": (200, "OK"), "/ready": (200, "OK"), "/version": (200, '{"version": "%s"}' % version)}
+    return {"/live": (200, "OK"), "/ready": (200, "OK"), "/version": (200, json.dumps({"version": version}))}
 
 
 class HttpEndpoint:

@@ -30,11 +30,10 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import playwright
 import pytest
-
 from fixture_sshd import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +63,7 @@ class PlaywrightServer:
             "port": self.port,
             "wsPathFile": str(ws_file),
             "headless": True,
+            "logFile": str(self.dir / "launch.log"),
         }
         if channel:
             settings["channel"] = channel
@@ -166,7 +166,7 @@ document.body.appendChild(d); }, 300);</script></body></html>"""
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    pages = {"/": PAGE, "/tall": TALL, "/slow-ready": SLOW}
+    pages: ClassVar[dict[str, bytes]] = {"/": PAGE, "/tall": TALL, "/slow-ready": SLOW}
 
     def do_GET(self) -> None:
         if self.path == "/never":

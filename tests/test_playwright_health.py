@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-
 from fixture_playwright import PREVIOUS_MINOR, PlaywrightServer
 from fixture_sshd import free_port
+
 from win_automation.adapters.playwright import client_version
 from win_automation.operations.playwright import health
 
@@ -65,3 +65,11 @@ def test_health_version_mismatch(old_server: PlaywrightServer, tmp_path: Path) -
     assert report.server_version in report.cause and ".".join(client_version().split(".")[:2]) in report.cause
     assert report.fix is not None and "playwright install" in report.fix
     assert old_server.ws_path not in json.dumps(report.as_dict())
+
+
+def test_config_show_masks_the_ws_path(cli, pw_server: PlaywrightServer) -> None:
+    for args in (("config", "show"), ("config", "show", "--json")):
+        run = cli(*args, env=pw_server.env())
+        assert run.code == 0, run.stderr
+        assert pw_server.ws_path not in run.stdout + run.stderr
+        assert "playwright.ws_path" in run.stdout or '"ws_path"' in run.stdout

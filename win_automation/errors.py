@@ -19,6 +19,9 @@
     ├── ServiceRefused                 exit 1  a service answered, but not with what was asked
     │                                          (an Aloha 4xx/500, a 409 busy desktop, a body that
     │                                          is not JSON)
+    ├── HealthCheckFailed              exit 1  a supervisor pass ended with a failed check
+    ├── BreakerOpen                    exit 75 the supervisor's circuit breaker is open: checks
+    │                                          failed and nothing was repaired (EX_TEMPFAIL)
     └── Cancelled                      exit 130 the job or command was cancelled (or interrupted)
         └── Superseded                 exit 130 another process took the job over (resumed it
                                                after this owner stopped heart-beating)
@@ -108,6 +111,14 @@ class ServiceRefused(WinAutomationError):
     exit_code = 1
 
 
+class HealthCheckFailed(WinAutomationError):
+    exit_code = 1
+
+
+class BreakerOpen(WinAutomationError):
+    exit_code = 75
+
+
 class Skipped(WinAutomationError):
     """Raised by a step that had nothing to do (an idempotency check passed); `result` is its output.
 
@@ -132,6 +143,7 @@ EXIT_CODES: dict[int, str] = {
     3: "the VM or a service could not be reached (after retries)",
     4: "authentication failed (never retried)",
     5: "the host key is unknown or has changed (trust it with `win-automation ssh trust`)",
+    75: "`supervisor run --once`: the circuit breaker is open (checks failed, nothing repaired; retry later)",
     124: "a deadline passed; the remote work was stopped",
     255: "`ssh run`/`ssh script`: the remote exit code was outside 0-255 (see SSH, exit codes)",
     130: "cancelled or interrupted (Ctrl-C, `jobs cancel`)",

@@ -5,7 +5,9 @@
 // exactly the client's version. SERVER.json holds:
 //   {"package": "<driver/package dir>", "host": "0.0.0.0", "port": 9323,
 //    "wsPathFile": "<file holding the wsPath>", "channel": "msedge" | null,
-//    "executablePath": "<browser binary>" | null, "headless": true}
+//    "executablePath": "<browser binary>" | null, "headless": true,
+//    "logFile": "<file its messages are appended to>" | null,
+//    "browsersPath": "<PLAYWRIGHT_BROWSERS_PATH for channel chromium>" | null}
 // The wsPath is read from its own file (readable by Administrators and SYSTEM only on the VM), so
 // it is never on a command line, in the task's definition or in this script's output.
 // The process exits non-zero when the browser dies, so the scheduled task restarts it.
@@ -13,8 +15,21 @@
 const fs = require('fs');
 const path = require('path');
 
+let logFile = null;
+function say(stream, message) {
+  const line = `launch-server: ${message}\n`;
+  stream.write(line);
+  if (logFile) {
+    try {
+      fs.appendFileSync(logFile, `${new Date().toISOString()} ${line}`);
+    } catch (err) {
+      stream.write(`launch-server: cannot append to the log file: ${err.code || err.message}\n`);
+    }
+  }
+}
+
 function fail(message) {
-  process.stderr.write(`launch-server: ${message}\n`);
+  say(process.stderr, message);
   process.exit(2);
 }
 
@@ -26,6 +41,8 @@ try {
 } catch (err) {
   fail(`cannot read ${configFile}: ${err.message}`);
 }
+logFile = config.logFile || null;
+if (config.browsersPath) process.env.PLAYWRIGHT_BROWSERS_PATH = config.browsersPath;
 let wsPath;
 try {
   wsPath = fs.readFileSync(config.wsPathFile, 'utf8').trim();
@@ -62,11 +79,12 @@ if (config.executablePath) options.executablePath = config.executablePath;
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
   server.process().on('exit', (code) => {
-    process.stderr.write(`launch-server: the browser exited (${code}); stopping\n`);
+    say(process.stderr, `the browser exited (${code}); stopping`);
     process.exit(1);
   });
-  process.stdout.write(
-    `launch-server: playwright-core ${version} listening on ${options.host}:${options.port} ` +
-      `(${options.channel || 'executablePath'}, ${options.headless ? 'headless' : 'headed'})\n`,
+  say(
+    process.stdout,
+    `playwright-core ${version} listening on ${options.host}:${options.port} ` +
+      `(${options.channel || 'executablePath'}, ${options.headless ? 'headless' : 'headed'})`,
   );
 })();

@@ -92,7 +92,9 @@ def _chain_has(exc: BaseException, kind: type[BaseException]) -> bool:
 def name_of(first: bytes) -> str | None:
     """What service the first bytes a server sent betray, if any."""
     if first.startswith(b"SSH-"):
-        return "an SSH server (" + first.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("ascii", "replace") + ")"
+        return (
+            "an SSH server (" + first.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("ascii", "replace") + ")"
+        )
     if first.startswith(b"HTTP/1.") or first.lstrip()[:1] == b"<":
         return "an HTTP/1 server"
     if first[:3] == b"\x00\x00\x12" or (len(first) >= 4 and first[3] == _SETTINGS_FRAME):
@@ -143,7 +145,9 @@ def probe_tcp(host: str, port: int, timeout: float, *, speak: Speak = "listen") 
     latency = _ms(started)
     if not first:
         return Probe(target, "closed", "connected, then closed at once with no bytes", latency)
-    expected = first.startswith(b"SSH-") if speak == "listen" else len(first) >= 4 and first[3] == _SETTINGS_FRAME
+    expected = (
+        first.startswith(b"SSH-") if speak == "listen" else len(first) >= 4 and first[3] == _SETTINGS_FRAME
+    )
     if expected:
         return Probe(target, "ok", name_of(first) or "answered", latency, first_bytes=first)
     service = name_of(first)
@@ -184,16 +188,16 @@ def probe_http(url: str, timeout: float, *, method: str = "GET") -> Probe:
         if isinstance(error, socket.gaierror):
             return Probe(url, "dns", f"the name {parts.host!r} does not resolve", _ms(started))
         if isinstance(error, ConnectionResetError):
-            return Probe(url, "closed", "connected, then closed at once with no bytes", _ms(started))
+            return _closed(url, parts, timeout, started)
         return Probe(url, "dropped", f"cannot connect: {exc}", _ms(started))
     except httpx.RemoteProtocolError as exc:
         text = str(exc)
         if "without sending" in text or "Server disconnected" in text:
-            return Probe(url, "closed", "connected, then closed at once with no bytes", _ms(started))
+            return _closed(url, parts, timeout, started)
         return _not_http(url, text, started)
     except (httpx.ReadError, httpx.WriteError) as exc:
         if isinstance(_oserror(exc), ConnectionResetError):
-            return Probe(url, "closed", "connected, then closed at once with no bytes", _ms(started))
+            return _closed(url, parts, timeout, started)
         return Probe(url, "protocol", f"the connection failed: {exc}", _ms(started))
     except httpx.HTTPError as exc:
         return Probe(url, "protocol", f"{type(exc).__name__}: {exc}", _ms(started))
@@ -205,6 +209,23 @@ def probe_http(url: str, timeout: float, *, method: str = "GET") -> Probe:
             url, "http_status", f"HTTP {response.status_code}", latency, response.status_code, body, headers
         )
     return Probe(url, "ok", f"HTTP {response.status_code}", latency, response.status_code, body, headers)
+
+
+def _closed(url: str, parts: httpx.URL, timeout: float, started: float) -> Probe:
+    """No HTTP answer before the close: a server that speaks first (SSH's banner, then its refusal
+    of the request line) looks the same to h11, so listen once to tell it from a silent close."""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    again = probe_tcp(parts.host, port, min(timeout, 0.5), speak="listen")
+    if again.first_bytes:
+        service = name_of(again.first_bytes) or f"a server that speaks first ({again.first_bytes[:20]!r})"
+        return Probe(
+            url,
+            "wrong_service",
+            f"{service} answers here, not HTTP",
+            _ms(started),
+            first_bytes=again.first_bytes,
+        )
+    return Probe(url, "closed", "connected, then closed at once with no bytes", _ms(started))
 
 
 def _not_http(url: str, text: str, started: float) -> Probe:
@@ -221,5 +242,7 @@ def _not_http(url: str, text: str, started: float) -> Probe:
             first = raw.encode("latin-1", "replace")
     service = name_of(first)
     if service is not None:
-        return Probe(url, "wrong_service", f"{service} answers here, not HTTP", _ms(started), first_bytes=first)
+        return Probe(
+            url, "wrong_service", f"{service} answers here, not HTTP", _ms(started), first_bytes=first
+        )
     return Probe(url, "protocol", f"the answer is not HTTP ({text})", _ms(started), first_bytes=first)

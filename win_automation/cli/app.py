@@ -15,10 +15,13 @@ import typer
 from win_automation import __version__
 from win_automation.cli.commands import artifacts as artifacts_cmd
 from win_automation.cli.commands import config as config_cmd
+from win_automation.cli.commands import doctor as doctor_cmd
 from win_automation.cli.commands import jobs as jobs_cmd
+from win_automation.cli.commands import playwright as playwright_cmd
 from win_automation.cli.commands import run as run_cmd
 from win_automation.cli.commands import ssh as ssh_cmd
 from win_automation.cli.commands import vm as vm_cmd
+from win_automation.cli.commands import supervisor as supervisor_cmd
 from win_automation.cli.commands import worker as worker_cmd
 from win_automation.cli.output import error
 from win_automation.cli.state import CliState
@@ -36,8 +39,11 @@ app.command("run")(run_cmd.run)
 app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(artifacts_cmd.app, name="artifacts")
 app.add_typer(ssh_cmd.app, name="ssh")
+app.add_typer(playwright_cmd.app, name="playwright")
 app.command("worker")(worker_cmd.worker)
 app.add_typer(vm_cmd.app, name="vm")
+app.add_typer(supervisor_cmd.app, name="supervisor")
+app.command("doctor")(doctor_cmd.doctor)
 
 
 def _version(value: bool) -> None:

@@ -159,8 +159,13 @@ class PlaywrightConfig(Section):
     port: Port = Field(9323, description="Port of the Playwright browser server.")
     ws_path: SecretStr | None = Field(
         None,
-        description="The server's secret wsPath. Environment only.",
+        description="The server's wsPath, kept out of logs (not authentication: the port's reachability "
+        "is). Environment only.",
         json_schema_extra={**ENV_ONLY, **env("WIN_AUTOMATION_PLAYWRIGHT_WS_PATH")},
+    )
+    install_dir: str = Field(
+        r"C:\ProgramData\win-automation\playwright",
+        description="Where `playwright install` puts the server on the VM (driver, wsPath, task files).",
     )
 
 
@@ -213,7 +218,7 @@ class SupervisorConfig(Section):
     firewall_remote_address: str | None = Field(
         None,
         description="The host's address as the VM sees it (10.0.2.2 with QEMU user-mode networking);"
-        " the firewall rules admit only it. Unset: any address.",
+        " the firewall rules admit only it. Unset: the SSH client's address as the VM sees it.",
     )
     cron: Annotated[str | None, AfterValidator(_cron)] = Field(
         None,

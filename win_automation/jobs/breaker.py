@@ -128,7 +128,13 @@ class Breaker:
         )
 
     def _move(
-        self, conn: sqlite3.Connection, now: float, before: str, after: BreakerState, reason: str, **values: object
+        self,
+        conn: sqlite3.Connection,
+        now: float,
+        before: str,
+        after: BreakerState,
+        reason: str,
+        **values: object,
     ) -> Transition:
         self._set(conn, now, state=after.value, **values)
         return Transition(self.name, BreakerState(before), after, now, reason)
@@ -160,8 +166,13 @@ class Breaker:
                 if left > 0:
                     return Permit("open", owner, remaining=left)
                 moved = self._move(
-                    conn, now, state, BreakerState.HALF_OPEN, "cooldown over: trial pass",
-                    lease_owner=owner, lease_until=now + self.lease,
+                    conn,
+                    now,
+                    state,
+                    BreakerState.HALF_OPEN,
+                    "cooldown over: trial pass",
+                    lease_owner=owner,
+                    lease_until=now + self.lease,
                 )
                 return Permit("trial", owner, transitions=(moved,))
             # half-open: the trial belongs to its lease holder until the lease expires
@@ -184,11 +195,32 @@ class Breaker:
                     return []  # the lease expired and another process took the trial over
                 if success:
                     reason = "trial pass succeeded"
-                    return [self._move(conn, now, state, BreakerState.CLOSED, reason, failures=0,
-                                       opened_at=None, lease_owner=None, lease_until=None)]
-                return [self._move(conn, now, state, BreakerState.OPEN, "trial pass failed",
-                                   failures=int(row["failures"]) + 1, opened_at=now,
-                                   lease_owner=None, lease_until=None)]
+                    return [
+                        self._move(
+                            conn,
+                            now,
+                            state,
+                            BreakerState.CLOSED,
+                            reason,
+                            failures=0,
+                            opened_at=None,
+                            lease_owner=None,
+                            lease_until=None,
+                        )
+                    ]
+                return [
+                    self._move(
+                        conn,
+                        now,
+                        state,
+                        BreakerState.OPEN,
+                        "trial pass failed",
+                        failures=int(row["failures"]) + 1,
+                        opened_at=now,
+                        lease_owner=None,
+                        lease_until=None,
+                    )
+                ]
             if state != BreakerState.CLOSED:
                 return []
             if success:
@@ -198,7 +230,8 @@ class Breaker:
             failures = int(row["failures"]) + 1
             if failures >= self.threshold:
                 reason = f"{failures} consecutive failed passes"
-                return [self._move(conn, now, state, BreakerState.OPEN, reason, failures=failures,
-                                   opened_at=now)]
+                return [
+                    self._move(conn, now, state, BreakerState.OPEN, reason, failures=failures, opened_at=now)
+                ]
             self._set(conn, now, failures=failures)
             return []

@@ -115,8 +115,24 @@ def record_result(
             " consecutive_failures = CASE WHEN ? THEN consecutive_failures + 1"
             "   WHEN ? = 'pass' THEN 0 ELSE consecutive_failures END,"
             " remediations = remediations + ? WHERE vm = ? AND name = ?",
-            (status, cause, fix, latency_ms, now, status, now, failed, cause, failed, now, failed, status,
-             int(remediated), vm, name),
+            (
+                status,
+                cause,
+                fix,
+                latency_ms,
+                now,
+                status,
+                now,
+                failed,
+                cause,
+                failed,
+                now,
+                failed,
+                status,
+                int(remediated),
+                vm,
+                name,
+            ),
         )
 
 

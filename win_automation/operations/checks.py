@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
 from win_automation.adapters.probe import Probe, probe_http, probe_tcp
 from win_automation.config import Config
 from win_automation.errors import UsageError, WinAutomationError
+from win_automation.operations.endpoints import service_url
 from win_automation.versions import MIN_HATCHET_ENGINE, parse_semver, show
 
 Status = Literal["pass", "fail", "skipped", "warn"]
@@ -58,6 +60,7 @@ class CheckResult:
     latency_ms: float = 0.0
     repair: str | None = None
     kind: str = ""  # the probe's verdict (refused, closed, ...) when a probe failed
+    data: dict[str, object] = field(default_factory=dict)  # facts for doctor (the VM's clock)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -80,7 +83,7 @@ def _guest_port(url: str) -> int:
 
 def firewall_fix(config: Config, check: str) -> str:
     """The PowerShell (elevated, on the VM) that creates the check's firewall rule."""
-    address = config.supervisor.firewall_remote_address or "Any"
+    address = config.supervisor.firewall_remote_address or "HOST-ADDRESS-AS-THE-VM-SEES-IT"
     return (
         f"on the VM, elevated: New-NetFirewallRule -Name {RULES[check]} -Direction Inbound -Protocol TCP"
         f" -LocalPort {guest_port(config, check)} -RemoteAddress {address} -Action Allow -Profile Any"
@@ -132,7 +135,10 @@ def explain(probe: Probe, config: Config, check: str, service: str, setting: str
     if probe.kind == "silent":
         return f"{target}: {probe.detail}: {service} hangs", f"restart {service}"
     if probe.kind == "tls":
-        return f"{target}: {probe.detail}", f"use the scheme {service} speaks (http:// or https://) in {setting}"
+        return (
+            f"{target}: {probe.detail}",
+            f"use the scheme {service} speaks (http:// or https://) in {setting}",
+        )
     if probe.kind in ("wrong_service", "protocol"):
         return f"{target}: {probe.detail}, not {service}", f"correct the port in {setting}"
     return f"{target}: {probe.detail} {probe.body[:200]!r}", f"look at {service}'s log on the VM"
@@ -140,7 +146,9 @@ def explain(probe: Probe, config: Config, check: str, service: str, setting: str
 
 def _failed(name: str, probe: Probe, config: Config, service: str, setting: str) -> CheckResult:
     cause, fix = explain(probe, config, name, service, setting)
-    return CheckResult(name, "fail", probe.detail, cause, fix, probe.latency_ms, REPAIRS.get(name), probe.kind)
+    return CheckResult(
+        name, "fail", probe.detail, cause, fix, probe.latency_ms, REPAIRS.get(name), probe.kind
+    )
 
 
 # ---- the checks ---------------------------------------------------------------------------------
@@ -160,9 +168,11 @@ def check_ssh(config: Config, timeout: float) -> CheckResult:
     try:
         conn.connect_now()
         left = max(0.5, timeout - (time.perf_counter() - started))
+        asked = time.time()
         result = run_powershell(
             conn, script_text("Get-HealthInfo"), remote_os=cfg.remote_os, timeout=left, display="health"
         )
+        answered = time.time()
     except WinAutomationError as exc:
         return CheckResult("ssh", "fail", type(exc).__name__, str(exc), _ssh_fix(exc), _since(started))
     finally:
@@ -170,11 +180,33 @@ def check_ssh(config: Config, timeout: float) -> CheckResult:
     if not result.ok:
         why = "timed out" if result.timed_out else f"exited {result.exit_code}"
         return CheckResult(
-            "ssh", "fail", f"powershell.exe {why}", f"powershell.exe {why}: {result.stderr.strip()[:300]}",
-            "check the VM's OpenSSH DefaultShell and powershell.exe (README, VM set-up)", _since(started),
+            "ssh",
+            "fail",
+            f"powershell.exe {why}",
+            f"powershell.exe {why}: {result.stderr.strip()[:300]}",
+            "check the VM's OpenSSH DefaultShell and powershell.exe (README, VM set-up)",
+            _since(started),
         )
-    return CheckResult("ssh", "pass", f"{cfg.user}@{cfg.host}:{cfg.port}, powershell.exe answers",
-                       latency_ms=_since(started))
+    clock: dict[str, object] = {
+        "asked": asked,
+        "answered": answered,
+        "vm_utc": _last_timestamp(result.stdout),
+    }
+    return CheckResult(
+        "ssh",
+        "pass",
+        f"{cfg.user}@{cfg.host}:{cfg.port}, powershell.exe answers",
+        latency_ms=_since(started),
+        data=clock,
+    )
+
+
+def _last_timestamp(text: str) -> str | None:
+    """The VM's clock as Get-HealthInfo.ps1 prints it: the last line that is an ISO 8601 time."""
+    for line in reversed(text.splitlines()):
+        if re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?", line.strip()):
+            return line.strip()
+    return None
 
 
 def _ssh_fix(exc: WinAutomationError) -> str:
@@ -195,34 +227,45 @@ def _since(started: float) -> float:
 
 
 def check_aloha_server(config: Config, timeout: float) -> CheckResult:
-    url = config.aloha.server_url.rstrip("/") + "/"
+    url = service_url(config, config.aloha.server_url.rstrip("/") + "/")
     probe = probe_http(url, timeout)
     name, service, setting = "aloha_server", "the Aloha server", "aloha.server_url"
     if probe.kind == "http_status" and probe.status == 404:
         return CheckResult(
-            name, "fail", "HTTP 404 for GET /",
+            name,
+            "fail",
+            "HTTP 404 for GET /",
             f"{url}: HTTP 404 for GET /: not the Aloha server (the Aloha client answers 404 to GET /:"
             " are the server and client ports swapped?)",
             "correct aloha.server_url (the server listens on 7887, the client on 7888)",
-            probe.latency_ms, None, "wrong_service",
+            probe.latency_ms,
+            None,
+            "wrong_service",
         )
     if not probe.ok:
         return _failed(name, probe, config, service, setting)
     if ALOHA_OK not in probe.body:
         return CheckResult(
-            name, "fail", f"HTTP {probe.status}, not Aloha",
+            name,
+            "fail",
+            f"HTTP {probe.status}, not Aloha",
             f"{url}: HTTP {probe.status} but not {ALOHA_OK!r} (answered {probe.body[:80]!r}): another"
-            " service holds the port", f"correct the port in {setting}", probe.latency_ms, None, "wrong_service",
+            " service holds the port",
+            f"correct the port in {setting}",
+            probe.latency_ms,
+            None,
+            "wrong_service",
         )
     return CheckResult(name, "pass", f"{url} {ALOHA_OK}", latency_ms=probe.latency_ms)
 
 
 def check_aloha_client(config: Config, timeout: float) -> CheckResult:
     # The client has no health route: any HTTP answer means it is up (GET / is 404). Never /stop.
-    probe = probe_http(config.aloha.client_url.rstrip("/") + "/", timeout)
+    probe = probe_http(service_url(config, config.aloha.client_url.rstrip("/") + "/"), timeout)
     if probe.ok or probe.kind == "http_status":
-        return CheckResult("aloha_client", "pass", f"{probe.target} answers ({probe.detail})",
-                           latency_ms=probe.latency_ms)
+        return CheckResult(
+            "aloha_client", "pass", f"{probe.target} answers ({probe.detail})", latency_ms=probe.latency_ms
+        )
     return _failed("aloha_client", probe, config, "the Aloha client", "aloha.client_url")
 
 
@@ -249,31 +292,52 @@ def check_hatchet(config: Config, timeout: float) -> CheckResult:
     if config.hatchet.token is None:
         return CheckResult(name, "skipped", "not configured (no hatchet.token): jobs run on the local engine")
     started = time.perf_counter()
-    for what, url in (("liveness", config.hatchet.health_live_url), ("readiness", config.hatchet.health_ready_url)):
+    for what, url in (
+        ("liveness", config.hatchet.health_live_url),
+        ("readiness", config.hatchet.health_ready_url),
+    ):
         probe = probe_http(url, timeout)
         if not probe.ok:
             cause, fix = explain(probe, config, name, "the Hatchet engine", "hatchet.health_*_url")
             if probe.kind == "http_status":
                 fix = "the engine is up but not " + what.replace("ness", "") + ": look at hatchet-lite's log"
-            return CheckResult(name, "fail", f"{what} {probe.detail}", f"{what}: {cause}", fix, _since(started),
-                               None, probe.kind)
+            return CheckResult(
+                name,
+                "fail",
+                f"{what} {probe.detail}",
+                f"{what}: {cause}",
+                fix,
+                _since(started),
+                None,
+                probe.kind,
+            )
     host, _, port = config.hatchet.host_port.rpartition(":")
     grpc = probe_tcp(host, int(port), timeout, speak="http2")
     if not grpc.ok:
         cause, fix = explain(grpc, config, name, "the Hatchet gRPC endpoint", "hatchet.host_port")
-        return CheckResult(name, "fail", f"gRPC {grpc.detail}", f"gRPC: {cause}", fix, _since(started), None,
-                           grpc.kind)
+        return CheckResult(
+            name, "fail", f"gRPC {grpc.detail}", f"gRPC: {cause}", fix, _since(started), None, grpc.kind
+        )
     version, probe = engine_version(config, timeout)
     parsed = parse_semver(version or "")
     if parsed is None or parsed < MIN_HATCHET_ENGINE:
         return CheckResult(
-            name, "fail", f"engine {version or 'version unknown'}",
+            name,
+            "fail",
+            f"engine {version or 'version unknown'}",
             f"the engine is {version or 'of unknown version'} ({probe.detail}); hatchet-sdk needs"
-            f" {show(MIN_HATCHET_ENGINE)} or newer", "upgrade hatchet-lite (README, Hatchet)",
-            _since(started), None, "version",
+            f" {show(MIN_HATCHET_ENGINE)} or newer",
+            "upgrade hatchet-lite (README, Hatchet)",
+            _since(started),
+            None,
+            "version",
         )
-    return CheckResult(name, "pass", f"live, ready, gRPC at {config.hatchet.host_port}, engine {version}",
-                       latency_ms=_since(started))
+    return CheckResult(
+        name,
+        "pass",
+        f"live, ready, gRPC at {config.hatchet.host_port}, engine {version}",
+        latency_ms=_since(started),
+    )
 
 
 def check_playwright(config: Config, timeout: float) -> CheckResult:
@@ -284,12 +348,25 @@ def check_playwright(config: Config, timeout: float) -> CheckResult:
     latency = round(health.connect_ms, 2) if health.connect_ms is not None else _since(started)
     if health.ok:
         return CheckResult(
-            "playwright", "pass",
+            "playwright",
+            "pass",
             f"{config.playwright.host}:{config.playwright.port} accepts the wsPath, server"
-            f" {health.server_version} = client {health.client_version}", latency_ms=latency,
+            f" {health.server_version} = client {health.client_version}",
+            latency_ms=latency,
+            data={"client": health.client_version, "server": health.server_version},
         )
-    return CheckResult("playwright", "fail", health.cause.split(":")[0][:80], health.cause, health.fix, latency,
-                       REPAIRS["playwright"], "playwright")
+    cause = health.cause or "the Playwright server did not answer"
+    return CheckResult(
+        "playwright",
+        "fail",
+        cause.split(":")[0][:80],
+        cause,
+        health.fix or "",
+        latency,
+        REPAIRS["playwright"],
+        "playwright",
+        {"client": health.client_version, "server": health.server_version},
+    )
 
 
 CheckFn = Callable[[Config, float], CheckResult]
@@ -305,24 +382,39 @@ CHECK_FUNCTIONS: dict[str, CheckFn] = {
 def run_check(name: str, config: Config, forced: frozenset[str] = frozenset()) -> CheckResult:
     """One check, or its failpoint; an unexpected error is a failure with its message, not a crash."""
     if name in forced:
-        return CheckResult(name, "fail", "failpoint", f"failpoint {FAILPOINT_ENV} names {name}",
-                           f"unset {FAILPOINT_ENV}", 0.0, REPAIRS.get(name), "failpoint")
+        return CheckResult(
+            name,
+            "fail",
+            "failpoint",
+            f"failpoint {FAILPOINT_ENV} names {name}",
+            f"unset {FAILPOINT_ENV}",
+            0.0,
+            REPAIRS.get(name),
+            "failpoint",
+        )
     try:
         return CHECK_FUNCTIONS[name](config, config.supervisor.check_timeout)
     except WinAutomationError as exc:
-        return CheckResult(name, "fail", type(exc).__name__, str(exc), "see the cause", 0.0, REPAIRS.get(name))
+        return CheckResult(
+            name, "fail", type(exc).__name__, str(exc), "see the cause", 0.0, REPAIRS.get(name)
+        )
 
 
 def skipped_because(ssh: CheckResult | None, name: str) -> str | None:
     """Why `name` is skipped after the ssh check's result, or None to run it."""
-    if name in VM_SERVICES and ssh is not None and ssh.status == "fail" and ssh.kind in (
-        "dns", "refused", "dropped", "closed", "silent", "failpoint"
+    if (
+        name in VM_SERVICES
+        and ssh is not None
+        and ssh.status == "fail"
+        and ssh.kind in ("dns", "refused", "dropped", "closed", "silent", "failpoint")
     ):
         return f"the VM does not answer on SSH ({ssh.detail}): fix ssh first"
     return None
 
 
-def run_checks(config: Config, names: tuple[str, ...] = CHECKS, forced: frozenset[str] = frozenset()) -> list[CheckResult]:
+def run_checks(
+    config: Config, names: tuple[str, ...] = CHECKS, forced: frozenset[str] = frozenset()
+) -> list[CheckResult]:
     """The checks in order; a VM service check is skipped when the VM does not answer on SSH."""
     results: list[CheckResult] = []
     ssh: CheckResult | None = None

@@ -34,6 +34,7 @@ from win_automation.adapters.playwright import (
 from win_automation.config import Config
 from win_automation.definition import ArtifactSink
 from win_automation.errors import ConfigError, VersionMismatch, WinAutomationError
+from win_automation.operations.endpoints import service_address
 
 WS_PATH_ENV = "WIN_AUTOMATION_PLAYWRIGHT_WS_PATH"
 INSTALL_FIX = "`win-automation playwright install` (it prints the export line for " + WS_PATH_ENV + ")"
@@ -51,7 +52,8 @@ def endpoint(config: Config) -> Endpoint:
 
 
 def _address(config: Config) -> tuple[str, int, str]:
-    return config.playwright.host, config.playwright.port, "direct"
+    host, port = service_address(config, config.playwright.host, config.playwright.port)
+    return host, port, "ssh" if config.ssh.forward_services else "direct"
 
 
 @dataclass
@@ -67,6 +69,8 @@ class PlaywrightHealth:
     cause: str | None = None
     fix: str | None = None
     via: str = "direct"
+    exit_code: int = 0
+    """0 when ok; else the error's code: 2 no or wrong wsPath, version mismatch; 3 unreachable."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,11 +95,11 @@ def health(config: Config, *, timeout: float = 10.0) -> PlaywrightHealth:
             finally:
                 _close_quietly(context)
         report.ok = True
-    except VersionMismatch as exc:
-        report.server_version = exc.server
-        report.cause, report.fix = split_fix(str(exc))
     except WinAutomationError as exc:
+        if isinstance(exc, VersionMismatch):
+            report.server_version = exc.server
         report.cause, report.fix = split_fix(str(exc))
+        report.exit_code = exc.exit_code
     return report
 
 
@@ -119,6 +123,8 @@ class BrowserJob:
     page: Any
     artifacts: ArtifactSink
     written: list[str] = field(default_factory=list)
+    stalled: bool = False
+    """The page never finished loading: a screenshot would wait for it, so none is taken."""
 
     def save(self, name: str, data: bytes | str) -> None:
         """Write an artifact of type `playwright` into the job's folder (and its manifest)."""
@@ -141,9 +147,21 @@ class BrowserJob:
         """The project's error for `exc`, raised while `doing`."""
         if isinstance(exc, WinAutomationError):
             return exc
-        if self.session.lost or is_closed_error(exc):
+        if self.server_gone(exc):
             return translate(exc, self.session.endpoint, doing=doing, lost=True)
         return translate(exc, self.session.endpoint, doing=doing)
+
+    def server_gone(self, exc: BaseException) -> bool:
+        """Whether `exc` came from losing the server (not, say, a script closing its own page)."""
+        if self.session.lost:
+            return True
+        if not is_closed_error(exc):
+            return False
+        try:  # the client may not have noticed yet (its `disconnected` event comes late): ask
+            self.session.browser.new_context().close()
+        except Exception:
+            return True
+        return False
 
 
 @contextmanager
@@ -172,7 +190,7 @@ def browser_session(
         except BaseException as exc:
             err = job.error(exc, "the job") if isinstance(exc, Exception) else None
             if not session.lost:
-                if "screenshot.png" not in job.written and job.page is not None:
+                if "screenshot.png" not in job.written and job.page is not None and not job.stalled:
                     with suppress(Exception):  # the page may be unusable: keep what we have
                         job.save("screenshot.png", job.page.screenshot(timeout=5000))
                 if trace:

@@ -70,10 +70,11 @@ def take_screenshot(
         job.page.goto(url, wait_until="load", timeout=timeout * 1000)
     except Exception as exc:
         if _is_timeout(exc):
+            job.stalled = True  # a page still loading cannot be shot: keep the trace only
             raise OperationTimeout(
                 f"{url} did not load within {timeout:g}s; fix: check the VM reaches it, or raise --timeout"
             ) from None
-        if job.session.lost:
+        if job.server_gone(exc):
             raise job.error(exc, "loading the page") from None
         raise WinAutomationError(
             f"{url} did not load ({_reason(exc)}); fix: check the URL and that the VM reaches it"
@@ -93,7 +94,7 @@ def wait_for_selector(job: BrowserJob, selector: str, timeout: float) -> None:
                 f"--wait-for {selector!r}: no visible match within {timeout:g}s; "
                 "fix: check the selector against the page, or raise --timeout"
             ) from None
-        if job.session.lost:
+        if job.server_gone(exc):
             raise job.error(exc, "waiting for the selector") from None
         raise UsageError(f"--wait-for {selector!r} is not a valid selector: {_reason(exc)}") from None
 
@@ -138,13 +139,13 @@ def run_script(job: BrowserJob, text: str, name: str, value: Any) -> Any:
         except WinAutomationError:
             raise
         except Exception as exc:
-            if job.session.lost:
+            if job.server_gone(exc):
                 raise job.error(exc, f"running {name}") from None
             job.save("traceback.txt", traceback.format_exc())
             line = _script_line(exc, name)
             raise WinAutomationError(
                 f"SCRIPT {name} raised {type(exc).__name__}{line}: {_reason(exc)}; "
-                "fix: see traceback.txt, screenshot.png and trace.zip in the job's artifacts"
+                "fix: see traceback.txt (and the screenshot and trace) in the job's artifacts"
             ) from None
     try:
         encoded = json.dumps(result)

@@ -215,6 +215,7 @@ def compile_workflow(
         description=workflow.description or None,
         input_validator=workflow.input,
         concurrency=concurrency,
+        on_crons=_crons(workflow, runtime),
     )
     labels = [DesiredWorkerLabel(key=k, value=v, required=True) for k, v in workflow.labels.items()]
     tasks: dict[str, Any] = {}
@@ -235,6 +236,14 @@ def compile_workflow(
             desired_worker_labels=labels or None,
         )(_task_fn(workflow, step, tasks, runtime, executor))
     return hwf
+
+
+def _crons(workflow: Workflow, runtime: Callable[[], TaskRuntime]) -> list[str] | None:
+    """The workflow's cron schedule from the worker's config (a trigger registers nothing)."""
+    if workflow.cron is None or runtime is _no_runtime:
+        return None
+    schedule = workflow.cron(runtime().config)
+    return [schedule] if schedule else None
 
 
 def _finished(details: Any) -> bool:
