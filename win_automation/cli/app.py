@@ -20,8 +20,8 @@ from win_automation.cli.commands import jobs as jobs_cmd
 from win_automation.cli.commands import playwright as playwright_cmd
 from win_automation.cli.commands import run as run_cmd
 from win_automation.cli.commands import ssh as ssh_cmd
-from win_automation.cli.commands import vm as vm_cmd
 from win_automation.cli.commands import supervisor as supervisor_cmd
+from win_automation.cli.commands import vm as vm_cmd
 from win_automation.cli.commands import worker as worker_cmd
 from win_automation.cli.output import error
 from win_automation.cli.state import CliState
