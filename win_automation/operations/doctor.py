@@ -317,6 +317,12 @@ def diagnose(loaded: LoadedConfig, only: tuple[str, ...] = ()) -> list[CheckResu
     return [found[name] for name in ITEMS if name in found and name in wanted]
 
 
+def probes_running() -> int:
+    """Probe threads still running after `diagnose` gave up on them (the CLI then exits at once:
+    a thread inside the Playwright driver or paramiko must not hold up, or crash, the exit)."""
+    return sum(t.name.startswith("doctor-") and t.is_alive() for t in threading.enumerate())
+
+
 def summary(results: list[CheckResult]) -> dict[str, object]:
     counts = {
         status: sum(r.status == status for r in results) for status in ("pass", "fail", "warn", "skipped")

@@ -7,6 +7,9 @@ something does. Doctor changes nothing; for what `supervisor run --once` would r
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from win_automation.cli.output import print_json, print_table
@@ -28,7 +31,7 @@ def doctor(
     """Diagnose the set-up: config, folders, SSH, Aloha, Hatchet, Playwright, clocks; each with its fix."""
     from win_automation.errors import ConfigError, UsageError
     from win_automation.operations.checks import CheckResult
-    from win_automation.operations.doctor import ITEMS, diagnose, summary
+    from win_automation.operations.doctor import ITEMS, diagnose, probes_running, summary
 
     unknown = [name for name in check if name not in ITEMS]
     if unknown:
@@ -66,4 +69,9 @@ def doctor(
         repairs = totals["supervisor_would_repair"]
         if isinstance(repairs, list) and repairs:
             typer.echo("`win-automation supervisor run --once` would repair: " + "; ".join(repairs))
-    raise typer.Exit(0 if totals["ok"] else 1)
+    code = 0 if totals["ok"] else 1
+    if probes_running():  # abandoned at the deadline: do not wait for them, nor tear them down
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise typer.Exit(code)
