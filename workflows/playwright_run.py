@@ -55,6 +55,8 @@ playwright_run = Workflow(
     input=RunInput,
     description="Run a Playwright script (run(page, context, input)) against the browser on the VM.",
     steps=(Step("run", run, RunOutput, timeout_seconds=86400),),
+    artifact_types=("playwright",),
+    counters=("playwright_sessions_total",),
 )
 
 playwright_run_headed = Workflow(
@@ -63,4 +65,6 @@ playwright_run_headed = Workflow(
     gui=True,
     description="Run a Playwright script against the VM's headed browser (a GUI job).",
     steps=(Step("run", run_headed, RunOutput, timeout_seconds=86400),),
+    artifact_types=("playwright",),
+    counters=("playwright_sessions_total",),
 )

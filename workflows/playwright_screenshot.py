@@ -73,6 +73,8 @@ playwright_screenshot = Workflow(
     input=ScreenshotInput,
     description="A screenshot of a URL, taken by the browser on the VM.",
     steps=(Step("screenshot", screenshot, ScreenshotOutput, timeout_seconds=3900),),
+    artifact_types=("playwright",),
+    counters=("playwright_sessions_total",),
 )
 
 playwright_screenshot_headed = Workflow(
@@ -81,4 +83,6 @@ playwright_screenshot_headed = Workflow(
     gui=True,
     description="A screenshot by the VM's headed browser (a GUI job: the VM desktop, one at a time).",
     steps=(Step("screenshot", screenshot_headed, ScreenshotOutput, timeout_seconds=3900),),
+    artifact_types=("playwright",),
+    counters=("playwright_sessions_total",),
 )
