@@ -222,3 +222,29 @@ def test_vm_help_lists_only_built_commands(cli) -> None:  # type: ignore[no-unty
     out = cli("vm", "snapshot", "--help").stdout
     assert all(verb in out for verb in ("save", "load", "list", "delete"))
     assert NotFoundError.exit_code == 1
+
+
+def test_doctor_reports_the_vm(cli, cli_env: dict[str, str], qemu_vm: QemuVm, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Last in the module: it runs the guest (cont), then pauses it."""
+    from win_automation.adapters.qemu import qmp_session
+    from win_automation.operations.qemu import check
+
+    assert check(config_for(cli_env), 1.0).status == "skipped"
+    gone = check(config_for(cli_env, WIN_AUTOMATION_VM_QMP_SOCKET=str(tmp_path / "x.sock")), 1.0)
+    assert gone.status == "fail" and "does not exist" in gone.cause and "start the VM" in gone.fix
+    waiting = check(config_for(cli_env, **qemu_vm.env()), 1.0)
+    assert waiting.status == "fail" and waiting.detail == "prelaunch" and "not running" in waiting.cause
+    with qmp_session(qemu_vm.socket, timeout=5) as qmp:
+        qmp.execute("cont")
+    try:
+        run = cli("doctor", "--json", "--check", "vm", env=qemu_vm.env())
+        item = json.loads(run.stdout)["checks"][0]
+        assert (
+            run.code == 0 and (item["name"], item["status"]) == ("vm", "pass") and "running" in item["detail"]
+        )
+    finally:
+        with qmp_session(qemu_vm.socket, timeout=5) as qmp:
+            qmp.execute("stop")
+    paused = cli("doctor", "--json", "--check", "vm", env=qemu_vm.env())
+    item = json.loads(paused.stdout)["checks"][0]
+    assert paused.code == 1 and item["detail"] == "paused" and "resume it" in item["fix"]

@@ -13,6 +13,7 @@
   (the VM state goes to the first), each followed by polling `query-jobs` until the job concludes
   and `job-dismiss`. A name that already exists (save) or does not (load, delete) is refused before
   any job starts; QEMU keeps each operation all-or-nothing.
+- `check` is doctor's `vm` item: skipped without vm.qmp_socket, else QEMU's run state.
 - `keep_screen` is the engines' hook for GUI jobs (before.png, after.png, failure-STEP.png): a no-op
   without `vm.qmp_socket`, and never fails the job (a warning is logged instead).
 """
@@ -27,7 +28,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from win_automation.adapters.qemu import QmpSession, qmp_session
 from win_automation.artifacts.store import TEMP_PREFIX, ArtifactWriter
@@ -40,6 +41,9 @@ from win_automation.errors import (
     UsageError,
     WinAutomationError,
 )
+
+if TYPE_CHECKING:
+    from win_automation.operations.checks import CheckResult
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +281,50 @@ def _snapshots(qmp: QmpSession) -> list[Snapshot]:
             for name, e in found.items()
         ),
         key=lambda s: s.created_at,
+    )
+
+
+def check(config: Config, timeout: float) -> CheckResult:
+    """doctor's `vm` item: QEMU's run state through QMP (skipped without vm.qmp_socket)."""
+    from win_automation.operations.checks import CheckResult
+
+    socket = config.vm.qmp_socket
+    if socket is None:
+        return CheckResult("vm", "skipped", "not configured (vm.qmp_socket unset): no host-side VM control")
+    started = time.monotonic()
+    fix = "start the VM (systemctl start win-automation-vm, or your QEMU command) or correct vm.qmp_socket"
+    if not socket.exists():  # no connect retries for what is plainly absent
+        return CheckResult(
+            "vm", "fail", f"no socket {socket}", f"QEMU's QMP socket {socket} does not exist", fix
+        )
+    quick = config.model_copy(
+        update={"vm": config.vm.model_copy(update={"qmp_timeout": min(timeout, config.vm.qmp_timeout)})}
+    )
+    try:
+        state = Qemu(quick).status()
+    except WinAutomationError as exc:
+        return CheckResult(
+            "vm", "fail", type(exc).__name__, str(exc), fix, round((time.monotonic() - started) * 1000, 2)
+        )
+    ms = round((time.monotonic() - started) * 1000, 2)
+    if state.running:
+        return CheckResult("vm", "pass", f"QEMU {state.status} ({socket})", latency_ms=ms)
+    if state.crashed:
+        return CheckResult(
+            "vm",
+            "fail",
+            state.status,
+            f"the guest stopped: QEMU reports {state.status}",
+            "look at `win-automation vm screenshot`, then restart the VM or load a snapshot",
+            ms,
+        )
+    return CheckResult(
+        "vm",
+        "fail",
+        state.status,
+        f"the VM is not running: QEMU reports {state.status}",
+        "resume it (QMP `cont`) or restart the VM",
+        ms,
     )
 
 
