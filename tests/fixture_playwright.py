@@ -10,7 +10,8 @@ Fixtures (registered in tests/conftest.py):
 - `pw_server` (session): one shared server; `pw_server.env()` gives the WIN_AUTOMATION_PLAYWRIGHT_*
   variables that point win-automation at it, `pw_server.config()` a Config.
 - `web` (session): a threaded HTTP server: `/` a red page with a blue 40x30 box at (10, 10) and
-  a `#ready` element, `/tall` a 3000 px tall page, `/never` a request that is never answered,
+  a `#ready` element, `/slow` the same after 2 s, `/tall` a 3000 px tall page, `/never` a request
+  that is never answered,
   `/slow-ready` a page whose `#late` element appears after 300 ms.
 """
 
@@ -169,6 +170,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     pages: ClassVar[dict[str, bytes]] = {"/": PAGE, "/tall": TALL, "/slow-ready": SLOW}
 
     def do_GET(self) -> None:
+        if self.path == "/slow":
+            time.sleep(2.0)
+            self.path = "/"
         if self.path == "/never":
             self.server.hung.append(self.connection)  # type: ignore[attr-defined]
             time.sleep(60)

@@ -17,14 +17,16 @@ LINE = re.compile(r"^metric=([a-z_]+) value=(\d+) ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\
 def test_line_format_and_counters() -> None:
     metrics.reset()
     metrics.inc("jobs_enqueued_total")
-    with pytest.raises(ValueError, match="unknown metric 'aloha_runs_total'"):
-        metrics.inc("aloha_runs_total")  # until a workflow declares it
-    metrics.declare("aloha_runs_total")
-    metrics.inc("aloha_runs_total", 2)
+    with pytest.raises(ValueError, match="unknown metric 'example_runs_total'"):
+        metrics.inc(
+            "example_runs_total"
+        )  # until a workflow declares it (aloha-task declares aloha_runs_total)
+    metrics.declare("example_runs_total")
+    metrics.inc("example_runs_total", 2)
     lines = metrics.format_lines(metrics.snapshot(), 1_800_000_000.5)
     assert lines[0] == "metric=jobs_enqueued_total value=1 ts=2027-01-15T08:00:00.500Z"
     assert [LINE.match(line).group(1) for line in lines] == list(metrics.snapshot())  # type: ignore[union-attr]
-    assert "metric=aloha_runs_total value=2 " in "\n".join(lines)
+    assert "metric=example_runs_total value=2 " in "\n".join(lines)
     with pytest.raises(ValueError, match="unknown metric 'jobs_total'"):
         metrics.inc("jobs_total")
 

@@ -37,6 +37,7 @@ def test_screenshot_and_script_on_hatchet(
     run = next(r for r in hatchet_world.engine.runs.values() if r.metadata.get("job_id") == outcome["job_id"])
     payload = json.dumps(run.tasks["screenshot"].output)
     assert len(payload) < 1000 and pw_server.ws_path not in payload
+    assert pw_server.ws_path not in json.dumps([run.input, run.metadata])  # the run's metadata
 
     script = hatchet_world.root / "title.py"
     script.write_text(

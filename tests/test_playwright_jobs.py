@@ -317,3 +317,22 @@ def test_health_cli(cli, pw_server: PlaywrightServer) -> None:
     assert down.stderr.strip().splitlines()[-1].startswith("error: the Playwright server at")
     for text in (run.stdout, run.stderr, down.stdout, down.stderr):
         assert pw_server.ws_path not in text
+
+
+def test_script_result_must_be_json(cli, pw_server: PlaywrightServer, tmp_path: Path) -> None:
+    script = tmp_path / "setty.py"
+    script.write_text("def run(page, context, input):\n    return {1, 2}\n")
+    run = cli("playwright", "run", str(script), "--no-trace", env=pw_server.env())
+    assert run.code == 1
+    assert "setty.py: run() returned a value that is not JSON" in run.stderr.strip().splitlines()[-1]
+    big = tmp_path / "big.py"
+    big.write_text("def run(page, context, input):\n    return 'x' * 300000\n")
+    run = cli("playwright", "run", str(big), "--no-trace", env=pw_server.env())
+    assert run.code == 1 and "fix: write big results with save_artifact()" in run.stderr
+
+
+def test_bad_input_json(cli, pw_server: PlaywrightServer, tmp_path: Path) -> None:
+    script = tmp_path / "ok.py"
+    script.write_text("def run(page, context, input):\n    return input\n")
+    run = cli("playwright", "run", str(script), "--input", "{oops", env=pw_server.env())
+    assert run.code == 2 and run.stderr.strip() == "error: --input: invalid JSON at line 1 column 2"

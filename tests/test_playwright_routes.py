@@ -144,3 +144,26 @@ def test_no_edge_with_channel_msedge(tmp_path: Path) -> None:
     finally:
         server.close()
     assert Path(CHROMIUM).exists() and NODE.exists() and LAUNCH_SERVER.exists()
+
+
+def test_cancel_is_seen_after_the_page_loads(
+    cli, cli_env: dict[str, str], pw_server: PlaywrightServer, web: WebServer, tmp_path: Path
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "win_automation", "playwright", "screenshot", web.url("/slow")],
+        env={**cli_env, **pw_server.env()},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline, running = time.monotonic() + 20, []
+    while not running:
+        assert time.monotonic() < deadline and proc.poll() is None
+        listed = cli("jobs", "list", "--json")
+        running = [j for j in json.loads(listed.stdout or "[]") if j["state"] == "running"]
+        time.sleep(0.1)
+    assert cli("jobs", "cancel", running[0]["job_id"]).code == 0
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "cancelled" in err.strip().splitlines()[-1], err

@@ -6,6 +6,8 @@
     ├── UsageError                     exit 2  a bad argument (an invalid job id, say)
     ├── NotFoundError                  exit 1  a job, file or run that does not exist
     ├── ConnectError         transient exit 3  the VM or a service could not be reached
+    │   └── NoAnswer                   exit 3  a service took a request and did not answer in time
+    │                                          (not retried: it may have acted on it)
     ├── AuthError                      exit 4  credentials were refused (never retried)
     ├── HostKeyError                   exit 5  unknown or changed host key (never retried)
     ├── OperationTimeout     transient exit 124 a deadline passed (the remote work was stopped)
@@ -76,6 +78,10 @@ class NotFoundError(WinAutomationError):
 class ConnectError(WinAutomationError):
     exit_code = 3
     transient = True
+
+
+class NoAnswer(ConnectError):
+    transient = False
 
 
 class AuthError(WinAutomationError):

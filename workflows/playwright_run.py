@@ -50,21 +50,24 @@ def run_headed(inp: RunInput, ctx: StepContext) -> RunOutput:
     return run(inp, ctx)
 
 
+ARTIFACT_TYPES = ("playwright",)
+COUNTERS = ("playwright_sessions_total",)
+
 playwright_run = Workflow(
     name="playwright-run",
     input=RunInput,
+    artifact_types=ARTIFACT_TYPES,
+    counters=COUNTERS,
     description="Run a Playwright script (run(page, context, input)) against the browser on the VM.",
     steps=(Step("run", run, RunOutput, timeout_seconds=86400),),
-    artifact_types=("playwright",),
-    counters=("playwright_sessions_total",),
 )
 
 playwright_run_headed = Workflow(
     name="playwright-run-headed",
     input=RunInput,
+    artifact_types=ARTIFACT_TYPES,
+    counters=COUNTERS,
     gui=True,
     description="Run a Playwright script against the VM's headed browser (a GUI job).",
     steps=(Step("run", run_headed, RunOutput, timeout_seconds=86400),),
-    artifact_types=("playwright",),
-    counters=("playwright_sessions_total",),
 )

@@ -50,7 +50,12 @@ class ScreenshotOutput(BaseModel):
 def screenshot(inp: ScreenshotInput, ctx: StepContext) -> ScreenshotOutput:
     with browser_session(ctx.config, ctx.artifacts, trace=inp.trace, timeout=inp.timeout_seconds) as job:
         shot = take_screenshot(
-            job, inp.url, full_page=inp.full_page, wait_for=inp.wait_for, timeout=inp.timeout_seconds
+            job,
+            inp.url,
+            full_page=inp.full_page,
+            wait_for=inp.wait_for,
+            timeout=inp.timeout_seconds,
+            cancelled=ctx.cancelled,
         )
     ctx.log.info("screenshot taken", extra={"op": "playwright.screenshot", "bytes": shot.size_bytes})
     return ScreenshotOutput(
@@ -68,21 +73,24 @@ def screenshot_headed(inp: ScreenshotInput, ctx: StepContext) -> ScreenshotOutpu
     return screenshot(inp, ctx)
 
 
+ARTIFACT_TYPES = ("playwright",)
+COUNTERS = ("playwright_sessions_total",)
+
 playwright_screenshot = Workflow(
     name="playwright-screenshot",
     input=ScreenshotInput,
+    artifact_types=ARTIFACT_TYPES,
+    counters=COUNTERS,
     description="A screenshot of a URL, taken by the browser on the VM.",
     steps=(Step("screenshot", screenshot, ScreenshotOutput, timeout_seconds=3900),),
-    artifact_types=("playwright",),
-    counters=("playwright_sessions_total",),
 )
 
 playwright_screenshot_headed = Workflow(
     name="playwright-screenshot-headed",
     input=ScreenshotInput,
+    artifact_types=ARTIFACT_TYPES,
+    counters=COUNTERS,
     gui=True,
     description="A screenshot by the VM's headed browser (a GUI job: the VM desktop, one at a time).",
     steps=(Step("screenshot", screenshot_headed, ScreenshotOutput, timeout_seconds=3900),),
-    artifact_types=("playwright",),
-    counters=("playwright_sessions_total",),
 )

@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 
 from win_automation import __version__
+from win_automation.cli.commands import aloha as aloha_cmd
 from win_automation.cli.commands import artifacts as artifacts_cmd
 from win_automation.cli.commands import config as config_cmd
 from win_automation.cli.commands import doctor as doctor_cmd
@@ -39,6 +40,7 @@ app.command("run")(run_cmd.run)
 app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(artifacts_cmd.app, name="artifacts")
 app.add_typer(ssh_cmd.app, name="ssh")
+app.add_typer(aloha_cmd.app, name="aloha")
 app.add_typer(playwright_cmd.app, name="playwright")
 app.command("worker")(worker_cmd.worker)
 app.add_typer(vm_cmd.app, name="vm")

@@ -128,6 +128,12 @@ class AlohaConfig(Section):
         description="PowerShell that starts the Aloha client on the VM (AlohaClientStartCmd).",
     )
     request_timeout: PositiveDuration = Field(10.0, description="Deadline of one HTTP request to Aloha.")
+    poll_interval: PositiveDuration = Field(
+        1.0, description="How often a running task is checked for its end (a `/run_task` that answers 409)."
+    )
+    stop_timeout: PositiveDuration = Field(
+        60.0, description="After `/stop` (deadline, cancel), how long to wait for the task to end."
+    )
 
 
 class HatchetConfig(Section):

@@ -23,13 +23,13 @@ import ast
 import json
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from win_automation.errors import OperationTimeout, UsageError, WinAutomationError
+from win_automation.errors import Cancelled, OperationTimeout, UsageError, WinAutomationError
 from win_automation.operations.playwright import BrowserJob
 
 MAX_RESULT_BYTES = 256 * 1024
@@ -62,9 +62,16 @@ def _reason(exc: BaseException) -> str:
 
 
 def take_screenshot(
-    job: BrowserJob, url: str, *, full_page: bool, wait_for: str | None, timeout: float
+    job: BrowserJob,
+    url: str,
+    *,
+    full_page: bool,
+    wait_for: str | None,
+    timeout: float,
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> Shot:
-    """Load `url`, wait for the selector when given, write `screenshot.png`."""
+    """Load `url`, wait for the selector when given, write `screenshot.png`; a cancel is seen
+    between these calls (Cancelled)."""
     started = time.perf_counter()
     try:
         job.page.goto(url, wait_until="load", timeout=timeout * 1000)
@@ -79,10 +86,17 @@ def take_screenshot(
         raise WinAutomationError(
             f"{url} did not load ({_reason(exc)}); fix: check the URL and that the VM reaches it"
         ) from None
+    _check(cancelled)
     if wait_for:
         wait_for_selector(job, wait_for, timeout)
+        _check(cancelled)
     data = job.screenshot(full_page=full_page, timeout=timeout)
     return Shot(job.page.url, job.page.title(), len(data), round((time.perf_counter() - started) * 1000))
+
+
+def _check(cancelled: Callable[[], bool]) -> None:
+    if cancelled():
+        raise Cancelled("cancelled while the browser job ran")
 
 
 def wait_for_selector(job: BrowserJob, selector: str, timeout: float) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from win_automation.operations import transfers
 from win_automation.operations.command_result import CommandResult, Shell
 
 if TYPE_CHECKING:
+    from win_automation.operations.aloha import Aloha
     from win_automation.operations.qemu import Qemu
 
 Emit = Callable[[str, str], None]
@@ -70,6 +72,13 @@ class Vm:
     @property
     def connection(self) -> SshConnection:
         return get_connection(self.config.ssh)
+
+    @cached_property
+    def aloha(self) -> Aloha:
+        """The VM's ShowUI-Aloha server and client (operations.aloha), bound to the cancel check."""
+        from win_automation.operations.aloha import Aloha
+
+        return Aloha(self.config, cancelled=self.cancelled)
 
     def _sinks(self, live: bool) -> tuple[commands.TextSink | None, commands.TextSink | None]:
         emit = self.emit

@@ -1,0 +1,190 @@
+"""HTTP to ShowUI-Aloha's server (port 7887) and client (port 7888), with httpx.
+
+    service = aloha_service("client", "http://127.0.0.1:7888", timeout=10.0)
+    answer = service.request("POST", "/run_task", {"task": "..."}, record=exchanges.append)
+
+- One `httpx.Client` per process and service (`aloha_service` keeps them): connections are kept
+  alive between the many requests of a task. `trust_env=False`: no proxy from the environment
+  stands between the host and its VM.
+- Every attempt is reported to `record` as an `Exchange` (route, request body, status, answer
+  body, timings, attempt), failures included, so a job's response.json holds them in order.
+- Retries, as the product requires: 3 attempts under win_automation.retry's connect policy
+  (waiting 500 ms, then 1 s), only on 502/503/504 and transient network errors (refused, reset or
+  dropped before an answer, timeout on connect); never on another status, never on a success.
+  Each retry is logged with its attempt number.
+- Translation, once: no connection, a reset, a 502/503/504 -> ConnectError (exit 3, transient); a
+  request accepted and not answered within the timeout -> NoAnswer (exit 3, not retried: the
+  service may have acted on it). Any other status is returned as an `Answer`: what it means is
+  for operations.aloha to say.
+- Bodies are parsed as JSON only when they are JSON: an HTML error page stays text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from win_automation.durations import rfc3339
+from win_automation.errors import ConnectError, NoAnswer
+from win_automation.retry import CONNECT_POLICY, call_with_retry
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({502, 503, 504})
+# The most of an answer's text kept in an Exchange (response.json); its length and hash are whole.
+BODY_LIMIT = 64 * 1024
+
+
+@dataclass
+class Answer:
+    """An HTTP answer: its status, and its body as JSON (`json` set) or as text."""
+
+    status: int
+    text: str
+    content_type: str
+    json: Any = None
+    is_json: bool = False
+    duration_ms: int = 0
+
+    @property
+    def digest(self) -> str:
+        """`N bytes, sha256 abcdef012345`: how logs and errors may mention a body."""
+        data = self.text.encode("utf-8", errors="replace")
+        return f"{len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:12]}"
+
+
+@dataclass
+class Exchange:
+    """One attempt of one request, as response.json records it."""
+
+    service: str
+    method: str
+    route: str
+    request: Any
+    attempt: int
+    started_at: str
+    duration_ms: int = 0
+    status: int | None = None
+    content_type: str | None = None
+    body: Any = None
+    body_bytes: int | None = None
+    body_sha256: str | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        out.update(self.extra)
+        return out
+
+
+Record = Callable[[Exchange], None]
+
+
+def _parse(response: httpx.Response, duration_ms: int) -> Answer:
+    content_type = response.headers.get("content-type", "")
+    text = response.content.decode(response.encoding or "utf-8", errors="replace")
+    answer = Answer(response.status_code, text, content_type, duration_ms=duration_ms)
+    if "html" not in content_type.lower():
+        with contextlib.suppress(ValueError):
+            answer.json, answer.is_json = json.loads(text), True
+    return answer
+
+
+class AlohaService:
+    """One Aloha service (`server` or `client`) at `base_url`; thread-safe."""
+
+    def __init__(self, name: str, base_url: str, timeout: float) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout), trust_env=False, follow_redirects=False)
+
+    def url(self, route: str) -> str:
+        return self.base_url + route
+
+    def close(self) -> None:
+        self._client.close()
+
+    def request(self, method: str, route: str, body: Any = None, *, record: Record) -> Answer:
+        """One request, retried under the rule above; every attempt is recorded."""
+        attempts = iter(range(1, CONNECT_POLICY.attempts + 1))
+        return call_with_retry(
+            lambda: self._attempt(method, route, body, next(attempts), record),
+            op=f"aloha.{self.name}{route}",
+        )
+
+    def _attempt(self, method: str, route: str, body: Any, attempt: int, record: Record) -> Answer:
+        where = f"the Aloha {self.name} at {self.base_url}"
+        exchange = Exchange(self.name, method, route, body, attempt, rfc3339(time.time()))
+        started = time.perf_counter()
+        try:
+            try:
+                response = self._client.request(method, self.url(route), json=body)
+            finally:
+                exchange.duration_ms = round((time.perf_counter() - started) * 1000)
+        except httpx.ConnectTimeout as exc:
+            exchange.error = f"connect timeout after {self.timeout:g}s"
+            record(exchange)
+            raise ConnectError(f"connecting to {where} timed out after {self.timeout:g}s") from exc
+        except httpx.ConnectError as exc:
+            exchange.error = f"cannot connect: {exc}"
+            record(exchange)
+            raise ConnectError(f"cannot connect to {where}: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            exchange.error = f"no answer within {self.timeout:g}s"
+            record(exchange)
+            raise NoAnswer(
+                f"{where} took {method} {route} and did not answer within {self.timeout:g}s "
+                "(aloha.request_timeout; not retried: it may have acted on it)"
+            ) from exc
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            exchange.error = f"connection dropped: {exc}"
+            record(exchange)
+            raise ConnectError(f"{where} dropped the connection before answering {route}: {exc}") from exc
+        except httpx.HTTPError as exc:
+            exchange.error = f"{type(exc).__name__}: {exc}"
+            record(exchange)
+            raise ConnectError(f"{method} {route} to {where} failed: {exc}") from exc
+        answer = _parse(response, exchange.duration_ms)
+        data = answer.text.encode("utf-8", errors="replace")
+        exchange.status = answer.status
+        exchange.content_type = answer.content_type
+        exchange.body = answer.json if answer.is_json else answer.text[:BODY_LIMIT]
+        exchange.body_bytes = len(data)
+        exchange.body_sha256 = hashlib.sha256(data).hexdigest()
+        record(exchange)
+        if answer.status in RETRY_STATUSES:
+            raise ConnectError(f"{where} answered {answer.status} to {route} ({answer.digest})")
+        return answer
+
+
+_SERVICES: dict[tuple[str, str, float], AlohaService] = {}
+_LOCK = threading.Lock()
+
+
+def aloha_service(name: str, base_url: str, timeout: float) -> AlohaService:
+    """The process-wide `AlohaService` (and its httpx.Client) for this service and address."""
+    key = (name, base_url.rstrip("/"), timeout)
+    with _LOCK:
+        service = _SERVICES.get(key)
+        if service is None:
+            service = _SERVICES[key] = AlohaService(name, base_url, timeout)
+        return service
+
+
+def close_all() -> None:
+    """Close every service's client (tests, process exit)."""
+    with _LOCK:
+        for service in _SERVICES.values():
+            service.close()
+        _SERVICES.clear()

@@ -1,0 +1,131 @@
+"""`aloha-task`: one ShowUI-Aloha GUI task on the VM's desktop, followed to its end.
+
+A GUI workflow (one desktop, one GUI job: the per-VM lock on the local engine, a concurrency key
+on Hatchet) with one step, `run-task`:
+1. the desktop probe (operations.desktop): a locked desktop, or nobody logged on, refuses the job
+   (exit 1) before anything is sent to Aloha;
+2. both services checked (`GET /`): unreachable is exit 3, a wrong answer exit 1;
+3. the task started on the client, told the server's `/generate_action`; a 409 means the desktop
+   is busy with another task (exit 1, nothing started);
+4. followed until `/run_task` stops answering 409. At `timeout_seconds` it sends `/stop`, waits
+   for the task to end and fails with OperationTimeout (124); a cancelled job does the same and
+   ends cancelled (130). A client that stops answering meanwhile fails it with exit 3.
+
+Whatever happens, the job's `response.json` (artifact type `aloha`) is written: the task's length
+and sha256, how it ended, and every request and answer in order. The step's output is small (no
+task text): how the task ended, with counts and timings.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from win_automation.definition import Step, StepContext, Workflow
+from win_automation.errors import Cancelled, OperationTimeout, WinAutomationError
+from win_automation.operations.aloha import Followed, task_digest
+from win_automation.operations.desktop import require_desktop
+
+MAX_TASK_CHARS = 4000
+
+
+def _has_text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or only spaces")
+    return value
+
+
+class AlohaTaskInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: Annotated[str, AfterValidator(_has_text)] = Field(
+        ..., min_length=1, max_length=MAX_TASK_CHARS, description="What to do, in words."
+    )
+    trace_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[^/\\\x00-\x1f]+$",
+        description="The demonstration trace the server should follow (its name).",
+    )
+    max_steps: int | None = Field(None, ge=1, le=500, description="Most steps the client takes.")
+    screen: int = Field(0, ge=0, le=15, description="The screen the client acts on (selected_screen).")
+    timeout_seconds: float = Field(1800.0, gt=0, le=86400, description="Deadline of the task.")
+
+
+class AlohaTaskOutput(BaseModel):
+    task_length: int
+    task_sha256: str
+    reason: str
+    """`ended` (by itself), `deadline` or `cancelled` (stopped with /stop)."""
+    ended: bool
+    stop_sent: bool
+    duration_ms: int
+    polls: int
+    exchanges: int
+    server_latency_ms: int | None = None
+    client_latency_ms: int | None = None
+
+
+def run_task(inp: AlohaTaskInput, ctx: StepContext) -> AlohaTaskOutput:
+    vm = ctx.vm
+    aloha = vm.aloha
+    length, sha = task_digest(inp.task)
+    about: dict[str, object] = {"job_id": ctx.job_id, "task_length": length, "task_sha256": sha}
+    started = time.monotonic()
+    try:
+        require_desktop(vm)
+        health = {h.service: h.latency_ms for h in aloha.check()}
+        aloha.start(inp.task, max_steps=inp.max_steps, screen=inp.screen, trace_id=inp.trace_id)
+        followed: Followed = aloha.follow(inp.timeout_seconds)
+        output = AlohaTaskOutput(
+            task_length=length,
+            task_sha256=sha,
+            reason=followed.reason,
+            ended=followed.ended,
+            stop_sent=followed.stop_sent,
+            duration_ms=followed.duration_ms,
+            polls=followed.polls,
+            exchanges=len(aloha.exchanges),
+            server_latency_ms=health.get("server"),
+            client_latency_ms=health.get("client"),
+        )
+        about["outcome"] = output.model_dump()
+    except WinAutomationError as exc:
+        about["error"] = {"message": str(exc), "exit_code": exc.exit_code}
+        raise
+    finally:
+        about["duration_ms"] = round((time.monotonic() - started) * 1000)
+        ctx.artifacts.write_text("aloha", "response.json", aloha.transcript(**about))
+    ctx.log.info(
+        "aloha task finished",
+        extra={"op": "aloha.run", "reason": followed.reason, "polls": followed.polls, "task_len": length},
+    )
+    if followed.reason == "cancelled":
+        raise Cancelled("cancelled: the Aloha task was sent /stop" + _ending(followed), result=output)
+    if followed.reason == "deadline":
+        raise OperationTimeout(
+            f"the Aloha task passed its deadline of {inp.timeout_seconds:g}s and was sent /stop"
+            + _ending(followed),
+            result=output,
+        )
+    return output
+
+
+def _ending(followed: Followed) -> str:
+    if followed.ended:
+        return " (it ended)"
+    return " (it had not ended when aloha.stop_timeout passed)"
+
+
+aloha_task = Workflow(
+    name="aloha-task",
+    input=AlohaTaskInput,
+    gui=True,
+    description="Run a ShowUI-Aloha GUI task on the VM's desktop and follow it to its end.",
+    artifact_types=("aloha",),
+    counters=("aloha_runs_total",),
+    steps=(Step("run-task", run_task, AlohaTaskOutput, timeout_seconds=86400 + 600),),
+)
