@@ -112,6 +112,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         body = self._body() if method == "POST" else None
         owner = self.server.owner
+        if owner.closing.is_set():  # stopping: a dead process answers nothing
+            self.close_connection = True
+            return
         owner.record(method, self.path, body)
         fault = owner.take_fault(self.path)
         if fault is not None:

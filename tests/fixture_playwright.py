@@ -11,8 +11,7 @@ Fixtures (registered in tests/conftest.py):
   variables that point win-automation at it, `pw_server.config()` a Config.
 - `web` (session): a threaded HTTP server: `/` a red page with a blue 40x30 box at (10, 10) and
   a `#ready` element, `/slow` the same after 2 s, `/tall` a 3000 px tall page, `/never` a request
-  that is never answered,
-  `/slow-ready` a page whose `#late` element appears after 300 ms.
+  that is never answered, `/slow-ready` a page whose `#late` element appears after 300 ms.
 """
 
 from __future__ import annotations

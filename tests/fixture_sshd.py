@@ -18,7 +18,7 @@ The stand-in decodes `-EncodedCommand` (or reads `-File`), writes the user's scr
 the wrapper's markers) to stdout as UTF-8, appends a JSON report of what arrived to
 `<server dir>/powershell-reports.jsonl`, and acts on a few lines of the body: `exit N`,
 `Start-Sleep N` and `Write-Error 'text'` (a CLIXML error record on stderr, as real PowerShell does).
-Given Set-FirewallRules.ps1 (a body with New-NetFirewallRule) it keeps the VM's inbound rules in
+Given Set-FirewallRules.ps1 (a body with its rule table) it keeps the VM's inbound rules in
 `sshd.firewall_file` (JSON keyed by -Name): it reads the rule table and parameters from the script
 and its arguments, creates, updates or leaves each rule and prints the script's JSON line per
 rule; a rule created without `-Name $rule.Name` is stored under a GUID, as Windows does, so a
@@ -122,7 +122,8 @@ with open(REPORTS, "a", encoding="utf-8") as fh:
 if probe:
     print(json.dumps(DESKTOPS[state]) if state in DESKTOPS else state)
     sys.exit(0)
-if "New-NetFirewallRule" in body:  # Set-FirewallRules.ps1: the VM's rules live in FIREWALL_FILE
+FIREWALL_TABLE = r"@\{ Name = '([^']+)'; DisplayName = '([^']+)'; Port = \$(\w+) \}"
+if re.search(FIREWALL_TABLE, body):  # Set-FirewallRules.ps1 (its rule table): rules in FIREWALL_FILE
     tail = script.split(end, 1)[1] if end in script else ""
     given = [a.replace("''", "'") for a in re.findall(r"'((?:[^']|'')*)'", tail.split("\n", 2)[1])]
     params = re.findall(r"\[(?:string|int)\]\$(\w+) = '?([^',\n]*)'?", body)
@@ -133,8 +134,7 @@ if "New-NetFirewallRule" in body:  # Set-FirewallRules.ps1: the VM's rules live 
         values["RemoteAddress"] = client.split()[0] if client else "Any"
     rules = json.load(open(FIREWALL_FILE)) if os.path.getsize(FIREWALL_FILE) else {}
     named = re.search(r"New-NetFirewallRule -Name \$rule\.Name", body) is not None
-    table = r"@\{ Name = '([^']+)'; DisplayName = '([^']+)'; Port = \$(\w+) \}"
-    for name, display, var in re.findall(table, body):
+    for name, display, var in re.findall(FIREWALL_TABLE, body):
         want = {"DisplayName": display, "Direction": "Inbound", "Protocol": "TCP", "LocalPort": values[var],
                 "RemoteAddress": values["RemoteAddress"], "Action": "Allow", "Profile": "Any",
                 "Enabled": "True"}

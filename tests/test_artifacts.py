@@ -156,8 +156,11 @@ def test_retention_boundaries(tmp_path: Path) -> None:
 
 
 def test_missing_manifest_is_not_found(tmp_path: Path) -> None:
-    with pytest.raises(NotFoundError, match=r"manifest\.json does not exist"):
+    with pytest.raises(NotFoundError, match=r"no artifacts for job .*: .* has no manifest\.json") as info:
         read_manifest(tmp_path)
+    assert info.value.exit_code == 66
+    with pytest.raises(NotFoundError, match=r"does not exist"):
+        read_manifest(tmp_path / "absent")
 
 
 def test_a_manifest_that_names_a_path_outside_the_folder_is_refused(tmp_path: Path) -> None:

@@ -43,9 +43,10 @@ def test_a_tampered_artifact_fails_verify_and_fetch(cli, tmp_path: Path) -> None
     assert not (tmp_path / "out" / job / "manifest.json").exists()
 
 
-def test_missing_folder_is_exit_1(cli) -> None:  # type: ignore[no-untyped-def]
-    res = cli("artifacts", "verify", "--job", new_job_id())
-    assert res.code == 1 and "manifest.json does not exist" in res.stderr
+def test_missing_folder_is_no_artifacts_exit_66(cli) -> None:  # type: ignore[no-untyped-def]
+    job = new_job_id()
+    res = cli("artifacts", "verify", "--job", job)
+    assert res.code == 66 and f"no artifacts for job {job}: " in res.stderr and "does not exist" in res.stderr
 
 
 def test_prune_applies_retention_with_dry_run_and_the_configured_default(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -68,7 +68,7 @@ def test_config_show_json_names_sources_and_masks_secrets(cli, tmp_path: Path) -
     assert res.code == 0, res.stderr
     settings = {s["key"]: (s["value"], s["source"]) for s in json.loads(res.stdout)["settings"]}
     assert settings["ssh.host"] == ("vm.local", "file")
-    assert settings["ssh.port"] == ("2222", "env")
+    assert settings["ssh.port"] == (2222, "env")
     assert settings["ssh.user"] == ("administrator", "default")
     assert settings["hatchet.token"] == ("***", "file")
     assert settings["playwright.ws_path"] == ("***", "env")

@@ -95,7 +95,7 @@ def test_env_without_file_and_other_fields_keep_their_source(tmp_path: Path) -> 
         ({"ssh": {"zzz": 1}}, "ssh.zzz: unknown key"),
         ({"ssh": {"port": "abc"}}, "ssh.port must be an integer, got 'abc'"),
         ({"ssh": {"use_agent": "maybe"}}, "ssh.use_agent must be true or false, got 'maybe'"),
-        ({"ssh": 5}, "ssh must be a JSON object, got 5"),
+        ({"ssh": 5}, "ssh must be a JSON object, got a number"),
         ([1, 2], "must hold a JSON object, got list"),
         ({"ssh": {"connect_timeout": "soon"}}, "ssh.connect_timeout must be a duration such as 500ms"),
         ({"ssh": {"connect_timeout": "0s"}}, "ssh.connect_timeout must be more than zero, got 0.0"),

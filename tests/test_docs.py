@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from win_automation.config import field_specs, load_config
@@ -31,3 +32,12 @@ def test_example_config_lists_every_file_field_and_loads() -> None:
 def test_readme_documents_every_exit_code() -> None:
     for code in EXIT_CODES:
         assert f"| {code} |" in README
+
+
+def test_the_front_door_commands_work_as_shown() -> None:
+    """The set-up says how `win-automation` gets on PATH, and every command says `python3`."""
+    assert 'export PATH="$PWD/.venv/bin:$PATH"' in README
+    assert re.search(r"(?<![\w/.])python (?!3)", README.replace(".venv/bin/python ", "")) is None
+    using = README.split("## Using it", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
+    for line in using.strip().splitlines():
+        assert line.startswith("win-automation "), line

@@ -48,3 +48,60 @@ def test_no_arbitrary_text_passes_unless_it_has_the_generated_form(text: str) ->
     else:
         with pytest.raises(UsageError):
             validate_job_id(text)
+
+
+# A valid id with its digits written in other scripts: Python's `\d` (and int()) accept them all.
+_ZEROS = {
+    "arabic-indic": 0x0660,
+    "extended-arabic-indic": 0x06F0,
+    "fullwidth": 0xFF10,
+    "devanagari": 0x0966,
+    "mathematical-bold": 0x1D7CE,
+}
+_DIGITS = {name: "".join(chr(zero + i) for i in range(10)) for name, zero in _ZEROS.items()}
+
+
+def _spelled(job_id: str, digits: str, only_first: bool) -> str:
+    out, done = [], False
+    for char in job_id:
+        if char.isdigit() and not (only_first and done):
+            out.append(digits[int(char)])
+            done = True
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+@pytest.mark.parametrize("script", sorted(_DIGITS))
+@pytest.mark.parametrize("only_first", [True, False])
+def test_ids_with_non_ascii_digits_are_refused(script: str, only_first: bool) -> None:
+    bad = _spelled("20261122T015916123Z-3f9a1c0b7e2d", _DIGITS[script], only_first)
+    assert not is_job_id(bad)
+    with pytest.raises(UsageError, match="is not a job id"):
+        validate_job_id(bad)
+
+
+@given(st.text(min_size=1, max_size=40).filter(lambda t: not t.isascii()))
+def test_no_id_holding_a_non_ascii_character_passes(text: str) -> None:
+    assert not is_job_id(text)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["jobs", "show"],
+        ["jobs", "cancel"],
+        ["jobs", "resume"],
+        ["artifacts", "verify", "--job"],
+        ["artifacts", "list", "--job"],
+        ["artifacts", "fetch", "--out", "out", "--job"],
+    ],
+    ids=lambda a: " ".join(a[:2]),
+)
+def test_the_cli_refuses_them_before_any_file_is_touched(cli, tmp_path, args) -> None:  # type: ignore[no-untyped-def]
+    bad = _spelled("20261122T015916123Z-3f9a1c0b7e2d", _DIGITS["arabic-indic"], only_first=False)
+    ran = cli(*args, bad)
+    assert ran.code == 2, ran.stderr
+    assert ran.stderr.count("\n") == 1 and "is not a job id" in ran.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "artifacts").exists()
+    assert not (tmp_path / "out").exists()

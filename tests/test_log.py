@@ -117,3 +117,26 @@ def test_registered_secrets_and_secretstr_never_appear() -> None:
     assert "tok-very-secret" not in line and "pw-hidden" not in line
     assert parse_line(line.rstrip("\n"))["header"] == "Bearer ***"
     assert parse_line(line.rstrip("\n"))["password"] == "***"
+
+
+def test_terminal_commands_show_warnings_only_unless_asked(cli) -> None:  # type: ignore[no-untyped-def]
+    quiet = cli("run", "ping")
+    assert quiet.code == 0, quiet.stderr
+    assert "level=info" not in quiet.stderr and "level=debug" not in quiet.stderr
+    verbose = cli("-v", "run", "ping")
+    assert verbose.code == 0 and "level=info" in verbose.stderr and "job queued" in verbose.stderr
+    assert "level=debug" not in verbose.stderr
+    long_form = cli("--verbose", "run", "ping")
+    assert "level=info" in long_form.stderr
+    debug = cli("--debug", "run", "ping")
+    assert "level=debug" in debug.stderr and "level=info" in debug.stderr
+
+
+def test_long_running_services_keep_info() -> None:
+    from win_automation.cli.app import SERVICES, log_level
+
+    assert {"worker", "supervisor"} <= SERVICES
+    assert log_level("worker", verbose=False, debug=False) == logging.INFO
+    assert log_level("run", verbose=False, debug=False) == logging.WARNING
+    assert log_level("ssh", verbose=True, debug=False) == logging.INFO
+    assert log_level("worker", verbose=False, debug=True) == logging.DEBUG

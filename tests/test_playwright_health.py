@@ -73,3 +73,14 @@ def test_config_show_masks_the_ws_path(cli, pw_server: PlaywrightServer) -> None
         assert run.code == 0, run.stderr
         assert pw_server.ws_path not in run.stdout + run.stderr
         assert "playwright.ws_path" in run.stdout or '"ws_path"' in run.stdout
+
+
+def test_a_job_against_a_mismatched_server(cli, old_server: PlaywrightServer, tmp_path: Path) -> None:
+    old = ".".join(json.loads((PREVIOUS_MINOR / "package.json").read_text())["version"].split(".")[:2])
+    run = cli("playwright", "screenshot", "http://127.0.0.1:9/", env=old_server.env())
+    assert run.code == 2
+    last = run.stderr.strip().splitlines()[-1]
+    client = ".".join(client_version().split(".")[:2])
+    assert f"runs Playwright {old}, this client {client}: major.minor must match" in last
+    assert "fix: `win-automation playwright install`" in last
+    assert old_server.ws_path not in run.stdout + run.stderr

@@ -150,3 +150,25 @@ def test_windows_kill_finds_the_needle_and_kills_the_tree(conn, live_sshd: SshSe
         assert kill["needle"].startswith(".wa-script-")
     elif mode == "cmd":
         assert kill["needle"].startswith("WA_RUN=")
+
+
+def test_a_script_left_by_a_killed_process_is_removed_by_the_next_upload(conn, live_sshd: SshServer) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    from win_automation.partfiles import HOST_TAG
+
+    home = Path("/var/lib/wa-sshtest")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = home / f".wa-script-{HOST_TAG}-{dead.pid}-0123abcd.ps1"
+    foreign = home / ".wa-script-0123456789abcdef.ps1"  # the old untagged form: not ours to judge
+    for path in (stale, foreign):
+        path.write_text("Write-Output 'left behind'")
+    try:
+        body = "# long\n" + "\n".join(f"Write-Output 'line {i}'" for i in range(2000))
+        assert remote.run_powershell(conn, body, remote_os="posix").exit_code == 0
+        assert not stale.exists() and foreign.exists()
+    finally:
+        stale.unlink(missing_ok=True)
+        foreign.unlink(missing_ok=True)

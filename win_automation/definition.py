@@ -15,7 +15,6 @@ not retried by either engine, anything else is retried up to `retries` times.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from win_automation import metrics
+from win_automation import jsontext, metrics
 from win_automation.config import Config
 from win_automation.errors import UsageError
 
@@ -138,9 +137,9 @@ class Workflow:
         data: Any = {} if raw is None else raw
         if isinstance(raw, str):
             try:
-                data = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{name}: invalid JSON at line {exc.lineno} column {exc.colno}") from None
+                data = jsontext.loads(raw)
+            except ValueError as exc:
+                raise UsageError(f"{name}: {exc}") from None
         if not isinstance(data, Mapping):
             raise UsageError(f"{name}: must be a JSON object, got {type(data).__name__}")
         try:

@@ -5,6 +5,7 @@
     │   └── VersionMismatch            exit 2  the Playwright server's major.minor is not the client's
     ├── UsageError                     exit 2  a bad argument (an invalid job id, say)
     ├── NotFoundError                  exit 1  a job, file or run that does not exist
+    │   └── NoArtifacts                exit 66 a job has no artifact folder (or no manifest) here
     ├── ConnectError         transient exit 3  the VM or a service could not be reached
     │   └── NoAnswer                   exit 3  a service took a request and did not answer in time
     │                                          (not retried: it may have acted on it)
@@ -24,6 +25,8 @@
     ├── HealthCheckFailed              exit 1  a supervisor pass ended with a failed check
     ├── BreakerOpen                    exit 75 the supervisor's circuit breaker is open: checks
     │                                          failed and nothing was repaired (EX_TEMPFAIL)
+    ├── StorageError                   exit 74 a local file or folder cannot be used: a corrupt
+    │                                          journal, an unwritable data.dir or --out folder
     └── Cancelled                      exit 130 the job or command was cancelled (or interrupted)
         └── Superseded                 exit 130 another process took the job over (resumed it
                                                after this owner stopped heart-beating)
@@ -73,6 +76,19 @@ class UsageError(WinAutomationError):
 
 class NotFoundError(WinAutomationError):
     exit_code = 1
+
+
+class NoArtifacts(NotFoundError):
+    """The job's artifact folder (or its manifest) does not exist on this host: nothing to check,
+    which is not the same as a file that does not match (ArtifactMismatch, exit 1)."""
+
+    exit_code = 66  # sysexits EX_NOINPUT
+
+
+class StorageError(WinAutomationError):
+    """A local file or folder the command needs cannot be used (corrupt, read-only, not a folder)."""
+
+    exit_code = 74  # sysexits EX_IOERR
 
 
 class ConnectError(WinAutomationError):
@@ -149,6 +165,8 @@ EXIT_CODES: dict[int, str] = {
     3: "the VM or a service could not be reached (after retries)",
     4: "authentication failed (never retried)",
     5: "the host key is unknown or has changed (trust it with `win-automation ssh trust`)",
+    66: "no artifacts: the job has no artifact folder or manifest on this host",
+    74: "a local file or folder cannot be used (corrupt journal, unwritable data.dir or --out)",
     75: "`supervisor run --once`: the circuit breaker is open (checks failed, nothing repaired; retry later)",
     124: "a deadline passed; the remote work was stopped",
     255: "`ssh run`/`ssh script`: the remote exit code was outside 0-255 (see SSH, exit codes)",

@@ -102,6 +102,9 @@ def install(level: int = logging.INFO, stream: TextIO | None = None) -> None:
     root.setLevel(logging.WARNING)
     for name in ("win_automation", "workflows"):
         logging.getLogger(name).setLevel(level)
+    # paramiko logs the faults the SSH adapter translates and reports itself (with tracebacks, in
+    # its own transport thread): shown only with --debug.
+    logging.getLogger("paramiko").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.CRITICAL)
 
 
 class Timer:

@@ -19,14 +19,15 @@ task text): how the task ended, with counts and timings.
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from win_automation.definition import Step, StepContext, Workflow
 from win_automation.errors import Cancelled, OperationTimeout, WinAutomationError
-from win_automation.operations.aloha import Followed, task_digest
-from win_automation.operations.desktop import require_desktop
+
+if TYPE_CHECKING:
+    from win_automation.operations.aloha import Followed
 
 MAX_TASK_CHARS = 4000
 
@@ -70,6 +71,10 @@ class AlohaTaskOutput(BaseModel):
 
 
 def run_task(inp: AlohaTaskInput, ctx: StepContext) -> AlohaTaskOutput:
+    # imported here: the CLI validates AlohaTaskInput without loading httpx and paramiko
+    from win_automation.operations.aloha import task_digest
+    from win_automation.operations.desktop import require_desktop
+
     vm = ctx.vm
     aloha = vm.aloha
     length, sha = task_digest(inp.task)
@@ -115,6 +120,8 @@ def run_task(inp: AlohaTaskInput, ctx: StepContext) -> AlohaTaskOutput:
 
 
 def _ending(followed: Followed) -> str:
+    if followed.stop_error is not None:
+        return f" (stopping it failed: {followed.stop_error})"
     if followed.ended:
         return " (it ended)"
     return " (it had not ended when aloha.stop_timeout passed)"

@@ -5,9 +5,10 @@ Two steps on the VM (`ctx.vm`):
 - `exec`: when the check passed, the command is skipped: the step raises errors.Skipped, so the
   step and the job are recorded `skipped` (output `skipped: true`, exit code 0);
   otherwise run it with its deadline (`timeout_seconds`, killing the remote process tree when it
-  passes). Writes the ssh artifacts `stdout.txt`, `stderr.txt`, `exit_code.txt` (plus
-  `result.json`) to the job's folder either way; the step's output keeps only the last 64 K
-  characters of each stream (`ExecOutput`), so payloads stay small.
+  passes). Streams stdout and stderr into the job's ssh artifacts `stdout.txt` and `stderr.txt`
+  as they arrive (the bytes the VM sent), then writes `exit_code.txt` and `result.json`; the
+  step's output (and result.json) keeps only the last 64 K characters of each stream
+  (`ExecOutput`), so memory and payloads stay small whatever the command prints.
 
 A command that exits non-zero fails the step (and the job) with CommandFailed, whose exit code is
 the command's (0-255, else 255); past its deadline it fails with OperationTimeout (124). Either
@@ -59,15 +60,12 @@ class ExecOutput(CommandResult):
     """The command's result. `stdout`/`stderr` hold at most their last OUTPUT_PREVIEW_CHARS
     characters (flagged `*_truncated`); the whole text is in the job's stdout.txt/stderr.txt."""
 
-    stdout_truncated: bool = False
-    stderr_truncated: bool = False
-
     @classmethod
     def of(cls, result: CommandResult) -> ExecOutput:
         fields = result.model_dump()
         for stream in ("stdout", "stderr"):
             text = fields[stream]
-            fields[f"{stream}_truncated"] = len(text) > OUTPUT_PREVIEW_CHARS
+            fields[f"{stream}_truncated"] = fields[f"{stream}_truncated"] or len(text) > OUTPUT_PREVIEW_CHARS
             fields[stream] = text[-OUTPUT_PREVIEW_CHARS:]
         return cls(**fields)
 
@@ -90,12 +88,15 @@ def execute(inp: SshExecInput, ctx: StepContext) -> ExecOutput:
         write_artifacts(ctx, skipped)
         raise Skipped(f"skipped: the check `{inp.check}` exited 0", result=ExecOutput.of(skipped))
     timeout = inp.timeout_seconds or ctx.config.ssh.command_timeout
-    if inp.shell == "powershell":
-        result = ctx.vm.powershell(inp.command, args=tuple(inp.args), timeout=timeout, display=display)
-    else:
-        result = ctx.vm.run(inp.command, shell="cmd", timeout=timeout)
-    write_artifacts(ctx, result)
+    with ctx.artifacts.open("ssh", "stdout.txt") as out, ctx.artifacts.open("ssh", "stderr.txt") as err:
+        if inp.shell == "powershell":
+            result = ctx.vm.powershell(
+                inp.command, args=tuple(inp.args), timeout=timeout, display=display, files=(out, err)
+            )
+        else:
+            result = ctx.vm.run(inp.command, shell="cmd", timeout=timeout, files=(out, err))
     output = ExecOutput.of(result)
+    write_result(ctx, output)
     if result.cancelled:
         raise Cancelled("cancelled while the command ran; its remote process tree was killed", result=output)
     if result.timed_out:
@@ -113,10 +114,17 @@ def execute(inp: SshExecInput, ctx: StepContext) -> ExecOutput:
 
 
 def write_artifacts(ctx: StepContext, result: CommandResult) -> None:
+    """All four artifacts of a result held whole in memory (a skipped command's)."""
     ctx.artifacts.write_text("ssh", "stdout.txt", result.stdout)
     ctx.artifacts.write_text("ssh", "stderr.txt", result.stderr)
-    ctx.artifacts.write_text("ssh", "exit_code.txt", f"{result.exit_code}\n")
-    ctx.artifacts.write_text("ssh", "result.json", json.dumps(result.model_dump(), indent=2) + "\n")
+    write_result(ctx, ExecOutput.of(result))
+
+
+def write_result(ctx: StepContext, output: ExecOutput) -> None:
+    """exit_code.txt and result.json: the result with each stream's tail only (the whole streams
+    are stdout.txt and stderr.txt, never stored twice)."""
+    ctx.artifacts.write_text("ssh", "exit_code.txt", f"{output.exit_code}\n")
+    ctx.artifacts.write_text("ssh", "result.json", json.dumps(output.model_dump(), indent=2) + "\n")
 
 
 ssh_exec = Workflow(

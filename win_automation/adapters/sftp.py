@@ -5,6 +5,11 @@ keeps every answer in a dict and scans it on each read). `download` speaks SFTP 
 subsystem channel of the same transport: it keeps `PIPELINE` READ requests of `CHUNK` bytes in
 flight, parses the DATA answers straight from the channel buffer and writes them at their
 offset, hashing as it goes. Everything else uses paramiko's `SFTPClient` (uploads pipelined).
+
+Deadlines: every read and write on an SFTP channel waits at most `stall_seconds(ssh)` (the longer
+of ssh.connect_timeout and two keepalive intervals) for the VM: a longer stall is a ConnectError
+(exit 3) and drops the connection. A whole transfer of N bytes must end within
+`transfer_seconds(ssh, N)` (ssh.command_timeout plus 1 s per MiB), else OperationTimeout (124).
 """
 
 from __future__ import annotations
@@ -14,14 +19,16 @@ import hashlib
 import os
 import stat
 import struct
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import paramiko
 
-from win_automation.adapters.ssh import SshConnection
-from win_automation.errors import ConnectError, NotFoundError, WinAutomationError
+from win_automation.adapters.ssh import SshConnection, transfer_seconds
+from win_automation.errors import ConnectError, NotFoundError, OperationTimeout, WinAutomationError
 
 Progress = Callable[[int, int], None]
 
@@ -43,6 +50,34 @@ _ATTR_SIZE = 0x01
 class Copied:
     size: int
     sha256: str
+
+
+class Deadline:
+    """The whole transfer's deadline, armed once its size is known."""
+
+    def __init__(self, conn: SshConnection, what: str) -> None:
+        self.conn = conn
+        self.what = what
+        self.start = time.monotonic()
+        self.limit: float | None = None
+
+    def arm(self, size: int) -> None:
+        self.limit = transfer_seconds(self.conn.cfg, size)
+
+    def check(self) -> None:
+        if self.limit is not None and time.monotonic() - self.start > self.limit:
+            raise OperationTimeout(
+                f"{self.what} passed its deadline of {self.limit:g}s (ssh.command_timeout plus 1 s per MiB)"
+            )
+
+
+@contextmanager
+def _bounded(conn: SshConnection, what: str) -> Iterator[None]:
+    """A read or write that waited longer than the stall bound: ConnectError, connection dropped."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise conn.stalled(what) from exc
 
 
 def _translate(exc: BaseException, what: str) -> WinAutomationError:
@@ -119,20 +154,28 @@ def _status(body: memoryview) -> tuple[int, str]:
 def download(conn: SshConnection, remote: str, out: BinaryIO, progress: Progress | None = None) -> Copied:
     """Copy remote file `remote` into `out` (seekable, empty); returns its size and sha256."""
     transport = conn.transport()
+    what = f"SFTP download of {remote}"
     try:
-        channel = transport.open_session(window_size=CHANNEL_WINDOW, max_packet_size=CHANNEL_PACKET)
-        channel.invoke_subsystem("sftp")
+        with _bounded(conn, what):
+            channel = transport.open_session(
+                window_size=CHANNEL_WINDOW, max_packet_size=CHANNEL_PACKET, timeout=conn.stall_timeout
+            )
+            channel.settimeout(conn.stall_timeout)
+            channel.invoke_subsystem("sftp")
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise ConnectError(f"cannot start SFTP: {exc}") from exc
     try:
-        return _download(_SftpStream(channel), remote, out, progress)
+        with _bounded(conn, what):
+            return _download(_SftpStream(channel), remote, out, progress, Deadline(conn, what))
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise ConnectError(f"SFTP download of {remote} failed: {exc}") from exc
     finally:
         channel.close()
 
 
-def _download(stream: _SftpStream, remote: str, out: BinaryIO, progress: Progress | None) -> Copied:
+def _download(
+    stream: _SftpStream, remote: str, out: BinaryIO, progress: Progress | None, deadline: Deadline
+) -> Copied:
     stream.channel.sendall(struct.pack(">IBI", 5, _INIT, 3))
     kind, _ = stream.packet_bytes()
     if kind != _VERSION:
@@ -155,6 +198,7 @@ def _download(stream: _SftpStream, remote: str, out: BinaryIO, progress: Progres
         (flags,) = struct.unpack_from(">I", attrs, 4)
         if flags & _ATTR_SIZE:
             (size,) = struct.unpack_from(">Q", attrs, 8)
+    deadline.arm(size)
 
     digest = hashlib.sha256()
     pending: dict[int, tuple[int, int]] = {}  # request id -> (offset, length)
@@ -179,6 +223,7 @@ def _download(stream: _SftpStream, remote: str, out: BinaryIO, progress: Progres
                 stream.channel.sendall(b"".join(batch))
         if not pending:
             break
+        deadline.check()
         kind, body = stream.packet()
         (request_id,) = struct.unpack_from(">I", body, 0)
         offset, length = pending.pop(request_id)
@@ -219,10 +264,19 @@ def _download(stream: _SftpStream, remote: str, out: BinaryIO, progress: Progres
 def upload(
     conn: SshConnection, source: BinaryIO, remote: str, size: int, progress: Progress | None = None
 ) -> None:
-    """Write `source` to remote path `remote` (pipelined writes)."""
+    """Write `source` to remote path `remote` (pipelined writes), within the transfer deadline."""
     sftp = conn.sftp()
+    deadline = Deadline(conn, f"SFTP upload to {remote}")
+    deadline.arm(size)
+
+    def advance(done: int, total: int) -> None:
+        deadline.check()
+        if progress is not None:
+            progress(done, total)
+
     try:
-        sftp.putfo(source, remote, file_size=size, callback=progress, confirm=False)
+        with _bounded(conn, f"SFTP upload to {remote}"):
+            sftp.putfo(source, remote, file_size=size, callback=advance, confirm=False)
     except (OSError, paramiko.SSHException, EOFError) as exc:
         raise _translate(exc, f"remote path {remote}") from exc
 
@@ -230,7 +284,8 @@ def upload(
 def remote_size(conn: SshConnection, remote: str) -> int | None:
     """Size of a remote regular file; None when it does not exist."""
     try:
-        attrs = conn.sftp().stat(remote)
+        with _bounded(conn, f"SFTP stat of {remote}"):
+            attrs = conn.sftp().stat(remote)
     except FileNotFoundError:
         return None
     except (OSError, paramiko.SSHException, EOFError) as exc:
@@ -244,20 +299,28 @@ def rename(conn: SshConnection, source: str, target: str) -> None:
     """Rename `source` to `target`, replacing it (posix-rename, else remove then rename)."""
     sftp = conn.sftp()
     try:
-        try:
-            sftp.posix_rename(source, target)
-        except OSError:
-            if remote_size(conn, target) is not None:
-                sftp.remove(target)
-            sftp.rename(source, target)
+        with _bounded(conn, f"SFTP rename to {target}"):
+            _rename(conn, sftp, source, target)
     except (OSError, paramiko.SSHException, EOFError) as exc:
         raise _translate(exc, f"remote path {target}") from exc
+
+
+def _rename(conn: SshConnection, sftp: paramiko.SFTPClient, source: str, target: str) -> None:
+    try:
+        sftp.posix_rename(source, target)
+    except TimeoutError:
+        raise
+    except OSError:  # no posix-rename@openssh.com (Windows OpenSSH has it; others may not)
+        if remote_size(conn, target) is not None:
+            sftp.remove(target)
+        sftp.rename(source, target)
 
 
 def remove(conn: SshConnection, remote: str) -> None:
     """Remove a remote file; a missing one is fine."""
     try:
-        conn.sftp().remove(remote)
+        with _bounded(conn, f"SFTP remove of {remote}"):
+            conn.sftp().remove(remote)
     except FileNotFoundError:
         return
     except (OSError, paramiko.SSHException, EOFError) as exc:
@@ -275,10 +338,12 @@ def makedirs(conn: SshConnection, remote: str) -> bool:
         if not path or path.endswith(":"):  # the root, or a Windows drive
             continue
         try:
-            attrs = sftp.stat(path)
+            with _bounded(conn, f"SFTP stat of {path}"):
+                attrs = sftp.stat(path)
         except FileNotFoundError:
             try:
-                sftp.mkdir(path)
+                with _bounded(conn, f"SFTP mkdir of {path}"):
+                    sftp.mkdir(path)
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 raise _translate(exc, f"remote folder {path}") from exc
             created = True
@@ -288,3 +353,15 @@ def makedirs(conn: SshConnection, remote: str) -> bool:
         if attrs.st_mode is not None and not stat.S_ISDIR(attrs.st_mode):
             raise WinAutomationError(f"remote path {path} is a file, not a folder")
     return created
+
+
+def list_folder(conn: SshConnection, folder: str) -> list[tuple[str, float]]:
+    """(name, mtime) of each entry of remote `folder`; an empty list when it does not exist."""
+    try:
+        with _bounded(conn, f"SFTP listing of {folder}"):
+            entries = conn.sftp().listdir_attr(folder)
+    except FileNotFoundError:
+        return []
+    except (OSError, paramiko.SSHException, EOFError) as exc:
+        raise _translate(exc, f"remote folder {folder}") from exc
+    return [(e.filename, float(e.st_mtime or 0)) for e in entries]

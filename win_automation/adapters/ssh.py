@@ -7,7 +7,8 @@ has dropped. Connecting follows the connect retry policy (3 attempts; ConnectErr
 OperationTimeout only); authentication and host-key errors are never retried.
 
 `SshConnection.exec` runs one command: no PTY, stdin closed at once (`shutdown_write`), stdout and
-stderr streamed to callbacks as they arrive and kept whole, the status from `recv_exit_status()`,
+stderr streamed to callbacks as they arrive (and kept whole unless `keep=False`: a caller that
+streams them to files keeps memory flat), the status from `recv_exit_status()`,
 and a deadline after which the channel is closed and `ExecOutcome.timed_out` is set (the caller
 then kills the remote process tree; see win_automation.operations.ssh).
 """
@@ -91,11 +92,26 @@ def start_transport(cfg: SSHConfig) -> paramiko.Transport:
         recorded = hostkeys.known_types(cfg.known_hosts, cfg.host, cfg.port)
         known = [t for t in recorded if t in options.key_types]
         options.key_types = tuple(known) + tuple(t for t in options.key_types if t not in known)
+    # paramiko's start_client(timeout=) returns silently when the timeout passes: wait on its
+    # event ourselves, so a server that accepts TCP and never speaks SSH is a connection fault.
+    transport.banner_timeout = cfg.connect_timeout
+    negotiated = threading.Event()
     try:
-        transport.start_client(timeout=cfg.connect_timeout)
+        transport.start_client(event=negotiated)
     except (paramiko.SSHException, OSError, EOFError) as exc:
         transport.close()
         raise ConnectError(f"SSH handshake with {cfg.host}:{cfg.port} failed: {exc}") from exc
+    done = negotiated.wait(cfg.connect_timeout)
+    if not done or not transport.is_active():
+        failure = transport.get_exception()
+        banner = bool(getattr(transport, "remote_version", ""))
+        transport.close()
+        if failure is not None and banner:
+            raise ConnectError(f"SSH handshake with {cfg.host}:{cfg.port} failed: {failure}") from failure
+        raise ConnectError(
+            f"{cfg.host}:{cfg.port} accepted the connection but did not answer the SSH handshake"
+            f" within {cfg.connect_timeout:g}s (is an SSH server listening there?)"
+        ) from failure
     return transport
 
 
@@ -171,6 +187,21 @@ def connect_once(cfg: SSHConfig) -> paramiko.Transport:
     return transport
 
 
+def stall_seconds(cfg: SSHConfig) -> float:
+    """How long a transfer may go without a byte moving: ssh.connect_timeout (the time a server
+    has to answer at all) or two keepalive intervals, whichever is longer."""
+    return max(cfg.connect_timeout, 2 * cfg.keepalive_interval)
+
+
+# The slowest average rate a whole transfer may have beyond ssh.command_timeout.
+MIN_TRANSFER_RATE = 1024 * 1024
+
+
+def transfer_seconds(cfg: SSHConfig, size: int) -> float:
+    """The deadline of a whole transfer of `size` bytes: ssh.command_timeout plus 1 s per MiB."""
+    return cfg.command_timeout + max(size, 0) / MIN_TRANSFER_RATE
+
+
 class SshConnection:
     """One persistent SSH connection to a VM, reconnected on demand; thread-safe."""
 
@@ -179,6 +210,23 @@ class SshConnection:
         self._transport: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.Lock()
+
+    @property
+    def stall_timeout(self) -> float:
+        return stall_seconds(self.cfg)
+
+    def stalled(self, what: str) -> ConnectError:
+        """The error for a transfer that stalled; the connection is dropped (a server that stopped
+        answering one channel is not trusted with the next), so the next call reconnects."""
+        log.warning(
+            "transfer stalled; connection dropped",
+            extra={"op": "ssh.sftp", "target": _target(self.cfg), "stall_s": self.stall_timeout},
+        )
+        self.close()
+        return ConnectError(
+            f"{what} stalled: the VM sent nothing for {self.stall_timeout:g}s"
+            " (the bound is ssh.connect_timeout, or two ssh.keepalive_interval when longer)"
+        )
 
     def transport(self) -> paramiko.Transport:
         """The live transport, connecting (with retries) when there is none or it dropped."""
@@ -233,6 +281,9 @@ class SshConnection:
                     self._sftp = paramiko.SFTPClient.from_transport(
                         transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE
                     )
+                    assert self._sftp is not None
+                    # Every request of the session waits at most this long for its answer.
+                    self._sftp.get_channel().settimeout(self.stall_timeout)
                 except (paramiko.SSHException, OSError, EOFError) as exc:
                     raise ConnectError(f"cannot start SFTP on {_target(self.cfg)}: {exc}") from exc
             assert self._sftp is not None
@@ -251,13 +302,15 @@ class SshConnection:
         on_stdout: Chunk | None = None,
         on_stderr: Chunk | None = None,
         cancelled: Callable[[], bool] | None = None,
+        keep: bool = True,
     ) -> ExecOutcome:
-        """Run `command` (no PTY); stream and keep its output; stop waiting at the deadline, or
-        within CANCEL_POLL seconds of `cancelled()` turning true (`ExecOutcome.cancelled`)."""
+        """Run `command` (no PTY); stream its output (kept in the outcome when `keep`); stop
+        waiting at the deadline, or within CANCEL_POLL seconds of `cancelled()` turning true
+        (`ExecOutcome.cancelled`)."""
         with Timer() as timer:
             channel = self.open_channel()
             try:
-                outcome = self._run(channel, command, timeout, on_stdout, on_stderr, cancelled)
+                outcome = self._run(channel, command, timeout, on_stdout, on_stderr, cancelled, keep)
             finally:
                 channel.close()
         outcome.duration_ms = timer.ms
@@ -271,6 +324,7 @@ class SshConnection:
         on_stdout: Chunk | None,
         on_stderr: Chunk | None,
         cancelled: Callable[[], bool] | None = None,
+        keep: bool = True,
     ) -> ExecOutcome:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -292,7 +346,8 @@ class SshConnection:
                     data = recv(READ_SIZE)
                     if not data:
                         break
-                    kept.append(data)
+                    if keep:
+                        kept.append(data)
                     if sink is not None:
                         sink(data)
 

@@ -34,8 +34,9 @@ from typing import IO, Annotated, BinaryIO, Protocol
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from win_automation.durations import rfc3339
-from win_automation.errors import ArtifactMismatch, NotFoundError, UsageError
+from win_automation.errors import ArtifactMismatch, NoArtifacts, NotFoundError, StorageError, UsageError
 from win_automation.jobs.ids import is_job_id, validate_job_id
+from win_automation.partfiles import owner_tag
 
 ArtifactType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=40)]
 MANIFEST = "manifest.json"
@@ -62,6 +63,11 @@ def safe_relative(name: str) -> str:
     if not is_safe_relative(name):
         raise UsageError(f"artifact path {name!r} must be a plain relative path inside the job folder")
     return name
+
+
+def temp_name(name: str) -> str:
+    """`.tmp-<name>.<owner tag>`: a file being written, which says who writes it (partfiles)."""
+    return f"{TEMP_PREFIX}{name}.{owner_tag()}"
 
 
 def _manifest_path(name: str) -> str:
@@ -118,7 +124,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    temp = path.with_name(f"{TEMP_PREFIX}{path.name}.{os.getpid()}.{threading.get_ident()}")
+    temp = path.with_name(temp_name(path.name))
     with temp.open("wb") as handle:
         handle.write(data)
         handle.flush()
@@ -128,13 +134,16 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def read_manifest(folder: Path) -> Manifest:
+    """The folder's manifest; NoArtifacts (exit 66) when the folder or its manifest is absent."""
     path = folder / MANIFEST
     try:
         return Manifest.model_validate_json(path.read_bytes())
-    except FileNotFoundError:
-        raise NotFoundError(f"no artifacts: {path} does not exist") from None
+    except (FileNotFoundError, NotADirectoryError):
+        if not folder.is_dir():
+            raise NoArtifacts(f"no artifacts for job {folder.name}: {folder} does not exist") from None
+        raise NoArtifacts(f"no artifacts for job {folder.name}: {folder} has no {MANIFEST}") from None
     except OSError as exc:
-        raise NotFoundError(f"no artifacts: cannot read {path}: {exc.strerror}") from None
+        raise StorageError(f"cannot read {path}: {exc.strerror}") from None
     except ValidationError as exc:
         raise ArtifactMismatch(f"{path}: not a valid manifest ({exc.errors()[0]['msg']})") from None
 
@@ -180,8 +189,9 @@ class ArtifactWriter:
             raise UsageError(f"artifact type {type!r} is not one this workflow declares ({wanted})")
         name = safe_relative(name)
         target = self.folder / name
+        # An OSError here stays one: the engine retries the step (a full disk may clear).
         target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f"{TEMP_PREFIX}{target.name}.{os.getpid()}.{threading.get_ident()}")
+        temp = target.with_name(temp_name(target.name))
         try:
             with temp.open("wb") as handle:
                 writer = _HashingWriter(handle)
@@ -250,13 +260,22 @@ def compare(entry: ArtifactEntry, size: int, sha256: str) -> Mismatch | None:
     return None
 
 
+def unreadable(exc: OSError) -> str:
+    """Why an artifact could not be read, as a Mismatch says it."""
+    if isinstance(exc, FileNotFoundError):
+        return "missing"
+    if isinstance(exc, IsADirectoryError):
+        return "a directory, not a file"
+    return f"unreadable: {exc.strerror or exc}"
+
+
 def check_entry(
     folder: Path, entry: ArtifactEntry, progress: Callable[[int], None] | None = None
 ) -> Mismatch | None:
     try:
         size, sha = hash_file(folder / safe_relative(entry.path), progress)
-    except FileNotFoundError:
-        return Mismatch(entry.path, "missing")
+    except OSError as exc:
+        return Mismatch(entry.path, unreadable(exc))
     return compare(entry, size, sha)
 
 
@@ -311,21 +330,29 @@ def copy_verified(
     source: ArtifactSource | Path, out: Path, progress: Callable[[int], None] | None = None
 ) -> tuple[Manifest, list[Mismatch]]:
     """Copy every listed artifact of `source` into `out`, hashing as it streams. A file that does
-    not match is not left in `out`; the manifest is written last, only when all files matched."""
+    not match is not left in `out`; the manifest is written last, only when all files matched.
+    A source file that cannot be read is a Mismatch; an `out` that cannot be written, StorageError."""
     source = LocalSource(source) if isinstance(source, Path) else source
     manifest = source.manifest()
-    out.mkdir(parents=True, exist_ok=True)
+    _writable(out)
     mismatches: list[Mismatch] = []
     for entry in manifest.artifacts:
         target = out / safe_relative(entry.path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f"{TEMP_PREFIX}{target.name}")
+        _writable(target.parent)
+        temp = target.with_name(temp_name(target.name))
         try:
-            with temp.open("wb") as dst:
+            dst = temp.open("wb")
+        except OSError as exc:
+            raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from None
+        try:
+            with dst:
                 size, sha = source.copy(entry.path, dst, progress)
-        except (FileNotFoundError, NotFoundError):
+        except (OSError, NotFoundError) as exc:
             temp.unlink(missing_ok=True)
-            mismatches.append(Mismatch(entry.path, "missing"))
+            if isinstance(exc, OSError) and exc.filename is not None and Path(exc.filename) == temp:
+                raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from None
+            why = unreadable(exc) if isinstance(exc, OSError) else "missing"
+            mismatches.append(Mismatch(entry.path, why))
             continue
         except BaseException:
             temp.unlink(missing_ok=True)
@@ -337,8 +364,23 @@ def copy_verified(
         else:
             os.replace(temp, target)
     if not mismatches:
-        _atomic_write(out / MANIFEST, manifest.model_dump_json(indent=2).encode() + b"\n")
+        try:
+            _atomic_write(out / MANIFEST, manifest.model_dump_json(indent=2).encode() + b"\n")
+        except OSError as exc:
+            raise StorageError(f"cannot write {out / MANIFEST}: {exc.strerror or exc}") from None
     return manifest, mismatches
+
+
+def _writable(folder: Path) -> None:
+    """Create `folder` (and its parents); StorageError saying why when it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StorageError(f"cannot write into {folder}: it exists and is not a folder") from None
+    except OSError as exc:
+        raise StorageError(f"cannot write into {folder}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StorageError(f"cannot write into {folder}: permission denied")
 
 
 @dataclass(frozen=True)

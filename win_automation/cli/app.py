@@ -2,6 +2,10 @@
 
 Sub-command modules import only typer at module level; paramiko, playwright and hatchet_sdk are
 imported inside the commands that need them, so `--help` stays fast.
+
+Log level: commands people run at a terminal log warnings and errors only (their results go to
+stdout); `-v`/`--verbose` adds info lines, `--debug` debug lines. The long-running services in
+SERVICES (the worker, the supervisor's loop) log at info by default.
 """
 
 from __future__ import annotations
@@ -48,6 +52,18 @@ app.add_typer(supervisor_cmd.app, name="supervisor")
 app.command("doctor")(doctor_cmd.doctor)
 
 
+SERVICES = frozenset({"worker", "supervisor"})
+"""Long-running commands whose info lines (started, connected, job done) are their output."""
+
+
+def log_level(command: str | None, *, verbose: bool, debug: bool) -> int:
+    if debug:
+        return logging.DEBUG
+    if verbose or command in SERVICES:
+        return logging.INFO
+    return logging.WARNING
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"win-automation {__version__}")
@@ -62,8 +78,9 @@ def root(
         "--config",
         envvar="WIN_AUTOMATION_CONFIG",
         help="JSON config file (overrides defaults).",
-        dir_okay=False,
+        readable=False,  # the config loader says what is wrong with it, in one line
     ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log info lines too (default: warnings)."),
     debug: bool = typer.Option(False, "--debug", help="Log at debug level."),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version."
@@ -71,8 +88,8 @@ def root(
 ) -> None:
     from win_automation import log
 
-    log.install(logging.DEBUG if debug else logging.INFO)
-    ctx.obj = CliState(config_path=config, debug=debug)
+    log.install(log_level(ctx.invoked_subcommand, verbose=verbose, debug=debug))
+    ctx.obj = CliState(config_path=config, debug=debug, verbose=verbose)
 
 
 def main() -> None:

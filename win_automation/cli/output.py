@@ -26,6 +26,23 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     Console(soft_wrap=False, width=None if sys.stdout.isatty() else 240).print(table)
 
 
+def one_line(text: str) -> str:
+    """`text` with every line break, control and format character escaped (`\\n`, `\\u2028`):
+    a value quoted in an error (a key, a path) can never split the error across lines."""
+    out = []
+    for char in text:
+        if char == "\n":
+            out.append("\\n")
+        elif char == "\t":
+            out.append("\\t")
+        elif char.isprintable() or char == " ":
+            out.append(char)
+        else:
+            code = ord(char)
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+    return "".join(out)
+
+
 def error(message: str) -> None:
     """The one-line error every failure ends with."""
-    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.write(f"error: {one_line(message)}\n")

@@ -1,4 +1,4 @@
-"""The global options every command sees (`--config`, `--debug`), and config loading for commands."""
+"""The global options every command sees (`--config`, `-v`, `--debug`), and config loading for commands."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 class CliState:
     config_path: Path | None = None
     debug: bool = False
+    verbose: bool = False
     _loaded: LoadedConfig | None = None
 
     def loaded(self) -> LoadedConfig:
@@ -24,17 +25,11 @@ class CliState:
         if self._loaded is None:
             from win_automation import log
             from win_automation.config import load_config
+            from win_automation.config.load import secret_values
 
             self._loaded = load_config(self.config_path)
-            cfg = self._loaded.config
-            for secret in (
-                cfg.ssh.key_passphrase,
-                cfg.ssh.password,
-                cfg.hatchet.token,
-                cfg.playwright.ws_path,
-            ):
-                if secret is not None:
-                    log.register_secret(secret.get_secret_value())
+            for secret in secret_values(self._loaded.config):
+                log.register_secret(secret)
             overrides = sorted(k for k, source in self._loaded.sources.items() if source != "default")
             logging.getLogger(__name__).debug(
                 "configuration loaded",

@@ -7,7 +7,6 @@ variable) and what is wrong with the value, on one line.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
+from win_automation import jsontext
 from win_automation.config.schema import Config
 from win_automation.durations import format_duration
 from win_automation.errors import ConfigError
@@ -70,6 +70,11 @@ def _type_label(info: FieldInfo) -> str:
     return f"{label} (optional)" if optional else label
 
 
+def _is_secret(info: FieldInfo) -> bool:
+    """A SecretStr field (optional or not): its value is never shown, logged or echoed."""
+    return info.annotation is SecretStr or SecretStr in get_args(info.annotation)
+
+
 def field_specs() -> list[FieldSpec]:
     """All settings, in schema order."""
     specs = []
@@ -85,7 +90,7 @@ def field_specs() -> list[FieldSpec]:
                     name=name,
                     env=str(extra.get("env", default_env)),
                     env_only=bool(extra.get("env_only", False)),
-                    secret=_type_label(info).startswith("secret"),
+                    secret=_is_secret(info),
                     description=info.description or "",
                     type_label=_type_label(info),
                     default=info.default,
@@ -105,6 +110,21 @@ class LoadedConfig:
         for spec in field_specs():
             value = getattr(getattr(self.config, spec.section), spec.name)
             yield spec.path, display_value(value), self.sources[spec.path]
+
+    def typed(self) -> Iterator[tuple[str, Any, Source]]:
+        """(path, JSON value, source) for every setting: integers, booleans, durations in seconds
+        (numbers), paths and strings as strings, null when unset; a set secret is "***"."""
+        for spec in field_specs():
+            value = getattr(getattr(self.config, spec.section), spec.name)
+            yield spec.path, json_value(value), self.sources[spec.path]
+
+
+def json_value(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "***"
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return str(value)
 
 
 def display_value(value: Any) -> str:
@@ -127,23 +147,9 @@ def _suggest(word: str, options: list[str]) -> str:
 def read_config_file(path: Path) -> dict[str, Any]:
     """The file's settings as nested dicts; unknown keys and env-only secrets are refused."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path}: is a directory, not a file") from None
-    except PermissionError:
-        raise ConfigError(f"config file {path}: permission denied") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"config file {path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
+        data = jsontext.loads(jsontext.read_text(path))
+    except ValueError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: must hold a JSON object, got {type(data).__name__}")
     sections = {s: {f.name: f for f in field_specs() if f.section == s} for s in Config.model_fields}
@@ -151,7 +157,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         if section not in sections:
             raise ConfigError(f"{section}: unknown section{_suggest(section, list(sections))}")
         if not isinstance(values, dict):
-            raise ConfigError(f"{section} must be a JSON object, got {json.dumps(values)}")
+            raise ConfigError(f"{section} must be a JSON object, got {_json_type(values)}")
         for key in values:
             spec = sections[section].get(key)
             if spec is None:
@@ -165,6 +171,8 @@ _MESSAGES = {
     "int_parsing": "must be an integer",
     "int_type": "must be an integer",
     "int_from_float": "must be an integer",
+    "int_parsing_size": "must be an integer of a sensible size",
+    "finite_number": "must be a finite number",
     "float_parsing": "must be a number",
     "float_type": "must be a number",
     "bool_parsing": "must be true or false",
@@ -176,16 +184,30 @@ _MESSAGES = {
 }
 
 
-def _problem(error: Mapping[str, Any]) -> str:
+def _json_type(value: Any) -> str:
+    """A JSON value's kind, for errors that must not echo the value itself."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _shown(value: Any) -> str:
+    """A bad value for an error message, cut short so that the message stays one short line."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}...({len(text)} characters)"
+
+
+def _problem(error: Mapping[str, Any], *, secret: bool = False) -> str:
     kind, value = error["type"], error.get("input")
+    if secret:  # never echo a secret, not even a malformed one
+        return f"must be a string, got {_json_type(value)} (the value is not shown: it is a secret)"
     if kind == "value_error":
         return str(error["msg"]).removeprefix("Value error, ")
     if kind == "literal_error":
-        return f"must be one of {error['ctx']['expected']}, got {value!r}"
+        return f"must be one of {error['ctx']['expected']}, got {_shown(value)}"
     if kind == "greater_than_equal":
-        return f"must be at least {error['ctx']['ge']}, got {value!r}"
+        return f"must be at least {error['ctx']['ge']}, got {_shown(value)}"
     base = _MESSAGES.get(kind, str(error["msg"]).lower())
-    return f"{base}, got {value!r}"
+    return f"{base}, got {_shown(value)}"
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> LoadedConfig:
@@ -207,5 +229,16 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"])
         where = f"{field} (from {env_of[field]})" if field in env_of else field
-        raise ConfigError(f"{where} {_problem(error)}") from None
+        secret = any(spec.secret and field.startswith(spec.path) for spec in field_specs())
+        raise ConfigError(f"{where} {_problem(error, secret=secret)}") from None
     return LoadedConfig(config=config, sources=sources, file=path)
+
+
+def secret_values(config: Config) -> list[str]:
+    """The values of every secret (SecretStr) setting that is set: what logs must mask."""
+    values = []
+    for spec in field_specs():
+        value = getattr(getattr(config, spec.section), spec.name)
+        if spec.secret and isinstance(value, SecretStr):
+            values.append(value.get_secret_value())
+    return values

@@ -18,20 +18,42 @@ from win_automation.durations import parse_duration
 
 def _port(value: int) -> int:
     if not 1 <= value <= 65535:
-        raise ValueError(f"must be between 1 and 65535, got {value}")
+        shown = str(value) if len(str(value)) <= 20 else f"an integer of {len(str(value))} digits"
+        raise ValueError(f"must be between 1 and 65535, got {shown}")
+    return value
+
+
+def _clean(value: str) -> bool:
+    """No whitespace, control or format character (U+2028, a newline, a zero-width space...)."""
+    return value.isprintable() and not any(char.isspace() for char in value)
+
+
+def _host(value: str) -> str:
+    if not value or not _clean(value):
+        raise ValueError(
+            f"must be a host name or address without spaces or control characters, got {value!r}"
+        )
     return value
 
 
 def _url(value: str) -> str:
     parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+    try:
+        port_ok = parts.port is None or 1 <= parts.port <= 65535
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not _clean(value) or not port_ok:
+        raise ValueError(
+            f"must be an http:// or https:// URL with a host (and a port 1-65535), no spaces or"
+            f" control characters, got {value!r}"
+        )
     return value
 
 
 def _host_port(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    ok = sep and host and _clean(host) and port.isascii() and port.isdigit() and len(port) <= 5
+    if not ok or not 1 <= int(port) <= 65535:
         raise ValueError(f"must be HOST:PORT with a port between 1 and 65535, got {value!r}")
     return value
 
@@ -59,6 +81,7 @@ def _expand(value: Path) -> Path:
 
 
 Port = Annotated[int, AfterValidator(_port)]
+Host = Annotated[str, AfterValidator(_host)]
 UserPath = Annotated[Path, AfterValidator(_expand)]
 Url = Annotated[str, AfterValidator(_url)]
 HostPort = Annotated[str, AfterValidator(_host_port)]
@@ -79,7 +102,7 @@ class Section(BaseModel):
 
 
 class SSHConfig(Section):
-    host: str = Field("localhost", description="SSH host of the Windows VM.")
+    host: Host = Field("localhost", description="SSH host of the Windows VM.")
     port: Port = Field(22555, description="SSH port (the VM's forwarded OpenSSH).")
     user: str = Field("administrator", description="Login user on the VM.")
     key_file: UserPath | None = Field(None, description="Private key file; unset means the SSH agent.")
@@ -161,7 +184,7 @@ class HatchetConfig(Section):
 
 
 class PlaywrightConfig(Section):
-    host: str = Field("127.0.0.1", description="Host of the Playwright browser server.")
+    host: Host = Field("127.0.0.1", description="Host of the Playwright browser server.")
     port: Port = Field(9323, description="Port of the Playwright browser server.")
     ws_path: SecretStr | None = Field(
         None,

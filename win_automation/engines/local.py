@@ -44,7 +44,14 @@ from win_automation.definition import Step, Workflow
 from win_automation.engines.context import JobStepContext
 from win_automation.engines.desktop import holding_desktop
 from win_automation.engines.monitor import JobMonitor
-from win_automation.engines.outcome import JobOutcome, describe, failed_output, outcome_of, retryable
+from win_automation.engines.outcome import (
+    JobOutcome,
+    artifacts_root,
+    describe,
+    failed_output,
+    outcome_of,
+    retryable,
+)
 from win_automation.engines.recorder import JobRecorder
 from win_automation.errors import Cancelled, NotFoundError, Skipped, Superseded, UsageError
 from win_automation.jobs.ids import validate_job_id
@@ -90,6 +97,7 @@ class LocalEngine:
             steps=[s.name for s in workflow.steps],
             engine=self.name,
             job_id=job_id,
+            artifacts_root=self.config.artifacts.out_dir,
         )
         metrics.inc("jobs_enqueued_total")
         log.info("job queued", extra={"op": "run", "job_id": job.job_id, "workflow": workflow.name})
@@ -139,7 +147,7 @@ class LocalEngine:
         recorder = JobRecorder(self.journal, job.job_id, workflow, epoch=job.epoch)
         cancel = self._monitor.watch(job.job_id, job.epoch)
         writer = ArtifactWriter(
-            self.config.artifacts.out_dir,
+            artifacts_root(job, self.config),
             job.job_id,
             job.trace_id,
             job.created_at,

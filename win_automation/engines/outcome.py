@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from win_automation.artifacts.store import job_folder, safe_relative
+from win_automation.config import Config
 from win_automation.definition import Step, Workflow
 from win_automation.errors import Cancelled, Skipped, WinAutomationError
 from win_automation.jobs.journal import Journal
+from win_automation.jobs.records import JobRecord
 from win_automation.jobs.state import JobState
 from win_automation.log import redact
 
@@ -70,11 +73,23 @@ def outcome_of(
         job_id, job.trace_id, workflow.name, job.state, dict(outputs), job.error, job.error_code
     )
     outcome.engine = job.engine
-    outcome.artifacts_dir = job_folder(artifacts_root, job_id).absolute()
+    outcome.artifacts_dir = job_folder(artifacts_root_of(job, artifacts_root), job_id)
     outcome.skipped = [
         s.name for s in journal.steps(job_id) if s.state == JobState.SKIPPED and s.output_json is not None
     ]
     return outcome
+
+
+def artifacts_root_of(job: JobRecord, default: Path) -> Path:
+    """The folder holding the job's artifact folder: as the journal recorded it when the job was
+    created (absolute), else `default` (artifacts.out_dir) made absolute."""
+    if job.artifacts_dir is not None:
+        return Path(job.artifacts_dir).parent
+    return Path(os.path.abspath(default))
+
+
+def artifacts_root(job: JobRecord, config: Config) -> Path:
+    return artifacts_root_of(job, config.artifacts.out_dir)
 
 
 def describe(exc: BaseException) -> tuple[str, int]:

@@ -2,8 +2,9 @@
 
 A job id is `YYYYMMDDTHHMMSSmmmZ-xxxxxxxxxxxx`: the UTC creation time to the millisecond, then 12
 random hex digits (48 bits). Ids sort by creation time as plain strings, are unique across
-processes without coordination, and hold only `[0-9A-Za-z-]`, so one is always safe as a folder
-name. A trace id is 32 random hex digits (the W3C trace-context form).
+processes without coordination, and hold only ASCII `[0-9TZa-f-]`, so one is always safe as a
+folder name (digits in any other script, Arabic-Indic or fullwidth, are refused). A trace id is
+32 random hex digits (the W3C trace-context form).
 
 `validate_job_id` is applied to every job id that comes from a user, a file or another engine
 before anything touches the filesystem: `../x`, an absolute path or `''` raise UsageError (exit 2).
@@ -18,7 +19,8 @@ from datetime import UTC, datetime
 
 from win_automation.errors import UsageError
 
-JOB_ID_PATTERN = re.compile(r"^\d{8}T\d{9}Z-[0-9a-f]{12}$")
+# `[0-9]`, not `\d`: `\d` also matches Arabic-Indic, fullwidth and every other Unicode digit.
+JOB_ID_PATTERN = re.compile(r"^[0-9]{8}T[0-9]{9}Z-[0-9a-f]{12}$", re.ASCII)
 TRACE_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 JOB_ID_FORM = "YYYYMMDDTHHMMSSmmmZ-<12 hex digits>, as `run` prints it"
 

@@ -35,31 +35,26 @@ engine (the Hatchet layer's sync), not from the owner pid.
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from win_automation.errors import NotFoundError, Superseded
-from win_automation.jobs.ids import new_job_id, new_trace_id
-from win_automation.jobs.owners import process_alive, process_start
-from win_automation.jobs.records import (
-    EventRecord,
-    JobRecord,
-    StepRecord,
-    event_from_row,
-    job_from_row,
-    step_from_row,
+from win_automation.errors import StorageError
+from win_automation.jobs.connection import (
+    BUSY_TIMEOUT_SECONDS,
+    JOURNAL_FILE,
+    JournalConnection,
+    storage_faults,
 )
-from win_automation.jobs.schema import MIGRATIONS
+from win_automation.jobs.ids import new_job_id, new_trace_id
+from win_automation.jobs.owners import process_alive
+from win_automation.jobs.records import (
+    JobRecord,
+)
 from win_automation.jobs.state import ACTIVE, JobState, check_transition
 
-JOURNAL_FILE = "journal.sqlite3"
-BUSY_TIMEOUT_SECONDS = 10.0
 HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_EXPIRY = 30.0
 PARENT_FAILED = "a parent step failed"
@@ -69,84 +64,36 @@ PARENT_FAILED = "a parent step failed"
 _FINISHED = "(state = 'succeeded' OR (state = 'skipped' AND output_json IS NOT NULL))"
 
 
-class Journal:
-    """A connection to the journal; one per thread (the engine's heartbeat opens its own)."""
-
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
-        self.path = path
-        self._conn = conn
-        self._lock = threading.RLock()  # one transaction at a time when threads share a Journal
-        self._conn.row_factory = sqlite3.Row
-        self._pid = os.getpid()
-        self._start = process_start(self._pid)
-        self._host = socket.gethostname()
+class Journal(JournalConnection):
+    """The journal: a connection (jobs.connection) and every recorded change; one per thread."""
 
     @classmethod
     def open(cls, data_dir: Path, *, recover: bool = True) -> Journal:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            reason = "it is a file" if isinstance(exc, FileExistsError) else exc.strerror
+            raise StorageError(
+                f"data.dir {data_dir}: cannot create it ({reason}); point data.dir"
+                " (WIN_AUTOMATION_DATA_DIR) at a writable folder"
+            ) from None
         path = data_dir / JOURNAL_FILE
-        conn = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
-        )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        journal = cls(path, conn)
-        journal._migrate()
-        if recover:
-            journal.recover_interrupted()
-        return journal
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def __enter__(self) -> Journal:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _write(self, fence: tuple[str, int | None] | None = None) -> Iterator[sqlite3.Connection]:
-        """One `BEGIN IMMEDIATE` transaction. `fence` (job id, epoch held by the caller): the
-        write happens only while the job's epoch is still that one, else Superseded."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with storage_faults(path):
+            conn = sqlite3.connect(
+                path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+            )
             try:
-                if fence is not None and fence[1] is not None:
-                    job_id, epoch = fence
-                    row = self._conn.execute("SELECT epoch FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-                    if row is not None and row[0] != epoch:
-                        raise Superseded(
-                            f"job {job_id} was taken over by another process (owner epoch {row[0]},"
-                            f" this process held {epoch}); this process records nothing more"
-                        )
-                yield self._conn
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                journal = cls(path, conn)
+                journal._migrate()
+                if recover:
+                    journal.recover_interrupted()
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                conn.close()
                 raise
-            self._conn.execute("COMMIT")
-
-    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
-
-    def _migrate(self) -> None:
-        (version,) = self._conn.execute("PRAGMA user_version").fetchone()
-        if version >= len(MIGRATIONS):
-            return
-        with self._write() as conn:
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in statements:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {number}")
-
-    @property
-    def schema_version(self) -> int:
-        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
-
-    # -- recording -------------------------------------------------------------------------
+        return journal
 
     def create_job(
         self,
@@ -158,15 +105,18 @@ class Journal:
         external_id: str | None = None,
         job_id: str | None = None,
         trace_id: str | None = None,
+        artifacts_root: Path | None = None,
     ) -> JobRecord:
-        """Record a new job, owned by this process, in state queued with its steps queued."""
+        """Record a new job, owned by this process, in state queued with its steps queued.
+        `artifacts_root` (artifacts.out_dir) records the job's folder `<root>/<job_id>`, absolute."""
         job_id = job_id or new_job_id()
+        folder = None if artifacts_root is None else str(Path(os.path.abspath(artifacts_root)) / job_id)
         now = time.time()
         with self._write() as conn:
             conn.execute(
                 "INSERT INTO jobs (job_id, trace_id, workflow, engine, external_id, state, input_json,"
-                " created_at, updated_at, owner_pid, owner_start, owner_host, heartbeat_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " created_at, updated_at, owner_pid, owner_start, owner_host, heartbeat_at, artifacts_dir)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     job_id,
                     trace_id or new_trace_id(),
@@ -181,6 +131,7 @@ class Journal:
                     self._start,
                     self._host,
                     now,
+                    folder,
                 ),
             )
             conn.executemany(
@@ -254,11 +205,6 @@ class Journal:
                 "UPDATE jobs SET heartbeat_at = ? WHERE job_id = ? AND (? IS NULL OR epoch = ?)",
                 [(now, job_id, epoch, epoch) for job_id, epoch in jobs.items()],
             )
-
-    def control(self, job_id: str) -> tuple[bool, int]:
-        """(cancel requested, current owner epoch): what a running owner polls."""
-        rows = self._query("SELECT cancel_requested, epoch FROM jobs WHERE job_id = ?", (job_id,))
-        return (bool(rows[0][0]), int(rows[0][1])) if rows else (False, 0)
 
     def step_started(self, job_id: str, step: str, *, attempt: int, epoch: int | None = None) -> None:
         """An attempt of `step` begins (attempt 1, or a retry: running -> running)."""
@@ -418,10 +364,6 @@ class Journal:
                 self._event(conn, job_id, None, "cancel-requested", None, None, now)
         return self.get_job(job_id)
 
-    def cancel_requested(self, job_id: str) -> bool:
-        rows = self._query("SELECT cancel_requested FROM jobs WHERE job_id = ?", (job_id,))
-        return bool(rows and rows[0][0])
-
     def recover_interrupted(self) -> list[str]:
         """Mark interrupted every active local job whose owner died or whose heartbeat expired.
         Hatchet jobs are left alone: the engine owns them (it reassigns a dead worker's tasks)."""
@@ -455,82 +397,3 @@ class Journal:
                 self._event(conn, job_id, None, JobState.INTERRUPTED, None, message, now)
                 interrupted.append(job_id)
         return interrupted
-
-    # -- reading ---------------------------------------------------------------------------
-
-    def get_job(self, job_id: str) -> JobRecord:
-        rows = self._query("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
-        if not rows:
-            raise NotFoundError(f"job {job_id} not found in the journal {self.path}")
-        return job_from_row(rows[0])
-
-    def find_external(self, engine: str, external_id: str) -> JobRecord | None:
-        rows = self._query("SELECT * FROM jobs WHERE engine = ? AND external_id = ?", (engine, external_id))
-        return job_from_row(rows[0]) if rows else None
-
-    def list_jobs(
-        self,
-        *,
-        state: JobState | None = None,
-        workflow: str | None = None,
-        since: float | None = None,
-        limit: int | None = 50,
-    ) -> list[JobRecord]:
-        """Newest first."""
-        where, args = [], []
-        for clause, value in (("state = ?", state), ("workflow = ?", workflow), ("created_at >= ?", since)):
-            if value is not None:
-                where.append(clause)
-                args.append(value)
-        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY created_at DESC, job_id DESC"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return [job_from_row(row) for row in self._query(sql, args)]
-
-    def step_state(self, job_id: str, step: str) -> JobState:
-        with self._lock:
-            return self._step_state(self._conn, job_id, step)
-
-    def steps(self, job_id: str) -> list[StepRecord]:
-        rows = self._query("SELECT * FROM steps WHERE job_id = ? ORDER BY position", (job_id,))
-        return [step_from_row(row) for row in rows]
-
-    def events(self, job_id: str) -> list[EventRecord]:
-        rows = self._query("SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,))
-        return [event_from_row(row) for row in rows]
-
-    def active_job_ids(self) -> set[str]:
-        rows = self._query("SELECT job_id FROM jobs WHERE state IN ('queued', 'running')")
-        return {row[0] for row in rows}
-
-    # -- helpers ---------------------------------------------------------------------------
-
-    @staticmethod
-    def _job_state(conn: sqlite3.Connection, job_id: str) -> JobState:
-        row = conn.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise NotFoundError(f"job {job_id} not found in the journal")
-        return JobState(row[0])
-
-    @staticmethod
-    def _step_state(conn: sqlite3.Connection, job_id: str, step: str) -> JobState:
-        row = conn.execute("SELECT state FROM steps WHERE job_id = ? AND name = ?", (job_id, step)).fetchone()
-        if row is None:
-            raise NotFoundError(f"job {job_id} has no step {step}")
-        return JobState(row[0])
-
-    @staticmethod
-    def _event(
-        conn: sqlite3.Connection,
-        job_id: str,
-        step: str | None,
-        state: str,
-        attempt: int | None,
-        message: str | None,
-        ts: float,
-    ) -> None:
-        conn.execute(
-            "INSERT INTO events (job_id, step, state, attempt, message, ts) VALUES (?,?,?,?,?,?)",
-            (job_id, step, str(state), attempt, message, ts),
-        )

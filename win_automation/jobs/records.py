@@ -30,6 +30,8 @@ class JobRecord:
     heartbeat_at: float | None
     cancel_requested: bool
     epoch: int
+    artifacts_dir: str | None = None
+    """The job's artifact folder (absolute), as recorded when the job was created."""
 
 
 @dataclass(frozen=True)

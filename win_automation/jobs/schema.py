@@ -33,6 +33,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE jobs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 1",
     ),
     (
+        # The job's artifact folder as an absolute path, recorded when the job is created, so
+        # that every command finds it from any working directory (artifacts.out_dir may be
+        # relative). NULL for jobs recorded before this column existed.
+        "ALTER TABLE jobs ADD COLUMN artifacts_dir TEXT",
+    ),
+    (
         # The supervisor (jobs/breaker.py, jobs/supervision.py): one circuit breaker per VM, the
         # remediation ledger (claims with a lease, so two supervisors never repair the same thing
         # at once; the per-hour ceiling counts it) and each check's latest result.

@@ -74,6 +74,7 @@ class Followed:
     stop_sent: bool = False
     stop_answer: int | None = None
     ended: bool = True
+    stop_error: str | None = None
 
 
 class Aloha:
@@ -246,15 +247,18 @@ class Aloha:
     ) -> Followed:
         log.info("stopping the aloha task", extra={"op": "aloha.stop", "reason": reason})
         followed = Followed(reason, 0, polls, stop_sent=True, ended=False)
-        was_running = self.stop()
-        followed.stop_answer = 200 if was_running else 400
-        give_up = time.monotonic() + self.config.aloha.stop_timeout
-        ended = not was_running
-        while not ended and time.monotonic() < give_up:
-            time.sleep(min(self.config.aloha.poll_interval, max(0.0, give_up - time.monotonic())))
-            followed.polls += 1
-            ended = not self.running()
-        followed.ended = ended
+        try:
+            was_running = self.stop()
+            followed.stop_answer = 200 if was_running else 400
+            give_up = time.monotonic() + self.config.aloha.stop_timeout
+            ended = not was_running
+            while not ended and time.monotonic() < give_up:
+                time.sleep(min(self.config.aloha.poll_interval, max(0.0, give_up - time.monotonic())))
+                followed.polls += 1
+                ended = not self.running()
+            followed.ended = ended
+        except WinAutomationError as exc:  # the deadline (or cancel) stays the reason it ends
+            followed.stop_error = str(exc)
         followed.duration_ms = round((time.monotonic() - started) * 1000)
         return followed
 

@@ -17,12 +17,12 @@ from pydantic import ValidationError
 
 from win_automation.adapters import sftp
 from win_automation.adapters.ssh import SshConnection, get_connection
+from win_automation.artifacts.folders import job_artifacts
 from win_automation.artifacts.store import (
     MANIFEST,
     ArtifactSource,
     LocalSource,
     Manifest,
-    job_folder,
     safe_relative,
 )
 from win_automation.config import Config
@@ -87,7 +87,7 @@ def artifact_source(config: Config, job_id: str, source: str) -> tuple[ArtifactS
     manifest, else the VM)."""
     if source not in ("auto", "local", "vm"):
         raise UsageError(f"--from: {source!r} must be auto, local or vm")
-    folder = job_folder(config.artifacts.out_dir, job_id)
+    folder = job_artifacts(config, job_id)  # as the journal recorded it: found from any directory
     if source == "local" or (source == "auto" and (folder / MANIFEST).exists()):
         return LocalSource(folder), str(folder)
     remote = VmSource(get_connection(config.ssh), config.artifacts.remote_dir, job_id)

@@ -49,6 +49,9 @@ class CommandResult(BaseModel):
     timed_out: bool = False
     skipped: bool = False
     cancelled: bool = False
+    stdout_truncated: bool = False
+    """`stdout` holds only the end of the output (the whole is in the file it was streamed to)."""
+    stderr_truncated: bool = False
 
     @property
     def ok(self) -> bool:

@@ -14,6 +14,11 @@ Past the deadline the command's process tree is killed on the VM, not only the c
   (the session leader) on stderr, which is taken out of the output, and `pkill -KILL -s PID` kills
   its whole session.
 Results are `CommandResult`s; a timed-out one has exit code 124 and `timed_out`.
+
+Output can be streamed to files (`stdout_file`/`stderr_file`, e.g. a job's artifact files) as it
+arrives: the bytes the VM sent (less the PID marker), written at once; the result then holds
+only each stream's last TAIL_BYTES (flagged `stdout_truncated`/`stderr_truncated`), so memory
+stays flat whatever the command prints. Without files the whole output is kept, as before.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, Protocol
 
 from win_automation.adapters import sftp
 from win_automation.adapters.ssh import SshConnection
@@ -36,23 +41,45 @@ from win_automation.operations.command_result import (
     Shell,
     signed32,
 )
+from win_automation.partfiles import is_stale, owner_tag
 
 log = logging.getLogger(__name__)
 
 TextSink = Callable[[str], None]
+Files = tuple["ByteSink | None", "ByteSink | None"]
+"""Where stdout and stderr are streamed as they arrive (None: kept whole in the result)."""
 Cancelled = Callable[[], bool]
 RemoteOs = Literal["windows", "posix"]
 
 PID_MARKER = b"\x1ewa-pid:"
 _PID_LINE = re.compile(rb"\x1ewa-pid:(\d+)\n")
 KILL_TIMEOUT = 30.0
+SCRIPT_PREFIX = ".wa-script-"
+# What a streamed command's result keeps of each stream: enough for 64 K characters of any UTF-8.
+TAIL_BYTES = 256 * 1024
+
+
+class ByteSink(Protocol):
+    def write(self, data: bytes) -> object: ...
 
 
 class _Stream:
-    """Decodes one output stream for live display; holds CLIXML and the PID marker back."""
+    """Decodes one output stream for live display; holds CLIXML and the PID marker back; writes
+    it to `file` as it arrives and then keeps only the last `tail` bytes (all without a file)."""
 
-    def __init__(self, sink: TextSink | None, *, pid_marker: bool, clixml: bool) -> None:
+    def __init__(
+        self,
+        sink: TextSink | None,
+        *,
+        pid_marker: bool,
+        clixml: bool,
+        file: ByteSink | None = None,
+        tail: int = TAIL_BYTES,
+    ) -> None:
         self.sink = sink
+        self.file = file
+        self.tail = tail if file is not None else None
+        self.total = 0
         self.raw = bytearray()
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.pid: int | None = None
@@ -81,15 +108,36 @@ class _Stream:
                 self.holding = self.head.startswith(header)
                 self.await_clixml = False
             data, self.head = bytes(self.head), bytearray()
-        self.raw += data
+        self.keep(data)
         if self.sink is not None and not self.holding and data:
             text = self.decoder.decode(data)
             if text:
                 self.sink(text)
 
+    def keep(self, data: bytes) -> None:
+        if not data:
+            return
+        self.total += len(data)
+        if self.file is not None:
+            self.file.write(data)
+        self.raw += data
+        if self.tail is not None and len(self.raw) > 2 * self.tail:
+            del self.raw[: len(self.raw) - self.tail]
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > len(self.raw)
+
     def text(self) -> str:
-        self.raw += self.head
-        return powershell.decode_output(bytes(self.raw))
+        self.keep(bytes(self.head))
+        self.head = bytearray()
+        raw = bytes(self.raw[-self.tail :] if self.tail is not None else self.raw)
+        if self.total > len(raw):  # cut: start at a UTF-8 character boundary
+            skip = 0
+            while skip < min(3, len(raw)) and 0x80 <= raw[skip] < 0xC0:
+                skip += 1
+            raw = raw[skip:]
+        return powershell.decode_output(raw)
 
 
 def _run_id() -> str:
@@ -124,13 +172,17 @@ def _execute(
     on_stdout: TextSink | None,
     on_stderr: TextSink | None,
     cancelled: Cancelled | None = None,
+    files: Files = (None, None),
 ) -> CommandResult:
     posix = remote_os == "posix"
     if posix:
         line = f"printf '\\036wa-pid:%s\\n' \"$$\" >&2; {line}"
-    out = _Stream(on_stdout, pid_marker=False, clixml=False)
-    err = _Stream(on_stderr, pid_marker=posix, clixml=shell == "powershell")
-    outcome = conn.exec(line, timeout=timeout, on_stdout=out.feed, on_stderr=err.feed, cancelled=cancelled)
+    out = _Stream(on_stdout, pid_marker=False, clixml=False, file=files[0])
+    err = _Stream(on_stderr, pid_marker=posix, clixml=shell == "powershell", file=files[1])
+    outcome = conn.exec(
+        line, timeout=timeout, on_stdout=out.feed, on_stderr=err.feed, cancelled=cancelled, keep=False
+    )
+    stdout = out.text()
     stderr = err.text()
     if shell == "powershell":
         stderr = powershell.strip_clixml(stderr)
@@ -152,11 +204,13 @@ def _execute(
         command=display,
         shell=shell,
         exit_code=code,
-        stdout=out.text(),
+        stdout=stdout,
         stderr=stderr,
         duration_ms=outcome.duration_ms,
         timed_out=outcome.timed_out,
         cancelled=outcome.cancelled,
+        stdout_truncated=out.truncated,
+        stderr_truncated=err.truncated,
     )
 
 
@@ -171,6 +225,7 @@ def run_powershell(
     on_stderr: TextSink | None = None,
     display: str | None = None,
     cancelled: Cancelled | None = None,
+    files: Files = (None, None),
 ) -> CommandResult:
     """Run PowerShell `body` (with `args`): encoded, or uploaded and run with -File when long."""
     run_id = _run_id()
@@ -188,11 +243,15 @@ def run_powershell(
             on_stdout=on_stdout,
             on_stderr=on_stderr,
             cancelled=cancelled,
+            files=files,
         )
 
     if not powershell.needs_upload(script):
         return execute(powershell.encoded_command_line(script), powershell.encoded_needle(script))
-    path = f".wa-script-{run_id}.ps1"
+    for name, mtime in sftp.list_folder(conn, "."):  # left by a process killed while it ran
+        if name.startswith(SCRIPT_PREFIX) and is_stale(name, mtime):
+            sftp.remove(conn, name)
+    path = f"{SCRIPT_PREFIX}{owner_tag()}.ps1"
     data = script.encode("utf-8-sig")  # Windows PowerShell reads a BOM-less .ps1 as ANSI
     sftp.upload(conn, io.BytesIO(data), path, len(data))
     log.debug("script uploaded for -File", extra={"op": "ssh.run", "path": path, "bytes": len(data)})
@@ -212,6 +271,7 @@ def run_command(
     on_stdout: TextSink | None = None,
     on_stderr: TextSink | None = None,
     cancelled: Cancelled | None = None,
+    files: Files = (None, None),
 ) -> CommandResult:
     """Run `command` on the VM in PowerShell or in cmd (passed as given to the VM's shell)."""
     if shell == "powershell":
@@ -223,6 +283,7 @@ def run_command(
             on_stdout=on_stdout,
             on_stderr=on_stderr,
             cancelled=cancelled,
+            files=files,
         )
     needle = None
     line = command
@@ -240,6 +301,7 @@ def run_command(
         on_stdout=on_stdout,
         on_stderr=on_stderr,
         cancelled=cancelled,
+        files=files,
     )
 
 

@@ -5,6 +5,12 @@ VM: `Get-FileHash` on Windows, `sha256sum` on posix) against the local file, the
 `<remote>`. `get_file` downloads to `.<name>.wa-part-<id>` beside the local target (the pipelined
 download of win_automation.adapters.sftp), checks the size and the sha256 against the VM's, then
 renames it. A failure removes the partial file and raises a one-line error.
+
+Partial names carry an owner tag (win_automation.partfiles: host, pid, random). A process killed
+mid-transfer cannot remove its partial file; the next transfer to the same target removes the
+stale ones (their writer is dead, or they are older than a day), on the VM for `put`, beside the
+local file for `get`. Every SFTP read and write has the adapter's stall bound and the whole
+transfer its deadline (win_automation.adapters.sftp).
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ import hashlib
 import logging
 import os
 import threading
-import uuid
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,6 +30,7 @@ from win_automation.adapters.ssh import SshConnection
 from win_automation.errors import CommandFailed, NotFoundError, WinAutomationError
 from win_automation.log import Timer
 from win_automation.operations import powershell
+from win_automation.partfiles import is_stale, owner_tag
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,50 @@ def _done(direction: str, local: Path, remote: str, size: int, sha256: str, ms: 
     return TransferResult(
         direction=direction, local=str(local), remote=remote, size_bytes=size, sha256=sha256, duration_ms=ms
     )
+
+
+PART = ".wa-part-"
+
+
+def _remote_split(remote: str) -> tuple[str, str]:
+    """(folder, name) of an SFTP path written with `/` or `\\`; folder `.` when relative."""
+    cut = max(remote.rfind("/"), remote.rfind("\\"))
+    if cut < 0:
+        return ".", remote
+    return remote[: cut + 1] if cut == 0 else remote[:cut], remote[cut + 1 :]
+
+
+def remove_stale_remote_parts(conn: SshConnection, remote: str) -> list[str]:
+    """Delete the stale partial uploads of `remote` on the VM; the names removed."""
+    folder, name = _remote_split(remote)
+    removed = []
+    for entry, mtime in sftp.list_folder(conn, folder):
+        if entry.startswith(f"{name}{PART}") and is_stale(entry, mtime):
+            path = entry if folder == "." else f"{folder.rstrip('/')}/{entry}"
+            sftp.remove(conn, path)
+            removed.append(path)
+    if removed:
+        log.info("stale partial uploads removed", extra={"op": "ssh.put", "files": len(removed)})
+    return removed
+
+
+def remove_stale_local_parts(local: Path) -> list[Path]:
+    """Delete the stale partial downloads of `local` beside it; the paths removed."""
+    removed: list[Path] = []
+    try:
+        candidates = list(local.parent.glob(f".{local.name}{PART}*"))
+    except OSError:
+        return removed
+    for path in candidates:
+        try:
+            if path.is_file() and is_stale(path.name, path.stat().st_mtime):
+                path.unlink()
+                removed.append(path)
+        except OSError:
+            continue
+    if removed:
+        log.info("stale partial downloads removed", extra={"op": "ssh.get", "files": len(removed)})
+    return removed
 
 
 def _posix_quote(value: str) -> str:
@@ -100,11 +150,12 @@ def put_file(
         raise NotFoundError(f"local file {local} does not exist") from exc
     except OSError as exc:
         raise WinAutomationError(f"cannot read local file {local}: {exc.strerror or exc}") from exc
-    partial = f"{remote}.wa-part-{uuid.uuid4().hex[:12]}"
+    partial = f"{remote}{PART}{owner_tag()}"
     with Timer() as timer, source:
         if not local.is_file():
             raise WinAutomationError(f"local path {local} is not a regular file")
         size = os.fstat(source.fileno()).st_size
+        remove_stale_remote_parts(conn, remote)
         reader = _HashingReader(source)
         try:
             sftp.upload(conn, reader, partial, size, progress)  # type: ignore[arg-type]
@@ -128,7 +179,8 @@ def put_file(
 def _open_partial(local: Path) -> tuple[Path, BinaryIO]:
     if local.is_dir():
         raise WinAutomationError(f"local path {local} is a directory; name the file to write")
-    partial = local.with_name(f".{local.name}.wa-part-{uuid.uuid4().hex[:12]}")
+    remove_stale_local_parts(local)
+    partial = local.with_name(f".{local.name}{PART}{owner_tag()}")
     try:
         return partial, partial.open("xb")
     except FileNotFoundError as exc:

@@ -87,10 +87,17 @@ class Vm:
         return (lambda text: emit("stdout", text)), (lambda text: emit("stderr", text))
 
     def run(
-        self, command: str, *, shell: Shell = "cmd", timeout: float | None = None, live: bool = True
+        self,
+        command: str,
+        *,
+        shell: Shell = "cmd",
+        timeout: float | None = None,
+        live: bool = True,
+        files: commands.Files = (None, None),
     ) -> CommandResult:
         """Run `command` in cmd (as given to the VM's shell) or PowerShell; `live` streams its
-        output to the job's live-output sink."""
+        output to the job's live-output sink, `files` (stdout, stderr) to files as it arrives
+        (the result then keeps only each stream's tail)."""
         on_out, on_err = self._sinks(live)
         return commands.run_command(
             self.connection,
@@ -101,6 +108,7 @@ class Vm:
             on_stdout=on_out,
             on_stderr=on_err,
             cancelled=self.cancelled,
+            files=files,
         )
 
     def powershell(
@@ -111,6 +119,7 @@ class Vm:
         timeout: float | None = None,
         display: str | None = None,
         live: bool = True,
+        files: commands.Files = (None, None),
     ) -> CommandResult:
         """Run a PowerShell script with `args` (encoded, or uploaded and run with -File when long)."""
         on_out, on_err = self._sinks(live)
@@ -124,6 +133,7 @@ class Vm:
             on_stderr=on_err,
             display=display,
             cancelled=self.cancelled,
+            files=files,
         )
 
     def put(

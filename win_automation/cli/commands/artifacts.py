@@ -4,7 +4,8 @@ The --job id is validated before any path is built from it (`../x` is exit 2). `
 `verify` re-hash every file against the manifest and fail (exit 1) naming each file that does
 not match; `fetch` writes a file under its final name only once it matched, and the manifest
 last. `prune` deletes job folders older than the retention (default `artifacts.retention_days`),
-never those of jobs still queued or running.
+never those of jobs still queued or running, and the stale `.tmp-*` files (left by a process
+killed mid-write) in the folders that remain.
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None] | Non
 
 
 def local_folder(ctx: typer.Context, job: str) -> Path:
-    from win_automation.artifacts.store import job_folder
+    """The job's folder as the journal recorded it (absolute), found from any directory."""
+    from win_automation.artifacts.folders import job_artifacts
+    from win_automation.jobs.ids import validate_job_id
 
-    return job_folder(state(ctx).config().artifacts.out_dir, job)
+    validate_job_id(job, name="--job")
+    return job_artifacts(state(ctx).config(), job)
 
 
 @app.command("list")
@@ -101,8 +105,13 @@ def fetch(
     manifest = origin.manifest()
     total = sum(a.size_bytes for a in manifest.artifacts)
     target = out / job
+    from win_automation.errors import StorageError
+
     with progress_bar(f"fetch {job}", total) as advance:
-        manifest, mismatches = copy_verified(origin, target, advance)
+        try:
+            manifest, mismatches = copy_verified(origin, target, advance)
+        except StorageError as exc:
+            raise StorageError(f"--out {out}: {exc}; choose a folder you can write") from None
     raise_mismatches(f"fetch {job} from {where}", mismatches)
     typer.echo(
         f"fetched {len(manifest.artifacts)} artifact(s), {human_bytes(total)}, verified, into {target}"
@@ -135,16 +144,27 @@ def prune(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Apply retention: delete job folders older than the retention period (never active jobs)."""
-    from win_automation.artifacts.retention import apply_retention
+    from win_automation.artifacts.retention import apply_retention, remove_partials
     from win_automation.cli.parse import duration_option
 
     seconds = None if older_than is None else duration_option(older_than, "--older-than")
-    pruned = apply_retention(state(ctx).config(), older_than_seconds=seconds, dry_run=dry_run)
+    config = state(ctx).config()
+    pruned = apply_retention(config, older_than_seconds=seconds, dry_run=dry_run)
+    partials = remove_partials(config, dry_run=dry_run)
     freed = sum(p.size_bytes for p in pruned)
     if as_json:
-        print_json({"dry_run": dry_run, "pruned": [p.job_id for p in pruned], "bytes": freed})
+        print_json(
+            {
+                "dry_run": dry_run,
+                "pruned": [p.job_id for p in pruned],
+                "bytes": freed,
+                "partial_files": [str(p) for p in partials],
+            }
+        )
         return
     verb = "would prune" if dry_run else "pruned"
     for result in pruned:
         typer.echo(f"{verb} {result.job_id} ({human_bytes(result.size_bytes)})")
     typer.echo(f"{verb} {len(pruned)} job folder(s), {human_bytes(freed)}")
+    if partials:
+        typer.echo(f"{'would remove' if dry_run else 'removed'} {len(partials)} stale partial file(s)")

@@ -14,21 +14,24 @@ app = typer.Typer(help="Show or validate the configuration.", no_args_is_help=Tr
 
 @app.command()
 def show(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Print every setting with the layer it came from (default, file or env); secrets as ***."""
+    """Print every setting with the layer it came from (default, file or env); secrets as ***.
+
+    `--json` gives typed values: integers, booleans, durations as seconds, null when unset."""
     loaded = state(ctx).loaded()
-    rows = list(loaded.rows())
     if as_json:
-        print_json(
-            {"file": loaded.file, "settings": [{"key": k, "value": v, "source": s} for k, v, s in rows]}
-        )
+        settings = [{"key": k, "value": v, "source": s} for k, v, s in loaded.typed()]
+        print_json({"file": None if loaded.file is None else str(loaded.file), "settings": settings})
     else:
+        rows = list(loaded.rows())
         print_table(f"configuration ({loaded.file or 'no file'})", ["setting", "value", "source"], rows)
 
 
 @app.command()
 def validate(
     ctx: typer.Context,
-    path: Path | None = typer.Argument(None, help="Config file to check; defaults to --config."),
+    path: Path | None = typer.Argument(
+        None, help="Config file to check; defaults to --config.", readable=False
+    ),
 ) -> None:
     """Check a config file (with the environment applied); exit 0 when valid, 2 when not."""
     from win_automation.config import load_config

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -136,21 +137,23 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show a job: its steps with attempts, durations and errors, its artifacts and its events."""
-    from win_automation.artifacts.store import job_folder, read_manifest
+    from win_automation.artifacts.store import read_manifest
     from win_automation.engines.dispatch import show_job
     from win_automation.errors import WinAutomationError
 
     config = state(ctx).config()
     view = show_job(config, job_id, note=_note)
     job, steps, events = view.job, view.steps, view.events
+    from win_automation.artifacts.folders import job_artifacts
+
+    folder = Path(job.artifacts_dir) if job.artifacts_dir else job_artifacts(config, job_id)
     try:
-        artifacts = [
-            a.model_dump() for a in read_manifest(job_folder(config.artifacts.out_dir, job_id)).artifacts
-        ]
+        artifacts = [a.model_dump() for a in read_manifest(folder).artifacts]
     except WinAutomationError:
         artifacts = []
     data = {
         **job_dict(job, steps),
+        "artifacts_dir": str(folder) if folder.is_dir() else None,
         "steps": [step_dict(s) for s in steps],
         "artifacts": artifacts,
         "events": [
@@ -174,6 +177,7 @@ def show(
         "finished_at",
         "duration_ms",
         "owner_pid",
+        "artifacts_dir",
     ]
     print_table(f"job {job_id}", ["field", "value"], [(k, data[k]) for k in keys if data[k] is not None])
     print_table(

@@ -30,9 +30,10 @@ def report(outcome: JobOutcome, config: Config, as_json: bool) -> None:
     """Print the outcome and exit with its code (a failure ends with the one-line error)."""
     from win_automation.engines.dispatch import show_job
 
-    steps = show_job(config, outcome.job_id).steps
-    folder = outcome.artifacts_dir
-    artifacts_dir = str(folder) if folder is not None and (folder / "manifest.json").exists() else None
+    view = show_job(config, outcome.job_id)
+    steps = view.steps
+    folder = outcome.artifacts_dir or (Path(view.job.artifacts_dir) if view.job.artifacts_dir else None)
+    artifacts_dir = str(folder) if folder and (folder / "manifest.json").exists() else None
     if as_json:
         print_json({**outcome.as_dict(), "artifacts_dir": artifacts_dir, "exit_code": outcome.exit_code})
     else:
@@ -111,7 +112,7 @@ def run(
     workflow: str = typer.Argument(..., help="The workflow to run, e.g. ping."),
     input: str | None = typer.Option(None, "--input", help="The workflow's input as a JSON object."),
     input_file: Path | None = typer.Option(
-        None, "--input-file", help="Read the input JSON from this file.", dir_okay=False
+        None, "--input-file", help="Read the input JSON from this file.", readable=False
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
     metrics: bool = typer.Option(False, "--metrics", help="Emit metric lines while the job runs."),
@@ -134,10 +135,12 @@ def run(
     if input is not None and input_file is not None:
         raise UsageError("--input and --input-file: give one or the other")
     if input_file is not None:
+        from win_automation import jsontext
+
         try:
-            input = input_file.read_text()
-        except OSError as exc:
-            raise UsageError(f"--input-file: cannot read {input_file}: {exc.strerror}") from None
+            input = jsontext.read_text(input_file)
+        except ValueError as exc:
+            raise UsageError(f"--input-file {input_file}: {exc}") from None
     model = definition.parse_input(input, name="--input-file" if input_file else "--input")
     config = state(ctx).config()
     with metrics_for(config, metrics, metrics_interval):

@@ -9,7 +9,10 @@ commands only.
 
 from __future__ import annotations
 
+import codecs
+import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,18 +49,41 @@ def _live(stream: str, text: str) -> None:
     _write(sys.stdout if stream == "stdout" else sys.stderr)(text)
 
 
-def _whole(outcome: JobOutcome, stream: str, preview: str, truncated: bool) -> str:
-    """A stream's whole text: the job's artifact when the step output kept only its tail (and the
-    job ran on this host), else what the step output holds, with a note when that is cut."""
-    if not truncated:
-        return preview
-    text = outcome.artifact_text(f"{stream}.txt")
-    if text is None:
-        sys.stderr.write(
-            f"note: {stream} shows its last {len(preview)} characters (job {outcome.job_id} ran elsewhere)\n"
-        )
-        return preview
-    return text
+def _whole(outcome: JobOutcome, stream: str, preview: str, truncated: bool) -> Iterator[str]:
+    """A stream's whole text, in pieces: read back from the job's artifact file when the step
+    output kept only its tail (and the job ran on this host), so memory stays flat whatever the
+    size; else what the step output holds, with a note when that is cut."""
+    path = None if outcome.artifacts_dir is None else outcome.artifacts_dir / f"{stream}.txt"
+    if not truncated or path is None or not path.is_file():
+        if truncated:
+            sys.stderr.write(
+                f"note: {stream} shows its last {len(preview)} characters"
+                f" (job {outcome.job_id} ran elsewhere)\n"
+            )
+        yield preview
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            yield decoder.decode(chunk)
+    yield decoder.decode(b"", final=True)
+
+
+def _print_json_streamed(fields: dict[str, Any]) -> None:
+    """`print_json` for an object whose iterator values are long strings written piece by piece."""
+    out = sys.stdout
+    out.write("{\n")
+    for index, (key, value) in enumerate(fields.items()):
+        out.write(f"  {json.dumps(key)}: ")
+        if isinstance(value, Iterator):
+            out.write('"')
+            for piece in value:
+                out.write(json.dumps(piece)[1:-1])
+            out.write('"')
+        else:
+            out.write(json.dumps(value))
+        out.write(",\n" if index < len(fields) - 1 else "\n")
+    out.write("}\n")
 
 
 def _run_job(
@@ -87,7 +113,7 @@ def _run_job(
     stdout = _whole(outcome, "stdout", result.stdout, result.stdout_truncated)
     stderr = _whole(outcome, "stderr", result.stderr, result.stderr_truncated)
     if as_json:
-        print_json(
+        _print_json_streamed(
             {
                 "exit_code": result.exit_code,
                 "stdout": stdout,
@@ -100,8 +126,10 @@ def _run_job(
         )
     else:
         if outcome.engine != "local":  # ran on Hatchet: the output arrives with the result
-            _write(sys.stdout)(stdout)
-            _write(sys.stderr)(stderr)
+            for piece in stdout:
+                _write(sys.stdout)(piece)
+            for piece in stderr:
+                _write(sys.stderr)(piece)
         if result.skipped:
             sys.stderr.write(f"skipped: the idempotency check passed (job {outcome.job_id})\n")
     if result.timed_out:

@@ -54,7 +54,7 @@ from win_automation.config import Config
 from win_automation.config.hatchet_token import token_claims
 from win_automation.definition import Step, Workflow
 from win_automation.engines.hatchet.runtime import StepFailure, TaskRuntime, parse_failure, record_job
-from win_automation.engines.outcome import JobOutcome
+from win_automation.engines.outcome import JobOutcome, artifacts_root
 from win_automation.engines.recorder import JobRecorder
 from win_automation.errors import (
     AuthError,
@@ -278,7 +278,15 @@ class HatchetRuns:
         except grpc.RpcError as exc:
             raise translate(exc, f"triggering {workflow.name}", self.config) from exc
         run_id = ref.workflow_run_id
-        record_job(self.journal, workflow, input, job_id=job_id, trace_id=trace_id, run_id=run_id)
+        record_job(
+            self.journal,
+            workflow,
+            input,
+            job_id=job_id,
+            trace_id=trace_id,
+            run_id=run_id,
+            artifacts_root=self.config.artifacts.out_dir,
+        )
         log.info(
             "run triggered",
             extra={"op": "trigger", "job_id": job_id, "run_id": run_id, "workflow": workflow.name},
@@ -339,8 +347,8 @@ class HatchetRuns:
         job = self.journal.get_job(job_id)
         state = _STATES.get(details.status.value, JobState.FAILED)
         outcome = JobOutcome(job_id, job.trace_id, workflow.name, state, engine="hatchet")
-        folder = job_folder(self.config.artifacts.out_dir, job_id)
-        outcome.artifacts_dir = folder.absolute() if folder.is_dir() else None
+        folder = job_folder(artifacts_root(job, self.config), job_id)
+        outcome.artifacts_dir = folder if folder.is_dir() else None
         # A failed step's output (a failed command's result) reaches the journal only on the
         # worker's host: when that is this host, the caller gets it as on the local engine.
         journaled = {

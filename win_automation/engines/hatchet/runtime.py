@@ -27,6 +27,7 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -38,7 +39,7 @@ from win_automation.definition import Step, Workflow
 from win_automation.engines.context import JobStepContext
 from win_automation.engines.desktop import holding_desktop
 from win_automation.engines.monitor import JobMonitor
-from win_automation.engines.outcome import describe, retryable
+from win_automation.engines.outcome import artifacts_root, describe, retryable
 from win_automation.engines.recorder import JobRecorder
 from win_automation.errors import Cancelled, Skipped
 from win_automation.jobs.ids import is_job_id, new_job_id, new_trace_id
@@ -77,7 +78,14 @@ def parse_failure(text: str) -> tuple[str, int]:
 
 
 def record_job(
-    journal: Journal, workflow: Workflow, input: BaseModel, *, job_id: str, trace_id: str, run_id: str
+    journal: Journal,
+    workflow: Workflow,
+    input: BaseModel,
+    *,
+    job_id: str,
+    trace_id: str,
+    run_id: str,
+    artifacts_root: Path | None = None,
 ) -> JobRecord:
     """Record Hatchet run `run_id` as job `job_id`, or adopt the record another process (the
     trigger, or the worker on this host) made first."""
@@ -90,6 +98,7 @@ def record_job(
             external_id=run_id,
             job_id=job_id,
             trace_id=trace_id,
+            artifacts_root=artifacts_root,
         )
     except sqlite3.IntegrityError:
         journal.set_external_id(job_id, run_id)
@@ -130,6 +139,7 @@ class TaskRuntime:
                 job_id=str(wanted) if is_job_id(wanted) else new_job_id(),
                 trace_id=trace if isinstance(trace, str) and trace else new_trace_id(),
                 run_id=run_id,
+                artifacts_root=self.config.artifacts.out_dir,
             )
 
     def _writer(self, workflow: Workflow, job: JobRecord) -> ArtifactWriter:
@@ -137,7 +147,7 @@ class TaskRuntime:
             writer = self._writers.get(job.job_id)
             if writer is None:
                 writer = ArtifactWriter(
-                    self.config.artifacts.out_dir,
+                    artifacts_root(job, self.config),
                     job.job_id,
                     job.trace_id,
                     job.created_at,

@@ -1,0 +1,119 @@
+"""Fault figures: peak memory of `ssh run` by output size, and how long a stall or a silent server
+takes to fail.
+
+    .venv/bin/python benchmarks/memory_bench.py [--mb 1 500]
+
+Starts the tests' real sshd on loopback (tests/fixture_sshd.py; run as root for its test login).
+- memory: runs `win-automation ssh run --shell cmd -- "head -c N /dev/zero | tr '\\0' x"` as a
+  real process (stdout to /dev/null) for each size and prints its peak RSS (getrusage of the
+  child) and the peak per MB of output;
+- stall: `ssh get` of a 64 MiB file through a proxy that stops forwarding after 1 MiB, with
+  ssh.connect_timeout 2s and keepalive 1s (stall bound 2 s): seconds until exit 3;
+- no banner: `ssh run` against a server that accepts TCP and never answers, connect_timeout 1s:
+  seconds until exit 3 (3 attempts, waits 500 ms and 1 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fixture_sshd import SshServer  # noqa: E402
+from stall_proxy import StallProxy  # noqa: E402
+
+PEAK = """
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024, code)
+"""
+
+
+PREFIX = [sys.executable, "-c", PEAK, sys.executable, "-m", "win_automation"]
+
+
+def cli(env: dict[str, str], cwd: Path, *args: str) -> tuple[float, int, str]:
+    """(seconds, exit code, last stderr line) of one CLI run."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "win_automation", *args], env=env, cwd=cwd, capture_output=True, text=True
+    )
+    lines = done.stderr.strip().splitlines()
+    return time.perf_counter() - started, done.returncode, lines[-1] if lines else ""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mb", type=int, nargs="+", default=[1, 500])
+    options = parser.parse_args()
+    server = SshServer()
+    server.start()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            known = server.write_known_hosts(work / "known_hosts")
+            base = {k: v for k, v in os.environ.items() if not k.startswith(("WIN_AUTOMATION_", "HATCHET_"))}
+            env = {
+                **base,
+                **server.env(known),
+                "WIN_AUTOMATION_DATA_DIR": str(work / "data"),
+                "WIN_AUTOMATION_ARTIFACT_OUT": str(work / "artifacts"),
+            }
+            print("ssh run peak RSS by output size (the whole output streamed to stdout.txt):")
+            for mb in options.mb:
+                command = f"head -c {mb * 1000 * 1000} /dev/zero | tr '\\0' x"
+                started = time.perf_counter()
+                done = subprocess.run(
+                    [*PREFIX, "ssh", "run", "--shell", "cmd", "--", command],
+                    env=env,
+                    cwd=work,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                peak, code = (int(x) for x in done.stdout.split())
+                seconds = time.perf_counter() - started
+                print(
+                    f"  {mb:>5} MB: peak RSS {peak} MiB (exit {code}, {seconds:.1f} s,"
+                    f" {mb / seconds:.0f} MB/s), {peak / mb:.3f} MiB per MB of output"
+                )
+            big = server.remote_dir / "stall.bin"
+            big.write_bytes(os.urandom(64 << 20))
+            proxy = StallProxy(server.port, down_budget=1 << 20)
+            stalled = {
+                **env,
+                **server.env(
+                    known,
+                    port=proxy.port,
+                    host_key_fingerprint=server.fingerprint(),
+                    connect_timeout=2,
+                    keepalive_interval=1,
+                ),
+            }
+            seconds, code, line = cli(stalled, work, "ssh", "get", str(big), str(work / "stall.bin"))
+            proxy.close()
+            left = [p.name for p in work.iterdir() if "wa-part" in p.name or p.name == "stall.bin"]
+            print(f"stalled download (bound 2 s): exit {code} after {seconds:.1f} s, files left {left}")
+            print(f"  {line}")
+            silent = StallProxy(server.port, silent=True)
+            quiet = {**env, **server.env(known, port=silent.port, connect_timeout=1)}
+            seconds, code, line = cli(quiet, work, "ssh", "run", "--shell", "cmd", "--", "echo hi")
+            print(
+                f"no banner (connect_timeout 1 s): exit {code} after {seconds:.1f} s,"
+                f" {silent.accepted} attempts"
+            )
+            print(f"  {line}")
+            silent.close()
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""A TCP proxy on loopback in front of a real server, for fault tests: it forwards both ways until
+a direction has carried its byte budget, then stops forwarding that way and keeps the connection
+open (a server that stalls mid-transfer: TCP alive, keepalives unanswered); `silent=True` accepts
+connections and never forwards a byte (a server that accepts TCP and sends no SSH banner);
+`down_rate` (bytes per second) forwards the server's bytes slowly but steadily (a slow link)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+
+class StallProxy:
+    def __init__(
+        self,
+        target_port: int,
+        *,
+        down_budget: int | None = None,
+        up_budget: int | None = None,
+        silent: bool = False,
+        down_rate: int | None = None,
+    ) -> None:
+        self.target_port = target_port
+        self.budgets = {"down": down_budget, "up": up_budget}
+        self.silent = silent
+        self.down_rate = down_rate
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        self.stalled = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
+
+    def _keep(self, sock: socket.socket) -> bool:
+        with self._lock:
+            if self._closed:
+                sock.close()
+                return False
+            self._sockets.append(sock)
+            return True
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if not self._keep(client) or self.silent:
+                continue
+            # Only the first connection is throttled: a reconnection (to remove a partial
+            # upload, say) reaches the server as usual.
+            budgets = self.budgets if self.accepted == 1 else {"down": None, "up": None}
+            if not self._keep(socket.create_connection(("127.0.0.1", self.target_port))):
+                return
+            server = self._sockets[-1]
+            down = (server, client, budgets["down"], self.down_rate if self.accepted == 1 else None)
+            threading.Thread(target=self._pump, args=(client, server, budgets["up"]), daemon=True).start()
+            threading.Thread(target=self._pump, args=down, daemon=True).start()
+
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, budget: int | None, rate: int | None = None
+    ) -> None:
+        sent = 0
+        while True:
+            try:
+                data = src.recv(16384 if rate else 65536)
+            except OSError:
+                return
+            if not data:
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+                return
+            if budget is not None and sent + len(data) > budget:
+                self.stalled.set()
+                while not self._closed:  # hold the connection open, forward nothing more
+                    with contextlib.suppress(OSError):
+                        if not src.recv(65536):
+                            break
+                return
+            sent += len(data)
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+            if rate:
+                time.sleep(len(data) / rate)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for sock in self._sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self._acceptor.join(5)

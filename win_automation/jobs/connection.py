@@ -1,0 +1,205 @@
+"""The journal's SQLite connection: storage faults as one-line errors, fenced `BEGIN IMMEDIATE`
+write transactions, reads, migrations, and the row helpers that `Journal` (win_automation.jobs.
+journal) builds on.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Self
+
+from win_automation.errors import NotFoundError, StorageError, Superseded
+from win_automation.jobs.owners import process_start
+from win_automation.jobs.records import (
+    EventRecord,
+    JobRecord,
+    StepRecord,
+    event_from_row,
+    job_from_row,
+    step_from_row,
+)
+from win_automation.jobs.schema import MIGRATIONS
+from win_automation.jobs.state import JobState
+
+JOURNAL_FILE = "journal.sqlite3"
+BUSY_TIMEOUT_SECONDS = 10.0
+
+
+@contextmanager
+def storage_faults(path: Path) -> Iterator[None]:
+    """SQLite's errors about the file itself (corrupt, read-only, cannot be opened) as one-line
+    StorageErrors that say where the journal is and what to do; constraint errors pass through."""
+    try:
+        yield
+    except sqlite3.IntegrityError:
+        raise
+    except sqlite3.DatabaseError as exc:
+        reason = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in reason:
+            raise StorageError(f"the journal {path} is busy ({reason}); try again") from None
+        if not isinstance(exc, sqlite3.OperationalError) or "malformed" in reason:
+            raise StorageError(
+                f"the journal {path} is corrupt ({reason}): move it aside (mv {path} {path}.corrupt)"
+                " and the next command starts a new, empty journal; the artifact folders are intact"
+            ) from None
+        raise StorageError(
+            f"the journal {path} cannot be used ({reason}): data.dir {path.parent} must be a"
+            " writable folder (or point data.dir, WIN_AUTOMATION_DATA_DIR, elsewhere)"
+        ) from None
+
+
+class JournalConnection:
+    """A connection to the journal and what can be read through it; one per thread (the engine's
+    heartbeat opens its own)."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+        self._lock = threading.RLock()  # one transaction at a time when threads share a Journal
+        self._conn.row_factory = sqlite3.Row
+        self._pid = os.getpid()
+        self._start = process_start(self._pid)
+        self._host = socket.gethostname()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self, fence: tuple[str, int | None] | None = None) -> Iterator[sqlite3.Connection]:
+        """One `BEGIN IMMEDIATE` transaction. `fence` (job id, epoch held by the caller): the
+        write happens only while the job's epoch is still that one, else Superseded."""
+        with self._lock, storage_faults(self.path):
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                if fence is not None and fence[1] is not None:
+                    job_id, epoch = fence
+                    row = self._conn.execute("SELECT epoch FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+                    if row is not None and row[0] != epoch:
+                        raise Superseded(
+                            f"job {job_id} was taken over by another process (owner epoch {row[0]},"
+                            f" this process held {epoch}); this process records nothing more"
+                        )
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock, storage_faults(self.path):
+            return self._conn.execute(sql, args).fetchall()
+
+    def _migrate(self) -> None:
+        (version,) = self._conn.execute("PRAGMA user_version").fetchone()
+        if version >= len(MIGRATIONS):
+            return
+        with self._write() as conn:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- recording -------------------------------------------------------------------------
+
+    def cancel_requested(self, job_id: str) -> bool:
+        rows = self._query("SELECT cancel_requested FROM jobs WHERE job_id = ?", (job_id,))
+        return bool(rows and rows[0][0])
+
+    def control(self, job_id: str) -> tuple[bool, int]:
+        """(cancel requested, current owner epoch): what a running owner polls."""
+        rows = self._query("SELECT cancel_requested, epoch FROM jobs WHERE job_id = ?", (job_id,))
+        return (bool(rows[0][0]), int(rows[0][1])) if rows else (False, 0)
+
+    def get_job(self, job_id: str) -> JobRecord:
+        rows = self._query("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+        if not rows:
+            raise NotFoundError(f"job {job_id} not found in the journal {self.path}")
+        return job_from_row(rows[0])
+
+    def find_external(self, engine: str, external_id: str) -> JobRecord | None:
+        rows = self._query("SELECT * FROM jobs WHERE engine = ? AND external_id = ?", (engine, external_id))
+        return job_from_row(rows[0]) if rows else None
+
+    def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        workflow: str | None = None,
+        since: float | None = None,
+        limit: int | None = 50,
+    ) -> list[JobRecord]:
+        """Newest first."""
+        where, args = [], []
+        for clause, value in (("state = ?", state), ("workflow = ?", workflow), ("created_at >= ?", since)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_at DESC, job_id DESC"
+        if limit is not None and limit < 2**63:  # SQLite's integers are 64-bit: more is no limit
+            sql += f" LIMIT {int(limit)}"
+        return [job_from_row(row) for row in self._query(sql, args)]
+
+    def step_state(self, job_id: str, step: str) -> JobState:
+        with self._lock:
+            return self._step_state(self._conn, job_id, step)
+
+    def steps(self, job_id: str) -> list[StepRecord]:
+        rows = self._query("SELECT * FROM steps WHERE job_id = ? ORDER BY position", (job_id,))
+        return [step_from_row(row) for row in rows]
+
+    def events(self, job_id: str) -> list[EventRecord]:
+        rows = self._query("SELECT * FROM events WHERE job_id = ? ORDER BY id", (job_id,))
+        return [event_from_row(row) for row in rows]
+
+    def active_job_ids(self) -> set[str]:
+        rows = self._query("SELECT job_id FROM jobs WHERE state IN ('queued', 'running')")
+        return {row[0] for row in rows}
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _job_state(conn: sqlite3.Connection, job_id: str) -> JobState:
+        row = conn.execute("SELECT state FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"job {job_id} not found in the journal")
+        return JobState(row[0])
+
+    @staticmethod
+    def _step_state(conn: sqlite3.Connection, job_id: str, step: str) -> JobState:
+        row = conn.execute("SELECT state FROM steps WHERE job_id = ? AND name = ?", (job_id, step)).fetchone()
+        if row is None:
+            raise NotFoundError(f"job {job_id} has no step {step}")
+        return JobState(row[0])
+
+    @staticmethod
+    def _event(
+        conn: sqlite3.Connection,
+        job_id: str,
+        step: str | None,
+        state: str,
+        attempt: int | None,
+        message: str | None,
+        ts: float,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO events (job_id, step, state, attempt, message, ts) VALUES (?,?,?,?,?,?)",
+            (job_id, step, str(state), attempt, message, ts),
+        )

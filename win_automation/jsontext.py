@@ -1,0 +1,83 @@
+"""Reading JSON text that a user gave (a config file, `--input`, `--input-file`) without ever
+raising anything but a ValueError whose message is one line.
+
+The standard library raises RecursionError for deeply nested arrays or objects (about 1000
+levels), ValueError for an integer of more than 4300 digits, and blocks forever when asked to
+read a FIFO with no writer. `loads` turns the first two into one-line reasons (and refuses nesting
+deeper than MAX_DEPTH before the parser recurses); `read_text` refuses anything that is not a
+regular file before opening it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+MAX_DEPTH = 200
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of `[`/`{` outside strings (cheap: one pass, no recursion)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def loads(text: str) -> Any:
+    """The JSON value of `text`; ValueError with a one-line reason when it is not usable JSON."""
+    if ("[" in text or "{" in text) and _depth(text) > MAX_DEPTH:
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:  # an integer of more digits than int() converts
+        if "digits" in str(exc):
+            raise ValueError("holds an integer with more than 4300 digits") from None
+        raise ValueError(str(exc).splitlines()[0]) from None
+
+
+def read_text(path: Path) -> str:
+    """The UTF-8 text of regular file `path`; ValueError saying why it cannot be read (a FIFO, a
+    device or a directory is refused before it is opened, so nothing blocks)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read it ({exc.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise ValueError("is a directory, not a file")
+    if not stat.S_ISREG(mode):
+        raise ValueError("is not a regular file (a FIFO, socket or device)")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except PermissionError:
+        raise ValueError("permission denied") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read it ({exc.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
