@@ -2,6 +2,8 @@
 # Installs what win-automation and its tests need, idempotently, and fast when all is in place:
 #   - Debian's openssh-server, chromium and fonts-liberation (the real sshd, and the browser the
 #     tests' Playwright server drives, run by the playwright wheel's own Node and playwright-core);
+#   - Debian's qemu-system-x86 and qemu-utils (a real QEMU for the QMP tests) and nix-bin
+#     (`nix-instantiate --parse` checks every nix/*.nix file);
 #   - a virtualenv in .venv with the package and its test and benchmark extras;
 #   - npm's playwright-core of the minor before the wheel's, in .cache/playwright-core-previous/
 #     (the tests' version-mismatch server; npm only downloads it, the wheel's Node runs it).
@@ -19,6 +21,9 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 [ -d /usr/share/fonts/truetype/liberation ] || missing+=(fonts-liberation)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)  # the QMP tests' real QEMU
+command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
+command -v nix-instantiate >/dev/null 2>&1 || missing+=(nix-bin)  # parses nix/*.nix (no nixpkgs)
 if [ ${#missing[@]} -gt 0 ]; then
   say "apt-get install ${missing[*]}"
   as_root apt-get update -qq

@@ -19,6 +19,7 @@ pytest_plugins = [
     "fixture_hatchet",
     "fixture_endpoints",
     "fixture_playwright",
+    "fixture_qemu",
 ]
 
 

@@ -26,6 +26,7 @@ from win_automation.cli.commands import playwright as playwright_cmd
 from win_automation.cli.commands import run as run_cmd
 from win_automation.cli.commands import ssh as ssh_cmd
 from win_automation.cli.commands import supervisor as supervisor_cmd
+from win_automation.cli.commands import vm as vm_cmd
 from win_automation.cli.commands import worker as worker_cmd
 from win_automation.cli.output import error
 from win_automation.cli.state import CliState
@@ -46,6 +47,7 @@ app.add_typer(ssh_cmd.app, name="ssh")
 app.add_typer(aloha_cmd.app, name="aloha")
 app.add_typer(playwright_cmd.app, name="playwright")
 app.command("worker")(worker_cmd.worker)
+app.add_typer(vm_cmd.app, name="vm")
 app.add_typer(supervisor_cmd.app, name="supervisor")
 app.command("doctor")(doctor_cmd.doctor)
 

@@ -256,6 +256,18 @@ class SupervisorConfig(Section):
     )
 
 
+class VmConfig(Section):
+    qmp_socket: UserPath | None = Field(
+        None,
+        description="QEMU's QMP socket (`-qmp unix:PATH,server=on,wait=off`); unset turns off `vm` commands"
+        " and GUI jobs' screenshots.",
+    )
+    qmp_timeout: PositiveDuration = Field(10.0, description="Deadline of one QMP command (and the greeting).")
+    snapshot_timeout: PositiveDuration = Field(
+        900.0, description="How long `vm snapshot save/load/delete` wait for QEMU's job to conclude."
+    )
+
+
 class Config(Section):
     ssh: SSHConfig = SSHConfig()
     aloha: AlohaConfig = AlohaConfig()
@@ -265,3 +277,4 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     data: DataConfig = DataConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    vm: VmConfig = VmConfig()

@@ -1,7 +1,8 @@
 """`doctor`: everything a broken set-up can be, each with its cause and the exact fix. Changes nothing.
 
 Items, in the order shown: config, folders, ssh, ssh_key, clock, aloha_server, aloha_client,
-hatchet, hatchet_token, hatchet_version, playwright, playwright_version. The five health checks
+hatchet, hatchet_token, hatchet_version, playwright, playwright_version, vm (QEMU's run state
+through QMP, operations.qemu.check; skipped without vm.qmp_socket). The five health checks
 are operations.checks' own; the rest look at the local set-up. Probes run concurrently, each in a
 daemon thread, and doctor waits for them no longer than `supervisor.check_timeout` plus a margin:
 with every endpoint unresponsive it ends within the longest single timeout + 1 s, and a probe
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from win_automation.config import Config, LoadedConfig
 from win_automation.errors import ConfigError
+from win_automation.operations import qemu
 from win_automation.operations.checks import (
     CheckResult,
     engine_version,
@@ -43,6 +45,7 @@ ITEMS = (
     "hatchet_version",
     "playwright",
     "playwright_version",
+    "vm",
 )
 MARGIN = 0.5
 TOKEN_WARN_DAYS = 14
@@ -271,6 +274,7 @@ def _tasks(config: Config, loaded: LoadedConfig) -> dict[tuple[str, ...], Task]:
         ("hatchet_token",): lambda: [check_hatchet_token(config, time.time())],
         ("hatchet_version",): lambda: [check_hatchet_version(config)],
         ("playwright", "playwright_version"): playwright,
+        ("vm",): lambda: [qemu.check(config, config.supervisor.check_timeout)],
     }
 
 
