@@ -17,7 +17,8 @@ Pytest fixtures (registered in tests/conftest.py through `pytest_plugins`):
 The stand-in decodes `-EncodedCommand` (or reads `-File`), writes the user's script body (between
 the wrapper's markers) to stdout as UTF-8, appends a JSON report of what arrived to
 `<server dir>/powershell-reports.jsonl`, and acts on a few lines of the body: `exit N`,
-`Start-Sleep N` and `Write-Error 'text'` (a CLIXML error record on stderr, as real PowerShell does).
+`Start-Sleep N`, `Write-Error 'text'` (a CLIXML error record on stderr, as real PowerShell does)
+and cmd mode's `& cmd.exe /d /s /c '...'` (run by /bin/sh, its exit code the script's).
 Given Set-FirewallRules.ps1 (a body with its rule table) it keeps the VM's inbound rules in
 `sshd.firewall_file` (JSON keyed by -Name): it reads the rule table and parameters from the script
 and its arguments, creates, updates or leaves each rule and prints the script's JSON line per
@@ -166,6 +167,8 @@ for line in body.splitlines():
         now = time.time()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
         print(stamp + f".{int(now % 1 * 1e7):07d}Z", flush=True)
+    elif m := re.fullmatch(r"\s*& cmd\.exe /d /s /c '((?:[^']|'')*)'\s*", line):  # cmd mode: sh stands for cmd
+        code = __import__("subprocess").call(["/bin/sh", "-c", m.group(1).replace("''", "'")])
     elif m := re.fullmatch(r"\s*exit\s+(-?\d+)\s*", line):
         code = int(m.group(1))
         break
