@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs what win-automation and its tests need, idempotently, and fast when all is in place:
-#   - Debian's openssh-server and chromium (the real sshd and browser the tests run);
+#   - Debian's openssh-server, chromium and fonts-liberation (the real sshd, and the browser the
+#     tests' Playwright server drives, run by the playwright wheel's own Node and playwright-core);
+#   - Debian's qemu-system-x86 and qemu-utils (a real QEMU for the QMP tests) and nix-bin
+#     (`nix-instantiate --parse` checks every nix/*.nix file);
 #   - a virtualenv in .venv with the package and its test and benchmark extras;
-#   - npm's playwright-core, at the Python playwright package's major.minor, in .node/.
+#   - npm's playwright-core of the minor before the wheel's, in .cache/playwright-core-previous/
+#     (the tests' version-mismatch server; npm only downloads it, the wheel's Node runs it).
 # Run as root on Debian (or with sudo available). `scripts/test.sh` calls it first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +19,11 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+[ -d /usr/share/fonts/truetype/liberation ] || missing+=(fonts-liberation)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)  # the QMP tests' real QEMU
+command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
+command -v nix-instantiate >/dev/null 2>&1 || missing+=(nix-bin)  # parses nix/*.nix (no nixpkgs)
 if [ ${#missing[@]} -gt 0 ]; then
   say "apt-get install ${missing[*]}"
   as_root apt-get update -qq
@@ -31,10 +39,12 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-minor=$(.venv/bin/python -c 'import importlib.metadata as m; print(".".join(m.version("playwright").split(".")[:2]))')
-have=$(node -p 'require("./.node/node_modules/playwright-core/package.json").version' 2>/dev/null || true)
-if [ "${have%.*}" != "$minor" ]; then
-  say "npm install playwright-core@~$minor.0 into .node/"
-  mkdir -p .node
-  npm install --silent --no-audit --no-fund --prefix .node "playwright-core@~$minor.0" >/dev/null
+previous=$(.venv/bin/python -c 'import importlib.metadata as m; a, b = m.version("playwright").split(".")[:2]; print(f"{a}.{int(b) - 1}")')
+dest=.cache/playwright-core-previous
+have=$(sed -n 's/^  "version": "\(.*\)",$/\1/p' "$dest/node_modules/playwright-core/package.json" 2>/dev/null || true)
+if [ "${have%.*}" != "$previous" ]; then
+  say "npm install playwright-core@~$previous.0 into $dest/ (the tests' version-mismatch server)"
+  mkdir -p "$dest"
+  npm install --silent --no-audit --no-fund --prefix "$dest" "playwright-core@~$previous.0" >/dev/null
 fi
+rm -rf .node  # the npm playwright-core of earlier versions: Debian 12's Node 18 cannot run it

@@ -13,7 +13,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["fixture_jobs", "fixture_sshd", "fixture_hatchet"]
+pytest_plugins = [
+    "fixture_jobs",
+    "fixture_sshd",
+    "fixture_hatchet",
+    "fixture_endpoints",
+    "fixture_playwright",
+    "fixture_qemu",
+]
 
 
 @dataclass

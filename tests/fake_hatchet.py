@@ -13,8 +13,10 @@ the action, a free slot and the required labels, honours a workflow's concurrenc
 `retry_count + 1` up to its `retries` (backoff `min(factor ** n, max)` seconds) unless the event
 says `should_not_retry`, fails a task that overruns its execution timeout, sends
 `CANCEL_STEP_RUN` for cancelled running tasks and requeues the running tasks of a worker that
-unsubscribed or stopped heart-beating. A plain HTTP server next to it answers `/live`, `/ready`,
-`/version` (the hatchet-lite health port) and the REST call a draining worker makes to pause.
+unsubscribed or stopped heart-beating. It keeps each workflow's cron schedules (`cron_triggers`)
+and fires one on request (`fire_cron`: a run with the cron input). A plain HTTP server next to it
+answers `/live`, `/ready`, `/version` (the hatchet-lite health port) and the REST call a draining
+worker makes to pause.
 """
 
 from __future__ import annotations
@@ -81,6 +83,8 @@ class WorkflowDef:
     name: str
     tasks: dict[str, TaskDef]
     concurrency: list[tuple[str, int]]
+    crons: list[str] = field(default_factory=list)
+    cron_input: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -265,7 +269,8 @@ class FakeHatchet:
         concurrency = [(c.expression, c.max_runs or 1) for c in req.concurrency_arr]
         if req.HasField("concurrency"):
             concurrency.append((req.concurrency.expression, req.concurrency.max_runs or 1))
-        wf = WorkflowDef(name=req.name, tasks=tasks, concurrency=concurrency)
+        cron_input = json.loads(req.cron_input) if req.cron_input else {}
+        wf = WorkflowDef(req.name, tasks, concurrency, list(req.cron_triggers), cron_input or {})
         with self.lock:
             self.workflows[req.name] = wf
         return wf
@@ -285,6 +290,15 @@ class FakeHatchet:
                 self.task_index[task.id] = task
             self.changed.notify_all()
         return run_id
+
+    def fire_cron(self, name: str) -> str:
+        """What the engine does when a registered cron schedule comes due: trigger a run of the
+        workflow with its cron input (the tests fire it instead of waiting for the minute)."""
+        with self.lock:
+            wf = self.workflows[name]
+            if not wf.crons:
+                raise KeyError(f"{name} has no cron schedule")
+        return self.trigger(name, dict(wf.cron_input), {})
 
     def _group(self, run: Run, expression: str) -> str:
         root, _, path = expression.partition(".")

@@ -17,7 +17,14 @@ Pytest fixtures (registered in tests/conftest.py through `pytest_plugins`):
 The stand-in decodes `-EncodedCommand` (or reads `-File`), writes the user's script body (between
 the wrapper's markers) to stdout as UTF-8, appends a JSON report of what arrived to
 `<server dir>/powershell-reports.jsonl`, and acts on a few lines of the body: `exit N`,
-`Start-Sleep N` and `Write-Error 'text'` (a CLIXML error record on stderr, as real PowerShell does).
+`Start-Sleep N`, `Write-Error 'text'` (a CLIXML error record on stderr, as real PowerShell does)
+and cmd mode's `& cmd.exe /d /s /c '...'` (run by /bin/sh, its exit code the script's).
+Given Set-FirewallRules.ps1 (a body with its rule table) it keeps the VM's inbound rules in
+`sshd.firewall_file` (JSON keyed by -Name): it reads the rule table and parameters from the script
+and its arguments, creates, updates or leaves each rule and prints the script's JSON line per
+rule; a rule created without `-Name $rule.Name` is stored under a GUID, as Windows does, so a
+second run duplicates it. The line `Write-Output ([DateTime]::UtcNow.ToString('o'))` prints the
+time as .NET does.
 Given exactly the desktop probe (scripts/windows/Get-DesktopState.ps1, checked by its sha256) it
 prints the probe's JSON line for the state the test set (`sshd.set_desktop("locked")`, or the
 `desktop` fixture; `unlocked` by default) instead of the body.
@@ -51,6 +58,7 @@ STANDIN = r'''#!/usr/bin/python3
 import base64, hashlib, json, os, re, sys, time
 REPORTS = __REPORTS__
 DESKTOP_FILE, DESKTOP_PROBE_SHA256 = __DESKTOP__
+FIREWALL_FILE = __FIREWALL__
 USER = "WIN11\\tester"
 DESKTOPS = {  # what scripts/windows/Get-DesktopState.ps1 prints in each state
     "unlocked": {"state": "unlocked", "session": 1, "user": USER, "logonui": False, "explorer": True},
@@ -115,6 +123,35 @@ with open(REPORTS, "a", encoding="utf-8") as fh:
 if probe:
     print(json.dumps(DESKTOPS[state]) if state in DESKTOPS else state)
     sys.exit(0)
+FIREWALL_TABLE = r"@\{ Name = '([^']+)'; DisplayName = '([^']+)'; Port = \$(\w+) \}"
+if re.search(FIREWALL_TABLE, body):  # Set-FirewallRules.ps1 (its rule table): rules in FIREWALL_FILE
+    tail = script.split(end, 1)[1] if end in script else ""
+    given = [a.replace("''", "'") for a in re.findall(r"'((?:[^']|'')*)'", tail.split("\n", 2)[1])]
+    params = re.findall(r"\[(?:string|int)\]\$(\w+) = '?([^',\n]*)'?", body)
+    values = {name: default for name, default in params}
+    values.update(zip([name for name, _ in params], given))
+    if values["RemoteAddress"] == "ssh-client":  # the script's own rule: the SSH client's address
+        client = os.environ.get("SSH_CLIENT")
+        values["RemoteAddress"] = client.split()[0] if client else "Any"
+    rules = json.load(open(FIREWALL_FILE)) if os.path.getsize(FIREWALL_FILE) else {}
+    named = re.search(r"New-NetFirewallRule -Name \$rule\.Name", body) is not None
+    for name, display, var in re.findall(FIREWALL_TABLE, body):
+        want = {"DisplayName": display, "Direction": "Inbound", "Protocol": "TCP", "LocalPort": values[var],
+                "RemoteAddress": values["RemoteAddress"], "Action": "Allow", "Profile": "Any",
+                "Enabled": "True"}
+        if name not in rules:  # a rule created without -Name gets a GUID: the next run adds another
+            rules[name if named else str(__import__("uuid").uuid4())] = want
+            action = "created"
+        elif rules[name] != want:
+            rules[name] = want
+            action = "updated"
+        else:
+            action = "unchanged"
+        print(json.dumps({"firewall_rule": name, "action": action, "port": int(values[var]),
+                          "remote_address": values["RemoteAddress"]}))
+    with open(FIREWALL_FILE, "w") as fh:
+        json.dump(rules, fh)
+    sys.exit(0)
 sys.stdout.buffer.write(body.encode("utf-8"))
 sys.stdout.flush()
 code = 0
@@ -126,6 +163,12 @@ for line in body.splitlines():
                          'powershell/2004/04"><S S="Error">' + m.group(1) + '_x000D__x000A_</S></Objs>')
         sys.stderr.flush()
         code = 1
+    elif line.strip() == "Write-Output ([DateTime]::UtcNow.ToString('o'))":  # .NET's round-trip format
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+        print(stamp + f".{int(now % 1 * 1e7):07d}Z", flush=True)
+    elif m := re.fullmatch(r"\s*& cmd\.exe /d /s /c '((?:[^']|'')*)'\s*", line):  # cmd mode: sh for cmd
+        code = __import__("subprocess").call(["/bin/sh", "-c", m.group(1).replace("''", "'")])
     elif m := re.fullmatch(r"\s*exit\s+(-?\d+)\s*", line):
         code = int(m.group(1))
         break
@@ -179,8 +222,13 @@ class SshServer:
         standin = self.bin / "powershell.exe"
         self.desktop_file = self.dir / "desktop-state"
         desktop = (str(self.desktop_file), _desktop_probe_sha256())
+        self.firewall_file = self.dir / "firewall-rules.json"  # the VM's firewall rules, by -Name
+        self.firewall_file.touch(mode=0o666)
+        self.firewall_file.chmod(0o666)
         standin.write_text(
-            STANDIN.replace("__REPORTS__", repr(str(self.reports))).replace("__DESKTOP__", repr(desktop)),
+            STANDIN.replace("__REPORTS__", repr(str(self.reports)))
+            .replace("__DESKTOP__", repr(desktop))
+            .replace("__FIREWALL__", repr(str(self.firewall_file))),
             encoding="utf-8",
         )
         standin.chmod(0o755)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from fixture_hatchet import HatchetWorld, WorkerProcess
+from fixture_playwright import PlaywrightServer
 from fixture_sshd import SshServer
 
 pytestmark = pytest.mark.slow
@@ -28,10 +29,11 @@ ENGINES = ("local", "hatchet")
 
 
 @pytest.fixture(scope="module")
-def world_env(hatchet_world: HatchetWorld, sshd: SshServer) -> dict[str, str]:
+def world_env(hatchet_world: HatchetWorld, sshd: SshServer, pw_server: PlaywrightServer) -> dict[str, str]:
     known_hosts = sshd.write_known_hosts(hatchet_world.root / "known_hosts")
     env = {
         **sshd.env(known_hosts),
+        **pw_server.env(),
         "WIN_AUTOMATION_WORKFLOW_MODULES": "conformance_flows",
         "PYTHONPATH": os.pathsep.join([hatchet_world.env["PYTHONPATH"], str(TESTS)]),
     }
@@ -86,6 +88,8 @@ CASES = {
     "ssh-fails": ("ssh-exec", {"command": "exit 3", "shell": "cmd"}),
     "ssh-skipped": ("ssh-exec", {"command": "echo never", "shell": "cmd", "check": "true"}),
     "ssh-ok": ("ssh-exec", {"command": "echo conformance", "shell": "cmd"}),
+    "browser-ok": ("playwright-run", {"script": "def run(page, context, input):\n    return 1\n"}),
+    "browser-fails": ("playwright-screenshot", {"url": "http://127.0.0.1:9/", "timeout_seconds": 5}),
 }
 EXPECTED_CODES = {
     "branches": 7,
@@ -95,6 +99,8 @@ EXPECTED_CODES = {
     "ssh-fails": 3,
     "ssh-skipped": 0,
     "ssh-ok": 0,
+    "browser-ok": 0,
+    "browser-fails": 1,
 }
 
 

@@ -148,8 +148,11 @@ def test_windows_kill_finds_the_needle_and_kills_the_tree(conn, live_sshd: SshSe
     assert kill["mode"] == "kill" and kill["killed"], kill
     if mode == "file":
         assert kill["needle"].startswith(".wa-script-")
-    elif mode == "cmd":
-        assert kill["needle"].startswith("WA_RUN=")
+    elif mode == "cmd":  # cmd mode on Windows: an encoded script that hands the line to cmd.exe
+        lines = live_sshd.reports.read_text(encoding="utf-8").splitlines()
+        arrived = [r for r in map(json.loads, lines) if r.get("mode") == "encoded"][-1]
+        assert arrived["body"] == f"& cmd.exe /d /s /c 'sleep {secs}; echo never'"
+        assert kill["needle"] in " ".join(arrived["argv"])
 
 
 def test_a_script_left_by_a_killed_process_is_removed_by_the_next_upload(conn, live_sshd: SshServer) -> None:  # type: ignore[no-untyped-def]
@@ -172,3 +175,17 @@ def test_a_script_left_by_a_killed_process_is_removed_by_the_next_upload(conn, l
     finally:
         stale.unlink(missing_ok=True)
         foreign.unlink(missing_ok=True)
+
+
+def test_windows_cmd_mode_hands_the_line_to_cmd_exe_through_an_encoded_script(  # type: ignore[no-untyped-def]
+    conn, live_sshd: SshServer
+) -> None:
+    """Whatever the VM's default shell (cmd.exe or PowerShell), cmd mode arrives as -EncodedCommand."""
+    line = "echo \"quoted & piped\" | tr a-z A-Z; exit 5"
+    result = remote.run_command(conn, line, shell="cmd", remote_os="windows", timeout=10)
+    arrived = last_report(live_sshd)
+    assert arrived["mode"] == "encoded" and "-EncodedCommand" in arrived["argv"]
+    assert arrived["body"] == "& cmd.exe /d /s /c 'echo \"quoted & piped\" | tr a-z A-Z; exit 5'"
+    assert (result.shell, result.command, result.exit_code) == ("cmd", line, 5)
+    assert result.stdout.endswith("QUOTED & PIPED\n")  # sh, standing in for cmd, ran it
+

@@ -97,6 +97,8 @@ class Workflow:
     """The artifact types its steps write (`ctx.artifacts.write_text(type, ...)`), kebab-case."""
     counters: tuple[str, ...] = ()
     """The metric counters its steps increment (`metrics.inc(name)`); declared when it is defined."""
+    cron: Callable[[Config], str | None] | None = None
+    """The workflow's cron schedule on Hatchet, read from the worker's config (None: none)."""
 
     def __post_init__(self) -> None:
         if not _KEBAB.match(self.name):

@@ -2,6 +2,7 @@
 
     WinAutomationError                 exit 1  the operation ran and failed or was refused
     ├── ConfigError                    exit 2  bad configuration (file, environment, value)
+    │   └── VersionMismatch            exit 2  the Playwright server's major.minor is not the client's
     ├── UsageError                     exit 2  a bad argument (an invalid job id, say)
     ├── NotFoundError                  exit 1  a job, file or run that does not exist
     │   └── NoArtifacts                exit 66 a job has no artifact folder (or no manifest) here
@@ -21,6 +22,9 @@
     ├── ServiceRefused                 exit 1  a service answered, but not with what was asked
     │                                          (an Aloha 4xx/500, a 409 busy desktop, a body that
     │                                          is not JSON)
+    ├── HealthCheckFailed              exit 1  a supervisor pass ended with a failed check
+    ├── BreakerOpen                    exit 75 the supervisor's circuit breaker is open: checks
+    │                                          failed and nothing was repaired (EX_TEMPFAIL)
     ├── StorageError                   exit 74 a local file or folder cannot be used: a corrupt
     │                                          journal, an unwritable data.dir or --out folder
     └── Cancelled                      exit 130 the job or command was cancelled (or interrupted)
@@ -55,6 +59,15 @@ class WinAutomationError(Exception):
 
 class ConfigError(WinAutomationError):
     exit_code = 2
+
+
+class VersionMismatch(ConfigError):
+    """The Playwright server refused this client (HTTP 428): their major.minor versions differ."""
+
+    def __init__(self, message: str, *, client: str, server: str) -> None:
+        super().__init__(message)
+        self.client = client
+        self.server = server
 
 
 class UsageError(WinAutomationError):
@@ -120,6 +133,14 @@ class ServiceRefused(WinAutomationError):
     exit_code = 1
 
 
+class HealthCheckFailed(WinAutomationError):
+    exit_code = 1
+
+
+class BreakerOpen(WinAutomationError):
+    exit_code = 75
+
+
 class Skipped(WinAutomationError):
     """Raised by a step that had nothing to do (an idempotency check passed); `result` is its output.
 
@@ -146,6 +167,7 @@ EXIT_CODES: dict[int, str] = {
     5: "the host key is unknown or has changed (trust it with `win-automation ssh trust`)",
     66: "no artifacts: the job has no artifact folder or manifest on this host",
     74: "a local file or folder cannot be used (corrupt journal, unwritable data.dir or --out)",
+    75: "`supervisor run --once`: the circuit breaker is open (checks failed, nothing repaired; retry later)",
     124: "a deadline passed; the remote work was stopped",
     255: "`ssh run`/`ssh script`: the remote exit code was outside 0-255 (see SSH, exit codes)",
     130: "cancelled or interrupted (Ctrl-C, `jobs cancel`)",

@@ -3,7 +3,8 @@
 Counters (process-wide, reset when the process restarts, by design): the engines' own
 jobs_enqueued_total, jobs_completed_total, jobs_failed_total, jobs_cancelled_total, and those a
 workflow declares (`Workflow(counters=("aloha_runs_total",))` calls `declare`). Any layer may
-count a declared counter: `metrics.inc("aloha_runs_total")`; an undeclared name is a bug.
+count a declared counter: `metrics.inc("aloha_runs_total")`; an undeclared name is a bug. A level
+rather than a count (the supervisor's `supervisor_breaker_state`) is set with `set_value`.
 
 Long-running commands (`run`, the worker, the supervisor) take `--metrics --metrics-interval 30s`
 and wrap their work in `with emitting(interval, path):`, which starts a daemon thread that writes
@@ -39,6 +40,14 @@ def declare(*names: str) -> None:
     with _lock:
         for name in names:
             _values.setdefault(name, 0)
+
+
+def set_value(name: str, value: int) -> None:
+    """Set a declared metric that is a level, not a count (the supervisor's breaker state)."""
+    if name not in _values:
+        raise ValueError(f"unknown metric {name!r}")
+    with _lock:
+        _values[name] = value
 
 
 def inc(name: str, amount: int = 1) -> None:

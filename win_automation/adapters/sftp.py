@@ -360,6 +360,34 @@ def remove(conn: SshConnection, remote: str) -> None:
         raise _translate(exc, f"remote path {remote}") from exc
 
 
+def makedirs(conn: SshConnection, remote: str) -> bool:
+    """Create the remote folder `remote` and its missing parents (`/`-separated, `C:/...` on
+    Windows); True when anything was created."""
+    sftp = conn.sftp()
+    parts = remote.replace("\\", "/").rstrip("/").split("/")
+    created = False
+    for end in range(1, len(parts) + 1):
+        path = "/".join(parts[:end])
+        if not path or path.endswith(":"):  # the root, or a Windows drive
+            continue
+        try:
+            with _bounded(conn, f"SFTP stat of {path}"):
+                attrs = sftp.stat(path)
+        except FileNotFoundError:
+            try:
+                with _bounded(conn, f"SFTP mkdir of {path}"):
+                    sftp.mkdir(path)
+            except (OSError, paramiko.SSHException, EOFError) as exc:
+                raise _translate(exc, f"remote folder {path}") from exc
+            created = True
+            continue
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise _translate(exc, f"remote folder {path}") from exc
+        if attrs.st_mode is not None and not stat.S_ISDIR(attrs.st_mode):
+            raise WinAutomationError(f"remote path {path} is a file, not a folder")
+    return created
+
+
 def list_folder(conn: SshConnection, folder: str) -> list[tuple[str, float]]:
     """(name, mtime) of each entry of remote `folder`; an empty list when it does not exist."""
     try:

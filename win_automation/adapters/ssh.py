@@ -229,6 +229,13 @@ class SshConnection:
             self._transport = call_with_retry(lambda: connect_once(self.cfg), op="ssh.connect")
             return self._transport
 
+    def connect_now(self) -> None:
+        """Connect with a single attempt, no retry (a health check: the next pass is the retry)."""
+        with self._lock:
+            if self._transport is None or not self._transport.is_active():
+                self._drop()
+                self._transport = connect_once(self.cfg)
+
     def _drop(self) -> None:
         if self._sftp is not None:
             with contextlib.suppress(Exception):

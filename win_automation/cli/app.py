@@ -20,9 +20,13 @@ from win_automation import __version__
 from win_automation.cli.commands import aloha as aloha_cmd
 from win_automation.cli.commands import artifacts as artifacts_cmd
 from win_automation.cli.commands import config as config_cmd
+from win_automation.cli.commands import doctor as doctor_cmd
 from win_automation.cli.commands import jobs as jobs_cmd
+from win_automation.cli.commands import playwright as playwright_cmd
 from win_automation.cli.commands import run as run_cmd
 from win_automation.cli.commands import ssh as ssh_cmd
+from win_automation.cli.commands import supervisor as supervisor_cmd
+from win_automation.cli.commands import vm as vm_cmd
 from win_automation.cli.commands import worker as worker_cmd
 from win_automation.cli.output import error
 from win_automation.cli.state import CliState
@@ -41,7 +45,11 @@ app.add_typer(jobs_cmd.app, name="jobs")
 app.add_typer(artifacts_cmd.app, name="artifacts")
 app.add_typer(ssh_cmd.app, name="ssh")
 app.add_typer(aloha_cmd.app, name="aloha")
+app.add_typer(playwright_cmd.app, name="playwright")
 app.command("worker")(worker_cmd.worker)
+app.add_typer(vm_cmd.app, name="vm")
+app.add_typer(supervisor_cmd.app, name="supervisor")
+app.command("doctor")(doctor_cmd.doctor)
 
 
 SERVICES = frozenset({"worker", "supervisor"})

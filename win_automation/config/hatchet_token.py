@@ -27,6 +27,7 @@ class TokenClaims:
     tenant_id: str
     server_url: str
     grpc_broadcast_address: str
+    expires_at: float | None = None  # the `exp` claim (seconds since the epoch), when present
 
 
 def token_claims(config: Config) -> TokenClaims:
@@ -52,4 +53,6 @@ def token_claims(config: Config) -> TokenClaims:
     missing = [name for name in _CLAIMS if not isinstance(claims.get(name), str) or not claims[name]]
     if missing:
         raise ConfigError(f"{TOKEN_SOURCE} is not a Hatchet token: its claims lack {', '.join(missing)}")
-    return TokenClaims(claims["sub"], claims["server_url"], claims["grpc_broadcast_address"])
+    exp = claims.get("exp")
+    expires = float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+    return TokenClaims(claims["sub"], claims["server_url"], claims["grpc_broadcast_address"], expires)

@@ -76,6 +76,12 @@ def _not_negative(value: float) -> float:
     return value
 
 
+def _cron(value: str | None) -> str | None:
+    if value is not None and len(value.split()) != 5:
+        raise ValueError(f"must be a cron expression of five fields (e.g. '*/5 * * * *'), got {value!r}")
+    return value
+
+
 def _expand(value: Path) -> Path:
     return value.expanduser()
 
@@ -194,8 +200,13 @@ class PlaywrightConfig(Section):
     port: Port = Field(9323, description="Port of the Playwright browser server.")
     ws_path: SecretStr | None = Field(
         None,
-        description="The server's secret wsPath. Environment only.",
+        description="The server's wsPath, kept out of logs (not authentication: the port's reachability "
+        "is). Environment only.",
         json_schema_extra={**ENV_ONLY, **env("WIN_AUTOMATION_PLAYWRIGHT_WS_PATH")},
+    )
+    install_dir: str = Field(
+        r"C:\ProgramData\win-automation\playwright",
+        description="Where `playwright install` puts the server on the VM (driver, wsPath, task files).",
     )
 
 
@@ -236,6 +247,37 @@ class SupervisorConfig(Section):
         3, description="Consecutive failures that open the circuit breaker."
     )
     breaker_cooldown: PositiveDuration = Field(60.0, description="How long an open breaker waits.")
+    check_timeout: PositiveDuration = Field(
+        5.0, description="Deadline of one health check (each probe of `doctor` and the supervisor)."
+    )
+    remediation_ceiling: Annotated[int, Field(ge=1)] = Field(
+        3, description="Remediations of one check per hour; beyond it the check needs a person."
+    )
+    remediation_wait: PositiveDuration = Field(
+        60.0, description="How long a remediation waits for its check to pass again."
+    )
+    firewall_remote_address: str | None = Field(
+        None,
+        description="The host's address as the VM sees it (10.0.2.2 with QEMU user-mode networking);"
+        " the firewall rules admit only it. Unset: the SSH client's address as the VM sees it.",
+    )
+    cron: Annotated[str | None, AfterValidator(_cron)] = Field(
+        None,
+        description="Cron schedule of the `supervisor-pass` workflow on Hatchet (e.g. `* * * * *`);"
+        " unset: no cron is registered.",
+    )
+
+
+class VmConfig(Section):
+    qmp_socket: UserPath | None = Field(
+        None,
+        description="QEMU's QMP socket (`-qmp unix:PATH,server=on,wait=off`); unset turns off `vm` commands"
+        " and GUI jobs' screenshots.",
+    )
+    qmp_timeout: PositiveDuration = Field(10.0, description="Deadline of one QMP command (and the greeting).")
+    snapshot_timeout: PositiveDuration = Field(
+        900.0, description="How long `vm snapshot save/load/delete` wait for QEMU's job to conclude."
+    )
 
 
 class Config(Section):
@@ -247,3 +289,4 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     data: DataConfig = DataConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    vm: VmConfig = VmConfig()

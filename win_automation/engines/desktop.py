@@ -22,9 +22,16 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def holding_desktop(
-    config: Config, workflow: Workflow, job_id: str, cancelled: Callable[[], bool]
+    config: Config,
+    workflow: Workflow,
+    job_id: str,
+    cancelled: Callable[[], bool],
+    *,
+    always: bool = False,
 ) -> Iterator[None]:
-    if not workflow.gui:
+    """The per-VM lock for a GUI workflow (or, with `always`, any job: one that loads a snapshot
+    into the VM must not do it under another GUI job)."""
+    if not (workflow.gui or always):
         yield
         return
     vm = config.ssh.vm_key

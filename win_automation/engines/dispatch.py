@@ -114,15 +114,24 @@ def run_job(
     engine: str | None = None,
     on_output: Emit | None = None,
     on_progress: Progress | None = None,
+    snapshot: str | None = None,
 ) -> JobOutcome:
-    """Run `workflow` as a job on the chosen engine and wait for its end."""
-    if engine_choice(config, engine) == "local":
+    """Run `workflow` as a job on the chosen engine and wait for its end; `snapshot` (local engine
+    only) is loaded into the VM before the job's first step, for a clean-state run."""
+    chosen = engine_choice(config, engine)
+    if snapshot is not None:
+        if chosen != "local":
+            raise UsageError("--from-snapshot: only with the local engine (it loads this host's VM)")
+        from win_automation.operations.qemu import Qemu
+
+        Qemu(config).require_snapshot(snapshot)  # a clear error before any job is recorded
+    if chosen == "local":
         from win_automation.engines.local import LocalEngine
 
         with interruptible():
             local = LocalEngine(config)
             try:
-                return local.run(workflow, model, emit=on_output)
+                return local.run(workflow, model, emit=on_output, snapshot=snapshot)
             finally:
                 local.close()
     progress = on_progress or (lambda step, state: None)

@@ -24,7 +24,9 @@
 - Ctrl-C (KeyboardInterrupt, also inside a step) records the job `interrupted` (resumable) and
   raises Cancelled (exit 130); kill -9 leaves it to the next `Journal.open` to do the same.
 - GUI workflows (`Workflow.gui`) hold the per-VM desktop lock (win_automation.jobs.locks) while they
-  run; the VM is `ssh.host:ssh.port`.
+  run; the VM is `ssh.host:ssh.port`. With vm.qmp_socket set, their artifacts keep the screen
+  (type `screen`): before.png, after.png, and failure-STEP.png when a step fails. A job started
+  from a snapshot (`run --from-snapshot`) loads it under the same lock before its first step.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from win_automation.jobs.ids import validate_job_id
 from win_automation.jobs.journal import Journal
 from win_automation.jobs.records import JobRecord
 from win_automation.jobs.state import RESUMABLE, JobState
+from win_automation.operations import qemu
 from win_automation.operations.vm import Emit
 
 log = logging.getLogger(__name__)
@@ -76,10 +79,16 @@ class LocalEngine:
         self.journal.close()
 
     def run(
-        self, workflow: Workflow, input: BaseModel, *, job_id: str | None = None, emit: Emit | None = None
+        self,
+        workflow: Workflow,
+        input: BaseModel,
+        *,
+        job_id: str | None = None,
+        emit: Emit | None = None,
+        snapshot: str | None = None,
     ) -> JobOutcome:
         """Record a new job for `workflow` and run it to its end; `emit(stream, text)` gets the
-        steps' live output."""
+        steps' live output; `snapshot` is loaded into the VM (QMP) before the first step."""
         if not isinstance(input, workflow.input):
             raise UsageError(f"input of {workflow.name} must be {workflow.input.__name__}")
         job = self.journal.create_job(
@@ -92,7 +101,7 @@ class LocalEngine:
         )
         metrics.inc("jobs_enqueued_total")
         log.info("job queued", extra={"op": "run", "job_id": job.job_id, "workflow": workflow.name})
-        return self._execute(job, workflow, input, {}, emit)
+        return self._execute(job, workflow, input, {}, emit, snapshot)
 
     def resume(
         self, job_id: str, workflows: Mapping[str, Workflow] | Workflow, *, emit: Emit | None = None
@@ -133,6 +142,7 @@ class LocalEngine:
         input: BaseModel,
         done: dict[str, BaseModel],
         emit: Emit | None,
+        snapshot: str | None = None,
     ) -> JobOutcome:
         recorder = JobRecorder(self.journal, job.job_id, workflow, epoch=job.epoch)
         cancel = self._monitor.watch(job.job_id, job.epoch)
@@ -141,13 +151,16 @@ class LocalEngine:
             job.job_id,
             job.trace_id,
             job.created_at,
-            types=workflow.artifact_types,
+            types=qemu.writer_types(workflow.artifact_types, workflow.gui),
         )
         outputs = dict(done)
         try:
             cancelled = lambda: cancel.is_set() or self.journal.cancel_requested(job.job_id)  # noqa: E731
-            with holding_desktop(self.config, workflow, job.job_id, cancelled):
+            with holding_desktop(self.config, workflow, job.job_id, cancelled, always=snapshot is not None):
+                self._prepare_desktop(workflow, job.job_id, writer, snapshot)
                 self._run_steps(job, workflow, input, outputs, writer, cancel, recorder, emit)
+                if workflow.gui:
+                    qemu.keep_screen(self.config, writer, "after.png")
         except Superseded:
             log.warning(
                 "job taken over by another process; stopped", extra={"op": "run", "job_id": job.job_id}
@@ -166,6 +179,17 @@ class LocalEngine:
         finally:
             self._monitor.unwatch(job.job_id)
         return outcome_of(self.journal, workflow, job.job_id, outputs, self.config.artifacts.out_dir)
+
+    def _prepare_desktop(
+        self, workflow: Workflow, job_id: str, writer: ArtifactWriter, snapshot: str | None
+    ) -> None:
+        """With the desktop held: load the snapshot the job starts from; keep the screen as
+        before.png for a GUI job (when vm.qmp_socket is set)."""
+        if snapshot is not None:
+            log.info("loading snapshot", extra={"op": "snapshot", "job_id": job_id, "snapshot": snapshot})
+            qemu.Qemu(self.config).snapshot_load(snapshot)
+        if workflow.gui:
+            qemu.keep_screen(self.config, writer, "before.png")
 
     def _run_steps(
         self,
@@ -196,6 +220,8 @@ class LocalEngine:
             except Cancelled:
                 raise
             except Exception as exc:
+                if workflow.gui:  # the screen at the moment of failure
+                    qemu.keep_screen(self.config, writer, f"failure-{step.name}.png")
                 if (kept := failed_output(exc, step.output)) is not None:
                     outputs[step.name] = kept
         recorder.end_if_done()

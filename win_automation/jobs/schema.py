@@ -38,4 +38,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # relative). NULL for jobs recorded before this column existed.
         "ALTER TABLE jobs ADD COLUMN artifacts_dir TEXT",
     ),
+    (
+        # The supervisor (jobs/breaker.py, jobs/supervision.py): one circuit breaker per VM, the
+        # remediation ledger (claims with a lease, so two supervisors never repair the same thing
+        # at once; the per-hour ceiling counts it) and each check's latest result.
+        """CREATE TABLE IF NOT EXISTS breakers (
+            name TEXT PRIMARY KEY, state TEXT NOT NULL, failures INTEGER NOT NULL DEFAULT 0,
+            opened_at REAL, lease_owner TEXT, lease_until REAL, updated_at REAL NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS remediations (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, vm TEXT NOT NULL, check_name TEXT NOT NULL,
+            action TEXT NOT NULL, owner TEXT NOT NULL, started_at REAL NOT NULL,
+            lease_until REAL NOT NULL, finished_at REAL, outcome TEXT, detail TEXT)""",
+        "CREATE INDEX IF NOT EXISTS remediations_check ON remediations(vm, check_name, started_at)",
+        """CREATE TABLE IF NOT EXISTS check_status (
+            vm TEXT NOT NULL, name TEXT NOT NULL, status TEXT NOT NULL, cause TEXT, fix TEXT,
+            latency_ms REAL, checked_at REAL NOT NULL, last_success_at REAL, last_error TEXT,
+            last_error_at REAL, consecutive_failures INTEGER NOT NULL DEFAULT 0,
+            remediations INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (vm, name))""",
+    ),
 )

@@ -144,7 +144,7 @@ def kill_tree_script(needle: str) -> str:
     """PowerShell that kills (taskkill /T /F) every process tree whose command line holds `needle`.
 
     The running command is found by a unique string in its command line (a prefix of its base64,
-    its uploaded script's path, or the `WA_RUN=` marker of cmd mode); this script is itself sent
+    its uploaded script's path); this script is itself sent
     encoded, so its own command line never matches.
     """
     return (

@@ -8,8 +8,8 @@
 
 Past the deadline the command's process tree is killed on the VM, not only the channel:
 - `remote_os = "windows"`: a unique needle is in the command line (the start of the encoded
-  script, which names the run id; the uploaded script's file name; or a `set "WA_RUN=<id>"`
-  prefix in cmd mode), and `kill_tree_script` taskkills (/T /F) every process holding it.
+  script, which names the run id, or the uploaded script's file name; cmd mode goes through an
+  encoded script too), and `kill_tree_script` taskkills (/T /F) every process holding it.
 - `remote_os = "posix"` (a Linux sshd, as in the tests): the command first prints its shell's PID
   (the session leader) on stderr, which is taken out of the output, and `pkill -KILL -s PID` kills
   its whole session.
@@ -283,18 +283,30 @@ def run_command(
             cancelled=cancelled,
             files=files,
         )
-    needle = None
-    line = command
     if remote_os == "windows":
-        needle = f"WA_RUN={_run_id()}"
-        line = f'set "{needle}" & {command}'
+        # Through PowerShell's -EncodedCommand, which survives whichever default shell the VM's
+        # sshd has (cmd.exe, or PowerShell as Install-WinAutomation.ps1 sets it): cmd.exe gets the
+        # command line as given (Windows PowerShell quotes an argument with spaces, and /s strips
+        # exactly those outer quotes). The encoded script names the run, as the kill needle.
+        result = run_powershell(
+            conn,
+            f"& cmd.exe /d /s /c {powershell.quote_literal(command)}",
+            remote_os=remote_os,
+            timeout=timeout,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            display=command,
+            cancelled=cancelled,
+            files=files,
+        )
+        return result.model_copy(update={"shell": "cmd"})
     return _execute(
         conn,
-        line,
+        command,
         display=command,
         shell="cmd",
         remote_os=remote_os,
-        needle=needle,
+        needle=None,
         timeout=timeout,
         on_stdout=on_stdout,
         on_stderr=on_stderr,

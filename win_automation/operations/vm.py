@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from win_automation.adapters.ssh import SshConnection
     from win_automation.operations import transfers
     from win_automation.operations.aloha import Aloha
+    from win_automation.operations.qemu import Qemu
 
 Emit = Callable[[str, str], None]
 """Live output: `emit(stream, text)` with stream `stdout` or `stderr`."""
@@ -74,6 +75,14 @@ class Vm:
     def key(self) -> str:
         """`host:port`: the VM's identity for locks and Hatchet concurrency keys."""
         return self.config.ssh.vm_key
+
+    @property
+    def qemu(self) -> Qemu:
+        """The QEMU process behind the VM (QMP, `vm.qmp_socket`): `ctx.vm.qemu.screenshot(path)`,
+        snapshots, run state. ConfigError when vm.qmp_socket is not set."""
+        from win_automation.operations.qemu import Qemu
+
+        return Qemu(self.config)
 
     @property
     def connection(self) -> Executor:

@@ -80,6 +80,7 @@ def start(
     no_wait: bool,
     as_json: bool,
     on_output: object = None,
+    snapshot: str | None = None,
 ) -> JobOutcome | None:
     """Run (or with --no-wait, submit) a job; the outcome, or None when submitted."""
     from pydantic import BaseModel
@@ -88,6 +89,10 @@ def start(
 
     assert isinstance(model, BaseModel)
     if no_wait:
+        if snapshot is not None:
+            from win_automation.errors import UsageError
+
+            raise UsageError("--from-snapshot: not with --no-wait (the local engine runs the job here)")
         submitted = dispatch.submit_job(config, workflow, model, engine=engine)
         print_submitted(submitted.job_id, submitted.run_id, as_json)
         return None
@@ -101,6 +106,7 @@ def start(
         engine=engine,
         on_output=on_output,  # type: ignore[arg-type]
         on_progress=progress_printer(as_json),
+        snapshot=snapshot,
     )
 
 
@@ -118,6 +124,11 @@ def run(
     ),
     engine: str | None = engine_option(),
     no_wait: bool = no_wait_option(),
+    from_snapshot: str | None = typer.Option(
+        None,
+        "--from-snapshot",
+        help="Load this VM snapshot (QMP, vm.qmp_socket) before the job starts: a clean-state run.",
+    ),
 ) -> None:
     """Run a workflow as a job (on Hatchet when a token is set, else here) and wait for its end."""
     from win_automation.errors import UsageError
@@ -136,6 +147,14 @@ def run(
     model = definition.parse_input(input, name="--input-file" if input_file else "--input")
     config = state(ctx).config()
     with metrics_for(config, metrics, metrics_interval):
-        outcome = start(config, definition, model, engine=engine, no_wait=no_wait, as_json=as_json)
+        outcome = start(
+            config,
+            definition,
+            model,
+            engine=engine,
+            no_wait=no_wait,
+            as_json=as_json,
+            snapshot=from_snapshot,
+        )
     if outcome is not None:
         report(outcome, config, as_json)

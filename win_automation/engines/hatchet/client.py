@@ -68,11 +68,10 @@ from win_automation.errors import (
 from win_automation.jobs.ids import new_job_id, new_trace_id
 from win_automation.jobs.journal import Journal
 from win_automation.jobs.state import JobState
+from win_automation.versions import MIN_HATCHET_ENGINE
 
 log = logging.getLogger(__name__)
-# hatchet-sdk 1.43 registers workers with slot types from this engine version on; below it the SDK
-# takes a deprecated path that, since August 2026, fails at random (DeprecationError 1 call in 5).
-MIN_ENGINE_VERSION = (0, 78, 23)
+MIN_ENGINE_VERSION = MIN_HATCHET_ENGINE  # see win_automation.versions
 VM_CONCURRENCY_KEY = "additional_metadata.vm"
 POLL_SECONDS = 0.25
 EXECUTION_GRACE = 30.0
@@ -216,6 +215,7 @@ def compile_workflow(
         description=workflow.description or None,
         input_validator=workflow.input,
         concurrency=concurrency,
+        on_crons=_crons(workflow, runtime),
     )
     labels = [DesiredWorkerLabel(key=k, value=v, required=True) for k, v in workflow.labels.items()]
     tasks: dict[str, Any] = {}
@@ -236,6 +236,14 @@ def compile_workflow(
             desired_worker_labels=labels or None,
         )(_task_fn(workflow, step, tasks, runtime, executor))
     return hwf
+
+
+def _crons(workflow: Workflow, runtime: Callable[[], TaskRuntime]) -> list[str] | None:
+    """The workflow's cron schedule from the worker's config (a trigger registers nothing)."""
+    if workflow.cron is None or runtime is _no_runtime:
+        return None
+    schedule = workflow.cron(runtime().config)
+    return [schedule] if schedule else None
 
 
 def _finished(details: Any) -> bool:

@@ -13,6 +13,10 @@ Retries are the engine's: a failed attempt raises `StepFailure`, whose `retry` s
 engine may try again (a non-transient project error, such as an SSH authentication failure, may
 not; the Hatchet boundary turns that into NonRetryableException). The failure travels as text:
 `message [exit N]`, so the side that waits for the run can exit with the step's code.
+
+GUI workflows keep the VM's screen (vm.qmp_socket), while the step holds the desktop: before.png
+at the first step's first attempt, failure-STEP.png when an attempt fails, after.png when the last
+step succeeds.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from win_automation.jobs.ids import is_job_id, new_job_id, new_trace_id
 from win_automation.jobs.journal import Journal
 from win_automation.jobs.records import JobRecord
 from win_automation.jobs.state import JobState
+from win_automation.operations import qemu
 
 log = logging.getLogger(__name__)
 ENGINE = "hatchet"
@@ -146,7 +151,7 @@ class TaskRuntime:
                     job.job_id,
                     job.trace_id,
                     job.created_at,
-                    types=workflow.artifact_types,
+                    types=qemu.writer_types(workflow.artifact_types, workflow.gui),
                 )
                 self._writers[job.job_id] = writer
                 while len(self._writers) > MAX_WRITERS:  # jobs long ended
@@ -170,6 +175,7 @@ class TaskRuntime:
     ) -> BaseModel:
         job = self.job_for(workflow, run_id, metadata, input)
         attempt = retry_count + 1
+        writer = self._writer(workflow, job)
         recorder = self._recorder(workflow, job)
         recorder.call("attempt_started", step.name, attempt)
         extra = {"op": "step", "job_id": job.job_id, "run_id": run_id, "step": step.name, "attempt": attempt}
@@ -182,13 +188,17 @@ class TaskRuntime:
             attempt=attempt,
             config=self.config,
             parents=parents,
-            artifacts=self._writer(workflow, job),
+            artifacts=writer,
             job_cancel=cancel,
             attempt_cancel=attempt_cancel,
         )
         try:
             with holding_desktop(self.config, workflow, job.job_id, cancel.is_set):
+                if workflow.gui and attempt == 1 and step is workflow.steps[0]:
+                    qemu.keep_screen(self.config, writer, "before.png")
                 error, value = self.monitor.run_attempt(step, input, ctx, cancel, attempt_cancel)
+                if workflow.gui:
+                    self._keep_screen_after(workflow, step, writer, error)
         except Cancelled as waiting:  # cancelled while waiting for the desktop
             error, value = waiting, None
         if isinstance(error, Cancelled):
@@ -212,6 +222,16 @@ class TaskRuntime:
             raise StepFailure(message, code, retry=retryable(exc)) from exc
         log.info("step succeeded", extra=extra)
         return output
+
+    def _keep_screen_after(
+        self, workflow: Workflow, step: Step, writer: ArtifactWriter, error: BaseException | None
+    ) -> None:
+        """A GUI step's screen, still holding the desktop: failure-STEP.png when the attempt failed
+        (the last attempt's stays), after.png when the last step succeeded."""
+        if error is not None and not isinstance(error, Cancelled | Skipped):
+            qemu.keep_screen(self.config, writer, f"failure-{step.name}.png")
+        elif error is None and step is workflow.steps[-1]:
+            qemu.keep_screen(self.config, writer, "after.png")
 
     def cancelled(self, workflow: Workflow, step: Step, run_id: str) -> None:
         """The engine cancelled this step's run: record the job (and its unfinished steps) cancelled."""

@@ -1,0 +1,185 @@
+"""`doctor`: every item with its cause and fix, concurrent probes bounded by the check timeout,
+warnings that do not fail, secrets never shown, nothing changed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from fixture_endpoints import (
+    HttpEndpoint,
+    RawListener,
+    aloha_server_routes,
+    closed_port,
+    hatchet_health_routes,
+)
+from fixture_sshd import SshServer
+
+from win_automation.config import load_config
+from win_automation.operations.checks import CheckResult
+from win_automation.operations.doctor import check_clock, diagnose
+
+WS_PATH = "wa-secret-ws-path-4242"
+
+
+def token(expires_in_days: float) -> str:
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    claims = {
+        "sub": "tenant-1",
+        "server_url": "http://127.0.0.1:1",
+        "grpc_broadcast_address": "127.0.0.1:1",
+        "exp": int(time.time() + expires_in_days * 86400),
+    }
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}.sig"
+
+
+@pytest.fixture
+def grpc_port() -> Any:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield port
+    server.stop(0)
+
+
+def test_every_endpoint_hanging_doctor_ends_within_the_timeout_plus_one_second(
+    endpoints: list, tmp_path: Path, cli: Any
+) -> None:
+    silent = RawListener("silent")
+    endpoints.append(silent)
+    env = {
+        "WIN_AUTOMATION_SSH_HOST": "127.0.0.1",
+        "WIN_AUTOMATION_SSH_PORT": str(silent.port),
+        "WIN_AUTOMATION_ALOHA_SERVER_URL": silent.url,
+        "WIN_AUTOMATION_ALOHA_CLIENT_URL": silent.url,
+        "WIN_AUTOMATION_HATCHET_HEALTH_LIVE_URL": silent.url + "/live",
+        "WIN_AUTOMATION_HATCHET_HEALTH_READY_URL": silent.url + "/ready",
+        "HATCHET_CLIENT_HOST_PORT": f"127.0.0.1:{silent.port}",
+        "HATCHET_CLIENT_TOKEN": token(90),
+        "WIN_AUTOMATION_PLAYWRIGHT_HOST": "127.0.0.1",
+        "WIN_AUTOMATION_PLAYWRIGHT_PORT": str(silent.port),
+        "WIN_AUTOMATION_PLAYWRIGHT_WS_PATH": WS_PATH,
+        "WIN_AUTOMATION_SUPERVISOR_CHECK_TIMEOUT": "1.5s",
+        "WIN_AUTOMATION_DATA_DIR": str(tmp_path / "data"),
+    }
+    loaded = load_config(None, env)
+    started = time.monotonic()
+    results = {r.name: r for r in diagnose(loaded)}
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.5 + 1.0, elapsed
+    assert results["ssh"].status == "fail" and results["ssh"].kind == "silent"
+    assert results["hatchet"].status == "fail"
+    assert results["aloha_server"].status == "skipped"  # the VM does not answer on SSH
+    run = cli("doctor", "--json", env=env)
+    assert run.code == 1
+    data = json.loads(run.stdout)
+    assert data["ok"] is False and data["summary"]["fail"] >= 2
+    assert WS_PATH not in run.stdout + run.stderr
+    assert not (tmp_path / "data").exists()  # doctor changes nothing, not even the data folder
+
+
+def test_healthy_setup_passes_and_a_warning_does_not_fail(
+    live_sshd: SshServer, known_hosts: Path, endpoints: list, grpc_port: int, cli: Any, tmp_path: Path
+) -> None:
+    server, client, health = (
+        HttpEndpoint(aloha_server_routes()),
+        HttpEndpoint({}),
+        HttpEndpoint(hatchet_health_routes()),
+    )
+    endpoints += [server, client, health]
+    env = {
+        **live_sshd.env(known_hosts),
+        "WIN_AUTOMATION_SSH_PASSWORD": live_sshd.PASSWORD,
+        "WIN_AUTOMATION_ALOHA_SERVER_URL": server.url,
+        "WIN_AUTOMATION_ALOHA_CLIENT_URL": client.url,
+        "WIN_AUTOMATION_HATCHET_HEALTH_LIVE_URL": health.url + "/live",
+        "WIN_AUTOMATION_HATCHET_HEALTH_READY_URL": health.url + "/ready",
+        "HATCHET_CLIENT_HOST_PORT": f"127.0.0.1:{grpc_port}",
+        "HATCHET_CLIENT_TOKEN": token(5),  # expires in 5 days: a warning
+    }
+    items = [
+        "config",
+        "folders",
+        "ssh",
+        "ssh_key",
+        "clock",
+        "aloha_server",
+        "aloha_client",
+        "hatchet",
+        "hatchet_token",
+        "hatchet_version",
+    ]
+    args = [arg for item in items for arg in ("--check", item)]
+    run = cli("doctor", "--json", *args, env=env)
+    data = json.loads(run.stdout)
+    statuses = {c["name"]: c["status"] for c in data["checks"]}
+    assert statuses == {**dict.fromkeys(items, "pass"), "hatchet_token": "warn"}, data
+    assert run.code == 0 and data["summary"]["warn"] == 1
+    token_item = next(c for c in data["checks"] if c["name"] == "hatchet_token")
+    assert "expires in" in token_item["cause"] and "hatchet-admin token create" in token_item["fix"]
+    config_item = next(c for c in data["checks"] if c["name"] == "config")
+    assert "ssh.password" in config_item["detail"].split("(missing")[0]
+    version = next(c for c in data["checks"] if c["name"] == "hatchet_version")
+    assert "hatchet-sdk 1.43" in version["detail"] and "v0.80.0" in version["detail"]
+    table = cli("doctor", *args, env=env)
+    assert table.code == 0 and "✓" in table.stdout and "!" in table.stdout
+    assert "doctor: 9 passed, 0 failed, 1 warnings, 0 skipped" in table.stdout
+    everything = table.stdout + table.stderr + run.stdout + run.stderr
+    assert live_sshd.PASSWORD not in everything and env["HATCHET_CLIENT_TOKEN"] not in everything
+
+
+def test_fixes_named_and_repairs_announced(
+    live_sshd: SshServer, known_hosts: Path, cli: Any, tmp_path: Path, endpoints: list
+) -> None:
+    key = tmp_path / "loose_key"
+    key.write_bytes(live_sshd.client_key.read_bytes())
+    key.chmod(0o644)
+    closing = RawListener("close")
+    endpoints.append(closing)
+    env = {
+        **live_sshd.env(known_hosts, key_file=str(key)),
+        "WIN_AUTOMATION_ALOHA_SERVER_URL": closing.url,
+        "WIN_AUTOMATION_ALOHA_CLIENT_URL": f"http://127.0.0.1:{closed_port()}",
+    }
+    seen = len(live_sshd.reports.read_text().splitlines())
+    run = cli("doctor", "--check", "ssh_key", "--check", "aloha_server", "--check", "aloha_client", env=env)
+    assert run.code == 1
+    assert f"chmod 600 {key}" in run.stdout
+    assert "New-NetFirewallRule -Name WinAutomation-AlohaServer" in run.stdout
+    assert "`win-automation supervisor run --once` would repair: aloha_server" in run.stdout
+    assert "aloha_client (firewall rules, then aloha.client_start_cmd)" in run.stdout
+    assert len(live_sshd.reports.read_text().splitlines()) == seen  # nothing was sent to the VM
+
+
+def test_bad_input_and_bad_config(cli: Any) -> None:
+    unknown = cli("doctor", "--check", "sshh")
+    assert unknown.code == 2 and "--check: unknown item sshh" in unknown.stderr
+    bad = cli("doctor", "--json", env={"WIN_AUTOMATION_SSH_PORT": "99999"})
+    assert bad.code == 1
+    data = json.loads(bad.stdout)
+    assert data["checks"][0]["name"] == "config" and "ssh.port" in data["checks"][0]["cause"]
+    assert all(c["status"] == "skipped" for c in data["checks"][1:])
+
+
+def test_clock_skew() -> None:
+    now = time.time()
+
+    def ssh(offset: float) -> CheckResult:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now + offset)) + ".5000000Z"
+        return CheckResult(
+            "ssh", "pass", "", data={"asked": now - 0.1, "answered": now + 0.1, "vm_utc": stamp}
+        )
+
+    assert check_clock(ssh(0)).status == "pass"
+    assert check_clock(ssh(30)).status == "warn"
+    late = check_clock(ssh(-3600))
+    assert late.status == "fail" and "w32tm /resync" in late.fix
+    assert check_clock(CheckResult("ssh", "fail", "")).status == "skipped"

@@ -1,0 +1,213 @@
+"""The browser on the VM: where its Playwright server is, its health, and browser sessions for steps.
+
+- `endpoint(config)`: the server as this process reaches it: `playwright.host:port` directly (the
+  VM's forwarded port, the default) or through a port forward on the SSH connection to the VM's
+  loopback (`ssh.forward_services`, see operations.endpoints), with the wsPath from
+  `WIN_AUTOMATION_PLAYWRIGHT_WS_PATH`.
+- `health(config) -> PlaywrightHealth`: reachable, wsPath accepted, client and server versions,
+  connect and new-page latency; it never raises for a server that is down, refuses or mismatches:
+  it reports the cause and the fix (the supervisor and `doctor` call it).
+- `browser_session(...)`: one connected browser and one fresh context for a step, with tracing
+  when asked; whatever happens the context is closed, and a failure still leaves the page's
+  screenshot and the trace in the job's artifacts (type `playwright`), named in the error.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from win_automation import metrics
+from win_automation.adapters.playwright import (
+    BrowserSession,
+    Endpoint,
+    client_version,
+    is_closed_error,
+    open_browser,
+    translate,
+)
+from win_automation.config import Config
+from win_automation.definition import ArtifactSink
+from win_automation.errors import ConfigError, VersionMismatch, WinAutomationError
+from win_automation.operations.endpoints import service_address
+
+WS_PATH_ENV = "WIN_AUTOMATION_PLAYWRIGHT_WS_PATH"
+INSTALL_FIX = "`win-automation playwright install` (it prints the export line for " + WS_PATH_ENV + ")"
+
+
+def endpoint(config: Config) -> Endpoint:
+    """The server's endpoint; ConfigError when the wsPath is not set."""
+    secret = config.playwright.ws_path
+    if secret is None or not secret.get_secret_value().strip("/"):
+        raise ConfigError(
+            f"playwright.ws_path is not set; fix: export {WS_PATH_ENV}, printed by {INSTALL_FIX}"
+        )
+    host, port, via = _address(config)
+    return Endpoint(host, port, secret.get_secret_value().strip("/"), via)
+
+
+def _address(config: Config) -> tuple[str, int, str]:
+    host, port = service_address(config, config.playwright.host, config.playwright.port)
+    return host, port, "ssh" if config.ssh.forward_services else "direct"
+
+
+@dataclass
+class PlaywrightHealth:
+    """What `playwright health` reports; `ok` with no cause, or the cause and its fix."""
+
+    ok: bool
+    endpoint: str
+    client_version: str
+    server_version: str | None = None
+    connect_ms: float | None = None
+    new_page_ms: float | None = None
+    cause: str | None = None
+    fix: str | None = None
+    via: str = "direct"
+    exit_code: int = 0
+    """0 when ok; else the error's code: 2 no or wrong wsPath, version mismatch; 3 unreachable."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def health(config: Config, *, timeout: float = 10.0) -> PlaywrightHealth:
+    """Connect, open a page, close: never raises for an unreachable, refusing or mismatched server."""
+    client = client_version()
+    report = PlaywrightHealth(False, f"{config.playwright.host}:{config.playwright.port}", client)
+    started = time.perf_counter()
+    try:
+        target = endpoint(config)
+        report.endpoint, report.via = target.describe(), target.via
+        with open_browser(target, timeout=timeout, retry=False) as session:
+            report.connect_ms = round((time.perf_counter() - started) * 1000, 1)
+            report.server_version = session.server_version
+            page_started = time.perf_counter()
+            context = session.new_context()
+            try:
+                context.new_page()
+                report.new_page_ms = round((time.perf_counter() - page_started) * 1000, 1)
+            finally:
+                _close_quietly(context)
+        report.ok = True
+    except WinAutomationError as exc:
+        if isinstance(exc, VersionMismatch):
+            report.server_version = exc.server
+        report.cause, report.fix = split_fix(str(exc))
+        report.exit_code = exc.exit_code
+    return report
+
+
+def split_fix(message: str) -> tuple[str, str]:
+    """`cause; fix: what to do` -> (cause, fix); a message with no fix gets the generic one."""
+    cause, sep, fix = message.partition("; fix: ")
+    return cause, fix if sep else "run `win-automation playwright install`, then `playwright health`"
+
+
+def _close_quietly(context: Any) -> None:
+    with suppress(Exception):  # the server may be gone; the context dies with it
+        context.close()
+
+
+@dataclass
+class BrowserJob:
+    """One step's browser: its context and page, and the artifacts written so far."""
+
+    session: BrowserSession
+    context: Any
+    page: Any
+    artifacts: ArtifactSink
+    written: list[str] = field(default_factory=list)
+    stalled: bool = False
+    """The page never finished loading: a screenshot would wait for it, so none is taken."""
+
+    def save(self, name: str, data: bytes | str) -> None:
+        """Write an artifact of type `playwright` into the job's folder (and its manifest)."""
+        if isinstance(data, str):
+            self.artifacts.write_text("playwright", name, data)
+        else:
+            self.artifacts.write_bytes("playwright", name, data)
+        if name not in self.written:
+            self.written.append(name)
+
+    def screenshot(self, *, full_page: bool = False, timeout: float = 30.0) -> bytes:
+        try:
+            data: bytes = self.page.screenshot(full_page=full_page, timeout=timeout * 1000)
+        except Exception as exc:
+            raise self.error(exc, "screenshot") from None
+        self.save("screenshot.png", data)
+        return data
+
+    def error(self, exc: BaseException, doing: str) -> WinAutomationError:
+        """The project's error for `exc`, raised while `doing`."""
+        if isinstance(exc, WinAutomationError):
+            return exc
+        if self.server_gone(exc):
+            return translate(exc, self.session.endpoint, doing=doing, lost=True)
+        return translate(exc, self.session.endpoint, doing=doing)
+
+    def server_gone(self, exc: BaseException) -> bool:
+        """Whether `exc` came from losing the server (not, say, a script closing its own page)."""
+        if self.session.lost:
+            return True
+        if not is_closed_error(exc):
+            return False
+        try:  # the client may not have noticed yet (its `disconnected` event comes late): ask
+            self.session.browser.new_context().close()
+        except Exception:
+            return True
+        return False
+
+
+@contextmanager
+def browser_session(
+    config: Config,
+    artifacts: ArtifactSink,
+    *,
+    trace: bool = False,
+    timeout: float = 30.0,
+) -> Iterator[BrowserJob]:
+    """A connected browser with a fresh context and page; closed whatever happens. On failure the
+    page's screenshot and (with `trace`) the trace are kept, and the error lists the artifacts."""
+    target = endpoint(config)
+    with open_browser(target, timeout=timeout) as session:
+        metrics.inc("playwright_sessions_total")
+        context = session.new_context()
+        job = BrowserJob(session, context, None, artifacts)
+        try:
+            if trace:
+                context.tracing.start(screenshots=True, snapshots=True, sources=False)
+            job.page = context.new_page()
+            job.page.set_default_timeout(timeout * 1000)
+            yield job
+            if trace:
+                _stop_trace(job)
+        except BaseException as exc:
+            err = job.error(exc, "the job") if isinstance(exc, Exception) else None
+            if not session.lost:
+                if "screenshot.png" not in job.written and job.page is not None and not job.stalled:
+                    with suppress(Exception):  # the page may be unusable: keep what we have
+                        job.save("screenshot.png", job.page.screenshot(timeout=5000))
+                if trace:
+                    with suppress(Exception):
+                        _stop_trace(job)
+            if err is None:
+                raise
+            if job.written:
+                err.message = f"{err.message} (kept: {', '.join(job.written)})"
+            raise err from None
+        finally:
+            _close_quietly(context)
+
+
+def _stop_trace(job: BrowserJob) -> None:
+    with tempfile.TemporaryDirectory(prefix="wa-trace-") as tmp:
+        path = Path(tmp) / "trace.zip"
+        job.context.tracing.stop(path=str(path))
+        job.artifacts.write_file("playwright", "trace.zip", path)
+        job.written.append("trace.zip")
