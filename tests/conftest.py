@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,13 @@ class Run:
     stderr: str
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_warm_helper_outlives_the_tests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """CLI calls that no `cli` fixture ran (plain subprocesses) may have started helpers too."""
+    yield
+    stop_warm_helpers(tmp_path_factory.getbasetemp())
+
+
 @pytest.fixture
 def cli_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A clean environment: no WIN_AUTOMATION_*/HATCHET_* from the caller, data under tmp_path."""
@@ -40,18 +49,29 @@ def cli_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     yield env
 
 
-def stop_warm_helpers(data_dir: Path) -> None:
-    """Kill the warm-connection helpers (ssh.persist) that a test's CLI calls left running."""
-    import json
+def stop_warm_helpers(under: Path) -> None:
+    """Kill the warm-connection helpers (ssh.persist) whose socket is under `under` (a data dir,
+    or the session's temporary root), found by their command line: one started as a CLI exited
+    may still be connecting (no info file yet), or just forking away from its starter, so look
+    until none is left."""
     import signal
 
-    for info in (data_dir / "ssh-persist").glob("*.json"):
-        try:
-            pid = json.loads(info.read_text())["pid"]
-            if b"persist_helper" in Path(f"/proc/{pid}/cmdline").read_bytes():
+    needle = str(under).encode()
+    for _ in range(20):
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                args = cmdline.read_bytes()
+            except OSError:
+                continue
+            if b"persist_helper" in args and needle in args:
+                found.append(int(cmdline.parent.name))
+        if not found:
+            return
+        for pid in found:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-        except (OSError, ValueError, KeyError):
-            pass
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -78,4 +98,4 @@ def cli(cli_env: dict[str, str], tmp_path: Path):  # type: ignore[no-untyped-def
 
     yield run
     for data_dir in data_dirs:
-        stop_warm_helpers(Path(data_dir))
+        stop_warm_helpers(tmp_path / data_dir)  # an absolute data_dir stays as it is
