@@ -167,7 +167,7 @@ for line in body.splitlines():
         now = time.time()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
         print(stamp + f".{int(now % 1 * 1e7):07d}Z", flush=True)
-    elif m := re.fullmatch(r"\s*& cmd\.exe /d /s /c '((?:[^']|'')*)'\s*", line):  # cmd mode: sh stands for cmd
+    elif m := re.fullmatch(r"\s*& cmd\.exe /d /s /c '((?:[^']|'')*)'\s*", line):  # cmd mode: sh for cmd
         code = __import__("subprocess").call(["/bin/sh", "-c", m.group(1).replace("''", "'")])
     elif m := re.fullmatch(r"\s*exit\s+(-?\d+)\s*", line):
         code = int(m.group(1))
