@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aloha_standin import AlohaClient, AlohaServer
+from fixture_aloha import aloha_env
 from fixture_hatchet import HatchetWorld, WorkerProcess
 from fixture_playwright import PlaywrightServer
 from fixture_sshd import SshServer
@@ -29,11 +31,28 @@ ENGINES = ("local", "hatchet")
 
 
 @pytest.fixture(scope="module")
-def world_env(hatchet_world: HatchetWorld, sshd: SshServer, pw_server: PlaywrightServer) -> dict[str, str]:
+def aloha_standins() -> Iterator[tuple[AlohaServer, AlohaClient]]:
+    server, client = AlohaServer(stop_after=2), AlohaClient(step_seconds=0.05)
+    yield server, client
+    client.stop()
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def world_env(
+    hatchet_world: HatchetWorld,
+    sshd: SshServer,
+    pw_server: PlaywrightServer,
+    aloha_standins: tuple[AlohaServer, AlohaClient],
+) -> dict[str, str]:
     known_hosts = sshd.write_known_hosts(hatchet_world.root / "known_hosts")
     env = {
         **sshd.env(known_hosts),
         **pw_server.env(),
+        **aloha_env(*aloha_standins),
+        # every service the supervisor checks is up: its pass succeeds on both engines
+        "WIN_AUTOMATION_HATCHET_HEALTH_LIVE_URL": hatchet_world.engine.health_url + "/live",
+        "WIN_AUTOMATION_HATCHET_HEALTH_READY_URL": hatchet_world.engine.health_url + "/ready",
         "WIN_AUTOMATION_WORKFLOW_MODULES": "conformance_flows",
         "PYTHONPATH": os.pathsep.join([hatchet_world.env["PYTHONPATH"], str(TESTS)]),
     }
@@ -90,7 +109,11 @@ CASES = {
     "ssh-ok": ("ssh-exec", {"command": "echo conformance", "shell": "cmd"}),
     "browser-ok": ("playwright-run", {"script": "def run(page, context, input):\n    return 1\n"}),
     "browser-fails": ("playwright-screenshot", {"url": "http://127.0.0.1:9/", "timeout_seconds": 5}),
+    "aloha-ok": ("aloha-task", {"task": "Open Notepad", "max_steps": 5}),
+    "supervisor": ("supervisor-pass", {}),
 }
+# GUI twins of covered workflows (same steps, gui=True): the desktop lock is covered by aloha-task
+TWINS = {"playwright-run-headed", "playwright-screenshot-headed"}
 EXPECTED_CODES = {
     "branches": 7,
     "timeout": 124,
@@ -101,7 +124,16 @@ EXPECTED_CODES = {
     "ssh-ok": 0,
     "browser-ok": 0,
     "browser-fails": 1,
+    "aloha-ok": 0,
+    "supervisor": 0,
 }
+
+
+def test_every_workflow_has_a_conformance_case() -> None:
+    from workflows import all_workflows
+
+    covered = {workflow for workflow, _ in CASES.values()} | TWINS
+    assert set(all_workflows()) - covered == set()
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -177,15 +177,14 @@ def test_a_script_left_by_a_killed_process_is_removed_by_the_next_upload(conn, l
         foreign.unlink(missing_ok=True)
 
 
-def test_windows_cmd_mode_hands_the_line_to_cmd_exe_through_an_encoded_script(  # type: ignore[no-untyped-def]
+def test_windows_cmd_mode_hands_the_line_to_cmd_exe_through_an_encoded_script(
     conn, live_sshd: SshServer
-) -> None:
+) -> None:  # type: ignore[no-untyped-def]
     """Whatever the VM's default shell (cmd.exe or PowerShell), cmd mode arrives as -EncodedCommand."""
-    line = "echo \"quoted & piped\" | tr a-z A-Z; exit 5"
+    line = 'echo "quoted & piped" | tr a-z A-Z; exit 5'
     result = remote.run_command(conn, line, shell="cmd", remote_os="windows", timeout=10)
     arrived = last_report(live_sshd)
     assert arrived["mode"] == "encoded" and "-EncodedCommand" in arrived["argv"]
     assert arrived["body"] == "& cmd.exe /d /s /c 'echo \"quoted & piped\" | tr a-z A-Z; exit 5'"
     assert (result.shell, result.command, result.exit_code) == ("cmd", line, 5)
     assert result.stdout.endswith("QUOTED & PIPED\n")  # sh, standing in for cmd, ran it
-
