@@ -90,7 +90,7 @@ def test_an_unreadable_config_is_the_projects_one_line_error(cli_env) -> None:  
     cfg = home / "c.json"
     cfg.write_text("{}")
     cfg.chmod(0o000)
-    os.chown(cfg, 0, 0)
+    unprivileged.not_mine(cfg)
     env = {**cli_env, "HOME": str(home), "WIN_AUTOMATION_DATA_DIR": str(home / "data")}
     res = unprivileged.run_cli("--config", str(cfg), "config", "show", env=env, cwd=home)
     one_line_exit_2(res, f"config file {cfg}: permission denied")

@@ -59,9 +59,9 @@ def test_data_dir_that_is_a_file_or_not_writable(cli, cli_env) -> None:  # type:
     as_file.write_text("")
     res = cli("run", "ping", env={"WIN_AUTOMATION_DATA_DIR": str(as_file)})
     one_line(res, 74, f"data.dir {as_file}: cannot create it (it is a file)", "WIN_AUTOMATION_DATA_DIR")
-    locked = home / "locked"  # root's folder: the unprivileged user cannot write in it
+    locked = home / "locked"  # another user's folder: the unprivileged process cannot write in it
     locked.mkdir()
-    os.chown(locked, 0, 0)
+    unprivileged.not_mine(locked)
     env = {**cli_env, "HOME": str(home), "WIN_AUTOMATION_ARTIFACT_OUT": str(home / "artifacts")}
     for data_dir, needle in ((locked / "data", "cannot create it"), (locked, "cannot be used")):
         env["WIN_AUTOMATION_DATA_DIR"] = str(data_dir)
@@ -81,19 +81,15 @@ def test_fetch_into_folders_that_cannot_be_written(cli_env) -> None:  # type: ig
     ran = unprivileged.run_cli("run", "ping", "--json", env=env, cwd=home)
     assert ran.code == 0, ran.stderr
     job = job_id_of(ran)
-    read_only = home / "ro"  # the unprivileged user's own folder, mode 0555
+    read_only = home / "ro"  # the unprivileged process's own folder, mode 0555
     read_only.mkdir()
     read_only.chmod(0o555)
-    if os.geteuid() == 0:
-        os.chown(read_only, unprivileged.NOBODY, unprivileged.NOBODY)
     roots = home / "roots"  # another user's folder
     roots.mkdir()
-    os.chown(roots, 0, 0)
+    unprivileged.not_mine(roots)
     taken = home / "taken"
     taken.mkdir()
     (taken / job).write_text("a file where the job's folder would go")
-    if os.geteuid() == 0:
-        os.chown(taken, unprivileged.NOBODY, unprivileged.NOBODY)
     for out, needle in (
         (read_only, "Permission denied"),
         (roots, "Permission denied"),

@@ -1,6 +1,8 @@
 """Running the CLI as a user the file system can refuse: root ignores file modes, so when the tests
-run as root the command is started as `nobody` (setpriv); as any other user it runs as that user.
-Folders a test hands to such a process live in `shared_dir()`, which that user can enter."""
+run as root the command runs as root without the capabilities that bypass them (setpriv drops
+CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH): modes then apply to it as to any user, while the
+checkout and its virtualenv stay readable wherever the clone is (under /root, say). As any other
+user it runs as that user. `not_mine(path)` gives a file or folder to another user."""
 
 from __future__ import annotations
 
@@ -13,20 +15,25 @@ from pathlib import Path
 from conftest import ROOT, Run
 
 NOBODY = 65534
+_BYPASS = "-dac_override,-dac_read_search"
 
 
 def prefix() -> list[str]:
     if os.geteuid() != 0:
         return []
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--"]
+    return ["setpriv", f"--bounding-set={_BYPASS}", f"--inh-caps={_BYPASS}", "--"]
 
 
 def shared_dir() -> Path:
-    """A fresh folder under /tmp that the unprivileged user owns (and so can write)."""
+    """A fresh folder under /tmp that the unprivileged process owns (and so can write)."""
     path = Path(tempfile.mkdtemp(prefix="wa-unpriv-"))
     path.chmod(0o755)
-    if os.geteuid() == 0:
-        os.chown(path, NOBODY, NOBODY)
+    return path
+
+
+def not_mine(path: Path) -> Path:
+    """`path` given to another user (`nobody`): the unprivileged process may read it, not write it."""
+    os.chown(path, NOBODY, NOBODY)
     return path
 
 
