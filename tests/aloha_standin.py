@@ -28,6 +28,7 @@ request answers with a status and body, hangs, or has its connection dropped wit
 
 from __future__ import annotations
 
+import abc
 import base64
 import contextlib
 import http.server
@@ -156,7 +157,7 @@ class _Server(http.server.ThreadingHTTPServer):
         self.owner.connections.clear()
 
 
-class _StandIn:
+class _StandIn(abc.ABC):
     """A threaded HTTP server on 127.0.0.1 (a free port, or `port` to come back on the same one)."""
 
     def __init__(self, port: int = 0) -> None:
@@ -206,8 +207,9 @@ class _StandIn:
                     return self.faults.pop(i)
         return None
 
+    @abc.abstractmethod
     def answer(self, method: str, path: str, body: Any) -> tuple[int, str | dict[str, Any], str | None]:
-        raise NotImplementedError
+        """The status, body and content type this service answers `method path` with."""
 
 
 class AlohaServer(_StandIn):
