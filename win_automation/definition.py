@@ -29,7 +29,7 @@ from win_automation.config import Config
 from win_automation.errors import UsageError
 
 if TYPE_CHECKING:  # the VM object is an operation; steps get it from their engine
-    pass
+    from win_automation.operations.vm import Vm
 
 _KEBAB = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
@@ -68,6 +68,16 @@ class StepContext(Protocol):
     @property
     def artifacts(self) -> ArtifactSink:
         """The job's artifact writer (see win_automation.artifacts.store)."""
+        ...
+
+    @property
+    def vm(self) -> Vm:
+        """The VM (operations.vm.Vm): commands, PowerShell, transfers; bound to this attempt's
+        cancel check (a cancelled job kills its running remote command) and to `emit`."""
+        ...
+
+    def emit(self, stream: str, text: str) -> None:
+        """Live output (`stdout`/`stderr`) that the engine forwards to whoever waits for the job."""
         ...
 
 

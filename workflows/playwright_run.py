@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from win_automation.definition import Step, StepContext, Workflow
-from win_automation.operations.desktop import require_desktop
+from win_automation.operations.desktop import headed_twin
 from win_automation.operations.playwright import browser_session
 from win_automation.operations.playwright_jobs import run_script
 
@@ -45,11 +45,6 @@ def run(inp: RunInput, ctx: StepContext) -> RunOutput:
     return RunOutput(result=result, artifacts=job.written)
 
 
-def run_headed(inp: RunInput, ctx: StepContext) -> RunOutput:
-    require_desktop(ctx.vm)
-    return run(inp, ctx)
-
-
 ARTIFACT_TYPES = ("playwright",)
 COUNTERS = ("playwright_sessions_total",)
 
@@ -62,12 +57,7 @@ playwright_run = Workflow(
     steps=(Step("run", run, RunOutput, timeout_seconds=86400),),
 )
 
-playwright_run_headed = Workflow(
-    name="playwright-run-headed",
-    input=RunInput,
-    artifact_types=ARTIFACT_TYPES,
-    counters=COUNTERS,
-    gui=True,
+playwright_run_headed = headed_twin(
+    playwright_run,
     description="Run a Playwright script against the VM's headed browser (a GUI job).",
-    steps=(Step("run", run_headed, RunOutput, timeout_seconds=86400),),
 )

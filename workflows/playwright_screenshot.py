@@ -13,7 +13,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from win_automation.definition import Step, StepContext, Workflow
-from win_automation.operations.desktop import require_desktop
+from win_automation.operations.desktop import headed_twin
 from win_automation.operations.playwright import browser_session
 from win_automation.operations.playwright_jobs import take_screenshot
 
@@ -68,11 +68,6 @@ def screenshot(inp: ScreenshotInput, ctx: StepContext) -> ScreenshotOutput:
     )
 
 
-def screenshot_headed(inp: ScreenshotInput, ctx: StepContext) -> ScreenshotOutput:
-    require_desktop(ctx.vm)
-    return screenshot(inp, ctx)
-
-
 ARTIFACT_TYPES = ("playwright",)
 COUNTERS = ("playwright_sessions_total",)
 
@@ -85,12 +80,7 @@ playwright_screenshot = Workflow(
     steps=(Step("screenshot", screenshot, ScreenshotOutput, timeout_seconds=3900),),
 )
 
-playwright_screenshot_headed = Workflow(
-    name="playwright-screenshot-headed",
-    input=ScreenshotInput,
-    artifact_types=ARTIFACT_TYPES,
-    counters=COUNTERS,
-    gui=True,
+playwright_screenshot_headed = headed_twin(
+    playwright_screenshot,
     description="A screenshot by the VM's headed browser (a GUI job: the VM desktop, one at a time).",
-    steps=(Step("screenshot", screenshot_headed, ScreenshotOutput, timeout_seconds=3900),),
 )

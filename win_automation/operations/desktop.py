@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Literal
+from dataclasses import replace
+from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
+from win_automation.definition import StepContext, StepFn, Workflow
 from win_automation.errors import Cancelled, DesktopUnavailable, OperationTimeout, WinAutomationError
 from win_automation.operations.vm import Vm
 from win_automation.operations.winscripts import script_text
@@ -72,3 +74,18 @@ def require_desktop(vm: Vm) -> None:
             f"the VM desktop is locked (LogonUI.exe in console session {found.session} of "
             f"{found.user or 'its user'} on {vm.key}): unlock it; GUI jobs need no screen lock"
         )
+
+
+def headed_twin(workflow: Workflow, *, description: str) -> Workflow:
+    """The GUI twin of `workflow` (`<name>-headed`, gui=True): its first steps (those with no
+    parents) probe the desktop before they run, so a locked or empty desktop refuses the job."""
+
+    def guarded(fn: StepFn) -> StepFn:
+        def step(inp: Any, ctx: StepContext) -> BaseModel:
+            require_desktop(ctx.vm)
+            return fn(inp, ctx)
+
+        return step
+
+    steps = tuple(s if s.parents else replace(s, fn=guarded(s.fn)) for s in workflow.steps)
+    return replace(workflow, name=f"{workflow.name}-headed", gui=True, description=description, steps=steps)

@@ -272,47 +272,39 @@ def run_command(
     files: Files = (None, None),
 ) -> CommandResult:
     """Run `command` on the VM in PowerShell or in cmd (passed as given to the VM's shell)."""
-    if shell == "powershell":
-        return run_powershell(
+    if shell == "cmd" and remote_os == "posix":
+        return _execute(
             conn,
             command,
-            remote_os=remote_os,
-            timeout=timeout,
-            on_stdout=on_stdout,
-            on_stderr=on_stderr,
-            cancelled=cancelled,
-            files=files,
-        )
-    if remote_os == "windows":
-        # Through PowerShell's -EncodedCommand, which survives whichever default shell the VM's
-        # sshd has (cmd.exe, or PowerShell as Install-WinAutomation.ps1 sets it): cmd.exe gets the
-        # command line as given (Windows PowerShell quotes an argument with spaces, and /s strips
-        # exactly those outer quotes). The encoded script names the run, as the kill needle.
-        result = run_powershell(
-            conn,
-            f"& cmd.exe /d /s /c {powershell.quote_literal(command)}",
-            remote_os=remote_os,
-            timeout=timeout,
-            on_stdout=on_stdout,
-            on_stderr=on_stderr,
             display=command,
+            shell="cmd",
+            remote_os=remote_os,
+            needle=None,
+            timeout=timeout,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
             cancelled=cancelled,
             files=files,
         )
-        return result.model_copy(update={"shell": "cmd"})
-    return _execute(
+    script = command
+    if shell == "cmd":
+        # Windows cmd mode goes through PowerShell's -EncodedCommand too, which survives whichever
+        # default shell the VM's sshd has (cmd.exe, or PowerShell as Install-WinAutomation.ps1
+        # sets it): cmd.exe gets the command line as given (Windows PowerShell quotes an argument
+        # with spaces, and /s strips exactly those outer quotes). The encoded script names the run.
+        script = f"& cmd.exe /d /s /c {powershell.quote_literal(command)}"
+    result = run_powershell(
         conn,
-        command,
-        display=command,
-        shell="cmd",
+        script,
         remote_os=remote_os,
-        needle=None,
         timeout=timeout,
         on_stdout=on_stdout,
         on_stderr=on_stderr,
+        display=command,
         cancelled=cancelled,
         files=files,
     )
+    return result.model_copy(update={"shell": shell}) if shell == "cmd" else result
 
 
 def run_idempotent(
