@@ -24,7 +24,7 @@ from win_automation.artifacts.store import (
     safe_relative,
     verify_folder,
 )
-from win_automation.errors import ArtifactMismatch, NotFoundError, StorageError, StorageFull, UsageError
+from win_automation.errors import ArtifactMismatch, NotFoundError, StorageFull, UsageError
 from win_automation.jobs.ids import new_job_id, new_trace_id
 
 TYPES = ("ssh", "aloha", "playwright")
@@ -77,9 +77,9 @@ def test_bad_type_and_bad_job_id_touch_nothing(tmp_path: Path) -> None:
 
 
 def test_a_full_disk_is_storage_full_and_retried(tmp_path: Path) -> None:
-    with open("/dev/full", "wb", buffering=0) as full:  # the kernel's ENOSPC on every write
-        with pytest.raises(StorageFull, match=r"^artifacts.out_dir: cannot write /dev/full: No space left"):
-            _HashingWriter(full).write(b"evidence")
+    full = open("/dev/full", "wb", buffering=0)  # noqa: SIM115  the kernel's ENOSPC on every write
+    with full, pytest.raises(StorageFull, match=r"^artifacts.out_dir: cannot write /dev/full: No space left"):
+        _HashingWriter(full).write(b"evidence")
     assert StorageFull.transient and StorageFull.exit_code == 74
 
 
