@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from win_automation.adapters import persist_wire as persist
+from win_automation.adapters.execution import SessionSpec
 from win_automation.adapters.ssh import SshConnection
 from win_automation.config.schema import SSHConfig
 from win_automation.errors import ConnectError, WinAutomationError
@@ -108,20 +109,25 @@ class Helper:
 
     def _run(self, request: dict[str, Any], send: Any, cancelled: threading.Event) -> dict[str, Any]:
         op = request.get("op")
-        if op == "exec":
-            outcome = self.conn.exec(
-                str(request["command"]),
-                timeout=request.get("timeout"),
-                on_stdout=lambda data: send(b"O", data),
-                on_stderr=lambda data: send(b"E", data),
-                cancelled=cancelled.is_set,
-                keep=False,
-            )
+        if op in ("exec", "session"):
+            streams: dict[str, Any] = {
+                "timeout": request.get("timeout"),
+                "on_stdout": lambda data: send(b"O", data),
+                "on_stderr": lambda data: send(b"E", data),
+                "cancelled": cancelled.is_set,
+                "keep": False,
+            }
+            if op == "exec":
+                outcome = self.conn.exec(str(request["command"]), **streams)
+            else:  # ssh.warm_powershell: the helper's warm PowerShell sessions
+                spec = SessionSpec(str(request["launch"]), str(request["bootstrap"]))
+                outcome = self.conn.run_in_session(spec, str(request["script"]), **streams)
             return {
                 "exit_status": outcome.exit_status,
                 "timed_out": outcome.timed_out,
                 "duration_ms": outcome.duration_ms,
                 "cancelled": outcome.cancelled,
+                "pid": outcome.pid,
             }
         if op == "put":
             self.conn.put_bytes(str(request["path"]), base64.b64decode(request["data"]))
