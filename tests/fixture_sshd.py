@@ -112,7 +112,8 @@ def run(script, report):
     a scope of this script only (as in a process, or a warm session's runspace, of its own)."""
     if m := re.search(r"taskkill\.exe /T /F /PID (\d+)", script):  # a warm session's tree, by PID
         target = int(m.group(1))
-        write_report({**report, "mode": "kill", "pid": target, "killed": kill_trees(lambda pid, _: pid == target)})
+        killed = kill_trees(lambda pid, _: pid == target)
+        write_report({**report, "mode": "kill", "pid": target, "killed": killed})
         return 0
     if "taskkill.exe /T /F" in script:  # the Windows kill script: emulate it with /proc
         needle = re.search(r"\$needle = '((?:[^']|'')*)'", script).group(1).replace("''", "'")
@@ -144,9 +145,9 @@ def run(script, report):
         rules = json.load(open(FIREWALL_FILE)) if os.path.getsize(FIREWALL_FILE) else {}
         named = re.search(r"New-NetFirewallRule -Name \$rule\.Name", body) is not None
         for name, display, var in re.findall(FIREWALL_TABLE, body):
-            want = {"DisplayName": display, "Direction": "Inbound", "Protocol": "TCP", "LocalPort": values[var],
-                    "RemoteAddress": values["RemoteAddress"], "Action": "Allow", "Profile": "Any",
-                    "Enabled": "True"}
+            want = {"DisplayName": display, "Direction": "Inbound", "Protocol": "TCP",
+                    "LocalPort": values[var], "RemoteAddress": values["RemoteAddress"], "Action": "Allow",
+                    "Profile": "Any", "Enabled": "True"}
             if name not in rules:  # a rule created without -Name gets a GUID: the next run adds another
                 rules[name if named else str(__import__("uuid").uuid4())] = want
                 action = "created"
@@ -178,7 +179,8 @@ def run(script, report):
             print(stamp + f".{int(now % 1 * 1e7):07d}Z", flush=True)
         elif m := re.fullmatch(r"\s*& cmd\.exe /d /s /c '((?:[^']|'')*)'\s*", line):  # cmd mode: sh for cmd
             command = m.group(1).replace("''", "'")
-            code = __import__("subprocess").call(["/bin/sh", "-c", command], stdin=__import__("subprocess").DEVNULL)
+            import subprocess
+            code = subprocess.call(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL)
         elif m := re.fullmatch(r"\s*\$(?:global:|script:)?(\w+)\s*=\s*'([^']*)'\s*", line):
             scope[m.group(1)] = m.group(2)
         elif m := re.fullmatch(r"\s*\$env:(\w+)\s*=\s*'([^']*)'\s*", line):
