@@ -9,14 +9,15 @@
 # (<RS> is the character 0x1E; each marker ends with a line feed.)
 # The script is the same wrapped script the per-command path sends (preamble, body, trailer). It
 # runs as a .ps1 file, so `exit N` ends the script, not the session, and sets $LASTEXITCODE, in a
-# runspace of its own (opened ahead, while the session waits): its variables, functions, aliases,
+# runspace of its own (opened ahead, after the previous reply): its variables, functions, aliases,
 # modules, location and preferences die with it, in every scope, $global: included. A child scope
 # (& { }) would not isolate $global:, Set-Location or imported modules. What a runspace does not
 # hold, the process's environment variables and current directory, is put back after each
 # script. The runspace shares this process's host, so its output, console writes and native
 # programs reach stdout and stderr as in a process of its own; errors it leaves in its error
-# stream are written as CLIXML, as powershell.exe writes them. Programs it starts get NUL as
-# stdin (end of input at once, as with a command of its own), never the request pipe.
+# stream are written as CLIXML, as powershell.exe writes them. The script and the programs it
+# starts read an empty stdin ([Console]::In, and NUL as the standard input handle: end of input
+# at once, as with a command of its own), never the request pipe.
 param()
 
 $ErrorActionPreference = 'Stop'
@@ -24,6 +25,7 @@ $ProgressPreference = 'SilentlyContinue'
 $utf8 = New-Object System.Text.UTF8Encoding($false)
 [Console]::OutputEncoding = $utf8
 $requests = [Console]::In
+[Console]::SetIn([System.IO.TextReader]::Null)
 $rs = [char]30
 
 Add-Type -TypeDefinition @'
@@ -53,7 +55,7 @@ function New-WarmRunspace {
     $state = [System.Management.Automation.Runspaces.InitialSessionState]::CreateDefault2()
     $state.ExecutionPolicy = 'Bypass'
     $runspace = [System.Management.Automation.Runspaces.RunspaceFactory]::CreateRunspace($Host, $state)
-    $runspace.OpenAsync()
+    $runspace.Open()
     $runspace
 }
 
@@ -83,9 +85,6 @@ while ($null -ne ($line = $requests.ReadLine())) {
     try {
         $text = $utf8.GetString([Convert]::FromBase64String($encoded))
         [IO.File]::WriteAllText($file, $text, (New-Object System.Text.UTF8Encoding($true)))
-        while ($runspace.RunspaceStateInfo.State -in 'BeforeOpen', 'Opening') {
-            [Threading.Thread]::Sleep(2)
-        }
         $shell = [PowerShell]::Create()
         $shell.Runspace = $runspace
         $null = $shell.AddCommand($file).AddCommand('Out-Default')
