@@ -359,3 +359,16 @@ def test_a_session_killed_under_the_helper_fails_the_job_with_3(
     assert len(starts(live_sshd, since)) == 2
     states = [j["state"] for j in jobs(cli, env)]
     assert states.count("running") == 0 and states.count("failed") == 1
+
+
+def test_a_session_that_cannot_start_is_exit_3_with_its_error(conn) -> None:  # type: ignore[no-untyped-def]
+    from win_automation.adapters.execution import SessionSpec
+
+    spec = remote.session_spec("posix")
+    broken = SessionSpec(spec.launch, "Write-Output 'not the server'")
+    with pytest.raises(
+        ConnectError, match=r"did not start .*the first line is not the warm session server"
+    ) as caught:
+        conn.run_in_session(broken, "Write-Output 'x'", timeout=10)
+    assert caught.value.exit_code == 3 and "ssh.warm_powershell false" in str(caught.value)
+    assert remote.run_powershell(conn, "Write-Output 'fine'", remote_os="posix", warm=True).ok
