@@ -210,6 +210,8 @@ def session(args):
     sys.stdout.flush()
     base_env = dict(os.environ)
     while line := sys.stdin.buffer.readline():
+        if not line.strip():  # the blank line after the bootstrap statement
+            continue
         nonce, encoded = line.strip().split(b" ", 1)
         script = base64.b64decode(encoded).decode("utf-8")
         code = run(script, {"argv": args, "mode": "session", "pid": os.getpid()})

@@ -77,6 +77,7 @@ $next = New-WarmRunspace
 [Console]::Out.Flush()
 
 while ($null -ne ($line = $requests.ReadLine())) {
+    if ($line.Trim() -eq '') { continue }  # the blank line that ends the bootstrap statement
     $nonce, $encoded = $line.Split(' ', 2)
     $code = 0
     $runspace = $next

@@ -155,7 +155,8 @@ class SessionPool:
         channel = self.conn.open_channel()
         try:
             channel.exec_command(spec.launch)
-            channel.sendall(spec.bootstrap.encode("utf-8") + b"\n")
+            # A blank line after it: -Command - runs a statement once a line ends it for sure.
+            channel.sendall(spec.bootstrap.encode("utf-8") + b"\n\n")
         except (paramiko.SSHException, OSError, EOFError) as exc:
             channel.close()
             raise ConnectError(f"cannot start a warm PowerShell session: {exc}") from exc
