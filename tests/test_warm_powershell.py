@@ -372,3 +372,26 @@ def test_a_session_that_cannot_start_is_exit_3_with_its_error(conn) -> None:  # 
         conn.run_in_session(broken, "Write-Output 'x'", timeout=10)
     assert caught.value.exit_code == 3 and "ssh.warm_powershell false" in str(caught.value)
     assert remote.run_powershell(conn, "Write-Output 'fine'", remote_os="posix", warm=True).ok
+
+
+@pytest.mark.slow
+def test_the_worker_runs_powershell_in_its_warm_session(
+    hatchet_world, live_sshd: SshServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    known = live_sshd.write_known_hosts(tmp_path / "known_hosts")
+    worker = hatchet_world.start_worker(
+        "--slots", "2", name="warm-ps", env=live_sshd.env(known, warm_powershell=True)
+    )
+    try:
+        since = len(reports(live_sshd))
+        for i in range(3):
+            res = hatchet_world.cli(
+                "ssh", "run", "--engine", "hatchet", "--", f"$x = 'v{i}'\nWrite-Output $x\nexit {i}"
+            )
+            assert res.code == i, res.stderr
+            assert f"v{i}" in res.stdout
+        arrived = [r for r in reports(live_sshd)[since:] if r["mode"] in ("session", "encoded")]
+        assert [r["mode"] for r in arrived] == ["session"] * 3
+        assert len(starts(live_sshd, since)) == 1  # the worker's one session served the three
+    finally:
+        assert worker.stop() == 0
