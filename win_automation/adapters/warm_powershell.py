@@ -219,11 +219,24 @@ class SessionPool:
         keep: bool,
     ) -> ExecOutcome:
         deadline = None if timeout is None else time.monotonic() + timeout
-        session = self._take(spec)
-        if session is None:
-            session, late = self._start(spec, deadline)
+        nonce = uuid.uuid4().hex.encode("ascii")
+        request = nonce + b" " + base64.b64encode(script.encode("utf-8")) + b"\n"
+        while True:
+            session = self._take(spec)
+            reused = session is not None
             if session is None:
-                return ExecOutcome(b"", b"", None, late, 0)
+                session, late = self._start(spec, deadline)
+                if session is None:
+                    return ExecOutcome(b"", b"", None, late, 0)
+            try:
+                session.channel.sendall(request)
+                break
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                session.close()
+                if not reused:  # an idle session that died as it was taken: nothing ran, try anew
+                    raise ConnectError(
+                        f"cannot send the script to the warm PowerShell session: {exc}"
+                    ) from exc
         out: list[bytes] = []
         err: list[bytes] = []
 
@@ -236,15 +249,9 @@ class SessionPool:
 
             return feed
 
-        nonce = uuid.uuid4().hex.encode("ascii")
         stdout = _Framed(b"\x1ewa-end:" + nonce + b":", sink(out, on_stdout))
         stderr = _Framed(b"\x1ewa-end:" + nonce, sink(err, on_stderr))
         channel = session.channel
-        try:
-            channel.sendall(nonce + b" " + base64.b64encode(script.encode("utf-8")) + b"\n")
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            session.close()
-            raise ConnectError(f"cannot send the script to the warm PowerShell session: {exc}") from exc
         streams = (
             (channel.recv_ready, channel.recv, stdout),
             (channel.recv_stderr_ready, channel.recv_stderr, stderr),
