@@ -12,8 +12,8 @@ win_automation.unixsock; `python -X importtime -m win_automation.cli.launch` sho
    a config file: loading the config is what the launcher exists to avoid). `<key>` hashes this
    interpreter, the package's location and version and the newest mtime of the .py files under
    win_automation/ and workflows/, so a server never runs other code than a fresh process would.
-2. It sends its argv, environment, umask, stdio settings and its fds 0/1/2 and working directory
-   (SCM_RIGHTS) and waits for the forked child's pid; then it says "go". A server that does not
+2. It sends its argv, environment, umask and stdio settings and waits for the forked child's
+   pid; then it says "go" with its fds 0/1/2 and working directory (SCM_RIGHTS). A server that does not
    answer within CONNECT_TIMEOUT (paused, overloaded) is dropped (its socket removed: it leaves,
    a new one is started later) and the call runs here instead; the child of such a server, if it
    ever gets the request, finds the launcher gone and runs nothing. So a command runs once.
@@ -212,15 +212,15 @@ def _connect(path: str) -> object:
             _drop(path)  # its server is gone: a job command starts a new one
             raise _NotRun from None
         payload = encode_request()
-        message = len(payload).to_bytes(4, "big") + payload
-        rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
-        sent = conn.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
-        conn.sendall(message[sent:])
+        conn.sendall(len(payload).to_bytes(4, "big") + payload)
         kind, _pid = _recv_frame(conn)
         if kind != b"P":
             raise _NotRun
         conn.settimeout(None)
-        conn.sendall(frame(b"G"))
+        # The fds go with "go", to a child that is there: none stays in flight in a server that
+        # never takes the request (a pipe the caller's reader waits on would never end).
+        rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
+        conn.sendmsg([frame(b"G")], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
     except TimeoutError:
         _drop(path)  # paused or overloaded: it leaves when it finds its socket gone
         conn.close()

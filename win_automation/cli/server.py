@@ -169,24 +169,28 @@ def stop_servers() -> list[dict[str, Any]]:
 
 
 # --- the child: one call ------------------------------------------------------------------------
-def _read_request(conn: socket.socket) -> tuple[list[bytes], list[int]]:
+def _read_request(conn: socket.socket) -> list[bytes]:
     conn.settimeout(REQUEST_TIMEOUT)
-    data, ancdata, _flags, _addr = conn.recvmsg(65536, socket.CMSG_SPACE(16 * 4))
+    size = int.from_bytes(_recv_exact(conn, 4), "big")
+    fields = _recv_exact(conn, size).split(b"\0")
+    if fields[0] != b"WA%d" % launch.PROTOCOL:
+        raise EOFError("not a launcher request")
+    return fields
+
+
+def _read_go(conn: socket.socket) -> list[int]:
+    """The launcher's "go" and its fds 0, 1, 2 and working directory; EOFError when it gave up."""
+    data, ancdata, _flags, _addr = conn.recvmsg(5, socket.CMSG_SPACE(16 * 4))
     fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             usable = len(payload) - len(payload) % 4
             fds += [int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, usable, 4)]
-    if len(data) < 4:
-        data += _recv_exact(conn, 4 - len(data))
-    size = int.from_bytes(data[:4], "big")
-    body = data[4:]
-    if len(body) < size:
-        body += _recv_exact(conn, size - len(body))
-    fields = body.split(b"\0")
-    if len(fds) != 4 or fields[0] != b"WA%d" % launch.PROTOCOL:
-        raise EOFError("not a launcher request")
-    return fields, fds
+    if len(data) < 5:
+        data += _recv_exact(conn, 5 - len(data))
+    if data != launch.frame(b"G") or len(fds) != 4:
+        raise EOFError("no go")
+    return fds
 
 
 def _recv_exact(conn: socket.socket, size: int) -> bytes:
@@ -331,12 +335,10 @@ def child(conn: socket.socket) -> None:
         global IN_SERVER
         IN_SERVER = True
         try:
-            fields, fds = _read_request(conn)
+            fields = _read_request(conn)
             conn.settimeout(None)
             conn.sendall(launch.frame(b"P", str(os.getpid()).encode()))
-            kind, _ = _frame(conn)  # "go", or EOF: the launcher gave up and runs the call itself
-            if kind != b"G":
-                os._exit(0)
+            fds = _read_go(conn)  # or EOF: the launcher gave up and runs the call itself
         except (OSError, EOFError, ValueError):
             os._exit(0)
         _become(fields, fds)
