@@ -330,7 +330,7 @@ def persist_status(
         ]
         print_table("warm connections", ("vm", "user", "pid", "started", "state"), rows)
     if cli_servers:
-        rows = [
+        servers_rows = [
             (
                 s["pid"],
                 s["started"],
@@ -339,7 +339,7 @@ def persist_status(
             )
             for s in cli_servers
         ]
-        print_table("warm CLI processes", ("pid", "started", "state", "current"), rows)
+        print_table("warm CLI processes", ("pid", "started", "state", "current"), servers_rows)
 
 
 @persist_app.command("stop")
