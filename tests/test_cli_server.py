@@ -298,6 +298,42 @@ def test_a_killed_caller_stops_its_child_and_the_job_is_not_left_running(
     assert job["state"] == "interrupted", job
 
 
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_ctrl_z_stops_the_child_with_the_caller_and_fg_continues_both(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    server = start_server(env).pid
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "win_automation",
+            "ssh",
+            "run",
+            "--shell",
+            "cmd",
+            "--",
+            "echo a; sleep 2; echo b",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"a\n"
+    (child,) = children_of(server)
+    proc.send_signal(signal.SIGTSTP)
+    assert wait_for(lambda: _state(child) == "T" and _state(proc.pid) == "T", 10)
+    proc.send_signal(signal.SIGCONT)
+    assert wait_for(lambda: _state(child) != "T", 10)
+    stdout, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and stdout == b"b\n"
+
+
 # --- faults -------------------------------------------------------------------------------------
 def test_a_paused_server_falls_back_within_a_second_and_runs_once(
     env: dict[str, str], tmp_path: Path
@@ -442,3 +478,9 @@ def test_persist_0_skips_the_server_and_status_stop_list_it(env: dict[str, str],
     stopped = launcher(["ssh", "persist", "stop", "--json"], env, tmp_path)
     assert [s["pid"] for s in json.loads(stopped.stdout)["cli_servers_stopped"]] == [server.pid]
     assert server.wait(10) == 0 and not sock_for(env).exists()
+
+
+def test_the_launchers_default_data_dir_is_the_configs() -> None:
+    from win_automation.config.schema import DataConfig
+
+    assert Path(os.path.expanduser(launch.DEFAULT_DATA_DIR)) == Path(DataConfig().dir).expanduser()

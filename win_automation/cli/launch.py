@@ -17,8 +17,9 @@ win_automation.unixsock; `python -X importtime -m win_automation.cli.launch` sho
    answer within CONNECT_TIMEOUT (paused, overloaded) is dropped (its socket removed: it leaves,
    a new one is started later) and the call runs here instead; the child of such a server, if it
    ever gets the request, finds the launcher gone and runs nothing. So a command runs once.
-3. It forwards SIGINT, SIGTERM and SIGHUP to the child and exits with the child's exit status,
-   or dies by the signal that killed the child.
+3. It forwards SIGINT, SIGTERM and SIGHUP to the child (Ctrl-Z stops the child with it, and
+   `fg`/`bg` continue both) and exits with the child's exit status, or dies by the signal that
+   killed the child.
 
 No server, `WIN_AUTOMATION_SSH_PERSIST=0`, a closed fd 0/1/2, or any failure before "go": the CLI
 runs in this process (win_automation.cli.app.main), exactly as without a server. A socket that is
@@ -41,6 +42,7 @@ CONNECT_TIMEOUT = 1.0
 """Seconds for connecting and getting the child's pid; past them the call runs in-process."""
 DEFAULT_DATA_DIR = "~/.local/share/win-automation"  # DataConfig.dir's default (a test checks)
 FORWARDED = (2, 15, 1)  # SIGINT, SIGTERM, SIGHUP (signal numbers: the signal module costs ~3 ms)
+STOP, CONT, TSTP = 19, 18, 20  # SIGSTOP, SIGCONT, SIGTSTP (Linux)
 MIRRORED = (2, 15, 1, 3)  # ... and SIGQUIT: an ignored one (nohup, `cmd &`) stays ignored there
 _ZERO = frozenset({"0", "0s", "0ms", "0m", "0h", "0d", "0.0"})
 
@@ -113,10 +115,18 @@ def _sha256(data: bytes) -> str:
 
 def server_key() -> str:
     """Which server may run this call: the interpreter (its binary, version and environment:
-    `python` and `python3` of one venv are one), the package's location and version, the
-    protocol and the newest source mtime, hashed."""
+    `python` and `python3` of one venv are one; its flags, warning options and module path
+    after the script's own folder, so PYTHONPATH or -O get their own server), the package's
+    location and version, the protocol and the newest source mtime, hashed."""
     package, workflows = package_dirs()
-    interpreter = (os.path.realpath(sys.executable), sys.version, sys.prefix)
+    interpreter = (
+        os.path.realpath(sys.executable),
+        sys.version,
+        sys.prefix,
+        repr(tuple(sys.flags)),
+        repr(sys.warnoptions),
+        repr(sys.path[1:]),
+    )
     text = "\0".join(
         (str(PROTOCOL), *interpreter, package, __version__, str(newest_mtime((package, workflows))))
     )
@@ -189,8 +199,9 @@ def _recv_frame(conn: object) -> tuple[bytes, bytes]:
     return header[:1], _recv_exact(conn, size) if size else b""
 
 
-def _connect(path: str) -> object:
-    """A connection on which a child of the server took the request; _NotRun otherwise."""
+def _connect(path: str) -> tuple[object, int]:
+    """A connection on which a child of the server took the request, and the child's pid;
+    _NotRun otherwise."""
     import _socket
 
     from win_automation import unixsock
@@ -213,9 +224,10 @@ def _connect(path: str) -> object:
             raise _NotRun from None
         payload = encode_request()
         conn.sendall(len(payload).to_bytes(4, "big") + payload)
-        kind, _pid = _recv_frame(conn)
+        kind, pid = _recv_frame(conn)
         if kind != b"P":
             raise _NotRun
+        child = int(pid)
         conn.settimeout(None)
         # The fds go with "go", to a child that is there: none stays in flight in a server that
         # never takes the request (a pipe the caller's reader waits on would never end).
@@ -230,7 +242,7 @@ def _connect(path: str) -> object:
         raise _NotRun from None
     finally:
         os.close(fds[3])
-    return conn
+    return conn, child
 
 
 def _drop(path: str) -> None:
@@ -241,7 +253,7 @@ def _drop(path: str) -> None:
         pass
 
 
-def _wait(conn: object) -> int:
+def _wait(conn: object, child: int) -> int:
     """Forward signals to the child; its exit status (or die by the signal that killed it)."""
     import _signal
 
@@ -251,9 +263,25 @@ def _wait(conn: object) -> int:
         except OSError:
             pass
 
+    def suspend(signum: int, _frame: object) -> None:
+        """Ctrl-Z: stop the child with this process, and let it go on with it (`fg`, `bg`)."""
+        try:  # noqa: SIM105
+            os.kill(child, STOP)
+        except OSError:
+            pass
+        _signal.signal(signum, _signal.SIG_DFL)
+        os.kill(os.getpid(), signum)  # stops here; returns once continued
+        _signal.signal(signum, suspend)
+        try:  # noqa: SIM105
+            os.kill(child, CONT)
+        except OSError:
+            pass
+
     for signum in FORWARDED:
         if _signal.getsignal(signum) != _signal.SIG_IGN:
             _signal.signal(signum, forward)
+    if _signal.getsignal(TSTP) == _signal.SIG_DFL:
+        _signal.signal(TSTP, suspend)
     while True:
         try:
             kind, payload = _recv_frame(conn)
@@ -275,7 +303,7 @@ def through_server() -> int | None:
         return None
     try:
         path = socket_path()
-        conn = _connect(path)
+        conn, child = _connect(path)
     except _NotRun:
         return None
     except Exception as exc:  # a foreign socket (StorageError, exit 74), as ssh.persist refuses it
@@ -286,7 +314,7 @@ def through_server() -> int | None:
 
         error(str(exc))
         return int(code)
-    return _wait(conn)
+    return _wait(conn, child)
 
 
 def main() -> None:

@@ -47,7 +47,6 @@ PRELOAD = (
     "win_automation.engines.local",
     "win_automation.operations.vm",
     "win_automation.operations.command_result",
-    "win_automation.adapters.persist",
     "win_automation.artifacts.store",
     "win_automation.jobs.journal",
     "workflows",
@@ -471,6 +470,11 @@ def _preload() -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    from win_automation.cli.app import warm
+    from win_automation.operations.vm import preload
+
+    preload()
+    warm()
     leaked = [name for name in NEVER if name in sys.modules]
     if leaked:
         raise RuntimeError(f"the warm CLI process must not import {', '.join(leaked)}")
