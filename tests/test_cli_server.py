@@ -58,7 +58,11 @@ def split(stderr: bytes) -> tuple[bytes, bool]:
 
 
 def sock_for(env: dict[str, str]) -> Path:
-    return Path(launch.socket_path(env))
+    """The socket the launcher looks for: computed by a fresh interpreter, as the key covers its
+    flags and module path (pytest's differ)."""
+    code = "from win_automation.cli import launch; print(launch.socket_path())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
 
 
 STARTED: list[subprocess.Popen[bytes]] = []
