@@ -206,6 +206,10 @@ def _connect(path: str) -> tuple[object, int]:
 
     from win_automation import unixsock
 
+    try:
+        os.lstat(path)
+    except OSError:  # none, or a data dir that is a file or not yours: the CLI says what is wrong
+        raise _NotRun from None
     if not unixsock.check_socket(path):  # a socket not yours or not 0600: StorageError (exit 74)
         raise _NotRun
     fds = [0, 1, 2]

@@ -88,8 +88,11 @@ def start_later(persist: float) -> None:
     if IN_SERVER or persist <= 0 or launch.persist_off():
         return
     sock = launch.socket_path()
-    unixsock.ensure_dir(os.path.dirname(sock))
-    if unixsock.check_socket(sock) or not _lock_free(sock):
+    try:
+        unixsock.ensure_dir(os.path.dirname(sock))
+        if unixsock.check_socket(sock) or not _lock_free(sock):
+            return
+    except Exception:  # an unusable data dir or a foreign socket: the job runs; the launcher says it
         return
     atexit.register(_spawn_quietly, sock, persist)
 
