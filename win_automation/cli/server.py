@@ -105,9 +105,12 @@ def _spawn_quietly(sock: str, persist: float) -> None:
 def spawn(sock: str, persist: float) -> None:
     import subprocess
 
+    # Not the caller's settings or secrets (each call brings its own environment).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WIN_AUTOMATION_", "HATCHET_"))}
     with open(os.path.splitext(sock)[0] + ".log", "ab") as log:
         subprocess.Popen(
             [sys.executable, "-m", "win_automation.cli.server", sock, repr(float(persist))],
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -499,6 +502,7 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # a socket that is not ours: leave it (the launcher refuses it)
         sys.stderr.write(f"warm CLI process: {exc}\n")
         return 1
+    os.chdir("/")  # holds no caller's folder (each child takes its caller's)
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     _preload()
     server.listen()
