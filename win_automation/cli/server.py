@@ -1,7 +1,8 @@
 """The warm CLI process: a per-user server that has imported the CLI and forks for each call.
 
-`python -m win_automation.cli.server SOCKET PERSIST` (started in the background by the first job
-command when `ssh.persist` > 0, see `start_later`). It imports the CLI app and what a job command
+`python -m win_automation.cli.server SOCKET PERSIST [--after-parent]` (started in the background
+by the first job command when `ssh.persist` > 0, see `start_later`; it imports once that command
+has exited). It imports the CLI app and what a job command
 needs (typer, pydantic, the config, engines, workflows, operations, the journal, rich; not
 paramiko, the Hatchet SDK or Playwright, which the commands that use them import themselves),
 listens on SOCKET (win_automation.cli.launch says where, and the protocol), and for each caller
@@ -58,6 +59,12 @@ PRELOAD = (
 NEVER = ("paramiko", "hatchet_sdk", "playwright")
 """Modules the server must not hold: a call that does not need them does not pay for them."""
 
+AFTER_PARENT = "--after-parent"
+"""Import only once the starting process has exited: its call's end does not share the CPU with
+the server's imports."""
+PARENT_WAIT = 5.0
+
+_BACKGROUND: list[Any] = []
 IN_SERVER = False
 """True in a child of the server (a job command there starts no server)."""
 
@@ -108,15 +115,17 @@ def spawn(sock: str, persist: float) -> None:
     # Not the caller's settings or secrets (each call brings its own environment).
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WIN_AUTOMATION_", "HATCHET_"))}
     with open(os.path.splitext(sock)[0] + ".log", "ab") as log:
-        subprocess.Popen(
-            [sys.executable, "-m", "win_automation.cli.server", sock, repr(float(persist))],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            start_new_session=True,
-            close_fds=True,
-        )
+        _BACKGROUND[:] = [
+            subprocess.Popen(
+                [sys.executable, "-m", "win_automation.cli.server", sock, repr(float(persist)), AFTER_PARENT],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+            )
+        ]  # kept: it outlives this process, which does not wait for it
 
 
 # --- status and stop ----------------------------------------------------------------------------
@@ -502,6 +511,10 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # a socket that is not ours: leave it (the launcher refuses it)
         sys.stderr.write(f"warm CLI process: {exc}\n")
         return 1
+    if AFTER_PARENT in argv[2:]:
+        parent, deadline = os.getppid(), time.monotonic() + PARENT_WAIT
+        while os.getppid() == parent and time.monotonic() < deadline:
+            time.sleep(0.01)
     os.chdir("/")  # holds no caller's folder (each child takes its caller's)
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     _preload()
