@@ -178,6 +178,38 @@ def test_calls_through_the_server_match_in_process_byte_for_byte(env: dict[str, 
     assert list(codes.values()) == [0, 3, 2, 2, 2]
 
 
+def test_the_launcher_imports_only_start_up_modules(env: dict[str, str], tmp_path: Path) -> None:
+    start_server(env)
+    out = launcher(["--version"], env, tmp_path)
+    assert out.returncode == 0 and out.stdout.startswith(b"win-automation ")
+    names = {
+        line.decode().rsplit("|", 1)[1].strip()
+        for line in out.stderr.splitlines()
+        if line.startswith(MARK.encode())
+    }
+    ours = {name for name in names if name.startswith(("win_automation", "workflows"))}
+    assert ours == {
+        "win_automation",
+        "win_automation.cli",
+        "win_automation.cli.launch",
+        "win_automation.unixsock",
+    }
+    heavy = {
+        "typer",
+        "click",
+        "pydantic",
+        "rich",
+        "json",
+        "socket",
+        "typing",
+        "enum",
+        "re",
+        "pathlib",
+        "signal",
+    }
+    assert not names & heavy, names & heavy
+
+
 def test_a_one_line_error_exit_74_is_the_same(env: dict[str, str], tmp_path: Path) -> None:
     data = Path(env["WIN_AUTOMATION_DATA_DIR"])
     data.mkdir(parents=True, exist_ok=True)

@@ -103,13 +103,10 @@ def newest_mtime(folders: tuple[str, ...]) -> int:
 
 
 def _sha256(data: bytes) -> str:
-    try:
-        from _sha2 import sha256  # type: ignore[import-not-found,unused-ignore]  # 3.12+
-    except ImportError:
-        try:
-            from _sha256 import sha256  # type: ignore[import-not-found,no-redef,unused-ignore]
-        except ImportError:
-            from hashlib import sha256  # type: ignore[assignment,unused-ignore]
+    if sys.version_info >= (3, 12):  # the C module itself: hashlib's import costs the launcher ~2 ms
+        from _sha2 import sha256  # type: ignore[import-not-found,unused-ignore]
+    else:
+        from _sha256 import sha256  # type: ignore[import-not-found,no-redef,unused-ignore]
     return str(sha256(data).hexdigest())
 
 
