@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import pty
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -432,6 +434,52 @@ def test_a_foreign_or_open_socket_is_refused_in_one_line(
     assert ("mode 0644, not 0600" if fault == "mode 0644" else "owned by uid 65534") in stderr
     off = launcher(["config", "show"], {**env, "WIN_AUTOMATION_SSH_PERSIST": "0"}, tmp_path)
     assert off.returncode == 0  # the way out the message names
+
+
+def test_a_peer_of_another_uid_gets_nothing(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """SO_PEERCRED: even through a socket opened up to everyone, another user's request is closed
+    unanswered, and nothing is forked for it."""
+    shared = Path(tempfile.mkdtemp(prefix="wa-peer-"))
+    shared.chmod(0o755)
+    env = {**cli_env, "WIN_AUTOMATION_DATA_DIR": str(shared / "data")}
+    server = start_server(env)
+    sock = sock_for(env)
+    for folder in (shared / "data", sock.parent):
+        folder.chmod(0o755)
+    sock.chmod(0o666)
+    client = (
+        "import socket, sys\n"
+        "c = socket.socket(socket.AF_UNIX)\n"
+        "c.connect(sys.argv[1])\n"
+        "spec = b'utf-8:strict:0:0'\n"
+        "body = bytes(1).join([b'WA1', b'0', b'', spec, spec, spec, b'1', b'x'])\n"
+        "c.settimeout(5)\n"
+        "try:\n"
+        "    c.sendall(len(body).to_bytes(4, 'big') + body)\n"
+        "    print('closed' if c.recv(100) == b'' else 'answered')\n"
+        "except (BrokenPipeError, ConnectionResetError):\n"
+        "    print('closed')\n"
+    )
+    out = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            client,
+            str(sock),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "closed", out.stdout + out.stderr
+    assert server.poll() is None and children_of(server.pid) == []
+    server.kill()
+    server.wait()
+    shutil.rmtree(shared)
 
 
 def test_two_starters_at_once_give_one_server(env: dict[str, str], tmp_path: Path) -> None:
