@@ -343,32 +343,27 @@ def _state(pid: int) -> str:
 def test_ctrl_z_stops_the_child_with_the_caller_and_fg_continues_both(
     env: dict[str, str], tmp_path: Path
 ) -> None:
+    """The caller in a process group of its own (not orphaned: its parent is in another group of
+    the session), as a shell's job: there Ctrl-Z stops."""
     server = start_server(env).pid
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "win_automation",
-            "ssh",
-            "run",
-            "--shell",
-            "cmd",
-            "--",
-            "echo a; sleep 2; echo b",
-        ],
+    command = ["ssh", "run", "--shell", "cmd", "--", "echo a; sleep 2; echo b"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "win_automation", *command],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline() == b"a\n"
-    (child,) = children_of(server)
-    proc.send_signal(signal.SIGTSTP)
-    assert wait_for(lambda: _state(child) == "T" and _state(proc.pid) == "T", 10)
-    proc.send_signal(signal.SIGCONT)
-    assert wait_for(lambda: _state(child) != "T", 10)
-    stdout, _ = proc.communicate(timeout=30)
+        stderr=subprocess.DEVNULL,
+        process_group=0,
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"a\n"
+        (child,) = children_of(server)
+        proc.send_signal(signal.SIGTSTP)
+        stopped = wait_for(lambda: _state(child) == "T" and _state(proc.pid) == "T", 10)
+        proc.send_signal(signal.SIGCONT)
+        assert stopped
+        assert wait_for(lambda: _state(child) != "T", 10)
+        stdout = proc.stdout.read()
     assert proc.returncode == 0 and stdout == b"b\n"
 
 
