@@ -5,8 +5,8 @@ takes to fail.
 
 Starts the tests' real sshd on loopback (tests/fixture_sshd.py; run as root for its test login).
 - memory: runs `win-automation ssh run --shell cmd -- "head -c N /dev/zero | tr '\\0' x"` as a
-  real process (stdout to /dev/null) for each size and prints its peak RSS (getrusage of the
-  child) and the peak per MB of output;
+  real process, the CLI in that process (stdout to /dev/null) for each size and prints its peak
+  RSS (getrusage of the child) and the peak per MB of output;
 - stall: `ssh get` of a 64 MiB file through a proxy that stops forwarding after 1 MiB, with
   ssh.connect_timeout 2s and keepalive 1s (stall bound 2 s): seconds until exit 3;
 - no banner: `ssh run` against a server that accepts TCP and never answers, connect_timeout 1s:
@@ -36,7 +36,10 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024, code)
 """
 
 
-PREFIX = [sys.executable, "-c", PEAK, sys.executable, "-m", "win_automation"]
+# The CLI in the measured process itself (`app.main`, not the launcher): through a warm CLI process
+# the job would run in a forked child that getrusage(RUSAGE_CHILDREN) does not see.
+IN_PROCESS = "from win_automation.cli.app import main; main()"
+PREFIX = [sys.executable, "-c", PEAK, sys.executable, "-c", IN_PROCESS]
 
 
 def cli(env: dict[str, str], cwd: Path, *args: str) -> tuple[float, int, str]:
