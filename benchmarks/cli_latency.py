@@ -7,9 +7,13 @@ and times, as whole processes, N rounds of (each round runs every row once, in t
 moment on the shared machine hits all rows alike; figures are medians):
 - `win-automation ssh run --shell cmd -- 'echo hi'` with ssh.persist 0 (the path before the warm
   connection: paramiko import and SSH handshake in the process),
-- the same, cold: no helper running (stopped first); the call connects itself and starts one as
-  it exits (the row waits, untimed, until that helper is up),
-- the same, warm: through the running helper,
+- the same, cold: no helper and no warm CLI process running (stopped first); the call connects
+  itself and starts both as it exits (the row waits, untimed, until they are up),
+- the same through the running helper, the CLI in the calling process (`python -c "from
+  win_automation.cli.app import main; main()"`: the entry point before the warm CLI process),
+- the same as users run it: the launcher, a fork of the warm CLI process, the running helper,
+- the launcher's own cost: `win-automation --version` through the warm CLI process, next to
+  `python -c pass` (the interpreter's start-up, the floor of any Python launcher),
 - one-shot OpenSSH `ssh host 'echo hi'`, and OpenSSH with a ControlPersist master running.
 Each CLI call is a real job (journal, artifacts, manifest), as users run it. Prints each median,
 the ratios the issue sets targets for, and the machine's load average before and after.
@@ -60,6 +64,8 @@ def main() -> None:
     warm_env = {**base, "WIN_AUTOMATION_SSH_PERSIST": "10m"}
     today_env = {**base, "WIN_AUTOMATION_SSH_PERSIST": "0"}
     ssh_run = [CLI, "ssh", "run", "--shell", "cmd", "--", "echo hi"]
+    in_process = [sys.executable, "-c", "from win_automation.cli.app import main; main()"]
+    in_process_run = [*in_process, *ssh_run[1:]]
     stop = [CLI, "ssh", "persist", "stop", "--all"]
     openssh = [
         "ssh",
@@ -75,6 +81,9 @@ def main() -> None:
         "BatchMode=yes",
     ]
     control = ["-o", f"ControlPath={work / 'cm'}"]
+    from win_automation import __version__
+
+    version = f"win-automation {__version__}\n"
     target = f"{server.user}@127.0.0.1"
     subprocess.run(
         [*openssh, *control, "-o", "ControlMaster=yes", "-o", "ControlPersist=600", "-fN", target], check=True
@@ -88,14 +97,20 @@ def main() -> None:
             out = subprocess.run(
                 [CLI, "ssh", "persist", "status", "--json"], env=warm_env, capture_output=True
             )
-            if any(h["alive"] for h in json.loads(out.stdout)["helpers"]):
+            status = json.loads(out.stdout)
+            if any(h["alive"] for h in status["helpers"]) and any(
+                s["alive"] and s["current"] for s in status["cli_servers"]
+            ):
                 break
             time.sleep(0.05)
         return elapsed
 
     rows: dict[str, Callable[[], float]] = {
         "ssh run, ssh.persist 0": lambda: timed(ssh_run, today_env),
-        "ssh run, warm helper": lambda: timed(ssh_run, warm_env),
+        "ssh run, warm helper, CLI in-process": lambda: timed(in_process_run, warm_env),
+        "ssh run, warm CLI process + helper": lambda: timed(ssh_run, warm_env),
+        "launcher: --version (warm CLI)": lambda: timed([CLI, "--version"], warm_env, version),
+        "python -c pass": lambda: timed([sys.executable, "-c", "pass"], expect=""),
         "openssh one-shot": lambda: timed([*openssh, target, "echo hi"]),
         "openssh ControlPersist": lambda: timed([*openssh, *control, target, "echo hi"]),
         "ssh run, cold (starts helper)": cold,
@@ -118,11 +133,15 @@ def main() -> None:
     for name, ms in med.items():
         spread = f"{min(times[name]):.0f}-{max(times[name]):.0f}"
         print(f"  {name:34s} {ms:7.1f}   (range {spread})")
-    warm = med["ssh run, warm helper"]
-    print(f"  warm / openssh one-shot            {warm / med['openssh one-shot']:.2f}x  (target <= 1.0x)")
-    print(
-        f"  warm / openssh ControlPersist      {warm / med['openssh ControlPersist']:.2f}x  (target <= 1.5x)"
-    )
+    for label, warm in (
+        ("warm CLI + helper", med["ssh run, warm CLI process + helper"]),
+        ("helper, CLI in-process", med["ssh run, warm helper, CLI in-process"]),
+    ):
+        one_shot, control_persist = warm / med["openssh one-shot"], warm / med["openssh ControlPersist"]
+        print(f"  {label + ' / openssh one-shot':50s} {one_shot:.2f}x  (target <= 1.0x)")
+        print(f"  {label + ' / openssh ControlPersist':50s} {control_persist:.2f}x  (target <= 1.5x)")
+    launcher_cost = med["launcher: --version (warm CLI)"] - med["python -c pass"]
+    print(f"  launcher --version over python -c pass: +{launcher_cost:.1f} ms")
     cold_ratio = med["ssh run, cold (starts helper)"] / med["ssh run, ssh.persist 0"]
     print(f"  cold / ssh.persist 0               {cold_ratio:.2f}x")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (2 cores, shared)")

@@ -5,8 +5,10 @@ takes to fail.
 
 Starts the tests' real sshd on loopback (tests/fixture_sshd.py; run as root for its test login).
 - memory: runs `win-automation ssh run --shell cmd -- "head -c N /dev/zero | tr '\\0' x"` as a
-  real process (stdout to /dev/null) for each size and prints its peak RSS (getrusage of the
-  child) and the peak per MB of output;
+  real process, the CLI in that process (stdout to /dev/null) for each size and prints its peak
+  RSS (getrusage of the child) and the peak per MB of output;
+- the largest size again through the warm CLI process the runs started: the peak RSS of the
+  launcher and of the forked child that runs the job (from /proc, while the output flows);
 - stall: `ssh get` of a 64 MiB file through a proxy that stops forwarding after 1 MiB, with
   ssh.connect_timeout 2s and keepalive 1s (stall bound 2 s): seconds until exit 3;
 - no banner: `ssh run` against a server that accepts TCP and never answers, connect_timeout 1s:
@@ -16,6 +18,7 @@ Starts the tests' real sshd on loopback (tests/fixture_sshd.py; run as root for 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -36,7 +39,10 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024, code)
 """
 
 
-PREFIX = [sys.executable, "-c", PEAK, sys.executable, "-m", "win_automation"]
+# The CLI in the measured process itself (`app.main`, not the launcher): through a warm CLI process
+# the job would run in a forked child that getrusage(RUSAGE_CHILDREN) does not see.
+IN_PROCESS = "from win_automation.cli.app import main; main()"
+PREFIX = [sys.executable, "-c", PEAK, sys.executable, "-c", IN_PROCESS]
 
 
 def cli(env: dict[str, str], cwd: Path, *args: str) -> tuple[float, int, str]:
@@ -47,6 +53,63 @@ def cli(env: dict[str, str], cwd: Path, *args: str) -> tuple[float, int, str]:
     )
     lines = done.stderr.strip().splitlines()
     return time.perf_counter() - started, done.returncode, lines[-1] if lines else ""
+
+
+def _peak_mib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def served(env: dict[str, str], work: Path, mb: int) -> None:
+    """The same through the warm CLI process (started by the runs above): the peak RSS of the
+    launcher and of the server's child that runs the job, read from /proc while the output flows."""
+    deadline = time.monotonic() + 30
+    server_pid = None
+    while server_pid is None and time.monotonic() < deadline:
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                args = cmdline.read_bytes()
+                if b"win_automation.cli.server" in args and str(work).encode() in args:
+                    server_pid = int(cmdline.parent.name)  # no call runs now: no child of it either
+        time.sleep(0.1)
+    if server_pid is None:
+        print("  (no warm CLI process started: skipped the served run)")
+        return
+    command = f"head -c {mb * 1000 * 1000} /dev/zero | tr '\\0' x"
+    started = time.perf_counter()
+    with subprocess.Popen(
+        [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", command],
+        env=env,
+        cwd=work,
+        stdout=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None
+        child = launcher = total = 0
+        while chunk := proc.stdout.read(1 << 20):
+            total += len(chunk)
+            child = max([child, *(_peak_mib(pid) for pid in _children(server_pid))])
+            launcher = max(launcher, _peak_mib(proc.pid))
+    seconds = time.perf_counter() - started
+    print(
+        f"  {mb:>5} MB through the warm CLI process: the child's peak RSS {child} MiB, the launcher's"
+        f" {launcher} MiB (exit {proc.returncode}, {seconds:.1f} s, {total / 1e6 / seconds:.0f} MB/s)"
+    )
 
 
 def main() -> None:
@@ -84,6 +147,7 @@ def main() -> None:
                     f"  {mb:>5} MB: peak RSS {peak} MiB (exit {code}, {seconds:.1f} s,"
                     f" {mb / seconds:.0f} MB/s), {peak / mb:.3f} MiB per MB of output"
                 )
+            served(env, work, max(options.mb))
             big = server.remote_dir / "stall.bin"
             big.write_bytes(os.urandom(64 << 20))
             proxy = StallProxy(server.port, down_budget=1 << 20)

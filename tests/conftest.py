@@ -39,6 +39,13 @@ def no_warm_helper_outlives_the_tests(tmp_path_factory: pytest.TempPathFactory) 
     stop_warm_helpers(tmp_path_factory.getbasetemp())
 
 
+@pytest.fixture(autouse=True)
+def no_warm_process_outlives_its_test(tmp_path: Path) -> Iterator[None]:
+    """Job commands start a warm CLI process (and helpers) in the test's data dir: stop them."""
+    yield
+    stop_warm_helpers(tmp_path)
+
+
 @pytest.fixture
 def cli_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A clean environment: no WIN_AUTOMATION_*/HATCHET_* from the caller, data under tmp_path."""
@@ -50,10 +57,10 @@ def cli_env(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 
 def stop_warm_helpers(under: Path) -> None:
-    """Kill the warm-connection helpers (ssh.persist) whose socket is under `under` (a data dir,
-    or the session's temporary root), found by their command line: one started as a CLI exited
-    may still be connecting (no info file yet), or just forking away from its starter, so look
-    until none is left."""
+    """Kill the warm-connection helpers and warm CLI processes (ssh.persist) whose socket is
+    under `under` (a data dir, or the session's temporary root), found by their command line: one
+    started as a CLI exited may still be connecting or importing (no info file yet), or just
+    forking away from its starter, so look until none is left."""
     import signal
 
     needle = str(under).encode()
@@ -64,7 +71,7 @@ def stop_warm_helpers(under: Path) -> None:
                 args = cmdline.read_bytes()
             except OSError:
                 continue
-            if b"persist_helper" in args and needle in args:
+            if (b"persist_helper" in args or b"win_automation.cli.server" in args) and needle in args:
                 found.append(int(cmdline.parent.name))
         if not found:
             return

@@ -21,7 +21,9 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024, code)
 
 def run_measured(env: dict[str, str], cwd: Path, out: Path, *args: str) -> tuple[int, int]:
     """(peak RSS in MiB, exit code) of `win-automation ARGS` with stdout into `out`."""
-    cmd = [sys.executable, "-c", PEAK, str(out), sys.executable, "-m", "win_automation", *args]
+    # The CLI in the measured process (not the launcher, whose call a warm CLI process may run).
+    in_process = "from win_automation.cli.app import main; main()"
+    cmd = [sys.executable, "-c", PEAK, str(out), sys.executable, "-c", in_process, *args]
     done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=True)
     peak, code = done.stdout.split()
     return int(peak), int(code)

@@ -109,9 +109,10 @@ def test_a_warm_call_imports_neither_paramiko_nor_hatchet(
     assert cli("ssh", "run", "--shell", "cmd", "--", "echo warm-up", env=env).code == 0
     only_helper(cli, env)  # started in the background by the cold call
     probe = (
-        "import runpy, sys\n"
+        "import sys\n"
+        "from win_automation.cli.app import main\n"  # in this process, not the warm CLI process
         "sys.argv = ['win-automation', 'ssh', 'run', '--shell', 'cmd', '--', 'echo hi']\n"
-        "try:\n    runpy.run_module('win_automation', run_name='__main__')\n"
+        "try:\n    main()\n"
         "except SystemExit as exc:\n    code = exc.code\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('paramiko', 'hatchet_sdk'))\n"
         "print('HEAVY', heavy, code)\n"

@@ -1,5 +1,5 @@
-"""`python -m win_automation` runs the CLI."""
+"""`python -m win_automation` runs the CLI (through the warm CLI process when one serves)."""
 
-from win_automation.cli.app import main
+from win_automation.cli.launch import main
 
 main()

@@ -20,13 +20,13 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from win_automation import unixsock
 from win_automation.adapters import persist_wire as persist
 from win_automation.adapters.execution import SessionSpec
 from win_automation.adapters.ssh import SshConnection
@@ -63,9 +63,7 @@ class Helper:
             client.close()
 
     def _serve(self, client: socket.socket) -> None:
-        creds = client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _, uid, _ = struct.unpack("3i", creds)
-        if uid != os.geteuid():
+        if unixsock.peer_uid(client) != os.geteuid():
             return
         frame = persist.recv_frame(client)
         if frame is None or frame[0] != b"R":
@@ -216,19 +214,6 @@ class _Kept(logging.Handler):
         )
 
 
-def _serving(sock: Path) -> bool:
-    """True when another helper answers at `sock`."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        with persist.sun_path(sock) as where:
-            probe.connect(where)
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
-
-
 def _answer(payload: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(payload) + "\n")
     sys.stdout.flush()
@@ -245,7 +230,7 @@ def main(argv: list[str]) -> int:
     kept = _Kept()
     logging.getLogger().addHandler(kept)
     with persist.locked(sock):  # of two helpers started at once, the second finds the first
-        if _serving(sock):
+        if unixsock.serving(sock):
             _answer({"ok": True, "log": []})
             return 0
         try:

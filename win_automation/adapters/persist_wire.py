@@ -11,29 +11,27 @@ JSON).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import signal
 import socket
-import stat
 import struct
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from win_automation import errors
 from win_automation.config.schema import SSHConfig
-from win_automation.errors import ConnectError, StorageError, WinAutomationError
+from win_automation.errors import ConnectError, WinAutomationError
+from win_automation.unixsock import check_socket, ensure_dir, locked, sun_path
+
+__all__ = ["check_socket", "ensure_dir", "locked", "sun_path"]  # the socket checks, shared (unixsock)
 
 PROTOCOL = 1
 HEARTBEAT = 1.0
 CANCEL_POLL = 0.1
 _HEADER = struct.Struct(">cI")
-# sun_path holds 108 bytes; longer paths are reached through /proc/self/fd/N/<name>.
-_MAX_SUN_PATH = 100
 
 
 # --- framing ----------------------------------------------------------------------------------
@@ -96,57 +94,6 @@ def socket_path(data_dir: Path, cfg: SSHConfig) -> Path:
     return persist_dir(data_dir) / f"{helper_id(cfg)}.sock"
 
 
-def ensure_dir(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        info = folder.lstat()
-    except OSError as exc:
-        raise StorageError(f"ssh.persist: cannot create {folder}: {exc.strerror or exc}") from None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-        raise StorageError(
-            f"ssh.persist: refusing {folder}: not a directory owned by you (set ssh.persist 0)"
-        )
-    if info.st_mode & 0o077:
-        with contextlib.suppress(OSError):
-            folder.chmod(0o700)
-
-
-def check_socket(path: Path) -> bool:
-    """False when there is no socket; True when it is ours (0600); StorageError otherwise."""
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        return False
-    except OSError as exc:
-        raise StorageError(f"ssh.persist: cannot read {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISSOCK(info.st_mode):
-        raise StorageError(f"ssh.persist: refusing {path}: not a socket (remove it or set ssh.persist 0)")
-    if info.st_uid != os.geteuid():
-        raise StorageError(
-            f"ssh.persist: refusing {path}: owned by uid {info.st_uid}, not by you"
-            " (remove it or set ssh.persist 0)"
-        )
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        raise StorageError(
-            f"ssh.persist: refusing {path}: mode {stat.S_IMODE(info.st_mode):04o}, not 0600"
-            " (remove it or set ssh.persist 0)"
-        )
-    return True
-
-
-@contextlib.contextmanager
-def sun_path(path: Path) -> Iterator[str]:
-    """A path for bind()/connect(): `path` itself, or /proc/self/fd/N/<name> when too long."""
-    if len(os.fsencode(path)) <= _MAX_SUN_PATH:
-        yield str(path)
-        return
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)
-
-
 def info_path(sock: Path) -> Path:
     return sock.with_suffix(".json")
 
@@ -187,17 +134,6 @@ def is_helper(pid: int, sock: Path) -> bool:
     except OSError:
         return False
     return b"persist_helper" in cmdline and sock.name.encode() in cmdline
-
-
-@contextlib.contextmanager
-def locked(sock: Path) -> Iterator[None]:
-    lock = sock.with_suffix(".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 # --- status and stop ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 # No pydantic plugins: finding them scans every installed distribution's metadata (importlib.
 # metadata), 20-40 ms of each CLI call, for plugins this CLI never uses. Set before any model is
@@ -22,6 +23,7 @@ from pathlib import Path
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 import typer
+import typer.main
 
 from win_automation import __version__
 from win_automation.cli.commands import aloha as aloha_cmd
@@ -127,12 +129,44 @@ def for_command(argv: list[str]) -> typer.Typer:
     return pruned
 
 
+_BUILT: dict[str, Any] = {}
+"""The click command built for each sub-command name ("" for the whole app), once per process:
+the warm CLI process builds them all (`warm`), so its children do not."""
+
+
+def command_for(argv: list[str]) -> Any:
+    """The click command that runs `argv` (typer builds it from the app: a few ms per group, and
+    pydantic adapters for the parameters, built on first use and kept on the parameters)."""
+    pruned = for_command(argv)
+    key = "" if pruned is app else str(_command_name(argv))
+    built = _BUILT.get(key)
+    if built is None:
+        built = _BUILT[key] = typer.main.get_command(pruned)
+    return built
+
+
+def warm() -> None:
+    """Build every sub-command's click command and its parameters' adapters (the warm CLI
+    process does, before it forks calls)."""
+    names = [g.name for g in app.registered_groups] + [c.name for c in app.registered_commands]
+    pending = [command_for([name]) for name in names if name] + [command_for([])]
+    while pending:
+        command = pending.pop()
+        context = command.context_class(command)  # the help option is built for a context, once
+        for param in command.get_params(context):
+            if hasattr(param, "get_runtime_param"):
+                param.get_runtime_param()
+        pending.extend(getattr(command, "commands", {}).values())
+
+
 def main() -> None:
     """Console entry point: run the CLI and exit with the documented code, never a traceback."""
     from win_automation.errors import WinAutomationError
 
+    if sys.excepthook != typer.main.except_hook:  # as Typer.__call__ does
+        sys.excepthook = typer.main.except_hook
     try:
-        for_command(sys.argv[1:])(prog_name="win-automation")
+        command_for(sys.argv[1:])(prog_name="win-automation")
     except WinAutomationError as exc:
         from win_automation.log import redact
 

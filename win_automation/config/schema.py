@@ -136,8 +136,9 @@ class SSHConfig(Section):
     )
     persist: NonNegativeDuration = Field(
         300.0,
-        description="How long a CLI call's warm connection helper stays after its last command"
-        " (as OpenSSH's ControlPersist); 0 turns it off.",
+        description="How long a CLI call's warm connection helper, and the warm CLI process that"
+        " job commands start, stay after their last call (as OpenSSH's ControlPersist); 0 turns both"
+        " off (the launcher reads `WIN_AUTOMATION_SSH_PERSIST=0` itself, not the file).",
     )
     warm_powershell: bool = Field(
         False,

@@ -234,6 +234,12 @@ class HostKey:
     presented: hostkeys.PresentedKey
 
 
+def preload() -> None:
+    """Import what a job's shared connection needs (its warm-helper client; no paramiko): for a
+    process that forks calls (the warm CLI process), so each call does not import it again."""
+    import win_automation.adapters.persist  # noqa: F401
+
+
 def warm_helpers(config: Config) -> list[dict[str, Any]]:
     """The warm-connection helpers of this data dir (`ssh persist status`)."""
     from win_automation.adapters import persist_wire as persist

@@ -96,9 +96,11 @@ def start(
         submitted = dispatch.submit_job(config, workflow, model, engine=engine)
         print_submitted(submitted.job_id, submitted.run_id, as_json)
         return None
+    from win_automation.cli import server
     from win_automation.operations.vm import share_connections
 
     share_connections()  # a job command's remote commands go through the VM's warm helper
+    server.start_later(config.ssh.persist)  # and the calls after this one fork a warm CLI process
     return dispatch.run_job(
         config,
         workflow,

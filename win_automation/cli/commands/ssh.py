@@ -310,20 +310,36 @@ app.add_typer(persist_app, name="persist")
 def persist_status(
     ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="Print JSON.")
 ) -> None:
-    """Show the warm-connection helpers of this data dir: VM, pid, since when, alive."""
+    """Show the warm-connection helpers and warm CLI processes of this data dir: pid, since when, alive."""
     from win_automation.cli.output import print_table
+    from win_automation.cli.server import servers
     from win_automation.operations.vm import warm_helpers
 
     config = state(ctx).config()
     found = warm_helpers(config)
+    cli_servers = servers()
     if as_json:
-        print_json({"persist_seconds": config.ssh.persist, "helpers": found})
+        print_json({"persist_seconds": config.ssh.persist, "helpers": found, "cli_servers": cli_servers})
         return
-    if not found:
+    if not found and not cli_servers:
         typer.echo("no warm connection" + ("" if config.ssh.persist > 0 else " (ssh.persist is 0: off)"))
         return
-    rows = [(h["vm"], h["user"], h["pid"], h["started"], "alive" if h["alive"] else "dead") for h in found]
-    print_table("warm connections", ("vm", "user", "pid", "started", "state"), rows)
+    if found:
+        rows = [
+            (h["vm"], h["user"], h["pid"], h["started"], "alive" if h["alive"] else "dead") for h in found
+        ]
+        print_table("warm connections", ("vm", "user", "pid", "started", "state"), rows)
+    if cli_servers:
+        servers_rows = [
+            (
+                s["pid"],
+                s["started"],
+                "alive" if s["alive"] else "dead",
+                "yes" if s["current"] else "no (old code)",
+            )
+            for s in cli_servers
+        ]
+        print_table("warm CLI processes", ("pid", "started", "state", "current"), servers_rows)
 
 
 @persist_app.command("stop")
@@ -332,12 +348,15 @@ def persist_stop(
     all_vms: bool = typer.Option(False, "--all", help="Every VM's helper, not only ssh.host:port's."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Stop the warm-connection helper of the configured VM (or all of them with --all)."""
+    """Stop the warm-connection helper of the configured VM (or all of them with --all) and the
+    warm CLI processes (a call running in one goes on)."""
+    from win_automation.cli.server import stop_servers
     from win_automation.operations.vm import stop_warm_helpers
 
     config = state(ctx).config()
     stopped = stop_warm_helpers(config, None if all_vms else config.ssh.vm_key)
+    cli_stopped = stop_servers()
     if as_json:
-        print_json({"stopped": stopped})
+        print_json({"stopped": stopped, "cli_servers_stopped": cli_stopped})
     else:
-        typer.echo(f"stopped {len(stopped)} warm connection(s)")
+        typer.echo(f"stopped {len(stopped)} warm connection(s) and {len(cli_stopped)} warm CLI process(es)")

@@ -1,0 +1,565 @@
+"""The warm CLI process (win_automation.cli.launch + cli.server): real launcher processes, a real
+server, the real sshd. A call through the server must behave as the same call in-process: output,
+exit code, stdin, environment, working directory, signals; and its faults (paused, killed, socket
+removed or foreign, racing starters, changed sources, a caller killed mid-job) never run a
+command twice and never leave a job `running`."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixture_sshd import SshServer
+
+from win_automation.cli import launch
+
+MARK = "import time:"  # -X importtime lines: the launcher's own imports, told apart from the output
+
+
+IN_PROCESS = "import sys; from win_automation.cli.app import main; main()"  # the entry point before
+
+
+def launcher(
+    args: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    *,
+    input: bytes | None = None,
+    timeout: float = 60,
+    here: bool = False,
+) -> subprocess.CompletedProcess[bytes]:
+    """`python -X importtime -m win_automation ARGS` (the launcher), its import lines kept apart;
+    with `here`, the CLI run in-process as before the launcher."""
+    entry = ["-c", IN_PROCESS] if here else ["-m", "win_automation"]
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", *entry, *args],
+        env=env,
+        cwd=cwd,
+        input=input,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+def split(stderr: bytes) -> tuple[bytes, bool]:
+    """(stderr without the import lines, whether the CLI ran in the launcher's own process)."""
+    lines = stderr.splitlines(keepends=True)
+    imports = b"".join(line for line in lines if line.startswith(MARK.encode()))
+    return b"".join(line for line in lines if not line.startswith(MARK.encode())), b" typer" in imports
+
+
+def sock_for(env: dict[str, str]) -> Path:
+    """The socket the launcher looks for: computed by a fresh interpreter, as the key covers its
+    flags and module path (pytest's differ)."""
+    code = "from win_automation.cli import launch; print(launch.socket_path())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
+
+
+STARTED: list[subprocess.Popen[bytes]] = []
+
+
+def start_server(env: dict[str, str], persist: float = 60) -> subprocess.Popen[bytes]:
+    """A warm CLI process for `env`'s data dir, as a job command starts it; returns when it serves."""
+    sock = sock_for(env)
+    sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "win_automation.cli.server", str(sock), str(persist)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    STARTED.append(proc)
+    wait_for(lambda: sock.exists() or proc.poll() is not None, 30)
+    assert sock.exists(), proc.poll()
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def servers_end_with_the_test() -> Any:
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def wait_for(condition: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return bool(condition())
+
+
+def servers_of(env: dict[str, str]) -> list[int]:
+    """Pids of warm CLI processes (not their children) serving `env`'s data dir."""
+    folder = os.fsencode(launch.server_dir(env))
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes()
+            ppid = int(Path(cmdline.parent, "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"win_automation.cli.server" in args and folder in args:
+            parent = Path(f"/proc/{ppid}/cmdline")
+            try:
+                is_child = b"win_automation.cli.server" in parent.read_bytes()
+            except OSError:
+                is_child = False
+            if not is_child:
+                found.append(int(cmdline.parent.name))
+    return found
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+@pytest.fixture
+def env(cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path) -> dict[str, str]:
+    return {**cli_env, **live_sshd.env(known_hosts)}
+
+
+def jobs(env: dict[str, str], cwd: Path) -> list[dict[str, Any]]:
+    out = launcher(["jobs", "list", "--json"], {**env, "WIN_AUTOMATION_SSH_PERSIST": "0"}, cwd)
+    return list(json.loads(out.stdout))
+
+
+# --- the same as in-process -----------------------------------------------------------------------
+CASES = [
+    ["ssh", "run", "--shell", "cmd", "--", "echo hi"],
+    ["ssh", "run", "--shell", "cmd", "--", "echo out; echo err >&2; exit 3"],
+    ["config", "show"],
+    ["config", "show", "--json"],
+    ["jobs", "list"],
+    ["ssh", "run", "--shell", "bogus", "--", "x"],  # usage error, exit 2
+    ["--bogus"],  # typer's own usage error, exit 2
+    ["jobs", "show", "nope"],
+    ["--help"],
+    ["ssh", "run", "--help"],
+    ["--version"],
+]
+
+
+def test_calls_through_the_server_match_in_process_byte_for_byte(env: dict[str, str], tmp_path: Path) -> None:
+    start_server(env)
+    for args in CASES:
+        here = launcher(args, env, tmp_path, here=True)
+        served = launcher(args, env, tmp_path)
+        here_err, ran_here = split(here.stderr)
+        served_err, served_here = split(served.stderr)
+        assert ran_here and not served_here, args  # the second one did run in the server's child
+        assert (served.returncode, served.stdout, served_err) == (here.returncode, here.stdout, here_err), (
+            args
+        )
+    codes = {tuple(a): launcher(a, env, tmp_path).returncode for a in CASES[:2] + CASES[5:8]}
+    assert list(codes.values()) == [0, 3, 2, 2, 2]
+
+
+def test_the_launcher_imports_only_start_up_modules(env: dict[str, str], tmp_path: Path) -> None:
+    start_server(env)
+    out = launcher(["--version"], env, tmp_path)
+    assert out.returncode == 0 and out.stdout.startswith(b"win-automation ")
+    names = {
+        line.decode().rsplit("|", 1)[1].strip()
+        for line in out.stderr.splitlines()
+        if line.startswith(MARK.encode())
+    }
+    ours = {name for name in names if name.startswith(("win_automation", "workflows"))}
+    assert ours == {
+        "win_automation",
+        "win_automation.cli",
+        "win_automation.cli.launch",
+        "win_automation.unixsock",
+    }
+    heavy = {
+        "typer",
+        "click",
+        "pydantic",
+        "rich",
+        "json",
+        "socket",
+        "typing",
+        "enum",
+        "re",
+        "pathlib",
+        "signal",
+    }
+    assert not names & heavy, names & heavy
+
+
+def test_a_one_line_error_exit_74_is_the_same(env: dict[str, str], tmp_path: Path) -> None:
+    data = Path(env["WIN_AUTOMATION_DATA_DIR"])
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "journal.sqlite3").write_bytes(b"this is not a database" * 100)
+    start_server(env)
+    here = launcher(["jobs", "list"], env, tmp_path, here=True)
+    served = launcher(["jobs", "list"], env, tmp_path)
+    assert here.returncode == served.returncode == 74
+    assert split(served.stderr) == (split(here.stderr)[0], False)
+    assert split(served.stderr)[0].count(b"\n") == 1 and b"is corrupt" in served.stderr
+
+
+def test_per_call_environment_cwd_and_stdin(env: dict[str, str], tmp_path: Path) -> None:
+    start_server(env)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "c.json").write_text(json.dumps({"ssh": {"command_timeout": "42s"}}))
+    out = launcher(
+        ["--config", "c.json", "config", "show", "--json"],
+        {**env, "WIN_AUTOMATION_SSH_USER": "per-call"},
+        work,
+    )
+    assert out.returncode == 0 and not split(out.stderr)[1], out.stderr
+    shown = json.loads(out.stdout)
+    flat = json.dumps(shown)
+    assert "per-call" in flat and "42" in flat
+    # The next call, another environment and folder: nothing of the first one stays.
+    again = launcher(["config", "show", "--json"], env, tmp_path)
+    assert "per-call" not in again.stdout.decode() and "42.0" not in again.stdout.decode()
+    # stdin is the caller's: a terminal for `ssh trust`'s question, answered there.
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "win_automation", "ssh", "trust"],
+        env=env,
+        cwd=tmp_path,
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    os.close(slave)
+    os.write(master, b"n\n")
+    stdout, stderr = proc.communicate(timeout=60)
+    os.close(master)
+    assert proc.returncode == 2 and b"error: not trusted" in stderr, stderr
+    assert b"presents" in stdout
+    piped = launcher(["ssh", "trust"], env, tmp_path, input=b"y\n")  # not a terminal: refused
+    assert piped.returncode == 2 and b"not a terminal" in piped.stderr
+
+
+def test_a_served_job_imports_neither_paramiko_nor_hatchet(env: dict[str, str], tmp_path: Path) -> None:
+    assert launcher(["ssh", "run", "--shell", "cmd", "--", "echo warm-up"], env, tmp_path).returncode == 0
+    assert wait_for(lambda: servers_of(env), 30), "the job command started no server"
+    (server,) = servers_of(env)
+    maps = Path(f"/proc/{server}/maps").read_text()
+    assert "paramiko" not in maps and "_rust" not in maps and "grpc" not in maps
+    # A long command: look at the child that runs it (helper warm: no paramiko needed).
+    time.sleep(1)  # the SSH helper started by the first call is up
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", "sleep 2; echo done"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert wait_for(lambda: children_of(server), 10)
+    (child,) = children_of(server)
+    time.sleep(1)
+    modules = Path(f"/proc/{child}/maps").read_text()
+    assert "_rust" not in modules and "cygrpc" not in modules  # cryptography (paramiko), grpc (Hatchet)
+    stdout, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and stdout == b"done\n"
+
+
+# --- signals ------------------------------------------------------------------------------------
+def _running_job(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+    server = start_server(env).pid
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "win_automation",
+            "ssh",
+            "run",
+            "--shell",
+            "cmd",
+            "--",
+            "echo started; sleep 30",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"started\n"
+    (child,) = children_of(server)
+    return proc, server, child
+
+
+def test_ctrl_c_interrupts_the_job_with_130(env: dict[str, str], tmp_path: Path) -> None:
+    proc, _server, _child = _running_job(env, tmp_path)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    (job,) = jobs(env, tmp_path)
+    assert job["state"] == "interrupted"
+
+
+def test_a_killed_caller_stops_its_child_and_the_job_is_not_left_running(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    proc, _server, child = _running_job(env, tmp_path)
+    proc.kill()
+    proc.communicate()
+    assert wait_for(
+        lambda: (
+            not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+        ),
+        15,
+    )
+    (job,) = jobs(env, tmp_path)
+    assert job["state"] == "interrupted", job
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_ctrl_z_stops_the_child_with_the_caller_and_fg_continues_both(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The caller in a process group of its own (not orphaned: its parent is in another group of
+    the session), as a shell's job: there Ctrl-Z stops."""
+    server = start_server(env).pid
+    command = ["ssh", "run", "--shell", "cmd", "--", "echo a; sleep 2; echo b"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "win_automation", *command],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        process_group=0,
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"a\n"
+        (child,) = children_of(server)
+        proc.send_signal(signal.SIGTSTP)
+        stopped = wait_for(lambda: _state(child) == "T" and _state(proc.pid) == "T", 10)
+        proc.send_signal(signal.SIGCONT)
+        assert stopped
+        assert wait_for(lambda: _state(child) != "T", 10)
+        stdout = proc.stdout.read()
+    assert proc.returncode == 0 and stdout == b"b\n"
+
+
+# --- faults -------------------------------------------------------------------------------------
+def test_a_paused_server_falls_back_within_a_second_and_runs_once(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    server = start_server(env)
+    sock = sock_for(env)
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        out = launcher(["ssh", "run", "--shell", "cmd", "--", "echo once"], env, tmp_path)
+        elapsed = time.monotonic() - started
+        assert out.returncode == 0 and out.stdout == b"once\n", out.stderr
+        assert split(out.stderr)[1]  # ran in the launcher's process
+        assert elapsed < 1.0 + 5  # the 1 s handshake bound plus an in-process job on a busy machine
+        assert not sock.exists()  # dropped: a new server is started by the job command
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    assert server.wait(15) == 0  # it found its socket gone and left, running nothing
+    assert [j["state"] for j in jobs(env, tmp_path)] == ["succeeded"]  # exactly once
+    assert wait_for(lambda: sock.exists(), 30)  # the fallback call started a new one
+
+
+@pytest.mark.parametrize("fault", ["killed", "socket removed"])
+def test_a_dead_server_falls_back_and_a_new_one_serves_later(
+    env: dict[str, str], tmp_path: Path, fault: str
+) -> None:
+    server = start_server(env)
+    sock = sock_for(env)
+    if fault == "killed":
+        server.kill()
+    else:
+        sock.unlink()
+        assert server.wait(10) == 0
+    out = launcher(["ssh", "run", "--shell", "cmd", "--", "echo again"], env, tmp_path)
+    assert out.returncode == 0 and out.stdout == b"again\n" and split(out.stderr)[1]
+    assert wait_for(lambda: sock.exists() and servers_of(env), 30)
+    served = launcher(["ssh", "run", "--shell", "cmd", "--", "echo later"], env, tmp_path)
+    assert served.stdout == b"later\n" and not split(served.stderr)[1]
+
+
+@pytest.mark.parametrize("fault", ["mode 0644", "foreign owner"])
+def test_a_foreign_or_open_socket_is_refused_in_one_line(
+    env: dict[str, str], tmp_path: Path, fault: str
+) -> None:
+    sock = sock_for(env)
+    sock.parent.mkdir(parents=True, mode=0o700)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock))
+    listener.listen(1)
+    if fault == "mode 0644":
+        sock.chmod(0o644)
+    else:
+        sock.chmod(0o600)
+        os.chown(sock, 65534, 65534)
+    out = launcher(["config", "show"], env, tmp_path)
+    listener.close()
+    stderr = split(out.stderr)[0].decode()
+    assert out.returncode == 74 and out.stdout == b""
+    assert stderr.count("\n") == 1 and stderr.startswith(f"error: ssh.persist: refusing {sock}")
+    assert ("mode 0644, not 0600" if fault == "mode 0644" else "owned by uid 65534") in stderr
+    off = launcher(["config", "show"], {**env, "WIN_AUTOMATION_SSH_PERSIST": "0"}, tmp_path)
+    assert off.returncode == 0  # the way out the message names
+
+
+def test_a_peer_of_another_uid_gets_nothing(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """SO_PEERCRED: even through a socket opened up to everyone, another user's request is closed
+    unanswered, and nothing is forked for it."""
+    shared = Path(tempfile.mkdtemp(prefix="wa-peer-"))
+    shared.chmod(0o755)
+    env = {**cli_env, "WIN_AUTOMATION_DATA_DIR": str(shared / "data")}
+    server = start_server(env)
+    sock = sock_for(env)
+    for folder in (shared / "data", sock.parent):
+        folder.chmod(0o755)
+    sock.chmod(0o666)
+    client = (
+        "import socket, sys\n"
+        "c = socket.socket(socket.AF_UNIX)\n"
+        "c.connect(sys.argv[1])\n"
+        "spec = b'utf-8:strict:0:0'\n"
+        "body = bytes(1).join([b'WA1', b'0', b'', spec, spec, spec, b'1', b'x'])\n"
+        "c.settimeout(5)\n"
+        "try:\n"
+        "    c.sendall(len(body).to_bytes(4, 'big') + body)\n"
+        "    print('closed' if c.recv(100) == b'' else 'answered')\n"
+        "except (BrokenPipeError, ConnectionResetError):\n"
+        "    print('closed')\n"
+    )
+    out = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            client,
+            str(sock),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "closed", out.stdout + out.stderr
+    assert server.poll() is None and children_of(server.pid) == []
+    server.kill()
+    server.wait()
+    shutil.rmtree(shared)
+
+
+def test_two_starters_at_once_give_one_server(env: dict[str, str], tmp_path: Path) -> None:
+    sock = sock_for(env)
+    sock.parent.mkdir(parents=True, mode=0o700)
+    STARTED[:] = procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "win_automation.cli.server", str(sock), "60"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for _ in range(3)
+    ]
+    assert wait_for(lambda: sock.exists(), 30)
+    time.sleep(0.5)
+    assert sum(p.poll() is None for p in procs) == 1 and len(servers_of(env)) == 1
+    out = launcher(["--version"], env, tmp_path)
+    assert out.returncode == 0 and not split(out.stderr)[1]
+
+
+def test_changed_sources_get_a_new_server(env: dict[str, str], tmp_path: Path) -> None:
+    old = start_server(env)
+    old_sock = sock_for(env)
+    module = Path(launch.__file__).with_name("parse.py")
+    before = module.stat()
+    try:
+        os.utime(module, ns=(before.st_atime_ns, time.time_ns()))
+        new_sock = sock_for(env)
+        assert new_sock != old_sock
+        out = launcher(["ssh", "run", "--shell", "cmd", "--", "echo fresh"], env, tmp_path)
+        assert out.stdout == b"fresh\n" and split(out.stderr)[1]  # not the old server: in-process
+        assert old.wait(15) == 0  # the old one noticed and left
+        assert wait_for(lambda: new_sock.exists(), 30)  # the job command started the new one
+    finally:
+        os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_huge_output_streams_through_the_server(env: dict[str, str], tmp_path: Path) -> None:
+    server = start_server(env).pid
+    size = 200 * 1024 * 1024
+    command = f"head -c {size} /dev/zero | tr '\\0' x"
+    with subprocess.Popen(
+        [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", command],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    ) as proc:
+        assert proc.stdout is not None
+        total, peak_child, peak_client = 0, 0, 0
+        while chunk := proc.stdout.read(1 << 20):
+            total += len(chunk)
+            for pid in children_of(server):
+                peak_child = max(peak_child, _rss_kib(pid))
+            peak_client = max(peak_client, _rss_kib(proc.pid))
+    assert proc.returncode == 0 and total == size
+    assert 0 < peak_child < 150 * 1024 and peak_client < 30 * 1024, (peak_child, peak_client)
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def test_persist_0_skips_the_server_and_status_stop_list_it(env: dict[str, str], tmp_path: Path) -> None:
+    server = start_server(env)
+    off = launcher(["--version"], {**env, "WIN_AUTOMATION_SSH_PERSIST": "0"}, tmp_path)
+    assert off.returncode == 0 and split(off.stderr)[1]
+    status = launcher(["ssh", "persist", "status", "--json"], env, tmp_path)
+    (found,) = json.loads(status.stdout)["cli_servers"]
+    assert found["pid"] == server.pid and found["alive"] and found["current"]
+    stopped = launcher(["ssh", "persist", "stop", "--json"], env, tmp_path)
+    assert [s["pid"] for s in json.loads(stopped.stdout)["cli_servers_stopped"]] == [server.pid]
+    assert server.wait(10) == 0 and not sock_for(env).exists()
+
+
+def test_the_launchers_default_data_dir_is_the_configs() -> None:
+    from win_automation.config.schema import DataConfig
+
+    assert Path(os.path.expanduser(launch.DEFAULT_DATA_DIR)) == Path(DataConfig().dir).expanduser()

@@ -1,0 +1,334 @@
+"""The `win-automation` command: a small launcher in front of the warm CLI process.
+
+A CLI call is a Python start-up plus the imports of typer and pydantic (~200 ms of CPU) before
+any work. With a warm CLI process (win_automation.cli.server: a per-user process that has
+imported all that, started by the first job command when `ssh.persist` > 0), a call costs this
+launcher plus a fork of that process instead. The launcher imports only what every Python
+start-up has loaded (`os`, `sys`, the C modules `_socket` and `_signal`) and
+win_automation.unixsock; `python -X importtime -m win_automation.cli.launch` shows it.
+
+1. It finds the server's socket, `<data dir>/cli-server/<key>.sock`. The data dir is
+   WIN_AUTOMATION_DATA_DIR or the default `~/.local/share/win-automation` (never `data.dir` from
+   a config file: loading the config is what the launcher exists to avoid). `<key>` hashes this
+   interpreter, the package's location and version and the newest mtime of the .py files under
+   win_automation/ and workflows/, so a server never runs other code than a fresh process would.
+2. It sends its argv, environment, umask and stdio settings and waits for the forked child's
+   pid; then it says "go" with its fds 0/1/2 and working directory (SCM_RIGHTS). A server that does not
+   answer within CONNECT_TIMEOUT (paused, overloaded) is dropped (its socket removed: it leaves,
+   a new one is started later) and the call runs here instead; the child of such a server, if it
+   ever gets the request, finds the launcher gone and runs nothing. So a command runs once.
+3. It forwards SIGINT, SIGTERM and SIGHUP to the child (Ctrl-Z stops the child with it, and
+   `fg`/`bg` continue both) and exits with the child's exit status, or dies by the signal that
+   killed the child.
+
+No server, `WIN_AUTOMATION_SSH_PERSIST=0`, a closed fd 0/1/2, or any failure before "go": the CLI
+runs in this process (win_automation.cli.app.main), exactly as without a server. A socket that is
+not yours or not 0600 is refused as the warm-connection helper's is (one line, exit 74).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from win_automation import __version__
+
+TYPE_CHECKING = False  # not `typing`: ~10 ms each call would pay
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+PROTOCOL = 1
+CONNECT_TIMEOUT = 1.0
+"""Seconds for connecting and getting the child's pid; past them the call runs in-process."""
+DEFAULT_DATA_DIR = "~/.local/share/win-automation"  # DataConfig.dir's default (a test checks)
+FORWARDED = (2, 15, 1)  # SIGINT, SIGTERM, SIGHUP (signal numbers: the signal module costs ~3 ms)
+STOP, CONT, TSTP = 19, 18, 20  # SIGSTOP, SIGCONT, SIGTSTP (Linux)
+MIRRORED = (2, 15, 1, 3)  # ... and SIGQUIT: an ignored one (nohup, `cmd &`) stays ignored there
+_ZERO = frozenset({"0", "0s", "0ms", "0m", "0h", "0d", "0.0"})
+
+# Frames (both ways): 1 type byte, a 4-byte big-endian length, the payload. Launcher: `G` (go),
+# `K` (a signal number to raise in the child). Child: `P` (its pid: request taken), `X` (the
+# exit status). Server: `S` (the child died by this signal number).
+
+
+def frame(kind: bytes, payload: bytes = b"") -> bytes:
+    return kind + len(payload).to_bytes(4, "big") + payload
+
+
+def data_dir(environ: Mapping[str, str] | None = None) -> str:
+    """Where the launcher looks (and job commands start) the server: WIN_AUTOMATION_DATA_DIR or
+    the default, made absolute against the working directory (as the config resolves it)."""
+    env = os.environ if environ is None else environ
+    folder = env.get("WIN_AUTOMATION_DATA_DIR") or DEFAULT_DATA_DIR
+    if folder.startswith("~"):
+        home = env.get("HOME")
+        folder = (
+            os.path.join(home, folder[2:]) if home and folder.startswith("~/") else os.path.expanduser(folder)
+        )
+    return os.path.abspath(folder)
+
+
+def server_dir(environ: Mapping[str, str] | None = None) -> str:
+    return os.path.join(data_dir(environ), "cli-server")
+
+
+def package_dirs() -> tuple[str, str]:
+    """The win_automation package folder and the workflows package beside it."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return package, os.path.join(os.path.dirname(package), "workflows")
+
+
+def newest_mtime(folders: tuple[str, ...]) -> int:
+    """The newest mtime (ns) of the .py files and folders under `folders` (a removed or renamed
+    module changes its folder's mtime)."""
+    newest = 0
+    pending = list(folders)
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = os.scandir(folder)
+            newest = max(newest, os.stat(folder).st_mtime_ns)
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                if entry.name.endswith(".py"):
+                    try:
+                        newest = max(newest, entry.stat().st_mtime_ns)
+                    except OSError:
+                        continue
+                elif entry.name != "__pycache__" and entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+    return newest
+
+
+def _sha256(data: bytes) -> str:
+    if sys.version_info >= (3, 12):  # the C module itself: hashlib's import costs the launcher ~2 ms
+        from _sha2 import sha256  # type: ignore[import-not-found,unused-ignore]
+    else:
+        from _sha256 import sha256  # type: ignore[import-not-found,no-redef,unused-ignore]
+    return str(sha256(data).hexdigest())
+
+
+def server_key() -> str:
+    """Which server may run this call: the interpreter (its binary, version and environment:
+    `python` and `python3` of one venv are one; its flags, warning options and module path
+    after the script's own folder, so PYTHONPATH or -O get their own server), the package's
+    location and version, the protocol and the newest source mtime, hashed."""
+    package, workflows = package_dirs()
+    interpreter = (
+        os.path.realpath(sys.executable),
+        sys.version,
+        sys.prefix,
+        repr(tuple(sys.flags)),
+        repr(sys.warnoptions),
+        repr(sys.path[1:]),
+    )
+    text = "\0".join(
+        (str(PROTOCOL), *interpreter, package, __version__, str(newest_mtime((package, workflows))))
+    )
+    return _sha256(os.fsencode(text))[:20]
+
+
+def socket_path(environ: Mapping[str, str] | None = None) -> str:
+    return os.path.join(server_dir(environ), server_key() + ".sock")
+
+
+def persist_off() -> bool:
+    """WIN_AUTOMATION_SSH_PERSIST=0 (as a duration: 0, 0s, 0ms...): no server, no launcher."""
+    value = os.environ.get("WIN_AUTOMATION_SSH_PERSIST")
+    return value is not None and value.strip().lower() in _ZERO
+
+
+# --- the request --------------------------------------------------------------------------------
+def _stdio_spec(stream: object) -> bytes:
+    """How this (fresh) process set up a std stream: the child rebuilds its own the same way."""
+    fields = (
+        getattr(stream, "encoding", "utf-8"),
+        getattr(stream, "errors", "strict"),
+        "1" if getattr(stream, "line_buffering", False) else "0",
+        "1" if getattr(stream, "write_through", False) else "0",
+    )
+    return ":".join(fields).encode()
+
+
+def encode_request() -> bytes:
+    """argv, environment, umask, ignored signals and stdio settings: NUL-separated fields (none
+    of them can hold a NUL)."""
+    import _signal  # type: ignore[import-not-found]  # `signal` imports enum: ~3 ms
+
+    umask = os.umask(0o22)
+    os.umask(umask)
+    ignored = [str(n) for n in MIRRORED if _signal.getsignal(n) == _signal.SIG_IGN]
+    argv = [os.fsencode(arg) for arg in sys.argv]
+    env = [key + b"=" + value for key, value in os.environb.items()]
+    fields = [
+        b"WA%d" % PROTOCOL,
+        str(umask).encode(),
+        ",".join(ignored).encode(),
+        _stdio_spec(sys.stdin),
+        _stdio_spec(sys.stdout),
+        _stdio_spec(sys.stderr),
+        str(len(argv)).encode(),
+        *argv,
+        *env,
+    ]
+    return b"\0".join(fields)
+
+
+class _NotRun(Exception):
+    """The call did not start on the server: run it here."""
+
+
+def _recv_exact(conn: object, size: int) -> bytes:
+    buf = b""
+    while len(buf) < size:
+        data = conn.recv(size - len(buf))  # type: ignore[attr-defined]
+        if not data:
+            raise EOFError
+        buf += data
+    return buf
+
+
+def _recv_frame(conn: object) -> tuple[bytes, bytes]:
+    header = _recv_exact(conn, 5)
+    size = int.from_bytes(header[1:], "big")
+    return header[:1], _recv_exact(conn, size) if size else b""
+
+
+def _connect(path: str) -> tuple[object, int]:
+    """A connection on which a child of the server took the request, and the child's pid;
+    _NotRun otherwise."""
+    import _socket
+
+    from win_automation import unixsock
+
+    try:
+        os.lstat(path)
+    except OSError:  # none, or a data dir that is a file or not yours: the CLI says what is wrong
+        raise _NotRun from None
+    if not unixsock.check_socket(path):  # a socket not yours or not 0600: StorageError (exit 74)
+        raise _NotRun
+    fds = [0, 1, 2]
+    try:
+        fds.append(os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+    except OSError as exc:
+        raise _NotRun from exc
+    conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        conn.settimeout(CONNECT_TIMEOUT)
+        try:
+            with unixsock.sun_path(path) as where:
+                conn.connect(where)
+        except (ConnectionRefusedError, FileNotFoundError):
+            _drop(path)  # its server is gone: a job command starts a new one
+            raise _NotRun from None
+        payload = encode_request()
+        conn.sendall(len(payload).to_bytes(4, "big") + payload)
+        kind, pid = _recv_frame(conn)
+        if kind != b"P":
+            raise _NotRun
+        child = int(pid)
+        conn.settimeout(None)
+        # The fds go with "go", to a child that is there: none stays in flight in a server that
+        # never takes the request (a pipe the caller's reader waits on would never end).
+        rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
+        conn.sendmsg([frame(b"G")], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+    except TimeoutError:
+        _drop(path)  # paused or overloaded: it leaves when it finds its socket gone
+        conn.close()
+        raise _NotRun from None
+    except (OSError, EOFError):
+        conn.close()
+        raise _NotRun from None
+    finally:
+        os.close(fds[3])
+    return conn, child
+
+
+def _drop(path: str) -> None:
+    """Remove a server's socket that did not answer; it exits when it finds it gone."""
+    try:  # noqa: SIM105 (contextlib costs the launcher an import)
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _wait(conn: object, child: int) -> int:
+    """Forward signals to the child; its exit status (or die by the signal that killed it)."""
+    import _signal
+
+    def forward(signum: int, _frame: object) -> None:
+        try:  # noqa: SIM105
+            conn.sendall(frame(b"K", str(signum).encode()))  # type: ignore[attr-defined]
+        except OSError:
+            pass
+
+    def suspend(signum: int, _frame: object) -> None:
+        """Ctrl-Z: stop the child with this process, and let it go on with it (`fg`, `bg`)."""
+        try:  # noqa: SIM105
+            os.kill(child, STOP)
+        except OSError:
+            pass
+        _signal.signal(signum, _signal.SIG_DFL)
+        os.kill(os.getpid(), signum)  # stops here; returns once continued
+        _signal.signal(signum, suspend)
+        try:  # noqa: SIM105
+            os.kill(child, CONT)
+        except OSError:
+            pass
+
+    for signum in FORWARDED:
+        if _signal.getsignal(signum) != _signal.SIG_IGN:
+            _signal.signal(signum, forward)
+    if _signal.getsignal(TSTP) == _signal.SIG_DFL:
+        _signal.signal(TSTP, suspend)
+    while True:
+        try:
+            kind, payload = _recv_frame(conn)
+        except (OSError, EOFError):
+            sys.stderr.write("error: the warm CLI process ended without an exit status\n")
+            return 1
+        if kind == b"X":
+            return int(payload)
+        if kind == b"S":  # the child was killed by a signal: so is this process
+            signum = int(payload)
+            _signal.signal(signum, _signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return 128 + signum
+
+
+def through_server() -> int | None:
+    """The exit status of the call run by the warm CLI process, or None: run it here."""
+    if persist_off() or sys.stdin is None or sys.stdout is None or sys.stderr is None:
+        return None
+    try:
+        path = socket_path()
+        conn, child = _connect(path)
+    except _NotRun:
+        return None
+    except Exception as exc:  # a foreign socket (StorageError, exit 74), as ssh.persist refuses it
+        code = getattr(exc, "exit_code", None)
+        if code is None:
+            return None
+        from win_automation.cli.output import error
+
+        error(str(exc))
+        return int(code)
+    return _wait(conn, child)
+
+
+def main() -> None:
+    """Console entry point: through the warm CLI process when one serves, else in-process."""
+    code = through_server()
+    if code is None:
+        from win_automation.cli.app import main as run_here
+
+        run_here()
+        return
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,538 @@
+"""The warm CLI process: a per-user server that has imported the CLI and forks for each call.
+
+`python -m win_automation.cli.server SOCKET PERSIST [--after-parent]` (started in the background
+by the first job command when `ssh.persist` > 0, see `start_later`; it imports once that command
+has exited). It imports the CLI app and what a job command
+needs (typer, pydantic, the config, engines, workflows, operations, the journal, rich; not
+paramiko, the Hatchet SDK or Playwright, which the commands that use them import themselves),
+listens on SOCKET (win_automation.cli.launch says where, and the protocol), and for each caller
+of its own uid (SO_PEERCRED) forks a child that becomes that call: the caller's fds 0/1/2, stdio
+settings, environment, working directory, umask, argv and signal dispositions; then it runs
+win_automation.cli.app.main() as a fresh process would, its atexit handlers, and sends the exit
+status back. A watcher thread in the child turns the caller's going away (killed) into SIGTERM,
+which a job command records as `interrupted`, and raises the signals the caller forwards.
+
+Single-threaded; it reaps its children and tells a caller whose child was killed by a signal.
+It exits after PERSIST seconds without a call (none running), when its socket is removed or
+replaced, when the sources change (the launcher no longer picks it), or on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from win_automation import unixsock
+from win_automation.cli import launch
+
+CHECK_EVERY = 1.0
+REQUEST_TIMEOUT = 10.0  # a launcher sends its request right after connecting
+STALE_CHECK_EVERY = 2.0
+# What a job command needs; imported once here, not by each call.
+PRELOAD = (
+    "win_automation.cli.app",
+    "win_automation.cli.commands.run",
+    "win_automation.config",
+    "win_automation.config.load",
+    "win_automation.engines.dispatch",
+    "win_automation.engines.local",
+    "win_automation.operations.vm",
+    "win_automation.operations.command_result",
+    "win_automation.artifacts.store",
+    "win_automation.jobs.journal",
+    "workflows",
+    "workflows.ssh_exec",
+    "sqlite3",
+    "rich.console",
+    "rich.table",
+)
+NEVER = ("paramiko", "hatchet_sdk", "playwright")
+"""Modules the server must not hold: a call that does not need them does not pay for them."""
+
+AFTER_PARENT = "--after-parent"
+"""Import only once the starting process has exited: its call's end does not share the CPU with
+the server's imports."""
+PARENT_WAIT = 5.0
+
+_BACKGROUND: list[Any] = []
+IN_SERVER = False
+"""True in a child of the server (a job command there starts no server)."""
+
+
+# --- where, and who runs ------------------------------------------------------------------------
+def info_path(sock: str) -> str:
+    return os.path.splitext(sock)[0] + ".json"
+
+
+def _lock_free(sock: str) -> bool:
+    """True when no server for `sock` is starting (the start-up lock is free)."""
+    try:
+        fd = os.open(unixsock.lock_path(sock), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def start_later(persist: float) -> None:
+    """Start the warm CLI process for this code and data dir as this process exits, when none
+    serves or is starting (a job command calls this; it does not wait for the server)."""
+    if IN_SERVER or persist <= 0 or launch.persist_off():
+        return
+    sock = launch.socket_path()
+    try:
+        unixsock.ensure_dir(os.path.dirname(sock))
+        if unixsock.check_socket(sock) or not _lock_free(sock):
+            return
+    except Exception:  # an unusable data dir or a foreign socket: the job runs; the launcher says it
+        return
+    atexit.register(_spawn_quietly, sock, persist)
+
+
+def _spawn_quietly(sock: str, persist: float) -> None:
+    with contextlib.suppress(OSError):
+        spawn(sock, persist)
+
+
+def spawn(sock: str, persist: float) -> None:
+    import subprocess
+
+    # Not the caller's settings or secrets (each call brings its own environment).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WIN_AUTOMATION_", "HATCHET_"))}
+    with open(os.path.splitext(sock)[0] + ".log", "ab") as log:
+        _BACKGROUND[:] = [
+            subprocess.Popen(
+                [sys.executable, "-m", "win_automation.cli.server", sock, repr(float(persist)), AFTER_PARENT],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+            )
+        ]  # kept: it outlives this process, which does not wait for it
+
+
+# --- status and stop ----------------------------------------------------------------------------
+def _is_server(pid: int, sock: str) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"win_automation.cli.server" in cmdline and os.fsencode(sock) in cmdline
+
+
+def servers() -> list[dict[str, Any]]:
+    """The warm CLI processes recorded in the data dir: pid, socket, started, current, alive."""
+    folder = Path(launch.server_dir())
+    if not folder.is_dir():
+        return []
+    current = os.path.basename(launch.socket_path())
+    found = []
+    for info_file in sorted(folder.glob("*.json")):
+        sock = str(info_file.with_suffix(".sock"))
+        try:
+            info = json.loads(info_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            info = {}
+        pid = info.get("pid")
+        alive = isinstance(pid, int) and _is_server(pid, sock) and os.path.exists(sock)
+        found.append(
+            {
+                "pid": pid,
+                "socket": sock,
+                "started": info.get("started"),
+                "persist_seconds": info.get("persist"),
+                "current": os.path.basename(sock) == current,
+                "alive": alive,
+            }
+        )
+    return found
+
+
+def stop_servers() -> list[dict[str, Any]]:
+    """Stop every warm CLI process of the data dir (SIGTERM; running calls go on)."""
+    stopped = servers()
+    for server in stopped:
+        pid, sock = server["pid"], server["socket"]
+        if server["alive"] and isinstance(pid, int):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while _is_server(pid, sock) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        for path in (sock, info_path(sock)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    return stopped
+
+
+# --- the child: one call ------------------------------------------------------------------------
+def _read_request(conn: socket.socket) -> list[bytes]:
+    conn.settimeout(REQUEST_TIMEOUT)
+    size = int.from_bytes(_recv_exact(conn, 4), "big")
+    fields = _recv_exact(conn, size).split(b"\0")
+    if fields[0] != b"WA%d" % launch.PROTOCOL:
+        raise EOFError("not a launcher request")
+    return fields
+
+
+def _read_go(conn: socket.socket) -> list[int]:
+    """The launcher's "go" and its fds 0, 1, 2 and working directory; EOFError when it gave up."""
+    data, ancdata, _flags, _addr = conn.recvmsg(5, socket.CMSG_SPACE(16 * 4))
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % 4
+            fds += [int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, usable, 4)]
+    if len(data) < 5:
+        data += _recv_exact(conn, 5 - len(data))
+    if data != launch.frame(b"G") or len(fds) != 4:
+        raise EOFError("no go")
+    return fds
+
+
+def _recv_exact(conn: socket.socket, size: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        data = conn.recv(size - len(buf))
+        if not data:
+            raise EOFError
+        buf += data
+    return bytes(buf)
+
+
+def _stdio(fd: int, mode: str, spec: bytes, name: str) -> Any:
+    """sys.std* for `fd` as a fresh Python process builds it (pylifecycle.c create_stdio)."""
+    import io
+
+    encoding, errors, line_buffering, write_through = spec.decode().split(":")
+    unbuffered = write_through == "1" and mode == "w"
+    buffer: Any = open(fd, mode + "b", buffering=0 if unbuffered else -1, closefd=False)  # noqa: SIM115
+    raw = buffer if unbuffered else buffer.raw
+    with contextlib.suppress(AttributeError):
+        raw.name = name
+    stream = io.TextIOWrapper(
+        buffer,
+        encoding=encoding,
+        errors=errors,
+        newline="\n",
+        line_buffering=line_buffering == "1",
+        write_through=write_through == "1",
+    )
+    stream.mode = mode  # type: ignore[misc]
+    return stream
+
+
+def _become(fields: list[bytes], fds: list[int]) -> None:
+    """Take on the caller's fds, stdio, environment, cwd, umask, argv and signal dispositions."""
+    umask, ignored, spec_in, spec_out, spec_err, count = fields[1:7]
+    argc = int(count)
+    argv, env = fields[7 : 7 + argc], fields[7 + argc :]
+    for target, fd in enumerate(fds[:3]):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.fchdir(fds[3])
+    os.close(fds[3])
+    os.umask(int(umask))
+    for name, fd, mode, spec in (
+        ("stdin", 0, "r", spec_in),
+        ("stdout", 1, "w", spec_out),
+        ("stderr", 2, "w", spec_err),
+    ):
+        stream = _stdio(fd, mode, spec, f"<{name}>")
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+    os.environ.clear()
+    for entry in env:
+        key, _, value = entry.partition(b"=")
+        if key:
+            os.environb[key] = value
+    # As importing win_automation.cli.app does in a fresh process.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    time.tzset()
+    with contextlib.suppress(Exception):
+        import locale
+
+        locale.setlocale(locale.LC_CTYPE, "")
+    if "tempfile" in sys.modules:
+        setattr(sys.modules["tempfile"], "tempdir", None)  # noqa: B010 (found again from TMPDIR)
+    sys.argv = [os.fsdecode(arg) for arg in argv]
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as Python sets it
+    for name in filter(None, ignored.decode().split(",")):
+        signal.signal(int(name), signal.SIG_IGN)
+    if "random" in sys.modules:
+        sys.modules["random"].seed()
+
+
+def _watch(conn: socket.socket, done: Any) -> None:
+    """The caller's signals, raised here; its going away (killed) before the end: SIGTERM."""
+    try:
+        while True:
+            kind, payload = _frame(conn)
+            if kind == b"K" and not done.is_set():
+                os.kill(os.getpid(), int(payload))
+    except (OSError, EOFError, ValueError):
+        if not done.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _frame(conn: socket.socket) -> tuple[bytes, bytes]:
+    header = _recv_exact(conn, 5)
+    size = int.from_bytes(header[1:], "big")
+    return header[:1], _recv_exact(conn, size) if size else b""
+
+
+def _exit_status(code: object) -> int:
+    """A SystemExit code as the interpreter turns it into an exit status."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    with contextlib.suppress(Exception):
+        sys.stderr.write(f"{code}\n")
+    return 1
+
+
+def _run_call() -> tuple[int, int | None]:
+    """Run the CLI as the interpreter runs a script: (exit status, signal to die by)."""
+    import threading
+    import traceback
+
+    die_by = None
+    try:
+        from win_automation.cli.app import main
+
+        main()
+        status = 0
+    except SystemExit as exc:
+        status = _exit_status(exc.code)
+    except KeyboardInterrupt:  # the interpreter prints it and dies by SIGINT
+        traceback.print_exc()
+        status, die_by = 130, int(signal.SIGINT)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        status = 1
+    with contextlib.suppress(Exception):
+        threading._shutdown()  # type: ignore[attr-defined]  # wait for non-daemon threads
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            status = status or 120  # as the interpreter does when flushing stdout fails
+    return status, die_by
+
+
+def child(conn: socket.socket) -> None:
+    """One call, in the forked child; never returns."""
+    status = 1
+    try:
+        global IN_SERVER
+        IN_SERVER = True
+        try:
+            fields = _read_request(conn)
+            conn.settimeout(None)
+            conn.sendall(launch.frame(b"P", str(os.getpid()).encode()))
+            fds = _read_go(conn)  # or EOF: the launcher gave up and runs the call itself
+        except (OSError, EOFError, ValueError):
+            os._exit(0)
+        _become(fields, fds)
+        import threading
+
+        done = threading.Event()
+        threading.Thread(target=_watch, args=(conn, done), name="launcher-watch", daemon=True).start()
+        status, die_by = _run_call()
+        done.set()
+        with contextlib.suppress(OSError):
+            if die_by is not None:
+                conn.sendall(launch.frame(b"S", str(die_by).encode()))
+            else:
+                conn.sendall(launch.frame(b"X", str(status).encode()))
+    finally:
+        os._exit(status)
+
+
+# --- the server ---------------------------------------------------------------------------------
+class Server:
+    def __init__(self, sock: str, persist: float) -> None:
+        self.sock = sock
+        self.persist = persist
+        self.key = os.path.splitext(os.path.basename(sock))[0]
+        self.children: dict[int, socket.socket] = {}
+        self.last = time.monotonic()
+        self.stop = False
+        self.listener: socket.socket | None = None
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def listen(self) -> socket.socket:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.sock)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            with unixsock.sun_path(self.sock) as where:
+                listener.bind(where)
+        finally:
+            os.umask(old)
+        os.chmod(self.sock, 0o600)
+        listener.listen(64)
+        self.listener = listener
+        return listener
+
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = self.children.pop(pid, None)
+            if conn is None:
+                continue
+            if os.WIFSIGNALED(status):  # it could not say so itself: tell its launcher
+                with contextlib.suppress(OSError):
+                    conn.setblocking(False)
+                    conn.send(launch.frame(b"S", str(os.WTERMSIG(status)).encode()))
+            conn.close()
+            self.last = time.monotonic()
+
+    def fork(self, conn: socket.socket) -> None:
+        pid = os.fork()
+        if pid == 0:
+            assert self.listener is not None
+            self.listener.close()
+            for other in self.children.values():
+                other.close()
+            signal.set_wakeup_fd(-1)
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            child(conn)
+        self.children[pid] = conn
+
+    def mine(self, inode: int) -> bool:
+        try:
+            return os.lstat(self.sock).st_ino == inode
+        except OSError:
+            return False
+
+    def serve(self) -> None:
+        listener = self.listener
+        assert listener is not None
+        inode = os.lstat(self.sock).st_ino
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self.wake_w)
+        next_stale_check = time.monotonic() + STALE_CHECK_EVERY
+        while not self.stop:
+            watched: list[Any] = [listener, self.wake_r]
+            ready = select.select(watched, [], [], CHECK_EVERY)[0]
+            if self.wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wake_r, 4096)
+            self.reap()
+            if listener in ready:
+                self.accept(listener)
+            if not self.mine(inode):
+                break  # removed (stopped, or dropped by a launcher it did not answer) or replaced
+            if not self.children and time.monotonic() - self.last > self.persist:
+                break
+            if time.monotonic() >= next_stale_check:
+                next_stale_check = time.monotonic() + STALE_CHECK_EVERY
+                if launch.server_key() != self.key:
+                    break  # the sources changed: the launcher no longer picks this server
+        listener.close()
+        if self.mine(inode):
+            for path in (self.sock, info_path(self.sock)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        self.last = time.monotonic()
+        try:
+            if unixsock.peer_uid(conn) != os.geteuid():
+                conn.close()
+                return
+            self.fork(conn)
+        except OSError:
+            conn.close()
+
+
+def _preload() -> None:
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    from win_automation.cli.app import warm
+    from win_automation.operations.vm import preload
+
+    preload()
+    warm()
+    leaked = [name for name in NEVER if name in sys.modules]
+    if leaked:
+        raise RuntimeError(f"the warm CLI process must not import {', '.join(leaked)}")
+
+
+def main(argv: list[str]) -> int:
+    sock, persist = argv[0], float(argv[1])
+    lock = os.open(unixsock.lock_path(sock), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return 0  # another one is starting
+    server = Server(sock, persist)
+    if launch.server_key() != server.key:
+        return 0  # the sources changed since the starter looked: its key is stale already
+    try:
+        if unixsock.check_socket(sock) and unixsock.serving(sock):
+            return 0  # one serves already
+    except Exception as exc:  # a socket that is not ours: leave it (the launcher refuses it)
+        sys.stderr.write(f"warm CLI process: {exc}\n")
+        return 1
+    if AFTER_PARENT in argv[2:]:
+        parent, deadline = os.getppid(), time.monotonic() + PARENT_WAIT
+        while os.getppid() == parent and time.monotonic() < deadline:
+            time.sleep(0.01)
+    os.chdir("/")  # holds no caller's folder (each child takes its caller's)
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    _preload()
+    server.listen()
+    info = {
+        "pid": os.getpid(),
+        "persist": persist,
+        "python": sys.executable,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    Path(info_path(sock)).write_text(json.dumps(info), encoding="utf-8")
+    os.close(lock)  # listening: a starter now finds the socket
+    signal.signal(signal.SIGTERM, lambda *_: setattr(server, "stop", True))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    server.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,141 @@
+"""Private Unix sockets in the data dir, shared by the warm-connection helper (adapters/persist*)
+and the warm CLI process (cli/launch, cli/server): the folder only you may enter, the socket
+owned by you with mode 0600, paths too long for sun_path, the start-up lock, the peer's uid.
+
+Only `os` and `stat` at import (both loaded by every Python start-up): the CLI launcher imports
+this module, and each module it pulls in costs every CLI call. Errors are StorageError (exit 74),
+imported where raised.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+TYPE_CHECKING = False  # not `typing`: ~10 ms the launcher does not pay
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from contextlib import AbstractContextManager
+    from socket import socket
+
+    from win_automation.errors import StorageError
+
+# sun_path holds 108 bytes; longer paths are reached through /proc/self/fd/N/<name>.
+_MAX_SUN_PATH = 100
+_REFUSE_HINT = "remove it or set ssh.persist 0"
+
+
+def _storage_error(message: str) -> StorageError:
+    from win_automation.errors import StorageError
+
+    return StorageError(message)
+
+
+def ensure_dir(folder: str | os.PathLike[str]) -> None:
+    """Create `folder` (0700) when missing; refuse one that is not a directory of yours, and take
+    group and other access away from one that has it."""
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        info = os.lstat(folder)
+    except OSError as exc:
+        raise _storage_error(
+            f"ssh.persist: cannot create {os.fspath(folder)}: {exc.strerror or exc}"
+        ) from None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise _storage_error(
+            f"ssh.persist: refusing {os.fspath(folder)}: not a directory owned by you (set ssh.persist 0)"
+        )
+    if info.st_mode & 0o077:
+        try:  # noqa: SIM105 (contextlib costs the launcher an import)
+            os.chmod(folder, 0o700)
+        except OSError:
+            pass
+
+
+def check_socket(path: str | os.PathLike[str]) -> bool:
+    """False when there is no socket; True when it is ours (0600); StorageError otherwise."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise _storage_error(f"ssh.persist: cannot read {os.fspath(path)}: {exc.strerror or exc}") from None
+    where = os.fspath(path)
+    if not stat.S_ISSOCK(info.st_mode):
+        raise _storage_error(f"ssh.persist: refusing {where}: not a socket ({_REFUSE_HINT})")
+    if info.st_uid != os.geteuid():
+        raise _storage_error(
+            f"ssh.persist: refusing {where}: owned by uid {info.st_uid}, not by you ({_REFUSE_HINT})"
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise _storage_error(
+            f"ssh.persist: refusing {where}: mode {stat.S_IMODE(info.st_mode):04o}, not 0600 ({_REFUSE_HINT})"
+        )
+    return True
+
+
+class sun_path:
+    """A path for bind()/connect(): `path` itself, or /proc/self/fd/N/<name> when too long.
+    A class, not contextlib: the launcher does not import contextlib."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        self.fd: int | None = None
+
+    def __enter__(self) -> str:
+        if len(os.fsencode(self.path)) <= _MAX_SUN_PATH:
+            return self.path
+        self.fd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+        return f"/proc/self/fd/{self.fd}/{os.path.basename(self.path)}"
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def lock_path(sock: str | os.PathLike[str]) -> str:
+    return os.path.splitext(os.fspath(sock))[0] + ".lock"
+
+
+def locked(sock: str | os.PathLike[str]) -> AbstractContextManager[None]:
+    """An exclusive lock on `<sock without suffix>.lock`: of two processes starting a server for
+    `sock` at once, the second waits and then finds the first serving."""
+    import contextlib
+    import fcntl
+
+    @contextlib.contextmanager
+    def hold() -> Iterator[None]:
+        fd = os.open(lock_path(sock), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    return hold()
+
+
+def peer_uid(conn: socket) -> int:
+    """The uid of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    import socket as _socket
+    import struct
+
+    creds = conn.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+def serving(sock: str | os.PathLike[str]) -> bool:
+    """True when a process accepts connections at `sock`."""
+    import socket as _socket
+
+    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        with sun_path(sock) as where:
+            probe.connect(where)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
