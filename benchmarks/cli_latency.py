@@ -12,6 +12,8 @@ moment on the shared machine hits all rows alike; figures are medians):
 - the same through the running helper, the CLI in the calling process (`python -c "from
   win_automation.cli.app import main; main()"`: the entry point before the warm CLI process),
 - the same as users run it: the launcher, a fork of the warm CLI process, the running helper,
+  and again with ssh.warm_powershell on (the helper runs it in its warm PowerShell session: the
+  stand-in's interpreter start-up, ~30-40 ms, is no longer paid per command),
 - the launcher's own cost: `win-automation --version` through the warm CLI process, next to
   `python -c pass` (the interpreter's start-up, the floor of any Python launcher),
 - one-shot OpenSSH `ssh host 'echo hi'`, and OpenSSH with a ControlPersist master running.
@@ -63,6 +65,7 @@ def main() -> None:
     base.update(WIN_AUTOMATION_DATA_DIR=str(work / "data"), WIN_AUTOMATION_ARTIFACT_OUT=str(work / "art"))
     warm_env = {**base, "WIN_AUTOMATION_SSH_PERSIST": "10m"}
     today_env = {**base, "WIN_AUTOMATION_SSH_PERSIST": "0"}
+    warm_ps_env = {**warm_env, "WIN_AUTOMATION_SSH_WARM_POWERSHELL": "true"}  # a helper of its own
     ssh_run = [CLI, "ssh", "run", "--shell", "cmd", "--", "echo hi"]
     in_process = [sys.executable, "-c", "from win_automation.cli.app import main; main()"]
     in_process_run = [*in_process, *ssh_run[1:]]
@@ -103,12 +106,14 @@ def main() -> None:
             ):
                 break
             time.sleep(0.05)
+        timed(ssh_run, warm_ps_env)  # untimed: restarts the warm-PowerShell config's own helper
         return elapsed
 
     rows: dict[str, Callable[[], float]] = {
         "ssh run, ssh.persist 0": lambda: timed(ssh_run, today_env),
         "ssh run, warm helper, CLI in-process": lambda: timed(in_process_run, warm_env),
         "ssh run, warm CLI process + helper": lambda: timed(ssh_run, warm_env),
+        "ssh run, warm CLI + helper + warm PS": lambda: timed(ssh_run, warm_ps_env),
         "launcher: --version (warm CLI)": lambda: timed([CLI, "--version"], warm_env, version),
         "python -c pass": lambda: timed([sys.executable, "-c", "pass"], expect=""),
         "openssh one-shot": lambda: timed([*openssh, target, "echo hi"]),
@@ -135,6 +140,7 @@ def main() -> None:
         print(f"  {name:34s} {ms:7.1f}   (range {spread})")
     for label, warm in (
         ("warm CLI + helper", med["ssh run, warm CLI process + helper"]),
+        ("warm CLI + helper + warm PS", med["ssh run, warm CLI + helper + warm PS"]),
         ("helper, CLI in-process", med["ssh run, warm helper, CLI in-process"]),
     ):
         one_shot, control_persist = warm / med["openssh one-shot"], warm / med["openssh ControlPersist"]
