@@ -32,7 +32,13 @@ from typing import BinaryIO
 import paramiko
 
 from win_automation.adapters.ssh import SshConnection, transfer_seconds
-from win_automation.errors import ConnectError, NotFoundError, OperationTimeout, WinAutomationError
+from win_automation.errors import (
+    ConnectError,
+    NotFoundError,
+    OperationTimeout,
+    StorageError,
+    WinAutomationError,
+)
 
 Progress = Callable[[int, int], None]
 
@@ -180,8 +186,18 @@ def _status(body: memoryview) -> tuple[int, str]:
     return code, bytes(body[12 : 12 + length]).decode("utf-8", "replace")
 
 
-def download(conn: SshConnection, remote: str, out: BinaryIO, progress: Progress | None = None) -> Copied:
-    """Copy remote file `remote` into `out` (seekable, empty); returns its size and sha256."""
+def download(
+    conn: SshConnection,
+    remote: str,
+    out: BinaryIO,
+    progress: Progress | None = None,
+    *,
+    cancelled: Callable[[], bool] | None = None,
+    target: str | None = None,
+) -> Copied:
+    """Copy remote file `remote` into `out` (seekable, empty); returns its size and sha256.
+    A write that fails here (disk full, ...) is a StorageError naming `target` (default: out's
+    name); `cancelled()` turning true stops the transfer with a ConnectError."""
     transport = conn.transport()
     what = f"SFTP download of {remote}"
     try:
@@ -195,7 +211,15 @@ def download(conn: SshConnection, remote: str, out: BinaryIO, progress: Progress
         raise ConnectError(f"cannot start SFTP: {exc}") from exc
     try:
         with _bounded(conn, what):
-            return _download(_SftpStream(channel), remote, out, progress, Deadline(conn, what))
+            return _download(
+                _SftpStream(channel),
+                remote,
+                out,
+                progress,
+                Deadline(conn, what),
+                cancelled,
+                str(target if target is not None else getattr(out, "name", "the local file")),
+            )
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise ConnectError(f"SFTP download of {remote} failed: {exc}") from exc
     finally:
@@ -203,7 +227,13 @@ def download(conn: SshConnection, remote: str, out: BinaryIO, progress: Progress
 
 
 def _download(
-    stream: _SftpStream, remote: str, out: BinaryIO, progress: Progress | None, deadline: Deadline
+    stream: _SftpStream,
+    remote: str,
+    out: BinaryIO,
+    progress: Progress | None,
+    deadline: Deadline,
+    cancelled: Callable[[], bool] | None,
+    target: str,
 ) -> Copied:
     stream.channel.sendall(struct.pack(">IBI", 5, _INIT, 3))
     kind, _ = stream.packet_bytes()
@@ -254,13 +284,18 @@ def _download(
             if not pending:
                 break
             deadline.check()
+            if cancelled is not None and cancelled():
+                raise ConnectError(f"SFTP download of {remote} was cancelled")
             kind, body = stream.packet()
             (request_id,) = struct.unpack_from(">I", body, 0)
             offset, length = pending.pop(request_id)
             if kind == _DATA:
                 (got,) = struct.unpack_from(">I", body, 4)
                 data = body[8 : 8 + got]
-                os.pwrite(fd, data, offset)
+                try:
+                    os.pwrite(fd, data, offset)
+                except OSError as exc:
+                    raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from None
                 if offset == hashed:
                     hasher.feed(bytes(data))
                     hashed += got

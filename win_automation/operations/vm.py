@@ -12,7 +12,8 @@ cancel check and live-output sink, so a workflow never touches an adapter:
 The SSH connection underneath is the adapter's per-process pool (one transport per VM); in a CLI
 process (`share_connections()`, called for job commands) with `ssh.persist` on, commands go
 through the VM's warm helper instead (win_automation.adapters.persist), shared by CLI calls, and
-paramiko is never imported for them. Transfers always use the in-process connection. A job
+paramiko is never imported for them; so do downloads (`get`: the helper writes the file this
+process opened), while uploads use the in-process connection. A job
 that is cancelled stops a running command within ~0.1 s: its remote process tree is killed, as
 at a timeout, and the result says `cancelled`. Later capabilities (Aloha, the browser, QMP) hang
 off this object the same way.
@@ -180,8 +181,10 @@ class Vm:
     ) -> transfers.TransferResult:
         from win_automation.operations import transfers
 
+        # Through the warm helper when this process shares connections (the helper then writes the
+        # file this process opened); else over this process's own connection.
         return transfers.get_file(
-            self.ssh, remote, local, remote_os=self.config.ssh.remote_os, progress=progress
+            self.connection, remote, local, remote_os=self.config.ssh.remote_os, progress=progress
         )
 
     def sha256(self, remote: str) -> str:
