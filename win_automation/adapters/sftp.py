@@ -16,7 +16,9 @@ of ssh.connect_timeout and two keepalive intervals) for the VM: a longer stall i
 
 from __future__ import annotations
 
+import collections
 import errno
+import functools
 import hashlib
 import os
 import queue
@@ -27,9 +29,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import paramiko
+from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
 
 from win_automation.adapters.ssh import SshConnection, transfer_seconds
 from win_automation.errors import (
@@ -54,6 +57,41 @@ _STATUS, _HANDLE, _DATA, _ATTRS = 101, 102, 103, 105
 _FX_EOF, _FX_NO_SUCH_FILE, _FX_PERMISSION_DENIED = 1, 2, 3
 _READ_FLAG = 0x01
 _ATTR_SIZE = 0x01
+
+
+WRITEBACK_EVERY = 8 * 1024 * 1024  # bytes written between two writeback starts
+
+
+@functools.cache
+def _writeback_starter() -> Callable[[int, int, int, int], int] | None:
+    """Linux's sync_file_range (fd, offset, length, flags), or None where it is missing."""
+    import ctypes
+
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    function.restype = ctypes.c_int
+    return cast("Callable[[int, int, int, int], int]", function)
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+class _Writeback:
+    """Starts the disk writes of what has been written so far, every WRITEBACK_EVERY bytes, without
+    waiting for them: the caller's final fsync then has little left to write."""
+
+    def __init__(self, fd: int) -> None:
+        self.start = _writeback_starter()
+        self.fd = fd
+        self.done = 0
+
+    def advance(self, written: int) -> None:
+        if self.start is not None and written - self.done >= WRITEBACK_EVERY:
+            self.start(self.fd, self.done, written - self.done, _SYNC_FILE_RANGE_WRITE)
+            self.done = written
 
 
 @dataclass(frozen=True)
@@ -123,6 +161,67 @@ def _translate(exc: BaseException, what: str) -> WinAutomationError:
     if isinstance(exc, IOError) and not isinstance(exc, paramiko.SSHException | EOFError):
         return WinAutomationError(f"{what}: {exc}")
     return ConnectError(f"SFTP failed on {what}: {exc}")
+
+
+class _ChunkPipe(BufferedPipe):  # type: ignore[misc]
+    """paramiko's BufferedPipe (a channel's incoming data) without its copies, for the download
+    channel: each data packet stays the bytes object it arrived as and is handed out whole,
+    where BufferedPipe copies it into an array, then slices and copies it out again (a third of
+    the download's CPU). Same locking, timeout, event and close semantics (paramiko 5.1's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+
+    def feed(self, data: bytes) -> None:
+        with self._lock:
+            if self._event is not None:
+                self._event.set()
+            self._chunks.append(bytes(data) if not isinstance(data, bytes) else data)
+            self._size += len(data)
+            self._cv.notify_all()
+
+    def read_ready(self) -> bool:
+        with self._lock:
+            return self._size > 0
+
+    def read(self, nbytes: int, timeout: float | None = None) -> bytes:
+        with self._lock:
+            if not self._size:
+                if self._closed:
+                    return b""
+                if timeout == 0.0:
+                    raise PipeTimeout()
+                deadline = None if timeout is None else time.monotonic() + timeout
+                while not self._size and not self._closed:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise PipeTimeout()
+                    self._cv.wait(left)
+                if not self._size:
+                    return b""
+            out = self._chunks.popleft()
+            if len(out) > nbytes:
+                self._chunks.appendleft(out[nbytes:])
+                out = out[:nbytes]
+            self._size -= len(out)
+            if not self._size and self._event is not None and not self._closed:
+                self._event.clear()
+            return out
+
+    def empty(self) -> bytes:
+        with self._lock:
+            out = b"".join(self._chunks)
+            self._chunks.clear()
+            self._size = 0
+            if self._event is not None and not self._closed:
+                self._event.clear()
+            return out
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._size
 
 
 class _SftpStream:
@@ -205,6 +304,7 @@ def download(
             channel = transport.open_session(
                 window_size=CHANNEL_WINDOW, max_packet_size=CHANNEL_PACKET, timeout=conn.stall_timeout
             )
+            channel.in_buffer = _ChunkPipe()  # before the subsystem starts: no data yet
             channel.settimeout(conn.stall_timeout)
             channel.invoke_subsystem("sftp")
     except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -267,6 +367,7 @@ def _download(
         hashed = 0
         eof = False
         fd = out.fileno()
+        writeback = _Writeback(fd)
 
         def request(offset: int, length: int) -> bytes:
             packet = stream.pack(_READ, handle + struct.pack(">QI", offset, length))
@@ -308,6 +409,7 @@ def _download(
                 del data, body
                 if got < length:  # a short read: ask for the rest
                     stream.channel.sendall(request(offset + got, length - got))
+                writeback.advance(hashed)
                 if progress is not None:
                     progress(hashed, size)
             elif kind == _STATUS:
