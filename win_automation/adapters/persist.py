@@ -18,6 +18,8 @@ command that goes through a warm helper pays no paramiko import and no SSH hands
   within ssh.connect_timeout is replaced transparently, before the command is sent. A helper that
   dies while a command runs fails that command with ConnectError (exit 3; it may or may not have
   finished, so it is not re-sent); the next call gets a fresh helper.
+- `download` (for `ssh get`) sends the open destination file with the request (SCM_RIGHTS): the
+  helper writes into it, so the bytes never cross the socket; the caller checks, fsyncs, renames.
 
 The socket, its checks and frames, and `ssh persist status|stop` are in persist_wire.
 """

@@ -6,7 +6,8 @@ connect retry policy) and answers one line on stdout: `{"ok": true}` or `{"error
 error's class, message and exit code, so the caller fails exactly as a direct connection would.
 Then it listens on SOCKET (mode 0600; peers must be this user, checked with SO_PEERCRED) and runs
 each request on its own thread over the one connection (reconnecting, with the host-key check,
-when it dropped, e.g. the VM restarted). It exits when no request came for `persist` seconds, when
+when it dropped, e.g. the VM restarted); a `get` downloads into the file descriptor that came
+with the request (Helper._get). It exits when no request came for `persist` seconds, when
 its socket file is removed or replaced, or on SIGTERM.
 """
 
