@@ -29,7 +29,8 @@ from win_automation import errors
 from win_automation.config.schema import SSHConfig
 from win_automation.errors import ConnectError, StorageError, WinAutomationError
 
-PROTOCOL = 1
+# In the socket name: a helper of another protocol is never used. 2: `get` (a descriptor with R).
+PROTOCOL = 2
 HEARTBEAT = 1.0
 CANCEL_POLL = 0.1
 _HEADER = struct.Struct(">cI")
