@@ -343,3 +343,27 @@ def test_a_file_larger_than_the_buffers_streams_through_the_helper(
     assert f"get {256 * MIB} bytes" in res.stdout
     assert rss_peak() - before < 64, "the helper held the file in memory"
     assert (tmp_path / "huge.bin").stat().st_size == 256 * MIB and sha(tmp_path / "huge.bin") == sha(source)
+
+
+def test_the_transfer_deadline_holds_through_the_helper(
+    cli, live_sshd: SshServer, known_hosts: Path, remote_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    proxy = StallProxy(live_sshd.port, down_rate=128 * 1024, every_connection=True)  # never stalls
+    try:
+        env = live_sshd.env(
+            known_hosts, port=proxy.port, host_key_fingerprint=live_sshd.fingerprint(), command_timeout=1
+        )
+        warm_up(cli, env, remote_dir, tmp_path)
+        source = remote_dir / "slow.bin"
+        source.write_bytes(os.urandom(2 * MIB))  # 16 s at this rate; the deadline is 1 s + 2 s
+        out = tmp_path / "out"
+        out.mkdir()
+        started = time.monotonic()
+        warm = cli("ssh", "get", str(source), str(out / "slow.bin"), env=env)
+        took = time.monotonic() - started
+        cold = cli("ssh", "get", str(source), str(out / "slow.bin"), env={**env, **COLD})
+    finally:
+        proxy.close()
+    assert warm.code == cold.code == 124, warm.stderr + cold.stderr
+    assert warm.stderr == cold.stderr and "passed its deadline of 3s" in warm.stderr
+    assert took < 10 and list(out.iterdir()) == []
