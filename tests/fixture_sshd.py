@@ -18,7 +18,14 @@ The stand-in decodes `-EncodedCommand` (or reads `-File`), writes the user's scr
 the wrapper's markers) to stdout as UTF-8, appends a JSON report of what arrived to
 `<server dir>/powershell-reports.jsonl`, and acts on a few lines of the body: `exit N`,
 `Start-Sleep N`, `Write-Error 'text'` (a CLIXML error record on stderr, as real PowerShell does)
-and cmd mode's `& cmd.exe /d /s /c '...'` (run by /bin/sh, its exit code the script's).
+and cmd mode's `& cmd.exe /d /s /c '...'` (run by /bin/sh, its exit code the script's, stdin NUL).
+Variables are scoped to one script: `$x = 'v'` (also `$global:x`) then `Write-Output $x` prints
+`v` in the same script and an empty line in any other; `$env:X = 'v'` / `Write-Output $env:X`.
+Started as `powershell.exe ... -Command -` with the warm session server
+(scripts/windows/Start-WarmPowerShell.ps1) as its first stdin line, it serves that protocol:
+one script per stdin line, each run as above in a scope of its own, `exit N` ending the script
+and not the session, the end markers after each, the environment put back (reports with mode
+`session-start` and `session`, and the session's `pid`).
 Given Set-FirewallRules.ps1 (a body with its rule table) it keeps the VM's inbound rules in
 `sshd.firewall_file` (JSON keyed by -Name): it reads the rule table and parameters from the script
 and its arguments, creates, updates or leaves each rule and prints the script's JSON line per
@@ -29,7 +36,8 @@ Given exactly the desktop probe (scripts/windows/Get-DesktopState.ps1, checked b
 prints the probe's JSON line for the state the test set (`sshd.set_desktop("locked")`, or the
 `desktop` fixture; `unlocked` by default) instead of the body.
 Given the Windows kill script (win_automation.powershell.kill_tree_script), it does what taskkill
-/T /F would: kills every process whose command line holds the needle, with its descendants.
+/T /F would: kills every process whose command line holds the needle, with its descendants; given
+`kill_pid_script(PID)` (a warm session's), the process PID and its descendants.
 """
 
 from __future__ import annotations
@@ -65,23 +73,9 @@ DESKTOPS = {  # what scripts/windows/Get-DesktopState.ps1 prints in each state
     "locked": {"state": "locked", "session": 1, "user": USER, "logonui": True, "explorer": True},
     "no-user": {"state": "no-user", "session": 1, "user": None, "logonui": True, "explorer": False},
 }
-args = sys.argv[1:]
-report = {"argv": args}
-if "-EncodedCommand" in args:
-    script = base64.b64decode(args[args.index("-EncodedCommand") + 1]).decode("utf-16-le")
-    report["mode"] = "encoded"
-elif "-File" in args:
-    i = args.index("-File")
-    path = args[i + 1]
-    with open(path, encoding="utf-8-sig") as fh:
-        script = fh.read()
-    report.update(mode="file", path=path, file_args=args[i + 2:])
-else:
-    sys.stderr.write("stand-in: neither -EncodedCommand nor -File\n")
-    sys.exit(64)
-if "taskkill.exe /T /F" in script:  # the Windows kill script: emulate it with /proc
-    import os, signal
-    needle = re.search(r"\$needle = '((?:[^']|'')*)'", script).group(1).replace("''", "'")
+def kill_trees(matches):
+    """What taskkill /T /F does: kill the processes `matches(pid, cmdline)` picks, with their descendants."""
+    import signal
     procs = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -94,8 +88,7 @@ if "taskkill.exe /T /F" in script:  # the Windows kill script: emulate it with /
                 continue
             procs[int(entry)] = (ppid, cmdline)
     mine = {os.getpid(), os.getppid()}
-    roots = [pid for pid, (_, cmd) in procs.items() if needle in cmd and pid not in mine]
-    doomed = set(roots)
+    doomed = {pid for pid, (_, cmd) in procs.items() if matches(pid, cmd) and pid not in mine}
     while True:
         more = {pid for pid, (ppid, _) in procs.items() if ppid in doomed} - doomed
         if not more:
@@ -106,73 +99,150 @@ if "taskkill.exe /T /F" in script:  # the Windows kill script: emulate it with /
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+    return sorted(doomed)
+
+
+def write_report(report):
     with open(REPORTS, "a", encoding="utf-8") as fh:
-        report = {"argv": args, "mode": "kill", "needle": needle, "killed": sorted(doomed)}
         fh.write(json.dumps(report) + "\n")
-    sys.exit(0)
-begin, end = "# >>> win-automation script\n", "\n# <<< win-automation script"
-body = script.split(begin, 1)[1].split(end, 1)[0] if begin in script else script
-report["script"] = script
-report["body"] = body
-probe = hashlib.sha256(body.encode("utf-8")).hexdigest() == DESKTOP_PROBE_SHA256
-if probe:  # exactly the desktop probe arrived: answer as the VM's desktop is set by the test
-    state = open(DESKTOP_FILE).read().strip() if os.path.exists(DESKTOP_FILE) else "unlocked"
-    report["desktop"] = state
-with open(REPORTS, "a", encoding="utf-8") as fh:
-    fh.write(json.dumps(report) + "\n")
-if probe:
-    print(json.dumps(DESKTOPS[state]) if state in DESKTOPS else state)
-    sys.exit(0)
-FIREWALL_TABLE = r"@\{ Name = '([^']+)'; DisplayName = '([^']+)'; Port = \$(\w+) \}"
-if re.search(FIREWALL_TABLE, body):  # Set-FirewallRules.ps1 (its rule table): rules in FIREWALL_FILE
-    tail = script.split(end, 1)[1] if end in script else ""
-    given = [a.replace("''", "'") for a in re.findall(r"'((?:[^']|'')*)'", tail.split("\n", 2)[1])]
-    params = re.findall(r"\[(?:string|int)\]\$(\w+) = '?([^',\n]*)'?", body)
-    values = {name: default for name, default in params}
-    values.update(zip([name for name, _ in params], given))
-    if values["RemoteAddress"] == "ssh-client":  # the script's own rule: the SSH client's address
-        client = os.environ.get("SSH_CLIENT")
-        values["RemoteAddress"] = client.split()[0] if client else "Any"
-    rules = json.load(open(FIREWALL_FILE)) if os.path.getsize(FIREWALL_FILE) else {}
-    named = re.search(r"New-NetFirewallRule -Name \$rule\.Name", body) is not None
-    for name, display, var in re.findall(FIREWALL_TABLE, body):
-        want = {"DisplayName": display, "Direction": "Inbound", "Protocol": "TCP", "LocalPort": values[var],
-                "RemoteAddress": values["RemoteAddress"], "Action": "Allow", "Profile": "Any",
-                "Enabled": "True"}
-        if name not in rules:  # a rule created without -Name gets a GUID: the next run adds another
-            rules[name if named else str(__import__("uuid").uuid4())] = want
-            action = "created"
-        elif rules[name] != want:
-            rules[name] = want
-            action = "updated"
-        else:
-            action = "unchanged"
-        print(json.dumps({"firewall_rule": name, "action": action, "port": int(values[var]),
-                          "remote_address": values["RemoteAddress"]}))
-    with open(FIREWALL_FILE, "w") as fh:
-        json.dump(rules, fh)
-    sys.exit(0)
-sys.stdout.buffer.write(body.encode("utf-8"))
-sys.stdout.flush()
-code = 0
-for line in body.splitlines():
-    if m := re.fullmatch(r"\s*Start-Sleep\s+(?:-Seconds\s+)?([\d.]+)\s*", line):
-        time.sleep(float(m.group(1)))
-    elif m := re.fullmatch(r"\s*Write-Error\s+'([^']*)'\s*", line):
-        sys.stderr.write('#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/'
-                         'powershell/2004/04"><S S="Error">' + m.group(1) + '_x000D__x000A_</S></Objs>')
+
+
+def run(script, report):
+    """Act on one script as powershell.exe would run it; returns its exit code. Variables live in
+    a scope of this script only (as in a process, or a warm session's runspace, of its own)."""
+    if m := re.search(r"taskkill\.exe /T /F /PID (\d+)", script):  # a warm session's tree, by PID
+        target = int(m.group(1))
+        killed = kill_trees(lambda pid, _: pid == target)
+        write_report({**report, "mode": "kill", "pid": target, "killed": killed})
+        return 0
+    if "taskkill.exe /T /F" in script:  # the Windows kill script: emulate it with /proc
+        needle = re.search(r"\$needle = '((?:[^']|'')*)'", script).group(1).replace("''", "'")
+        killed = kill_trees(lambda _, cmd: needle in cmd)
+        write_report({**report, "mode": "kill", "needle": needle, "killed": killed})
+        return 0
+    begin, end = "# >>> win-automation script\n", "\n# <<< win-automation script"
+    body = script.split(begin, 1)[1].split(end, 1)[0] if begin in script else script
+    report["script"] = script
+    report["body"] = body
+    probe = hashlib.sha256(body.encode("utf-8")).hexdigest() == DESKTOP_PROBE_SHA256
+    if probe:  # exactly the desktop probe arrived: answer as the VM's desktop is set by the test
+        state = open(DESKTOP_FILE).read().strip() if os.path.exists(DESKTOP_FILE) else "unlocked"
+        report["desktop"] = state
+    write_report(report)
+    if probe:
+        print(json.dumps(DESKTOPS[state]) if state in DESKTOPS else state, flush=True)
+        return 0
+    FIREWALL_TABLE = r"@\{ Name = '([^']+)'; DisplayName = '([^']+)'; Port = \$(\w+) \}"
+    if re.search(FIREWALL_TABLE, body):  # Set-FirewallRules.ps1 (its rule table): rules in FIREWALL_FILE
+        tail = script.split(end, 1)[1] if end in script else ""
+        given = [a.replace("''", "'") for a in re.findall(r"'((?:[^']|'')*)'", tail.split("\n", 2)[1])]
+        params = re.findall(r"\[(?:string|int)\]\$(\w+) = '?([^',\n]*)'?", body)
+        values = {name: default for name, default in params}
+        values.update(zip([name for name, _ in params], given))
+        if values["RemoteAddress"] == "ssh-client":  # the script's own rule: the SSH client's address
+            client = os.environ.get("SSH_CLIENT")
+            values["RemoteAddress"] = client.split()[0] if client else "Any"
+        rules = json.load(open(FIREWALL_FILE)) if os.path.getsize(FIREWALL_FILE) else {}
+        named = re.search(r"New-NetFirewallRule -Name \$rule\.Name", body) is not None
+        for name, display, var in re.findall(FIREWALL_TABLE, body):
+            want = {"DisplayName": display, "Direction": "Inbound", "Protocol": "TCP",
+                    "LocalPort": values[var], "RemoteAddress": values["RemoteAddress"], "Action": "Allow",
+                    "Profile": "Any", "Enabled": "True"}
+            if name not in rules:  # a rule created without -Name gets a GUID: the next run adds another
+                rules[name if named else str(__import__("uuid").uuid4())] = want
+                action = "created"
+            elif rules[name] != want:
+                rules[name] = want
+                action = "updated"
+            else:
+                action = "unchanged"
+            print(json.dumps({"firewall_rule": name, "action": action, "port": int(values[var]),
+                              "remote_address": values["RemoteAddress"]}), flush=True)
+        with open(FIREWALL_FILE, "w") as fh:
+            json.dump(rules, fh)
+        return 0
+    sys.stdout.buffer.write(body.encode("utf-8"))
+    sys.stdout.flush()
+    code = 0
+    scope = {}
+    for line in body.splitlines():
+        if m := re.fullmatch(r"\s*Start-Sleep\s+(?:-Seconds\s+)?([\d.]+)\s*", line):
+            time.sleep(float(m.group(1)))
+        elif m := re.fullmatch(r"\s*Write-Error\s+'([^']*)'\s*", line):
+            sys.stderr.write('#< CLIXML\r\n<Objs Version="1.1.0.1" xmlns="http://schemas.microsoft.com/'
+                             'powershell/2004/04"><S S="Error">' + m.group(1) + '_x000D__x000A_</S></Objs>')
+            sys.stderr.flush()
+            code = 1
+        elif line.strip() == "Write-Output ([DateTime]::UtcNow.ToString('o'))":  # .NET's round-trip format
+            now = time.time()
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+            print(stamp + f".{int(now % 1 * 1e7):07d}Z", flush=True)
+        elif m := re.fullmatch(r"\s*& cmd\.exe /d /s /c '((?:[^']|'')*)'\s*", line):  # cmd mode: sh for cmd
+            command = m.group(1).replace("''", "'")
+            import subprocess
+            code = subprocess.call(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL)
+        elif m := re.fullmatch(r"\s*\$(?:global:|script:)?(\w+)\s*=\s*'([^']*)'\s*", line):
+            scope[m.group(1)] = m.group(2)
+        elif m := re.fullmatch(r"\s*\$env:(\w+)\s*=\s*'([^']*)'\s*", line):
+            os.environ[m.group(1)] = m.group(2)
+        elif m := re.fullmatch(r"\s*Write-Output\s+\$(?:global:)?(\w+)\s*", line):
+            print(scope.get(m.group(1), ""), flush=True)
+        elif m := re.fullmatch(r"\s*Write-Output\s+\$env:(\w+)\s*", line):
+            print(os.environ.get(m.group(1), ""), flush=True)
+        elif m := re.fullmatch(r"\s*exit\s+(-?\d+)\s*", line):
+            code = int(m.group(1))
+            break
+    return code
+
+
+def session(args):
+    """A warm session (Start-WarmPowerShell.ps1 as the first line of `-Command -`): one script per
+    stdin line, each run as `run` does, then the end markers; the environment is put back after
+    each script, as the server does. A script that reads stdin gets NUL (cmd.exe's stdin)."""
+    boot = sys.stdin.buffer.readline()
+    m = re.search(rb"FromBase64String\('([A-Za-z0-9+/=]*)'\)", boot)
+    server = base64.b64decode(m.group(1)).decode("utf-8") if m else ""
+    if "wa-ready:" not in server or "[PowerShell]::Create()" not in server:
+        sys.stderr.write("stand-in: the first line is not the warm session server\n")
+        sys.exit(64)
+    write_report({"argv": args, "mode": "session-start", "pid": os.getpid()})
+    sys.stdout.buffer.write(b"\x1ewa-ready:%d\n" % os.getpid())
+    sys.stdout.flush()
+    base_env = dict(os.environ)
+    while line := sys.stdin.buffer.readline():
+        if not line.strip():  # the blank line after the bootstrap statement
+            continue
+        nonce, encoded = line.strip().split(b" ", 1)
+        script = base64.b64decode(encoded).decode("utf-8")
+        code = run(script, {"argv": args, "mode": "session", "pid": os.getpid()})
+        os.environ.clear()
+        os.environ.update(base_env)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(b"\x1ewa-end:%s:%d\n" % (nonce, code))
+        sys.stdout.flush()
         sys.stderr.flush()
-        code = 1
-    elif line.strip() == "Write-Output ([DateTime]::UtcNow.ToString('o'))":  # .NET's round-trip format
-        now = time.time()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-        print(stamp + f".{int(now % 1 * 1e7):07d}Z", flush=True)
-    elif m := re.fullmatch(r"\s*& cmd\.exe /d /s /c '((?:[^']|'')*)'\s*", line):  # cmd mode: sh for cmd
-        code = __import__("subprocess").call(["/bin/sh", "-c", m.group(1).replace("''", "'")])
-    elif m := re.fullmatch(r"\s*exit\s+(-?\d+)\s*", line):
-        code = int(m.group(1))
-        break
-sys.exit(code & 0xFF)
+        sys.stderr.buffer.write(b"\x1ewa-end:%s\n" % nonce)
+        sys.stderr.flush()
+    sys.exit(0)
+
+
+args = sys.argv[1:]
+report = {"argv": args}
+if args[-2:] == ["-Command", "-"]:
+    session(args)
+if "-EncodedCommand" in args:
+    script = base64.b64decode(args[args.index("-EncodedCommand") + 1]).decode("utf-16-le")
+    report["mode"] = "encoded"
+elif "-File" in args:
+    i = args.index("-File")
+    path = args[i + 1]
+    with open(path, encoding="utf-8-sig") as fh:
+        script = fh.read()
+    report.update(mode="file", path=path, file_args=args[i + 2:])
+else:
+    sys.stderr.write("stand-in: neither -EncodedCommand nor -File\n")
+    sys.exit(64)
+sys.exit(run(script, report) & 0xFF)
 '''
 
 

@@ -16,6 +16,7 @@ from fixture_jobs import wait_for
 
 from win_automation.artifacts.store import (
     ArtifactWriter,
+    _HashingWriter,
     copy_verified,
     hash_file,
     prune,
@@ -23,7 +24,7 @@ from win_automation.artifacts.store import (
     safe_relative,
     verify_folder,
 )
-from win_automation.errors import ArtifactMismatch, NotFoundError, UsageError
+from win_automation.errors import ArtifactMismatch, NotFoundError, StorageFull, UsageError
 from win_automation.jobs.ids import new_job_id, new_trace_id
 
 TYPES = ("ssh", "aloha", "playwright")
@@ -73,6 +74,13 @@ def test_bad_type_and_bad_job_id_touch_nothing(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not a job id"):
         ArtifactWriter(tmp_path, "../escape", new_trace_id(), types=TYPES)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_storage_full_and_retried(tmp_path: Path) -> None:
+    full = open("/dev/full", "wb", buffering=0)  # noqa: SIM115  the kernel's ENOSPC on every write
+    with full, pytest.raises(StorageFull, match=r"^artifacts.out_dir: cannot write /dev/full: No space left"):
+        _HashingWriter(full).write(b"evidence")
+    assert StorageFull.transient and StorageFull.exit_code == 74
 
 
 def test_hash_file_matches_hashlib_on_odd_sizes(tmp_path: Path) -> None:

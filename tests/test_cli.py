@@ -56,6 +56,39 @@ def test_help_never_imports_heavy_libraries(path: list[str]) -> None:
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.parametrize(
+    "argv, built",
+    [
+        (["ssh", "run", "--", "x"], ["ssh"]),
+        (["-v", "--config", "c.json", "--debug", "config", "show"], ["config"]),
+        (["--config=c.json", "doctor"], ["doctor"]),
+        (["--config", "ssh", "jobs"], ["jobs"]),  # --config takes the next word as its value
+        (["--help"], None),
+        (["--version"], None),
+        (["bogus"], None),
+        ([], None),
+    ],
+)
+def test_a_call_builds_only_the_command_it_names(argv: list[str], built: list[str] | None) -> None:
+    import typer.main
+
+    from win_automation.cli.app import for_command
+
+    names = sorted(typer.main.get_group(for_command(argv)).commands)
+    assert names == (built or sorted(typer.main.get_group(app).commands))
+    assert len(names) > 5 or built is not None
+
+
+def test_root_options_still_apply_with_one_command_built(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "c.json").write_text('{"ssh": {"host": "10.9.8.7"}}')
+    shown = cli("-v", "--config", "c.json", "config", "show", "--json")
+    assert shown.code == 0
+    settings = {s["key"]: s["value"] for s in json.loads(shown.stdout)["settings"]}
+    assert settings["ssh.host"] == "10.9.8.7"
+    unknown = cli("--debug", "bogus")
+    assert unknown.code == 2 and "No such command 'bogus'" in unknown.stderr
+
+
 def test_config_show_json_names_sources_and_masks_secrets(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"ssh": {"host": "vm.local"}, "hatchet": {"token": "file-token-xyz"}}))

@@ -70,6 +70,22 @@ def test_data_dir_that_is_a_file_or_not_writable(cli, cli_env) -> None:  # type:
             one_line(res, 74, str(data_dir), needle)
 
 
+def test_an_unwritable_artifacts_out_dir_fails_the_job_with_74(cli_env) -> None:  # type: ignore[no-untyped-def]
+    home = unprivileged.shared_dir()
+    out = home / "out"  # the unprivileged process's own folder, mode 0555
+    out.mkdir()
+    out.chmod(0o555)
+    env = {**cli_env, "HOME": str(home), "WIN_AUTOMATION_DATA_DIR": str(home / "data")}
+    env["WIN_AUTOMATION_ARTIFACT_OUT"] = str(out)
+    res = unprivileged.run_cli("run", "ping", "--json", env=env, cwd=home)
+    one_line(res, 74, "step write-artifact: artifacts.out_dir: cannot write", f"{out}/", "Permission denied")
+    outcome = json.loads(res.stdout)
+    assert outcome["state"] == "failed" and outcome["artifacts_dir"] is None
+    shown = unprivileged.run_cli("jobs", "show", outcome["job_id"], "--json", env=env, cwd=home)
+    steps = {s["name"]: s["state"] for s in json.loads(shown.stdout)["steps"]}
+    assert steps["write-artifact"] == "failed" and list(out.iterdir()) == []
+
+
 def test_fetch_into_folders_that_cannot_be_written(cli_env) -> None:  # type: ignore[no-untyped-def]
     home = unprivileged.shared_dir()
     env = {

@@ -115,3 +115,63 @@ def test_cli_calls_share_one_warm_connection(vm_env: dict[str, str]) -> None:
     assert len(pids) == 1
     times.sort()
     print(f"warm `ssh run --shell cmd -- echo hi`, whole process: median {times[2] * 1000:.0f} ms")
+
+
+def test_warm_powershell_matches_a_process_per_command(vm_env: dict[str, str]) -> None:
+    """ssh.warm_powershell on the real powershell.exe: each script gives what a powershell.exe of
+    its own gives (exit code, stdout, the error's message), runs in a fresh scope, reads NUL as
+    stdin, and a timeout replaces the session; prints the warm per-command time (target < 100 ms)."""
+    from win_automation.adapters import ssh
+    from win_automation.config import load_config
+    from win_automation.operations.vm import Vm
+
+    config = load_config(None, vm_env).config
+    cold = Vm(config.model_copy(update={"ssh": config.ssh.model_copy(update={"warm_powershell": False})}))
+    warm = Vm(config.model_copy(update={"ssh": config.ssh.model_copy(update={"warm_powershell": True})}))
+    scripts = [
+        "Write-Output 'hi'; Get-Item C:\\Windows | Select-Object Name, Attributes",
+        "exit 7",
+        "cmd /c exit 3",
+        "throw 'boom-from-vm'",
+        "Write-Error 'soft' -ErrorAction Continue; Write-Output 'after'",
+        "cmd /c 'echo to-stderr 1>&2'; Write-Output 'still here'",
+        "Write-Host 'host line'; Write-Output 'out line'",
+        '[Console]::In.ReadToEnd().Length; findstr x; Write-Output "findstr $LASTEXITCODE"',
+        "& cmd.exe /d /s /c 'echo %OS% & ver >nul'",
+        "Write-Output ([Console]::OutputEncoding.WebName); Write-Output 'ünï 雪'",
+        "\n".join(f"$x{i} = {i}" for i in range(2000)) + "\nWrite-Output ($x1999 + 1)",
+    ]
+    try:
+        for script in scripts:
+            a, b = cold.powershell(script, live=False), warm.powershell(script, live=False)
+            first = [r.stderr.strip().splitlines()[:1] for r in (a, b)]
+            assert (b.exit_code, b.stdout, first[1]) == (a.exit_code, a.stdout, first[0]), script
+        leak = "$global:wa = 'set'; Set-Location C:\\Windows; $env:WA_LEAK = 'env'; function Get-WaLeak { 1 }"
+        probe = (
+            'Write-Output "[$global:wa][$((Get-Location).Path)][$env:WA_LEAK]'
+            '[$(Test-Path function:Get-WaLeak)]"'
+        )
+        assert warm.powershell(leak, live=False).ok
+        assert warm.powershell(probe, live=False).stdout == cold.powershell(probe, live=False).stdout
+        slow = warm.powershell("Start-Sleep 60", timeout=3, live=False)
+        assert slow.exit_code == 124
+        assert (
+            warm.powershell("Write-Output 'after the timeout'", live=False).stdout.strip()
+            == "after the timeout"
+        )
+        times = []
+        for _ in range(21):
+            started = time.perf_counter()
+            assert warm.powershell("Write-Output 'hi'", live=False).stdout.strip() == "hi"
+            times.append(time.perf_counter() - started)
+        cold_times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            assert cold.powershell("Write-Output 'hi'", live=False).stdout.strip() == "hi"
+            cold_times.append(time.perf_counter() - started)
+        print(
+            f"warm PowerShell: median {sorted(times)[10] * 1000:.0f} ms per command (target < 100 ms);"
+            f" a powershell.exe per command: median {sorted(cold_times)[2] * 1000:.0f} ms"
+        )
+    finally:
+        ssh.close_all()

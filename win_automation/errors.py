@@ -27,6 +27,8 @@
     │                                          failed and nothing was repaired (EX_TEMPFAIL)
     ├── StorageError                   exit 74 a local file or folder cannot be used: a corrupt
     │                                          journal, an unwritable data.dir or --out folder
+    │   └── StorageFull      transient exit 74 no space (or quota, or an I/O error) on the way to
+    │                                          a local file: a retry may find room again
     └── Cancelled                      exit 130 the job or command was cancelled (or interrupted)
         └── Superseded                 exit 130 another process took the job over (resumed it
                                                after this owner stopped heart-beating)
@@ -89,6 +91,12 @@ class StorageError(WinAutomationError):
     """A local file or folder the command needs cannot be used (corrupt, read-only, not a folder)."""
 
     exit_code = 74  # sysexits EX_IOERR
+
+
+class StorageFull(StorageError):
+    """No space, a quota or an I/O error while writing a local file: retried (space may free)."""
+
+    transient = True
 
 
 class ConnectError(WinAutomationError):

@@ -1,5 +1,8 @@
 """What running one remote command returns (`ExecOutcome`) and what runs one (`Executor`).
 
+`SessionSpec` says how to start a warm PowerShell session (ssh.warm_powershell; see
+win_automation.adapters.warm_powershell), which `Executor.run_in_session` runs a script in.
+
 Both the in-process SSH connection (win_automation.adapters.ssh) and the warm connection shared
 with other processes (win_automation.adapters.persist) are Executors; this module imports
 neither paramiko nor anything heavy, so a command that goes through a warm helper stays light.
@@ -22,6 +25,18 @@ class ExecOutcome:
     timed_out: bool
     duration_ms: int
     cancelled: bool = False
+    pid: int | None = None
+    """The remote process whose tree a timeout or cancel must kill, when the executor knows it
+    (a warm session's server); None: the caller finds the command by its own command line."""
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """A warm PowerShell session: the command line that starts its process on the VM and the
+    first line sent to its stdin (the server script); sessions are pooled by both."""
+
+    launch: str
+    bootstrap: str
 
 
 class Executor(Protocol):
@@ -37,6 +52,22 @@ class Executor(Protocol):
         cancelled: Callable[[], bool] | None = None,
         keep: bool = True,
     ) -> ExecOutcome: ...
+
+    def run_in_session(
+        self,
+        session: SessionSpec,
+        script: str,
+        *,
+        timeout: float | None = None,
+        on_stdout: Chunk | None = None,
+        on_stderr: Chunk | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        keep: bool = True,
+    ) -> ExecOutcome:
+        """Run PowerShell `script` in a warm session of this connection (started, or replaced
+        when it died, first); a timeout or cancel ends the session (`ExecOutcome.pid` names its
+        process) and the next script gets a new one."""
+        ...
 
     def put_bytes(self, remote: str, data: bytes) -> None:
         """Write a small file on the VM (an uploaded script)."""

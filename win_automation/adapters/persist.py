@@ -43,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from win_automation.adapters.execution import Chunk, ExecOutcome, Executor
+from win_automation.adapters.execution import Chunk, ExecOutcome, Executor, SessionSpec
 from win_automation.adapters.persist_wire import (
     CANCEL_POLL,
     HEARTBEAT,
@@ -292,6 +292,34 @@ class WarmConnection:
         cancelled: Callable[[], bool] | None = None,
         keep: bool = True,
     ) -> ExecOutcome:
+        request = {"op": "exec", "command": command}
+        return self._outcome(request, timeout, on_stdout, on_stderr, cancelled, keep)
+
+    def run_in_session(
+        self,
+        session: SessionSpec,
+        script: str,
+        *,
+        timeout: float | None = None,
+        on_stdout: Chunk | None = None,
+        on_stderr: Chunk | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        keep: bool = True,
+    ) -> ExecOutcome:
+        """The script runs in the helper's warm PowerShell session (ssh.warm_powershell)."""
+        request = {"op": "session", "launch": session.launch, "bootstrap": session.bootstrap}
+        request["script"] = script
+        return self._outcome(request, timeout, on_stdout, on_stderr, cancelled, keep)
+
+    def _outcome(
+        self,
+        request: dict[str, Any],
+        timeout: float | None,
+        on_stdout: Chunk | None,
+        on_stderr: Chunk | None,
+        cancelled: Callable[[], bool] | None,
+        keep: bool,
+    ) -> ExecOutcome:
         out: list[bytes] = []
         err: list[bytes] = []
 
@@ -305,7 +333,7 @@ class WarmConnection:
             return feed
 
         answer = self._call(
-            {"op": "exec", "command": command, "timeout": timeout, "cancellable": cancelled is not None},
+            {**request, "timeout": timeout, "cancellable": cancelled is not None},
             on_stdout=sink(out, on_stdout),
             on_stderr=sink(err, on_stderr),
             cancelled=cancelled,
@@ -317,6 +345,7 @@ class WarmConnection:
             bool(answer.get("timed_out")),
             int(answer.get("duration_ms", 0)),
             cancelled=bool(answer.get("cancelled")),
+            pid=answer.get("pid"),
         )
 
     def download(

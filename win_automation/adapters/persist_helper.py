@@ -30,6 +30,7 @@ from typing import Any
 
 from win_automation.adapters import persist_wire as persist
 from win_automation.adapters import sftp
+from win_automation.adapters.execution import SessionSpec
 from win_automation.adapters.ssh import SshConnection
 from win_automation.config.schema import SSHConfig
 from win_automation.errors import ConnectError, WinAutomationError
@@ -136,6 +137,23 @@ class Helper:
                 "timed_out": outcome.timed_out,
                 "duration_ms": outcome.duration_ms,
                 "cancelled": outcome.cancelled,
+            }
+        if op == "session":  # ssh.warm_powershell: the script runs in this helper's warm session
+            outcome = self.conn.run_in_session(
+                SessionSpec(str(request["launch"]), str(request["bootstrap"])),
+                str(request["script"]),
+                timeout=request.get("timeout"),
+                on_stdout=lambda data: send(b"O", data),
+                on_stderr=lambda data: send(b"E", data),
+                cancelled=cancelled.is_set,
+                keep=False,
+            )
+            return {
+                "exit_status": outcome.exit_status,
+                "timed_out": outcome.timed_out,
+                "duration_ms": outcome.duration_ms,
+                "cancelled": outcome.cancelled,
+                "pid": outcome.pid,
             }
         if op == "put":
             self.conn.put_bytes(str(request["path"]), base64.b64decode(request["data"]))

@@ -40,6 +40,7 @@ from win_automation.errors import (
     NotFoundError,
     OperationTimeout,
     StorageError,
+    StorageFull,
     WinAutomationError,
 )
 
@@ -56,6 +57,7 @@ _INIT, _VERSION, _OPEN, _CLOSE, _READ, _FSTAT = 1, 2, 3, 4, 5, 8
 _STATUS, _HANDLE, _DATA, _ATTRS = 101, 102, 103, 105
 _FX_EOF, _FX_NO_SUCH_FILE, _FX_PERMISSION_DENIED = 1, 2, 3
 _READ_FLAG = 0x01
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
 _ATTR_SIZE = 0x01
 
 
@@ -395,8 +397,9 @@ def _download(
                 data = body[8 : 8 + got]
                 try:
                     os.pwrite(fd, data, offset)
-                except OSError as exc:
-                    raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from None
+                except OSError as exc:  # no space, a quota, an I/O error: StorageFull, as artifacts
+                    error = StorageFull if exc.errno in _FULL else StorageError
+                    raise error(f"cannot write {target}: {exc.strerror or exc}") from None
                 if offset == hashed:
                     hasher.feed(bytes(data))
                     hashed += got

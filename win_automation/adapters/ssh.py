@@ -28,7 +28,7 @@ from typing import Any
 import paramiko
 
 from win_automation.adapters import hostkeys
-from win_automation.adapters.execution import Chunk, ExecOutcome
+from win_automation.adapters.execution import Chunk, ExecOutcome, SessionSpec
 from win_automation.config.schema import SSHConfig
 from win_automation.errors import AuthError, ConnectError
 from win_automation.log import Timer, register_secret
@@ -198,6 +198,7 @@ class SshConnection:
         self._transport: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.Lock()
+        self._sessions: Any = None  # warm_powershell.SessionPool, made on first use
 
     @property
     def stall_timeout(self) -> float:
@@ -237,6 +238,8 @@ class SshConnection:
                 self._transport = connect_once(self.cfg)
 
     def _drop(self) -> None:
+        if self._sessions is not None:
+            self._sessions.close()
         if self._sftp is not None:
             with contextlib.suppress(Exception):
                 self._sftp.close()
@@ -294,6 +297,36 @@ class SshConnection:
         from win_automation.adapters import sftp
 
         return sftp.list_folder(self, folder)
+
+    def run_in_session(
+        self,
+        session: SessionSpec,
+        script: str,
+        *,
+        timeout: float | None = None,
+        on_stdout: Chunk | None = None,
+        on_stderr: Chunk | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        keep: bool = True,
+    ) -> ExecOutcome:
+        """Run PowerShell `script` in a warm session on this connection (win_automation.adapters.
+        warm_powershell)."""
+        from win_automation.adapters.warm_powershell import SessionPool
+
+        with self._lock:
+            if self._sessions is None:
+                self._sessions = SessionPool(self)
+            pool = self._sessions
+        outcome: ExecOutcome = pool.run(
+            session,
+            script,
+            timeout=timeout,
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            cancelled=cancelled,
+            keep=keep,
+        )
+        return outcome
 
     @staticmethod
     def _alive(channel: paramiko.Channel) -> bool:

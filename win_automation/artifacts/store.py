@@ -19,6 +19,7 @@ stays flat whatever the file size, and hashlib releases the GIL while it hashes.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -35,7 +36,14 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
 from win_automation.artifacts.hashing import hash_file
 from win_automation.durations import rfc3339
-from win_automation.errors import ArtifactMismatch, NoArtifacts, NotFoundError, StorageError, UsageError
+from win_automation.errors import (
+    ArtifactMismatch,
+    NoArtifacts,
+    NotFoundError,
+    StorageError,
+    StorageFull,
+    UsageError,
+)
 from win_automation.jobs.ids import is_job_id, validate_job_id
 from win_automation.partfiles import owner_tag
 
@@ -111,11 +119,15 @@ def _fsync_dir(path: Path) -> None:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     temp = path.with_name(temp_name(path.name))
-    with temp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    try:
+        with temp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -145,7 +157,21 @@ class _HashingWriter:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self.digest.update(data)
         self.size += len(data)
-        return self._handle.write(data)
+        try:
+            return self._handle.write(data)
+        except OSError as exc:
+            raise _unwritable(exc, Path(self._handle.name)) from None
+
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
+def _unwritable(exc: OSError, path: Path) -> StorageError:
+    """An artifact that cannot be written, in one line naming the setting that put it there:
+    StorageFull (retried: space may free) for a full disk, StorageError (exit 74 at once) else."""
+    where = str(path).replace(temp_name(path.name), path.name)
+    error = StorageFull if exc.errno in _FULL else StorageError
+    return error(f"artifacts.out_dir: cannot write {where}: {exc.strerror or exc}")
 
 
 class ArtifactWriter:
@@ -175,17 +201,29 @@ class ArtifactWriter:
             raise UsageError(f"artifact type {type!r} is not one this workflow declares ({wanted})")
         name = safe_relative(name)
         target = self.folder / name
-        # An OSError here stays one: the engine retries the step (a full disk may clear).
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _unwritable(exc, target.parent) from None
         temp = target.with_name(temp_name(target.name))
         try:
-            with temp.open("wb") as handle:
+            handle = temp.open("wb")
+        except OSError as exc:
+            raise _unwritable(exc, target) from None
+        try:
+            with handle:
                 writer = _HashingWriter(handle)
                 yield writer
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, target)
-            _fsync_dir(target.parent)
+                try:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                except OSError as exc:
+                    raise _unwritable(exc, target) from None
+            try:
+                os.replace(temp, target)
+                _fsync_dir(target.parent)
+            except OSError as exc:
+                raise _unwritable(exc, target) from None
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
@@ -225,7 +263,10 @@ class ArtifactWriter:
         with self._lock:
             manifest = self.manifest()
             manifest.artifacts = [e for e in manifest.artifacts if e.path != entry.path] + [entry]
-            _atomic_write(self.folder / MANIFEST, manifest.model_dump_json(indent=2).encode() + b"\n")
+            try:
+                _atomic_write(self.folder / MANIFEST, manifest.model_dump_json(indent=2).encode() + b"\n")
+            except OSError as exc:
+                raise _unwritable(exc, self.folder / MANIFEST) from None
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,16 @@ SERVICES (the worker, the supervisor's loop) log at info by default.
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import sys
 from pathlib import Path
+
+# No pydantic plugins: finding them scans every installed distribution's metadata (importlib.
+# metadata), 20-40 ms of each CLI call, for plugins this CLI never uses. Set before any model is
+# built; a PYDANTIC_DISABLE_PLUGINS the caller set wins.
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 import typer
 
@@ -92,12 +99,40 @@ def root(
     ctx.obj = CliState(config_path=config, debug=debug, verbose=verbose)
 
 
+_ROOT_FLAGS = frozenset({"--verbose", "-v", "--debug"})
+
+
+def _command_name(argv: list[str]) -> str | None:
+    """The sub-command argv names (after the root options), or None when it names none."""
+    args = iter(argv)
+    for arg in args:
+        if arg == "--config":
+            next(args, None)
+        elif not (arg in _ROOT_FLAGS or arg.startswith("--config=")):
+            return None if arg.startswith("-") else arg
+    return None
+
+
+def for_command(argv: list[str]) -> typer.Typer:
+    """The app with only the sub-command argv names registered, when it names one: typer builds
+    every registered command's parser on each call (a few ms per group), and a CLI call runs one.
+    Root --help, --version and an unknown command get the whole app."""
+    name = _command_name(argv)
+    groups = [g for g in app.registered_groups if g.name == name]
+    commands = [c for c in app.registered_commands if c.name == name]
+    if not groups and not commands:
+        return app
+    pruned = copy.copy(app)
+    pruned.registered_groups, pruned.registered_commands = groups, commands
+    return pruned
+
+
 def main() -> None:
     """Console entry point: run the CLI and exit with the documented code, never a traceback."""
     from win_automation.errors import WinAutomationError
 
     try:
-        app(prog_name="win-automation")
+        for_command(sys.argv[1:])(prog_name="win-automation")
     except WinAutomationError as exc:
         from win_automation.log import redact
 

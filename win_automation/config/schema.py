@@ -139,6 +139,11 @@ class SSHConfig(Section):
         description="How long a CLI call's warm connection helper stays after its last command"
         " (as OpenSSH's ControlPersist); 0 turns it off.",
     )
+    warm_powershell: bool = Field(
+        False,
+        description="Run each PowerShell command in one long-lived `powershell.exe` per connection"
+        " (the warm helper's, the worker's), each in a new runspace, instead of one process per command.",
+    )
     forward_services: bool = Field(
         False,
         description="Reach the VM's services (Aloha, Playwright) through a port forward over this SSH "

@@ -9,7 +9,12 @@
   with `file_command_line` instead.
 - `strip_clixml` turns PowerShell's serialized error stream back into text; `decode_output`
   decodes remote bytes as UTF-8, then UTF-16LE (when NUL bytes show it), then the OEM code page.
-- `kill_tree_script` is what stops a timed-out command's process tree on Windows.
+- `kill_tree_script` is what stops a timed-out command's process tree on Windows;
+  `kill_pid_script` stops a warm session's (its PID is known).
+- `session_launch` and `session_bootstrap` start a warm PowerShell session (ssh.warm_powershell):
+  `powershell.exe ... -Command -` reads its stdin line by line (-EncodedCommand would wait for
+  the end of stdin), and its first line runs the session server (scripts/windows/
+  Start-WarmPowerShell.ps1), which then runs each wrapped script it is sent.
 """
 
 from __future__ import annotations
@@ -63,6 +68,24 @@ def wrap_script(body: str, args: tuple[str, ...] | list[str] = (), run_id: str =
     return (
         f"# win-automation run {run_id}\n{PREAMBLE}"
         f"try {{\n& {{\n{BEGIN_MARKER}\n{body}\n{END_MARKER}\n}}{arguments}\n{TRAILER}"
+    )
+
+
+SESSION_FLAGS = "-NoLogo -NoProfile -NonInteractive -ExecutionPolicy Bypass -Command -"
+
+
+def session_launch(posix: bool = False) -> str:
+    """The command line of a warm session's process. On a posix sshd (the tests' stand-in) it
+    replaces the login shell (`exec`), so its PID is the session leader that `pkill -s` kills."""
+    return f"{'exec ' if posix else ''}{POWERSHELL} {SESSION_FLAGS}"
+
+
+def session_bootstrap(server: str) -> str:
+    """The one line that runs the session server `server` (its text) in `-Command -` mode."""
+    encoded = base64.b64encode(server.encode("utf-8")).decode("ascii")
+    return (
+        "& ([scriptblock]::Create([Text.Encoding]::UTF8.GetString("
+        f"[Convert]::FromBase64String('{encoded}'))))"
     )
 
 
@@ -154,3 +177,8 @@ def kill_tree_script(needle: str) -> str:
         "} | ForEach-Object { & taskkill.exe /T /F /PID $_.ProcessId 2>&1 | Out-Null }\n"
         "exit 0\n"
     )
+
+
+def kill_pid_script(pid: int) -> str:
+    """PowerShell that kills (taskkill /T /F) the process tree of `pid` (a warm session's)."""
+    return f"& taskkill.exe /T /F /PID {int(pid)} 2>&1 | Out-Null\nexit 0\n"

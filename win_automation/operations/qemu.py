@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from win_automation.adapters.qemu import QmpSession, qmp_session
 from win_automation.artifacts.store import TEMP_PREFIX, ArtifactWriter
 from win_automation.config import Config
 from win_automation.errors import (
@@ -43,6 +42,7 @@ from win_automation.errors import (
 )
 
 if TYPE_CHECKING:
+    from win_automation.adapters.qemu import QmpSession
     from win_automation.operations.checks import CheckResult
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,8 @@ class Qemu:
         self.snapshot_timeout = config.vm.snapshot_timeout
 
     def _session(self) -> Any:
+        from win_automation.adapters.qemu import qmp_session  # asyncio and qemu.qmp: only when used
+
         return qmp_session(self.socket, timeout=self.timeout)
 
     def status(self) -> VmStatus:

@@ -15,6 +15,12 @@ Past the deadline the command's process tree is killed on the VM, not only the c
   its whole session.
 Results are `CommandResult`s; a timed-out one has exit code 124 and `timed_out`.
 
+With `warm=True` (ssh.warm_powershell; the Vm decides when it applies) PowerShell runs in the
+executor's warm session (win_automation.adapters.warm_powershell) instead of a powershell.exe of
+its own: the same wrapped script, sent over the session's stdin whatever its length (no upload),
+the same decoding; past the deadline or on cancel the session's process tree is killed by its PID
+(`taskkill /T /F /PID`, or `pkill -s` on posix) and the next command gets a new session.
+
 Output can be streamed to files (`stdout_file`/`stderr_file`, e.g. a job's artifact files) as it
 arrives: the bytes the VM sent (less the PID marker), written at once; the result then holds
 only each stream's last TAIL_BYTES (flagged `stdout_truncated`/`stderr_truncated`), so memory
@@ -30,8 +36,8 @@ import uuid
 from collections.abc import Callable
 from typing import Literal, Protocol
 
-from win_automation.adapters.execution import Executor
-from win_automation.operations import powershell
+from win_automation.adapters.execution import Executor, SessionSpec
+from win_automation.operations import powershell, winscripts
 from win_automation.operations.command_result import (
     CANCELLED_EXIT_CODE,
     TIMEOUT_EXIT_CODE,
@@ -142,8 +148,24 @@ def _run_id() -> str:
     return uuid.uuid4().hex
 
 
-def _kill(conn: Executor, remote_os: RemoteOs, needle: str | None, pid: int | None) -> None:
-    if remote_os == "posix":
+def session_spec(remote_os: RemoteOs) -> SessionSpec:
+    """How the VM's warm PowerShell session is started (ssh.warm_powershell)."""
+    server = winscripts.script_text("Start-WarmPowerShell")
+    return SessionSpec(powershell.session_launch(remote_os == "posix"), powershell.session_bootstrap(server))
+
+
+def _kill(
+    conn: Executor, remote_os: RemoteOs, needle: str | None, pid: int | None, session: bool = False
+) -> None:
+    if session:  # a warm session's own process tree, by the PID its ready line named
+        if pid is None:
+            log.warning("the warm session named no PID; cannot kill it", extra={"op": "ssh.kill"})
+            return
+        if remote_os == "posix":
+            command = f"pkill -KILL -s {pid}"
+        else:
+            command = powershell.encoded_command_line(powershell.kill_pid_script(pid))
+    elif remote_os == "posix":
         if pid is None:
             log.warning("no PID seen; cannot kill the remote process", extra={"op": "ssh.kill"})
             return
@@ -171,28 +193,42 @@ def _execute(
     on_stderr: TextSink | None,
     cancelled: Cancelled | None = None,
     files: Files = (None, None),
+    session: SessionSpec | None = None,
 ) -> CommandResult:
-    posix = remote_os == "posix"
-    if posix:
+    """Run `line` (with `session`: the script to run in that warm session) and read it back."""
+    marker = remote_os == "posix" and session is None
+    if marker:
         line = f"printf '\\036wa-pid:%s\\n' \"$$\" >&2; {line}"
     out = _Stream(on_stdout, pid_marker=False, clixml=False, file=files[0])
-    err = _Stream(on_stderr, pid_marker=posix, clixml=shell == "powershell", file=files[1])
-    outcome = conn.exec(
-        line, timeout=timeout, on_stdout=out.feed, on_stderr=err.feed, cancelled=cancelled, keep=False
-    )
+    err = _Stream(on_stderr, pid_marker=marker, clixml=shell == "powershell", file=files[1])
+    if session is not None:
+        outcome = conn.run_in_session(
+            session,
+            line,
+            timeout=timeout,
+            on_stdout=out.feed,
+            on_stderr=err.feed,
+            cancelled=cancelled,
+            keep=False,
+        )
+    else:
+        outcome = conn.exec(
+            line, timeout=timeout, on_stdout=out.feed, on_stderr=err.feed, cancelled=cancelled, keep=False
+        )
     stdout = out.text()
     stderr = err.text()
+    killed = outcome.pid if session is not None else err.pid
     if shell == "powershell":
         stderr = powershell.strip_clixml(stderr)
     if outcome.timed_out:
-        _kill(conn, remote_os, needle, err.pid)
+        _kill(conn, remote_os, needle, killed, session is not None)
         log.warning(
             "command timed out; its remote process tree was killed",
             extra={"op": "ssh.run", "timeout_s": timeout},
         )
         code = TIMEOUT_EXIT_CODE
     elif outcome.cancelled:
-        _kill(conn, remote_os, needle, err.pid)
+        _kill(conn, remote_os, needle, killed, session is not None)
         log.warning("command cancelled; its remote process tree was killed", extra={"op": "ssh.run"})
         code = CANCELLED_EXIT_CODE
     else:
@@ -224,12 +260,14 @@ def run_powershell(
     display: str | None = None,
     cancelled: Cancelled | None = None,
     files: Files = (None, None),
+    warm: bool = False,
 ) -> CommandResult:
-    """Run PowerShell `body` (with `args`): encoded, or uploaded and run with -File when long."""
+    """Run PowerShell `body` (with `args`): encoded, or uploaded and run with -File when long;
+    with `warm`, in the executor's warm PowerShell session."""
     run_id = _run_id()
     script = powershell.wrap_script(body, args, run_id)
 
-    def execute(line: str, needle: str) -> CommandResult:
+    def execute(line: str, needle: str | None, session: SessionSpec | None = None) -> CommandResult:
         return _execute(
             conn,
             line,
@@ -242,8 +280,11 @@ def run_powershell(
             on_stderr=on_stderr,
             cancelled=cancelled,
             files=files,
+            session=session,
         )
 
+    if warm:
+        return execute(script, None, session_spec(remote_os))
     if not powershell.needs_upload(script):
         return execute(powershell.encoded_command_line(script), powershell.encoded_needle(script))
     for name, mtime in conn.list_folder("."):  # left by a process killed while it ran
@@ -270,8 +311,10 @@ def run_command(
     on_stderr: TextSink | None = None,
     cancelled: Cancelled | None = None,
     files: Files = (None, None),
+    warm: bool = False,
 ) -> CommandResult:
-    """Run `command` on the VM in PowerShell or in cmd (passed as given to the VM's shell)."""
+    """Run `command` on the VM in PowerShell or in cmd (passed as given to the VM's shell); with
+    `warm`, what goes through PowerShell runs in the warm session."""
     if shell == "cmd" and remote_os == "posix":
         return _execute(
             conn,
@@ -303,6 +346,7 @@ def run_command(
         display=command,
         cancelled=cancelled,
         files=files,
+        warm=warm,
     )
     return result.model_copy(update={"shell": shell}) if shell == "cmd" else result
 
@@ -317,12 +361,13 @@ def run_idempotent(
     timeout: float | None = None,
     on_stdout: TextSink | None = None,
     on_stderr: TextSink | None = None,
+    warm: bool = False,
 ) -> tuple[CommandResult, CommandResult | None]:
     """Run `check`; when it exits 0 the command is skipped, else it runs.
 
     Returns (the check's result, the command's result or None when skipped).
     """
-    checked = run_command(conn, check, shell=shell, remote_os=remote_os, timeout=timeout)
+    checked = run_command(conn, check, shell=shell, remote_os=remote_os, timeout=timeout, warm=warm)
     if checked.ok:
         log.info("check passed; command skipped", extra={"op": "ssh.run", "check": check})
         return checked, None
@@ -334,6 +379,7 @@ def run_idempotent(
         timeout=timeout,
         on_stdout=on_stdout,
         on_stderr=on_stderr,
+        warm=warm,
     )
     return checked, result
 

@@ -13,7 +13,11 @@ The SSH connection underneath is the adapter's per-process pool (one transport p
 process (`share_connections()`, called for job commands) with `ssh.persist` on, commands go
 through the VM's warm helper instead (win_automation.adapters.persist), shared by CLI calls, and
 paramiko is never imported for them; so do downloads (`get`: the helper writes the file this
-process opened), while uploads use the in-process connection. A job
+process opened), while uploads use the in-process connection. With
+`ssh.warm_powershell`, PowerShell commands run in the warm session of a long-lived executor (the
+warm helper, or this process's connection in a long-lived process such as the worker); a CLI call
+that connects itself (no helper yet, or `ssh.persist` 0) runs one command and exits, so it keeps
+the per-command path, which costs less than starting a session. A job
 that is cancelled stops a running command within ~0.1 s: its remote process tree is killed, as
 at a timeout, and the result says `cancelled`. Later capabilities (Aloha, the browser, QMP) hang
 off this object the same way.
@@ -111,6 +115,18 @@ class Vm:
 
         return Aloha(self.config, cancelled=self.cancelled)
 
+    def _warm(self, conn: Executor) -> bool:
+        """Whether PowerShell runs in a warm session: ssh.warm_powershell, and an executor that
+        outlives this command (the warm helper; this process's connection unless it is a CLI
+        call's, which runs one command and exits)."""
+        if not self.config.ssh.warm_powershell:
+            return False
+        if not _SHARED:
+            return True
+        from win_automation.adapters.persist import WarmConnection
+
+        return isinstance(conn, WarmConnection)
+
     def _sinks(self, live: bool) -> tuple[commands.TextSink | None, commands.TextSink | None]:
         emit = self.emit
         if not live or emit is None:
@@ -130,8 +146,9 @@ class Vm:
         output to the job's live-output sink, `files` (stdout, stderr) to files as it arrives
         (the result then keeps only each stream's tail)."""
         on_out, on_err = self._sinks(live)
+        conn = self.connection
         return commands.run_command(
-            self.connection,
+            conn,
             command,
             shell=shell,
             remote_os=self.config.ssh.remote_os,
@@ -140,6 +157,7 @@ class Vm:
             on_stderr=on_err,
             cancelled=self.cancelled,
             files=files,
+            warm=self._warm(conn),
         )
 
     def powershell(
@@ -154,8 +172,9 @@ class Vm:
     ) -> CommandResult:
         """Run a PowerShell script with `args` (encoded, or uploaded and run with -File when long)."""
         on_out, on_err = self._sinks(live)
+        conn = self.connection
         return commands.run_powershell(
-            self.connection,
+            conn,
             script,
             args=args,
             remote_os=self.config.ssh.remote_os,
@@ -165,6 +184,7 @@ class Vm:
             display=display,
             cancelled=self.cancelled,
             files=files,
+            warm=self._warm(conn),
         )
 
     def put(

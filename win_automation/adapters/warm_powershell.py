@@ -1,0 +1,305 @@
+"""Warm PowerShell sessions (ssh.warm_powershell): long-lived `powershell.exe` processes on the VM,
+each on its own channel of one SSH connection, that run one script at a time.
+
+`SessionPool(conn)` belongs to an `SshConnection` (the warm helper's, the worker's, a library
+user's). `run(spec, script, ...)` takes an idle session started with `spec` (or starts one: exec
+`spec.launch`, send `spec.bootstrap` as the first stdin line, wait for its ready line, which names
+its PID), sends the script as one request line and streams the replies back until both end
+markers have come. The protocol (the server side is scripts/windows/Start-WarmPowerShell.ps1):
+
+    stdin:   <nonce> <base64 of the UTF-8 script>\\n
+    stdout:  \\x1ewa-ready:<pid>\\n once; per request the output, then \\x1ewa-end:<nonce>:<code>\\n
+    stderr:  per request the errors, then \\x1ewa-end:<nonce>\\n
+
+The nonce is random per request, so no output can fake a marker. A session whose channel or
+connection is gone is replaced before the script is sent. Past the deadline, or when cancelled,
+the session is closed and dropped (the outcome names its PID: the caller kills its process tree,
+as for a command of its own) and the next script gets a new session; a session that ends before
+both markers came fails the script with ConnectError (exit 3), as a dropped connection does: it
+may or may not have run, so it is not re-sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import re
+import select
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import paramiko
+
+from win_automation.adapters.execution import Chunk, ExecOutcome, SessionSpec
+from win_automation.errors import ConnectError
+from win_automation.log import Timer
+
+if TYPE_CHECKING:
+    from win_automation.adapters.ssh import SshConnection
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 1024 * 1024
+CANCEL_POLL = 0.1
+# Idle sessions kept per spec; more (left by concurrent commands) are closed when they finish.
+MAX_IDLE = 2
+_READY = re.compile(rb"\x1ewa-ready:(\d+)\r?\n")
+_STDERR_TAIL = 2000
+
+
+class _Framed:
+    """One output stream of a request: passes the bytes before the end marker to `sink` as they
+    come (holding back what may be the start of the marker) and keeps what follows the marker."""
+
+    def __init__(self, marker: bytes, sink: Chunk) -> None:
+        self.marker = marker
+        self.sink = sink
+        self.held = b""
+        self.value: bytes | None = None  # what stands between the marker and its line feed
+
+    @property
+    def done(self) -> bool:
+        return self.value is not None
+
+    def feed(self, data: bytes) -> None:
+        if self.done:
+            return  # nothing follows a marker until the next request
+        buf = self.held + data
+        at = buf.find(self.marker)
+        if at >= 0:
+            end = buf.find(b"\n", at + len(self.marker))
+            if at:
+                self.sink(buf[:at])
+            if end < 0:
+                self.held = buf[at:]
+                return
+            self.value = buf[at + len(self.marker) : end].rstrip(b"\r")
+            self.held = b""
+            return
+        cut = buf.rfind(b"\x1e")
+        if cut >= 0 and len(buf) - cut < len(self.marker) and self.marker.startswith(buf[cut:]):
+            self.held = buf[cut:]
+            buf = buf[:cut]
+        else:
+            self.held = b""
+        if buf:
+            self.sink(buf)
+
+
+class Session:
+    """One server process on the VM, on its own channel."""
+
+    def __init__(self, channel: paramiko.Channel, pid: int | None = None) -> None:
+        self.channel = channel
+        self.pid = pid
+
+    def alive(self) -> bool:
+        channel = self.channel
+        transport = channel.get_transport()
+        return (
+            transport is not None
+            and bool(transport.is_active())
+            and not channel.closed
+            and not channel.eof_received
+            and not channel.exit_status_ready()
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.channel.close()
+
+
+class SessionPool:
+    """The warm sessions of one SSH connection, by spec; thread-safe (one script per session)."""
+
+    def __init__(self, conn: SshConnection) -> None:
+        self.conn = conn
+        self.idle: dict[SessionSpec, list[Session]] = {}
+        self.lock = threading.Lock()
+
+    def _take(self, spec: SessionSpec) -> Session | None:
+        with self.lock:
+            idle = self.idle.get(spec, [])
+            while idle:
+                session = idle.pop()
+                if session.alive():
+                    return session
+                log.info(
+                    "warm PowerShell session gone; replacing it",
+                    extra={"op": "ssh.session", "pid": session.pid},
+                )
+                session.close()
+        return None
+
+    def _give_back(self, spec: SessionSpec, session: Session) -> None:
+        with self.lock:
+            idle = self.idle.setdefault(spec, [])
+            if session.alive() and len(idle) < MAX_IDLE:
+                idle.append(session)
+                return
+        session.close()
+
+    def close(self) -> None:
+        with self.lock:
+            sessions = [s for idle in self.idle.values() for s in idle]
+            self.idle.clear()
+        for session in sessions:
+            session.close()
+
+    def _start(self, spec: SessionSpec, deadline: float | None) -> tuple[Session | None, bool]:
+        """A new session, ready to serve; (None, True) when the deadline passed first."""
+        channel = self.conn.open_channel()
+        try:
+            channel.exec_command(spec.launch)
+            # A blank line after it: -Command - runs a statement once a line ends it for sure.
+            channel.sendall(spec.bootstrap.encode("utf-8") + b"\n\n")
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            channel.close()
+            raise ConnectError(f"cannot start a warm PowerShell session: {exc}") from exc
+        out = b""
+        err = b""
+        fd = channel.fileno()
+        while True:
+            while channel.recv_stderr_ready():
+                err = (err + channel.recv_stderr(READ_SIZE))[-_STDERR_TAIL:]
+            while channel.recv_ready():
+                data = channel.recv(READ_SIZE)
+                if not data:
+                    break
+                out += data
+            match = _READY.search(out)
+            if match is not None:
+                if out[match.end() :]:
+                    log.warning("the warm session wrote past its ready line", extra={"op": "ssh.session"})
+                return Session(channel, int(match.group(1))), False
+            out = out[-64:]
+            if channel.eof_received or channel.closed:
+                status = channel.recv_exit_status() if channel.exit_status_ready() else None
+                channel.close()
+                why = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no error output"]
+                raise ConnectError(
+                    f"the warm PowerShell session on {self.conn.cfg.vm_key} did not start (exit status"
+                    f" {status}): {why[0]} (ssh.warm_powershell false runs each command in its own"
+                    " powershell.exe)"
+                )
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                channel.close()
+                return None, True
+            select.select([fd], [], [], 1.0 if remaining is None else min(remaining, 1.0))
+
+    def run(
+        self,
+        spec: SessionSpec,
+        script: str,
+        *,
+        timeout: float | None = None,
+        on_stdout: Chunk | None = None,
+        on_stderr: Chunk | None = None,
+        cancelled: Callable[[], bool] | None = None,
+        keep: bool = True,
+    ) -> ExecOutcome:
+        with Timer() as timer:
+            outcome = self._run(spec, script, timeout, on_stdout, on_stderr, cancelled, keep)
+        outcome.duration_ms = timer.ms
+        return outcome
+
+    def _run(
+        self,
+        spec: SessionSpec,
+        script: str,
+        timeout: float | None,
+        on_stdout: Chunk | None,
+        on_stderr: Chunk | None,
+        cancelled: Callable[[], bool] | None,
+        keep: bool,
+    ) -> ExecOutcome:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        nonce = uuid.uuid4().hex.encode("ascii")
+        request = nonce + b" " + base64.b64encode(script.encode("utf-8")) + b"\n"
+        while True:
+            session = self._take(spec)
+            reused = session is not None
+            if session is None:
+                session, late = self._start(spec, deadline)
+                if session is None:
+                    return ExecOutcome(b"", b"", None, late, 0)
+            try:
+                session.channel.sendall(request)
+                break
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                session.close()
+                if not reused:  # an idle session that died as it was taken: nothing ran, try anew
+                    raise ConnectError(
+                        f"cannot send the script to the warm PowerShell session: {exc}"
+                    ) from exc
+        out: list[bytes] = []
+        err: list[bytes] = []
+
+        def sink(kept: list[bytes], inner: Chunk | None) -> Chunk:
+            def feed(data: bytes) -> None:
+                if keep:
+                    kept.append(data)
+                if inner is not None:
+                    inner(data)
+
+            return feed
+
+        stdout = _Framed(b"\x1ewa-end:" + nonce + b":", sink(out, on_stdout))
+        stderr = _Framed(b"\x1ewa-end:" + nonce, sink(err, on_stderr))
+        channel = session.channel
+        streams = (
+            (channel.recv_ready, channel.recv, stdout),
+            (channel.recv_stderr_ready, channel.recv_stderr, stderr),
+        )
+        fd = channel.fileno()
+        poll = 1.0 if cancelled is None else CANCEL_POLL
+        timed_out = stopped = False
+        while True:
+            ended = channel.eof_received or channel.closed
+            for ready, recv, framed in streams:
+                while ready():
+                    data = recv(READ_SIZE)
+                    if not data:
+                        break
+                    framed.feed(data)
+            if stdout.done and stderr.done:
+                break
+            if ended:
+                session.close()
+                if not self._transport_alive(channel):
+                    what = f"the connection to {self.conn.cfg.vm_key} was lost"
+                else:
+                    what = f"the warm PowerShell session on {self.conn.cfg.vm_key} (PID {session.pid}) ended"
+                raise ConnectError(
+                    f"{what} while the command ran (it may or may not have finished; not retried)"
+                )
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                timed_out = True
+                break
+            if cancelled is not None and cancelled():
+                stopped = True
+                break
+            select.select([fd], [], [], poll if remaining is None else min(remaining, poll))
+        if timed_out or stopped:
+            session.close()  # a new script gets a new session; the caller kills this one's tree
+            return ExecOutcome(
+                b"".join(out), b"".join(err), None, timed_out, 0, cancelled=stopped, pid=session.pid
+            )
+        self._give_back(spec, session)
+        assert stdout.value is not None
+        try:
+            status = int(stdout.value)
+        except ValueError:
+            status = 255
+        return ExecOutcome(b"".join(out), b"".join(err), status & 0xFFFFFFFF, False, 0)
+
+    @staticmethod
+    def _transport_alive(channel: paramiko.Channel) -> bool:
+        transport = channel.get_transport()
+        return transport is not None and bool(transport.is_active())
