@@ -3,9 +3,11 @@
 paramiko's own `SFTPClient.get` reaches about half of OpenSSH's `sftp` throughput (its prefetch
 keeps every answer in a dict and scans it on each read). `download` speaks SFTP v3 itself on a
 subsystem channel of the same transport: it keeps `PIPELINE` READ requests of `CHUNK` bytes in
-flight, parses the DATA answers straight from the channel buffer and writes them at their
-offset; a hashing thread (`_Hasher`) digests them in order, off the read path (hashlib lets go of
-the GIL), so the hash costs no second pass and no time on the reading thread. Everything else
+flight, parses the DATA answers from the channel's packets as they arrived (a view of one, or one
+join when an answer spans several; `_ChunkPipe` replaces paramiko's copying channel buffer) and
+writes them at their offset; a hashing thread (`_Hasher`) digests the same views in order, off the
+read path (hashlib lets go of the GIL), so the hash costs no second pass, no copy and no time on
+the reading thread. Everything else
 uses paramiko's `SFTPClient` (uploads pipelined).
 
 Deadlines: every read and write on an SFTP channel waits at most `stall_seconds(ssh)` (the longer
@@ -109,7 +111,7 @@ class _Hasher:
 
     def __init__(self) -> None:
         self.digest = hashlib.sha256()
-        self.chunks: queue.Queue[bytes | None] = queue.Queue(self.HASH_QUEUE)
+        self.chunks: queue.Queue[bytes | memoryview | None] = queue.Queue(self.HASH_QUEUE)
         self.thread = threading.Thread(target=self._run, name="sftp-sha256", daemon=True)
         self.thread.start()
 
@@ -118,7 +120,7 @@ class _Hasher:
         while (chunk := self.chunks.get()) is not None:
             update(chunk)
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | memoryview) -> None:
         self.chunks.put(chunk)
 
     def close(self) -> str:
@@ -227,12 +229,16 @@ class _ChunkPipe(BufferedPipe):  # type: ignore[misc]
 
 
 class _SftpStream:
-    """A minimal SFTP v3 client on one channel, for the pipelined download."""
+    """A minimal SFTP v3 client on one channel, for the pipelined download. The channel's data
+    arrives as immutable bytes objects; a packet that lies within one is handed out as a view of
+    it, one that spans several is joined once: either way the view stays valid, so the hashing
+    thread and the reorder buffer keep it without another copy."""
 
     def __init__(self, channel: paramiko.Channel) -> None:
         self.channel = channel
-        self.buf = bytearray()
-        self.pos = 0
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.head = 0  # where the unread data starts in chunks[0]
+        self.size = 0  # unread bytes in all chunks
         self.next_id = 1
 
     def pack(self, kind: int, payload: bytes) -> bytes:
@@ -245,37 +251,50 @@ class _SftpStream:
         self.channel.sendall(self.pack(kind, payload))
         return self.next_id - 1
 
-    def packet(self) -> tuple[int, memoryview]:
-        """The next whole packet (type, body after the type byte); reads from the channel as needed."""
-        while True:
-            available = len(self.buf) - self.pos
-            if available >= 4:
-                (length,) = struct.unpack_from(">I", self.buf, self.pos)
-                if available >= 4 + length:
-                    start = self.pos + 4
-                    self.pos = start + length
-                    view = memoryview(self.buf)[start : start + length]
-                    return view[0], view[1:]
-            if self.pos > 1024 * 1024 and self.pos > len(self.buf) // 2:
-                del self.buf[: self.pos]
-                self.pos = 0
+    def _fill(self, need: int) -> None:
+        while self.size < need:
             data = self.channel.recv(4 * 1024 * 1024)
             if not data:
                 raise ConnectError("the SFTP channel closed during the transfer")
-            self.buf += data
+            self.chunks.append(data)
+            self.size += len(data)
+
+    def _take(self, count: int) -> memoryview:
+        """The next `count` bytes (all received): a view of their chunk, or of one joined copy."""
+        first = self.chunks[0]
+        if len(first) - self.head >= count:
+            view = memoryview(first)[self.head : self.head + count]
+            self.head += count
+        else:
+            pieces = []
+            wanted = count
+            while wanted:
+                first = self.chunks[0]
+                piece = min(wanted, len(first) - self.head)
+                pieces.append(memoryview(first)[self.head : self.head + piece])
+                self.head += piece
+                wanted -= piece
+                if self.head == len(first):
+                    self.chunks.popleft()
+                    self.head = 0
+            view = memoryview(b"".join(pieces))
+        if self.chunks and self.head == len(self.chunks[0]):
+            self.chunks.popleft()
+            self.head = 0
+        self.size -= count
+        return view
+
+    def packet(self) -> tuple[int, memoryview]:
+        """The next whole packet (type, body after the type byte); reads from the channel as needed."""
+        self._fill(4)
+        (length,) = struct.unpack(">I", self._take(4))
+        self._fill(length)
+        view = self._take(length)
+        return view[0], view[1:]
 
     def packet_bytes(self) -> tuple[int, bytes]:
         kind, body = self.packet()
-        data = bytes(body)
-        del body
-        self.release()
-        return kind, data
-
-    def release(self) -> None:
-        """Drop consumed bytes (call once no memoryview of the buffer is alive)."""
-        if self.pos:
-            del self.buf[: self.pos]
-            self.pos = 0
+        return kind, bytes(body)
 
 
 def _string(value: bytes) -> bytes:
@@ -364,7 +383,7 @@ def _download(
     hasher = _Hasher()
     try:
         pending: dict[int, tuple[int, int]] = {}  # request id -> (offset, length)
-        parked: dict[int, bytes] = {}  # data that arrived ahead of the hashing position
+        parked: dict[int, memoryview] = {}  # data that arrived ahead of the hashing position
         next_offset = 0
         hashed = 0
         eof = False
@@ -401,14 +420,14 @@ def _download(
                     error = StorageFull if exc.errno in _FULL else StorageError
                     raise error(f"cannot write {target}: {exc.strerror or exc}") from None
                 if offset == hashed:
-                    hasher.feed(bytes(data))
+                    hasher.feed(data)
                     hashed += got
                     while hashed in parked:
                         chunk = parked.pop(hashed)
                         hasher.feed(chunk)
                         hashed += len(chunk)
                 else:
-                    parked[offset] = bytes(data)
+                    parked[offset] = data
                 del data, body
                 if got < length:  # a short read: ask for the rest
                     stream.channel.sendall(request(offset + got, length - got))
@@ -423,7 +442,6 @@ def _download(
                 eof = True
             else:
                 raise ConnectError(f"unexpected SFTP answer {kind} to READ")
-            stream.release()
         if parked:
             raise ConnectError(f"SFTP download of {remote} left gaps at {sorted(parked)[:3]}")
         stream.send(_CLOSE, handle)
