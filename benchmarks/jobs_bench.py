@@ -167,6 +167,9 @@ def main() -> None:
         print(f"sha256sum  {size_mib} MiB: median {size_mib / b:6.3f} s  {b:7.1f} MiB/s")
         print(f"openssl speed -elapsed -evp sha256 (1 MiB blocks in memory): median {c:7.1f} MiB/s")
         print(f"throughput ratio ours/openssl: {a / c:.2f}x (target >= 0.9x); ours/sha256sum: {a / b:.2f}x")
+        rounds = sorted(size_mib / s / o for s, o in zip(ours_s, openssl, strict=True))
+        listed = ", ".join(f"{r:.2f}" for r in rounds)
+        print(f"per-round ours/openssl (openssl run right after ours): {listed}")
         print(f"load average {os.getloadavg()[0]:.2f} (2 cores, shared)")
         print(
             f"peak RSS growth while hashing: {max(growth):.1f} MiB (target < 64 MiB); peak RSS {peak:.0f} MiB"

@@ -2,7 +2,8 @@
 a direction has carried its byte budget, then stops forwarding that way and keeps the connection
 open (a server that stalls mid-transfer: TCP alive, keepalives unanswered); `silent=True` accepts
 connections and never forwards a byte (a server that accepts TCP and sends no SSH banner);
-`down_rate` (bytes per second) forwards the server's bytes slowly but steadily (a slow link)."""
+`down_rate` (bytes per second) forwards the server's bytes slowly but steadily (a slow link). Only
+the first connection is throttled, unless `every_connection` (a warm helper's connection, too)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ class StallProxy:
         up_budget: int | None = None,
         silent: bool = False,
         down_rate: int | None = None,
+        every_connection: bool = False,
     ) -> None:
         self.target_port = target_port
         self.budgets = {"down": down_budget, "up": up_budget}
         self.silent = silent
         self.down_rate = down_rate
+        self.every_connection = every_connection
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.accepted = 0
@@ -55,11 +58,12 @@ class StallProxy:
                 continue
             # Only the first connection is throttled: a reconnection (to remove a partial
             # upload, say) reaches the server as usual.
-            budgets = self.budgets if self.accepted == 1 else {"down": None, "up": None}
+            throttled = self.accepted == 1 or self.every_connection
+            budgets = self.budgets if throttled else {"down": None, "up": None}
             if not self._keep(socket.create_connection(("127.0.0.1", self.target_port))):
                 return
             server = self._sockets[-1]
-            down = (server, client, budgets["down"], self.down_rate if self.accepted == 1 else None)
+            down = (server, client, budgets["down"], self.down_rate if throttled else None)
             threading.Thread(target=self._pump, args=(client, server, budgets["up"]), daemon=True).start()
             threading.Thread(target=self._pump, args=down, daemon=True).start()
 

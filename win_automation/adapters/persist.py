@@ -18,6 +18,8 @@ command that goes through a warm helper pays no paramiko import and no SSH hands
   within ssh.connect_timeout is replaced transparently, before the command is sent. A helper that
   dies while a command runs fails that command with ConnectError (exit 3; it may or may not have
   finished, so it is not re-sent); the next call gets a fresh helper.
+- `download` (for `ssh get`) sends the open destination file with the request (SCM_RIGHTS): the
+  helper writes into it, so the bytes never cross the socket; the caller checks, fsyncs, renames.
 
 The socket, its checks and frames, and `ssh persist status|stop` are in persist_wire.
 """
@@ -34,6 +36,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -51,6 +54,7 @@ from win_automation.adapters.persist_wire import (
     locked,
     recv_frame,
     send_frame,
+    send_frame_fds,
     socket_path,
     sun_path,
 )
@@ -131,6 +135,9 @@ def spawn(cfg: SSHConfig, sock: Path, persist: float, *, wait: bool = True) -> N
     )
 
 
+_PROGRESS = struct.Struct(">qq")
+
+
 # --- the client ---------------------------------------------------------------------------------
 class _Stale(Exception):
     """The helper is gone or does not answer: replace it and send the request again."""
@@ -190,8 +197,9 @@ class WarmConnection:
             return
         spawn(self.cfg, self.sock, self.persist)
 
-    def _open(self, request: dict[str, Any]) -> socket.socket:
-        """A connection on which the helper accepted `request` (replacing a dead helper once)."""
+    def _open(self, request: dict[str, Any], fds: list[int] | None = None) -> socket.socket:
+        """A connection on which the helper accepted `request` (replacing a dead helper once);
+        `fds` travel with it (a `get`'s open destination file)."""
         for attempt in (1, 2, 3):
             inode = self._inode()
             try:
@@ -200,7 +208,10 @@ class WarmConnection:
                 self._ensure(replace=False)
                 continue
             try:
-                send_frame(client, b"R", json.dumps(request).encode())
+                if fds:
+                    send_frame_fds(client, b"R", json.dumps(request).encode(), fds)
+                else:
+                    send_frame(client, b"R", json.dumps(request).encode())
                 client.settimeout(self.cfg.connect_timeout)
                 frame = recv_frame(client)
                 client.settimeout(None)
@@ -220,8 +231,11 @@ class WarmConnection:
         on_stdout: Chunk | None = None,
         on_stderr: Chunk | None = None,
         cancelled: Callable[[], bool] | None = None,
+        fds: list[int] | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, Any]:
-        client = self._open(request)
+        client = self._open(request, fds)
+        during = "during the download" if request.get("op") == "get" else "while the command ran"
         sent_cancel = False
         last = time.monotonic()
         try:
@@ -234,7 +248,7 @@ class WarmConnection:
                     if time.monotonic() - last > self.stall_timeout:
                         raise ConnectError(
                             f"the warm-connection helper for {self.cfg.vm_key} stopped answering"
-                            f" for {self.stall_timeout:g}s while the command ran (not retried)"
+                            f" for {self.stall_timeout:g}s {during} (not retried)"
                         )
                     continue
                 try:
@@ -243,8 +257,8 @@ class WarmConnection:
                     frame = None
                 if frame is None:
                     raise ConnectError(
-                        f"the warm-connection helper for {self.cfg.vm_key} died while the command ran"
-                        " (it may or may not have finished; not retried)"
+                        f"the warm-connection helper for {self.cfg.vm_key} died {during}"
+                        f" ({'' if fds else 'it may or may not have finished; '}not retried)"
                     )
                 last = time.monotonic()
                 kind, payload = frame
@@ -254,6 +268,9 @@ class WarmConnection:
                 elif kind == b"E":
                     if on_stderr is not None:
                         on_stderr(payload)
+                elif kind == b"P":
+                    if on_progress is not None:
+                        on_progress(*_PROGRESS.unpack(payload))
                 elif kind == b"X":
                     answer = json.loads(payload)
                     if "error" in answer:
@@ -330,6 +347,30 @@ class WarmConnection:
             cancelled=bool(answer.get("cancelled")),
             pid=answer.get("pid"),
         )
+
+    def download(
+        self,
+        remote: str,
+        out: int,
+        *,
+        target: str,
+        hash_command: str,
+        hash_timeout: float,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Download `remote` into the open, empty file `out` (a descriptor: the helper writes it
+        directly), hashing it off the read path, while the VM runs `hash_command`. Returns
+        `size` and `sha256` (what was written), `remote_size`, and `outcome` (the hash command's
+        exit_status and base64 stdout/stderr) or `error` (how running it failed)."""
+        request = {
+            "op": "get",
+            "path": remote,
+            "target": target,
+            "hash_command": hash_command,
+            "hash_timeout": hash_timeout,
+            "progress": progress is not None,
+        }
+        return self._call(request, fds=[out], on_progress=progress)
 
     def put_bytes(self, remote: str, data: bytes) -> None:
         self._call({"op": "put", "path": remote, "data": base64.b64encode(data).decode("ascii")})

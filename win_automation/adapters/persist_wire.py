@@ -4,8 +4,9 @@ win_automation.adapters.persist for the client and persist_helper for the helper
 
 Wire format, one request per connection: frames of 1 type byte, a 4-byte big-endian length and
 the payload. Client: `R` (the request, JSON), `C` (cancel). Helper: `A` (accepted), `O`/`E`
-(stdout/stderr bytes), `H` (heartbeat, every HEARTBEAT seconds), `X` (the outcome or the error,
-JSON).
+(stdout/stderr bytes), `H` (heartbeat, every HEARTBEAT seconds), `P` (a download's progress: two
+big-endian int64, done and total), `X` (the outcome or the error, JSON). A `get` request carries
+the open destination file with its `R` frame (SCM_RIGHTS), so the helper writes into it directly.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from win_automation.unixsock import check_socket, ensure_dir, locked, sun_path
 
 __all__ = ["check_socket", "ensure_dir", "locked", "sun_path"]  # the socket checks, shared (unixsock)
 
-PROTOCOL = 1
+# In the socket name: a helper of another protocol is never used. 2: `get` (a descriptor with R).
+PROTOCOL = 2
 HEARTBEAT = 1.0
 CANCEL_POLL = 0.1
 _HEADER = struct.Struct(">cI")
@@ -37,6 +39,34 @@ _HEADER = struct.Struct(">cI")
 # --- framing ----------------------------------------------------------------------------------
 def send_frame(sock: socket.socket, kind: bytes, payload: bytes = b"") -> None:
     sock.sendall(_HEADER.pack(kind, len(payload)) + payload)
+
+
+def send_frame_fds(sock: socket.socket, kind: bytes, payload: bytes, fds: list[int]) -> None:
+    """A frame with file descriptors attached (SCM_RIGHTS; a Unix socket only)."""
+    data = _HEADER.pack(kind, len(payload)) + payload
+    sent = socket.send_fds(sock, [data], fds)
+    if sent < len(data):
+        sock.sendall(data[sent:])
+
+
+def recv_frame_fds(sock: socket.socket, max_fds: int = 1) -> tuple[bytes, bytes, list[int]] | None:
+    """A frame and the file descriptors sent with it (the caller closes them)."""
+    first, fds, _, _ = socket.recv_fds(sock, _HEADER.size, max_fds)
+    if not first:
+        return None
+    try:
+        rest = recv_exact(sock, _HEADER.size - len(first)) if len(first) < _HEADER.size else b""
+        if rest is None:
+            raise OSError("end of stream in a frame header")
+        kind, size = _HEADER.unpack(first + rest)
+        payload = recv_exact(sock, size) if size else b""
+        if payload is None:
+            raise OSError("end of stream in a frame")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return kind, payload, list(fds)
 
 
 def recv_exact(sock: socket.socket, size: int) -> bytes | None:

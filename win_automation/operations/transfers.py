@@ -6,6 +6,13 @@ VM: `Get-FileHash` on Windows, `sha256sum` on posix) against the local file, the
 download of win_automation.adapters.sftp), checks the size and the sha256 against the VM's, then
 renames it. A failure removes the partial file and raises a one-line error.
 
+With a warm-connection helper (`ssh.persist`, win_automation.adapters.persist) `get_file` runs the
+same download in the helper: this process opens the part file (the same checks and errors) and
+hands its descriptor to the helper, which writes the file, hashes it off the read path and has
+the VM hash it meanwhile; this process then checks sizes and hashes, fsyncs and renames exactly
+as for a direct download. A helper that dies or stops answering fails the download with exit 3
+and no file under the final name. paramiko is imported only for a direct transfer.
+
 Partial names carry an owner tag (win_automation.partfiles: host, pid, random). A process killed
 mid-transfer cannot remove its partial file; the next transfer to the same target removes the
 stale ones (their writer is dead, or they are older than a day), on the VM for `put`, beside the
@@ -15,26 +22,32 @@ transfer its deadline (win_automation.adapters.sftp).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from pydantic import BaseModel
 
-from win_automation.adapters import sftp
-from win_automation.adapters.ssh import SshConnection
+from win_automation.adapters.execution import Executor
+from win_automation.adapters.persist import WarmConnection
 from win_automation.errors import CommandFailed, NotFoundError, WinAutomationError
 from win_automation.log import Timer
 from win_automation.operations import powershell
 from win_automation.partfiles import is_stale, owner_tag
 
+if TYPE_CHECKING:
+    from win_automation.adapters.ssh import SshConnection
+
 log = logging.getLogger(__name__)
 
-Progress = sftp.Progress
+Progress = Callable[[int, int], None]
+HASH_TIMEOUT = 600  # seconds for the VM to hash a file
 
 
 class TransferResult(BaseModel):
@@ -66,6 +79,8 @@ def _remote_split(remote: str) -> tuple[str, str]:
 
 def remove_stale_remote_parts(conn: SshConnection, remote: str) -> list[str]:
     """Delete the stale partial uploads of `remote` on the VM; the names removed."""
+    from win_automation.adapters import sftp
+
     folder, name = _remote_split(remote)
     removed = []
     for entry, mtime in sftp.list_folder(conn, folder):
@@ -108,22 +123,30 @@ def windows_path(remote: str) -> str:
     return remote.replace("/", "\\")
 
 
-def remote_sha256(conn: SshConnection, remote: str, remote_os: str) -> str:
-    """The sha256 (lower-case hex) of a remote file, computed on the VM."""
+def sha256_command(remote: str, remote_os: str) -> str:
+    """The command that prints a remote file's sha256 on the VM."""
     if remote_os == "posix":  # OpenSSL's sha256 (SHA-NI where the CPU has it), else coreutils'
         path = _posix_quote(remote)
-        command = f"openssl dgst -sha256 -r -- {path} 2>/dev/null || sha256sum -- {path}"
-    else:
-        path = powershell.quote_literal(windows_path(remote))
-        script = powershell.wrap_script(f"(Get-FileHash -Algorithm SHA256 -LiteralPath {path}).Hash")
-        command = powershell.encoded_command_line(script)
-    outcome = conn.exec(command, timeout=600)
-    text = powershell.decode_output(outcome.stdout).strip()
+        return f"openssl dgst -sha256 -r -- {path} 2>/dev/null || sha256sum -- {path}"
+    path = powershell.quote_literal(windows_path(remote))
+    script = powershell.wrap_script(f"(Get-FileHash -Algorithm SHA256 -LiteralPath {path}).Hash")
+    return powershell.encoded_command_line(script)
+
+
+def parse_sha256(remote: str, exit_status: int | None, stdout: bytes, stderr: bytes) -> str:
+    """The digest `sha256_command` printed (lower-case hex); CommandFailed when it failed."""
+    text = powershell.decode_output(stdout).strip()
     digest = text.split()[0].lower() if text else ""
-    if outcome.exit_status != 0 or len(digest) != 64:
-        message = powershell.strip_clixml(powershell.decode_output(outcome.stderr)).strip()
+    if exit_status != 0 or len(digest) != 64:
+        message = powershell.strip_clixml(powershell.decode_output(stderr)).strip()
         raise CommandFailed(f"cannot hash remote file {remote} on the VM: {message or text}")
     return digest
+
+
+def remote_sha256(conn: Executor, remote: str, remote_os: str) -> str:
+    """The sha256 (lower-case hex) of a remote file, computed on the VM."""
+    outcome = conn.exec(sha256_command(remote, remote_os), timeout=HASH_TIMEOUT)
+    return parse_sha256(remote, outcome.exit_status, outcome.stdout, outcome.stderr)
 
 
 class _HashingReader:
@@ -145,6 +168,8 @@ def put_file(
     conn: SshConnection, local: Path, remote: str, *, remote_os: str, progress: Progress | None = None
 ) -> TransferResult:
     """Upload `local` to `remote`, verified; the remote file appears only once whole."""
+    from win_automation.adapters import sftp
+
     try:
         source = local.open("rb")
     except FileNotFoundError as exc:
@@ -190,11 +215,22 @@ def _open_partial(local: Path) -> tuple[Path, BinaryIO]:
         raise WinAutomationError(f"cannot write local path {local}: {exc.strerror or exc}") from exc
 
 
-def get_file(
-    conn: SshConnection, remote: str, local: Path, *, remote_os: str, progress: Progress | None = None
-) -> TransferResult:
-    """Download `remote` to `local`, verified; `local` appears only once whole."""
-    partial, out = _open_partial(local)
+class _Fetched:
+    """A download written to the part file: its size and sha256, the remote size, and the VM's
+    sha256 (`vm_sha256()` waits for it; raises how computing it failed)."""
+
+    def __init__(self, size: int, sha256: str, remote_size: int | None, vm_sha256: Callable[[], str]) -> None:
+        self.size = size
+        self.sha256 = sha256
+        self.remote_size = remote_size
+        self.vm_sha256 = vm_sha256
+
+
+def _fetch_direct(
+    conn: SshConnection, remote: str, out: BinaryIO, local: Path, remote_os: str, progress: Progress | None
+) -> _Fetched:
+    from win_automation.adapters import sftp
+
     hashed: dict[str, str | BaseException] = {}
 
     def hash_remote() -> None:
@@ -203,26 +239,72 @@ def get_file(
         except BaseException as exc:
             hashed["error"] = exc
 
+    hasher = threading.Thread(target=hash_remote, name="remote-sha256", daemon=True)
+    hasher.start()  # the VM hashes while the bytes travel
+    copied = sftp.download(conn, remote, out, progress, target=f"local path {local}")
+
+    def vm_sha256() -> str:
+        hasher.join()
+        if "error" in hashed:
+            raise hashed["error"]  # type: ignore[misc]
+        return str(hashed["sha256"])
+
+    return _Fetched(copied.size, copied.sha256, sftp.remote_size(conn, remote), vm_sha256)
+
+
+def _fetch_warm(
+    conn: WarmConnection, remote: str, out: BinaryIO, local: Path, remote_os: str, progress: Progress | None
+) -> _Fetched:
+    from win_automation.adapters.persist_wire import error_from
+
+    answer = conn.download(
+        remote,
+        out.fileno(),
+        target=f"local path {local}",
+        hash_command=sha256_command(remote, remote_os),
+        hash_timeout=HASH_TIMEOUT,
+        progress=progress,
+    )
+
+    def vm_sha256() -> str:
+        if "error" in answer:
+            raise error_from(answer["error"])
+        outcome = answer["outcome"]
+        return parse_sha256(
+            remote,
+            outcome["exit_status"],
+            base64.b64decode(outcome["stdout"]),
+            base64.b64decode(outcome["stderr"]),
+        )
+
+    size = answer.get("remote_size")
+    remote_size = None if size is None else int(size)
+    return _Fetched(int(answer["size"]), str(answer["sha256"]), remote_size, vm_sha256)
+
+
+def get_file(
+    conn: Executor, remote: str, local: Path, *, remote_os: str, progress: Progress | None = None
+) -> TransferResult:
+    """Download `remote` to `local`, verified; `local` appears only once whole. `conn` is this
+    process's SshConnection, or a WarmConnection (the download then runs in the helper)."""
+    partial, out = _open_partial(local)
     try:
         with Timer() as timer:
-            hasher = threading.Thread(target=hash_remote, name="remote-sha256", daemon=True)
-            hasher.start()  # the VM hashes while the bytes travel
             with out:
-                copied = sftp.download(conn, remote, out, progress)
+                if isinstance(conn, WarmConnection):
+                    copied = _fetch_warm(conn, remote, out, local, remote_os, progress)
+                else:
+                    copied = _fetch_direct(conn, remote, out, local, remote_os, progress)  # type: ignore[arg-type]
                 out.flush()
                 os.fsync(out.fileno())
-            expected = sftp.remote_size(conn, remote)
-            if expected != copied.size or partial.stat().st_size != copied.size:
+            if copied.remote_size != copied.size or partial.stat().st_size != copied.size:
                 raise WinAutomationError(
-                    f"download of {remote} is incomplete: {copied.size} of {expected} bytes"
+                    f"download of {remote} is incomplete: {copied.size} of {copied.remote_size} bytes"
                 )
-            hasher.join()
-            if "error" in hashed:
-                raise hashed["error"]  # type: ignore[misc]
-            if hashed["sha256"] != copied.sha256:
+            theirs = copied.vm_sha256()
+            if theirs != copied.sha256:
                 raise WinAutomationError(
-                    f"download of {remote} is corrupt: "
-                    f"sha256 {hashed['sha256']} on the VM, {copied.sha256} here"
+                    f"download of {remote} is corrupt: sha256 {theirs} on the VM, {copied.sha256} here"
                 )
             os.replace(partial, local)
     except BaseException:

@@ -12,7 +12,8 @@ cancel check and live-output sink, so a workflow never touches an adapter:
 The SSH connection underneath is the adapter's per-process pool (one transport per VM); in a CLI
 process (`share_connections()`, called for job commands) with `ssh.persist` on, commands go
 through the VM's warm helper instead (win_automation.adapters.persist), shared by CLI calls, and
-paramiko is never imported for them. Transfers always use the in-process connection. With
+paramiko is never imported for them; so do downloads (`get`: the helper writes the file this
+process opened), while uploads use the in-process connection. With
 `ssh.warm_powershell`, PowerShell commands run in the warm session of a long-lived executor (the
 warm helper, or this process's connection in a long-lived process such as the worker); a CLI call
 that connects itself (no helper yet, or `ssh.persist` 0) runs one command and exits, so it keeps
@@ -200,8 +201,10 @@ class Vm:
     ) -> transfers.TransferResult:
         from win_automation.operations import transfers
 
+        # Through the warm helper when this process shares connections (the helper then writes the
+        # file this process opened); else over this process's own connection.
         return transfers.get_file(
-            self.ssh, remote, local, remote_os=self.config.ssh.remote_os, progress=progress
+            self.connection, remote, local, remote_os=self.config.ssh.remote_os, progress=progress
         )
 
     def sha256(self, remote: str) -> str:

@@ -262,6 +262,9 @@ def get(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Download a file, verified by size and sha256; never a partial file under LOCAL."""
+    from win_automation.operations.vm import share_connections
+
+    share_connections()  # through the VM's warm helper (ssh.persist), as job commands
     _transfer(ctx, f"get {Path(remote).name}", as_json, lambda vm, progress: vm.get(remote, local, progress))
 
 
