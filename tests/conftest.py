@@ -53,6 +53,9 @@ def cli_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env["WIN_AUTOMATION_DATA_DIR"] = str(tmp_path / "data")
     env["WIN_AUTOMATION_ARTIFACT_OUT"] = str(tmp_path / "artifacts")
     env["HOME"] = str(tmp_path / "home")
+    # Each call in its own process, as before the warm CLI process: one started per test (and
+    # killed after it) costs more than it saves. tests/test_cli_server.py turns it on.
+    env["WIN_AUTOMATION_CLI_SERVER"] = "0"
     yield env
 
 

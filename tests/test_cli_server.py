@@ -88,6 +88,12 @@ def start_server(env: dict[str, str], persist: float = 60) -> subprocess.Popen[b
     return proc
 
 
+@pytest.fixture
+def cli_env(cli_env: dict[str, str]) -> dict[str, str]:
+    """The suite's clean environment, with the warm CLI process on (conftest turns it off)."""
+    return {k: v for k, v in cli_env.items() if k != "WIN_AUTOMATION_CLI_SERVER"}
+
+
 @pytest.fixture(autouse=True)
 def servers_end_with_the_test() -> Any:
     yield
@@ -549,8 +555,9 @@ def _rss_kib(pid: int) -> int:
 
 def test_persist_0_skips_the_server_and_status_stop_list_it(env: dict[str, str], tmp_path: Path) -> None:
     server = start_server(env)
-    off = launcher(["--version"], {**env, "WIN_AUTOMATION_SSH_PERSIST": "0"}, tmp_path)
-    assert off.returncode == 0 and split(off.stderr)[1]
+    for variable, value in (("WIN_AUTOMATION_SSH_PERSIST", "0"), ("WIN_AUTOMATION_CLI_SERVER", "off")):
+        off = launcher(["--version"], {**env, variable: value}, tmp_path)
+        assert off.returncode == 0 and split(off.stderr)[1], variable
     status = launcher(["ssh", "persist", "status", "--json"], env, tmp_path)
     (found,) = json.loads(status.stdout)["cli_servers"]
     assert found["pid"] == server.pid and found["alive"] and found["current"]

@@ -21,8 +21,9 @@ win_automation.unixsock; `python -X importtime -m win_automation.cli.launch` sho
    `fg`/`bg` continue both) and exits with the child's exit status, or dies by the signal that
    killed the child.
 
-No server, `WIN_AUTOMATION_SSH_PERSIST=0`, a closed fd 0/1/2, or any failure before "go": the CLI
-runs in this process (win_automation.cli.app.main), exactly as without a server. A socket that is
+No server, `WIN_AUTOMATION_SSH_PERSIST=0` or `WIN_AUTOMATION_CLI_SERVER=0`, a closed fd 0/1/2,
+or any failure before "go": the CLI runs in this process (win_automation.cli.app.main), exactly
+as without a server. A socket that is
 not yours or not 0600 is refused as the warm-connection helper's is (one line, exit 74).
 """
 
@@ -45,6 +46,7 @@ FORWARDED = (2, 15, 1)  # SIGINT, SIGTERM, SIGHUP (signal numbers: the signal mo
 STOP, CONT, TSTP = 19, 18, 20  # SIGSTOP, SIGCONT, SIGTSTP (Linux)
 MIRRORED = (2, 15, 1, 3)  # ... and SIGQUIT: an ignored one (nohup, `cmd &`) stays ignored there
 _ZERO = frozenset({"0", "0s", "0ms", "0m", "0h", "0d", "0.0"})
+_OFF = frozenset({"0", "false", "no", "off"})
 
 # Frames (both ways): 1 type byte, a 4-byte big-endian length, the payload. Launcher: `G` (go),
 # `K` (a signal number to raise in the child). Child: `P` (its pid: request taken), `X` (the
@@ -134,10 +136,14 @@ def socket_path(environ: Mapping[str, str] | None = None) -> str:
     return os.path.join(server_dir(environ), server_key() + ".sock")
 
 
-def persist_off() -> bool:
-    """WIN_AUTOMATION_SSH_PERSIST=0 (as a duration: 0, 0s, 0ms...): no server, no launcher."""
-    value = os.environ.get("WIN_AUTOMATION_SSH_PERSIST")
-    return value is not None and value.strip().lower() in _ZERO
+def server_off() -> bool:
+    """No server, no launcher: WIN_AUTOMATION_SSH_PERSIST=0 (as a duration: 0, 0s, 0ms...), or
+    WIN_AUTOMATION_CLI_SERVER=0 (the SSH helper without the warm CLI process)."""
+    persist = os.environ.get("WIN_AUTOMATION_SSH_PERSIST")
+    server = os.environ.get("WIN_AUTOMATION_CLI_SERVER")
+    return (persist is not None and persist.strip().lower() in _ZERO) or (
+        server is not None and server.strip().lower() in _OFF
+    )
 
 
 # --- the request --------------------------------------------------------------------------------
@@ -300,7 +306,7 @@ def _wait(conn: object, child: int) -> int:
 
 def through_server() -> int | None:
     """The exit status of the call run by the warm CLI process, or None: run it here."""
-    if persist_off() or sys.stdin is None or sys.stdout is None or sys.stderr is None:
+    if server_off() or sys.stdin is None or sys.stdout is None or sys.stderr is None:
         return None
     try:
         path = socket_path()

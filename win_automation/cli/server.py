@@ -92,7 +92,7 @@ def _lock_free(sock: str) -> bool:
 def start_later(persist: float) -> None:
     """Start the warm CLI process for this code and data dir as this process exits, when none
     serves or is starting (a job command calls this; it does not wait for the server)."""
-    if IN_SERVER or persist <= 0 or launch.persist_off():
+    if IN_SERVER or persist <= 0 or launch.server_off():
         return
     sock = launch.socket_path()
     try:
