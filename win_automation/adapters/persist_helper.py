@@ -122,31 +122,19 @@ class Helper:
 
     def _run(self, request: dict[str, Any], send: Any, cancelled: threading.Event) -> dict[str, Any]:
         op = request.get("op")
-        if op == "exec":
-            outcome = self.conn.exec(
-                str(request["command"]),
-                timeout=request.get("timeout"),
-                on_stdout=lambda data: send(b"O", data),
-                on_stderr=lambda data: send(b"E", data),
-                cancelled=cancelled.is_set,
-                keep=False,
-            )
-            return {
-                "exit_status": outcome.exit_status,
-                "timed_out": outcome.timed_out,
-                "duration_ms": outcome.duration_ms,
-                "cancelled": outcome.cancelled,
-            }
-        if op == "session":  # ssh.warm_powershell: the script runs in this helper's warm session
-            outcome = self.conn.run_in_session(
-                SessionSpec(str(request["launch"]), str(request["bootstrap"])),
-                str(request["script"]),
-                timeout=request.get("timeout"),
-                on_stdout=lambda data: send(b"O", data),
-                on_stderr=lambda data: send(b"E", data),
-                cancelled=cancelled.is_set,
-                keep=False,
-            )
+        relay: dict[str, Any] = {
+            "timeout": request.get("timeout"),
+            "on_stdout": lambda data: send(b"O", data),
+            "on_stderr": lambda data: send(b"E", data),
+            "cancelled": cancelled.is_set,
+            "keep": False,
+        }
+        if op in ("exec", "session"):
+            if op == "exec":
+                outcome = self.conn.exec(str(request["command"]), **relay)
+            else:  # ssh.warm_powershell: the script runs in this helper's warm session
+                spec = SessionSpec(str(request["launch"]), str(request["bootstrap"]))
+                outcome = self.conn.run_in_session(spec, str(request["script"]), **relay)
             return {
                 "exit_status": outcome.exit_status,
                 "timed_out": outcome.timed_out,
