@@ -1,6 +1,7 @@
 """Private Unix sockets in the data dir, shared by the warm-connection helper (adapters/persist*)
 and the warm CLI process (cli/launch, cli/server): the folder only you may enter, the socket
-owned by you with mode 0600, paths too long for sun_path, the start-up lock, the peer's uid.
+owned by you with mode 0600, paths too long for sun_path, the start-up lock, the peer's uid; and
+the frames both speak: 1 type byte, a 4-byte big-endian length, the payload.
 
 Only `os` and `stat` at import (both loaded by every Python start-up): the CLI launcher imports
 this module, and each module it pulls in costs every CLI call. Errors are StorageError (exit 74),
@@ -18,8 +19,13 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from contextlib import AbstractContextManager
     from socket import socket
+    from typing import Protocol
 
     from win_automation.errors import StorageError
+
+    class Receiver(Protocol):  # socket.socket, and the launcher's _socket.socket
+        def recv(self, size: int, /) -> bytes: ...
+
 
 # sun_path holds 108 bytes; longer paths are reached through /proc/self/fd/N/<name>.
 _MAX_SUN_PATH = 100
@@ -139,3 +145,26 @@ def serving(sock: str | os.PathLike[str]) -> bool:
     finally:
         probe.close()
     return True
+
+
+# --- frames -------------------------------------------------------------------------------------
+def frame(kind: bytes, payload: bytes = b"") -> bytes:
+    return kind + len(payload).to_bytes(4, "big") + payload
+
+
+def recv_exact(conn: Receiver, size: int) -> bytes:
+    """`size` bytes; EOFError at the end of the stream before them."""
+    buf = bytearray()
+    while len(buf) < size:
+        data = conn.recv(size - len(buf))
+        if not data:
+            raise EOFError
+        buf += data
+    return bytes(buf)
+
+
+def recv_frame(conn: Receiver) -> tuple[bytes, bytes]:
+    """(kind, payload); EOFError at the end of the stream."""
+    header = recv_exact(conn, 5)
+    size = int.from_bytes(header[1:], "big")
+    return header[:1], recv_exact(conn, size) if size else b""

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from win_automation import errors
+from win_automation import errors, unixsock
 from win_automation.config.schema import SSHConfig
 from win_automation.errors import ConnectError, WinAutomationError
 from win_automation.unixsock import check_socket, ensure_dir, locked, sun_path
@@ -38,12 +38,12 @@ _HEADER = struct.Struct(">cI")
 
 # --- framing ----------------------------------------------------------------------------------
 def send_frame(sock: socket.socket, kind: bytes, payload: bytes = b"") -> None:
-    sock.sendall(_HEADER.pack(kind, len(payload)) + payload)
+    sock.sendall(unixsock.frame(kind, payload))
 
 
 def send_frame_fds(sock: socket.socket, kind: bytes, payload: bytes, fds: list[int]) -> None:
     """A frame with file descriptors attached (SCM_RIGHTS; a Unix socket only)."""
-    data = _HEADER.pack(kind, len(payload)) + payload
+    data = unixsock.frame(kind, payload)
     sent = socket.send_fds(sock, [data], fds)
     if sent < len(data):
         sock.sendall(data[sent:])
@@ -55,13 +55,12 @@ def recv_frame_fds(sock: socket.socket, max_fds: int = 1) -> tuple[bytes, bytes,
     if not first:
         return None
     try:
-        rest = recv_exact(sock, _HEADER.size - len(first)) if len(first) < _HEADER.size else b""
-        if rest is None:
-            raise OSError("end of stream in a frame header")
-        kind, size = _HEADER.unpack(first + rest)
-        payload = recv_exact(sock, size) if size else b""
-        if payload is None:
-            raise OSError("end of stream in a frame")
+        try:
+            rest = unixsock.recv_exact(sock, _HEADER.size - len(first))
+            kind, size = _HEADER.unpack(first + rest)
+            payload = unixsock.recv_exact(sock, size)
+        except EOFError:
+            raise OSError("end of stream in a frame") from None
     except BaseException:
         for fd in fds:
             os.close(fd)
@@ -69,26 +68,12 @@ def recv_frame_fds(sock: socket.socket, max_fds: int = 1) -> tuple[bytes, bytes,
     return kind, payload, list(fds)
 
 
-def recv_exact(sock: socket.socket, size: int) -> bytes | None:
-    """`size` bytes, or None at end of stream."""
-    buf = bytearray()
-    while len(buf) < size:
-        data = sock.recv(size - len(buf))
-        if not data:
-            return None
-        buf += data
-    return bytes(buf)
-
-
 def recv_frame(sock: socket.socket) -> tuple[bytes, bytes] | None:
-    header = recv_exact(sock, _HEADER.size)
-    if header is None:
+    """(kind, payload), or None at the end of the stream."""
+    try:
+        return unixsock.recv_frame(sock)
+    except EOFError:
         return None
-    kind, size = _HEADER.unpack(header)
-    payload = recv_exact(sock, size) if size else b""
-    if payload is None:
-        return None
-    return kind, payload
 
 
 def error_payload(exc: WinAutomationError) -> dict[str, Any]:

@@ -32,10 +32,12 @@ from __future__ import annotations
 import os
 import sys
 
-from win_automation import __version__
+from win_automation import __version__, unixsock
+from win_automation.unixsock import frame, recv_frame
 
 TYPE_CHECKING = False  # not `typing`: ~10 ms each call would pay
 if TYPE_CHECKING:
+    import _socket
     from collections.abc import Mapping
 
 PROTOCOL = 1
@@ -51,10 +53,6 @@ _OFF = frozenset({"0", "false", "no", "off"})
 # Frames (both ways): 1 type byte, a 4-byte big-endian length, the payload. Launcher: `G` (go),
 # `K` (a signal number to raise in the child). Child: `P` (its pid: request taken), `X` (the
 # exit status). Server: `S` (the child died by this signal number).
-
-
-def frame(kind: bytes, payload: bytes = b"") -> bytes:
-    return kind + len(payload).to_bytes(4, "big") + payload
 
 
 def data_dir(environ: Mapping[str, str] | None = None) -> str:
@@ -186,28 +184,10 @@ class _NotRun(Exception):
     """The call did not start on the server: run it here."""
 
 
-def _recv_exact(conn: object, size: int) -> bytes:
-    buf = b""
-    while len(buf) < size:
-        data = conn.recv(size - len(buf))  # type: ignore[attr-defined]
-        if not data:
-            raise EOFError
-        buf += data
-    return buf
-
-
-def _recv_frame(conn: object) -> tuple[bytes, bytes]:
-    header = _recv_exact(conn, 5)
-    size = int.from_bytes(header[1:], "big")
-    return header[:1], _recv_exact(conn, size) if size else b""
-
-
-def _connect(path: str) -> tuple[object, int]:
+def _connect(path: str) -> tuple[_socket.socket, int]:
     """A connection on which a child of the server took the request, and the child's pid;
     _NotRun otherwise."""
     import _socket
-
-    from win_automation import unixsock
 
     try:
         os.lstat(path)
@@ -231,7 +211,7 @@ def _connect(path: str) -> tuple[object, int]:
             raise _NotRun from None
         payload = encode_request()
         conn.sendall(len(payload).to_bytes(4, "big") + payload)
-        kind, pid = _recv_frame(conn)
+        kind, pid = recv_frame(conn)
         if kind != b"P":
             raise _NotRun
         child = int(pid)
@@ -260,13 +240,13 @@ def _drop(path: str) -> None:
         pass
 
 
-def _wait(conn: object, child: int) -> int:
+def _wait(conn: _socket.socket, child: int) -> int:
     """Forward signals to the child; its exit status (or die by the signal that killed it)."""
     import _signal
 
     def forward(signum: int, _frame: object) -> None:
         try:  # noqa: SIM105
-            conn.sendall(frame(b"K", str(signum).encode()))  # type: ignore[attr-defined]
+            conn.sendall(frame(b"K", str(signum).encode()))
         except OSError:
             pass
 
@@ -291,7 +271,7 @@ def _wait(conn: object, child: int) -> int:
         _signal.signal(TSTP, suspend)
     while True:
         try:
-            kind, payload = _recv_frame(conn)
+            kind, payload = recv_frame(conn)
         except (OSError, EOFError):
             sys.stderr.write("error: the warm CLI process ended without an exit status\n")
             return 1

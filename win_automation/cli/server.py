@@ -185,8 +185,8 @@ def stop_servers() -> list[dict[str, Any]]:
 # --- the child: one call ------------------------------------------------------------------------
 def _read_request(conn: socket.socket) -> list[bytes]:
     conn.settimeout(REQUEST_TIMEOUT)
-    size = int.from_bytes(_recv_exact(conn, 4), "big")
-    fields = _recv_exact(conn, size).split(b"\0")
+    size = int.from_bytes(unixsock.recv_exact(conn, 4), "big")
+    fields = unixsock.recv_exact(conn, size).split(b"\0")
     if fields[0] != b"WA%d" % launch.PROTOCOL:
         raise EOFError("not a launcher request")
     return fields
@@ -201,20 +201,10 @@ def _read_go(conn: socket.socket) -> list[int]:
             usable = len(payload) - len(payload) % 4
             fds += [int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, usable, 4)]
     if len(data) < 5:
-        data += _recv_exact(conn, 5 - len(data))
-    if data != launch.frame(b"G") or len(fds) != 4:
+        data += unixsock.recv_exact(conn, 5 - len(data))
+    if data != unixsock.frame(b"G") or len(fds) != 4:
         raise EOFError("no go")
     return fds
-
-
-def _recv_exact(conn: socket.socket, size: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < size:
-        data = conn.recv(size - len(buf))
-        if not data:
-            raise EOFError
-        buf += data
-    return bytes(buf)
 
 
 def _stdio(fd: int, mode: str, spec: bytes, name: str) -> Any:
@@ -287,18 +277,12 @@ def _watch(conn: socket.socket, done: Any) -> None:
     """The caller's signals, raised here; its going away (killed) before the end: SIGTERM."""
     try:
         while True:
-            kind, payload = _frame(conn)
+            kind, payload = unixsock.recv_frame(conn)
             if kind == b"K" and not done.is_set():
                 os.kill(os.getpid(), int(payload))
     except (OSError, EOFError, ValueError):
         if not done.is_set():
             os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _frame(conn: socket.socket) -> tuple[bytes, bytes]:
-    header = _recv_exact(conn, 5)
-    size = int.from_bytes(header[1:], "big")
-    return header[:1], _recv_exact(conn, size) if size else b""
 
 
 def _exit_status(code: object) -> int:
@@ -351,7 +335,7 @@ def child(conn: socket.socket) -> None:
         try:
             fields = _read_request(conn)
             conn.settimeout(None)
-            conn.sendall(launch.frame(b"P", str(os.getpid()).encode()))
+            conn.sendall(unixsock.frame(b"P", str(os.getpid()).encode()))
             fds = _read_go(conn)  # or EOF: the launcher gave up and runs the call itself
         except (OSError, EOFError, ValueError):
             os._exit(0)
@@ -364,9 +348,9 @@ def child(conn: socket.socket) -> None:
         done.set()
         with contextlib.suppress(OSError):
             if die_by is not None:
-                conn.sendall(launch.frame(b"S", str(die_by).encode()))
+                conn.sendall(unixsock.frame(b"S", str(die_by).encode()))
             else:
-                conn.sendall(launch.frame(b"X", str(status).encode()))
+                conn.sendall(unixsock.frame(b"X", str(status).encode()))
     finally:
         os._exit(status)
 
@@ -412,7 +396,7 @@ class Server:
             if os.WIFSIGNALED(status):  # it could not say so itself: tell its launcher
                 with contextlib.suppress(OSError):
                     conn.setblocking(False)
-                    conn.send(launch.frame(b"S", str(os.WTERMSIG(status)).encode()))
+                    conn.send(unixsock.frame(b"S", str(os.WTERMSIG(status)).encode()))
             conn.close()
             self.last = time.monotonic()
 
