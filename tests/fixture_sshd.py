@@ -59,7 +59,11 @@ from typing import Any
 import pytest
 
 SSHD = "/usr/sbin/sshd"
-TEST_USER = "wa-sshtest"
+# One login per pytest-xdist worker: the stand-in's processes (found by `pgrep -u`) and the scripts
+# left in the login's home belong to one worker's tests.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+TEST_USER = f"wa-sshtest-{WORKER}" if WORKER else "wa-sshtest"
+LOGIN = TEST_USER if os.geteuid() == 0 else pwd.getpwuid(os.getuid()).pw_name  # who sshd lets in
 
 STANDIN = r'''#!/usr/bin/python3
 """powershell.exe stand-in: report what arrived, echo the user's script body, obey a few lines."""
@@ -273,9 +277,10 @@ class SshServer:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.is_root = os.geteuid() == 0
-        self.user = TEST_USER if self.is_root else pwd.getpwuid(os.getuid()).pw_name
+        self.user = LOGIN
         if self.is_root:
             self._ensure_user()
+        self.home = Path(pwd.getpwnam(self.user).pw_dir)
         self.host_key = self.dir / "ssh_host_ed25519_key"
         self.client_key = self.dir / "client_ed25519"
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key))
@@ -311,24 +316,20 @@ class SshServer:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
 
     def _ensure_user(self) -> None:
+        """Create the login (once per machine) and set its password. useradd and chpasswd lock
+        /etc/passwd and /etc/shadow and fail at once when another worker holds them: take turns."""
+        import fcntl
+
         home = Path("/var/lib") / TEST_USER
-        try:
-            pwd.getpwnam(TEST_USER)
-        except KeyError:
-            with contextlib.suppress(subprocess.CalledProcessError):  # a parallel creator won
-                _run(
-                    "useradd",
-                    "--system",
-                    "--no-create-home",
-                    "--home-dir",
-                    str(home),
-                    "--shell",
-                    "/bin/sh",
-                    TEST_USER,
-                )
+        with open("/tmp/wa-sshtest-users.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                pwd.getpwnam(TEST_USER)
+            except KeyError:
+                _run("useradd", "--system", "-M", "-d", str(home), "-s", "/bin/sh", TEST_USER)
+            subprocess.run(["chpasswd"], input=f"{TEST_USER}:{self.PASSWORD}".encode(), check=True)
         home.mkdir(mode=0o755, exist_ok=True)
         self._own(home)
-        subprocess.run(["chpasswd"], input=f"{TEST_USER}:{self.PASSWORD}".encode(), check=True)
 
     def _own(self, path: Path) -> None:
         if self.is_root:

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from fixture_sshd import SshServer
+from fixture_sshd import LOGIN, SshServer
 
 from win_automation.adapters import ssh
 from win_automation.operations import powershell
@@ -68,7 +68,7 @@ def test_long_script_goes_over_sftp_runs_with_file_and_is_removed(conn, live_ssh
     assert "& {" in report["script"] and "} 'a b' 'it''s'" in report["script"]
     uploaded = Path(report["path"])
     assert uploaded.name.startswith(".wa-script-") and uploaded.suffix == ".ps1"
-    assert not (Path("/var/lib/wa-sshtest") / uploaded).exists() and not uploaded.exists()
+    assert not (live_sshd.home / uploaded).exists() and not uploaded.exists()
 
 
 def test_cmd_mode_passes_the_command_as_given(conn) -> None:  # type: ignore[no-untyped-def]
@@ -80,7 +80,8 @@ def test_cmd_mode_passes_the_command_as_given(conn) -> None:  # type: ignore[no-
 
 
 def _alive(marker: str) -> bool:
-    return subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+    """A process of the test login (this worker's: see fixture_sshd) whose command line matches."""
+    return subprocess.run(["pgrep", "-u", LOGIN, "-f", marker], capture_output=True).returncode == 0
 
 
 def test_timeout_kills_the_remote_process_tree(conn) -> None:  # type: ignore[no-untyped-def]
@@ -161,7 +162,7 @@ def test_a_script_left_by_a_killed_process_is_removed_by_the_next_upload(conn, l
 
     from win_automation.partfiles import HOST_TAG
 
-    home = Path("/var/lib/wa-sshtest")
+    home = live_sshd.home
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     stale = home / f".wa-script-{HOST_TAG}-{dead.pid}-0123abcd.ps1"

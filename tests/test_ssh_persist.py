@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import signal
 import socket
 import subprocess
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 from fixture_sshd import SshServer
 
+from win_automation import unixsock
 from win_automation.adapters import persist, persist_wire
 from win_automation.config import Config
 from win_automation.errors import StorageError
@@ -95,7 +95,7 @@ def test_calls_share_one_helper_and_behave_as_direct(
     assert res.code == 7 and res.stdout.startswith("Write-Output 'start'")
     reports = [json.loads(line) for line in live_sshd.reports.read_text().splitlines()]
     assert reports[-1]["mode"] == "file" and reports[-1]["body"].startswith("Write-Output 'start'")
-    assert not list(Path(pwd.getpwnam(live_sshd.user).pw_dir).glob(".wa-script-*"))
+    assert not list(live_sshd.home.glob(".wa-script-*"))
     assert only_helper(cli, env)["pid"] == helper["pid"]
     stopped = cli("ssh", "persist", "stop", env=env)
     assert stopped.code == 0 and "stopped 1" in stopped.stdout
@@ -229,7 +229,8 @@ def test_a_foreign_socket_is_refused_in_one_line(
         path.chmod(0o600)
     else:
         server = socket.socket(socket.AF_UNIX)
-        server.bind(str(path))
+        with unixsock.sun_path(path) as where:  # a deep tmp_path (pytest-xdist's) passes sun_path's 108
+            server.bind(where)
         server.close()
         path.chmod(0o644 if fault == "mode 0644" else 0o600)
         if fault == "other user":
