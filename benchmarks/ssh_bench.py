@@ -134,7 +134,7 @@ def latency(server: SshServer, known: Path, n: int) -> dict[str, float]:
 
 
 def throughput(server: SshServer, known: Path, mib: int, rounds: int) -> dict[str, float]:
-    from win_automation.adapters import sftp, ssh
+    from win_automation.adapters import sftp_download, ssh
     from win_automation.operations.transfers import get_file
 
     source = server.remote_dir / "bench.bin"
@@ -155,7 +155,7 @@ def throughput(server: SshServer, known: Path, mib: int, rounds: int) -> dict[st
 
     def ours() -> None:
         with (out_dir / "ours.bin").open("wb") as fh:
-            sftp.download(conn, str(source), fh)
+            sftp_download.download(conn, str(source), fh)
 
     target = out_dir / "verified.bin"
     command = [

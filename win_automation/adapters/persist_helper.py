@@ -30,7 +30,7 @@ from typing import Any
 
 from win_automation import unixsock
 from win_automation.adapters import persist_wire as persist
-from win_automation.adapters import sftp
+from win_automation.adapters import sftp, sftp_download
 from win_automation.adapters.execution import SessionSpec
 from win_automation.adapters.ssh import SshConnection
 from win_automation.config.schema import SSHConfig
@@ -189,7 +189,7 @@ class Helper:
                 send(b"P", struct.pack(">qq", done, total))
 
         with open(fds[0], "wb", buffering=0, closefd=False) as out:
-            copied = sftp.download(
+            copied = sftp_download.download(
                 self.conn,
                 remote,
                 out,

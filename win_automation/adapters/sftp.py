@@ -1,14 +1,7 @@
-"""SFTP over the pooled connection: a pipelined download, uploads, stat, rename and remove.
+"""SFTP over the pooled connection: uploads, stat, rename, remove, folders; the transfer deadline.
 
-paramiko's own `SFTPClient.get` reaches about half of OpenSSH's `sftp` throughput (its prefetch
-keeps every answer in a dict and scans it on each read). `download` speaks SFTP v3 itself on a
-subsystem channel of the same transport: it keeps `PIPELINE` READ requests of `CHUNK` bytes in
-flight, parses the DATA answers from the channel's packets as they arrived (a view of one, or one
-join when an answer spans several; `_ChunkPipe` replaces paramiko's copying channel buffer) and
-writes them at their offset; a hashing thread (`_Hasher`) digests the same views in order, off the
-read path (hashlib lets go of the GIL), so the hash costs no second pass, no copy and no time on
-the reading thread. Everything else
-uses paramiko's `SFTPClient` (uploads pipelined).
+The verified download (pipelined, hashed as it arrives) is win_automation.adapters.sftp_download.
+These use paramiko's `SFTPClient` (uploads pipelined).
 
 Deadlines: every read and write on an SFTP channel waits at most `stall_seconds(ssh)` (the longer
 of ssh.connect_timeout and two keepalive intervals) for the VM: a longer stall is a ConnectError
@@ -18,115 +11,24 @@ of ssh.connect_timeout and two keepalive intervals) for the VM: a longer stall i
 
 from __future__ import annotations
 
-import collections
 import errno
-import functools
-import hashlib
-import os
-import queue
 import stat
-import struct
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 import paramiko
-from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
 
 from win_automation.adapters.ssh import SshConnection, transfer_seconds
 from win_automation.errors import (
     ConnectError,
     NotFoundError,
     OperationTimeout,
-    StorageError,
-    StorageFull,
     WinAutomationError,
 )
 
 Progress = Callable[[int, int], None]
-
-# OpenSSH's sftp-server answers reads of up to 255 KiB whole (SFTP_MAX_READ_LENGTH); requests are
-# sent in batches (one SSH packet for many READs) once half the pipeline has been answered.
-CHUNK = 255 * 1024
-PIPELINE = 32
-CHANNEL_WINDOW = 8 * 1024 * 1024
-CHANNEL_PACKET = 128 * 1024
-
-_INIT, _VERSION, _OPEN, _CLOSE, _READ, _FSTAT = 1, 2, 3, 4, 5, 8
-_STATUS, _HANDLE, _DATA, _ATTRS = 101, 102, 103, 105
-_FX_EOF, _FX_NO_SUCH_FILE, _FX_PERMISSION_DENIED = 1, 2, 3
-_READ_FLAG = 0x01
-_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
-_ATTR_SIZE = 0x01
-
-
-WRITEBACK_EVERY = 8 * 1024 * 1024  # bytes written between two writeback starts
-
-
-@functools.cache
-def _writeback_starter() -> Callable[[int, int, int, int], int] | None:
-    """Linux's sync_file_range (fd, offset, length, flags), or None where it is missing."""
-    import ctypes
-
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    function.restype = ctypes.c_int
-    return cast("Callable[[int, int, int, int], int]", function)
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-class _Writeback:
-    """Starts the disk writes of what has been written so far, every WRITEBACK_EVERY bytes, without
-    waiting for them: the caller's final fsync then has little left to write."""
-
-    def __init__(self, fd: int) -> None:
-        self.start = _writeback_starter()
-        self.fd = fd
-        self.done = 0
-
-    def advance(self, written: int) -> None:
-        if self.start is not None and written - self.done >= WRITEBACK_EVERY:
-            self.start(self.fd, self.done, written - self.done, _SYNC_FILE_RANGE_WRITE)
-            self.done = written
-
-
-@dataclass(frozen=True)
-class Copied:
-    size: int
-    sha256: str
-
-
-class _Hasher:
-    """sha256 of the chunks fed to it, in order, on its own thread (at most HASH_QUEUE waiting)."""
-
-    HASH_QUEUE = 64
-
-    def __init__(self) -> None:
-        self.digest = hashlib.sha256()
-        self.chunks: queue.Queue[bytes | memoryview | None] = queue.Queue(self.HASH_QUEUE)
-        self.thread = threading.Thread(target=self._run, name="sftp-sha256", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        update = self.digest.update
-        while (chunk := self.chunks.get()) is not None:
-            update(chunk)
-
-    def feed(self, chunk: bytes | memoryview) -> None:
-        self.chunks.put(chunk)
-
-    def close(self) -> str:
-        self.chunks.put(None)
-        self.thread.join()
-        return self.digest.hexdigest()
 
 
 class Deadline:
@@ -149,7 +51,7 @@ class Deadline:
 
 
 @contextmanager
-def _bounded(conn: SshConnection, what: str) -> Iterator[None]:
+def bounded(conn: SshConnection, what: str) -> Iterator[None]:
     """A read or write that waited longer than the stall bound: ConnectError, connection dropped."""
     try:
         yield
@@ -167,291 +69,6 @@ def _translate(exc: BaseException, what: str) -> WinAutomationError:
     return ConnectError(f"SFTP failed on {what}: {exc}")
 
 
-class _ChunkPipe(BufferedPipe):  # type: ignore[misc]
-    """paramiko's BufferedPipe (a channel's incoming data) without its copies, for the download
-    channel: each data packet stays the bytes object it arrived as and is handed out whole,
-    where BufferedPipe copies it into an array, then slices and copies it out again (a third of
-    the download's CPU). Same locking, timeout, event and close semantics (paramiko 5.1's)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._size = 0
-
-    def feed(self, data: bytes) -> None:
-        with self._lock:
-            if self._event is not None:
-                self._event.set()
-            self._chunks.append(bytes(data) if not isinstance(data, bytes) else data)
-            self._size += len(data)
-            self._cv.notify_all()
-
-    def read_ready(self) -> bool:
-        with self._lock:
-            return self._size > 0
-
-    def read(self, nbytes: int, timeout: float | None = None) -> bytes:
-        with self._lock:
-            if not self._size:
-                if self._closed:
-                    return b""
-                if timeout == 0.0:
-                    raise PipeTimeout()
-                deadline = None if timeout is None else time.monotonic() + timeout
-                while not self._size and not self._closed:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise PipeTimeout()
-                    self._cv.wait(left)
-                if not self._size:
-                    return b""
-            out = self._chunks.popleft()
-            if len(out) > nbytes:
-                self._chunks.appendleft(out[nbytes:])
-                out = out[:nbytes]
-            self._size -= len(out)
-            if not self._size and self._event is not None and not self._closed:
-                self._event.clear()
-            return out
-
-    def empty(self) -> bytes:
-        with self._lock:
-            out = b"".join(self._chunks)
-            self._chunks.clear()
-            self._size = 0
-            if self._event is not None and not self._closed:
-                self._event.clear()
-            return out
-
-    def __len__(self) -> int:
-        with self._lock:
-            return self._size
-
-
-class _SftpStream:
-    """A minimal SFTP v3 client on one channel, for the pipelined download. The channel's data
-    arrives as immutable bytes objects; a packet that lies within one is handed out as a view of
-    it, one that spans several is joined once: either way the view stays valid, so the hashing
-    thread and the reorder buffer keep it without another copy."""
-
-    def __init__(self, channel: paramiko.Channel) -> None:
-        self.channel = channel
-        self.chunks: collections.deque[bytes] = collections.deque()
-        self.head = 0  # where the unread data starts in chunks[0]
-        self.size = 0  # unread bytes in all chunks
-        self.next_id = 1
-
-    def pack(self, kind: int, payload: bytes) -> bytes:
-        """One request packet with the next request id (`next_id - 1` afterwards)."""
-        body = struct.pack(">BI", kind, self.next_id) + payload
-        self.next_id += 1
-        return struct.pack(">I", len(body)) + body
-
-    def send(self, kind: int, payload: bytes) -> int:
-        self.channel.sendall(self.pack(kind, payload))
-        return self.next_id - 1
-
-    def _fill(self, need: int) -> None:
-        while self.size < need:
-            data = self.channel.recv(4 * 1024 * 1024)
-            if not data:
-                raise ConnectError("the SFTP channel closed during the transfer")
-            self.chunks.append(data)
-            self.size += len(data)
-
-    def _take(self, count: int) -> memoryview:
-        """The next `count` bytes (all received): a view of their chunk, or of one joined copy."""
-        first = self.chunks[0]
-        if len(first) - self.head >= count:
-            view = memoryview(first)[self.head : self.head + count]
-            self.head += count
-        else:
-            pieces = []
-            wanted = count
-            while wanted:
-                first = self.chunks[0]
-                piece = min(wanted, len(first) - self.head)
-                pieces.append(memoryview(first)[self.head : self.head + piece])
-                self.head += piece
-                wanted -= piece
-                if self.head == len(first):
-                    self.chunks.popleft()
-                    self.head = 0
-            view = memoryview(b"".join(pieces))
-        if self.chunks and self.head == len(self.chunks[0]):
-            self.chunks.popleft()
-            self.head = 0
-        self.size -= count
-        return view
-
-    def packet(self) -> tuple[int, memoryview]:
-        """The next whole packet (type, body after the type byte); reads from the channel as needed."""
-        self._fill(4)
-        (length,) = struct.unpack(">I", self._take(4))
-        self._fill(length)
-        view = self._take(length)
-        return view[0], view[1:]
-
-    def packet_bytes(self) -> tuple[int, bytes]:
-        kind, body = self.packet()
-        return kind, bytes(body)
-
-
-def _string(value: bytes) -> bytes:
-    return struct.pack(">I", len(value)) + value
-
-
-def _status(body: memoryview) -> tuple[int, str]:
-    code, length = struct.unpack_from(">II", body, 4)
-    return code, bytes(body[12 : 12 + length]).decode("utf-8", "replace")
-
-
-def download(
-    conn: SshConnection,
-    remote: str,
-    out: BinaryIO,
-    progress: Progress | None = None,
-    *,
-    cancelled: Callable[[], bool] | None = None,
-    target: str | None = None,
-) -> Copied:
-    """Copy remote file `remote` into `out` (seekable, empty); returns its size and sha256.
-    A write that fails here (disk full, ...) is a StorageError naming `target` (default: out's
-    name); `cancelled()` turning true stops the transfer with a ConnectError."""
-    transport = conn.transport()
-    what = f"SFTP download of {remote}"
-    try:
-        with _bounded(conn, what):
-            channel = transport.open_session(
-                window_size=CHANNEL_WINDOW, max_packet_size=CHANNEL_PACKET, timeout=conn.stall_timeout
-            )
-            channel.in_buffer = _ChunkPipe()  # before the subsystem starts: no data yet
-            channel.settimeout(conn.stall_timeout)
-            channel.invoke_subsystem("sftp")
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise ConnectError(f"cannot start SFTP: {exc}") from exc
-    try:
-        with _bounded(conn, what):
-            return _download(
-                _SftpStream(channel),
-                remote,
-                out,
-                progress,
-                Deadline(conn, what),
-                cancelled,
-                str(target if target is not None else getattr(out, "name", "the local file")),
-            )
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        raise ConnectError(f"SFTP download of {remote} failed: {exc}") from exc
-    finally:
-        channel.close()
-
-
-def _download(
-    stream: _SftpStream,
-    remote: str,
-    out: BinaryIO,
-    progress: Progress | None,
-    deadline: Deadline,
-    cancelled: Callable[[], bool] | None,
-    target: str,
-) -> Copied:
-    stream.channel.sendall(struct.pack(">IBI", 5, _INIT, 3))
-    kind, _ = stream.packet_bytes()
-    if kind != _VERSION:
-        raise ConnectError(f"unexpected SFTP answer {kind} to INIT")
-    stream.send(_OPEN, _string(remote.encode("utf-8")) + struct.pack(">II", _READ_FLAG, 0))
-    kind, opened = stream.packet_bytes()
-    if kind == _STATUS:
-        code, message = _status(memoryview(opened))
-        if code == _FX_NO_SUCH_FILE:
-            raise NotFoundError(f"remote file {remote} does not exist")
-        if code == _FX_PERMISSION_DENIED:
-            raise WinAutomationError(f"remote file {remote}: permission denied")
-        raise WinAutomationError(f"cannot open remote file {remote}: {message}")
-    (length,) = struct.unpack_from(">I", opened, 4)
-    handle = _string(opened[8 : 8 + length])
-    stream.send(_FSTAT, handle)
-    kind, attrs = stream.packet_bytes()
-    size = -1
-    if kind == _ATTRS:
-        (flags,) = struct.unpack_from(">I", attrs, 4)
-        if flags & _ATTR_SIZE:
-            (size,) = struct.unpack_from(">Q", attrs, 8)
-    deadline.arm(size)
-
-    hasher = _Hasher()
-    try:
-        pending: dict[int, tuple[int, int]] = {}  # request id -> (offset, length)
-        parked: dict[int, memoryview] = {}  # data that arrived ahead of the hashing position
-        next_offset = 0
-        hashed = 0
-        eof = False
-        fd = out.fileno()
-        writeback = _Writeback(fd)
-
-        def request(offset: int, length: int) -> bytes:
-            packet = stream.pack(_READ, handle + struct.pack(">QI", offset, length))
-            pending[stream.next_id - 1] = (offset, length)
-            return packet
-
-        while True:
-            if len(pending) <= PIPELINE // 2:
-                batch = []
-                while not eof and len(pending) < PIPELINE and (size < 0 or next_offset < size):
-                    batch.append(request(next_offset, CHUNK))
-                    next_offset += CHUNK
-                if batch:
-                    stream.channel.sendall(b"".join(batch))
-            if not pending:
-                break
-            deadline.check()
-            if cancelled is not None and cancelled():
-                raise ConnectError(f"SFTP download of {remote} was cancelled")
-            kind, body = stream.packet()
-            (request_id,) = struct.unpack_from(">I", body, 0)
-            offset, length = pending.pop(request_id)
-            if kind == _DATA:
-                (got,) = struct.unpack_from(">I", body, 4)
-                data = body[8 : 8 + got]
-                try:
-                    os.pwrite(fd, data, offset)
-                except OSError as exc:  # no space, a quota, an I/O error: StorageFull, as artifacts
-                    error = StorageFull if exc.errno in _FULL else StorageError
-                    raise error(f"cannot write {target}: {exc.strerror or exc}") from None
-                if offset == hashed:
-                    hasher.feed(data)
-                    hashed += got
-                    while hashed in parked:
-                        chunk = parked.pop(hashed)
-                        hasher.feed(chunk)
-                        hashed += len(chunk)
-                else:
-                    parked[offset] = data
-                del data, body
-                if got < length:  # a short read: ask for the rest
-                    stream.channel.sendall(request(offset + got, length - got))
-                writeback.advance(hashed)
-                if progress is not None:
-                    progress(hashed, size)
-            elif kind == _STATUS:
-                code, message = _status(body)
-                del body
-                if code != _FX_EOF:
-                    raise WinAutomationError(f"reading remote file {remote} failed: {message}")
-                eof = True
-            else:
-                raise ConnectError(f"unexpected SFTP answer {kind} to READ")
-        if parked:
-            raise ConnectError(f"SFTP download of {remote} left gaps at {sorted(parked)[:3]}")
-        stream.send(_CLOSE, handle)
-        stream.packet_bytes()
-    except BaseException:
-        hasher.close()
-        raise
-    return Copied(hashed, hasher.close())
-
-
 def upload(
     conn: SshConnection, source: BinaryIO, remote: str, size: int, progress: Progress | None = None
 ) -> None:
@@ -466,7 +83,7 @@ def upload(
             progress(done, total)
 
     try:
-        with _bounded(conn, f"SFTP upload to {remote}"):
+        with bounded(conn, f"SFTP upload to {remote}"):
             sftp.putfo(source, remote, file_size=size, callback=advance, confirm=False)
     except (OSError, paramiko.SSHException, EOFError) as exc:
         raise _translate(exc, f"remote path {remote}") from exc
@@ -475,7 +92,7 @@ def upload(
 def remote_size(conn: SshConnection, remote: str) -> int | None:
     """Size of a remote regular file; None when it does not exist."""
     try:
-        with _bounded(conn, f"SFTP stat of {remote}"):
+        with bounded(conn, f"SFTP stat of {remote}"):
             attrs = conn.sftp().stat(remote)
     except FileNotFoundError:
         return None
@@ -490,7 +107,7 @@ def rename(conn: SshConnection, source: str, target: str) -> None:
     """Rename `source` to `target`, replacing it (posix-rename, else remove then rename)."""
     sftp = conn.sftp()
     try:
-        with _bounded(conn, f"SFTP rename to {target}"):
+        with bounded(conn, f"SFTP rename to {target}"):
             _rename(conn, sftp, source, target)
     except (OSError, paramiko.SSHException, EOFError) as exc:
         raise _translate(exc, f"remote path {target}") from exc
@@ -510,7 +127,7 @@ def _rename(conn: SshConnection, sftp: paramiko.SFTPClient, source: str, target:
 def remove(conn: SshConnection, remote: str) -> None:
     """Remove a remote file; a missing one is fine."""
     try:
-        with _bounded(conn, f"SFTP remove of {remote}"):
+        with bounded(conn, f"SFTP remove of {remote}"):
             conn.sftp().remove(remote)
     except FileNotFoundError:
         return
@@ -529,11 +146,11 @@ def makedirs(conn: SshConnection, remote: str) -> bool:
         if not path or path.endswith(":"):  # the root, or a Windows drive
             continue
         try:
-            with _bounded(conn, f"SFTP stat of {path}"):
+            with bounded(conn, f"SFTP stat of {path}"):
                 attrs = sftp.stat(path)
         except FileNotFoundError:
             try:
-                with _bounded(conn, f"SFTP mkdir of {path}"):
+                with bounded(conn, f"SFTP mkdir of {path}"):
                     sftp.mkdir(path)
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 raise _translate(exc, f"remote folder {path}") from exc
@@ -549,7 +166,7 @@ def makedirs(conn: SshConnection, remote: str) -> bool:
 def list_folder(conn: SshConnection, folder: str) -> list[tuple[str, float]]:
     """(name, mtime) of each entry of remote `folder`; an empty list when it does not exist."""
     try:
-        with _bounded(conn, f"SFTP listing of {folder}"):
+        with bounded(conn, f"SFTP listing of {folder}"):
             entries = conn.sftp().listdir_attr(folder)
     except FileNotFoundError:
         return []

@@ -15,7 +15,7 @@ from typing import BinaryIO
 
 from pydantic import ValidationError
 
-from win_automation.adapters import sftp
+from win_automation.adapters import sftp_download
 from win_automation.adapters.ssh import SshConnection, get_connection
 from win_automation.artifacts.folders import job_artifacts
 from win_automation.artifacts.store import (
@@ -52,7 +52,7 @@ class VmSource:
     def manifest(self) -> Manifest:
         path = sftp_path(self.remote_dir, self.job_id, MANIFEST)
         with tempfile.TemporaryFile() as buffer:
-            copied = sftp.download(self.conn, path, buffer)  # NotFoundError names the path
+            copied = sftp_download.download(self.conn, path, buffer)  # NotFoundError names the path
             if copied.size > MAX_MANIFEST_BYTES:
                 raise ArtifactMismatch(f"{path} on the VM is {copied.size} bytes: not a manifest")
             buffer.seek(0)
@@ -77,7 +77,7 @@ class VmSource:
                 progress(hashed - done)
                 done = hashed
 
-        copied = sftp.download(self.conn, remote, out, advance)
+        copied = sftp_download.download(self.conn, remote, out, advance)
         return copied.size, copied.sha256
 
 

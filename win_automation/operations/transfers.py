@@ -3,7 +3,7 @@
 `put_file` uploads to `<remote>.wa-part-<id>`, checks the remote size and sha256 (computed on the
 VM: `Get-FileHash` on Windows, `sha256sum` on posix) against the local file, then renames it over
 `<remote>`. `get_file` downloads to `.<name>.wa-part-<id>` beside the local target (the pipelined
-download of win_automation.adapters.sftp), checks the size and the sha256 against the VM's, then
+download of win_automation.adapters.sftp_download), checks the size and the sha256 against the VM's, then
 renames it. A failure removes the partial file and raises a one-line error.
 
 With a warm-connection helper (`ssh.persist`, win_automation.adapters.persist) `get_file` runs the
@@ -229,7 +229,7 @@ class _Fetched:
 def _fetch_direct(
     conn: SshConnection, remote: str, out: BinaryIO, local: Path, remote_os: str, progress: Progress | None
 ) -> _Fetched:
-    from win_automation.adapters import sftp
+    from win_automation.adapters import sftp, sftp_download
 
     hashed: dict[str, str | BaseException] = {}
 
@@ -241,7 +241,7 @@ def _fetch_direct(
 
     hasher = threading.Thread(target=hash_remote, name="remote-sha256", daemon=True)
     hasher.start()  # the VM hashes while the bytes travel
-    copied = sftp.download(conn, remote, out, progress, target=f"local path {local}")
+    copied = sftp_download.download(conn, remote, out, progress, target=f"local path {local}")
 
     def vm_sha256() -> str:
         hasher.join()
