@@ -187,10 +187,21 @@ def test_calls_through_the_server_match_in_process_byte_for_byte(env: dict[str, 
     assert list(codes.values()) == [0, 3, 2, 2, 2]
 
 
-def test_the_launcher_imports_only_start_up_modules(env: dict[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("entry", ["-m win_automation", "the installed command"])
+def test_the_launcher_imports_only_start_up_modules(env: dict[str, str], tmp_path: Path, entry: str) -> None:
     start_server(env)
-    out = launcher(["--version"], env, tmp_path)
+    if entry == "-m win_automation":
+        out = launcher(["--version"], env, tmp_path)
+    else:  # the file in the venv's bin/ that users run (not pip's entry-point wrapper: it imports re)
+        command = str(Path(sys.executable).with_name("win-automation"))
+        out = subprocess.run(
+            [sys.executable, "-X", "importtime", command, "--version"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+        )
     assert out.returncode == 0 and out.stdout.startswith(b"win-automation ")
+    assert not split(out.stderr)[1]  # served by the warm CLI process
     names = {
         line.decode().rsplit("|", 1)[1].strip()
         for line in out.stderr.splitlines()
