@@ -57,6 +57,23 @@ def test_writes_files_and_a_manifest_that_verifies(tmp_path: Path) -> None:
     assert set(raw["artifacts"][0]) == {"type", "path", "size_bytes", "sha256"}
 
 
+def test_a_batch_enters_the_manifest_whole_at_its_end_even_when_it_raises(tmp_path: Path) -> None:
+    w = writer(tmp_path)
+    w.write_text("ssh", "before.txt", "0\n")
+    with pytest.raises(RuntimeError, match="mid-batch"), w.batch():
+        first = w.write_text("ssh", "stdout.txt", "out\n")
+        with w.batch():  # nested: the outer one records
+            w.write_text("ssh", "stderr.txt", "err\n")
+        assert first.sha256 == hashlib.sha256(b"out\n").hexdigest()
+        assert [a.path for a in read_manifest(w.folder).artifacts] == ["before.txt"]  # not yet
+        with w.open("ssh", "result.json") as handle:
+            handle.write(b"{")
+            raise RuntimeError("mid-batch")
+    manifest = verify_folder(w.folder)  # every listed file is there, as listed
+    assert [a.path for a in manifest.artifacts] == ["before.txt", "stdout.txt", "stderr.txt"]
+    assert not (w.folder / "result.json").exists() and not list(w.folder.rglob(".tmp-*"))
+
+
 @pytest.mark.parametrize(
     "name", ["", "../x", "/etc/passwd", "a/../../b", "manifest.json", "a\\b", "./x", ".tmp-x"]
 )

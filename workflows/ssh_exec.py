@@ -81,6 +81,11 @@ def check(inp: SshExecInput, ctx: StepContext) -> CheckOutput:
 
 
 def execute(inp: SshExecInput, ctx: StepContext) -> ExecOutput:
+    with ctx.artifacts.batch():  # its four files enter the manifest at once (one write, one sync)
+        return _execute(inp, ctx)
+
+
+def _execute(inp: SshExecInput, ctx: StepContext) -> ExecOutput:
     display = inp.display or inp.command
     if ctx.parent("check", CheckOutput).passed:
         ctx.log.info("check passed: command skipped", extra={"op": "ssh.exec"})

@@ -175,7 +175,7 @@ def _unwritable(exc: OSError, path: Path) -> StorageError:
 
 
 class ArtifactWriter:
-    """Writes one job's artifacts and keeps its manifest true after every file."""
+    """Writes one job's artifacts and keeps its manifest true after every file (or `batch`)."""
 
     def __init__(
         self,
@@ -192,6 +192,31 @@ class ArtifactWriter:
         self.trace_id = trace_id
         self._created_at = time.time() if created_at is None else created_at
         self._lock = threading.Lock()
+        self._entries: dict[str, ArtifactEntry] = {}  # what this writer wrote, by path
+        self._pending: list[ArtifactEntry] | None = None  # inside batch(): not in the manifest yet
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """The files written inside enter the manifest together as the block ends (also when it
+        raises): one manifest write and one folder sync for all, not one each. The manifest stays
+        true, listing no file before it is durable; it lists a batch's files only at its end."""
+        with self._lock:
+            outer = self._pending is None
+            if outer:
+                self._pending = []
+        try:
+            yield
+        finally:
+            if outer:
+                with self._lock:
+                    pending, self._pending = self._pending or [], None
+                if pending:
+                    for folder in {(self.folder / e.path).parent for e in pending}:
+                        try:
+                            _fsync_dir(folder)  # their renames, before the manifest names them
+                        except OSError as exc:
+                            raise _unwritable(exc, folder) from None
+                    self._record(*pending)
 
     @contextmanager
     def open(self, type: str, name: str) -> Iterator[_HashingWriter]:
@@ -221,13 +246,19 @@ class ArtifactWriter:
                     raise _unwritable(exc, target) from None
             try:
                 os.replace(temp, target)
-                _fsync_dir(target.parent)
+                if self._pending is None:  # a batch syncs the folder once, at its end
+                    _fsync_dir(target.parent)
             except OSError as exc:
                 raise _unwritable(exc, target) from None
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
         entry = ArtifactEntry(type=type, path=name, size_bytes=writer.size, sha256=writer.digest.hexdigest())
+        with self._lock:
+            self._entries[name] = entry
+            if self._pending is not None:
+                self._pending.append(entry)
+                return
         self._record(entry)
 
     def write_bytes(self, type: str, name: str, data: bytes) -> ArtifactEntry:
@@ -248,8 +279,8 @@ class ArtifactWriter:
         return self.entry(name)
 
     def entry(self, name: str) -> ArtifactEntry:
-        manifest = read_manifest(self.folder)
-        return next(e for e in manifest.artifacts if e.path == name)
+        """The manifest entry of a file this writer wrote (inside a batch: its entry to be)."""
+        return self._entries[safe_relative(name)]
 
     def manifest(self) -> Manifest:
         try:
@@ -259,10 +290,11 @@ class ArtifactWriter:
                 job_id=self.job_id, trace_id=self.trace_id, created_at=rfc3339(self._created_at, millis=False)
             )
 
-    def _record(self, entry: ArtifactEntry) -> None:
+    def _record(self, *entries: ArtifactEntry) -> None:
         with self._lock:
             manifest = self.manifest()
-            manifest.artifacts = [e for e in manifest.artifacts if e.path != entry.path] + [entry]
+            paths = {e.path for e in entries}
+            manifest.artifacts = [e for e in manifest.artifacts if e.path not in paths] + list(entries)
             try:
                 _atomic_write(self.folder / MANIFEST, manifest.model_dump_json(indent=2).encode() + b"\n")
             except OSError as exc:

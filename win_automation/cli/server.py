@@ -290,10 +290,12 @@ def _preload() -> None:
     for name in PRELOAD:
         importlib.import_module(name)
     from win_automation.cli.app import warm
+    from win_automation.config import field_specs
     from win_automation.operations.vm import preload
 
     preload()
     warm()
+    field_specs()  # cached: each call's config load reads it
     leaked = [name for name in NEVER if name in sys.modules]
     if leaked:
         raise RuntimeError(f"the warm CLI process must not import {', '.join(leaked)}")

@@ -7,6 +7,7 @@ variable) and what is wrong with the value, on one line.
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -75,8 +76,9 @@ def _is_secret(info: FieldInfo) -> bool:
     return info.annotation is SecretStr or SecretStr in get_args(info.annotation)
 
 
-def field_specs() -> list[FieldSpec]:
-    """All settings, in schema order."""
+@functools.cache
+def field_specs() -> tuple[FieldSpec, ...]:
+    """All settings, in schema order (worked out once per process: each config load reads it)."""
     specs = []
     for section, section_field in Config.model_fields.items():
         model = section_field.annotation
@@ -96,7 +98,7 @@ def field_specs() -> list[FieldSpec]:
                     default=info.default,
                 )
             )
-    return specs
+    return tuple(specs)
 
 
 @dataclass(frozen=True)
