@@ -322,6 +322,8 @@ def _running_job(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen[
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # Ctrl-C as from a terminal, also when the suite runs with SIGINT ignored (`cmd &`)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     assert proc.stdout.readline() == b"started\n"
