@@ -6,6 +6,7 @@ command twice and never leave a job `running`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pty
@@ -277,6 +278,20 @@ def test_per_call_environment_cwd_and_stdin(env: dict[str, str], tmp_path: Path)
     assert b"presents" in stdout
     piped = launcher(["ssh", "trust"], env, tmp_path, input=b"y\n")  # not a terminal: refused
     assert piped.returncode == 2 and b"not a terminal" in piped.stderr
+
+
+def test_ssh_get_starts_the_server_and_is_served_next_time(
+    env: dict[str, str], tmp_path: Path, remote_dir: Path
+) -> None:
+    data = os.urandom(3 << 20)
+    (remote_dir / "blob.bin").write_bytes(data)
+    first = launcher(["ssh", "get", str(remote_dir / "blob.bin"), "one.bin"], env, tmp_path)
+    assert first.returncode == 0 and split(first.stderr)[1], first.stderr  # in-process: none yet
+    assert wait_for(lambda: sock_for(env).exists() and servers_of(env), 30), "ssh get started no server"
+    second = launcher(["ssh", "get", "--json", str(remote_dir / "blob.bin"), "two.bin"], env, tmp_path)
+    assert second.returncode == 0 and not split(second.stderr)[1], second.stderr  # served
+    assert json.loads(second.stdout)["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "two.bin").read_bytes() == data == (tmp_path / "one.bin").read_bytes()
 
 
 def test_a_served_job_imports_neither_paramiko_nor_hatchet(env: dict[str, str], tmp_path: Path) -> None:

@@ -225,9 +225,12 @@ def _progress(label: str) -> Any:
 
 
 def _transfer(ctx: typer.Context, label: str, as_json: bool, fn: Any) -> None:
+    from win_automation.cli import server
     from win_automation.operations.vm import Vm
 
-    vm = Vm(state(ctx).config())
+    config = state(ctx).config()
+    vm = Vm(config)
+    server.start_later(config.ssh.persist)  # as job commands: later calls fork a warm CLI process
     bar = _progress(label)
     if bar is None:
         result = fn(vm, None)
