@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from fixture_jobs import wait_for
 
+from win_automation.artifacts.retention import prune
 from win_automation.artifacts.store import (
     ArtifactWriter,
     _HashingWriter,
     copy_verified,
     hash_file,
-    prune,
     read_manifest,
     safe_relative,
     verify_folder,

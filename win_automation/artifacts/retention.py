@@ -2,7 +2,7 @@
 
 `apply_retention(config)` deletes the job folders under `artifacts.out_dir` older than
 `artifacts.retention_days` (or `older_than_seconds`), keeping the folders of jobs the journal
-still has queued or running. See win_automation.artifacts.prune for the exact boundaries.
+still has queued or running. `prune` has the exact boundaries.
 `remove_partials(config)` deletes the stale `.tmp-*` files (a writer killed mid-write) left in
 the job folders that remain (win_automation.partfiles says when one is stale).
 """
@@ -10,17 +10,65 @@ the job folders that remain (win_automation.partfiles says when one is stale).
 from __future__ import annotations
 
 import logging
+import shutil
 import stat
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from win_automation.artifacts.store import TEMP_PREFIX, PruneResult, prune
+from win_automation.artifacts.store import TEMP_PREFIX, read_manifest
 from win_automation.config import Config
+from win_automation.errors import ArtifactMismatch, NotFoundError
 from win_automation.jobs.ids import is_job_id
 from win_automation.jobs.journal import Journal
 from win_automation.partfiles import is_stale
 
 log = logging.getLogger(__name__)
 DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    job_id: str
+    created_at: float
+    size_bytes: int
+
+
+def folder_created_at(folder: Path) -> float:
+    """When the job's artifacts were started: the manifest's created_at, else the folder mtime."""
+    try:
+        return read_manifest(folder).created_timestamp()
+    except (NotFoundError, ArtifactMismatch, ValueError):
+        return folder.stat().st_mtime
+
+
+def prune(
+    root: Path,
+    older_than_seconds: float,
+    *,
+    now: float | None = None,
+    dry_run: bool = False,
+    keep: frozenset[str] = frozenset(),
+) -> list[PruneResult]:
+    """Delete job folders created strictly more than `older_than_seconds` ago (a folder exactly
+    at the boundary is kept). Only folders named like job ids are considered; ids in `keep`
+    (jobs still active) are never deleted."""
+    now = time.time() if now is None else now
+    cutoff = now - older_than_seconds
+    pruned: list[PruneResult] = []
+    if not root.is_dir():
+        return pruned
+    for folder in sorted(root.iterdir()):
+        if not folder.is_dir() or folder.is_symlink() or not is_job_id(folder.name) or folder.name in keep:
+            continue
+        created = folder_created_at(folder)
+        if created >= cutoff:
+            continue
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+        if not dry_run:
+            shutil.rmtree(folder)
+        pruned.append(PruneResult(folder.name, created, size))
+    return pruned
 
 
 def apply_retention(

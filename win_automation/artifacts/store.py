@@ -9,12 +9,11 @@ Writing (`ArtifactWriter`, given to steps as `ctx.artifacts`): each artifact is 
 temporary name in the job folder, hashed while it is written, fsynced, renamed into place, and
 then the manifest is rewritten the same way (temp, fsync, rename, fsync of the folder). A crash at
 any point leaves a manifest that names only complete files with their true size and hash (at
-worst a stray `.tmp-*` file, which `verify` ignores and `prune` removes with the folder).
+worst a stray `.tmp-*` file, which `verify` ignores and retention removes).
 
 Reading: `verify_folder` re-hashes every listed file; `copy_verified` copies a job's artifacts
-from an ArtifactSource (a local folder, or the VM) elsewhere, checking each file as it streams;
-`prune` applies retention. Hashing streams through a reused 1 MiB buffer (`readinto`), so memory
-stays flat whatever the file size, and hashlib releases the GIL while it hashes.
+from an ArtifactSource (a local folder, or the VM) elsewhere, checking each file as it streams.
+Hashing is win_automation.artifacts.hashing; retention (`prune`) win_automation.artifacts.retention.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,7 +42,7 @@ from win_automation.errors import (
     StorageFull,
     UsageError,
 )
-from win_automation.jobs.ids import is_job_id, validate_job_id
+from win_automation.jobs.ids import validate_job_id
 from win_automation.partfiles import owner_tag
 
 ArtifactType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=40)]
@@ -440,47 +438,3 @@ def _writable(folder: Path) -> None:
         raise StorageError(f"cannot write into {folder}: {exc.strerror or exc}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise StorageError(f"cannot write into {folder}: permission denied")
-
-
-@dataclass(frozen=True)
-class PruneResult:
-    job_id: str
-    created_at: float
-    size_bytes: int
-
-
-def folder_created_at(folder: Path) -> float:
-    """When the job's artifacts were started: the manifest's created_at, else the folder mtime."""
-    try:
-        return read_manifest(folder).created_timestamp()
-    except (NotFoundError, ArtifactMismatch, ValueError):
-        return folder.stat().st_mtime
-
-
-def prune(
-    root: Path,
-    older_than_seconds: float,
-    *,
-    now: float | None = None,
-    dry_run: bool = False,
-    keep: frozenset[str] = frozenset(),
-) -> list[PruneResult]:
-    """Delete job folders created strictly more than `older_than_seconds` ago (a folder exactly
-    at the boundary is kept). Only folders named like job ids are considered; ids in `keep`
-    (jobs still active) are never deleted."""
-    now = time.time() if now is None else now
-    cutoff = now - older_than_seconds
-    pruned: list[PruneResult] = []
-    if not root.is_dir():
-        return pruned
-    for folder in sorted(root.iterdir()):
-        if not folder.is_dir() or folder.is_symlink() or not is_job_id(folder.name) or folder.name in keep:
-            continue
-        created = folder_created_at(folder)
-        if created >= cutoff:
-            continue
-        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
-        if not dry_run:
-            shutil.rmtree(folder)
-        pruned.append(PruneResult(folder.name, created, size))
-    return pruned
