@@ -61,7 +61,8 @@ def test_a_batch_enters_the_manifest_whole_at_its_end_even_when_it_raises(tmp_pa
     w = writer(tmp_path)
     w.write_text("ssh", "before.txt", "0\n")
     with pytest.raises(RuntimeError, match="mid-batch"), w.batch():
-        first = w.write_text("ssh", "stdout.txt", "out\n")
+        w.write_text("ssh", "stdout.txt", "first\n")
+        first = w.write_text("ssh", "stdout.txt", "out\n")  # written again: one entry, the last
         with w.batch():  # nested: the outer one records
             w.write_text("ssh", "stderr.txt", "err\n")
         assert first.sha256 == hashlib.sha256(b"out\n").hexdigest()

@@ -291,8 +291,10 @@ class ArtifactWriter:
     def _record(self, *entries: ArtifactEntry) -> None:
         with self._lock:
             manifest = self.manifest()
-            paths = {e.path for e in entries}
-            manifest.artifacts = [e for e in manifest.artifacts if e.path not in paths] + list(entries)
+            latest = {e.path: e for e in entries}  # a file written twice in a batch: its last
+            manifest.artifacts = [e for e in manifest.artifacts if e.path not in latest] + list(
+                latest.values()
+            )
             try:
                 _atomic_write(self.folder / MANIFEST, manifest.model_dump_json(indent=2).encode() + b"\n")
             except OSError as exc:
