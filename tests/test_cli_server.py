@@ -513,6 +513,49 @@ def test_a_peer_of_another_uid_gets_nothing(cli_env: dict[str, str], tmp_path: P
     shutil.rmtree(shared)
 
 
+def test_a_caller_with_other_credentials_is_never_served_by_this_server(
+    env: dict[str, str], tmp_path: Path, remote_dir: Path
+) -> None:
+    """A forked child keeps the server's capabilities, limits, groups and namespaces. A caller
+    whose differ (root without CAP_DAC_OVERRIDE, as `setpriv` or a restricted service runs it; a
+    lower `ulimit`) must not get them: it is not served by this server, so a folder it may not
+    write stays refused as in-process."""
+    import resource
+
+    from unprivileged import prefix
+
+    start_server(env)
+    (remote_dir / "f.txt").write_text("data")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    args = ["ssh", "get", str(remote_dir / "f.txt"), str(locked / "f.txt")]
+    here = launcher(args, env, tmp_path, here=True)
+    restricted = subprocess.run(
+        [*prefix(), sys.executable, "-X", "importtime", "-m", "win_automation", *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+    )
+    if os.geteuid() == 0:  # the test's root ignores the mode: so would the server's child
+        assert here.returncode == 0 and (locked / "f.txt").exists()
+        (locked / "f.txt").unlink()
+    expected = b"error: cannot write local path " + os.fsencode(locked / "f.txt") + b": Permission denied\n"
+    assert restricted.returncode == 1 and split(restricted.stderr) == (expected, True)
+    assert list(locked.iterdir()) == []
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limited = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "win_automation", "--version"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 512) - 1, hard)),
+    )
+    assert limited.returncode == 0 and split(limited.stderr)[1]  # in its own process
+    assert not split(launcher(["--version"], env, tmp_path).stderr)[1]  # the same caller is served
+
+
 def test_two_starters_at_once_give_one_server(env: dict[str, str], tmp_path: Path) -> None:
     sock = sock_for(env)
     sock.parent.mkdir(parents=True, mode=0o700)

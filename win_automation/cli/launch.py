@@ -110,11 +110,51 @@ def _sha256(data: bytes) -> str:
     return str(sha256(data).hexdigest())
 
 
+_CREDENTIALS = (b"Uid:", b"Gid:", b"Groups:", b"Cap", b"NoNewPrivs:", b"Seccomp")
+_NAMESPACES = ("mnt", "pid", "user", "net", "ipc", "uts")
+
+
+def _read(path: str) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def credentials() -> bytes:
+    """What a process may do, beyond its uid: its ids and groups, capabilities, no_new_privs and
+    seccomp (/proc/self/status), its namespaces and root folder, and its resource limits. A
+    server runs a call with its own (a forked child cannot take on the caller's), so a caller
+    whose differ gets a server of its own (~20 us): one with fewer capabilities (`setpriv`,
+    a restricted service), other groups, a sandbox or `ulimit` never runs as the server."""
+    status = _read("/proc/self/status").splitlines()
+    fields = [line for line in status if line.startswith(_CREDENTIALS)]
+    for name in _NAMESPACES:
+        try:
+            fields.append(os.fsencode(os.readlink("/proc/self/ns/" + name)))
+        except OSError:
+            fields.append(b"")
+    try:
+        root = os.stat("/")
+        fields.append(b"%d:%d" % (root.st_dev, root.st_ino))
+    except OSError:
+        fields.append(b"")
+    fields.append(_read("/proc/self/limits"))
+    return b"\0".join(fields)
+
+
 def server_key() -> str:
     """Which server may run this call: the interpreter (its binary, version and environment:
     `python` and `python3` of one venv are one; its flags, warning options and module path
     after the script's own folder, so PYTHONPATH or -O get their own server), the package's
-    location and version, the protocol and the newest source mtime, hashed."""
+    location and version, the protocol, the newest source mtime and the process's credentials
+    (see `credentials`), hashed."""
     package, workflows = package_dirs()
     interpreter = (
         os.path.realpath(sys.executable),
@@ -127,7 +167,7 @@ def server_key() -> str:
     text = "\0".join(
         (str(PROTOCOL), *interpreter, package, __version__, str(newest_mtime((package, workflows))))
     )
-    return _sha256(os.fsencode(text))[:20]
+    return _sha256(os.fsencode(text) + b"\0" + credentials())[:20]
 
 
 def socket_path(environ: Mapping[str, str] | None = None) -> str:
