@@ -245,6 +245,41 @@ def test_a_foreign_socket_is_refused_in_one_line(
         persist_wire.check_socket(path)
 
 
+def test_corrupt_info_files_are_listed_dead_and_a_mute_helper_is_still_replaced(
+    cli, cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The info files beside the sockets (pid, started) empty, truncated, not an object, or with
+    a pid no process can have: `ssh persist status|stop` list them as not alive, and a call
+    replaces a helper that accepts but never answers (its pid unknown) as any other; no traceback."""
+    env = env_for(live_sshd, known_hosts, connect_timeout=1)
+    data = Path(cli_env["WIN_AUTOMATION_DATA_DIR"])
+    config = Config.model_validate({"ssh": live_sshd.settings(known_hosts, connect_timeout=1)})
+    sock = persist_wire.socket_path(data, config.ssh)
+    sock.parent.mkdir(parents=True, mode=0o700)
+    mute = socket.socket(socket.AF_UNIX)
+    with unixsock.sun_path(sock) as where:
+        mute.bind(where)
+    sock.chmod(0o600)
+    mute.listen(8)  # accepts (the kernel does), never answers
+    servers = data / "cli-server"
+    servers.mkdir(mode=0o700)
+    try:
+        for content in ("", '{"pid": 12', "[]", "null", '"x"', '{"pid": 99999999999999999999}'):
+            sock.with_suffix(".json").write_text(content)
+            (servers / "0123456789abcdef0123.json").write_text(content)
+            res = cli("ssh", "persist", "status", "--json", env=env)
+            assert res.code == 0 and res.stderr == "", (content, res.stderr)
+            status = json.loads(res.stdout)
+            assert [h["alive"] for h in status["helpers"]] == [False], content
+            assert [s["alive"] for s in status["cli_servers"]] == [False], content
+        res = cli("ssh", "run", "--shell", "cmd", "--", "echo replaced", env=env)
+        assert res.code == 0 and res.stdout == "replaced\n", res.stderr
+        stop = cli("ssh", "persist", "stop", "--all", "--json", env=env)
+        assert stop.code == 0 and stop.stderr == "", stop.stderr
+    finally:
+        mute.close()
+
+
 def test_two_processes_starting_at_once_share_one_helper(
     cli, cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

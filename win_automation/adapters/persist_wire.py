@@ -124,7 +124,7 @@ def read_info(sock: Path) -> dict[str, Any] | None:
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: no pid (a corrupt info file)
         return False
     except PermissionError:
         return True

@@ -143,6 +143,8 @@ def servers() -> list[dict[str, Any]]:
             info = json.loads(info_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             info = {}
+        if not isinstance(info, dict):  # valid JSON, but not what a server writes
+            info = {}
         pid = info.get("pid")
         alive = isinstance(pid, int) and _is_server(pid, sock) and os.path.exists(sock)
         found.append(
