@@ -371,6 +371,34 @@ def test_a_killed_caller_stops_its_child_and_the_job_is_not_left_running(
     assert job["state"] == "interrupted", job
 
 
+def test_a_stopped_child_takes_ctrl_c_and_does_not_outlive_its_caller(env: dict[str, str], tmp_path: Path) -> None:
+    """SIGSTOP of the served child: Ctrl-C still interrupts the job (the launcher continues the
+    child as it forwards the signal), and a caller killed meanwhile leaves neither a stopped
+    child nor a job `running` (the server continues the child, which then ends as any whose
+    caller was killed)."""
+    proc, server, child = _running_job(env, tmp_path)
+    os.kill(child, signal.SIGSTOP)
+    assert wait_for(lambda: _state(child) == "T", 10)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", "echo again; sleep 30"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == b"again\n"
+    (child,) = children_of(server)
+    os.kill(child, signal.SIGSTOP)
+    assert wait_for(lambda: _state(child) == "T", 10)
+    proc.kill()
+    proc.communicate()
+    assert wait_for(lambda: not Path(f"/proc/{child}").exists() or _state(child) == "Z", 15)
+    assert [job["state"] for job in jobs(env, tmp_path)] == ["interrupted", "interrupted"]
+
+
 def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 

@@ -285,8 +285,11 @@ def _wait(conn: _socket.socket, child: int) -> int:
     import _signal
 
     def forward(signum: int, _frame: object) -> None:
-        try:  # noqa: SIM105
+        """Raise the signal in the child; continue it too, when stopped (SIGSTOP), to take it (as
+        a shell's `kill` does to a stopped job): else Ctrl-C would wait for a `kill -CONT`."""
+        try:
             conn.sendall(frame(b"K", str(signum).encode()))
+            os.kill(child, CONT)
         except OSError:
             pass
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from win_automation import unixsock
-from win_automation.cli import launch, served
+from win_automation.cli import launch, orphans, served
 
 CHECK_EVERY = 1.0
 STALE_CHECK_EVERY = 2.0
@@ -255,6 +255,7 @@ class Server:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.wake_r, 4096)
             self.reap()
+            orphans.wake(self.children)
             if listener in ready:
                 self.accept(listener)
             if not self.mine(inode):
