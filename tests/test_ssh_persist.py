@@ -133,6 +133,47 @@ def test_a_warm_call_imports_neither_paramiko_nor_hatchet(
     assert "'paramiko'" in direct.stdout.splitlines()[-1]  # the probe does see the cold path's import
 
 
+def _peak_rss_mib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_output_larger_than_the_buffers_streams_through_the_helper(
+    cli, cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Neither the helper nor the calling CLI holds a command's output: their peak RSS stays far
+    below its size (the helper relays each chunk as it arrives, the CLI streams it to files)."""
+    env = {**cli_env, **env_for(live_sshd, known_hosts)}
+    assert cli("ssh", "run", "--shell", "cmd", "--", "echo warm-up", env=env).code == 0
+    helper = only_helper(cli, env)["pid"]
+    before = _peak_rss_mib(helper)
+    size = 160 << 20
+    measure = (
+        "import resource, subprocess, sys\n"
+        "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024, code)\n"
+    )
+    command = ["ssh", "run", "--shell", "cmd", "--", f"head -c {size} /dev/zero | tr '\\0' x"]
+    in_process = "from win_automation.cli.app import main; main()"  # the CLI in the measured process
+    out = subprocess.run(
+        [sys.executable, "-c", measure, sys.executable, "-c", in_process, *command],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    peak, code = map(int, out.stdout.split())
+    assert code == 0, out.stderr
+    folder = max((tmp_path / "artifacts").iterdir(), key=lambda p: p.stat().st_mtime)
+    assert (folder / "stdout.txt").stat().st_size == size
+    assert peak < 100, f"the CLI peaked at {peak} MiB"
+    assert _peak_rss_mib(helper) - before < 48, "the helper held the output in memory"
+    assert only_helper(cli, env)["pid"] == helper  # it went through the warm helper
+
+
 @pytest.mark.parametrize("fault", ["host key", "auth"])
 def test_host_key_and_auth_errors_are_the_direct_ones(
     cli, live_sshd: SshServer, known_hosts: Path, tmp_path: Path, fault: str
