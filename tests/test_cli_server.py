@@ -243,6 +243,47 @@ def test_a_one_line_error_exit_74_is_the_same(env: dict[str, str], tmp_path: Pat
     assert split(served.stderr)[0].count(b"\n") == 1 and b"is corrupt" in served.stderr
 
 
+def test_unwritable_output_is_one_line_and_the_same_served(env: dict[str, str], tmp_path: Path) -> None:
+    """stdout on a full disk (/dev/full): one line, exit 74 (it was a traceback, in-process too);
+    a closed pipe (`| head -c1` gone): exit 1, silent, as click has it. Served as in-process."""
+    start_server(env)
+    for args in (["--version"], ["jobs", "list", "--json"]):
+        with open("/dev/full", "wb") as full:
+            outcomes = []
+            for here in (True, False):
+                entry = ["-c", IN_PROCESS] if here else ["-m", "win_automation"]
+                out = subprocess.run(
+                    [sys.executable, "-X", "importtime", *entry, *args],
+                    env=env,
+                    cwd=tmp_path,
+                    stdout=full,
+                    stderr=subprocess.PIPE,
+                    timeout=60,
+                )
+                outcomes.append((out.returncode, *split(out.stderr)))
+        assert outcomes == [
+            (74, b"error: cannot write the output: No space left on device\n", True),
+            (74, b"error: cannot write the output: No space left on device\n", False),
+        ], args
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            closed = [
+                subprocess.run(
+                    [sys.executable, "-X", "importtime", *entry, *args],
+                    env=env,
+                    cwd=tmp_path,
+                    stdout=write,
+                    stderr=subprocess.PIPE,
+                    timeout=60,
+                )
+                for entry in (["-c", IN_PROCESS], ["-m", "win_automation"])
+            ]
+        finally:
+            os.close(write)
+        assert [(c.returncode, *split(c.stderr)) for c in closed] == [(1, b"", True), (1, b"", False)], args
+
+
 def test_per_call_environment_cwd_and_stdin(env: dict[str, str], tmp_path: Path) -> None:
     start_server(env)
     work = tmp_path / "work"
@@ -371,7 +412,9 @@ def test_a_killed_caller_stops_its_child_and_the_job_is_not_left_running(
     assert job["state"] == "interrupted", job
 
 
-def test_a_stopped_child_takes_ctrl_c_and_does_not_outlive_its_caller(env: dict[str, str], tmp_path: Path) -> None:
+def test_a_stopped_child_takes_ctrl_c_and_does_not_outlive_its_caller(
+    env: dict[str, str], tmp_path: Path
+) -> None:
     """SIGSTOP of the served child: Ctrl-C still interrupts the job (the launcher continues the
     child as it forwards the signal), and a caller killed meanwhile leaves neither a stopped
     child nor a job `running` (the server continues the child, which then ends as any whose
@@ -382,8 +425,9 @@ def test_a_stopped_child_takes_ctrl_c_and_does_not_outlive_its_caller(env: dict[
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
+    again = ["ssh", "run", "--shell", "cmd", "--", "echo again; sleep 30"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", "echo again; sleep 30"],
+        [sys.executable, "-m", "win_automation", *again],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,

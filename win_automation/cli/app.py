@@ -10,6 +10,7 @@ SERVICES (the worker, the supervisor's loop) log at info by default.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -37,7 +38,7 @@ from win_automation.cli.commands import ssh as ssh_cmd
 from win_automation.cli.commands import supervisor as supervisor_cmd
 from win_automation.cli.commands import vm as vm_cmd
 from win_automation.cli.commands import worker as worker_cmd
-from win_automation.cli.output import error
+from win_automation.cli.output import error, output_failed
 from win_automation.cli.state import CliState
 
 app = typer.Typer(
@@ -172,3 +173,9 @@ def main() -> None:
 
         error(redact(str(exc)))
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if not output_failed(exc):
+            raise
+        with contextlib.suppress(OSError):  # stderr too
+            error(f"cannot write the output: {exc.strerror}")
+        sys.exit(74)

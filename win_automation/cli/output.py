@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import sys
 from collections.abc import Sequence
@@ -46,3 +48,31 @@ def one_line(text: str) -> str:
 def error(message: str) -> None:
     """The one-line error every failure ends with."""
     sys.stderr.write(f"error: {one_line(message)}\n")
+
+
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+class _Discarding:
+    """A std stream whose flush no longer fails: what could not be written is dropped."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self.wrapped = wrapped
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.wrapped.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+
+def output_failed(exc: OSError) -> bool:
+    """True when `exc` is this process's output that could not be written (stdout on a full disk,
+    /dev/full, an I/O error: a stream's error names no file). Then the streams stop failing on
+    flush, so the one-line error is the only one (a closed pipe is click's: exit 1, silent)."""
+    if exc.filename is not None or exc.errno not in _OUTPUT_ERRNOS:
+        return False
+    sys.stdout = _Discarding(sys.stdout)
+    sys.stderr = _Discarding(sys.stderr)
+    return True
