@@ -290,8 +290,9 @@ def test_corrupt_info_files_are_listed_dead_and_a_mute_helper_is_still_replaced(
     cli, cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path
 ) -> None:  # type: ignore[no-untyped-def]
     """The info files beside the sockets (pid, started) empty, truncated, not an object, or with
-    a pid no process can have: `ssh persist status|stop` list them as not alive, and a call
-    replaces a helper that accepts but never answers (its pid unknown) as any other; no traceback."""
+    a pid no process can have: `ssh persist status|stop` list them as not alive, a call replaces
+    a helper that accepts but never answers (its pid unknown) as any other, and `ssh persist
+    stop` still stops a live helper whose info is unreadable; no traceback."""
     env = env_for(live_sshd, known_hosts, connect_timeout=1)
     data = Path(cli_env["WIN_AUTOMATION_DATA_DIR"])
     config = Config.model_validate({"ssh": live_sshd.settings(known_hosts, connect_timeout=1)})
@@ -315,10 +316,16 @@ def test_corrupt_info_files_are_listed_dead_and_a_mute_helper_is_still_replaced(
             assert [s["alive"] for s in status["cli_servers"]] == [False], content
         res = cli("ssh", "run", "--shell", "cmd", "--", "echo replaced", env=env)
         assert res.code == 0 and res.stdout == "replaced\n", res.stderr
-        stop = cli("ssh", "persist", "stop", "--all", "--json", env=env)
-        assert stop.code == 0 and stop.stderr == "", stop.stderr
     finally:
         mute.close()
+    pid = only_helper(cli, env)["pid"]
+    sock.with_suffix(".json").write_text('{"pid": ')  # the live helper's, truncated
+    stop = cli("ssh", "persist", "stop", "--json", env=env)  # this VM's (not --all): its VM is unknown
+    assert stop.code == 0 and stop.stderr == "", stop.stderr
+    deadline = time.monotonic() + 10
+    while persist_wire.is_helper(pid, sock) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not persist_wire.is_helper(pid, sock) and not sock.exists()
 
 
 def test_two_processes_starting_at_once_share_one_helper(

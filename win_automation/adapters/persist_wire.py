@@ -179,10 +179,11 @@ def helpers(data_dir: Path) -> list[dict[str, Any]]:
 
 
 def stop_helpers(data_dir: Path, vm: str | None = None) -> list[dict[str, Any]]:
-    """Stop the helpers (of `vm` only, when given); returns those stopped or cleaned up."""
+    """Stop the helpers (of `vm` only, when given, and those whose VM is unknown: an unreadable
+    info file); returns those stopped or cleaned up."""
     stopped = []
     for helper in helpers(data_dir):
-        if vm is not None and helper["vm"] != vm:
+        if vm is not None and helper["vm"] not in (vm, None):  # None: its info file is unreadable
             continue
         sock = Path(helper["socket"])
         pid = helper["pid"]
