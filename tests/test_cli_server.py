@@ -628,6 +628,25 @@ def test_a_caller_with_other_credentials_is_never_served_by_this_server(
     assert not split(launcher(["--version"], env, tmp_path).stderr)[1]  # the same caller is served
 
 
+def test_a_server_that_cannot_record_itself_leaves_no_socket_and_one_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Its info file cannot be written (here a folder in its place; a full disk alike): the server
+    started by a job command says so in one line of its log and leaves no socket behind; the
+    calls run in-process meanwhile."""
+    sock = sock_for(env)
+    sock.parent.mkdir(parents=True, mode=0o700)
+    sock.with_suffix(".json").mkdir()
+    log = sock.with_suffix(".log")
+    out = launcher(["ssh", "run", "--shell", "cmd", "--", "echo here"], env, tmp_path)
+    assert out.returncode == 0 and out.stdout == b"here\n" and split(out.stderr)[1]
+    assert wait_for(lambda: log.exists() and log.stat().st_size > 0 and not servers_of(env), 30)
+    assert log.read_text() == f"warm CLI process: cannot serve at {sock}: Is a directory\n"
+    assert not sock.exists()
+    again = launcher(["--version"], env, tmp_path)
+    assert again.returncode == 0 and split(again.stderr)[1]
+
+
 def test_two_starters_at_once_give_one_server(env: dict[str, str], tmp_path: Path) -> None:
     sock = sock_for(env)
     sock.parent.mkdir(parents=True, mode=0o700)

@@ -4,6 +4,7 @@ VM's sshd restarting)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -326,6 +327,35 @@ def test_corrupt_info_files_are_listed_dead_and_a_mute_helper_is_still_replaced(
     while persist_wire.is_helper(pid, sock) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not persist_wire.is_helper(pid, sock) and not sock.exists()
+
+
+def test_a_helper_that_cannot_record_itself_leaves_no_socket(
+    cli, cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Its info file cannot be written (a folder in its place; a full disk alike): the helper a
+    cold call starts leaves no socket that nothing serves, and no traceback in its log."""
+    env = env_for(live_sshd, known_hosts)
+    config = Config.model_validate({"ssh": live_sshd.settings(known_hosts)})
+    sock = persist_wire.socket_path(Path(cli_env["WIN_AUTOMATION_DATA_DIR"]), config.ssh)
+    sock.parent.mkdir(parents=True, mode=0o700)
+    sock.with_suffix(".json").mkdir()
+
+    def running() -> bool:
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                if b"persist_helper" in cmdline.read_bytes() and os.fsencode(sock) in cmdline.read_bytes():
+                    return True
+        return False
+
+    res = cli("ssh", "run", "--shell", "cmd", "--", "echo cold", env=env)
+    assert res.code == 0 and res.stdout == "cold\n", res.stderr
+    deadline = time.monotonic() + 20  # started as the call exited: it connects, then fails
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running() and not sock.exists()
+    assert "Traceback" not in sock.with_suffix(".log").read_text()
+    again = cli("ssh", "run", "--shell", "cmd", "--", "echo again", env=env)
+    assert again.code == 0 and again.stdout == "again\n", again.stderr
 
 
 def test_two_processes_starting_at_once_share_one_helper(

@@ -298,6 +298,7 @@ def main(argv: list[str]) -> int:
     helper = Helper(cfg, sock, float(request["persist"]))
     kept = _Kept()
     logging.getLogger().addHandler(kept)
+    info = {"pid": os.getpid(), "vm": cfg.vm_key, "user": cfg.user, "persist": helper.persist}
     with persist.locked(sock):  # of two helpers started at once, the second finds the first
         if unixsock.serving(sock):
             _answer({"ok": True, "log": []})
@@ -305,6 +306,13 @@ def main(argv: list[str]) -> int:
         try:
             helper.conn.transport()
             server = helper.listen()
+            info["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            try:
+                persist.info_path(sock).write_text(json.dumps(info), encoding="utf-8")
+            except OSError:  # a full disk: no socket left that nothing serves
+                server.close()
+                sock.unlink(missing_ok=True)
+                raise
         except WinAutomationError as exc:
             _answer({"error": persist.error_payload(exc), "log": kept.records})
             return 1
@@ -314,14 +322,6 @@ def main(argv: list[str]) -> int:
             return 1
         finally:
             logging.getLogger().removeHandler(kept)
-        info = {
-            "pid": os.getpid(),
-            "vm": cfg.vm_key,
-            "user": cfg.user,
-            "persist": helper.persist,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        persist.info_path(sock).write_text(json.dumps(info), encoding="utf-8")
     signal.signal(signal.SIGTERM, lambda *_: helper.stop.set())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     with contextlib.suppress(OSError):  # nobody may be waiting (a helper started in the background)

@@ -90,7 +90,8 @@ def start_later(persist: float) -> None:
     sock = launch.socket_path()
     try:
         unixsock.ensure_dir(os.path.dirname(sock))
-        if unixsock.check_socket(sock) or not _lock_free(sock):
+        writable = os.access(os.path.dirname(sock), os.W_OK)  # else it could not listen there
+        if unixsock.check_socket(sock) or not writable or not _lock_free(sock):
             return
     except Exception:  # an unusable data dir or a foreign socket: the job runs; the launcher says it
         return
@@ -327,14 +328,21 @@ def main(argv: list[str]) -> int:
     os.chdir("/")  # holds no caller's folder (each child takes its caller's)
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     _preload()
-    server.listen()
     info = {
         "pid": os.getpid(),
         "persist": persist,
         "python": sys.executable,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    Path(info_path(sock)).write_text(json.dumps(info), encoding="utf-8")
+    try:
+        server.listen()
+        Path(info_path(sock)).write_text(json.dumps(info), encoding="utf-8")
+    except OSError as exc:  # a full disk, a read-only folder: calls run in-process, as without it
+        sys.stderr.write(f"warm CLI process: cannot serve at {sock}: {exc.strerror or exc}\n")
+        for path in (sock, info_path(sock)):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return 1
     os.close(lock)  # listening: a starter now finds the socket
     signal.signal(signal.SIGTERM, lambda *_: setattr(server, "stop", True))
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
