@@ -284,6 +284,35 @@ def test_unwritable_output_is_one_line_and_the_same_served(env: dict[str, str], 
         assert [(c.returncode, *split(c.stderr)) for c in closed] == [(1, b"", True), (1, b"", False)], args
 
 
+def test_a_file_named_by_a_descriptor_is_the_callers(env: dict[str, str], tmp_path: Path) -> None:
+    """`--config /dev/fd/N` (`3<file`, or `<(...)` for a FIFO): the server's child has only the
+    caller's fds 0/1/2, where N is another file or none; so such a call runs in the launcher."""
+    start_server(env)
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"ssh": {"command_timeout": "42s"}}))
+    fd = os.open(config, os.O_RDONLY)
+    try:
+        args = ["--config", f"/dev/fd/{fd}", "config", "show", "--json"]
+        here, served = (
+            subprocess.run(
+                [sys.executable, "-X", "importtime", *entry, *args],
+                env=env,
+                cwd=tmp_path,
+                capture_output=True,
+                timeout=60,
+                pass_fds=(fd,),
+            )
+            for entry in (["-c", IN_PROCESS], ["-m", "win_automation"])
+        )
+    finally:
+        os.close(fd)
+    assert here.returncode == served.returncode == 0, served.stderr
+    settings = {s["key"]: s for s in json.loads(served.stdout)["settings"]}
+    assert served.stdout == here.stdout and settings["ssh.command_timeout"]["value"] == 42
+    assert split(served.stderr) == (b"", True)  # run in the launcher
+    assert not split(launcher(["config", "show"], env, tmp_path).stderr)[1]  # others are served
+
+
 def test_per_call_environment_cwd_and_stdin(env: dict[str, str], tmp_path: Path) -> None:
     start_server(env)
     work = tmp_path / "work"

@@ -22,7 +22,8 @@ win_automation.unixsock; `python -X importtime -m win_automation.cli.launch` sho
    killed the child.
 
 No server, `WIN_AUTOMATION_SSH_PERSIST=0` or `WIN_AUTOMATION_CLI_SERVER=0`, a closed fd 0/1/2,
-or any failure before "go": the CLI runs in this process (win_automation.cli.app.main), exactly
+a file named by a descriptor (`/dev/fd/N`: see names_fds), or any failure before "go": the CLI
+runs in this process (win_automation.cli.app.main), exactly
 as without a server. A socket that is
 not yours or not 0600 is refused as the warm-connection helper's is (one line, exit 74).
 """
@@ -327,9 +328,18 @@ def _wait(conn: _socket.socket, child: int) -> int:
             return 128 + signum
 
 
+def names_fds() -> bool:
+    """True when the arguments or a setting in the environment name a file by a descriptor of
+    this process (`/dev/fd/N`, which `<(...)` passes; `/proc/self/fd/N`): the server's child has
+    only the caller's fds 0, 1 and 2 (there the name would be another file, or none)."""
+    values = [os.fsencode(arg) for arg in sys.argv[1:]]
+    values += [v for k, v in os.environb.items() if k.startswith((b"WIN_AUTOMATION_", b"HATCHET_"))]
+    return any(b"/dev/fd/" in v or (b"/proc/" in v and b"/fd/" in v) for v in values)
+
+
 def through_server() -> int | None:
     """The exit status of the call run by the warm CLI process, or None: run it here."""
-    if server_off() or sys.stdin is None or sys.stdout is None or sys.stderr is None:
+    if server_off() or sys.stdin is None or sys.stdout is None or sys.stderr is None or names_fds():
         return None
     try:
         path = socket_path()
