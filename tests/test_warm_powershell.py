@@ -350,7 +350,16 @@ def test_a_session_killed_under_the_helper_fails_the_job_with_3(
     since = len(reports(live_sshd))
     assert cli("ssh", "run", "--", "Write-Output 'warm'", env=env).code == 0
     (session,) = starts(live_sshd, since)
-    threading.Timer(1.0, os.kill, (session, signal.SIGKILL)).start()
+
+    def kill_while_it_runs() -> None:  # not on a timer: a CLI start on a loaded machine takes seconds
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if any("Start-Sleep 20" in str(r.get("body")) for r in reports(live_sshd)[since:]):
+                os.kill(session, signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    threading.Thread(target=kill_while_it_runs, daemon=True).start()
     res = cli("ssh", "run", "--", "Start-Sleep 20", env=env, timeout=30)
     assert res.code == 3 and "ended while the command ran" in res.stderr and "Traceback" not in res.stderr
     again = cli("ssh", "run", "--", "Write-Output 'again'", env=env)
