@@ -528,6 +528,17 @@ def test_a_paused_server_falls_back_within_a_second_and_runs_once(
     assert wait_for(lambda: sock.exists(), 30)  # the fallback call started a new one
 
 
+def test_stop_ends_a_paused_server(env: dict[str, str], tmp_path: Path) -> None:
+    """`ssh persist stop` on a paused server: its own call drops the server's socket (no answer
+    within 1 s) and runs in-process; the paused process is still stopped, not left for good."""
+    server = start_server(env)
+    os.kill(server.pid, signal.SIGSTOP)
+    out = launcher(["ssh", "persist", "stop", "--json"], env, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert [s["pid"] for s in json.loads(out.stdout)["cli_servers_stopped"]] == [server.pid]
+    assert server.wait(10) == 0  # it took the SIGTERM (continued) and left
+
+
 @pytest.mark.parametrize("fault", ["killed", "socket removed"])
 def test_a_dead_server_falls_back_and_a_new_one_serves_later(
     env: dict[str, str], tmp_path: Path, fault: str

@@ -190,6 +190,7 @@ def stop_helpers(data_dir: Path, vm: str | None = None) -> list[dict[str, Any]]:
         if helper["alive"] and isinstance(pid, int):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGCONT)  # a paused one takes it too (not 5 s, then SIGKILL)
             deadline = time.monotonic() + 5
             while alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.02)

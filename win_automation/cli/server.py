@@ -162,16 +162,22 @@ def servers() -> list[dict[str, Any]]:
 
 
 def stop_servers() -> list[dict[str, Any]]:
-    """Stop every warm CLI process of the data dir (SIGTERM; running calls go on)."""
+    """Stop every warm CLI process of the data dir (SIGTERM, with SIGCONT for a paused one;
+    SIGKILL after 5 s; running calls go on)."""
     stopped = servers()
     for server in stopped:
         pid, sock = server["pid"], server["socket"]
-        if server["alive"] and isinstance(pid, int):
+        # Its socket may be gone (a launcher dropped a paused server's): it is still stopped.
+        if isinstance(pid, int) and _is_server(pid, sock):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGCONT)  # a paused one takes it too
             deadline = time.monotonic() + 5
             while _is_server(pid, sock) and time.monotonic() < deadline:
                 time.sleep(0.02)
+            if _is_server(pid, sock):  # wedged: never left behind
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
         for path in (sock, info_path(sock)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
