@@ -88,8 +88,9 @@ def test_progress_bar_only_on_a_terminal(cli, cli_env, tmp_path: Path) -> None: 
     piped = cli("artifacts", "verify", "--job", job)
     assert "━" not in piped.stdout + piped.stderr
     command = shlex.join([sys.executable, "-m", "win_automation", "artifacts", "verify", "--job", job])
+    env = {**cli_env, "TERM": "xterm"}  # a terminal that draws (under TERM=dumb rich draws no bar)
     tty = subprocess.run(
-        ["script", "-qec", command, "/dev/null"], env=cli_env, cwd=tmp_path, capture_output=True, timeout=60
+        ["script", "-qec", command, "/dev/null"], env=env, cwd=tmp_path, capture_output=True, timeout=60
     )
     out = tty.stdout.decode("utf-8", "replace")
     assert tty.returncode == 0 and f"verify {job}" in out and "━" in out and "match the manifest" in out

@@ -38,7 +38,7 @@ from win_automation.cli.commands import ssh as ssh_cmd
 from win_automation.cli.commands import supervisor as supervisor_cmd
 from win_automation.cli.commands import vm as vm_cmd
 from win_automation.cli.commands import worker as worker_cmd
-from win_automation.cli.output import error, output_failed
+from win_automation.cli.output import discard_output, error, output_failed
 from win_automation.cli.state import CliState
 
 app = typer.Typer(
@@ -167,7 +167,14 @@ def main() -> None:
     if sys.excepthook != typer.main.except_hook:  # as Typer.__call__ does
         sys.excepthook = typer.main.except_hook
     try:
-        command_for(sys.argv[1:])(prog_name="win-automation")
+        try:
+            command_for(sys.argv[1:])(prog_name="win-automation")
+        finally:
+            if sys.stdout is not None:
+                sys.stdout.flush()  # output still buffered fails here, where it is handled, not at exit
+    except BrokenPipeError:  # the reader went away (`| head -c1`): silent, exit 1, as click has it
+        discard_output()
+        sys.exit(1)
     except WinAutomationError as exc:
         from win_automation.log import redact
 

@@ -73,6 +73,11 @@ def output_failed(exc: OSError) -> bool:
     flush, so the one-line error is the only one (a closed pipe is click's: exit 1, silent)."""
     if exc.filename is not None or exc.errno not in _OUTPUT_ERRNOS:
         return False
+    discard_output()
+    return True
+
+
+def discard_output() -> None:
+    """From now on, what cannot be written is dropped (no `Exception ignored` at exit)."""
     sys.stdout = _Discarding(sys.stdout)
     sys.stderr = _Discarding(sys.stderr)
-    return True
