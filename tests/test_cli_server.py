@@ -350,6 +350,22 @@ def test_per_call_environment_cwd_and_stdin(env: dict[str, str], tmp_path: Path)
     assert piped.returncode == 2 and b"not a terminal" in piped.stderr
 
 
+def test_a_server_that_leaves_leaves_no_files(env: dict[str, str], tmp_path: Path) -> None:
+    """Idle past ssh.persist, or stopped: its socket, info, lock and log go (one set per code
+    version would pile up otherwise)."""
+    quick = {**env, "WIN_AUTOMATION_SSH_PERSIST": "1s"}
+    assert launcher(["ssh", "run", "--shell", "cmd", "--", "echo hi"], quick, tmp_path).returncode == 0
+    folder = sock_for(env).parent
+    files = {".sock", ".json", ".lock", ".log"}  # listening, recorded, its start-up lock, its stderr
+    assert wait_for(lambda: {p.suffix for p in folder.iterdir()} == files, 30), list(folder.iterdir())
+    assert servers_of(env)
+    assert wait_for(lambda: not servers_of(env), 30), "the server did not leave when idle"
+    assert wait_for(lambda: not list(folder.iterdir()), 5), list(folder.iterdir())
+    start_server(env)
+    assert launcher(["ssh", "persist", "stop"], env, tmp_path).returncode == 0
+    assert wait_for(lambda: not servers_of(env) and not list(folder.iterdir()), 10), list(folder.iterdir())
+
+
 def test_ssh_get_starts_the_server_and_is_served_next_time(
     env: dict[str, str], tmp_path: Path, remote_dir: Path
 ) -> None:

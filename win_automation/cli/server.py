@@ -67,6 +67,10 @@ def info_path(sock: str) -> str:
     return os.path.splitext(sock)[0] + ".json"
 
 
+def log_path(sock: str) -> str:
+    return os.path.splitext(sock)[0] + ".log"
+
+
 def _lock_free(sock: str) -> bool:
     """True when no server for `sock` is starting (the start-up lock is free)."""
     try:
@@ -108,7 +112,7 @@ def spawn(sock: str, persist: float) -> None:
 
     # Not the caller's settings or secrets (each call brings its own environment).
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WIN_AUTOMATION_", "HATCHET_"))}
-    with open(os.path.splitext(sock)[0] + ".log", "ab") as log:
+    with open(log_path(sock), "ab") as log:
         _BACKGROUND[:] = [
             subprocess.Popen(
                 [sys.executable, "-m", "win_automation.cli.server", sock, repr(float(persist)), AFTER_PARENT],
@@ -274,10 +278,15 @@ class Server:
                 if launch.server_key() != self.key:
                     break  # the sources changed: the launcher no longer picks this server
         listener.close()
-        if self.mine(inode):
-            for path in (self.sock, info_path(self.sock)):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+        mine = self.mine(inode)
+        leftovers = [self.sock, info_path(self.sock)] if mine else []
+        if (mine or not os.path.lexists(self.sock)) and _lock_free(self.sock):
+            # The last server of this key (each code change makes a new key): its lock and log go
+            # too, so old keys' files do not pile up. A crashed server's log stays.
+            leftovers += [info_path(self.sock), unixsock.lock_path(self.sock), log_path(self.sock)]
+        for path in leftovers:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def accept(self, listener: socket.socket) -> None:
         try:
