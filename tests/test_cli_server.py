@@ -40,16 +40,18 @@ def launcher(
     input: bytes | None = None,
     timeout: float = 60,
     here: bool = False,
+    stdout: Any = subprocess.PIPE,
 ) -> subprocess.CompletedProcess[bytes]:
     """`python -X importtime -m win_automation ARGS` (the launcher), its import lines kept apart;
-    with `here`, the CLI run in-process as before the launcher."""
+    with `here`, the CLI run in-process as before the launcher; `stdout`: where its output goes."""
     entry = ["-c", IN_PROCESS] if here else ["-m", "win_automation"]
     return subprocess.run(
         [sys.executable, "-X", "importtime", *entry, *args],
         env=env,
         cwd=cwd,
         input=input,
-        capture_output=True,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
         timeout=timeout,
     )
 
@@ -249,36 +251,15 @@ def test_unwritable_output_is_one_line_and_the_same_served(env: dict[str, str], 
     start_server(env)
     for args in (["--version"], ["jobs", "list", "--json"]):
         with open("/dev/full", "wb") as full:
-            outcomes = []
-            for here in (True, False):
-                entry = ["-c", IN_PROCESS] if here else ["-m", "win_automation"]
-                out = subprocess.run(
-                    [sys.executable, "-X", "importtime", *entry, *args],
-                    env=env,
-                    cwd=tmp_path,
-                    stdout=full,
-                    stderr=subprocess.PIPE,
-                    timeout=60,
-                )
-                outcomes.append((out.returncode, *split(out.stderr)))
-        assert outcomes == [
+            full_disk = [launcher(args, env, tmp_path, here=here, stdout=full) for here in (True, False)]
+        assert [(out.returncode, *split(out.stderr)) for out in full_disk] == [
             (74, b"error: cannot write the output: No space left on device\n", True),
             (74, b"error: cannot write the output: No space left on device\n", False),
         ], args
         read, write = os.pipe()
         os.close(read)
         try:
-            closed = [
-                subprocess.run(
-                    [sys.executable, "-X", "importtime", *entry, *args],
-                    env=env,
-                    cwd=tmp_path,
-                    stdout=write,
-                    stderr=subprocess.PIPE,
-                    timeout=60,
-                )
-                for entry in (["-c", IN_PROCESS], ["-m", "win_automation"])
-            ]
+            closed = [launcher(args, env, tmp_path, here=here, stdout=write) for here in (True, False)]
         finally:
             os.close(write)
         assert [(c.returncode, *split(c.stderr)) for c in closed] == [(1, b"", True), (1, b"", False)], args
