@@ -88,6 +88,25 @@ def wait_mid_transfer(folder: Path) -> Path:
     raise AssertionError("the download never started writing its part file")
 
 
+def get_in_flight(
+    cli_env: dict[str, str], env: dict[str, str], remote_dir: Path, tmp_path: Path
+) -> tuple[Path, Path, subprocess.Popen[str], Path]:
+    """An 8 MiB `ssh get` into tmp_path/out, under way: (source, out, the process, its part file)."""
+    source = remote_dir / "big.bin"
+    source.write_bytes(os.urandom(8 * MIB))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = start_get(cli_env, env, source, out / "big.bin")
+    return source, out, proc, wait_mid_transfer(out)
+
+
+def gets_again(cli, env: dict[str, str], source: Path, out: Path) -> None:  # type: ignore[no-untyped-def]
+    """The next `ssh get` of `source` works, and leaves the file whole and no part file."""
+    again = cli("ssh", "get", str(source), str(out / "big.bin"), env=env)
+    assert again.code == 0, again.stderr
+    assert sha(out / "big.bin") == sha(source) and parts(out) == []
+
+
 def test_a_warm_get_is_the_direct_one_without_paramiko(
     cli, cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, remote_dir: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -234,21 +253,14 @@ def test_helper_killed_mid_download_is_exit_3_and_leaves_nothing(
     cli, cli_env: dict[str, str], slow_link: dict[str, str], remote_dir: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     old = warm_up(cli, slow_link, remote_dir, tmp_path)["pid"]
-    source = remote_dir / "big.bin"
-    source.write_bytes(os.urandom(8 * MIB))
-    out = tmp_path / "out"
-    out.mkdir()
-    proc = start_get(cli_env, slow_link, source, out / "big.bin")
-    wait_mid_transfer(out)
+    source, out, proc, _ = get_in_flight(cli_env, slow_link, remote_dir, tmp_path)
     started = time.monotonic()
     os.kill(old, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=30)
     assert time.monotonic() - started < 2  # noticed at once, not after a stall bound
     assert proc.returncode == 3 and stderr.count("\n") == 1 and "helper" in stderr and "died" in stderr
     assert list(out.iterdir()) == []
-    again = cli("ssh", "get", str(source), str(out / "big.bin"), env=slow_link)
-    assert again.code == 0, again.stderr
-    assert sha(out / "big.bin") == sha(source) and parts(out) == []
+    gets_again(cli, slow_link, source, out)
     assert only_helper(cli, slow_link)["pid"] != old
 
 
@@ -256,12 +268,7 @@ def test_helper_paused_mid_download_is_exit_3_then_replaced(
     cli, cli_env: dict[str, str], slow_link: dict[str, str], remote_dir: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     old = warm_up(cli, slow_link, remote_dir, tmp_path)["pid"]
-    source = remote_dir / "big.bin"
-    source.write_bytes(os.urandom(8 * MIB))
-    out = tmp_path / "out"
-    out.mkdir()
-    proc = start_get(cli_env, slow_link, source, out / "big.bin")
-    wait_mid_transfer(out)
+    source, out, proc, _ = get_in_flight(cli_env, slow_link, remote_dir, tmp_path)
     os.kill(old, signal.SIGSTOP)
     try:
         started = time.monotonic()
@@ -269,9 +276,7 @@ def test_helper_paused_mid_download_is_exit_3_then_replaced(
         assert time.monotonic() - started < 6  # the stall bound: 2 s without a heartbeat
         assert proc.returncode == 3 and "stopped answering" in stderr and stderr.count("\n") == 1
         assert list(out.iterdir()) == []
-        again = cli("ssh", "get", str(source), str(out / "big.bin"), env=slow_link)
-        assert again.code == 0, again.stderr
-        assert sha(out / "big.bin") == sha(source) and parts(out) == []
+        gets_again(cli, slow_link, source, out)
         assert only_helper(cli, slow_link)["pid"] != old
     finally:
         with contextlib.suppress(ProcessLookupError):  # killed by the call that replaced it
@@ -282,31 +287,19 @@ def test_socket_removed_mid_download_is_exit_3_and_the_next_get_works(
     cli, cli_env: dict[str, str], slow_link: dict[str, str], remote_dir: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     helper = warm_up(cli, slow_link, remote_dir, tmp_path)
-    source = remote_dir / "big.bin"
-    source.write_bytes(os.urandom(8 * MIB))
-    out = tmp_path / "out"
-    out.mkdir()
-    proc = start_get(cli_env, slow_link, source, out / "big.bin")
-    wait_mid_transfer(out)
+    source, out, proc, _ = get_in_flight(cli_env, slow_link, remote_dir, tmp_path)
     Path(helper["socket"]).unlink()  # the helper leaves: its socket is gone
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 3 and "helper" in stderr and stderr.count("\n") == 1
     assert list(out.iterdir()) == []
-    again = cli("ssh", "get", str(source), str(out / "big.bin"), env=slow_link)  # no helper: direct
-    assert again.code == 0, again.stderr
-    assert sha(out / "big.bin") == sha(source) and parts(out) == []
+    gets_again(cli, slow_link, source, out)  # no helper: direct
 
 
 def test_an_interrupted_get_stops_the_helpers_download(
     cli, cli_env: dict[str, str], slow_link: dict[str, str], remote_dir: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     helper = warm_up(cli, slow_link, remote_dir, tmp_path)
-    source = remote_dir / "big.bin"
-    source.write_bytes(os.urandom(8 * MIB))
-    out = tmp_path / "out"
-    out.mkdir()
-    proc = start_get(cli_env, slow_link, source, out / "big.bin")
-    part = wait_mid_transfer(out)
+    _, out, proc, part = get_in_flight(cli_env, slow_link, remote_dir, tmp_path)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
     assert proc.returncode != 0 and list(out.iterdir()) == []

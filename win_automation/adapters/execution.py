@@ -17,6 +17,19 @@ from typing import Protocol
 Chunk = Callable[[bytes], None]
 
 
+def collector(keep: bool, inner: Chunk | None) -> tuple[list[bytes], Chunk]:
+    """A stream's sink: what arrives is kept (when `keep`) in the list and passed on to `inner`."""
+    kept: list[bytes] = []
+
+    def feed(data: bytes) -> None:
+        if keep:
+            kept.append(data)
+        if inner is not None:
+            inner(data)
+
+    return kept, feed
+
+
 @dataclass
 class ExecOutcome:
     stdout: bytes

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from win_automation.adapters.execution import Chunk, ExecOutcome, Executor, SessionSpec
+from win_automation.adapters.execution import Chunk, ExecOutcome, Executor, SessionSpec, collector
 from win_automation.adapters.persist_wire import (
     CANCEL_POLL,
     HEARTBEAT,
@@ -320,22 +320,12 @@ class WarmConnection:
         cancelled: Callable[[], bool] | None,
         keep: bool,
     ) -> ExecOutcome:
-        out: list[bytes] = []
-        err: list[bytes] = []
-
-        def sink(kept: list[bytes], inner: Chunk | None) -> Chunk:
-            def feed(data: bytes) -> None:
-                if keep:
-                    kept.append(data)
-                if inner is not None:
-                    inner(data)
-
-            return feed
-
+        out, out_sink = collector(keep, on_stdout)
+        err, err_sink = collector(keep, on_stderr)
         answer = self._call(
             {**request, "timeout": timeout, "cancellable": cancelled is not None},
-            on_stdout=sink(out, on_stdout),
-            on_stderr=sink(err, on_stderr),
+            on_stdout=out_sink,
+            on_stderr=err_sink,
             cancelled=cancelled,
         )
         return ExecOutcome(

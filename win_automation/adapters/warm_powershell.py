@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import paramiko
 
-from win_automation.adapters.execution import Chunk, ExecOutcome, SessionSpec
+from win_automation.adapters.execution import Chunk, ExecOutcome, SessionSpec, collector
 from win_automation.errors import ConnectError
 from win_automation.log import Timer
 
@@ -237,20 +237,10 @@ class SessionPool:
                     raise ConnectError(
                         f"cannot send the script to the warm PowerShell session: {exc}"
                     ) from exc
-        out: list[bytes] = []
-        err: list[bytes] = []
-
-        def sink(kept: list[bytes], inner: Chunk | None) -> Chunk:
-            def feed(data: bytes) -> None:
-                if keep:
-                    kept.append(data)
-                if inner is not None:
-                    inner(data)
-
-            return feed
-
-        stdout = _Framed(b"\x1ewa-end:" + nonce + b":", sink(out, on_stdout))
-        stderr = _Framed(b"\x1ewa-end:" + nonce, sink(err, on_stderr))
+        out, out_sink = collector(keep, on_stdout)
+        err, err_sink = collector(keep, on_stderr)
+        stdout = _Framed(b"\x1ewa-end:" + nonce + b":", out_sink)
+        stderr = _Framed(b"\x1ewa-end:" + nonce, err_sink)
         channel = session.channel
         streams = (
             (channel.recv_ready, channel.recv, stdout),
