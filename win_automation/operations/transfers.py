@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -215,15 +216,15 @@ def _open_partial(local: Path) -> tuple[Path, BinaryIO]:
         raise WinAutomationError(f"cannot write local path {local}: {exc.strerror or exc}") from exc
 
 
+@dataclass(frozen=True)
 class _Fetched:
     """A download written to the part file: its size and sha256, the remote size, and the VM's
     sha256 (`vm_sha256()` waits for it; raises how computing it failed)."""
 
-    def __init__(self, size: int, sha256: str, remote_size: int | None, vm_sha256: Callable[[], str]) -> None:
-        self.size = size
-        self.sha256 = sha256
-        self.remote_size = remote_size
-        self.vm_sha256 = vm_sha256
+    size: int
+    sha256: str
+    remote_size: int | None
+    vm_sha256: Callable[[], str]
 
 
 def _fetch_direct(
