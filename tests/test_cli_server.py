@@ -139,10 +139,13 @@ def servers_of(env: dict[str, str]) -> list[int]:
 
 
 def children_of(pid: int) -> list[int]:
+    """The server's children that run a call: not its spare (which waits for the next call
+    in the server's working folder, /; a call's child works in its caller's)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and os.readlink(stat.parent / "cwd") != "/":
                 found.append(int(stat.parent.name))
         except (OSError, ValueError, IndexError):
             continue
@@ -523,6 +526,64 @@ def test_a_paused_server_falls_back_within_a_second_and_runs_once(
     assert server.wait(15) == 0  # it found its socket gone and left, running nothing
     assert [j["state"] for j in jobs(env, tmp_path)] == ["succeeded"]  # exactly once
     assert wait_for(lambda: sock.exists(), 30)  # the fallback call started a new one
+
+
+def spares_of(pid: int) -> list[int]:
+    """The server's spare: its child that waits for the next call in the server's folder, /."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z" and os.readlink(stat.parent / "cwd") == "/":
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_the_spare_takes_the_call_and_the_next_waits_after_it(env: dict[str, str], tmp_path: Path) -> None:
+    server = start_server(env).pid
+    assert wait_for(lambda: spares_of(server), 10)
+    (spare,) = spares_of(server)
+    command = ["ssh", "run", "--shell", "cmd", "--", "echo a; sleep 1; echo b"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "win_automation", *command], env=env, cwd=tmp_path, stdout=subprocess.PIPE
+    ) as proc:
+        assert proc.stdout is not None and proc.stdout.readline() == b"a\n"
+        assert children_of(server) == [spare]  # the call runs in the spare
+        assert spares_of(server) == []  # none is forked while a call runs (it would slow it)
+        assert proc.stdout.read() == b"b\n"
+    assert proc.returncode == 0
+    assert wait_for(lambda: spares_of(server), 10)  # the next call's
+    assert spare not in spares_of(server)
+
+
+def test_a_killed_or_paused_spare_is_replaced_and_the_call_served(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    server = start_server(env).pid
+    assert wait_for(lambda: spares_of(server), 10)
+    (killed,) = spares_of(server)
+    os.kill(killed, signal.SIGKILL)
+    out = launcher(["--version"], env, tmp_path)
+    assert out.returncode == 0 and not split(out.stderr)[1], out.stderr  # served
+    assert wait_for(lambda: spares_of(server) and killed not in spares_of(server), 10)
+    (paused,) = spares_of(server)
+    os.kill(paused, signal.SIGSTOP)
+    started = time.monotonic()
+    out = launcher(["--version"], env, tmp_path)
+    assert out.returncode == 0 and not split(out.stderr)[1], out.stderr  # served, not by it
+    assert time.monotonic() - started < launch.CONNECT_TIMEOUT + 2
+    assert wait_for(lambda: not Path(f"/proc/{paused}").exists(), 10)  # killed and reaped
+
+
+def test_a_server_that_leaves_takes_its_spare(env: dict[str, str], tmp_path: Path) -> None:
+    server = start_server(env)
+    assert wait_for(lambda: spares_of(server.pid), 10)
+    (spare,) = spares_of(server.pid)
+    server.terminate()  # as `ssh persist stop` does
+    assert server.wait(10) == 0
+    assert not Path(f"/proc/{spare}").exists()  # killed and reaped before the server left
 
 
 def test_stop_ends_a_paused_server(env: dict[str, str], tmp_path: Path) -> None:

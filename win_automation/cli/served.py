@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import select
 import signal
 import socket
 import sys
@@ -38,14 +39,19 @@ def _read_request(conn: socket.socket) -> list[bytes]:
     return fields
 
 
-def _read_go(conn: socket.socket) -> list[int]:
-    """The launcher's "go" and its fds 0, 1, 2 and working directory; EOFError when it gave up."""
-    data, ancdata, _flags, _addr = conn.recvmsg(5, socket.CMSG_SPACE(16 * 4))
+def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
     fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             usable = len(payload) - len(payload) % 4
             fds += [int.from_bytes(payload[i : i + 4], sys.byteorder) for i in range(0, usable, 4)]
+    return fds
+
+
+def _read_go(conn: socket.socket) -> list[int]:
+    """The launcher's "go" and its fds 0, 1, 2 and working directory; EOFError when it gave up."""
+    data, ancdata, _flags, _addr = conn.recvmsg(5, socket.CMSG_SPACE(16 * 4))
+    fds = _received_fds(ancdata)
     if len(data) < 5:
         data += unixsock.recv_exact(conn, 5 - len(data))
     if data != unixsock.frame(b"G") or len(fds) != 4:
@@ -170,6 +176,27 @@ def _run_call() -> tuple[int, int | None]:
         except Exception:
             status = status or 120  # as the interpreter does when flushing stdout fails
     return status, die_by
+
+
+def spare(channel: socket.socket) -> None:
+    """A child forked ahead of a call (win_automation.cli.server): it takes its copy-on-write
+    faults (prefault), then becomes the call whose connection the server sends it; it leaves
+    when the server closes the channel. Never returns."""
+    from win_automation.cli import prefault
+
+    def called() -> bool:
+        return bool(select.select([channel], [], [], 0)[0])
+
+    try:
+        prefault.populate(called)
+        data, ancdata, _flags, _addr = channel.recvmsg(1, socket.CMSG_SPACE(4))
+    except OSError:
+        os._exit(0)
+    fds = _received_fds(ancdata)
+    channel.close()
+    if data != b"C" or len(fds) != 1:
+        os._exit(0)
+    child(socket.socket(fileno=fds[0]))
 
 
 def child(conn: socket.socket) -> None:

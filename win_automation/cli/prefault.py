@@ -1,0 +1,48 @@
+"""Copy-on-write faults taken ahead of a call, in the warm CLI process's spare child.
+
+A forked child shares its parent's memory until it writes to it; each first write to a page
+then costs a fault and a 4 KiB copy. A job command through the warm CLI process writes ~1,500
+such pages (reference counts, mostly). The spare child (win_automation.cli.server) takes them
+before its call arrives (measured: the call's part of the child 17 ms instead of 23 ms):
+madvise(MADV_POPULATE_WRITE) on each private writable mapping faults its pages in writable
+without touching their contents (Linux 5.14; on older kernels it fails and the call pays its
+faults as before). It costs the spare a private copy of the server's heap (~30 MiB).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable, Iterator
+
+MADV_POPULATE_WRITE = 23
+LARGEST = 64 << 20
+"""Larger mappings are reservations (glibc's per-thread arenas), mostly never touched."""
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+
+def _writable_private() -> Iterator[tuple[int, int]]:
+    """(start, length) of this process's private writable mappings, the stack excepted."""
+    with open("/proc/self/maps", "rb") as maps:
+        for line in maps:
+            fields = line.split()
+            perms = fields[1]
+            name = fields[5] if len(fields) > 5 else b""
+            if not perms.startswith(b"rw") or perms[3:4] != b"p" or name.startswith(b"[s"):
+                continue  # read-only, shared, or [stack]/[stack:tid]
+            start, end = (int(x, 16) for x in fields[0].split(b"-"))
+            if end - start <= LARGEST:
+                yield start, end - start
+
+
+def populate(wanted: Callable[[], bool]) -> int:
+    """Fault in this process's private writable memory, a mapping at a time, until `wanted()`
+    (a call has come: it goes first); the bytes faulted in."""
+    done = 0
+    for start, length in list(_writable_private()):
+        if wanted():
+            break
+        if _libc.madvise(start, length, MADV_POPULATE_WRITE) == 0:  # else an older kernel
+            done += length
+    return done
