@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -82,11 +83,10 @@ def served(env: dict[str, str], work: Path, mb: int) -> None:
     deadline = time.monotonic() + 30
     server_pid = None
     while server_pid is None and time.monotonic() < deadline:
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            with contextlib.suppress(OSError):
-                args = cmdline.read_bytes()
-                if b"win_automation.cli.server" in args and str(work).encode() in args:
-                    server_pid = int(cmdline.parent.name)  # no call runs now: no child of it either
+        # The server records its pid (its spare child has the same command line).
+        for info in Path(env["WIN_AUTOMATION_DATA_DIR"], "cli-server").glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                server_pid = int(json.loads(info.read_text())["pid"])
         time.sleep(0.1)
     if server_pid is None:
         print("  (no warm CLI process started: skipped the served run)")
