@@ -112,7 +112,7 @@ class Journal(JournalConnection):
         folder = None if artifacts_root is None else str(Path(os.path.abspath(artifacts_root)) / job_id)
         now = time.time()
         with self._write() as conn:
-            row = conn.execute(
+            (row,) = conn.execute(  # all fetched: the statement is done before the next one
                 "INSERT INTO jobs (job_id, trace_id, workflow, engine, external_id, state, input_json,"
                 " created_at, updated_at, owner_pid, owner_start, owner_host, heartbeat_at, artifacts_dir)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING *",
@@ -132,7 +132,7 @@ class Journal(JournalConnection):
                     now,
                     folder,
                 ),
-            ).fetchone()
+            ).fetchall()
             conn.executemany(
                 "INSERT INTO steps (job_id, name, position, state) VALUES (?,?,?,?)",
                 [(job_id, name, i, JobState.QUEUED) for i, name in enumerate(steps)],
