@@ -305,3 +305,85 @@ def test_a_job_waiting_for_the_desktop_can_be_cancelled(jobs_child: Child, jobs_
         assert journal.get_job(second.job_id).state == JobState.CANCELLED
         assert journal.steps(second.job_id)[0].state == JobState.CANCELLED
         assert holder.poll() is None  # the desktop's holder goes on
+
+
+def _journal_fds(config: Config) -> int:
+    """How many of this process's file descriptors are open on the journal of `config`."""
+    journal = str(config.data.dir / "journal.sqlite3")
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            count += os.readlink(fd) == journal
+        except FileNotFoundError:  # closed meanwhile
+            continue
+    return count
+
+
+def test_a_job_commits_once_per_state_change_and_rereads_nothing(jobs_config: Config) -> None:
+    """A two-step job: one commit for each recorded change (created, running, each step's start
+    and end, the last step's end together with the job's), the same events as ever, and no read of
+    what this process has just written; a job shorter than the monitor's poll opens no second
+    connection (the monitor opens its own at its first poll)."""
+    fds: list[int] = []
+
+    def one(inp: Count, ctx: StepContext) -> Count:
+        time.sleep(0.2)  # time enough for a monitor to open its connection, were it to at once
+        fds.append(_journal_fds(jobs_config))
+        return Count(n=1)
+
+    wf = Workflow(
+        name="commits",
+        input=Count,
+        steps=(Step("one", one, Count), Step("two", lambda i, c: Count(n=2), Count, parents=("one",))),
+    )
+    engine = LocalEngine(jobs_config, poll=30.0)
+    statements: list[str] = []
+    engine.journal._conn.set_trace_callback(statements.append)
+    outcome = engine.run(wf, Count())
+    engine.journal._conn.set_trace_callback(None)
+    engine.close()
+    assert outcome.state == JobState.SUCCEEDED and outcome.outputs["two"] == Count(n=2)
+    assert fds == [1]
+    assert statements.count("BEGIN IMMEDIATE") == statements.count("COMMIT") == 6
+    rereads = [s for s in statements if s.startswith(("SELECT * FROM jobs", "SELECT state FROM steps"))]
+    assert len(rereads) == 1  # the outcome, read once the job has ended
+    with Journal.open(jobs_config.data.dir) as journal:
+        trail = [(e.step, e.state, e.attempt) for e in journal.events(outcome.job_id)]
+        job = journal.get_job(outcome.job_id)
+        steps = journal.steps(outcome.job_id)
+    assert trail == [
+        (None, "queued", None),
+        (None, "running", None),
+        ("one", "running", 1),
+        ("one", "succeeded", 1),
+        ("two", "running", 1),
+        ("two", "succeeded", 1),
+        (None, "succeeded", None),
+    ]
+    assert job.started_at is not None and job.finished_at == steps[1].finished_at
+
+
+def test_the_monitor_opens_its_connection_at_its_first_poll_and_heartbeats(jobs_config: Config) -> None:
+    """A step longer than the poll: the monitor has its own connection by then, and refreshes the
+    job's heartbeat through it."""
+    from win_automation.engines.monitor import JobMonitor
+
+    seen: list[int] = []
+
+    def slow(inp: Count, ctx: StepContext) -> Count:
+        time.sleep(0.4)
+        seen.append(_journal_fds(jobs_config))
+        return Count()
+
+    engine = LocalEngine(jobs_config, poll=0.05)
+    outcome = engine.run(Workflow(name="slow", input=Count, steps=(Step("s", slow, Count),)), Count())
+    engine.close()
+    assert outcome.state == JobState.SUCCEEDED and seen == [2]
+    with Journal.open(jobs_config.data.dir) as journal:
+        job = journal.create_job("ping", "{}", steps=["a"])
+        journal._conn.execute("UPDATE jobs SET heartbeat_at = 0 WHERE job_id = ?", (job.job_id,))
+        monitor = JobMonitor(jobs_config.data.dir, poll=0.02, heartbeat=0.05)
+        monitor.watch(job.job_id, job.epoch)
+        wait_for(lambda: (journal.get_job(job.job_id).heartbeat_at or 0) > time.time() - 5, timeout=5)
+        monitor.stop()
+    assert _journal_fds(jobs_config) == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from win_automation.errors import IllegalTransition, NotFoundError
+from win_automation.errors import IllegalTransition, NotFoundError, Superseded
 from win_automation.jobs.journal import HEARTBEAT_EXPIRY, Journal
 from win_automation.jobs.schema import MIGRATIONS
 from win_automation.jobs.state import JobState
@@ -155,3 +155,77 @@ def test_threads_may_share_one_journal(tmp_path: Path) -> None:
         for thread in threads:
             thread.join()
         assert len(journal.list_jobs(state=JobState.RUNNING, limit=None)) == 160
+
+
+def test_a_new_job_is_returned_exactly_as_the_journal_reads_it_back(tmp_path: Path) -> None:
+    """create_job returns the row as inserted (defaults included), not a second read."""
+    with Journal.open(tmp_path) as journal:
+        for root in (None, tmp_path / "art"):
+            job = journal.create_job("ping", '{"a": 1}', steps=["one"], artifacts_root=root)
+            assert job == journal.get_job(job.job_id)
+            assert (job.state, job.epoch, job.cancel_requested, job.started_at) == (
+                JobState.QUEUED,
+                1,
+                False,
+                None,
+            )
+        assert job.artifacts_dir == str(tmp_path / "art" / job.job_id)
+
+
+def test_start_job_moves_queued_to_running_once_and_is_fenced(tmp_path: Path) -> None:
+    with Journal.open(tmp_path) as journal:
+        job = journal.create_job("ping", "{}", steps=["one"])
+        with pytest.raises(Superseded):
+            journal.start_job(job.job_id, epoch=job.epoch + 1)
+        assert journal.get_job(job.job_id).state == JobState.QUEUED
+        assert journal.start_job(job.job_id, epoch=job.epoch) is True
+        running = journal.get_job(job.job_id)
+        assert running.state == JobState.RUNNING and running.started_at is not None
+        assert journal.start_job(job.job_id, epoch=job.epoch) is False  # already running: nothing written
+        assert [e.state for e in journal.events(job.job_id)] == ["queued", "running"]
+        with pytest.raises(NotFoundError):
+            journal.start_job("20261122T015916123Z-000000000000")
+
+
+def test_step_ended_ends_the_job_with_its_last_step_in_the_same_commit(tmp_path: Path) -> None:
+    with Journal.open(tmp_path) as journal:
+        job = journal.create_job("ping", "{}", steps=["one", "two", "three"])
+        journal.start_job(job.job_id)
+        journal.step_started(job.job_id, "one", attempt=1)
+        assert journal.step_ended(job.job_id, "one", JobState.SUCCEEDED, output_json="{}") is None
+        assert journal.get_job(job.job_id).state == JobState.RUNNING  # two and three are still queued
+        journal.step_started(job.job_id, "two", attempt=1)
+        journal.step_attempt_failed(job.job_id, "two", attempt=1, error="flaky")
+        journal.step_started(job.job_id, "two", attempt=2)
+        commits: list[str] = []
+        journal._conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+        ended = journal.step_ended(
+            job.job_id, "two", JobState.FAILED, error="boom", error_code=4, skip=["three"]
+        )
+        journal._conn.set_trace_callback(None)
+        assert ended == JobState.FAILED and commits == ["COMMIT"]
+        done = journal.get_job(job.job_id)
+        assert (done.state, done.error, done.error_code) == (JobState.FAILED, "step two: boom", 4)
+        steps = journal.steps(job.job_id)
+        assert [(s.name, s.state, s.attempts) for s in steps] == [
+            ("one", JobState.SUCCEEDED, 1),
+            ("two", JobState.FAILED, 2),
+            ("three", JobState.SKIPPED, 0),
+        ]
+        assert done.finished_at == steps[1].finished_at == steps[2].finished_at
+        trail = [(e.step, e.state, e.attempt) for e in journal.events(job.job_id)]
+        assert trail == [
+            (None, "queued", None),
+            (None, "running", None),
+            ("one", "running", 1),
+            ("one", "succeeded", 1),
+            ("two", "running", 1),
+            ("two", "retrying", 1),
+            ("two", "running", 2),
+            ("two", "failed", 2),
+            ("three", "skipped", None),
+            (None, "failed", None),
+        ]
+        # ended already (another process recorded it first): left as it is
+        assert journal.step_ended(job.job_id, "two", JobState.SUCCEEDED, output_json="{}") is None
+        assert journal.get_job(job.job_id) == done and len(journal.events(job.job_id)) == len(trail)

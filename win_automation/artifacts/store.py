@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, Annotated, BinaryIO, Protocol
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
@@ -52,15 +52,15 @@ TEMP_PREFIX = ".tmp-"
 
 
 def is_safe_relative(name: str) -> bool:
-    """A plain relative path inside a job folder: no `..`, no backslash, not the manifest."""
-    pure = PurePosixPath(name)
+    """A plain relative path inside a job folder: no `..`, no backslash, not the manifest. String
+    checks only (called for every artifact written and every manifest entry read)."""
+    parts = name.split("/")
     return not (
         not name
         or "\\" in name
         or "\x00" in name
-        or pure.is_absolute()
-        or any(part in ("..", ".", "") for part in name.split("/"))
-        or pure.name.startswith(TEMP_PREFIX)
+        or any(part in ("..", ".", "") for part in parts)  # also an absolute path ("" first)
+        or parts[-1].startswith(TEMP_PREFIX)
         or name == MANIFEST
     )
 

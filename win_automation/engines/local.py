@@ -210,8 +210,8 @@ class LocalEngine:
                 continue
             if cancel.is_set():
                 raise _StepCancelled("cancelled")
-            if self.journal.step_state(job.job_id, step.name) != JobState.QUEUED:
-                continue  # skipped: a parent failed
+            if step.name in recorder.parent_failed:
+                continue  # recorded skipped when its parent failed (this process is the job's only writer)
             parents = {p: outputs[p] for p in step.parents}
             try:
                 outputs[step.name] = self._run_step(job, step, input, parents, writer, cancel, recorder, emit)
@@ -224,7 +224,8 @@ class LocalEngine:
                     qemu.keep_screen(self.config, writer, f"failure-{step.name}.png")
                 if (kept := failed_output(exc, step.output)) is not None:
                     outputs[step.name] = kept
-        recorder.end_if_done()
+        if recorder.ended is None:  # e.g. a resumed job whose steps had all finished
+            recorder.end_if_done()
 
     def _run_step(
         self,

@@ -1,4 +1,5 @@
-"""`JobMonitor`: one daemon thread per engine process with its own journal connection.
+"""`JobMonitor`: one daemon thread per engine process with its own journal connection (opened at
+the first poll that has a job to watch, so a job shorter than `poll` never opens it).
 
 It refreshes the heartbeat of the jobs this process runs every HEARTBEAT_INTERVAL, polls their
 cancel flag (and their ownership: a job taken over by another process, e.g. resumed while this one
@@ -35,6 +36,7 @@ class JobMonitor:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self._journal: Journal | None = None  # the thread's own, opened at its first poll of a job
 
     def watch(self, job_id: str, epoch: int | None = None) -> threading.Event:
         """Start watching `job_id`, owned with `epoch` (None: not fenced); the event is set when
@@ -104,13 +106,21 @@ class JobMonitor:
             self._thread.join()
 
     def _loop(self) -> None:
-        journal = Journal.open(self._data_dir, recover=False)
         try:
-            self._watch(journal)
+            self._watch()
         finally:
-            journal.close()
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
 
-    def _watch(self, journal: Journal) -> None:
+    def _connection(self) -> Journal:
+        """The thread's own connection, opened when first needed: a job that ends before the
+        first poll (most CLI jobs) costs no second connection."""
+        if self._journal is None:
+            self._journal = Journal.open(self._data_dir, recover=False)
+        return self._journal
+
+    def _watch(self) -> None:
         last_beat = time.monotonic()
         while not self._stopped.wait(self._poll):
             with self._lock:
@@ -123,6 +133,7 @@ class JobMonitor:
             if not jobs:
                 continue
             try:
+                journal = self._connection()
                 for job_id, (event, epoch) in jobs.items():
                     if event.is_set():
                         continue

@@ -55,11 +55,19 @@ class JobRecorder:
         self.job_id = job_id
         self.workflow = workflow
         self.epoch = epoch
+        self.ended: JobState | None = None
+        """The state this recorder ended the job in (None: not ended by it)."""
+        self.parent_failed: set[str] = set()
+        """Steps downstream of a step this recorder recorded failed: skipped, not to be run."""
+        self._started = False  # the job has left `queued` (it never goes back under this epoch)
 
     def running(self) -> None:
-        """The job starts running (a no-op when it already is)."""
-        if self.journal.get_job(self.job_id).state == JobState.QUEUED:
-            self.journal.set_job_state(self.job_id, JobState.RUNNING, epoch=self.epoch)
+        """The job starts running (a no-op when it already is). Asked of the journal once per
+        recorder: a job that has left `queued` goes back only through a resume, which changes the
+        epoch (and so fails this recorder's next write with Superseded)."""
+        if not self._started:
+            self.journal.start_job(self.job_id, epoch=self.epoch)
+            self._started = True
 
     def attempt_started(self, step: str, attempt: int) -> None:
         self.running()
@@ -73,27 +81,32 @@ class JobRecorder:
         )
 
     def succeeded(self, step: str, output: BaseModel) -> JobState | None:
-        self._finish(step, JobState.SUCCEEDED, output_json=output.model_dump_json())
-        return self.end_if_done()
+        return self._finish(step, JobState.SUCCEEDED, output_json=output.model_dump_json())
 
     def skipped(self, step: str, output: BaseModel, reason: str) -> JobState | None:
-        self._finish(step, JobState.SKIPPED, output_json=output.model_dump_json(), error=redact(reason))
-        return self.end_if_done()
+        return self._finish(
+            step, JobState.SKIPPED, output_json=output.model_dump_json(), error=redact(reason)
+        )
 
     def failed(self, step: str, message: str, code: int, output: BaseModel | None = None) -> JobState | None:
         """`step` failed for good: its dependents are skipped; the job ends once nothing runs."""
-        self._finish(
+        descendants = self.workflow.descendants(step)
+        ended = self._finish(
             step,
             JobState.FAILED,
             output_json=None if output is None else output.model_dump_json(),
             error=message,
             error_code=code,
-            skip=self.workflow.descendants(step),
+            skip=descendants,
         )
-        return self.end_if_done()
+        self.parent_failed.update(descendants)
+        return ended
 
-    def _finish(self, step: str, state: JobState, **kwargs: object) -> None:
-        self.journal.step_finished(self.job_id, step, state, epoch=self.epoch, **kwargs)  # type: ignore[arg-type]
+    def _finish(self, step: str, state: JobState, **kwargs: object) -> JobState | None:
+        """Record the step's end and, in the same transaction, the job's when it was the last."""
+        return self._ended(
+            self.journal.step_ended(self.job_id, step, state, epoch=self.epoch, **kwargs)  # type: ignore[arg-type]
+        )
 
     def end_if_done(self) -> JobState | None:
         """End the job when every step has ended; its final state, or None."""
@@ -107,6 +120,7 @@ class JobRecorder:
 
     def _ended(self, state: JobState | None) -> JobState | None:
         if state is not None:
+            self.ended = state
             if state in _ENDED_METRIC:
                 metrics.inc(_ENDED_METRIC[state])
             log.info(

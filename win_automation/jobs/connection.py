@@ -182,12 +182,19 @@ class JournalConnection:
             raise NotFoundError(f"job {job_id} not found in the journal")
         return JobState(row[0])
 
+    @classmethod
+    def _step_state(cls, conn: sqlite3.Connection, job_id: str, step: str) -> JobState:
+        return cls._step_row(conn, job_id, step)[0]
+
     @staticmethod
-    def _step_state(conn: sqlite3.Connection, job_id: str, step: str) -> JobState:
-        row = conn.execute("SELECT state FROM steps WHERE job_id = ? AND name = ?", (job_id, step)).fetchone()
+    def _step_row(conn: sqlite3.Connection, job_id: str, step: str) -> tuple[JobState, int]:
+        """The step's (state, attempts so far)."""
+        row = conn.execute(
+            "SELECT state, attempts FROM steps WHERE job_id = ? AND name = ?", (job_id, step)
+        ).fetchone()
         if row is None:
             raise NotFoundError(f"job {job_id} has no step {step}")
-        return JobState(row[0])
+        return JobState(row[0]), int(row[1])
 
     @staticmethod
     def _event(

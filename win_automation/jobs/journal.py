@@ -6,10 +6,11 @@ Recording API (used by the local engine and by the Hatchet worker alike):
     journal = Journal.open(config.data.dir)        # also marks dead owners' jobs interrupted
     job = journal.create_job("ssh-exec", input_json, steps=["run", "collect"],
                              engine="hatchet", external_id=run_id)   # state queued, owned by this pid
-    journal.set_job_state(job.job_id, JobState.RUNNING)
+    journal.start_job(job.job_id)                  # queued -> running (no-op once it has left queued)
     journal.step_started(job.job_id, "run", attempt=1)
     journal.step_finished(job.job_id, "run", JobState.SUCCEEDED, output_json=out.model_dump_json())
-    journal.step_finished(job.job_id, "collect", JobState.FAILED, error="...", error_code=3)
+    journal.step_ended(job.job_id, "collect", JobState.FAILED, error="...", error_code=3)
+                           # step_finished and, in the same transaction, end_job once every step ended
     journal.set_job_state(job.job_id, JobState.FAILED, error="...", error_code=3)
     journal.heartbeat(job.job_id)                  # every HEARTBEAT_INTERVAL while it runs
 
@@ -50,9 +51,7 @@ from win_automation.jobs.connection import (
 )
 from win_automation.jobs.ids import new_job_id, new_trace_id
 from win_automation.jobs.owners import process_alive
-from win_automation.jobs.records import (
-    JobRecord,
-)
+from win_automation.jobs.records import JobRecord, job_from_row
 from win_automation.jobs.state import ACTIVE, JobState, check_transition
 
 HEARTBEAT_INTERVAL = 2.0
@@ -113,10 +112,10 @@ class Journal(JournalConnection):
         folder = None if artifacts_root is None else str(Path(os.path.abspath(artifacts_root)) / job_id)
         now = time.time()
         with self._write() as conn:
-            conn.execute(
+            (row,) = conn.execute(  # all fetched: the statement is done before the next one
                 "INSERT INTO jobs (job_id, trace_id, workflow, engine, external_id, state, input_json,"
                 " created_at, updated_at, owner_pid, owner_start, owner_host, heartbeat_at, artifacts_dir)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING *",
                 (
                     job_id,
                     trace_id or new_trace_id(),
@@ -133,13 +132,13 @@ class Journal(JournalConnection):
                     now,
                     folder,
                 ),
-            )
+            ).fetchall()
             conn.executemany(
                 "INSERT INTO steps (job_id, name, position, state) VALUES (?,?,?,?)",
                 [(job_id, name, i, JobState.QUEUED) for i, name in enumerate(steps)],
             )
             self._event(conn, job_id, None, JobState.QUEUED, None, None, now)
-        return self.get_job(job_id)
+        return job_from_row(row)  # the row as inserted, defaults included: no second read
 
     def set_job_state(
         self,
@@ -165,6 +164,21 @@ class Journal(JournalConnection):
                 args.append(now)
             conn.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE job_id = ?", (*args, job_id))
             self._event(conn, job_id, None, state, None, error, now)
+
+    def start_job(self, job_id: str, *, epoch: int | None = None) -> bool:
+        """queued -> running (what `set_job_state(RUNNING)` records), in one transaction that
+        reads the state it changes; False, nothing written, when the job has left `queued`."""
+        now = time.time()
+        with self._write((job_id, epoch)) as conn:
+            if self._job_state(conn, job_id) != JobState.QUEUED:
+                return False
+            conn.execute(
+                "UPDATE jobs SET state = ?, updated_at = ?, error = NULL, error_code = NULL,"
+                " started_at = COALESCE(started_at, ?) WHERE job_id = ?",
+                (JobState.RUNNING, now, now, job_id),
+            )
+            self._event(conn, job_id, None, JobState.RUNNING, None, None, now)
+        return True
 
     def requeue(self, job_id: str) -> JobRecord:
         """Resume: a failed or interrupted job and its unfinished steps go back to queued, owned
@@ -245,35 +259,67 @@ class Journal(JournalConnection):
         that ends is recorded as started first (the worker that ran it is on another host)."""
         now = time.time()
         with self._write((job_id, epoch)) as conn:
-            current = self._step_state(conn, job_id, step)
-            if current not in ACTIVE:
-                return False
-            if current == JobState.QUEUED and state in (JobState.SUCCEEDED, JobState.FAILED):
-                conn.execute(
-                    "UPDATE steps SET state = 'running', attempts = 1, started_at = ?"
-                    " WHERE job_id = ? AND name = ?",
-                    (now, job_id, step),
-                )
-                self._event(conn, job_id, step, JobState.RUNNING, 1, None, now)
-                current = JobState.RUNNING
-            check_transition(current, state, what=f"step {step} of job {job_id}")
+            return self._finish_step(conn, job_id, step, state, output_json, error, error_code, skip, now)
+
+    def step_ended(
+        self,
+        job_id: str,
+        step: str,
+        state: JobState,
+        *,
+        output_json: str | None = None,
+        error: str | None = None,
+        error_code: int | None = None,
+        epoch: int | None = None,
+        skip: Sequence[str] = (),
+    ) -> JobState | None:
+        """`step_finished`, then `end_job` without a state, in one transaction: the job ends with
+        its last step (nothing happens between the two, so they commit together, and a crash
+        cannot leave every step ended under a job still `running`). The state the job ended in,
+        or None when it is not ending."""
+        now = time.time()
+        with self._write((job_id, epoch)) as conn:
+            self._finish_step(conn, job_id, step, state, output_json, error, error_code, skip, now)
+            return self._end(conn, job_id, None, None, None, now)
+
+    def _finish_step(
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        step: str,
+        state: JobState,
+        output_json: str | None,
+        error: str | None,
+        error_code: int | None,
+        skip: Sequence[str],
+        now: float,
+    ) -> bool:
+        current, attempts = self._step_row(conn, job_id, step)
+        if current not in ACTIVE:
+            return False
+        if current == JobState.QUEUED and state in (JobState.SUCCEEDED, JobState.FAILED):
             conn.execute(
-                "UPDATE steps SET state = ?, output_json = ?, error = ?, error_code = ?, finished_at = ?"
+                "UPDATE steps SET state = 'running', attempts = 1, started_at = ?"
                 " WHERE job_id = ? AND name = ?",
-                (state, output_json, error, error_code, now, job_id, step),
+                (now, job_id, step),
             )
-            (attempts,) = conn.execute(
-                "SELECT attempts FROM steps WHERE job_id = ? AND name = ?", (job_id, step)
-            ).fetchone()
-            self._event(conn, job_id, step, state, attempts or None, error, now)
-            for name in skip:
-                if self._step_state(conn, job_id, name) == JobState.QUEUED:
-                    conn.execute(
-                        "UPDATE steps SET state = 'skipped', error = ?, finished_at = ?"
-                        " WHERE job_id = ? AND name = ?",
-                        (PARENT_FAILED, now, job_id, name),
-                    )
-                    self._event(conn, job_id, name, JobState.SKIPPED, None, PARENT_FAILED, now)
+            self._event(conn, job_id, step, JobState.RUNNING, 1, None, now)
+            current, attempts = JobState.RUNNING, 1
+        check_transition(current, state, what=f"step {step} of job {job_id}")
+        conn.execute(
+            "UPDATE steps SET state = ?, output_json = ?, error = ?, error_code = ?, finished_at = ?"
+            " WHERE job_id = ? AND name = ?",
+            (state, output_json, error, error_code, now, job_id, step),
+        )
+        self._event(conn, job_id, step, state, attempts or None, error, now)
+        for name in skip:
+            if self._step_state(conn, job_id, name) == JobState.QUEUED:
+                conn.execute(
+                    "UPDATE steps SET state = 'skipped', error = ?, finished_at = ?"
+                    " WHERE job_id = ? AND name = ?",
+                    (PARENT_FAILED, now, job_id, name),
+                )
+                self._event(conn, job_id, name, JobState.SKIPPED, None, PARENT_FAILED, now)
         return True
 
     def end_job(
@@ -295,57 +341,68 @@ class Journal(JournalConnection):
         unfinished, or the job had already ended: another process recorded it first)."""
         now = time.time()
         with self._write((job_id, epoch)) as conn:
-            current = self._job_state(conn, job_id)
-            if current not in ACTIVE:
+            return self._end(conn, job_id, state, error, error_code, now)
+
+    def _end(
+        self,
+        conn: sqlite3.Connection,
+        job_id: str,
+        state: JobState | None,
+        error: str | None,
+        error_code: int | None,
+        now: float,
+    ) -> JobState | None:
+        current = self._job_state(conn, job_id)
+        if current not in ACTIVE:
+            return None
+        steps = conn.execute(
+            "SELECT name, state, error, error_code, output_json FROM steps WHERE job_id = ?"
+            " ORDER BY finished_at, position",
+            (job_id,),
+        ).fetchall()
+        if state is None:
+            states = {JobState(row["state"]) for row in steps}
+            if states & ACTIVE:
                 return None
-            steps = conn.execute(
-                "SELECT name, state, error, error_code, output_json FROM steps WHERE job_id = ?"
-                " ORDER BY finished_at, position",
-                (job_id,),
-            ).fetchall()
-            if state is None:
-                states = {JobState(row["state"]) for row in steps}
-                if states & ACTIVE:
-                    return None
-                failed = [row for row in steps if row["state"] == JobState.FAILED]
-                if failed:
-                    state = JobState.FAILED
-                    error = f"step {failed[0]['name']}: {failed[0]['error']}"
-                    error_code = failed[0]["error_code"] or 1
-                elif any(r["state"] == JobState.SKIPPED and r["output_json"] is not None for r in steps):
-                    state = JobState.SKIPPED
-                else:
-                    state = JobState.SUCCEEDED
+            failed = [row for row in steps if row["state"] == JobState.FAILED]
+            if failed:
+                state = JobState.FAILED
+                error = f"step {failed[0]['name']}: {failed[0]['error']}"
+                error_code = failed[0]["error_code"] or 1
+            elif any(r["state"] == JobState.SKIPPED and r["output_json"] is not None for r in steps):
+                state = JobState.SKIPPED
             else:
-                for row in steps:
-                    step_state = JobState(row["state"])
-                    if step_state in ACTIVE:
-                        ended = state
-                        if state == JobState.FAILED:
-                            ended = JobState.SKIPPED if step_state == JobState.QUEUED else JobState.FAILED
-                        note = error if step_state == JobState.RUNNING else None
-                        conn.execute(
-                            "UPDATE steps SET state = ?, finished_at = ?, error = COALESCE(?, error)"
-                            " WHERE job_id = ? AND name = ?",
-                            (ended, now, note, job_id, row["name"]),
-                        )
-                        self._event(conn, job_id, row["name"], ended, None, None, now)
-            if current == JobState.QUEUED and state in (
-                JobState.SUCCEEDED,
-                JobState.FAILED,
-                JobState.SKIPPED,
-            ):
-                conn.execute(
-                    "UPDATE jobs SET started_at = COALESCE(started_at, ?) WHERE job_id = ?", (now, job_id)
-                )
-            else:
-                check_transition(current, state, what=f"job {job_id}")
+                state = JobState.SUCCEEDED
+        else:
+            for row in steps:
+                step_state = JobState(row["state"])
+                if step_state in ACTIVE:
+                    ended = state
+                    if state == JobState.FAILED:
+                        ended = JobState.SKIPPED if step_state == JobState.QUEUED else JobState.FAILED
+                    note = error if step_state == JobState.RUNNING else None
+                    conn.execute(
+                        "UPDATE steps SET state = ?, finished_at = ?, error = COALESCE(?, error)"
+                        " WHERE job_id = ? AND name = ?",
+                        (ended, now, note, job_id, row["name"]),
+                    )
+                    self._event(conn, job_id, row["name"], ended, None, None, now)
+        if current == JobState.QUEUED and state in (
+            JobState.SUCCEEDED,
+            JobState.FAILED,
+            JobState.SKIPPED,
+        ):
             conn.execute(
-                "UPDATE jobs SET state = ?, updated_at = ?, finished_at = ?, error = ?, error_code = ?"
-                " WHERE job_id = ?",
-                (state, now, now, error, error_code, job_id),
+                "UPDATE jobs SET started_at = COALESCE(started_at, ?) WHERE job_id = ?", (now, job_id)
             )
-            self._event(conn, job_id, None, state, None, error, now)
+        else:
+            check_transition(current, state, what=f"job {job_id}")
+        conn.execute(
+            "UPDATE jobs SET state = ?, updated_at = ?, finished_at = ?, error = ?, error_code = ?"
+            " WHERE job_id = ?",
+            (state, now, now, error, error_code, job_id),
+        )
+        self._event(conn, job_id, None, state, None, error, now)
         return state
 
     def request_cancel(self, job_id: str) -> JobRecord:
