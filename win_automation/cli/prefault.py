@@ -11,15 +11,20 @@ faults as before). It costs the spare a private copy of the server's heap (~30 M
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable, Iterator
 
 MADV_POPULATE_WRITE = 23
 LARGEST = 64 << 20
 """Larger mappings are reservations (glibc's per-thread arenas), mostly never touched."""
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_madvise: Callable[[int, int, int], int] | None
+try:
+    import ctypes
+
+    _madvise = ctypes.CDLL(None, use_errno=True).madvise
+    _madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+except (ImportError, OSError, AttributeError):  # no ctypes, no C library to find: no prefault
+    _madvise = None
 
 
 def _writable_private() -> Iterator[tuple[int, int]]:
@@ -38,11 +43,18 @@ def _writable_private() -> Iterator[tuple[int, int]]:
 
 def populate(wanted: Callable[[], bool]) -> int:
     """Fault in this process's private writable memory, a mapping at a time, until `wanted()`
-    (a call has come: it goes first); the bytes faulted in."""
+    (a call has come: it goes first); the bytes faulted in (0 where it cannot: no /proc, no
+    ctypes, a kernel before 5.14)."""
+    if _madvise is None:
+        return 0
+    try:
+        mappings = list(_writable_private())
+    except (OSError, ValueError, IndexError):
+        return 0
     done = 0
-    for start, length in list(_writable_private()):
+    for start, length in mappings:
         if wanted():
             break
-        if _libc.madvise(start, length, MADV_POPULATE_WRITE) == 0:  # else an older kernel
+        if _madvise(start, length, MADV_POPULATE_WRITE) == 0:  # else an older kernel
             done += length
     return done

@@ -204,6 +204,9 @@ class Server:
         self.listener: socket.socket | None = None
         self.spare: tuple[int, socket.socket] | None = None
         """The child forked ahead of the next call (pid, the channel it gets that call on)."""
+        self.spares = True
+        """False after a spare died before it took a call, until a call is served: a spare that
+        cannot live is not forked again and again."""
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def listen(self) -> socket.socket:
@@ -231,9 +234,10 @@ class Server:
                 return
             conn = self.children.pop(pid, None)
             if conn is None:
-                if self.spare is not None and self.spare[0] == pid:  # killed: another is forked
+                if self.spare is not None and self.spare[0] == pid:  # killed before its call
                     self.spare[1].close()
                     self.spare = None
+                    self.spares = False
                 continue
             if os.WIFSIGNALED(status):  # it could not say so itself: tell its launcher
                 with contextlib.suppress(OSError):
@@ -305,6 +309,7 @@ class Server:
                 channel.close()
         self.drop_spare()
         self.fork(conn)
+        self.spares = True
 
     def mine(self, inode: int) -> bool:
         try:
@@ -320,7 +325,7 @@ class Server:
         signal.set_wakeup_fd(self.wake_w)
         next_stale_check = time.monotonic() + STALE_CHECK_EVERY
         while not self.stop:
-            if self.spare is None and not self.children:
+            if self.spare is None and self.spares and not self.children:
                 self.fork_spare()  # not while a call runs: its faults would slow that call
             watched: list[Any] = [listener, self.wake_r]
             ready = select.select(watched, [], [], CHECK_EVERY)[0]
