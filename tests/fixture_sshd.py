@@ -36,8 +36,9 @@ Given exactly the desktop probe (scripts/windows/Get-DesktopState.ps1, checked b
 prints the probe's JSON line for the state the test set (`sshd.set_desktop("locked")`, or the
 `desktop` fixture; `unlocked` by default) instead of the body.
 Given the Windows kill script (win_automation.powershell.kill_tree_script), it does what taskkill
-/T /F would: kills every process whose command line holds the needle, with its descendants; given
-`kill_pid_script(PID)` (a warm session's), the process PID and its descendants.
+/T /F would: kills every process whose command line holds the needle, with its descendants. The
+same program is `taskkill.exe` on that PATH: `taskkill.exe /T /F /PID PID` (how a warm session's
+tree is killed) kills the process PID and its descendants.
 """
 
 from __future__ import annotations
@@ -114,11 +115,6 @@ def write_report(report):
 def run(script, report):
     """Act on one script as powershell.exe would run it; returns its exit code. Variables live in
     a scope of this script only (as in a process, or a warm session's runspace, of its own)."""
-    if m := re.search(r"taskkill\.exe /T /F /PID (\d+)", script):  # a warm session's tree, by PID
-        target = int(m.group(1))
-        killed = kill_trees(lambda pid, _: pid == target)
-        write_report({**report, "mode": "kill", "pid": target, "killed": killed})
-        return 0
     if "taskkill.exe /T /F" in script:  # the Windows kill script: emulate it with /proc
         needle = re.search(r"\$needle = '((?:[^']|'')*)'", script).group(1).replace("''", "'")
         killed = kill_trees(lambda _, cmd: needle in cmd)
@@ -216,7 +212,11 @@ def session(args):
     while line := sys.stdin.buffer.readline():
         if not line.strip():  # the blank line after the bootstrap statement
             continue
-        nonce, encoded = line.strip().split(b" ", 1)
+        nonce, _, encoded = line.strip().partition(b" ")
+        if not encoded:  # a ping
+            sys.stdout.buffer.write(b"\x1ewa-pong:%s\n" % nonce)
+            sys.stdout.flush()
+            continue
         script = base64.b64decode(encoded).decode("utf-8")
         code = run(script, {"argv": args, "mode": "session", "pid": os.getpid()})
         os.environ.clear()
@@ -232,6 +232,11 @@ def session(args):
 
 args = sys.argv[1:]
 report = {"argv": args}
+if os.path.basename(sys.argv[0]) == "taskkill.exe":  # taskkill.exe /T /F /PID N
+    target = int(args[args.index("/PID") + 1])
+    killed = kill_trees(lambda pid, _: pid == target)
+    write_report({**report, "mode": "kill", "pid": target, "killed": killed})
+    sys.exit(0)
 if args[-2:] == ["-Command", "-"]:
     session(args)
 if "-EncodedCommand" in args:
@@ -307,6 +312,7 @@ class SshServer:
             encoding="utf-8",
         )
         standin.chmod(0o755)
+        (self.bin / "taskkill.exe").symlink_to("powershell.exe")
         self.remote_dir = self.dir / "remote"
         self.remote_dir.mkdir()
         self._own(self.remote_dir)

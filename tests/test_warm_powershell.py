@@ -6,6 +6,7 @@ worker's path) and through the warm helper (CLI calls: jobs, journal and artifac
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -216,6 +217,34 @@ def test_a_paused_session_hits_the_timeout_and_is_replaced(conn, live_sshd: SshS
     assert len(starts(live_sshd, since)) == 2
 
 
+@pytest.mark.parametrize("remote_os", ["posix", "windows"])
+def test_an_idle_session_that_does_not_answer_is_killed_and_the_command_runs_once_in_a_new_one(
+    ssh_config, live_sshd: SshServer, remote_os: str
+) -> None:  # type: ignore[no-untyped-def]
+    ssh.close_all()
+    conn = ssh.get_connection(ssh_config.model_copy(update={"connect_timeout": 1.0}))
+    since = len(reports(live_sshd))
+    assert remote.run_powershell(conn, "Write-Output 'one'", remote_os=remote_os, warm=True).ok  # type: ignore[arg-type]
+    (first,) = starts(live_sshd, since)
+    os.kill(first, signal.SIGSTOP)  # paused while idle: its channel stays open
+    try:
+        started = time.monotonic()
+        result = remote.run_powershell(conn, "Write-Output 'two'", remote_os=remote_os, timeout=60, warm=True)  # type: ignore[arg-type]
+        waited = time.monotonic() - started
+        assert shape(result) == (0, "Write-Output 'two'", "") and waited < 10, waited
+        assert gone(first), "the session that did not answer is still there"
+    finally:
+        if alive(first):
+            os.kill(first, signal.SIGKILL)
+        ssh.close_all()
+    (_, second) = starts(live_sshd, since)
+    ran = [r for r in reports(live_sshd)[since:] if r["mode"] == "session" and "'two'" in r.get("body", "")]
+    assert [r["pid"] for r in ran] == [second], ran  # once, in the new session only
+    if remote_os == "windows":  # killed by its PID, through taskkill
+        kill = [r for r in reports(live_sshd)[since:] if r["mode"] == "kill"][-1]
+        assert kill["pid"] == first and first in kill["killed"]
+
+
 def test_cancel_kills_the_session(conn, live_sshd: SshServer) -> None:  # type: ignore[no-untyped-def]
     since = len(reports(live_sshd))
     flag = threading.Event()
@@ -371,10 +400,9 @@ def test_a_session_killed_under_the_helper_fails_the_job_with_3(
 
 
 def test_a_session_that_cannot_start_is_exit_3_with_its_error(conn) -> None:  # type: ignore[no-untyped-def]
-    from win_automation.adapters.execution import SessionSpec
 
     spec = remote.session_spec("posix")
-    broken = SessionSpec(spec.launch, "Write-Output 'not the server'")
+    broken = dataclasses.replace(spec, bootstrap="Write-Output 'not the server'")
     with pytest.raises(
         ConnectError, match=r"did not start .*the first line is not the warm session server"
     ) as caught:

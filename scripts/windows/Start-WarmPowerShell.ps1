@@ -6,6 +6,8 @@
 #   stdout:  <RS>wa-ready:<PID>                                   (once, when it can serve)
 #            the script's output, then <RS>wa-end:<nonce>:<exit code>
 #   stderr:  the script's errors, then <RS>wa-end:<nonce>
+#   stdin:   <nonce> alone (a ping, sent before a request to a session that sat idle)
+#   stdout:  <RS>wa-pong:<nonce>                                  (at once; nothing runs)
 # (<RS> is the character 0x1E; each marker ends with a line feed.)
 # The script is the same wrapped script the per-command path sends (preamble, body, trailer). It
 # runs as a .ps1 file, so `exit N` ends the script, not the session, and sets $LASTEXITCODE, in a
@@ -79,6 +81,11 @@ $next = New-WarmRunspace
 while ($null -ne ($line = $requests.ReadLine())) {
     if ($line.Trim() -eq '') { continue }  # the blank line that ends the bootstrap statement
     $nonce, $encoded = $line.Split(' ', 2)
+    if ($null -eq $encoded) {
+        [Console]::Out.Write("${rs}wa-pong:$nonce`n")
+        [Console]::Out.Flush()
+        continue
+    }
     $code = 0
     $runspace = $next
     $shell = $null

@@ -45,11 +45,13 @@ class ExecOutcome:
 
 @dataclass(frozen=True)
 class SessionSpec:
-    """A warm PowerShell session: the command line that starts its process on the VM and the
-    first line sent to its stdin (the server script); sessions are pooled by both."""
+    """A warm PowerShell session: the command line that starts its process on the VM, the first
+    line sent to its stdin (the server script), and the command line that kills a session's
+    process tree (`{pid}` stands for its PID); sessions are pooled by all three."""
 
     launch: str
     bootstrap: str
+    kill: str
 
 
 class Executor(Protocol):

@@ -307,7 +307,12 @@ class WarmConnection:
         keep: bool = True,
     ) -> ExecOutcome:
         """The script runs in the helper's warm PowerShell session (ssh.warm_powershell)."""
-        request = {"op": "session", "launch": session.launch, "bootstrap": session.bootstrap}
+        request = {
+            "op": "session",
+            "launch": session.launch,
+            "bootstrap": session.bootstrap,
+            "kill": session.kill,
+        }
         request["script"] = script
         return self._outcome(request, timeout, on_stdout, on_stderr, cancelled, keep)
 

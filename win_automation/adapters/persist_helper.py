@@ -133,7 +133,7 @@ class Helper:
             if op == "exec":
                 outcome = self.conn.exec(str(request["command"]), **relay)
             else:  # ssh.warm_powershell: the script runs in this helper's warm session
-                spec = SessionSpec(str(request["launch"]), str(request["bootstrap"]))
+                spec = SessionSpec(str(request["launch"]), str(request["bootstrap"]), str(request["kill"]))
                 outcome = self.conn.run_in_session(spec, str(request["script"]), **relay)
             return {
                 "exit_status": outcome.exit_status,

@@ -10,6 +10,12 @@ markers have come. The protocol (the server side is scripts/windows/Start-WarmPo
     stdin:   <nonce> <base64 of the UTF-8 script>\\n
     stdout:  \\x1ewa-ready:<pid>\\n once; per request the output, then \\x1ewa-end:<nonce>:<code>\\n
     stderr:  per request the errors, then \\x1ewa-end:<nonce>\\n
+    stdin:   <nonce>\\n (a ping)       stdout: \\x1ewa-pong:<nonce>\\n
+
+An idle session is pinged before it is sent a script: one that does not answer within
+`ssh.connect_timeout` (paused, or stuck on the VM) has its process tree killed (`spec.kill`) and
+is replaced, and the script runs in the new one. Nothing was sent to the stuck one but the ping,
+so the script cannot run twice.
 
 The nonce is random per request, so no output can fake a marker. A session whose channel or
 connection is gone is replaced before the script is sent. Past the deadline, or when cancelled,
@@ -229,6 +235,14 @@ class SessionPool:
                 if session is None:
                     return ExecOutcome(b"", b"", None, late, 0)
             try:
+                if reused:
+                    answered, late = self._ping(session, deadline)
+                    if late:  # the deadline passed first: the caller kills the session's tree
+                        session.close()
+                        return ExecOutcome(b"", b"", None, True, 0, pid=session.pid)
+                    if not answered:
+                        self._abandon(spec, session)
+                        continue
                 session.channel.sendall(request)
                 break
             except (paramiko.SSHException, OSError, EOFError) as exc:
@@ -288,6 +302,44 @@ class SessionPool:
         except ValueError:
             status = 255
         return ExecOutcome(b"".join(out), b"".join(err), status & 0xFFFFFFFF, False, 0)
+
+    def _ping(self, session: Session, deadline: float | None) -> tuple[bool, bool]:
+        """(answered, the deadline passed first): whether an idle session answers a ping within
+        ssh.connect_timeout; what it writes before its pong is dropped."""
+        nonce = uuid.uuid4().hex.encode("ascii")
+        pong = _Framed(b"\x1ewa-pong:" + nonce, lambda _: None)
+        channel = session.channel
+        channel.sendall(nonce + b"\n")
+        bound = time.monotonic() + self.conn.cfg.connect_timeout
+        fd = channel.fileno()
+        while True:
+            while channel.recv_ready():
+                data = channel.recv(READ_SIZE)
+                if not data:
+                    break
+                pong.feed(data)
+            if pong.done:
+                return True, False
+            if channel.eof_received or channel.closed:
+                return False, False
+            now = time.monotonic()
+            if deadline is not None and deadline <= min(now, bound):
+                return False, True
+            if now >= bound:
+                return False, False
+            end = bound if deadline is None else min(bound, deadline)
+            select.select([fd], [], [], min(end - now, 1.0))
+
+    def _abandon(self, spec: SessionSpec, session: Session) -> None:
+        """Kill and drop an idle session that did not answer its ping."""
+        log.warning(
+            "warm PowerShell session did not answer; killing and replacing it",
+            extra={"op": "ssh.session", "pid": session.pid},
+        )
+        session.close()
+        if session.pid is not None:
+            with contextlib.suppress(Exception):
+                self.conn.exec(spec.kill.format(pid=session.pid), timeout=self.conn.cfg.connect_timeout)
 
     @staticmethod
     def _transport_alive(channel: paramiko.Channel) -> bool:

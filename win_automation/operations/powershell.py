@@ -9,8 +9,8 @@
   with `file_command_line` instead.
 - `strip_clixml` turns PowerShell's serialized error stream back into text; `decode_output`
   decodes remote bytes as UTF-8, then UTF-16LE (when NUL bytes show it), then the OEM code page.
-- `kill_tree_script` is what stops a timed-out command's process tree on Windows;
-  `kill_pid_script` stops a warm session's (its PID is known).
+- `kill_tree_script` is what stops a timed-out command's process tree on Windows (a warm
+  session's is stopped by its PID: win_automation.operations.ssh.session_spec).
 - `session_launch` and `session_bootstrap` start a warm PowerShell session (ssh.warm_powershell):
   `powershell.exe ... -Command -` reads its stdin line by line (-EncodedCommand would wait for
   the end of stdin), and its first line runs the session server (scripts/windows/
@@ -177,8 +177,3 @@ def kill_tree_script(needle: str) -> str:
         "} | ForEach-Object { & taskkill.exe /T /F /PID $_.ProcessId 2>&1 | Out-Null }\n"
         "exit 0\n"
     )
-
-
-def kill_pid_script(pid: int) -> str:
-    """PowerShell that kills (taskkill /T /F) the process tree of `pid` (a warm session's)."""
-    return f"& taskkill.exe /T /F /PID {int(pid)} 2>&1 | Out-Null\nexit 0\n"

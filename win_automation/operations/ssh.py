@@ -151,20 +151,26 @@ def _run_id() -> str:
 def session_spec(remote_os: RemoteOs) -> SessionSpec:
     """How the VM's warm PowerShell session is started (ssh.warm_powershell)."""
     server = winscripts.script_text("Start-WarmPowerShell")
-    return SessionSpec(powershell.session_launch(remote_os == "posix"), powershell.session_bootstrap(server))
+    posix = remote_os == "posix"
+    return SessionSpec(
+        powershell.session_launch(posix),
+        powershell.session_bootstrap(server),
+        "pkill -KILL -s {pid}" if posix else "taskkill.exe /T /F /PID {pid}",
+    )
 
 
 def _kill(
-    conn: Executor, remote_os: RemoteOs, needle: str | None, pid: int | None, session: bool = False
+    conn: Executor,
+    remote_os: RemoteOs,
+    needle: str | None,
+    pid: int | None,
+    session: SessionSpec | None = None,
 ) -> None:
-    if session:  # a warm session's own process tree, by the PID its ready line named
+    if session is not None:  # a warm session's own process tree, by the PID its ready line named
         if pid is None:
             log.warning("the warm session named no PID; cannot kill it", extra={"op": "ssh.kill"})
             return
-        if remote_os == "posix":
-            command = f"pkill -KILL -s {pid}"
-        else:
-            command = powershell.encoded_command_line(powershell.kill_pid_script(pid))
+        command = session.kill.format(pid=int(pid))
     elif remote_os == "posix":
         if pid is None:
             log.warning("no PID seen; cannot kill the remote process", extra={"op": "ssh.kill"})
@@ -221,14 +227,14 @@ def _execute(
     if shell == "powershell":
         stderr = powershell.strip_clixml(stderr)
     if outcome.timed_out:
-        _kill(conn, remote_os, needle, killed, session is not None)
+        _kill(conn, remote_os, needle, killed, session)
         log.warning(
             "command timed out; its remote process tree was killed",
             extra={"op": "ssh.run", "timeout_s": timeout},
         )
         code = TIMEOUT_EXIT_CODE
     elif outcome.cancelled:
-        _kill(conn, remote_os, needle, killed, session is not None)
+        _kill(conn, remote_os, needle, killed, session)
         log.warning("command cancelled; its remote process tree was killed", extra={"op": "ssh.run"})
         code = CANCELLED_EXIT_CODE
     else:
