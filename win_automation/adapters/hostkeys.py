@@ -15,7 +15,8 @@ from pathlib import Path
 
 import paramiko
 
-from win_automation.errors import HostKeyError
+from win_automation.errors import ConfigError, HostKeyError
+from win_automation.regularfiles import NotRegularFile, require_regular
 
 TRUST_COMMAND = "win-automation ssh trust"
 
@@ -49,11 +50,18 @@ class PresentedKey:
 
 def _load(path: Path) -> paramiko.HostKeys:
     keys = paramiko.HostKeys()
-    if path.exists():
-        try:
-            keys.load(str(path))
-        except (OSError, paramiko.SSHException) as exc:
-            raise HostKeyError(f"cannot read known-hosts file {path}: {exc}") from exc
+    try:
+        require_regular(path)  # a FIFO would block the load, a device read without end
+    except (FileNotFoundError, NotADirectoryError):
+        return keys
+    except NotRegularFile as exc:
+        raise ConfigError(f"ssh.known_hosts: {path} is not a regular file ({exc.kind})") from None
+    except OSError:
+        pass  # the load says what is wrong
+    try:
+        keys.load(str(path))
+    except (OSError, paramiko.SSHException) as exc:
+        raise HostKeyError(f"cannot read known-hosts file {path}: {exc}") from exc
     return keys
 
 

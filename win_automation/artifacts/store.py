@@ -44,6 +44,7 @@ from win_automation.errors import (
 )
 from win_automation.jobs.ids import validate_job_id
 from win_automation.partfiles import owner_tag
+from win_automation.regularfiles import NotRegularFile, open_regular
 
 ArtifactType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=40)]
 MANIFEST = "manifest.json"
@@ -271,7 +272,7 @@ class ArtifactWriter:
         """Copy `source` in as an artifact, hashing while copying."""
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)
-        with source.open("rb", buffering=0) as src, self.open(type, name) as handle:
+        with open_regular(source) as src, self.open(type, name) as handle:
             while count := src.readinto(buffer):
                 handle.write(view[:count])
         return self.entry(name)
@@ -325,6 +326,8 @@ def unreadable(exc: OSError) -> str:
         return "missing"
     if isinstance(exc, IsADirectoryError):
         return "a directory, not a file"
+    if isinstance(exc, NotRegularFile):
+        return f"{exc.kind}, not a regular file"
     return f"unreadable: {exc.strerror or exc}"
 
 
@@ -375,7 +378,7 @@ class LocalSource:
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)
         digest, size = hashlib.sha256(), 0
-        with (self.folder / path).open("rb", buffering=0) as src:
+        with open_regular(self.folder / path) as src:  # a FIFO or device is refused, never read
             while count := src.readinto(buffer):
                 digest.update(view[:count])
                 out.write(view[:count])

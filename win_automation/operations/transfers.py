@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from win_automation.errors import CommandFailed, NotFoundError, WinAutomationErr
 from win_automation.log import Timer
 from win_automation.operations import powershell
 from win_automation.partfiles import is_stale, owner_tag
+from win_automation.regularfiles import NotRegularFile, kind, open_regular
 
 if TYPE_CHECKING:
     from win_automation.adapters.ssh import SshConnection
@@ -172,15 +174,15 @@ def put_file(
     from win_automation.adapters import sftp
 
     try:
-        source = local.open("rb")
+        source = open_regular(local)  # a FIFO or device is refused before it can block or read forever
     except FileNotFoundError as exc:
         raise NotFoundError(f"local file {local} does not exist") from exc
+    except NotRegularFile as exc:
+        raise WinAutomationError(f"local path {local} is not a regular file ({exc.kind})") from None
     except OSError as exc:
         raise WinAutomationError(f"cannot read local file {local}: {exc.strerror or exc}") from exc
     partial = f"{remote}{PART}{owner_tag()}"
     with Timer() as timer, source:
-        if not local.is_file():
-            raise WinAutomationError(f"local path {local} is not a regular file")
         size = os.fstat(source.fileno()).st_size
         remove_stale_remote_parts(conn, remote)
         reader = _HashingReader(source)
@@ -203,9 +205,21 @@ def put_file(
     return _done("put", local, remote, reader.size, digest, timer.ms)
 
 
-def _open_partial(local: Path) -> tuple[Path, BinaryIO]:
-    if local.is_dir():
+def _check_target(local: Path) -> None:
+    """Only a regular file (or nothing yet) may be replaced by a download: the rename of the part
+    file would put a regular file in place of a device node or FIFO (as root, /dev/null itself)."""
+    try:
+        mode = os.stat(local).st_mode
+    except OSError:
+        return  # not there yet (or a dangling link, replaced as a name); the open says what is wrong
+    if stat.S_ISDIR(mode):
         raise WinAutomationError(f"local path {local} is a directory; name the file to write")
+    if not stat.S_ISREG(mode):
+        raise WinAutomationError(f"local path {local} is not a regular file ({kind(mode)})")
+
+
+def _open_partial(local: Path) -> tuple[Path, BinaryIO]:
+    _check_target(local)
     remove_stale_local_parts(local)
     partial = local.with_name(f".{local.name}{PART}{owner_tag()}")
     try:
@@ -307,6 +321,7 @@ def get_file(
                 raise WinAutomationError(
                     f"download of {remote} is corrupt: sha256 {theirs} on the VM, {copied.sha256} here"
                 )
+            _check_target(local)  # again: a node may have been put there during the download
             os.replace(partial, local)
     except BaseException:
         partial.unlink(missing_ok=True)

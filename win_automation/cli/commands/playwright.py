@@ -183,8 +183,13 @@ def read_script(path: Path) -> str:
 
     if path.suffix != ".py":
         raise UsageError(f"SCRIPT {path}: not a Python script (.py); fix: a .py file defining run(...)")
+    from win_automation.regularfiles import NotRegularFile, open_regular
+
     try:
-        data = path.read_bytes()
+        with open_regular(path) as handle:  # a FIFO or device is refused, never read
+            data = handle.readall()
+    except NotRegularFile as exc:
+        raise UsageError(f"SCRIPT {path}: not a regular file ({exc.kind})") from None
     except OSError as exc:
         raise UsageError(f"SCRIPT {path}: cannot read it ({exc.strerror or exc})") from None
     if len(data) > MAX_SCRIPT_BYTES:

@@ -193,8 +193,13 @@ def script(
     """Run a local .ps1 script on the VM as a job (long scripts go over SFTP and run with -File)."""
     from win_automation.errors import UsageError
 
+    from win_automation.regularfiles import NotRegularFile, open_regular
+
     try:
-        text = file.read_bytes().decode("utf-8-sig")
+        with open_regular(file) as handle:  # a FIFO or device is refused, never read
+            text = handle.readall().decode("utf-8-sig")
+    except NotRegularFile as exc:
+        raise UsageError(f"FILE: {file} is not a regular file ({exc.kind})") from None
     except OSError as exc:
         raise UsageError(f"FILE: cannot read {file}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
