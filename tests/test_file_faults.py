@@ -109,7 +109,9 @@ def test_put_from_a_fifo_or_device_is_refused_at_once(
 ) -> None:  # type: ignore[no-untyped-def]
     make, what = KINDS[kind]
     source = make(tmp_path / "source")
-    res = cli("ssh", "put", str(source), str(remote_dir / "up.bin"), env=live_sshd.env(known_hosts), timeout=QUICK)
+    res = cli(
+        "ssh", "put", str(source), str(remote_dir / "up.bin"), env=live_sshd.env(known_hosts), timeout=QUICK
+    )
     one_line(res, 1, f"local path {source} is not a regular file ({what})")
     assert list(remote_dir.iterdir()) == []
 
@@ -121,12 +123,13 @@ def test_put_from_a_descriptor_of_a_regular_file_still_works(
     import subprocess
     import sys
 
+    put = [sys.executable, "-m", "win_automation", "ssh", "put"]
     source = tmp_path / "source.txt"
     source.write_text("by descriptor")
     fd = os.open(source, os.O_RDONLY)
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "win_automation", "ssh", "put", f"/dev/fd/{fd}", str(remote_dir / "up.txt")],
+            [*put, f"/dev/fd/{fd}", str(remote_dir / "up.txt")],
             env={**cli_env, **live_sshd.env(known_hosts), **COLD},
             cwd=tmp_path, capture_output=True, text=True, timeout=60, pass_fds=(fd,),
         )  # fmt: skip
@@ -140,10 +143,14 @@ def test_put_from_a_descriptor_of_a_regular_file_still_works(
 def test_a_script_file_that_is_a_fifo_or_device_is_a_usage_error(cli, tmp_path: Path, kind: str) -> None:  # type: ignore[no-untyped-def]
     make, what = KINDS[kind]
     script = make(tmp_path / "script.ps1")
-    one_line(cli("ssh", "script", str(script), timeout=QUICK), 2, f"FILE: {script} is not a regular file ({what})")
+    one_line(
+        cli("ssh", "script", str(script), timeout=QUICK), 2, f"FILE: {script} is not a regular file ({what})"
+    )
     python = make(tmp_path / "script.py")
     one_line(
-        cli("playwright", "run", str(python), timeout=QUICK), 2, f"SCRIPT {python}: not a regular file ({what})"
+        cli("playwright", "run", str(python), timeout=QUICK),
+        2,
+        f"SCRIPT {python}: not a regular file ({what})",
     )
 
 
@@ -180,7 +187,7 @@ def test_verify_and_fetch_report_fifos_and_devices_in_a_job_folder(cli, tmp_path
         (folder / name).unlink()
         make(folder / name)
     expected = (
-        f"2 file(s) do not match the manifest: a.txt (a FIFO, not a regular file), "
+        "2 file(s) do not match the manifest: a.txt (a FIFO, not a regular file), "
         "b.txt (a character device, not a regular file)\n"
     )
     verify = cli("artifacts", "verify", "--job", folder.name, timeout=QUICK)

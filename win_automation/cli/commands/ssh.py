@@ -192,7 +192,6 @@ def script(
 ) -> None:
     """Run a local .ps1 script on the VM as a job (long scripts go over SFTP and run with -File)."""
     from win_automation.errors import UsageError
-
     from win_automation.regularfiles import NotRegularFile, open_regular
 
     try:
