@@ -53,17 +53,27 @@ TEMP_PREFIX = ".tmp-"
 
 
 def is_safe_relative(name: str) -> bool:
-    """A plain relative path inside a job folder: no `..`, no backslash, not the manifest. String
-    checks only (called for every artifact written and every manifest entry read)."""
+    """A plain relative path inside a job folder: no `..`, no backslash, not the manifest, valid
+    UTF-8 (the manifest is JSON). String checks only (called for every artifact written and every
+    manifest entry read)."""
     parts = name.split("/")
     return not (
         not name
+        or (not name.isascii() and not _utf8(name))
         or "\\" in name
         or "\x00" in name
         or any(part in ("..", ".", "") for part in parts)  # also an absolute path ("" first)
         or parts[-1].startswith(TEMP_PREFIX)
         or name == MANIFEST
     )
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 def safe_relative(name: str) -> str:

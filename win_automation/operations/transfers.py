@@ -38,7 +38,7 @@ from pydantic import BaseModel
 
 from win_automation.adapters.execution import Executor
 from win_automation.adapters.persist import WarmConnection
-from win_automation.errors import CommandFailed, NotFoundError, WinAutomationError
+from win_automation.errors import CommandFailed, NotFoundError, UsageError, WinAutomationError
 from win_automation.log import Timer
 from win_automation.operations import powershell
 from win_automation.partfiles import is_stale, owner_tag
@@ -139,7 +139,9 @@ def sha256_command(remote: str, remote_os: str) -> str:
 def parse_sha256(remote: str, exit_status: int | None, stdout: bytes, stderr: bytes) -> str:
     """The digest `sha256_command` printed (lower-case hex); CommandFailed when it failed."""
     text = powershell.decode_output(stdout).strip()
-    digest = text.split()[0].lower() if text else ""
+    # sha256sum and `openssl dgst -r` start the line with `\\` when they escaped the file's name
+    # (one holding a newline or a backslash): the digest follows it
+    digest = text.split()[0].lower().removeprefix("\\") if text else ""
     if exit_status != 0 or len(digest) != 64:
         message = powershell.strip_clixml(powershell.decode_output(stderr)).strip()
         raise CommandFailed(f"cannot hash remote file {remote} on the VM: {message or text}")
@@ -167,12 +169,22 @@ class _HashingReader:
         return data
 
 
+def check_remote(remote: str) -> None:
+    """SFTP paths are UTF-8: a REMOTE argument holding bytes that are not (a surrogate escape
+    from argv) is refused in one line, before anything is sent."""
+    try:
+        remote.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"REMOTE {remote}: not valid UTF-8, which SFTP paths must be") from None
+
+
 def put_file(
     conn: SshConnection, local: Path, remote: str, *, remote_os: str, progress: Progress | None = None
 ) -> TransferResult:
     """Upload `local` to `remote`, verified; the remote file appears only once whole."""
     from win_automation.adapters import sftp
 
+    check_remote(remote)
     try:
         source = open_regular(local)  # a FIFO or device is refused before it can block or read forever
     except FileNotFoundError as exc:
@@ -302,6 +314,7 @@ def get_file(
 ) -> TransferResult:
     """Download `remote` to `local`, verified; `local` appears only once whole. `conn` is this
     process's SshConnection, or a WarmConnection (the download then runs in the helper)."""
+    check_remote(remote)
     partial, out = _open_partial(local)
     try:
         with Timer() as timer:

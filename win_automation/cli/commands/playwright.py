@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from win_automation.cli.options import engine_option, no_wait_option
-from win_automation.cli.output import print_json, print_table
+from win_automation.cli.output import path_text, print_json, print_table
 from win_automation.cli.state import state
 
 if TYPE_CHECKING:
@@ -228,7 +228,7 @@ def run_script(
             raise UsageError(f"--input: invalid JSON at line {exc.lineno} column {exc.colno}") from None
     payload = {
         "script": read_script(script),
-        "script_name": script.name,
+        "script_name": path_text(script.name),
         "input": value,
         "trace": trace,
         "timeout_seconds": _timeout(timeout),

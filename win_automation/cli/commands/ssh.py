@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from win_automation.cli.options import engine_option, no_wait_option
-from win_automation.cli.output import error, print_json
+from win_automation.cli.output import error, path_text, print_json
 from win_automation.cli.state import state
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ def script(
         "shell": "powershell",
         "args": list(args or []),
         "timeout_seconds": _timeout(timeout, config),
-        "display": str(file),
+        "display": path_text(file),
     }
     _run_job(ctx, payload, as_json, engine, no_wait)
 
