@@ -196,3 +196,18 @@ def test_verify_and_fetch_report_fifos_and_devices_in_a_job_folder(cli, tmp_path
     fetch = cli("artifacts", "fetch", "--job", folder.name, "--out", str(out), timeout=QUICK)
     assert fetch.code == 1 and fetch.stderr.endswith(expected), fetch.stderr
     assert not (out / folder.name / "manifest.json").exists()
+
+
+def test_fetch_does_not_replace_a_fifo_in_the_out_folder(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = job_with_two_files(tmp_path / "artifacts")
+    out = tmp_path / "out"
+    (out / folder.name).mkdir(parents=True)
+    target = fifo(out / folder.name / "a.txt")
+    fetch = cli("artifacts", "fetch", "--job", folder.name, "--out", str(out), timeout=QUICK)
+    one_line(
+        fetch,
+        74,
+        f"--out {out}: cannot write {target}: it is a FIFO, not a regular file; "
+        "choose a folder you can write",
+    )
+    assert stat.S_ISFIFO(os.stat(target).st_mode) and sorted(os.listdir(target.parent)) == ["a.txt"]

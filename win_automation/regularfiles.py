@@ -7,7 +7,8 @@ known-hosts file) goes through `open_regular`: `stat` (symlinks followed) must s
 file, it is opened non-blocking (a FIFO swapped in meanwhile does not block) and the opened
 descriptor must be a regular file too (what was checked is what is read). `require_regular` is
 the check alone. Both raise `NotRegularFile` (an OSError: "not a regular file (a FIFO)"),
-IsADirectoryError for a folder, and the OSError of `stat`/`open` otherwise.
+IsADirectoryError for a folder, and the OSError of `stat`/`open` otherwise. `not_replaceable`
+says what a rename's target is when it is not a regular file (a download must not replace it).
 """
 
 from __future__ import annotations
@@ -56,6 +57,16 @@ def require_regular(path: str | Path) -> os.stat_result:
     result = os.stat(path)
     _check(path, result.st_mode)
     return result
+
+
+def not_replaceable(path: str | Path) -> str | None:
+    """What `path` is (`a FIFO`, `a directory`, ...) when a file renamed over it would replace
+    something other than a regular file; None when it is one, or is not there."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) else kind(mode)
 
 
 def open_regular(path: str | Path) -> FileIO:

@@ -44,7 +44,7 @@ from win_automation.errors import (
 )
 from win_automation.jobs.ids import validate_job_id
 from win_automation.partfiles import owner_tag
-from win_automation.regularfiles import NotRegularFile, open_regular
+from win_automation.regularfiles import NotRegularFile, not_replaceable, open_regular
 
 ArtifactType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=40)]
 MANIFEST = "manifest.json"
@@ -59,21 +59,13 @@ def is_safe_relative(name: str) -> bool:
     parts = name.split("/")
     return not (
         not name
-        or (not name.isascii() and not _utf8(name))
+        or (not name.isascii() and any("\ud800" <= c <= "\udfff" for c in name))  # not UTF-8
         or "\\" in name
         or "\x00" in name
         or any(part in ("..", ".", "") for part in parts)  # also an absolute path ("" first)
         or parts[-1].startswith(TEMP_PREFIX)
         or name == MANIFEST
     )
-
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate
-        return False
-    return True
 
 
 def safe_relative(name: str) -> str:
@@ -411,6 +403,8 @@ def copy_verified(
     for entry in manifest.artifacts:
         target = out / safe_relative(entry.path)
         _writable(target.parent)
+        if (what := not_replaceable(target)) is not None:  # the rename would replace a FIFO or device
+            raise StorageError(f"cannot write {target}: it is {what}, not a regular file")
         temp = target.with_name(temp_name(target.name))
         try:
             dst = temp.open("wb")

@@ -27,7 +27,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from win_automation.errors import CommandFailed, NotFoundError, UsageError, WinA
 from win_automation.log import Timer
 from win_automation.operations import powershell
 from win_automation.partfiles import is_stale, owner_tag
-from win_automation.regularfiles import NotRegularFile, kind, open_regular
+from win_automation.regularfiles import NotRegularFile, not_replaceable, open_regular
 
 if TYPE_CHECKING:
     from win_automation.adapters.ssh import SshConnection
@@ -220,14 +219,11 @@ def put_file(
 def _check_target(local: Path) -> None:
     """Only a regular file (or nothing yet) may be replaced by a download: the rename of the part
     file would put a regular file in place of a device node or FIFO (as root, /dev/null itself)."""
-    try:
-        mode = os.stat(local).st_mode
-    except OSError:
-        return  # not there yet (or a dangling link, replaced as a name); the open says what is wrong
-    if stat.S_ISDIR(mode):
+    what = not_replaceable(local)  # None: a regular file, or nothing yet (the open says what is wrong)
+    if what == "a directory":
         raise WinAutomationError(f"local path {local} is a directory; name the file to write")
-    if not stat.S_ISREG(mode):
-        raise WinAutomationError(f"local path {local} is not a regular file ({kind(mode)})")
+    if what is not None:
+        raise WinAutomationError(f"local path {local} is not a regular file ({what})")
 
 
 def _open_partial(local: Path) -> tuple[Path, BinaryIO]:
