@@ -6,6 +6,7 @@ nothing is created or replaced. Real CLI processes, the real sshd, real FIFOs an
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -211,3 +212,13 @@ def test_fetch_does_not_replace_a_fifo_in_the_out_folder(cli, tmp_path: Path) ->
         "choose a folder you can write",
     )
     assert stat.S_ISFIFO(os.stat(target).st_mode) and sorted(os.listdir(target.parent)) == ["a.txt"]
+
+
+def test_doctor_names_a_key_file_that_is_a_fifo(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    key = tmp_path / "key"
+    os.mkfifo(key, 0o600)  # its mode alone passes the check
+    env = {"WIN_AUTOMATION_SSH_KEY_FILE": str(key)}
+    res = cli("doctor", "--check", "ssh_key", "--json", env=env, timeout=QUICK)
+    (check,) = [c for c in json.loads(res.stdout)["checks"] if c["name"] == "ssh_key"]
+    assert res.code == 1 and check["status"] == "fail", res.stdout
+    assert check["cause"] == f"ssh.key_file: {key} is not a regular file (a FIFO)"
