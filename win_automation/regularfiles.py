@@ -7,8 +7,8 @@ known-hosts file) goes through `open_regular`: `stat` (symlinks followed) must s
 file, it is opened non-blocking (a FIFO swapped in meanwhile does not block) and the opened
 descriptor must be a regular file too (what was checked is what is read). `require_regular` is
 the check alone. Both raise `NotRegularFile` (an OSError: "not a regular file (a FIFO)"),
-IsADirectoryError for a folder, and the OSError of `stat`/`open` otherwise. `not_replaceable`
-says what a rename's target is when it is not a regular file (a download must not replace it).
+IsADirectoryError for a folder, and the OSError of `stat`/`open` otherwise. `not_regular` says
+what a path is when it is not a regular file (a download must not be renamed over it).
 """
 
 from __future__ import annotations
@@ -59,9 +59,10 @@ def require_regular(path: str | Path) -> os.stat_result:
     return result
 
 
-def not_replaceable(path: str | Path) -> str | None:
-    """What `path` is (`a FIFO`, `a directory`, ...) when a file renamed over it would replace
-    something other than a regular file; None when it is one, or is not there."""
+def not_regular(path: str | Path) -> str | None:
+    """What `path` is (`a FIFO`, `a directory`, ...) when it is there and not a regular file
+    (symlinks followed); None when it is one, or is not there (or cannot be looked at: opening
+    it says why). For a file that a rename must not replace, or a check with no open to follow."""
     try:
         mode = os.stat(path).st_mode
     except OSError:

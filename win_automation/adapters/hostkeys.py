@@ -16,7 +16,7 @@ from pathlib import Path
 import paramiko
 
 from win_automation.errors import ConfigError, HostKeyError
-from win_automation.regularfiles import NotRegularFile, require_regular
+from win_automation.regularfiles import not_regular
 
 TRUST_COMMAND = "win-automation ssh trust"
 
@@ -50,14 +50,10 @@ class PresentedKey:
 
 def _load(path: Path) -> paramiko.HostKeys:
     keys = paramiko.HostKeys()
-    try:
-        require_regular(path)  # a FIFO would block the load, a device read without end
-    except (FileNotFoundError, NotADirectoryError):
+    if not path.exists():
         return keys
-    except NotRegularFile as exc:
-        raise ConfigError(f"ssh.known_hosts: {path} is not a regular file ({exc.kind})") from None
-    except OSError:
-        pass  # the load says what is wrong
+    if (what := not_regular(path)) is not None:  # a FIFO would block the load, /dev/zero never ends
+        raise ConfigError(f"ssh.known_hosts: {path} is not a regular file ({what})")
     try:
         keys.load(str(path))
     except (OSError, paramiko.SSHException) as exc:

@@ -44,7 +44,7 @@ from win_automation.errors import (
 )
 from win_automation.jobs.ids import validate_job_id
 from win_automation.partfiles import owner_tag
-from win_automation.regularfiles import NotRegularFile, not_replaceable, open_regular
+from win_automation.regularfiles import NotRegularFile, not_regular, open_regular
 
 ArtifactType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=40)]
 MANIFEST = "manifest.json"
@@ -403,7 +403,7 @@ def copy_verified(
     for entry in manifest.artifacts:
         target = out / safe_relative(entry.path)
         _writable(target.parent)
-        if (what := not_replaceable(target)) is not None:  # the rename would replace a FIFO or device
+        if (what := not_regular(target)) is not None:  # the rename would replace a FIFO or device
             raise StorageError(f"cannot write {target}: it is {what}, not a regular file")
         temp = target.with_name(temp_name(target.name))
         try:

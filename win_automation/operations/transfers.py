@@ -41,7 +41,7 @@ from win_automation.errors import CommandFailed, NotFoundError, UsageError, WinA
 from win_automation.log import Timer
 from win_automation.operations import powershell
 from win_automation.partfiles import is_stale, owner_tag
-from win_automation.regularfiles import NotRegularFile, not_replaceable, open_regular
+from win_automation.regularfiles import NotRegularFile, not_regular, open_regular
 
 if TYPE_CHECKING:
     from win_automation.adapters.ssh import SshConnection
@@ -219,7 +219,7 @@ def put_file(
 def _check_target(local: Path) -> None:
     """Only a regular file (or nothing yet) may be replaced by a download: the rename of the part
     file would put a regular file in place of a device node or FIFO (as root, /dev/null itself)."""
-    what = not_replaceable(local)  # None: a regular file, or nothing yet (the open says what is wrong)
+    what = not_regular(local)  # None: a regular file, or nothing yet (the open says what is wrong)
     if what == "a directory":
         raise WinAutomationError(f"local path {local} is a directory; name the file to write")
     if what is not None:
