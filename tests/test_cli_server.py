@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from stat import S_IFCHR, S_ISCHR, S_ISFIFO
 from typing import Any
 
 import pytest
@@ -362,6 +363,25 @@ def test_ssh_get_starts_the_server_and_is_served_next_time(
     assert second.returncode == 0 and not split(second.stderr)[1], second.stderr  # served
     assert json.loads(second.stdout)["sha256"] == hashlib.sha256(data).hexdigest()
     assert (tmp_path / "two.bin").read_bytes() == data == (tmp_path / "one.bin").read_bytes()
+
+
+def test_a_served_get_into_a_fifo_or_device_is_refused_as_in_process(
+    env: dict[str, str], tmp_path: Path, remote_dir: Path
+) -> None:
+    """The download's part file would be renamed over the node (as root, over /dev/null)."""
+    (remote_dir / "f.txt").write_text("payload")
+    assert launcher(["ssh", "get", str(remote_dir / "f.txt"), "warm.txt"], env, tmp_path).returncode == 0
+    assert wait_for(lambda: sock_for(env).exists() and servers_of(env), 30), "ssh get started no server"
+    fifo, device = tmp_path / "fifo", tmp_path / "null"
+    os.mkfifo(fifo)
+    os.mknod(device, S_IFCHR | 0o666, os.makedev(1, 3))
+    for target, what in ((fifo, "a FIFO"), (device, "a character device")):
+        served = launcher(["ssh", "get", str(remote_dir / "f.txt"), str(target)], env, tmp_path, timeout=20)
+        stderr, here = split(served.stderr)
+        assert served.returncode == 1 and not here, stderr
+        assert stderr == f"error: local path {target} is not a regular file ({what})\n".encode()
+    assert S_ISFIFO(os.stat(fifo).st_mode) and S_ISCHR(os.stat(device).st_mode)
+    assert not [p for p in os.listdir(tmp_path) if ".wa-part-" in p]
 
 
 def test_a_served_job_imports_neither_paramiko_nor_hatchet(env: dict[str, str], tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import zipfile
@@ -133,13 +134,14 @@ def test_install_through_the_ssh_forward_binds_loopback_and_opens_no_port(
         (lambda d: (d / "x.whl").write_bytes(b"not a zip") or d / "x.whl", "not a readable wheel"),
         (lambda d: make_wheel(d, node=False), "holds no playwright/driver/node.exe: not the win_amd64 wheel"),
         (lambda d: make_wheel(d, version="1.40.0"), f"playwright 1.40.0, but this client is {VERSION}"),
+        (lambda d: os.mkfifo(d / "f.whl") or d / "f.whl", "not a regular file (a FIFO)"),  # its open blocked
     ],
 )
 def test_bad_wheels_are_refused_before_anything_is_sent(
     cli, live_sshd: SshServer, env: dict[str, str], remote_dir: Path, tmp_path: Path, make, needle: str
 ) -> None:  # type: ignore[no-untyped-def]
     before = len(install_reports(live_sshd))
-    run = cli("playwright", "install", "--wheel", str(make(tmp_path)), env=env)
+    run = cli("playwright", "install", "--wheel", str(make(tmp_path)), env=env, timeout=30)
     assert run.code == 2
     last = run.stderr.strip().splitlines()
     assert len(last) == 1 and last[0].startswith("error: --wheel ") and needle in last[0]

@@ -19,6 +19,8 @@ def test_worker_without_hatchet_says_what_to_set_and_that_local_works(cli) -> No
     [
         (["worker"], {"HATCHET_CLIENT_TOKEN": "sekret-token-value"}, "is not a JWT"),
         (["worker", "--label", "novalue"], {}, "--label: expected key=value"),
+        (["worker", "--label", "vm=x\udcffy"], {}, "--label vm=x\\udcffy: not valid UTF-8"),  # argv b"\xff"
+        (["worker", "--name", "w\udcff"], {}, "--name w\\udcff: not valid UTF-8"),
         (["worker", "--grace", "soon"], {}, "--grace: must be a duration"),
         (
             ["worker", "--metrics", "--metrics-interval", "0s"],

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import paramiko
 
-from win_automation.errors import HostKeyError
+from win_automation.errors import ConfigError, HostKeyError
+from win_automation.regularfiles import not_regular
 
 TRUST_COMMAND = "win-automation ssh trust"
 
@@ -49,11 +50,14 @@ class PresentedKey:
 
 def _load(path: Path) -> paramiko.HostKeys:
     keys = paramiko.HostKeys()
-    if path.exists():
-        try:
-            keys.load(str(path))
-        except (OSError, paramiko.SSHException) as exc:
-            raise HostKeyError(f"cannot read known-hosts file {path}: {exc}") from exc
+    if not path.exists():
+        return keys
+    if (what := not_regular(path)) is not None:  # a FIFO would block the load, /dev/zero never ends
+        raise ConfigError(f"ssh.known_hosts: {path} is not a regular file ({what})")
+    try:
+        keys.load(str(path))
+    except (OSError, paramiko.SSHException) as exc:
+        raise HostKeyError(f"cannot read known-hosts file {path}: {exc}") from exc
     return keys
 
 

@@ -12,6 +12,7 @@ of ssh.connect_timeout and two keepalive intervals) for the VM: a longer stall i
 from __future__ import annotations
 
 import errno
+import logging
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from win_automation.errors import (
 )
 
 Progress = Callable[[int, int], None]
+log = logging.getLogger(__name__)
 
 
 class Deadline:
@@ -164,11 +166,16 @@ def makedirs(conn: SshConnection, remote: str) -> bool:
 
 
 def list_folder(conn: SshConnection, folder: str) -> list[tuple[str, float]]:
-    """(name, mtime) of each entry of remote `folder`; an empty list when it does not exist."""
+    """(name, mtime) of each entry of remote `folder`; an empty list when it does not exist, or
+    when a name in it is not UTF-8 (paramiko cannot decode that listing; its callers only look
+    for stale files of their own there, so they then leave the folder as it is)."""
     try:
         with bounded(conn, f"SFTP listing of {folder}"):
             entries = conn.sftp().listdir_attr(folder)
     except FileNotFoundError:
+        return []
+    except UnicodeDecodeError:
+        log.warning("a name in it is not UTF-8: not listed", extra={"op": "sftp.list", "folder": folder})
         return []
     except (OSError, paramiko.SSHException, EOFError) as exc:
         raise _translate(exc, f"remote folder {folder}") from exc

@@ -30,8 +30,9 @@ import paramiko
 from win_automation.adapters import hostkeys
 from win_automation.adapters.execution import Chunk, ExecOutcome, SessionSpec
 from win_automation.config.schema import SSHConfig
-from win_automation.errors import AuthError, ConnectError
+from win_automation.errors import AuthError, ConfigError, ConnectError
 from win_automation.log import Timer, register_secret
+from win_automation.regularfiles import not_regular
 from win_automation.retry import call_with_retry
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ def start_transport(cfg: SSHConfig) -> paramiko.Transport:
 
 def _load_key(cfg: SSHConfig) -> paramiko.PKey:
     assert cfg.key_file is not None
+    if (what := not_regular(cfg.key_file)) is not None:  # a FIFO blocks the load, /dev/zero never ends
+        raise ConfigError(f"ssh.key_file: {cfg.key_file} is not a regular file ({what})")
     passphrase = cfg.key_passphrase.get_secret_value() if cfg.key_passphrase is not None else None
     try:
         return paramiko.PKey.from_path(cfg.key_file, passphrase.encode() if passphrase else None)

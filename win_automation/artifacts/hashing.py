@@ -27,6 +27,8 @@ from io import FileIO
 from pathlib import Path
 from typing import Any
 
+from win_automation.regularfiles import open_regular
+
 CHUNK = 1 << 20
 BUFFERS = 4
 INLINE_BELOW = 4 * CHUNK
@@ -35,8 +37,10 @@ MAP_FROM = 2 * WINDOW  # smaller files are read: a mapping costs more than it sa
 
 
 def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> tuple[int, str]:
-    """(size, sha256 hex) of `path`, streamed in constant memory."""
-    with path.open("rb", buffering=0) as handle:
+    """(size, sha256 hex) of `path`, streamed in constant memory. Only a regular file is hashed:
+    a FIFO (whose open would block) or a device (/dev/zero reads without end), also behind a
+    symlink, raises NotRegularFile (win_automation.regularfiles) without being read."""
+    with open_regular(path) as handle:
         try:
             size_hint = os.fstat(handle.fileno()).st_size
         except OSError:

@@ -44,6 +44,7 @@ from win_automation.errors import (
 )
 from win_automation.jobs.ids import validate_job_id
 from win_automation.partfiles import owner_tag
+from win_automation.regularfiles import NotRegularFile, not_regular, open_regular
 
 ArtifactType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=40)]
 MANIFEST = "manifest.json"
@@ -52,11 +53,13 @@ TEMP_PREFIX = ".tmp-"
 
 
 def is_safe_relative(name: str) -> bool:
-    """A plain relative path inside a job folder: no `..`, no backslash, not the manifest. String
-    checks only (called for every artifact written and every manifest entry read)."""
+    """A plain relative path inside a job folder: no `..`, no backslash, not the manifest, valid
+    UTF-8 (the manifest is JSON). String checks only (called for every artifact written and every
+    manifest entry read)."""
     parts = name.split("/")
     return not (
         not name
+        or (not name.isascii() and any("\ud800" <= c <= "\udfff" for c in name))  # not UTF-8
         or "\\" in name
         or "\x00" in name
         or any(part in ("..", ".", "") for part in parts)  # also an absolute path ("" first)
@@ -271,7 +274,7 @@ class ArtifactWriter:
         """Copy `source` in as an artifact, hashing while copying."""
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)
-        with source.open("rb", buffering=0) as src, self.open(type, name) as handle:
+        with open_regular(source) as src, self.open(type, name) as handle:
             while count := src.readinto(buffer):
                 handle.write(view[:count])
         return self.entry(name)
@@ -325,6 +328,8 @@ def unreadable(exc: OSError) -> str:
         return "missing"
     if isinstance(exc, IsADirectoryError):
         return "a directory, not a file"
+    if isinstance(exc, NotRegularFile):
+        return f"{exc.kind}, not a regular file"
     return f"unreadable: {exc.strerror or exc}"
 
 
@@ -375,7 +380,7 @@ class LocalSource:
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)
         digest, size = hashlib.sha256(), 0
-        with (self.folder / path).open("rb", buffering=0) as src:
+        with open_regular(self.folder / path) as src:  # a FIFO or device is refused, never read
             while count := src.readinto(buffer):
                 digest.update(view[:count])
                 out.write(view[:count])
@@ -398,6 +403,8 @@ def copy_verified(
     for entry in manifest.artifacts:
         target = out / safe_relative(entry.path)
         _writable(target.parent)
+        if (what := not_regular(target)) is not None:  # the rename would replace a FIFO or device
+            raise StorageError(f"cannot write {target}: it is {what}, not a regular file")
         temp = target.with_name(temp_name(target.name))
         try:
             dst = temp.open("wb")

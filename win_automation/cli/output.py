@@ -45,6 +45,13 @@ def one_line(text: str) -> str:
     return "".join(out)
 
 
+def path_text(path: object) -> str:
+    """A path as text that is valid UTF-8 whatever bytes its name holds: bytes that are not UTF-8
+    (a surrogate escape from argv) shown as `\\xff`. For a path recorded in a job (a name for
+    people), which the journal and JSON can hold, where the path itself could not be."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def error(message: str) -> None:
     """The one-line error every failure ends with."""
     sys.stderr.write(f"error: {one_line(message)}\n")

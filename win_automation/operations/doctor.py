@@ -30,6 +30,7 @@ from win_automation.operations.checks import (
     run_check,
     skipped_because,
 )
+from win_automation.regularfiles import NotRegularFile, require_regular
 from win_automation.versions import MIN_HATCHET_ENGINE, parse_semver, show
 
 ITEMS = (
@@ -127,13 +128,15 @@ def check_ssh_key(config: Config) -> CheckResult:
             "set ssh.key_file (e.g. ~/.ssh/id_ed25519) or start ssh-agent",
         )
     try:
-        mode = stat.S_IMODE(cfg.key_file.stat().st_mode)
+        mode = stat.S_IMODE(require_regular(cfg.key_file).st_mode)  # a FIFO or device: not a key
     except OSError as exc:
         return CheckResult(
             "ssh_key",
             "fail",
             str(cfg.key_file),
-            f"ssh.key_file: {exc.strerror}",
+            f"ssh.key_file: {cfg.key_file} is {exc.strerror}"
+            if isinstance(exc, NotRegularFile)
+            else f"ssh.key_file: {exc.strerror}",
             "point ssh.key_file at your private key",
         )
     if mode & 0o077:

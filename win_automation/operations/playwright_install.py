@@ -39,6 +39,7 @@ from win_automation.log import register_secret
 from win_automation.operations.playwright import PlaywrightHealth, health
 from win_automation.operations.vm import Vm
 from win_automation.operations.winscripts import SCRIPTS_DIR, script_text
+from win_automation.regularfiles import NotRegularFile, require_regular
 
 LAUNCH_SERVER = SCRIPTS_DIR / "launch-server.js"
 SCRIPT = "Install-PlaywrightServer"
@@ -63,6 +64,12 @@ def _shown(command: list[str]) -> str:
 def check_wheel(path: Path, version: str, option: str = "--wheel") -> str:
     """The wheel's playwright version; UsageError unless it is the win_amd64 wheel of `version`'s
     major.minor with the driver in it."""
+    try:
+        require_regular(path)  # a FIFO would block the open, a device read without end
+    except NotRegularFile as exc:
+        raise UsageError(f"{option} {path}: not a regular file ({exc.kind})") from None
+    except OSError:
+        pass  # the open says what is wrong
     try:
         with zipfile.ZipFile(path) as wheel:
             names = set(wheel.namelist())

@@ -37,10 +37,11 @@ from pydantic import BaseModel
 
 from win_automation.adapters.execution import Executor
 from win_automation.adapters.persist import WarmConnection
-from win_automation.errors import CommandFailed, NotFoundError, WinAutomationError
+from win_automation.errors import CommandFailed, NotFoundError, UsageError, WinAutomationError
 from win_automation.log import Timer
 from win_automation.operations import powershell
 from win_automation.partfiles import is_stale, owner_tag
+from win_automation.regularfiles import NotRegularFile, not_regular, open_regular
 
 if TYPE_CHECKING:
     from win_automation.adapters.ssh import SshConnection
@@ -137,7 +138,9 @@ def sha256_command(remote: str, remote_os: str) -> str:
 def parse_sha256(remote: str, exit_status: int | None, stdout: bytes, stderr: bytes) -> str:
     """The digest `sha256_command` printed (lower-case hex); CommandFailed when it failed."""
     text = powershell.decode_output(stdout).strip()
-    digest = text.split()[0].lower() if text else ""
+    # sha256sum and `openssl dgst -r` start the line with `\\` when they escaped the file's name
+    # (one holding a newline or a backslash): the digest follows it
+    digest = text.split()[0].lower().removeprefix("\\") if text else ""
     if exit_status != 0 or len(digest) != 64:
         message = powershell.strip_clixml(powershell.decode_output(stderr)).strip()
         raise CommandFailed(f"cannot hash remote file {remote} on the VM: {message or text}")
@@ -165,22 +168,32 @@ class _HashingReader:
         return data
 
 
+def check_remote(remote: str) -> None:
+    """SFTP paths are UTF-8: a REMOTE argument holding bytes that are not (a surrogate escape
+    from argv) is refused in one line, before anything is sent."""
+    try:
+        remote.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"REMOTE {remote}: not valid UTF-8, which SFTP paths must be") from None
+
+
 def put_file(
     conn: SshConnection, local: Path, remote: str, *, remote_os: str, progress: Progress | None = None
 ) -> TransferResult:
     """Upload `local` to `remote`, verified; the remote file appears only once whole."""
     from win_automation.adapters import sftp
 
+    check_remote(remote)
     try:
-        source = local.open("rb")
+        source = open_regular(local)  # a FIFO or device is refused before it can block or read forever
     except FileNotFoundError as exc:
         raise NotFoundError(f"local file {local} does not exist") from exc
+    except NotRegularFile as exc:
+        raise WinAutomationError(f"local path {local} is not a regular file ({exc.kind})") from None
     except OSError as exc:
         raise WinAutomationError(f"cannot read local file {local}: {exc.strerror or exc}") from exc
     partial = f"{remote}{PART}{owner_tag()}"
     with Timer() as timer, source:
-        if not local.is_file():
-            raise WinAutomationError(f"local path {local} is not a regular file")
         size = os.fstat(source.fileno()).st_size
         remove_stale_remote_parts(conn, remote)
         reader = _HashingReader(source)
@@ -203,9 +216,18 @@ def put_file(
     return _done("put", local, remote, reader.size, digest, timer.ms)
 
 
-def _open_partial(local: Path) -> tuple[Path, BinaryIO]:
-    if local.is_dir():
+def _check_target(local: Path) -> None:
+    """Only a regular file (or nothing yet) may be replaced by a download: the rename of the part
+    file would put a regular file in place of a device node or FIFO (as root, /dev/null itself)."""
+    what = not_regular(local)  # None: a regular file, or nothing yet (the open says what is wrong)
+    if what == "a directory":
         raise WinAutomationError(f"local path {local} is a directory; name the file to write")
+    if what is not None:
+        raise WinAutomationError(f"local path {local} is not a regular file ({what})")
+
+
+def _open_partial(local: Path) -> tuple[Path, BinaryIO]:
+    _check_target(local)
     remove_stale_local_parts(local)
     partial = local.with_name(f".{local.name}{PART}{owner_tag()}")
     try:
@@ -288,6 +310,7 @@ def get_file(
 ) -> TransferResult:
     """Download `remote` to `local`, verified; `local` appears only once whole. `conn` is this
     process's SshConnection, or a WarmConnection (the download then runs in the helper)."""
+    check_remote(remote)
     partial, out = _open_partial(local)
     try:
         with Timer() as timer:
@@ -307,6 +330,7 @@ def get_file(
                 raise WinAutomationError(
                     f"download of {remote} is corrupt: sha256 {theirs} on the VM, {copied.sha256} here"
                 )
+            _check_target(local)  # again: a node may have been put there during the download
             os.replace(partial, local)
     except BaseException:
         partial.unlink(missing_ok=True)

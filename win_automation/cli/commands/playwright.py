@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from win_automation.cli.options import engine_option, no_wait_option
-from win_automation.cli.output import print_json, print_table
+from win_automation.cli.output import path_text, print_json, print_table
 from win_automation.cli.state import state
 
 if TYPE_CHECKING:
@@ -183,8 +183,13 @@ def read_script(path: Path) -> str:
 
     if path.suffix != ".py":
         raise UsageError(f"SCRIPT {path}: not a Python script (.py); fix: a .py file defining run(...)")
+    from win_automation.regularfiles import NotRegularFile, open_regular
+
     try:
-        data = path.read_bytes()
+        with open_regular(path) as handle:  # a FIFO or device is refused, never read
+            data = handle.readall()
+    except NotRegularFile as exc:
+        raise UsageError(f"SCRIPT {path}: not a regular file ({exc.kind})") from None
     except OSError as exc:
         raise UsageError(f"SCRIPT {path}: cannot read it ({exc.strerror or exc})") from None
     if len(data) > MAX_SCRIPT_BYTES:
@@ -223,7 +228,7 @@ def run_script(
             raise UsageError(f"--input: invalid JSON at line {exc.lineno} column {exc.colno}") from None
     payload = {
         "script": read_script(script),
-        "script_name": script.name,
+        "script_name": path_text(script.name),
         "input": value,
         "trace": trace,
         "timeout_seconds": _timeout(timeout),

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from win_automation.cli.options import engine_option, no_wait_option
-from win_automation.cli.output import error, print_json
+from win_automation.cli.output import error, path_text, print_json
 from win_automation.cli.state import state
 
 if TYPE_CHECKING:
@@ -192,9 +192,13 @@ def script(
 ) -> None:
     """Run a local .ps1 script on the VM as a job (long scripts go over SFTP and run with -File)."""
     from win_automation.errors import UsageError
+    from win_automation.regularfiles import NotRegularFile, open_regular
 
     try:
-        text = file.read_bytes().decode("utf-8-sig")
+        with open_regular(file) as handle:  # a FIFO or device is refused, never read
+            text = handle.readall().decode("utf-8-sig")
+    except NotRegularFile as exc:
+        raise UsageError(f"FILE: {file} is not a regular file ({exc.kind})") from None
     except OSError as exc:
         raise UsageError(f"FILE: cannot read {file}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -207,7 +211,7 @@ def script(
         "shell": "powershell",
         "args": list(args or []),
         "timeout_seconds": _timeout(timeout, config),
-        "display": str(file),
+        "display": path_text(file),
     }
     _run_job(ctx, payload, as_json, engine, no_wait)
 

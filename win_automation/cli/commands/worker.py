@@ -23,10 +23,17 @@ NO_HATCHET = (
 )
 
 
+def utf8(text: str) -> bool:
+    """Whether `text` is valid UTF-8 (argv's bytes that are not come as lone surrogates)."""
+    return text.isascii() or not any("\ud800" <= c <= "\udfff" for c in text)
+
+
 def parse_labels(values: list[str]) -> dict[str, str]:
     """`key=value` options as a mapping; UsageError naming the bad one."""
     labels: dict[str, str] = {}
     for value in values:
+        if not utf8(value):  # bytes from argv that are not UTF-8: Hatchet could not carry them
+            raise UsageError(f"--label {value}: not valid UTF-8")
         match = _LABEL.match(value)
         if match is None:
             raise UsageError(f"--label: expected key=value (key of letters, digits, _ . -), got {value!r}")
@@ -53,6 +60,8 @@ def worker(
     cli = state(ctx)
     config = cli.config()
     labels = parse_labels(label)
+    if name is not None and not utf8(name):
+        raise UsageError(f"--name {name}: not valid UTF-8")
     grace_s = duration_option(grace, "--grace", positive=True)
     interval: float | None = None
     if metrics_on:
