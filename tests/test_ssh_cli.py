@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 from fixture_sshd import SshServer
 
 
@@ -324,22 +325,25 @@ def test_cancel_stops_the_running_remote_command(
     assert "remote process tree was killed" in exec_step["error"]
 
 
-def test_sigterm_records_an_ssh_job_interrupted_like_run(
-    live_sshd: SshServer, known_hosts: Path, cli, cli_env, tmp_path: Path
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_records_an_ssh_job_interrupted_like_run(
+    live_sshd: SshServer, known_hosts: Path, cli, cli_env, tmp_path: Path, signame: str
 ) -> None:  # type: ignore[no-untyped-def]
     import signal
     import subprocess
     import sys
 
+    signum = getattr(signal, signame)
     proc = subprocess.Popen(
         [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", "echo go; sleep 20"],
         env={**cli_env, **env_for(live_sshd, known_hosts)},
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL),  # as from a terminal, under nohup too
     )
     assert proc.stdout is not None and proc.stdout.readline() == b"go\n"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=15)
     assert proc.returncode == 130 and b"Traceback" not in err, err
     (job,) = json.loads(cli("jobs", "list", "--json").stdout)

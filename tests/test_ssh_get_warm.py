@@ -29,6 +29,8 @@ from win_automation.operations import transfers
 MIB = 1 << 20
 COLD = {"WIN_AUTOMATION_SSH_PERSIST": "0"}
 
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 
 def parts(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".wa-part-" in p.name)
@@ -72,8 +74,9 @@ def start_get(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # Ctrl-C as from a terminal, also when the suite runs with SIGINT ignored (`cmd &`)
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        # Ctrl-C, SIGTERM and SIGHUP as from a terminal, also when the suite runs with them
+        # ignored (`cmd &`, nohup)
+        preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in INTERRUPTS],
     )
 
 
@@ -295,14 +298,15 @@ def test_socket_removed_mid_download_is_exit_3_and_the_next_get_works(
     gets_again(cli, slow_link, source, out)  # no helper: direct
 
 
+@pytest.mark.parametrize("signum", INTERRUPTS)
 def test_an_interrupted_get_stops_the_helpers_download(
-    cli, cli_env: dict[str, str], slow_link: dict[str, str], remote_dir: Path, tmp_path: Path
+    cli, cli_env: dict[str, str], slow_link: dict[str, str], remote_dir: Path, tmp_path: Path, signum: int
 ) -> None:  # type: ignore[no-untyped-def]
     helper = warm_up(cli, slow_link, remote_dir, tmp_path)
     _, out, proc, part = get_in_flight(cli_env, slow_link, remote_dir, tmp_path)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=30)
-    assert proc.returncode != 0 and list(out.iterdir()) == []
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and list(out.iterdir()) == [], (proc.returncode, stderr)
 
     def holds_part() -> bool:
         fds = Path(f"/proc/{helper['pid']}/fd")
@@ -313,6 +317,16 @@ def test_an_interrupted_get_stops_the_helpers_download(
         time.sleep(0.05)
     assert not holds_part(), "the helper kept downloading after its caller went away"
     assert only_helper(cli, slow_link)["pid"] == helper["pid"]
+
+
+def test_sigterm_mid_direct_get_leaves_no_part_file(
+    cli_env: dict[str, str], slow_link: dict[str, str], remote_dir: Path, tmp_path: Path
+) -> None:
+    direct = {**slow_link, "WIN_AUTOMATION_SSH_PERSIST": "0"}
+    _, out, proc, _ = get_in_flight(cli_env, direct, remote_dir, tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and list(out.iterdir()) == [], (proc.returncode, stderr)
 
 
 def test_a_file_larger_than_the_buffers_streams_through_the_helper(

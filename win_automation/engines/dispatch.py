@@ -10,7 +10,8 @@
 The engine is `hatchet` when a Hatchet token is configured, else `local`, unless `engine` names
 one. On the local engine the job runs in this process; `on_output(stream, text)` gets the steps'
 live output (`ctx.emit`). On Hatchet the run is triggered, followed (`on_progress(step, state)`)
-and waited for; its output arrives with the result. SIGTERM is Ctrl-C for every job command: a
+and waited for; its output arrives with the result. SIGTERM and SIGHUP are Ctrl-C for every job
+command (win_automation.interrupts; one the caller ignored stays ignored): a
 local job is recorded `interrupted` (resumable), a Hatchet wait stops while the run goes on;
 both raise Cancelled (exit 130). Jobs recorded with `engine=hatchet` are refreshed from the
 engine before they are shown.
@@ -18,13 +19,9 @@ engine before they are shown.
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from types import FrameType
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
@@ -33,6 +30,7 @@ from win_automation.config import Config
 from win_automation.definition import Workflow
 from win_automation.engines.outcome import JobOutcome
 from win_automation.errors import Cancelled, UsageError, WinAutomationError
+from win_automation.interrupts import interruptible
 from win_automation.jobs.ids import validate_job_id
 from win_automation.jobs.journal import Journal
 from win_automation.jobs.records import EventRecord, JobRecord, StepRecord
@@ -58,23 +56,6 @@ def engine_choice(config: Config, requested: str | None) -> Engine:
     if requested not in ("local", "hatchet"):
         raise UsageError(f"--engine: must be one of local, hatchet, got {requested!r}")
     return "hatchet" if requested == "hatchet" else "local"
-
-
-@contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C (in the main thread), so a job is recorded before the exit."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_term(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _hatchet(config: Config, journal: Journal | None = None) -> HatchetRuns:

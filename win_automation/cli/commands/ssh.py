@@ -230,18 +230,20 @@ def _progress(label: str) -> Any:
 
 def _transfer(ctx: typer.Context, label: str, as_json: bool, fn: Any) -> None:
     from win_automation.cli import server
+    from win_automation.interrupts import interruptible
     from win_automation.operations.vm import Vm
 
     config = state(ctx).config()
     vm = Vm(config)
     server.start_later(config.ssh.persist)  # as job commands: later calls fork a warm CLI process
     bar = _progress(label)
-    if bar is None:
-        result = fn(vm, None)
-    else:
-        with bar:
-            task = bar.add_task(label, total=None)
-            result = fn(vm, lambda done, total: bar.update(task, completed=done, total=max(total, 0)))
+    with interruptible():  # SIGTERM or SIGHUP as Ctrl-C: the part file is removed
+        if bar is None:
+            result = fn(vm, None)
+        else:
+            with bar:
+                task = bar.add_task(label, total=None)
+                result = fn(vm, lambda done, total: bar.update(task, completed=done, total=max(total, 0)))
     if as_json:
         print_json(result.model_dump())
     else:
