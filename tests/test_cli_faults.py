@@ -3,9 +3,18 @@ a command too long for the remote side, a journal locked by another process."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from fixture_sshd import SshServer
+
+from win_automation.cli import launch
 
 
 def test_corrupt_known_hosts_is_exit_5_in_one_line_and_trust_keeps_the_file(
@@ -25,3 +34,72 @@ def test_corrupt_known_hosts_is_exit_5_in_one_line_and_trust_keeps_the_file(
         trust = cli("ssh", "trust", "--fingerprint", live_sshd.fingerprint(), "--replace", env=env)
         assert trust.code == 5 and "line 2" in trust.stderr and "Traceback" not in trust.stderr
         assert known.read_bytes() == other + bad + good
+
+
+def _jobs(env: dict[str, str], cwd: Path) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "win_automation", "jobs", "list", "--json"],
+        env={**env, "WIN_AUTOMATION_CLI_SERVER": "0"},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return list(json.loads(out.stdout))
+
+
+def _alive(marker: str) -> bool:
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in cmdline.read_bytes() and b"bash" not in cmdline.read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.parametrize("served", [False, True], ids=["in-process", "warm-cli-process"])
+def test_output_that_cannot_be_written_stops_the_job_and_records_it(
+    cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path, served: bool
+) -> None:
+    env = {**cli_env, **live_sshd.env(known_hosts), "WIN_AUTOMATION_CLI_SERVER": "1" if served else "0"}
+    wa = f"{sys.executable} -m win_automation"
+    if served:  # a job command starts the warm CLI process as it exits
+        subprocess.run([*wa.split(), "ssh", "run", "--shell", "cmd", "--", "true"], env=env, cwd=tmp_path)
+        folder = Path(launch.server_dir(env))
+        deadline = time.monotonic() + 60
+        while not list(folder.glob("*.sock")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(folder.glob("*.sock")), "no warm CLI process started"
+    rc = tmp_path / "rc"
+    cases = [
+        (f"| head -c1 >/dev/null; echo ${{PIPESTATUS[0]}} >{rc}", 1, "", "Broken pipe"),
+        (
+            f">/dev/full; echo $? >{rc}",
+            74,
+            "error: cannot write the output: No space left on device\n",
+            "No space left on device",
+        ),
+    ]
+    for index, (tail, code, said, why) in enumerate(cases):
+        marker = f"hcli-{os.getpid()}-{served}-{index}"
+        err = tmp_path / "err"
+        started = time.monotonic()
+        subprocess.run(
+            ["bash", "-c", f"{wa} ssh run --shell cmd --timeout 120s -- 'yes {marker}' 2>{err} {tail}"],
+            env=env,
+            cwd=tmp_path,
+            timeout=100,
+            stdin=subprocess.DEVNULL,
+            check=True,
+        )
+        assert rc.read_text().strip() == str(code), err.read_text()
+        assert time.monotonic() - started < 60  # stopped, not run to its 120 s deadline
+        assert err.read_text() == said
+        job = _jobs(env, tmp_path)[0]
+        assert job["state"] == "failed" and job["exit_code"] == code, job
+        assert f"the live output could not be written ({why}); the command was stopped" == job["error"]
+        deadline = time.monotonic() + 30
+        while _alive(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(marker), "the remote command still runs"
