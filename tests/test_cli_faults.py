@@ -103,3 +103,29 @@ def test_output_that_cannot_be_written_stops_the_job_and_records_it(
         while _alive(marker) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not _alive(marker), "the remote command still runs"
+
+
+def test_a_command_too_long_for_sshd_is_refused_before_any_job_or_connection(
+    cli, live_sshd: SshServer, known_hosts: Path
+) -> None:  # type: ignore[no-untyped-def]
+    # Nothing listens on port 1: a connection attempt would be exit 3, not 2.
+    env = live_sshd.env(known_hosts, port=1)
+    words = ["x" * 1000] * 300  # ~300 KiB: one argv word may be 128 KiB at most
+    cases = [
+        (("--shell", "cmd", "--", *words), "COMMAND: 293 KiB as given"),
+        (("--", *words[:100]), "COMMAND: 261 KiB encoded for PowerShell"),
+        (
+            ("--idempotent", "--idempotent-check", " ".join(words[:120]), "--", "x"),
+            "--idempotent-check: 313 KiB encoded",
+        ),
+    ]
+    for warm in ("false", "true"):
+        for args, said in cases:
+            env["WIN_AUTOMATION_SSH_WARM_POWERSHELL"] = warm
+            out = cli("ssh", "run", *args, env=env)
+            assert out.code == 2 and out.stdout == "", out.stderr
+            assert out.stderr.startswith(f"error: {said}") and out.stderr.count("\n") == 1, out.stderr
+            assert "255 KiB" in out.stderr and "ssh script FILE" in out.stderr
+    assert json.loads(cli("jobs", "list", "--json").stdout) == []
+    under = cli("ssh", "run", "--shell", "cmd", "--", *words[:254], env=env)  # 254 KiB: tried
+    assert under.code == 3, under.stderr

@@ -115,6 +115,21 @@ def needs_upload(script: str) -> bool:
     return len(encoded_command_line(script)) > MAX_COMMAND_LINE
 
 
+MAX_SENT_COMMAND = 255 * 1024
+"""The largest command `ssh run` sends, in bytes as sent (`sent_size`): the VM's sshd resets the
+connection on an exec request over its 256 KiB packet limit (measured: 262,044 bytes of command
+ran, 262,144 were reset), which would look like a network fault; 1 KiB stays for the request's
+framing and the PID marker. Longer work goes in a script file (`ssh script FILE`)."""
+
+
+def sent_size(command: str, shell: str) -> int:
+    """`command`'s size as sent: cmd as given (UTF-8); PowerShell as its `-EncodedCommand`
+    (base64 of UTF-16LE)."""
+    if shell == "powershell":
+        return 4 * ((len(command.encode("utf-16-le")) + 2) // 3)
+    return len(command.encode("utf-8"))
+
+
 def file_command_line(path: str) -> str:
     """Run an uploaded script file. `path` must not hold a double quote (ours never does)."""
     if '"' in path:

@@ -145,6 +145,21 @@ def _run_job(
     raise typer.Exit(outcome.exit_code if result.cancelled else cli_exit_code(result.exit_code))
 
 
+def _fits(*named: tuple[str, str | None], shell: str) -> None:
+    """Refuse, before any job or connection, a command too long for the VM's sshd."""
+    from win_automation.errors import UsageError
+    from win_automation.operations.powershell import MAX_SENT_COMMAND, sent_size
+
+    for name, text in named:
+        if text is not None and (size := sent_size(text, shell)) > MAX_SENT_COMMAND:
+            how = "encoded for PowerShell" if shell == "powershell" else "as given"
+            raise UsageError(
+                f"{name}: {size / 1024:.0f} KiB {how}, over the {MAX_SENT_COMMAND // 1024} KiB that fit "
+                "the VM's sshd's 256 KiB request; put it in a script file and run "
+                "`win-automation ssh script FILE`"
+            )
+
+
 @app.command()
 def run(
     ctx: typer.Context,
@@ -168,6 +183,7 @@ def run(
         raise UsageError(f"--shell: must be powershell or cmd, got {shell!r}")
     if idempotent != (idempotent_check is not None):
         raise UsageError("--idempotent and --idempotent-check CHECK go together")
+    _fits(("COMMAND", " ".join(command)), ("--idempotent-check", idempotent_check), shell=shell)
     config = state(ctx).config()
     payload = {
         "command": " ".join(command),
