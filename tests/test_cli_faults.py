@@ -3,8 +3,10 @@ a command too long for the remote side, a journal locked by another process."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -58,19 +60,25 @@ def _alive(marker: str) -> bool:
     return False
 
 
+def _start_warm_cli_process(env: dict[str, str], cwd: Path) -> None:
+    """A job command starts the warm CLI process as it exits: wait for its socket."""
+    cmd = [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", "true"]
+    subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, timeout=60)
+    folder = Path(launch.server_dir(env))
+    deadline = time.monotonic() + 60
+    while not list(folder.glob("*.sock")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(folder.glob("*.sock")), "no warm CLI process started"
+
+
 @pytest.mark.parametrize("served", [False, True], ids=["in-process", "warm-cli-process"])
 def test_output_that_cannot_be_written_stops_the_job_and_records_it(
     cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path, served: bool
 ) -> None:
     env = {**cli_env, **live_sshd.env(known_hosts), "WIN_AUTOMATION_CLI_SERVER": "1" if served else "0"}
     wa = f"{sys.executable} -m win_automation"
-    if served:  # a job command starts the warm CLI process as it exits
-        subprocess.run([*wa.split(), "ssh", "run", "--shell", "cmd", "--", "true"], env=env, cwd=tmp_path)
-        folder = Path(launch.server_dir(env))
-        deadline = time.monotonic() + 60
-        while not list(folder.glob("*.sock")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert list(folder.glob("*.sock")), "no warm CLI process started"
+    if served:
+        _start_warm_cli_process(env, tmp_path)
     rc = tmp_path / "rc"
     cases = [
         (f"| head -c1 >/dev/null; echo ${{PIPESTATUS[0]}} >{rc}", 1, "", "Broken pipe"),
@@ -129,3 +137,59 @@ def test_a_command_too_long_for_sshd_is_refused_before_any_job_or_connection(
     assert json.loads(cli("jobs", "list", "--json").stdout) == []
     under = cli("ssh", "run", "--shell", "cmd", "--", *words[:254], env=env)  # 254 KiB: tried
     assert under.code == 3, under.stderr
+
+
+HOLD_THE_JOURNAL = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)
+conn.execute("BEGIN EXCLUSIVE")
+print("held", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+"""
+
+
+@pytest.mark.parametrize("served", [False, True], ids=["in-process", "warm-cli-process"])
+def test_a_journal_locked_by_another_process_is_one_line_and_no_phantom_running_job(
+    cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path, served: bool
+) -> None:
+    env = {**cli_env, **live_sshd.env(known_hosts), "WIN_AUTOMATION_CLI_SERVER": "1" if served else "0"}
+    if served:
+        _start_warm_cli_process(env, tmp_path)
+    journal = tmp_path / "data" / "journal.sqlite3"
+    cmd = [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", "sleep 4; echo done"]
+    job = subprocess.Popen(
+        cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline, rows = time.monotonic() + 60, []
+    while time.monotonic() < deadline:  # the job runs its command: take the lock then
+        if journal.exists():
+            with contextlib.closing(sqlite3.connect(journal, timeout=30)) as conn:
+                running = "SELECT 1 FROM steps WHERE name = 'exec' AND state = 'running'"
+                rows = conn.execute(running).fetchall()
+            if rows:
+                break
+        time.sleep(0.05)
+    assert rows, "the job never ran its command"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_JOURNAL, str(journal)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        out, err = job.communicate(timeout=240)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.close()
+        holder.wait(timeout=60)
+        assert holder.stdout is not None
+        holder.stdout.close()
+    assert job.returncode == 74, err
+    assert out == "done\n"  # the command's output streamed before the journal was needed
+    assert err.count("\n") == 1 and err.startswith("error: the journal "), err
+    assert "locked by another process" in err and "Traceback" not in err
+    record = _jobs(env, tmp_path)[0]  # the next command that opens the journal reconciles it
+    assert record["workflow"] == "ssh-exec" and record["state"] in ("failed", "interrupted"), record

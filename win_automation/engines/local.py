@@ -54,7 +54,7 @@ from win_automation.engines.outcome import (
     retryable,
 )
 from win_automation.engines.recorder import JobRecorder
-from win_automation.errors import Cancelled, NotFoundError, Skipped, Superseded, UsageError
+from win_automation.errors import Cancelled, JournalBusy, NotFoundError, Skipped, Superseded, UsageError
 from win_automation.jobs.ids import validate_job_id
 from win_automation.jobs.journal import Journal
 from win_automation.jobs.records import JobRecord
@@ -282,8 +282,12 @@ class LocalEngine:
             started = self.journal.get_job(recorder.job_id).state == JobState.RUNNING
             state = JobState.FAILED if started else JobState.INTERRUPTED
             recorder.end(state, f"engine: {message}", code)
-        except Exception:
-            log.warning(
+        except Exception as failure:
+            # still locked: the CLI's error line says so; the next Journal.open marks the job
+            # interrupted, as its owner has exited by then
+            level = logging.INFO if isinstance(failure, JournalBusy) else logging.WARNING
+            log.log(
+                level,
                 "could not record the engine failure",
                 exc_info=True,
                 extra={"op": "run", "job_id": recorder.job_id},
