@@ -120,3 +120,13 @@ def test_record_replaces_a_hashed_entry_and_keeps_the_line_s_other_names(tmp_pat
         f"keep {old.get_name()} {old.get_base64()}",
         f"[h]:2 {key.get_name()} {key.get_base64()}",
     ]
+
+
+def test_a_revoked_key_is_refused_even_when_recorded(tmp_path: Path) -> None:
+    key = new_key(tmp_path, "a")
+    known = tmp_path / "known_hosts"
+    line = f"{key.get_name()} {key.get_base64()}\n"
+    known.write_text(f"[h]:2,x {line}@revoked [h]:* {line}")
+    with pytest.raises(HostKeyError, match=r"REVOKED host key for \[h\]:2: .* line 2 marks @revoked"):
+        hostkeys.verify(key, host="h", port=2, known_hosts=known, pinned=None)
+    assert hostkeys.verify(key, host="x", port=22, known_hosts=known, pinned=None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +57,7 @@ before it is held whole (a file of garbage with no line break)."""
 class _Line:
     text: str
     entry: paramiko.hostkeys.HostKeyEntry | None  # None: blank, comment, marker or unknown key type
+    revoked: bool = False  # `@revoked`: the entry's key is refused for its hosts
 
 
 def _bad(path: Path, number: int, what: str) -> HostKeyError:
@@ -74,7 +76,10 @@ def _parse(path: Path, number: int, raw: bytes) -> _Line:
     except UnicodeDecodeError:
         raise _bad(path, number, " is not text (not UTF-8)") from None
     line = text.strip()
-    if not line or line.startswith(("#", "@")):  # markers (@cert-authority, @revoked): not used
+    revoked = line.startswith("@revoked ")
+    if revoked:
+        line = line.removeprefix("@revoked").lstrip()
+    elif not line or line.startswith(("#", "@")):  # @cert-authority: certificates are not used
         return _Line(text, None)
     fields = line.split()
     if len(fields) < 3:
@@ -92,7 +97,7 @@ def _parse(path: Path, number: int, raw: bytes) -> _Line:
         key = None
     if key is None or key.asbytes() != blob:  # paramiko pads a short blob with zeros
         raise _bad(path, number, f": the {key_type[:40]} key is truncated or malformed")
-    return _Line(text, paramiko.hostkeys.HostKeyEntry(names.split(","), key))
+    return _Line(text, paramiko.hostkeys.HostKeyEntry(names.split(","), key), revoked)
 
 
 def _read(path: Path) -> list[_Line]:
@@ -114,7 +119,8 @@ def _read(path: Path) -> list[_Line]:
 def _keys(lines: list[_Line]) -> paramiko.HostKeys:
     keys = paramiko.HostKeys()
     for line in lines:
-        if line.entry is not None:  # as HostKeys.load: a name already known with this key is not repeated
+        # as HostKeys.load: a name already known with this key is not repeated
+        if line.entry is not None and not line.revoked:
             names = [h for h in line.entry.hostnames if not keys.check(h, line.entry.key)]
             if names:
                 keys._entries.append(paramiko.hostkeys.HostKeyEntry(names, line.entry.key))
@@ -123,6 +129,22 @@ def _keys(lines: list[_Line]) -> paramiko.HostKeys:
 
 def _load(path: Path) -> paramiko.HostKeys:
     return _keys(_read(path))
+
+
+def _matches(pattern: str, name: str) -> bool:
+    """OpenSSH's host pattern (`*` and `?` only; `[` is a plain character, as in `[h]:2`)."""
+    return re.fullmatch(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."), name) is not None
+
+
+def _revoked(lines: list[_Line], key: paramiko.PKey, name: str) -> int | None:
+    """The number of the `@revoked` line that names `key` for `name` (or a pattern matching it)."""
+    for number, line in enumerate(lines, 1):
+        entry = line.entry
+        if line.revoked and entry is not None and entry.key == key and any(
+            _is(h, name) or _matches(h, name) for h in entry.hostnames
+        ):
+            return number
+    return None
 
 
 def _is(hostname: str, name: str) -> bool:
@@ -152,7 +174,14 @@ def verify(
             f"ssh.host_key_fingerprint pins {pinned}. Someone may be intercepting the connection; "
             "refusing to connect"
         )
-    recorded = _load(known_hosts).lookup(name)
+    lines = _read(known_hosts)
+    revoked = _revoked(lines, key, name)
+    if revoked is not None:
+        raise HostKeyError(
+            f"REVOKED host key for {name}: the server presented {presented.describe()}, which "
+            f"{known_hosts} line {revoked} marks @revoked; refusing to connect"
+        )
+    recorded = _keys(lines).lookup(name)
     if recorded is None or not recorded.keys():
         raise HostKeyError(
             f"unknown host key for {name}: {presented.describe()}. If that is the VM's key, "
