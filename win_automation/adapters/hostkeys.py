@@ -140,8 +140,11 @@ def _revoked(lines: list[_Line], key: paramiko.PKey, name: str) -> int | None:
     """The number of the `@revoked` line that names `key` for `name` (or a pattern matching it)."""
     for number, line in enumerate(lines, 1):
         entry = line.entry
-        if line.revoked and entry is not None and entry.key == key and any(
-            _is(h, name) or _matches(h, name) for h in entry.hostnames
+        if (
+            line.revoked
+            and entry is not None
+            and entry.key == key
+            and any(_is(h, name) or _matches(h, name) for h in entry.hostnames)
         ):
             return number
     return None
