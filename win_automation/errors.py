@@ -27,8 +27,10 @@
     │                                          failed and nothing was repaired (EX_TEMPFAIL)
     ├── StorageError                   exit 74 a local file or folder cannot be used: a corrupt
     │                                          journal, an unwritable data.dir or --out folder
-    │   └── StorageFull      transient exit 74 no space (or quota, or an I/O error) on the way to
-    │                                          a local file: a retry may find room again
+    │   ├── StorageFull      transient exit 74 no space (or quota, or an I/O error) on the way to
+    │   │                                      a local file: a retry may find room again
+    │   └── JournalBusy                exit 74 another process held the journal locked past the
+    │                                          busy timeout (jobs.connection)
     └── Cancelled                      exit 130 the job or command was cancelled (or interrupted)
         └── Superseded                 exit 130 another process took the job over (resumed it
                                                after this owner stopped heart-beating)
@@ -97,6 +99,10 @@ class StorageFull(StorageError):
     """No space, a quota or an I/O error while writing a local file: retried (space may free)."""
 
     transient = True
+
+
+class JournalBusy(StorageError):
+    """Another process kept the journal locked past the busy timeout: nothing was written."""
 
 
 class ConnectError(WinAutomationError):

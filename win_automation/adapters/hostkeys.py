@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,17 +49,115 @@ class PresentedKey:
         return host_entry(self.host, self.port)
 
 
-def _load(path: Path) -> paramiko.HostKeys:
-    keys = paramiko.HostKeys()
-    if not path.exists():
-        return keys
-    if (what := not_regular(path)) is not None:  # a FIFO would block the load, /dev/zero never ends
+MAX_LINE = 64 * 1024
+"""The longest known-hosts line read (an RSA-16384 key is ~2.8 KB): a longer one is refused
+before it is held whole (a file of garbage with no line break)."""
+
+
+@dataclass
+class _Line:
+    text: str
+    entry: paramiko.hostkeys.HostKeyEntry | None  # None: blank, comment, marker or unknown key type
+    revoked: bool = False  # `@revoked`: the entry's key is refused for its hosts
+
+
+def _bad(path: Path, number: int, what: str) -> HostKeyError:
+    return HostKeyError(
+        f"known-hosts file {path}: line {number}{what}; fix or delete that line (ssh.known_hosts)"
+    )
+
+
+def _parse(path: Path, number: int, raw: bytes) -> _Line:
+    """One known-hosts line, checked: a line OpenSSH or paramiko could not read is an error
+    naming it, never skipped (a truncated key would be read as another key)."""
+    if b"\0" in raw:
+        raise _bad(path, number, " is not text (binary data)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _bad(path, number, " is not text (not UTF-8)") from None
+    line = text.strip()
+    revoked = line.startswith("@revoked ")
+    if revoked:
+        line = line.removeprefix("@revoked").lstrip()
+    elif not line or line.startswith(("#", "@")):  # @cert-authority: certificates are not used
+        return _Line(text, None)
+    fields = line.split()
+    if len(fields) < 3:
+        raise _bad(path, number, " is not `host key-type base64-key`")
+    names, key_type, data = fields[:3]
+    try:
+        blob = base64.b64decode(data, validate=True)
+    except ValueError:
+        raise _bad(path, number, ": the key is not valid base64") from None
+    try:
+        key = paramiko.PKey.from_type_string(key_type, blob)
+    except paramiko.UnknownKeyType:
+        return _Line(text, None)  # a type this client does not know: never matches, kept
+    except Exception:  # each key class fails in its own way (nacl, struct, ...)
+        key = None
+    if key is None or key.asbytes() != blob:  # paramiko pads a short blob with zeros
+        raise _bad(path, number, f": the {key_type[:40]} key is truncated or malformed")
+    return _Line(text, paramiko.hostkeys.HostKeyEntry(names.split(","), key), revoked)
+
+
+def _read(path: Path) -> list[_Line]:
+    """Every line of the known-hosts file (none when there is no file), each checked."""
+    lines: list[_Line] = []
+    if (what := not_regular(path)) is not None:  # a FIFO would block the read, /dev/zero never ends
         raise ConfigError(f"ssh.known_hosts: {path} is not a regular file ({what})")
     try:
-        keys.load(str(path))
-    except (OSError, paramiko.SSHException) as exc:
-        raise HostKeyError(f"cannot read known-hosts file {path}: {exc}") from exc
+        with open(path, "rb") as file:
+            while raw := file.readline(MAX_LINE + 1):
+                if len(raw) > MAX_LINE:
+                    raise _bad(path, len(lines) + 1, f" is longer than {MAX_LINE} bytes")
+                lines.append(_parse(path, len(lines) + 1, raw))
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise HostKeyError(f"cannot read known-hosts file {path}: {exc.strerror or exc}") from exc
+    return lines
+
+
+def _keys(lines: list[_Line]) -> paramiko.HostKeys:
+    keys = paramiko.HostKeys()
+    for line in lines:
+        # as HostKeys.load: a name already known with this key is not repeated
+        if line.entry is not None and not line.revoked:
+            names = [h for h in line.entry.hostnames if not keys.check(h, line.entry.key)]
+            if names:
+                keys._entries.append(paramiko.hostkeys.HostKeyEntry(names, line.entry.key))
     return keys
+
+
+def _load(path: Path) -> paramiko.HostKeys:
+    return _keys(_read(path))
+
+
+def _matches(pattern: str, name: str) -> bool:
+    """OpenSSH's host pattern (`*` and `?` only; `[` is a plain character, as in `[h]:2`)."""
+    return re.fullmatch(re.escape(pattern).replace(r"\*", ".*").replace(r"\?", "."), name) is not None
+
+
+def _revoked(lines: list[_Line], key: paramiko.PKey, name: str) -> int | None:
+    """The number of the `@revoked` line that names `key` for `name` (or a pattern matching it)."""
+    for number, line in enumerate(lines, 1):
+        entry = line.entry
+        if (
+            line.revoked
+            and entry is not None
+            and entry.key == key
+            and any(_is(h, name) or _matches(h, name) for h in entry.hostnames)
+        ):
+            return number
+    return None
+
+
+def _is(hostname: str, name: str) -> bool:
+    """Whether a known-hosts name is `name` (plainly or hashed, `|1|salt|hash`)."""
+    return hostname == name or (
+        hostname.startswith("|1|") and paramiko.HostKeys.hash_host(name, hostname) == hostname
+    )
 
 
 def known_types(path: Path, host: str, port: int) -> list[str]:
@@ -81,7 +180,14 @@ def verify(
             f"ssh.host_key_fingerprint pins {pinned}. Someone may be intercepting the connection; "
             "refusing to connect"
         )
-    recorded = _load(known_hosts).lookup(name)
+    lines = _read(known_hosts)
+    revoked = _revoked(lines, key, name)
+    if revoked is not None:
+        raise HostKeyError(
+            f"REVOKED host key for {name}: the server presented {presented.describe()}, which "
+            f"{known_hosts} line {revoked} marks @revoked; refusing to connect"
+        )
+    recorded = _keys(lines).lookup(name)
     if recorded is None or not recorded.keys():
         raise HostKeyError(
             f"unknown host key for {name}: {presented.describe()}. If that is the VM's key, "
@@ -104,8 +210,8 @@ def record(key: paramiko.PKey, *, host: str, port: int, known_hosts: Path, repla
     A different key already recorded for the host is kept (HostKeyError) unless `replace`.
     """
     name = host_entry(host, port)
-    keys = _load(known_hosts)
-    recorded = keys.lookup(name)
+    lines = _read(known_hosts)
+    recorded = _keys(lines).lookup(name)
     if recorded is not None and recorded.get(key.get_name()) == key:
         return False
     if recorded is not None and recorded.keys() and not replace:
@@ -113,15 +219,25 @@ def record(key: paramiko.PKey, *, host: str, port: int, known_hosts: Path, repla
             f"{known_hosts} already holds a different key for {name}; "
             f"pass --replace to replace it with {key.get_name()} {fingerprint(key)}"
         )
-    if recorded is not None:
-        for entry in keys._entries:  # drop every line naming this host (HostKeys has no remove)
-            if name in entry.hostnames:
-                entry.hostnames = [h for h in entry.hostnames if h != name]
-        keys._entries = [e for e in keys._entries if e.hostnames]
-    keys.add(name, key.get_name(), key)
+    # Every other line stays as it was (comments, markers, other hosts, key types paramiko
+    # does not know); a line naming this host among others loses this name only.
+    kept = []
+    for line in lines:
+        entry = line.entry
+        if entry is None or not any(_is(h, name) for h in entry.hostnames):
+            kept.append(line.text if line.text.endswith("\n") else line.text + "\n")
+            continue
+        others = [h for h in entry.hostnames if not _is(h, name)]
+        if others:
+            kept.append(paramiko.hostkeys.HostKeyEntry(others, entry.key).to_line())
+    kept.append(f"{name} {key.get_name()} {key.get_base64()}\n")
     known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = known_hosts.with_name(known_hosts.name + ".tmp")
-    keys.save(str(tmp))
-    os.chmod(tmp, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as file:
+        os.fchmod(file.fileno(), 0o600)
+        file.write("".join(kept))
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(tmp, known_hosts)
     return True

@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from collections.abc import Mapping
@@ -53,7 +54,7 @@ from win_automation.engines.outcome import (
     retryable,
 )
 from win_automation.engines.recorder import JobRecorder
-from win_automation.errors import Cancelled, NotFoundError, Skipped, Superseded, UsageError
+from win_automation.errors import Cancelled, JournalBusy, NotFoundError, Skipped, Superseded, UsageError
 from win_automation.jobs.ids import validate_job_id
 from win_automation.jobs.journal import Journal
 from win_automation.jobs.records import JobRecord
@@ -146,6 +147,7 @@ class LocalEngine:
     ) -> JobOutcome:
         recorder = JobRecorder(self.journal, job.job_id, workflow, epoch=job.epoch)
         cancel = self._monitor.watch(job.job_id, job.epoch)
+        output = None if emit is None else _Output(emit, cancel)
         writer = ArtifactWriter(
             artifacts_root(job, self.config),
             job.job_id,
@@ -158,7 +160,7 @@ class LocalEngine:
             cancelled = lambda: cancel.is_set() or self.journal.cancel_requested(job.job_id)  # noqa: E731
             with holding_desktop(self.config, workflow, job.job_id, cancelled, always=snapshot is not None):
                 self._prepare_desktop(workflow, job.job_id, writer, snapshot)
-                self._run_steps(job, workflow, input, outputs, writer, cancel, recorder, emit)
+                self._run_steps(job, workflow, input, outputs, writer, cancel, recorder, output)
                 if workflow.gui:
                     qemu.keep_screen(self.config, writer, "after.png")
         except Superseded:
@@ -167,7 +169,10 @@ class LocalEngine:
             )
             raise
         except Cancelled as exc:
-            recorder.end(JobState.CANCELLED, str(exc), Cancelled.exit_code)
+            if output is not None and output.failed is not None:
+                recorder.end(JobState.FAILED, output.describe(), output.exit_code())
+            else:
+                recorder.end(JobState.CANCELLED, str(exc), Cancelled.exit_code)
         except KeyboardInterrupt:
             recorder.end(JobState.INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)")
             raise Cancelled(
@@ -178,6 +183,8 @@ class LocalEngine:
             raise
         finally:
             self._monitor.unwatch(job.job_id)
+        if output is not None and output.failed is not None:
+            raise output.failed  # the caller's own output error, for its exit code (app.main)
         return outcome_of(self.journal, workflow, job.job_id, outputs, self.config.artifacts.out_dir)
 
     def _prepare_desktop(
@@ -275,12 +282,51 @@ class LocalEngine:
             started = self.journal.get_job(recorder.job_id).state == JobState.RUNNING
             state = JobState.FAILED if started else JobState.INTERRUPTED
             recorder.end(state, f"engine: {message}", code)
-        except Exception:
-            log.warning(
+        except Exception as failure:
+            # still locked: the CLI's error line says so; the next Journal.open marks the job
+            # interrupted, as its owner has exited by then
+            level = logging.INFO if isinstance(failure, JournalBusy) else logging.WARNING
+            log.log(
+                level,
                 "could not record the engine failure",
                 exc_info=True,
                 extra={"op": "run", "job_id": recorder.job_id},
             )
+
+
+class _Output:
+    """The caller's live-output sink, guarded: when it fails (the reader of `| head -c1` went
+    away, stdout is on a full disk), nothing more is written, the job is cancelled (so the remote
+    command stops and its process tree is killed, as on `jobs cancel`), and is then recorded
+    failed with why; `_execute` raises the sink's own error to the caller once the job is
+    recorded, never leaving it `running`."""
+
+    def __init__(self, emit: Emit, cancel: threading.Event) -> None:
+        self.emit = emit
+        self.cancel = cancel
+        self.failed: Exception | None = None
+
+    def __call__(self, stream: str, text: str) -> None:
+        if self.failed is not None:
+            return
+        try:
+            self.emit(stream, text)
+        except Exception as exc:
+            self.failed = exc
+            self.cancel.set()
+
+    def describe(self) -> str:
+        failed = self.failed
+        why = failed.strerror if isinstance(failed, OSError) and failed.strerror else str(failed)
+        return f"the live output could not be written ({why}); the command was stopped"
+
+    def exit_code(self) -> int:
+        failed = self.failed
+        return 74 if isinstance(failed, OSError) and failed.errno in _OUTPUT_FULL else 1
+
+
+_OUTPUT_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+"""An output error the CLI exits 74 for (a closed pipe is 1)."""
 
 
 class _StepCancelled(Cancelled):

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from win_automation.definition import Step, StepContext
-from win_automation.errors import Cancelled, OperationTimeout
+from win_automation.errors import Cancelled, JournalBusy, OperationTimeout
 from win_automation.jobs.journal import HEARTBEAT_INTERVAL, Journal
 
 log = logging.getLogger(__name__)
@@ -143,5 +143,7 @@ class JobMonitor:
                 if time.monotonic() - last_beat >= self._heartbeat:
                     journal.heartbeat({job_id: epoch for job_id, (_, epoch) in jobs.items()})
                     last_beat = time.monotonic()
+            except JournalBusy:  # another process holds it: the job's own write says so, once
+                log.info("job monitor could not reach the journal", exc_info=True, extra={"op": "monitor"})
             except Exception:  # a busy or broken journal must not kill the monitor
                 log.warning("job monitor could not reach the journal", exc_info=True, extra={"op": "monitor"})

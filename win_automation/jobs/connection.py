@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
-from win_automation.errors import NotFoundError, StorageError, Superseded
+from win_automation.errors import JournalBusy, NotFoundError, StorageError, Superseded
 from win_automation.jobs.owners import process_start
 from win_automation.jobs.records import (
     EventRecord,
@@ -42,7 +42,10 @@ def storage_faults(path: Path) -> Iterator[None]:
     except sqlite3.DatabaseError as exc:
         reason = str(exc)
         if isinstance(exc, sqlite3.OperationalError) and "locked" in reason:
-            raise StorageError(f"the journal {path} is busy ({reason}); try again") from None
+            raise JournalBusy(
+                f"the journal {path} is locked by another process (still {reason} after"
+                f" {BUSY_TIMEOUT_SECONDS:g} s); try again once it is released"
+            ) from None
         if not isinstance(exc, sqlite3.OperationalError) or "malformed" in reason:
             raise StorageError(
                 f"the journal {path} is corrupt ({reason}): move it aside (mv {path} {path}.corrupt)"

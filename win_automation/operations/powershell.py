@@ -115,6 +115,14 @@ def needs_upload(script: str) -> bool:
     return len(encoded_command_line(script)) > MAX_COMMAND_LINE
 
 
+MAX_SENT_COMMAND = 255 * 1024
+"""The largest command `ssh run` sends as is (cmd mode on a posix sshd), in bytes: sshd resets the
+connection on an exec request over its 256 KiB packet limit (measured: 262,044 bytes of command
+ran, 262,144 were reset), which would look like a network fault; 1 KiB stays for the request's
+framing and the PID marker. PowerShell (and Windows cmd mode, which goes through it) has no such
+limit: a script too long for a command line is uploaded (`needs_upload`)."""
+
+
 def file_command_line(path: str) -> str:
     """Run an uploaded script file. `path` must not hold a double quote (ours never does)."""
     if '"' in path:

@@ -235,7 +235,9 @@ def _execute(
         code = TIMEOUT_EXIT_CODE
     elif outcome.cancelled:
         _kill(conn, remote_os, needle, killed, session)
-        log.warning("command cancelled; its remote process tree was killed", extra={"op": "ssh.run"})
+        # info: the job's error and the CLI's own error line say it (a reader that went away
+        # cancels too, and its CLI says nothing at all)
+        log.info("command cancelled; its remote process tree was killed", extra={"op": "ssh.run"})
         code = CANCELLED_EXIT_CODE
     else:
         assert outcome.exit_status is not None

@@ -145,6 +145,22 @@ def _run_job(
     raise typer.Exit(outcome.exit_code if result.cancelled else cli_exit_code(result.exit_code))
 
 
+def _fits(command: str) -> None:
+    """Refuse, before any job or connection, a command sent as is (cmd mode on a posix sshd) that
+    is too long for the sshd's request. Whatever goes through PowerShell has no such limit: a
+    script too long for a command line is uploaded. (--idempotent-check is one argument: Linux
+    passes at most 128 KiB in one.)"""
+    from win_automation.errors import UsageError
+    from win_automation.operations.powershell import MAX_SENT_COMMAND
+
+    if (size := len(command.encode("utf-8"))) > MAX_SENT_COMMAND:
+        raise UsageError(
+            f"COMMAND: {size / 1024:.0f} KiB, over the {MAX_SENT_COMMAND // 1024} KiB that fit "
+            "the sshd's 256 KiB request; put it in a script file and run "
+            "`win-automation ssh script FILE`"
+        )
+
+
 @app.command()
 def run(
     ctx: typer.Context,
@@ -169,6 +185,8 @@ def run(
     if idempotent != (idempotent_check is not None):
         raise UsageError("--idempotent and --idempotent-check CHECK go together")
     config = state(ctx).config()
+    if shell == "cmd" and config.ssh.remote_os == "posix":
+        _fits(" ".join(command))
     payload = {
         "command": " ".join(command),
         "shell": shell,

@@ -1,0 +1,188 @@
+"""CLI faults as users meet them: a corrupt known-hosts file, output that cannot be written,
+a command too long for the remote side, a journal locked by another process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixture_sshd import SshServer
+
+from win_automation.cli import launch
+
+
+def test_corrupt_known_hosts_is_exit_5_in_one_line_and_trust_keeps_the_file(
+    cli, live_sshd: SshServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    known = tmp_path / "known_hosts"
+    good = live_sshd.host_key_line().encode()
+    other = b"other.example ssh-ed25519 " + good.split()[2] + b"\n"
+    for bad in (b"\xff\xfe\x00garbage\n", b"h ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI\n"):
+        known.write_bytes(other + bad + good)
+        env = live_sshd.env(known)
+        out = cli("ssh", "run", "--shell", "cmd", "--", "echo", "hi", env=env)
+        assert out.code == 5 and out.stdout == "", out.stderr
+        assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ")
+        assert "known-hosts file" in out.stderr
+        assert str(known) in out.stderr and "line 2" in out.stderr
+        trust = cli("ssh", "trust", "--fingerprint", live_sshd.fingerprint(), "--replace", env=env)
+        assert trust.code == 5 and "line 2" in trust.stderr and "Traceback" not in trust.stderr
+        assert known.read_bytes() == other + bad + good
+
+
+def _jobs(env: dict[str, str], cwd: Path) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "win_automation", "jobs", "list", "--json"],
+        env={**env, "WIN_AUTOMATION_CLI_SERVER": "0"},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return list(json.loads(out.stdout))
+
+
+def _alive(marker: str) -> bool:
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in cmdline.read_bytes() and b"bash" not in cmdline.read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _start_warm_cli_process(env: dict[str, str], cwd: Path) -> None:
+    """A job command starts the warm CLI process as it exits: wait for its socket."""
+    cmd = [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", "true"]
+    subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, timeout=60)
+    folder = Path(launch.server_dir(env))
+    deadline = time.monotonic() + 60
+    while not list(folder.glob("*.sock")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(folder.glob("*.sock")), "no warm CLI process started"
+
+
+@pytest.mark.parametrize("served", [False, True], ids=["in-process", "warm-cli-process"])
+def test_output_that_cannot_be_written_stops_the_job_and_records_it(
+    cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path, served: bool
+) -> None:
+    env = {**cli_env, **live_sshd.env(known_hosts), "WIN_AUTOMATION_CLI_SERVER": "1" if served else "0"}
+    wa = f"{sys.executable} -m win_automation"
+    if served:
+        _start_warm_cli_process(env, tmp_path)
+    rc = tmp_path / "rc"
+    cases = [
+        (f"| head -c1 >/dev/null; echo ${{PIPESTATUS[0]}} >{rc}", 1, "", "Broken pipe"),
+        (
+            f">/dev/full; echo $? >{rc}",
+            74,
+            "error: cannot write the output: No space left on device\n",
+            "No space left on device",
+        ),
+    ]
+    for index, (tail, code, said, why) in enumerate(cases):
+        marker = f"hcli-{os.getpid()}-{served}-{index}"
+        err = tmp_path / "err"
+        started = time.monotonic()
+        subprocess.run(
+            ["bash", "-c", f"{wa} ssh run --shell cmd --timeout 120s -- 'yes {marker}' 2>{err} {tail}"],
+            env=env,
+            cwd=tmp_path,
+            timeout=100,
+            stdin=subprocess.DEVNULL,
+            check=True,
+        )
+        assert rc.read_text().strip() == str(code), err.read_text()
+        assert time.monotonic() - started < 60  # stopped, not run to its 120 s deadline
+        assert err.read_text() == said
+        job = _jobs(env, tmp_path)[0]
+        assert job["state"] == "failed" and job["exit_code"] == code, job
+        assert f"the live output could not be written ({why}); the command was stopped" == job["error"]
+        deadline = time.monotonic() + 30
+        while _alive(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(marker), "the remote command still runs"
+
+
+def test_a_command_too_long_for_sshd_is_refused_before_any_job_or_connection(
+    cli, live_sshd: SshServer, known_hosts: Path
+) -> None:  # type: ignore[no-untyped-def]
+    # Nothing listens on port 1: a connection attempt would be exit 3, not 2.
+    env = {**live_sshd.env(known_hosts, port=1), "WIN_AUTOMATION_SSH_REMOTE_OS": "posix"}
+    words = ["x" * 1000] * 300  # ~300 KiB: one argv word may be 128 KiB at most
+    out = cli("ssh", "run", "--shell", "cmd", "--", *words, env=env)
+    assert out.code == 2 and out.stdout == "", out.stderr
+    assert out.stderr.startswith("error: COMMAND: 293 KiB") and out.stderr.count("\n") == 1, out.stderr
+    assert "255 KiB" in out.stderr and "ssh script FILE" in out.stderr
+    assert json.loads(cli("jobs", "list", "--json").stdout) == []
+    under = cli("ssh", "run", "--shell", "cmd", "--", *words[:254], env=env)  # 254 KiB: tried
+    assert under.code == 3, under.stderr
+    # through PowerShell (and Windows cmd mode) a long script is uploaded: no limit, so tried
+    for args in (("--", *words), ("--shell", "cmd", "--", *words)):
+        tried = cli("ssh", "run", *args, env={**env, "WIN_AUTOMATION_SSH_REMOTE_OS": "windows"})
+        assert tried.code == 3, tried.stderr
+
+
+HOLD_THE_JOURNAL = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)
+conn.execute("BEGIN EXCLUSIVE")
+print("held", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+"""
+
+
+@pytest.mark.parametrize("served", [False, True], ids=["in-process", "warm-cli-process"])
+def test_a_journal_locked_by_another_process_is_one_line_and_no_phantom_running_job(
+    cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path, served: bool
+) -> None:
+    env = {**cli_env, **live_sshd.env(known_hosts), "WIN_AUTOMATION_CLI_SERVER": "1" if served else "0"}
+    if served:
+        _start_warm_cli_process(env, tmp_path)
+    journal = tmp_path / "data" / "journal.sqlite3"
+    cmd = [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", "sleep 4; echo done"]
+    job = subprocess.Popen(
+        cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline, rows = time.monotonic() + 60, []
+    while time.monotonic() < deadline:  # the job runs its command: take the lock then
+        if journal.exists():
+            with contextlib.closing(sqlite3.connect(journal, timeout=30)) as conn:
+                running = "SELECT 1 FROM steps WHERE name = 'exec' AND state = 'running'"
+                rows = conn.execute(running).fetchall()
+            if rows:
+                break
+        time.sleep(0.05)
+    assert rows, "the job never ran its command"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_JOURNAL, str(journal)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        out, err = job.communicate(timeout=240)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.close()
+        holder.wait(timeout=60)
+        assert holder.stdout is not None
+        holder.stdout.close()
+    assert job.returncode == 74, err
+    assert out == "done\n"  # the command's output streamed before the journal was needed
+    assert err.count("\n") == 1 and err.startswith("error: the journal "), err
+    assert "locked by another process" in err and "Traceback" not in err
+    record = _jobs(env, tmp_path)[0]  # the next command that opens the journal reconciles it
+    assert record["workflow"] == "ssh-exec" and record["state"] in ("failed", "interrupted"), record
