@@ -438,3 +438,89 @@ def test_cancel_through_the_helper_stops_the_command(
         assert (again.stdout, again.exit_status) == (b"b\n", 0)
     finally:
         persist_wire.stop_helpers(tmp_path / "data")
+
+
+def _fill_backlog(sock: Path) -> list[socket.socket]:
+    """Connections that fill a listening socket's backlog (nobody accepts them): the next
+    blocking connect() would wait for as long as they stay."""
+    fillers: list[socket.socket] = []
+    while len(fillers) < 4096:
+        filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        filler.setblocking(False)
+        try:
+            with unixsock.sun_path(sock) as where:
+                filler.connect(where)
+        except BlockingIOError:
+            filler.close()
+            return fillers
+        fillers.append(filler)
+    raise AssertionError("the backlog never filled")
+
+
+def test_a_paused_helper_with_a_full_backlog_is_replaced_within_a_bound(
+    cli, live_sshd: SshServer, known_hosts: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A paused helper whose listen backlog is full: connect() would block without bound; the
+    call waits at most ssh.connect_timeout for room, then replaces the helper."""
+    env = env_for(live_sshd, known_hosts, connect_timeout=1)
+    assert cli("ssh", "run", "--shell", "cmd", "--", "true", env=env).code == 0
+    old = only_helper(cli, env)
+    os.kill(old["pid"], signal.SIGSTOP)
+    fillers: list[socket.socket] = []
+    try:
+        fillers = _fill_backlog(Path(old["socket"]))
+        started = time.monotonic()
+        res = cli("ssh", "run", "--shell", "cmd", "--", "echo after", env=env, timeout=45)
+        elapsed = time.monotonic() - started
+        assert res.code == 0 and res.stdout == "after\n", res.stderr
+        assert elapsed < 20, elapsed
+    finally:
+        os.kill(old["pid"], signal.SIGCONT)
+        for filler in fillers:
+            filler.close()
+    assert only_helper(cli, env)["pid"] != old["pid"]
+
+
+def test_probing_a_socket_whose_backlog_is_full_is_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "full.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with unixsock.sun_path(path) as where:
+        server.bind(where)
+    server.listen(1)  # never accepts
+    fillers = _fill_backlog(path)
+    try:
+        result: list[bool] = []
+        probe = threading.Thread(target=lambda: result.append(unixsock.serving(path)), daemon=True)
+        started = time.monotonic()
+        probe.start()
+        probe.join(20)
+        assert not probe.is_alive() and time.monotonic() - started < 20
+        assert result == [True]  # someone listens there (paused or swamped): it is not replaced here
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()
+    assert unixsock.serving(path) is False  # nobody listens any more
+
+
+def test_an_idle_client_is_dropped_and_others_are_served_meanwhile(
+    live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:
+    """A client that connects to the helper and sends nothing is dropped after
+    ssh.connect_timeout (it neither holds a thread nor keeps the helper from idling out)."""
+    cfg = live_sshd.config(known_hosts, connect_timeout=1)
+    conn = persist.WarmConnection(cfg, tmp_path / "data", 30)
+    idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        assert conn.exec("true", timeout=20).exit_status == 0  # starts the helper
+        with unixsock.sun_path(conn.sock) as where:
+            idle.connect(where)
+        idle.settimeout(30)
+        started = time.monotonic()
+        other = conn.exec("echo other", timeout=20)
+        assert (other.stdout, other.exit_status) == (b"other\n", 0)
+        assert idle.recv(1) == b""  # the helper hung up on it
+        assert time.monotonic() - started < 15
+    finally:
+        idle.close()
+        persist_wire.stop_helpers(tmp_path / "data")

@@ -143,6 +143,10 @@ class _Stale(Exception):
     """The helper is gone or does not answer: replace it and send the request again."""
 
 
+class _Wedged(Exception):
+    """A helper listens but takes no connection (its backlog stays full): kill and replace it."""
+
+
 class WarmConnection:
     """An Executor that runs commands through the VM's warm helper (started when needed)."""
 
@@ -157,18 +161,30 @@ class WarmConnection:
         return max(self.cfg.connect_timeout, 2 * self.cfg.keepalive_interval)
 
     def _connect(self) -> socket.socket:
+        """A connection to the helper. A full backlog (a paused or swamped helper: a blocking
+        connect() would wait for as long as it does not accept) is waited out for at most
+        ssh.connect_timeout, then `_Wedged`."""
         if not check_socket(self.sock):
             raise _Stale
-        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            with sun_path(self.sock) as where:
-                client.connect(where)
-        except OSError as exc:
-            client.close()
-            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
-                raise _Stale from None
-            raise ConnectError(f"cannot reach the warm-connection helper at {self.sock}: {exc}") from None
-        return client
+        deadline = time.monotonic() + self.cfg.connect_timeout
+        while True:
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.setblocking(False)  # a full backlog: EAGAIN at once, never a blocked connect()
+            try:
+                with sun_path(self.sock) as where:
+                    client.connect(where)
+            except OSError as exc:
+                client.close()
+                if exc.errno == errno.EAGAIN:
+                    if time.monotonic() < deadline:
+                        time.sleep(0.01)
+                        continue
+                    raise _Wedged from None
+                if exc.errno in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
+                    raise _Stale from None
+                raise ConnectError(f"cannot reach the warm-connection helper at {self.sock}: {exc}") from None
+            client.setblocking(True)
+            return client
 
     def _inode(self) -> int | None:
         try:
@@ -182,6 +198,8 @@ class WarmConnection:
             self._connect().close()
         except _Stale:
             return False
+        except _Wedged:
+            return True  # there is one: the request replaces it (see _open)
         return True
 
     def _ensure(self, *, replace: bool, bad: int | None = None) -> None:
@@ -206,6 +224,10 @@ class WarmConnection:
                 client = self._connect()
             except _Stale:
                 self._ensure(replace=False)
+                continue
+            except _Wedged:
+                if attempt < 3:
+                    self._ensure(replace=True, bad=inode)
                 continue
             try:
                 if fds:

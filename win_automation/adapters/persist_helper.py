@@ -69,9 +69,14 @@ class Helper:
     def _serve(self, client: socket.socket) -> None:
         if unixsock.peer_uid(client) != os.geteuid():
             return
-        frame = persist.recv_frame_fds(client)
+        client.settimeout(self.cfg.connect_timeout)  # a client that sends nothing is dropped
+        try:
+            frame = persist.recv_frame_fds(client)
+        except TimeoutError:
+            return
         if frame is None:
             return
+        client.settimeout(None)
         kind, payload, fds = frame
         try:
             if kind == b"R":
