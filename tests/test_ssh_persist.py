@@ -524,3 +524,55 @@ def test_an_idle_client_is_dropped_and_others_are_served_meanwhile(
     finally:
         idle.close()
         persist_wire.stop_helpers(tmp_path / "data")
+
+
+def test_stop_lets_a_running_command_finish_and_takes_no_new_ones(
+    cli, cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, remote_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """`ssh persist stop` while a command runs through the helper: the helper takes no new
+    request (its socket goes at once, the next call starts a fresh helper), the running job ends
+    with its real result, and the old helper leaves once it has."""
+    env = env_for(live_sshd, known_hosts)
+    assert cli("ssh", "run", "--shell", "cmd", "--", "true", env=env).code == 0
+    old = only_helper(cli, env)
+    marker = remote_dir / "started"
+    job = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "win_automation",
+            "ssh",
+            "run",
+            "--shell",
+            "cmd",
+            "--",
+            f"touch {marker}; sleep 4; echo done",
+        ],
+        env={**cli_env, **env},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists()
+        stop = cli("ssh", "persist", "stop", env=env)
+        assert stop.code == 0 and "stopped 1" in stop.stdout, stop.stderr
+        assert job.poll() is None  # stop did not wait for the job, nor end it
+        assert not Path(old["socket"]).exists()
+        new = cli("ssh", "run", "--shell", "cmd", "--", "echo new", env=env)
+        assert new.code == 0 and new.stdout == "new\n", new.stderr
+        out, err = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert (job.returncode, out) == (0, "done\n"), err
+    assert only_helper(cli, env)["pid"] != old["pid"]
+    deadline = time.monotonic() + 15
+    while persist_wire.is_helper(old["pid"], Path(old["socket"])) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not persist_wire.is_helper(old["pid"], Path(old["socket"]))
+    assert [j["state"] for j in jobs(cli, env)].count("running") == 0

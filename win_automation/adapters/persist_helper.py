@@ -32,7 +32,7 @@ from win_automation import unixsock
 from win_automation.adapters import persist_wire as persist
 from win_automation.adapters import sftp, sftp_download
 from win_automation.adapters.execution import SessionSpec
-from win_automation.adapters.ssh import SshConnection
+from win_automation.adapters.ssh import SshConnection, stall_seconds
 from win_automation.config.schema import SSHConfig
 from win_automation.errors import ConnectError, WinAutomationError
 
@@ -50,6 +50,8 @@ class Helper:
         self.busy = 0
         self.last = time.monotonic()
         self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)  # notified as each request ends
+        self.until = 0.0  # when the running requests are past their deadlines (a stop's drain)
         self.stop = threading.Event()
 
     # -- a request --------------------------------------------------------------------------
@@ -64,6 +66,7 @@ class Helper:
             with self.lock:
                 self.busy -= 1
                 self.last = time.monotonic()
+                self.idle.notify_all()
             client.close()
 
     def _serve(self, client: socket.socket) -> None:
@@ -86,6 +89,9 @@ class Helper:
                 os.close(fd)
 
     def _answer(self, client: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        limit = request.get("timeout") or request.get("hash_timeout") or self.cfg.command_timeout
+        with self.lock:  # how long a stop waits for this request at most
+            self.until = max(self.until, time.monotonic() + float(limit) + stall_seconds(self.cfg))
         send_lock = threading.Lock()
 
         def send(kind: bytes, payload: bytes = b"") -> None:
@@ -253,9 +259,17 @@ class Helper:
         server.close()
         with contextlib.suppress(FileNotFoundError):
             if self.sock.lstat().st_ino == inode:
-                self.sock.unlink()
+                self.sock.unlink()  # new calls start a fresh helper from now on
                 persist.info_path(self.sock).unlink(missing_ok=True)
+        self.drain()
         self.conn.close()
+
+    def drain(self) -> None:
+        """Stopped (`ssh persist stop`) while requests run: they end with their real results,
+        each within its own deadline (plus the stall bound); then the helper leaves."""
+        with self.lock:
+            while self.busy and (left := self.until - time.monotonic()) > 0:
+                self.idle.wait(left)
 
 
 class _Kept(logging.Handler):

@@ -187,13 +187,16 @@ def stop_helpers(data_dir: Path, vm: str | None = None) -> list[dict[str, Any]]:
             continue
         sock = Path(helper["socket"])
         pid = helper["pid"]
+        draining = False
         if helper["alive"] and isinstance(pid, int):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
                 os.kill(pid, signal.SIGCONT)  # a paused one takes it too (not 5 s, then SIGKILL)
             deadline = time.monotonic() + 5
-            while alive(pid) and time.monotonic() < deadline:
+            while alive(pid) and sock.exists() and time.monotonic() < deadline:
                 time.sleep(0.02)
-        discard(sock, kill=True)
+            # It removed its socket (takes no new request) and finishes the running ones.
+            draining = alive(pid) and not sock.exists()
+        discard(sock, kill=not draining)
         stopped.append(helper)
     return stopped
