@@ -200,6 +200,7 @@ class SshConnection:
         self.cfg = cfg
         self._transport: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self.sftp_lock = threading.RLock()  # held while a thread uses the SFTP session (sftp.shared)
         self._lock = threading.Lock()
         self._sessions: Any = None  # warm_powershell.SessionPool, made on first use
 
