@@ -5,6 +5,7 @@ VM's sshd restarting)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from win_automation import unixsock
 from win_automation.adapters import persist, persist_wire
 from win_automation.config import Config
 from win_automation.errors import StorageError
+from win_automation.operations import transfers
 
 
 def env_for(server: SshServer, known_hosts: Path, **overrides: Any) -> dict[str, str]:
@@ -576,3 +578,41 @@ def test_stop_lets_a_running_command_finish_and_takes_no_new_ones(
         time.sleep(0.05)
     assert not persist_wire.is_helper(old["pid"], Path(old["socket"]))
     assert [j["state"] for j in jobs(cli, env)].count("running") == 0
+
+
+def test_a_mute_connection_under_the_helper_is_reconnected_before_the_command_starts(
+    live_sshd: SshServer, known_hosts: Path, tmp_path: Path, remote_dir: Path
+) -> None:
+    """The helper's SSH connection goes mute (its sshd paused: TCP alive, nothing answered): a
+    channel that does not open within ssh.connect_timeout means no command was sent, so the
+    helper drops the connection and reconnects once; the command and a get run once, whole."""
+    cfg = live_sshd.config(known_hosts, connect_timeout=1)
+    conn = persist.WarmConnection(cfg, tmp_path / "data", 30)
+    paused: list[int] = []
+    try:
+        assert conn.exec("true", timeout=20).exit_status == 0  # the helper and its one connection
+        paused = live_sshd.session_pids()
+        assert paused
+        for pid in paused:
+            os.kill(pid, signal.SIGSTOP)
+        marker = remote_dir / "ran"
+        started = time.monotonic()
+        outcome = conn.exec(f"echo x >> {marker}; echo after", timeout=20)
+        assert (outcome.stdout, outcome.exit_status) == (b"after\n", 0)
+        assert marker.read_text() == "x\n"
+        assert time.monotonic() - started < 15
+        for pid in live_sshd.session_pids():  # the new connection goes mute too
+            if pid not in paused:
+                os.kill(pid, signal.SIGSTOP)
+                paused.append(pid)
+        source = remote_dir / "mute.bin"
+        source.write_bytes(os.urandom(300_000))
+        got = transfers.get_file(conn, str(source), tmp_path / "mute.bin", remote_os="posix")
+        assert got.sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
+        assert (tmp_path / "mute.bin").read_bytes() == source.read_bytes()
+    finally:
+        for pid in paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGCONT)
+        persist_wire.stop_helpers(tmp_path / "data")

@@ -264,17 +264,15 @@ def download(
     """Copy remote file `remote` into `out` (seekable, empty); returns its size and sha256.
     A write that fails here (disk full, ...) is a StorageError naming `target` (default: out's
     name); `cancelled()` turning true stops the transfer with a ConnectError."""
-    transport = conn.transport()
     what = f"SFTP download of {remote}"
+    channel = conn.open_channel(window_size=CHANNEL_WINDOW, max_packet_size=CHANNEL_PACKET)
     try:
         with bounded(conn, what):
-            channel = transport.open_session(
-                window_size=CHANNEL_WINDOW, max_packet_size=CHANNEL_PACKET, timeout=conn.stall_timeout
-            )
             channel.in_buffer = _ChunkPipe()  # before the subsystem starts: no data yet
             channel.settimeout(conn.stall_timeout)
             channel.invoke_subsystem("sftp")
     except (paramiko.SSHException, OSError, EOFError) as exc:
+        channel.close()
         raise ConnectError(f"cannot start SFTP: {exc}") from exc
     try:
         with bounded(conn, what):

@@ -257,14 +257,27 @@ class SshConnection:
         with self._lock:
             self._drop()
 
-    def open_channel(self) -> paramiko.Channel:
+    def open_channel(self, **sizes: int) -> paramiko.Channel:
+        """A new session channel (`sizes`: window_size, max_packet_size). A transport that dropped
+        is reconnected; one that opens no channel within connect_timeout is mute (TCP alive, the
+        server answering nothing): no command was sent on it, so it is dropped and reconnected once."""
         for attempt in (1, 2):
             transport = self.transport()
             try:
-                return transport.open_session(timeout=self.cfg.connect_timeout)
+                return transport.open_session(timeout=self.cfg.connect_timeout, **sizes)
+            except paramiko.ChannelException as exc:  # the server answered: refused
+                raise ConnectError(f"cannot open a session on {_target(self.cfg)}: {exc}") from exc
             except (paramiko.SSHException, OSError, EOFError) as exc:
-                if attempt == 2 or transport.is_active():
+                if attempt == 2:
                     raise ConnectError(f"cannot open a session on {_target(self.cfg)}: {exc}") from exc
+                if transport.is_active():
+                    log.warning(
+                        "connection does not answer; reconnecting",
+                        extra={"op": "ssh.connect", "target": _target(self.cfg)},
+                    )
+                    with self._lock:
+                        if self._transport is transport:
+                            self._drop()
         raise AssertionError("unreachable")
 
     def sftp(self) -> paramiko.SFTPClient:
