@@ -23,7 +23,7 @@ from fixture_sshd import SshServer
 from win_automation import unixsock
 from win_automation.adapters import persist, persist_wire
 from win_automation.config import Config
-from win_automation.errors import StorageError
+from win_automation.errors import ConnectError, StorageError
 from win_automation.operations import transfers
 
 
@@ -616,3 +616,88 @@ def test_a_mute_connection_under_the_helper_is_reconnected_before_the_command_st
                 os.kill(pid, signal.SIGKILL)
                 os.kill(pid, signal.SIGCONT)
         persist_wire.stop_helpers(tmp_path / "data")
+
+
+class _FakeHelper:
+    """A process-local stand-in at the helper's socket: it accepts each request (`A`), then, per
+    `after`, hangs up (`dies`), says nothing more (`mute`), or says `S` and hangs up (`started`)."""
+
+    def __init__(self, sock: Path, after: str) -> None:
+        self.after = after
+        self.requests: list[dict[str, Any]] = []
+        self.kept: list[socket.socket] = []
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with unixsock.sun_path(sock) as where:
+            self.server.bind(where)
+        sock.chmod(0o600)
+        self.server.listen(8)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            frame = persist_wire.recv_frame_fds(client)
+            assert frame is not None
+            for fd in frame[2]:
+                os.close(fd)
+            self.requests.append(json.loads(frame[1]))
+            persist_wire.send_frame(client, b"A")
+            if self.after == "started":
+                persist_wire.send_frame(client, b"S")
+            if self.after == "mute":
+                self.kept.append(client)
+            else:
+                client.close()
+
+    def close(self) -> None:
+        self.server.close()
+        for client in self.kept:
+            client.close()
+
+
+@pytest.mark.parametrize("op", ["exec", "get"])
+@pytest.mark.parametrize("after", ["dies", "mute"])
+def test_a_helper_that_fails_before_starting_is_replaced_and_the_request_runs_once(
+    live_sshd: SshServer, known_hosts: Path, tmp_path: Path, remote_dir: Path, op: str, after: str
+) -> None:
+    cfg = live_sshd.config(known_hosts, connect_timeout=1, keepalive_interval=1)
+    conn = persist.WarmConnection(cfg, tmp_path / "data", 30)
+    fake = _FakeHelper(conn.sock, after)
+    try:
+        started = time.monotonic()
+        if op == "exec":
+            marker = remote_dir / "ran"
+            outcome = conn.exec(f"echo x >> {marker}; echo ran", timeout=20)
+            assert (outcome.stdout, outcome.exit_status) == (b"ran\n", 0)
+            assert marker.read_text() == "x\n"  # once
+        else:
+            source = remote_dir / "once.bin"
+            source.write_bytes(os.urandom(200_000))
+            got = transfers.get_file(conn, str(source), tmp_path / "once.bin", remote_os="posix")
+            assert (tmp_path / "once.bin").read_bytes() == source.read_bytes()
+            assert got.sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
+        assert time.monotonic() - started < 20
+        assert [r["op"] for r in fake.requests] == [op]  # then the fresh helper took it
+        assert persist_wire.helpers(tmp_path / "data")[0]["alive"]
+    finally:
+        fake.close()
+        persist_wire.stop_helpers(tmp_path / "data")
+
+
+def test_a_helper_that_fails_after_starting_is_not_sent_the_command_again(
+    live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:
+    cfg = live_sshd.config(known_hosts, connect_timeout=1, keepalive_interval=1)
+    conn = persist.WarmConnection(cfg, tmp_path / "data", 30)
+    fake = _FakeHelper(conn.sock, "started")
+    try:
+        with pytest.raises(ConnectError, match=r"died while the command ran .*not retried"):
+            conn.exec("echo once", timeout=20)
+        assert [r["command"] for r in fake.requests] == ["echo once"]
+        # none started for a second try: only the stand-in's socket is there
+        assert [h["alive"] for h in persist_wire.helpers(tmp_path / "data")] == [False]
+    finally:
+        fake.close()

@@ -143,6 +143,14 @@ class _Stale(Exception):
     """The helper is gone or does not answer: replace it and send the request again."""
 
 
+class _NotStarted(Exception):
+    """The helper died or went mute before it started the command: safe to send again."""
+
+    def __init__(self, error: ConnectError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Wedged(Exception):
     """A helper listens but takes no connection (its backlog stays full): kill and replace it."""
 
@@ -215,9 +223,11 @@ class WarmConnection:
             return
         spawn(self.cfg, self.sock, self.persist)
 
-    def _open(self, request: dict[str, Any], fds: list[int] | None = None) -> socket.socket:
-        """A connection on which the helper accepted `request` (replacing a dead helper once);
-        `fds` travel with it (a `get`'s open destination file)."""
+    def _open(
+        self, request: dict[str, Any], fds: list[int] | None = None
+    ) -> tuple[socket.socket, int | None]:
+        """A connection on which the helper accepted `request` (replacing a dead helper once),
+        and the inode of the helper's socket; `fds` travel with it (a `get`'s destination file)."""
         for attempt in (1, 2, 3):
             inode = self._inode()
             try:
@@ -240,7 +250,7 @@ class WarmConnection:
             except OSError:
                 frame = None
             if frame is not None and frame[0] == b"A":
-                return client
+                return client, inode
             client.close()
             if attempt < 3:  # nothing was run: a dead or wedged helper is replaced
                 self._ensure(replace=True, bad=inode)
@@ -256,53 +266,84 @@ class WarmConnection:
         fds: list[int] | None = None,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, Any]:
-        client = self._open(request, fds)
+        """The helper's answer to `request`. A helper that dies or stops answering before it
+        started the command (its `S` frame) is replaced and the request sent once more: nothing
+        ran on the VM and nothing was written to `fds`. After `S`, such a fault is final."""
+        for attempt in (1, 2):
+            client, inode = self._open(request, fds)
+            try:
+                return self._relay(client, request, on_stdout, on_stderr, cancelled, fds, on_progress)
+            except _NotStarted as exc:
+                if attempt == 2:
+                    raise exc.error from None
+            finally:
+                client.close()
+            self._ensure(replace=True, bad=inode)
+        raise AssertionError("unreachable")
+
+    def _relay(
+        self,
+        client: socket.socket,
+        request: dict[str, Any],
+        on_stdout: Chunk | None,
+        on_stderr: Chunk | None,
+        cancelled: Callable[[], bool] | None,
+        fds: list[int] | None,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> dict[str, Any]:
         during = "during the download" if request.get("op") == "get" else "while the command ran"
-        sent_cancel = False
+        sent_cancel = started = False
         last = time.monotonic()
-        try:
-            while True:
-                wait = CANCEL_POLL if cancelled is not None else HEARTBEAT
-                if not select.select([client], [], [], wait)[0]:
-                    if cancelled is not None and not sent_cancel and cancelled():
-                        send_frame(client, b"C")
-                        sent_cancel = True
-                    if time.monotonic() - last > self.stall_timeout:
-                        raise ConnectError(
-                            f"the warm-connection helper for {self.cfg.vm_key} stopped answering"
-                            f" for {self.stall_timeout:g}s {during} (not retried)"
-                        )
-                    continue
-                try:
-                    frame = recv_frame(client)
-                except OSError:
-                    frame = None
-                if frame is None:
-                    raise ConnectError(
-                        f"the warm-connection helper for {self.cfg.vm_key} died {during}"
-                        f" ({'' if fds else 'it may or may not have finished; '}not retried)"
-                    )
-                last = time.monotonic()
-                kind, payload = frame
-                if kind == b"O":
-                    if on_stdout is not None:
-                        on_stdout(payload)
-                elif kind == b"E":
-                    if on_stderr is not None:
-                        on_stderr(payload)
-                elif kind == b"P":
-                    if on_progress is not None:
-                        on_progress(*_PROGRESS.unpack(payload))
-                elif kind == b"X":
-                    answer = json.loads(payload)
-                    if "error" in answer:
-                        raise error_from(answer["error"])
-                    return dict(answer)
+
+        def fault(error: ConnectError) -> Exception:
+            return error if started or sent_cancel else _NotStarted(error)
+
+        while True:
+            wait = CANCEL_POLL if cancelled is not None else HEARTBEAT
+            if not select.select([client], [], [], wait)[0]:
                 if cancelled is not None and not sent_cancel and cancelled():
                     send_frame(client, b"C")
                     sent_cancel = True
-        finally:
-            client.close()
+                if time.monotonic() - last > self.stall_timeout:
+                    raise fault(
+                        ConnectError(
+                            f"the warm-connection helper for {self.cfg.vm_key} stopped answering"
+                            f" for {self.stall_timeout:g}s {during} (not retried)"
+                        )
+                    )
+                continue
+            try:
+                frame = recv_frame(client)
+            except OSError:
+                frame = None
+            if frame is None:
+                raise fault(
+                    ConnectError(
+                        f"the warm-connection helper for {self.cfg.vm_key} died {during}"
+                        f" ({'' if fds else 'it may or may not have finished; '}not retried)"
+                    )
+                )
+            last = time.monotonic()
+            kind, payload = frame
+            if kind == b"S":
+                started = True
+            elif kind == b"O":
+                if on_stdout is not None:
+                    on_stdout(payload)
+            elif kind == b"E":
+                if on_stderr is not None:
+                    on_stderr(payload)
+            elif kind == b"P":
+                if on_progress is not None:
+                    on_progress(*_PROGRESS.unpack(payload))
+            elif kind == b"X":
+                answer = json.loads(payload)
+                if "error" in answer:
+                    raise error_from(answer["error"])
+                return dict(answer)
+            if cancelled is not None and not sent_cancel and cancelled():
+                send_frame(client, b"C")
+                sent_cancel = True
 
     def exec(
         self,

@@ -132,6 +132,8 @@ class Helper:
         send(b"X", json.dumps(answer).encode())
 
     def _run(self, request: dict[str, Any], send: Any, cancelled: threading.Event) -> dict[str, Any]:
+        """A command (or a small SFTP operation). `S` goes out just before anything reaches the
+        VM: until then the caller may send the request to a fresh helper if this one fails."""
         op = request.get("op")
         relay: dict[str, Any] = {
             "timeout": request.get("timeout"),
@@ -142,8 +144,9 @@ class Helper:
         }
         if op in ("exec", "session"):
             if op == "exec":
-                outcome = self.conn.exec(str(request["command"]), **relay)
+                outcome = self.conn.exec(str(request["command"]), on_start=lambda: send(b"S"), **relay)
             else:  # ssh.warm_powershell: the script runs in this helper's warm session
+                send(b"S")
                 spec = SessionSpec(str(request["launch"]), str(request["bootstrap"]), str(request["kill"]))
                 outcome = self.conn.run_in_session(spec, str(request["script"]), **relay)
             return {
@@ -153,6 +156,7 @@ class Helper:
                 "cancelled": outcome.cancelled,
                 "pid": outcome.pid,
             }
+        send(b"S")
         if op == "put":
             self.conn.put_bytes(str(request["path"]), base64.b64decode(request["data"]))
             return {}
@@ -207,6 +211,7 @@ class Helper:
                 progress if request.get("progress") else None,
                 cancelled=cancelled.is_set,
                 target=str(request.get("target") or "the local file"),
+                on_start=lambda: send(b"S"),
             )
         expected = sftp.remote_size(self.conn, remote)
         while hasher.is_alive() and not cancelled.is_set():

@@ -3,10 +3,12 @@ the helpers a data dir holds (`ssh persist status|stop`). No paramiko here (see
 win_automation.adapters.persist for the client and persist_helper for the helper).
 
 Wire format, one request per connection: frames of 1 type byte, a 4-byte big-endian length and
-the payload. Client: `R` (the request, JSON), `C` (cancel). Helper: `A` (accepted), `O`/`E`
-(stdout/stderr bytes), `H` (heartbeat, every HEARTBEAT seconds), `P` (a download's progress: two
-big-endian int64, done and total), `X` (the outcome or the error, JSON). A `get` request carries
-the open destination file with its `R` frame (SCM_RIGHTS), so the helper writes into it directly.
+the payload. Client: `R` (the request, JSON), `C` (cancel). Helper: `A` (accepted), `S` (started:
+the command goes to the VM next, or the download writes; before it, a helper that dies or goes
+mute is replaced and the request sent again), `O`/`E` (stdout/stderr bytes), `H` (heartbeat, every
+HEARTBEAT seconds), `P` (a download's progress: two big-endian int64, done and total), `X` (the
+outcome or the error, JSON). A `get` request carries the open destination file with its `R` frame
+(SCM_RIGHTS), so the helper writes into it directly.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from win_automation.unixsock import check_socket, ensure_dir, locked, sun_path
 __all__ = ["check_socket", "ensure_dir", "locked", "sun_path"]  # the socket checks, shared (unixsock)
 
 # In the socket name: a helper of another protocol is never used. 2: `get` (a descriptor with R).
-PROTOCOL = 2
+# 3: `S` (started).
+PROTOCOL = 3
 HEARTBEAT = 1.0
 CANCEL_POLL = 0.1
 _HEADER = struct.Struct(">cI")

@@ -359,13 +359,16 @@ class SshConnection:
         on_stderr: Chunk | None = None,
         cancelled: Callable[[], bool] | None = None,
         keep: bool = True,
+        on_start: Callable[[], None] | None = None,
     ) -> ExecOutcome:
         """Run `command` (no PTY); stream its output (kept in the outcome when `keep`); stop
         waiting at the deadline, or within CANCEL_POLL seconds of `cancelled()` turning true
-        (`ExecOutcome.cancelled`)."""
+        (`ExecOutcome.cancelled`). `on_start()` runs just before the command is sent."""
         with Timer() as timer:
             channel = self.open_channel()
             try:
+                if on_start is not None:
+                    on_start()
                 outcome = self._run(channel, command, timeout, on_stdout, on_stderr, cancelled, keep)
             finally:
                 channel.close()
