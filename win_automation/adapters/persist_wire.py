@@ -16,10 +16,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import select
 import signal
 import socket
 import struct
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -152,6 +155,78 @@ def is_helper(pid: int, sock: Path) -> bool:
     except OSError:
         return False
     return b"persist_helper" in cmdline and sock.name.encode() in cmdline
+
+
+# --- starting a helper --------------------------------------------------------------------------
+def _secret(value: Any) -> str | None:
+    return None if value is None else str(value.get_secret_value())
+
+
+_BACKGROUND: list[Any] = []  # helpers started without waiting (their Popen objects, kept)
+
+
+def spawn(cfg: SSHConfig, sock: Path, persist: float, *, wait: bool = True) -> None:
+    """Start the helper for `cfg` at `sock`. With `wait`, return when it (or a helper another
+    process started at the same time) is connected and listening, or raise the error its
+    connection attempt ended with; without, return at once."""
+    import subprocess
+
+    settings = cfg.model_dump(mode="json")
+    settings["password"] = _secret(cfg.password)
+    settings["key_passphrase"] = _secret(cfg.key_passphrase)
+    log = sock.with_suffix(".log")
+    with log.open("ab") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "win_automation.adapters.persist_helper", str(sock)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE if wait else subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+            close_fds=True,
+        )
+    assert proc.stdin is not None
+    request = {"ssh": settings, "persist": persist}
+    try:
+        proc.stdin.write(json.dumps(request).encode())
+        proc.stdin.close()
+    except OSError:
+        pass
+    if not wait:
+        _BACKGROUND.append(proc)
+        return
+    assert proc.stdout is not None
+    # The helper's own connect policy: 3 attempts, each bounded by connect_timeout.
+    deadline = time.monotonic() + 3 * cfg.connect_timeout + 10
+    line = b""
+    fd = proc.stdout.fileno()
+    while not line.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the helper and its parent
+            proc.wait()
+            raise ConnectError(f"the warm-connection helper for {cfg.vm_key} did not start in time")
+        data = os.read(fd, 4096)
+        if not data:
+            break
+        line += data
+    proc.stdout.close()
+    proc.wait(5)  # the helper forked away from it at once
+    try:
+        answer = json.loads(line) if line else {}
+    except ValueError:
+        answer = {}
+    for record in answer.get("log") or ():  # the helper's connect retries, as if they were ours
+        logging.getLogger(str(record["name"])).log(int(record["level"]), record["msg"], extra=record["extra"])
+    if answer.get("ok"):
+        return
+    if "error" in answer:
+        raise error_from(answer["error"])
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+    raise ConnectError(
+        f"the warm-connection helper for {cfg.vm_key} exited before it was ready"
+        + (f": {tail[0]}" if tail else "")
+    )
 
 
 # --- status and stop ----------------------------------------------------------------------------
