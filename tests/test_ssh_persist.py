@@ -631,14 +631,18 @@ class _FakeHelper:
             self.server.bind(where)
         sock.chmod(0o600)
         self.server.listen(8)
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.server.settimeout(0.05)
+        self.closing = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
 
     def _serve(self) -> None:
-        while True:
+        while not self.closing.is_set():
             try:
                 client, _ = self.server.accept()
-            except OSError:
-                return
+            except TimeoutError:
+                continue
+            client.settimeout(10)
             frame = persist_wire.recv_frame_fds(client)
             assert frame is not None
             for fd in frame[2]:
@@ -653,6 +657,9 @@ class _FakeHelper:
                 client.close()
 
     def close(self) -> None:
+        self.closing.set()  # not close() under a blocked accept(): its fd number is reused
+        self.thread.join(10)
+        assert not self.thread.is_alive()
         self.server.close()
         for client in self.kept:
             client.close()

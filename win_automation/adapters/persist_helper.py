@@ -266,12 +266,13 @@ class Helper:
             if self.sock.lstat().st_ino == inode:
                 self.sock.unlink()  # new calls start a fresh helper from now on
                 persist.info_path(self.sock).unlink(missing_ok=True)
-        self.drain()
-        self.conn.close()
+        if self.stop.is_set():
+            self.drain()
+        self.conn.close()  # (its socket removed or replaced: it leaves at once, as documented)
 
     def drain(self) -> None:
-        """Stopped (`ssh persist stop`) while requests run: they end with their real results,
-        each within its own deadline (plus the stall bound); then the helper leaves."""
+        """Stopped (SIGTERM: `ssh persist stop`) while requests run: they end with their real
+        results, each within its own deadline (plus the stall bound); then the helper leaves."""
         with self.lock:
             while self.busy and (left := self.until - time.monotonic()) > 0:
                 self.idle.wait(left)
