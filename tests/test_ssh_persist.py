@@ -605,6 +605,15 @@ def test_a_mute_connection_under_the_helper_is_reconnected_before_the_command_st
             if pid not in paused:
                 os.kill(pid, signal.SIGSTOP)
                 paused.append(pid)
+        script = remote_dir / "upload.txt"  # the first SFTP use on a (new) mute connection
+        upload = threading.Thread(target=conn.put_bytes, args=(str(script), b"uploaded"), daemon=True)
+        upload.start()
+        upload.join(30)  # not paramiko's default wait for a channel: an hour
+        assert not upload.is_alive() and script.read_bytes() == b"uploaded"
+        for pid in live_sshd.session_pids():
+            if pid not in paused:
+                os.kill(pid, signal.SIGSTOP)
+                paused.append(pid)
         source = remote_dir / "mute.bin"
         source.write_bytes(os.urandom(300_000))
         got = transfers.get_file(conn, str(source), tmp_path / "mute.bin", remote_os="posix")

@@ -281,21 +281,23 @@ class SshConnection:
         raise AssertionError("unreachable")
 
     def sftp(self) -> paramiko.SFTPClient:
-        """The connection's SFTP session (opened once per transport)."""
+        """The connection's SFTP session (opened once per transport; its channel as open_channel's,
+        not paramiko's hour-long wait on a mute connection). Used under sftp_lock (sftp.shared)."""
         transport = self.transport()
         with self._lock:
-            if self._sftp is None or self._sftp.get_channel().get_transport() is not transport:
-                try:
-                    self._sftp = paramiko.SFTPClient.from_transport(
-                        transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE
-                    )
-                    assert self._sftp is not None
-                    # Every request of the session waits at most this long for its answer.
-                    self._sftp.get_channel().settimeout(self.stall_timeout)
-                except (paramiko.SSHException, OSError, EOFError) as exc:
-                    raise ConnectError(f"cannot start SFTP on {_target(self.cfg)}: {exc}") from exc
-            assert self._sftp is not None
-            return self._sftp
+            if self._sftp is not None and self._sftp.get_channel().get_transport() is transport:
+                return self._sftp
+        channel = self.open_channel(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE)
+        try:
+            channel.settimeout(self.stall_timeout)  # each request waits at most this for its answer
+            channel.invoke_subsystem("sftp")
+            client = paramiko.SFTPClient(channel)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            channel.close()
+            raise ConnectError(f"cannot start SFTP on {_target(self.cfg)}: {exc}") from exc
+        with self._lock:
+            self._sftp = client
+        return client
 
     def put_bytes(self, remote: str, data: bytes) -> None:
         """Write `data` to the remote file `remote` over SFTP (an uploaded script)."""
