@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -376,3 +377,52 @@ def test_the_transfer_deadline_holds_through_the_helper(
     assert warm.code == cold.code == 124, warm.stderr + cold.stderr
     assert warm.stderr == cold.stderr and "passed its deadline of 3s" in warm.stderr
     assert took < 10 and list(out.iterdir()) == []
+
+
+def test_parallel_transfers_through_one_helper_each_arrive_whole(
+    cli, cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, remote_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Gets, uploads, listings and removals at once through one helper, which serves them on
+    one SSH connection and its one SFTP session: each arrives whole (sha256), none fails."""
+    env = live_sshd.env(known_hosts)
+    helper = warm_up(cli, env, remote_dir, tmp_path)
+    cfg = live_sshd.config(known_hosts)
+    warm = WarmConnection(cfg, Path(cli_env["WIN_AUTOMATION_DATA_DIR"]), cfg.persist)
+    (tmp_path / "got").mkdir()
+    failures: list[BaseException] = []
+
+    def getter(n: int) -> None:
+        source = remote_dir / f"get-{n}.bin"
+        source.write_bytes(os.urandom(MIB + n))
+        for round_ in range(3):
+            local = tmp_path / "got" / f"{n}-{round_}.bin"
+            got = transfers.get_file(warm, str(source), local, remote_os="posix")
+            assert got.sha256 == sha(source) == sha(local)
+
+    def putter(n: int) -> None:
+        for round_ in range(15):
+            data = os.urandom(64 * 1024 + n * 1000 + round_)
+            target = remote_dir / f"put-{n}-{round_}.bin"
+            warm.put_bytes(str(target), data)
+            assert hashlib.sha256(target.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
+            assert target.name in [name for name, _ in warm.list_folder(str(remote_dir))]
+            warm.remove(str(target))
+            assert not target.exists()
+
+    def guarded(work: Any, n: int) -> None:
+        try:
+            work(n)
+        except BaseException as exc:
+            failures.append(exc)
+
+    works = [(work, n) for n in range(3) for work in (getter, putter)]
+    threads = [threading.Thread(target=guarded, args=work) for work in works]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert failures == [], failures
+    assert time.monotonic() - started < 60
+    assert only_helper(cli, env)["pid"] == helper["pid"]

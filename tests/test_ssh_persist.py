@@ -5,6 +5,7 @@ VM's sshd restarting)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -22,7 +23,8 @@ from fixture_sshd import SshServer
 from win_automation import unixsock
 from win_automation.adapters import persist, persist_wire
 from win_automation.config import Config
-from win_automation.errors import StorageError
+from win_automation.errors import ConnectError, StorageError
+from win_automation.operations import transfers
 
 
 def env_for(server: SshServer, known_hosts: Path, **overrides: Any) -> dict[str, str]:
@@ -438,3 +440,280 @@ def test_cancel_through_the_helper_stops_the_command(
         assert (again.stdout, again.exit_status) == (b"b\n", 0)
     finally:
         persist_wire.stop_helpers(tmp_path / "data")
+
+
+def _fill_backlog(sock: Path) -> list[socket.socket]:
+    """Connections that fill a listening socket's backlog (nobody accepts them): the next
+    blocking connect() would wait for as long as they stay."""
+    fillers: list[socket.socket] = []
+    while len(fillers) < 4096:
+        filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        filler.setblocking(False)
+        try:
+            with unixsock.sun_path(sock) as where:
+                filler.connect(where)
+        except BlockingIOError:
+            filler.close()
+            return fillers
+        fillers.append(filler)
+    raise AssertionError("the backlog never filled")
+
+
+def test_a_paused_helper_with_a_full_backlog_is_replaced_within_a_bound(
+    cli, live_sshd: SshServer, known_hosts: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A paused helper whose listen backlog is full: connect() would block without bound; the
+    call waits at most ssh.connect_timeout for room, then replaces the helper."""
+    env = env_for(live_sshd, known_hosts, connect_timeout=1)
+    assert cli("ssh", "run", "--shell", "cmd", "--", "true", env=env).code == 0
+    old = only_helper(cli, env)
+    os.kill(old["pid"], signal.SIGSTOP)
+    fillers: list[socket.socket] = []
+    try:
+        fillers = _fill_backlog(Path(old["socket"]))
+        started = time.monotonic()
+        res = cli("ssh", "run", "--shell", "cmd", "--", "echo after", env=env, timeout=45)
+        elapsed = time.monotonic() - started
+        assert res.code == 0 and res.stdout == "after\n", res.stderr
+        assert elapsed < 20, elapsed
+    finally:
+        os.kill(old["pid"], signal.SIGCONT)
+        for filler in fillers:
+            filler.close()
+    assert only_helper(cli, env)["pid"] != old["pid"]
+
+
+def test_probing_a_socket_whose_backlog_is_full_is_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "full.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with unixsock.sun_path(path) as where:
+        server.bind(where)
+    server.listen(1)  # never accepts
+    fillers = _fill_backlog(path)
+    try:
+        result: list[bool] = []
+        probe = threading.Thread(target=lambda: result.append(unixsock.serving(path)), daemon=True)
+        started = time.monotonic()
+        probe.start()
+        probe.join(20)
+        assert not probe.is_alive() and time.monotonic() - started < 20
+        assert result == [True]  # someone listens there (paused or swamped): it is not replaced here
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()
+    assert unixsock.serving(path) is False  # nobody listens any more
+
+
+def test_an_idle_client_is_dropped_and_others_are_served_meanwhile(
+    live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:
+    """A client that connects to the helper and sends nothing is dropped after
+    ssh.connect_timeout (it neither holds a thread nor keeps the helper from idling out)."""
+    cfg = live_sshd.config(known_hosts, connect_timeout=1)
+    conn = persist.WarmConnection(cfg, tmp_path / "data", 30)
+    idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        assert conn.exec("true", timeout=20).exit_status == 0  # starts the helper
+        with unixsock.sun_path(conn.sock) as where:
+            idle.connect(where)
+        idle.settimeout(30)
+        started = time.monotonic()
+        other = conn.exec("echo other", timeout=20)
+        assert (other.stdout, other.exit_status) == (b"other\n", 0)
+        assert idle.recv(1) == b""  # the helper hung up on it
+        assert time.monotonic() - started < 15
+    finally:
+        idle.close()
+        persist_wire.stop_helpers(tmp_path / "data")
+
+
+def test_stop_lets_a_running_command_finish_and_takes_no_new_ones(
+    cli, cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, remote_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """`ssh persist stop` while a command runs through the helper: the helper takes no new
+    request (its socket goes at once, the next call starts a fresh helper), the running job ends
+    with its real result, and the old helper leaves once it has."""
+    env = env_for(live_sshd, known_hosts)
+    assert cli("ssh", "run", "--shell", "cmd", "--", "true", env=env).code == 0
+    old = only_helper(cli, env)
+    marker = remote_dir / "started"
+    job = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "win_automation",
+            "ssh",
+            "run",
+            "--shell",
+            "cmd",
+            "--",
+            f"touch {marker}; sleep 4; echo done",
+        ],
+        env={**cli_env, **env},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists()
+        stop = cli("ssh", "persist", "stop", env=env)
+        assert stop.code == 0 and "stopped 1" in stop.stdout, stop.stderr
+        assert job.poll() is None  # stop did not wait for the job, nor end it
+        assert not Path(old["socket"]).exists()
+        new = cli("ssh", "run", "--shell", "cmd", "--", "echo new", env=env)
+        assert new.code == 0 and new.stdout == "new\n", new.stderr
+        out, err = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert (job.returncode, out) == (0, "done\n"), err
+    assert only_helper(cli, env)["pid"] != old["pid"]
+    deadline = time.monotonic() + 15
+    while persist_wire.is_helper(old["pid"], Path(old["socket"])) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not persist_wire.is_helper(old["pid"], Path(old["socket"]))
+    assert [j["state"] for j in jobs(cli, env)].count("running") == 0
+
+
+def test_a_mute_connection_under_the_helper_is_reconnected_before_the_command_starts(
+    live_sshd: SshServer, known_hosts: Path, tmp_path: Path, remote_dir: Path
+) -> None:
+    """The helper's SSH connection goes mute (its sshd paused: TCP alive, nothing answered): a
+    channel that does not open within ssh.connect_timeout means no command was sent, so the
+    helper drops the connection and reconnects once; the command and a get run once, whole."""
+    cfg = live_sshd.config(known_hosts, connect_timeout=1)
+    conn = persist.WarmConnection(cfg, tmp_path / "data", 30)
+    paused: list[int] = []
+    try:
+        assert conn.exec("true", timeout=20).exit_status == 0  # the helper and its one connection
+        paused = live_sshd.session_pids()
+        assert paused
+        for pid in paused:
+            os.kill(pid, signal.SIGSTOP)
+        marker = remote_dir / "ran"
+        started = time.monotonic()
+        outcome = conn.exec(f"echo x >> {marker}; echo after", timeout=20)
+        assert (outcome.stdout, outcome.exit_status) == (b"after\n", 0)
+        assert marker.read_text() == "x\n"
+        assert time.monotonic() - started < 15
+        for pid in live_sshd.session_pids():  # the new connection goes mute too
+            if pid not in paused:
+                os.kill(pid, signal.SIGSTOP)
+                paused.append(pid)
+        script = remote_dir / "upload.txt"  # the first SFTP use on a (new) mute connection
+        upload = threading.Thread(target=conn.put_bytes, args=(str(script), b"uploaded"), daemon=True)
+        upload.start()
+        upload.join(30)  # not paramiko's default wait for a channel: an hour
+        assert not upload.is_alive() and script.read_bytes() == b"uploaded"
+        for pid in live_sshd.session_pids():
+            if pid not in paused:
+                os.kill(pid, signal.SIGSTOP)
+                paused.append(pid)
+        source = remote_dir / "mute.bin"
+        source.write_bytes(os.urandom(300_000))
+        got = transfers.get_file(conn, str(source), tmp_path / "mute.bin", remote_os="posix")
+        assert got.sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
+        assert (tmp_path / "mute.bin").read_bytes() == source.read_bytes()
+    finally:
+        for pid in paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGCONT)
+        persist_wire.stop_helpers(tmp_path / "data")
+
+
+class _FakeHelper:
+    """A process-local stand-in at the helper's socket: it accepts each request (`A`), then, per
+    `after`, hangs up (`dies`), says nothing more (`mute`), or says `S` and hangs up (`started`)."""
+
+    def __init__(self, sock: Path, after: str) -> None:
+        self.after = after
+        self.requests: list[dict[str, Any]] = []
+        self.kept: list[socket.socket] = []
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with unixsock.sun_path(sock) as where:
+            self.server.bind(where)
+        sock.chmod(0o600)
+        self.server.listen(8)
+        self.server.settimeout(0.05)
+        self.closing = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.closing.is_set():
+            try:
+                client, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            client.settimeout(10)
+            frame = persist_wire.recv_frame_fds(client)
+            assert frame is not None
+            for fd in frame[2]:
+                os.close(fd)
+            self.requests.append(json.loads(frame[1]))
+            persist_wire.send_frame(client, b"A")
+            if self.after == "started":
+                persist_wire.send_frame(client, b"S")
+            if self.after == "mute":
+                self.kept.append(client)
+            else:
+                client.close()
+
+    def close(self) -> None:
+        self.closing.set()  # not close() under a blocked accept(): its fd number is reused
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        self.server.close()
+        for client in self.kept:
+            client.close()
+
+
+@pytest.mark.parametrize("op", ["exec", "get"])
+@pytest.mark.parametrize("after", ["dies", "mute"])
+def test_a_helper_that_fails_before_starting_is_replaced_and_the_request_runs_once(
+    live_sshd: SshServer, known_hosts: Path, tmp_path: Path, remote_dir: Path, op: str, after: str
+) -> None:
+    cfg = live_sshd.config(known_hosts, connect_timeout=1, keepalive_interval=1)
+    conn = persist.WarmConnection(cfg, tmp_path / "data", 30)
+    fake = _FakeHelper(conn.sock, after)
+    try:
+        started = time.monotonic()
+        if op == "exec":
+            marker = remote_dir / "ran"
+            outcome = conn.exec(f"echo x >> {marker}; echo ran", timeout=20)
+            assert (outcome.stdout, outcome.exit_status) == (b"ran\n", 0)
+            assert marker.read_text() == "x\n"  # once
+        else:
+            source = remote_dir / "once.bin"
+            source.write_bytes(os.urandom(200_000))
+            got = transfers.get_file(conn, str(source), tmp_path / "once.bin", remote_os="posix")
+            assert (tmp_path / "once.bin").read_bytes() == source.read_bytes()
+            assert got.sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
+        assert time.monotonic() - started < 20
+        assert [r["op"] for r in fake.requests] == [op]  # then the fresh helper took it
+        assert persist_wire.helpers(tmp_path / "data")[0]["alive"]
+    finally:
+        fake.close()
+        persist_wire.stop_helpers(tmp_path / "data")
+
+
+def test_a_helper_that_fails_after_starting_is_not_sent_the_command_again(
+    live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:
+    cfg = live_sshd.config(known_hosts, connect_timeout=1, keepalive_interval=1)
+    conn = persist.WarmConnection(cfg, tmp_path / "data", 30)
+    fake = _FakeHelper(conn.sock, "started")
+    try:
+        with pytest.raises(ConnectError, match=r"died while the command ran .*not retried"):
+            conn.exec("echo once", timeout=20)
+        assert [r["command"] for r in fake.requests] == ["echo once"]
+        # none started for a second try: only the stand-in's socket is there
+        assert [h["alive"] for h in persist_wire.helpers(tmp_path / "data")] == [False]
+    finally:
+        fake.close()

@@ -132,19 +132,32 @@ def peer_uid(conn: socket) -> int:
     return int(struct.unpack("3i", creds)[1])
 
 
-def serving(sock: str | os.PathLike[str]) -> bool:
-    """True when a process accepts connections at `sock`."""
+def serving(sock: str | os.PathLike[str], timeout: float = 1.0) -> bool:
+    """True when a process listens at `sock`: it accepts connections, or its backlog stays full
+    for `timeout` seconds (a paused or swamped server: there, but not answering; its callers
+    replace it). Never waits longer than `timeout`: a blocking connect() to a full backlog would
+    wait for as long as the server does not accept."""
+    import errno
     import socket as _socket
+    import time
 
-    probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-    try:
-        with sun_path(sock) as where:
-            probe.connect(where)
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
+    deadline = time.monotonic() + timeout
+    while True:
+        probe = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        probe.setblocking(False)  # a full backlog: EAGAIN at once (Unix sockets never EINPROGRESS)
+        try:
+            with sun_path(sock) as where:
+                probe.connect(where)
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:
+                return False
+            if time.monotonic() >= deadline:
+                return True
+            time.sleep(0.01)
+            continue
+        finally:
+            probe.close()
+        return True
 
 
 # --- frames -------------------------------------------------------------------------------------

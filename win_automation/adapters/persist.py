@@ -21,7 +21,8 @@ command that goes through a warm helper pays no paramiko import and no SSH hands
 - `download` (for `ssh get`) sends the open destination file with the request (SCM_RIGHTS): the
   helper writes into it, so the bytes never cross the socket; the caller checks, fsyncs, renames.
 
-The socket, its checks and frames, and `ssh persist status|stop` are in persist_wire.
+The socket, its checks and frames, starting a helper (`spawn`) and `ssh persist status|stop` are
+in persist_wire.
 """
 
 from __future__ import annotations
@@ -31,13 +32,9 @@ import base64
 import contextlib
 import errno
 import json
-import logging
-import os
 import select
-import signal
 import socket
 import struct
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,84 +53,13 @@ from win_automation.adapters.persist_wire import (
     send_frame,
     send_frame_fds,
     socket_path,
+    spawn,
     sun_path,
 )
 from win_automation.config.schema import SSHConfig
 from win_automation.errors import ConnectError
 
-
-# --- starting a helper --------------------------------------------------------------------------
-def _secret(value: Any) -> str | None:
-    return None if value is None else str(value.get_secret_value())
-
-
-_BACKGROUND: list[Any] = []  # helpers started without waiting (their Popen objects, kept)
-_STARTED: set[Path] = set()
-
-
-def spawn(cfg: SSHConfig, sock: Path, persist: float, *, wait: bool = True) -> None:
-    """Start the helper for `cfg` at `sock`. With `wait`, return when it (or a helper another
-    process started at the same time) is connected and listening, or raise the error its
-    connection attempt ended with; without, return at once."""
-    import subprocess
-
-    settings = cfg.model_dump(mode="json")
-    settings["password"] = _secret(cfg.password)
-    settings["key_passphrase"] = _secret(cfg.key_passphrase)
-    log = sock.with_suffix(".log")
-    with log.open("ab") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "win_automation.adapters.persist_helper", str(sock)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE if wait else subprocess.DEVNULL,
-            stderr=err,
-            start_new_session=True,
-            close_fds=True,
-        )
-    assert proc.stdin is not None
-    request = {"ssh": settings, "persist": persist}
-    try:
-        proc.stdin.write(json.dumps(request).encode())
-        proc.stdin.close()
-    except OSError:
-        pass
-    if not wait:
-        _BACKGROUND.append(proc)
-        return
-    assert proc.stdout is not None
-    # The helper's own connect policy: 3 attempts, each bounded by connect_timeout.
-    deadline = time.monotonic() + 3 * cfg.connect_timeout + 10
-    line = b""
-    fd = proc.stdout.fileno()
-    while not line.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            with contextlib.suppress(OSError):
-                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the helper and its parent
-            proc.wait()
-            raise ConnectError(f"the warm-connection helper for {cfg.vm_key} did not start in time")
-        data = os.read(fd, 4096)
-        if not data:
-            break
-        line += data
-    proc.stdout.close()
-    proc.wait(5)  # the helper forked away from it at once
-    try:
-        answer = json.loads(line) if line else {}
-    except ValueError:
-        answer = {}
-    for record in answer.get("log") or ():  # the helper's connect retries, as if they were ours
-        logging.getLogger(str(record["name"])).log(int(record["level"]), record["msg"], extra=record["extra"])
-    if answer.get("ok"):
-        return
-    if "error" in answer:
-        raise error_from(answer["error"])
-    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-    raise ConnectError(
-        f"the warm-connection helper for {cfg.vm_key} exited before it was ready"
-        + (f": {tail[0]}" if tail else "")
-    )
-
+_STARTED: set[Path] = set()  # helpers this process starts as it exits
 
 _PROGRESS = struct.Struct(">qq")
 
@@ -141,6 +67,18 @@ _PROGRESS = struct.Struct(">qq")
 # --- the client ---------------------------------------------------------------------------------
 class _Stale(Exception):
     """The helper is gone or does not answer: replace it and send the request again."""
+
+
+class _NotStarted(Exception):
+    """The helper died or went mute before it started the command: safe to send again."""
+
+    def __init__(self, error: ConnectError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Wedged(Exception):
+    """A helper listens but takes no connection (its backlog stays full): kill and replace it."""
 
 
 class WarmConnection:
@@ -157,18 +95,30 @@ class WarmConnection:
         return max(self.cfg.connect_timeout, 2 * self.cfg.keepalive_interval)
 
     def _connect(self) -> socket.socket:
+        """A connection to the helper. A full backlog (a paused or swamped helper: a blocking
+        connect() would wait for as long as it does not accept) is waited out for at most
+        ssh.connect_timeout, then `_Wedged`."""
         if not check_socket(self.sock):
             raise _Stale
-        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            with sun_path(self.sock) as where:
-                client.connect(where)
-        except OSError as exc:
-            client.close()
-            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
-                raise _Stale from None
-            raise ConnectError(f"cannot reach the warm-connection helper at {self.sock}: {exc}") from None
-        return client
+        deadline = time.monotonic() + self.cfg.connect_timeout
+        while True:
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.setblocking(False)  # a full backlog: EAGAIN at once, never a blocked connect()
+            try:
+                with sun_path(self.sock) as where:
+                    client.connect(where)
+            except OSError as exc:
+                client.close()
+                if exc.errno == errno.EAGAIN:
+                    if time.monotonic() < deadline:
+                        time.sleep(0.01)
+                        continue
+                    raise _Wedged from None
+                if exc.errno in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
+                    raise _Stale from None
+                raise ConnectError(f"cannot reach the warm-connection helper at {self.sock}: {exc}") from None
+            client.setblocking(True)
+            return client
 
     def _inode(self) -> int | None:
         try:
@@ -182,6 +132,8 @@ class WarmConnection:
             self._connect().close()
         except _Stale:
             return False
+        except _Wedged:
+            return True  # there is one: the request replaces it (see _open)
         return True
 
     def _ensure(self, *, replace: bool, bad: int | None = None) -> None:
@@ -197,15 +149,21 @@ class WarmConnection:
             return
         spawn(self.cfg, self.sock, self.persist)
 
-    def _open(self, request: dict[str, Any], fds: list[int] | None = None) -> socket.socket:
-        """A connection on which the helper accepted `request` (replacing a dead helper once);
-        `fds` travel with it (a `get`'s open destination file)."""
+    def _open(
+        self, request: dict[str, Any], fds: list[int] | None = None
+    ) -> tuple[socket.socket, int | None]:
+        """A connection on which the helper accepted `request` (replacing a dead helper once),
+        and the inode of the helper's socket; `fds` travel with it (a `get`'s destination file)."""
         for attempt in (1, 2, 3):
             inode = self._inode()
             try:
                 client = self._connect()
             except _Stale:
                 self._ensure(replace=False)
+                continue
+            except _Wedged:
+                if attempt < 3:
+                    self._ensure(replace=True, bad=inode)
                 continue
             try:
                 if fds:
@@ -218,7 +176,7 @@ class WarmConnection:
             except OSError:
                 frame = None
             if frame is not None and frame[0] == b"A":
-                return client
+                return client, inode
             client.close()
             if attempt < 3:  # nothing was run: a dead or wedged helper is replaced
                 self._ensure(replace=True, bad=inode)
@@ -234,53 +192,84 @@ class WarmConnection:
         fds: list[int] | None = None,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> dict[str, Any]:
-        client = self._open(request, fds)
+        """The helper's answer to `request`. A helper that dies or stops answering before it
+        started the command (its `S` frame) is replaced and the request sent once more: nothing
+        ran on the VM and nothing was written to `fds`. After `S`, such a fault is final."""
+        for attempt in (1, 2):
+            client, inode = self._open(request, fds)
+            try:
+                return self._relay(client, request, on_stdout, on_stderr, cancelled, fds, on_progress)
+            except _NotStarted as exc:
+                if attempt == 2:
+                    raise exc.error from None
+            finally:
+                client.close()
+            self._ensure(replace=True, bad=inode)
+        raise AssertionError("unreachable")
+
+    def _relay(
+        self,
+        client: socket.socket,
+        request: dict[str, Any],
+        on_stdout: Chunk | None,
+        on_stderr: Chunk | None,
+        cancelled: Callable[[], bool] | None,
+        fds: list[int] | None,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> dict[str, Any]:
         during = "during the download" if request.get("op") == "get" else "while the command ran"
-        sent_cancel = False
+        sent_cancel = started = False
         last = time.monotonic()
-        try:
-            while True:
-                wait = CANCEL_POLL if cancelled is not None else HEARTBEAT
-                if not select.select([client], [], [], wait)[0]:
-                    if cancelled is not None and not sent_cancel and cancelled():
-                        send_frame(client, b"C")
-                        sent_cancel = True
-                    if time.monotonic() - last > self.stall_timeout:
-                        raise ConnectError(
-                            f"the warm-connection helper for {self.cfg.vm_key} stopped answering"
-                            f" for {self.stall_timeout:g}s {during} (not retried)"
-                        )
-                    continue
-                try:
-                    frame = recv_frame(client)
-                except OSError:
-                    frame = None
-                if frame is None:
-                    raise ConnectError(
-                        f"the warm-connection helper for {self.cfg.vm_key} died {during}"
-                        f" ({'' if fds else 'it may or may not have finished; '}not retried)"
-                    )
-                last = time.monotonic()
-                kind, payload = frame
-                if kind == b"O":
-                    if on_stdout is not None:
-                        on_stdout(payload)
-                elif kind == b"E":
-                    if on_stderr is not None:
-                        on_stderr(payload)
-                elif kind == b"P":
-                    if on_progress is not None:
-                        on_progress(*_PROGRESS.unpack(payload))
-                elif kind == b"X":
-                    answer = json.loads(payload)
-                    if "error" in answer:
-                        raise error_from(answer["error"])
-                    return dict(answer)
+
+        def fault(error: ConnectError) -> Exception:
+            return error if started or sent_cancel else _NotStarted(error)
+
+        while True:
+            wait = CANCEL_POLL if cancelled is not None else HEARTBEAT
+            if not select.select([client], [], [], wait)[0]:
                 if cancelled is not None and not sent_cancel and cancelled():
                     send_frame(client, b"C")
                     sent_cancel = True
-        finally:
-            client.close()
+                if time.monotonic() - last > self.stall_timeout:
+                    raise fault(
+                        ConnectError(
+                            f"the warm-connection helper for {self.cfg.vm_key} stopped answering"
+                            f" for {self.stall_timeout:g}s {during} (not retried)"
+                        )
+                    )
+                continue
+            try:
+                frame = recv_frame(client)
+            except OSError:
+                frame = None
+            if frame is None:
+                raise fault(
+                    ConnectError(
+                        f"the warm-connection helper for {self.cfg.vm_key} died {during}"
+                        f" ({'' if fds else 'it may or may not have finished; '}not retried)"
+                    )
+                )
+            last = time.monotonic()
+            kind, payload = frame
+            if kind == b"S":
+                started = True
+            elif kind == b"O":
+                if on_stdout is not None:
+                    on_stdout(payload)
+            elif kind == b"E":
+                if on_stderr is not None:
+                    on_stderr(payload)
+            elif kind == b"P":
+                if on_progress is not None:
+                    on_progress(*_PROGRESS.unpack(payload))
+            elif kind == b"X":
+                answer = json.loads(payload)
+                if "error" in answer:
+                    raise error_from(answer["error"])
+                return dict(answer)
+            if cancelled is not None and not sent_cancel and cancelled():
+                send_frame(client, b"C")
+                sent_cancel = True
 
     def exec(
         self,

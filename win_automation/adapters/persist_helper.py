@@ -32,7 +32,7 @@ from win_automation import unixsock
 from win_automation.adapters import persist_wire as persist
 from win_automation.adapters import sftp, sftp_download
 from win_automation.adapters.execution import SessionSpec
-from win_automation.adapters.ssh import SshConnection
+from win_automation.adapters.ssh import SshConnection, stall_seconds
 from win_automation.config.schema import SSHConfig
 from win_automation.errors import ConnectError, WinAutomationError
 
@@ -50,6 +50,8 @@ class Helper:
         self.busy = 0
         self.last = time.monotonic()
         self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)  # notified as each request ends
+        self.until = 0.0  # when the running requests are past their deadlines (a stop's drain)
         self.stop = threading.Event()
 
     # -- a request --------------------------------------------------------------------------
@@ -64,14 +66,20 @@ class Helper:
             with self.lock:
                 self.busy -= 1
                 self.last = time.monotonic()
+                self.idle.notify_all()
             client.close()
 
     def _serve(self, client: socket.socket) -> None:
         if unixsock.peer_uid(client) != os.geteuid():
             return
-        frame = persist.recv_frame_fds(client)
+        client.settimeout(self.cfg.connect_timeout)  # a client that sends nothing is dropped
+        try:
+            frame = persist.recv_frame_fds(client)
+        except TimeoutError:
+            return
         if frame is None:
             return
+        client.settimeout(None)
         kind, payload, fds = frame
         try:
             if kind == b"R":
@@ -81,6 +89,9 @@ class Helper:
                 os.close(fd)
 
     def _answer(self, client: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
+        limit = request.get("timeout") or request.get("hash_timeout") or self.cfg.command_timeout
+        with self.lock:  # how long a stop waits for this request at most
+            self.until = max(self.until, time.monotonic() + float(limit) + stall_seconds(self.cfg))
         send_lock = threading.Lock()
 
         def send(kind: bytes, payload: bytes = b"") -> None:
@@ -121,6 +132,8 @@ class Helper:
         send(b"X", json.dumps(answer).encode())
 
     def _run(self, request: dict[str, Any], send: Any, cancelled: threading.Event) -> dict[str, Any]:
+        """A command (or a small SFTP operation). `S` goes out just before anything reaches the
+        VM: until then the caller may send the request to a fresh helper if this one fails."""
         op = request.get("op")
         relay: dict[str, Any] = {
             "timeout": request.get("timeout"),
@@ -131,8 +144,9 @@ class Helper:
         }
         if op in ("exec", "session"):
             if op == "exec":
-                outcome = self.conn.exec(str(request["command"]), **relay)
+                outcome = self.conn.exec(str(request["command"]), on_start=lambda: send(b"S"), **relay)
             else:  # ssh.warm_powershell: the script runs in this helper's warm session
+                send(b"S")
                 spec = SessionSpec(str(request["launch"]), str(request["bootstrap"]), str(request["kill"]))
                 outcome = self.conn.run_in_session(spec, str(request["script"]), **relay)
             return {
@@ -142,6 +156,7 @@ class Helper:
                 "cancelled": outcome.cancelled,
                 "pid": outcome.pid,
             }
+        send(b"S")
         if op == "put":
             self.conn.put_bytes(str(request["path"]), base64.b64decode(request["data"]))
             return {}
@@ -196,6 +211,7 @@ class Helper:
                 progress if request.get("progress") else None,
                 cancelled=cancelled.is_set,
                 target=str(request.get("target") or "the local file"),
+                on_start=lambda: send(b"S"),
             )
         expected = sftp.remote_size(self.conn, remote)
         while hasher.is_alive() and not cancelled.is_set():
@@ -248,9 +264,18 @@ class Helper:
         server.close()
         with contextlib.suppress(FileNotFoundError):
             if self.sock.lstat().st_ino == inode:
-                self.sock.unlink()
+                self.sock.unlink()  # new calls start a fresh helper from now on
                 persist.info_path(self.sock).unlink(missing_ok=True)
-        self.conn.close()
+        if self.stop.is_set():
+            self.drain()
+        self.conn.close()  # (its socket removed or replaced: it leaves at once, as documented)
+
+    def drain(self) -> None:
+        """Stopped (SIGTERM: `ssh persist stop`) while requests run: they end with their real
+        results, each within its own deadline (plus the stall bound); then the helper leaves."""
+        with self.lock:
+            while self.busy and (left := self.until - time.monotonic()) > 0:
+                self.idle.wait(left)
 
 
 class _Kept(logging.Handler):

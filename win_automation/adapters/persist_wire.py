@@ -3,10 +3,12 @@ the helpers a data dir holds (`ssh persist status|stop`). No paramiko here (see
 win_automation.adapters.persist for the client and persist_helper for the helper).
 
 Wire format, one request per connection: frames of 1 type byte, a 4-byte big-endian length and
-the payload. Client: `R` (the request, JSON), `C` (cancel). Helper: `A` (accepted), `O`/`E`
-(stdout/stderr bytes), `H` (heartbeat, every HEARTBEAT seconds), `P` (a download's progress: two
-big-endian int64, done and total), `X` (the outcome or the error, JSON). A `get` request carries
-the open destination file with its `R` frame (SCM_RIGHTS), so the helper writes into it directly.
+the payload. Client: `R` (the request, JSON), `C` (cancel). Helper: `A` (accepted), `S` (started:
+the command goes to the VM next, or the download writes; before it, a helper that dies or goes
+mute is replaced and the request sent again), `O`/`E` (stdout/stderr bytes), `H` (heartbeat, every
+HEARTBEAT seconds), `P` (a download's progress: two big-endian int64, done and total), `X` (the
+outcome or the error, JSON). A `get` request carries the open destination file with its `R` frame
+(SCM_RIGHTS), so the helper writes into it directly.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import select
 import signal
 import socket
 import struct
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +35,8 @@ from win_automation.unixsock import check_socket, ensure_dir, locked, sun_path
 __all__ = ["check_socket", "ensure_dir", "locked", "sun_path"]  # the socket checks, shared (unixsock)
 
 # In the socket name: a helper of another protocol is never used. 2: `get` (a descriptor with R).
-PROTOCOL = 2
+# 3: `S` (started).
+PROTOCOL = 3
 HEARTBEAT = 1.0
 CANCEL_POLL = 0.1
 _HEADER = struct.Struct(">cI")
@@ -151,6 +157,78 @@ def is_helper(pid: int, sock: Path) -> bool:
     return b"persist_helper" in cmdline and sock.name.encode() in cmdline
 
 
+# --- starting a helper --------------------------------------------------------------------------
+def _secret(value: Any) -> str | None:
+    return None if value is None else str(value.get_secret_value())
+
+
+_BACKGROUND: list[Any] = []  # helpers started without waiting (their Popen objects, kept)
+
+
+def spawn(cfg: SSHConfig, sock: Path, persist: float, *, wait: bool = True) -> None:
+    """Start the helper for `cfg` at `sock`. With `wait`, return when it (or a helper another
+    process started at the same time) is connected and listening, or raise the error its
+    connection attempt ended with; without, return at once."""
+    import subprocess
+
+    settings = cfg.model_dump(mode="json")
+    settings["password"] = _secret(cfg.password)
+    settings["key_passphrase"] = _secret(cfg.key_passphrase)
+    log = sock.with_suffix(".log")
+    with log.open("ab") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "win_automation.adapters.persist_helper", str(sock)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE if wait else subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+            close_fds=True,
+        )
+    assert proc.stdin is not None
+    request = {"ssh": settings, "persist": persist}
+    try:
+        proc.stdin.write(json.dumps(request).encode())
+        proc.stdin.close()
+    except OSError:
+        pass
+    if not wait:
+        _BACKGROUND.append(proc)
+        return
+    assert proc.stdout is not None
+    # The helper's own connect policy: 3 attempts, each bounded by connect_timeout.
+    deadline = time.monotonic() + 3 * cfg.connect_timeout + 10
+    line = b""
+    fd = proc.stdout.fileno()
+    while not line.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the helper and its parent
+            proc.wait()
+            raise ConnectError(f"the warm-connection helper for {cfg.vm_key} did not start in time")
+        data = os.read(fd, 4096)
+        if not data:
+            break
+        line += data
+    proc.stdout.close()
+    proc.wait(5)  # the helper forked away from it at once
+    try:
+        answer = json.loads(line) if line else {}
+    except ValueError:
+        answer = {}
+    for record in answer.get("log") or ():  # the helper's connect retries, as if they were ours
+        logging.getLogger(str(record["name"])).log(int(record["level"]), record["msg"], extra=record["extra"])
+    if answer.get("ok"):
+        return
+    if "error" in answer:
+        raise error_from(answer["error"])
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+    raise ConnectError(
+        f"the warm-connection helper for {cfg.vm_key} exited before it was ready"
+        + (f": {tail[0]}" if tail else "")
+    )
+
+
 # --- status and stop ----------------------------------------------------------------------------
 def helpers(data_dir: Path) -> list[dict[str, Any]]:
     """The helpers recorded in the data dir: vm, pid, socket, started, alive."""
@@ -187,13 +265,16 @@ def stop_helpers(data_dir: Path, vm: str | None = None) -> list[dict[str, Any]]:
             continue
         sock = Path(helper["socket"])
         pid = helper["pid"]
+        draining = False
         if helper["alive"] and isinstance(pid, int):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
                 os.kill(pid, signal.SIGCONT)  # a paused one takes it too (not 5 s, then SIGKILL)
             deadline = time.monotonic() + 5
-            while alive(pid) and time.monotonic() < deadline:
+            while alive(pid) and sock.exists() and time.monotonic() < deadline:
                 time.sleep(0.02)
-        discard(sock, kill=True)
+            # It removed its socket (takes no new request) and finishes the running ones.
+            draining = alive(pid) and not sock.exists()
+        discard(sock, kill=not draining)
         stopped.append(helper)
     return stopped

@@ -53,6 +53,16 @@ class Deadline:
 
 
 @contextmanager
+def shared(conn: SshConnection) -> Iterator[paramiko.SFTPClient]:
+    """The connection's one SFTP session, for this thread alone while the block runs. paramiko's
+    SFTPClient is not thread-safe: of two threads waiting for answers, one may read and drop the
+    other's (which then waits out the stall bound, and the connection is dropped), and the warm
+    helper and the worker use one connection from several threads."""
+    with conn.sftp_lock:
+        yield conn.sftp()
+
+
+@contextmanager
 def bounded(conn: SshConnection, what: str) -> Iterator[None]:
     """A read or write that waited longer than the stall bound: ConnectError, connection dropped."""
     try:
@@ -75,7 +85,6 @@ def upload(
     conn: SshConnection, source: BinaryIO, remote: str, size: int, progress: Progress | None = None
 ) -> None:
     """Write `source` to remote path `remote` (pipelined writes), within the transfer deadline."""
-    sftp = conn.sftp()
     deadline = Deadline(conn, f"SFTP upload to {remote}")
     deadline.arm(size)
 
@@ -85,7 +94,7 @@ def upload(
             progress(done, total)
 
     try:
-        with bounded(conn, f"SFTP upload to {remote}"):
+        with shared(conn) as sftp, bounded(conn, f"SFTP upload to {remote}"):
             sftp.putfo(source, remote, file_size=size, callback=advance, confirm=False)
     except (OSError, paramiko.SSHException, EOFError) as exc:
         raise _translate(exc, f"remote path {remote}") from exc
@@ -94,8 +103,8 @@ def upload(
 def remote_size(conn: SshConnection, remote: str) -> int | None:
     """Size of a remote regular file; None when it does not exist."""
     try:
-        with bounded(conn, f"SFTP stat of {remote}"):
-            attrs = conn.sftp().stat(remote)
+        with shared(conn) as sftp, bounded(conn, f"SFTP stat of {remote}"):
+            attrs = sftp.stat(remote)
     except FileNotFoundError:
         return None
     except (OSError, paramiko.SSHException, EOFError) as exc:
@@ -107,9 +116,8 @@ def remote_size(conn: SshConnection, remote: str) -> int | None:
 
 def rename(conn: SshConnection, source: str, target: str) -> None:
     """Rename `source` to `target`, replacing it (posix-rename, else remove then rename)."""
-    sftp = conn.sftp()
     try:
-        with bounded(conn, f"SFTP rename to {target}"):
+        with shared(conn) as sftp, bounded(conn, f"SFTP rename to {target}"):
             _rename(conn, sftp, source, target)
     except (OSError, paramiko.SSHException, EOFError) as exc:
         raise _translate(exc, f"remote path {target}") from exc
@@ -129,8 +137,8 @@ def _rename(conn: SshConnection, sftp: paramiko.SFTPClient, source: str, target:
 def remove(conn: SshConnection, remote: str) -> None:
     """Remove a remote file; a missing one is fine."""
     try:
-        with bounded(conn, f"SFTP remove of {remote}"):
-            conn.sftp().remove(remote)
+        with shared(conn) as sftp, bounded(conn, f"SFTP remove of {remote}"):
+            sftp.remove(remote)
     except FileNotFoundError:
         return
     except (OSError, paramiko.SSHException, EOFError) as exc:
@@ -140,7 +148,6 @@ def remove(conn: SshConnection, remote: str) -> None:
 def makedirs(conn: SshConnection, remote: str) -> bool:
     """Create the remote folder `remote` and its missing parents (`/`-separated, `C:/...` on
     Windows); True when anything was created."""
-    sftp = conn.sftp()
     parts = remote.replace("\\", "/").rstrip("/").split("/")
     created = False
     for end in range(1, len(parts) + 1):
@@ -148,11 +155,11 @@ def makedirs(conn: SshConnection, remote: str) -> bool:
         if not path or path.endswith(":"):  # the root, or a Windows drive
             continue
         try:
-            with bounded(conn, f"SFTP stat of {path}"):
+            with shared(conn) as sftp, bounded(conn, f"SFTP stat of {path}"):
                 attrs = sftp.stat(path)
         except FileNotFoundError:
             try:
-                with bounded(conn, f"SFTP mkdir of {path}"):
+                with shared(conn) as sftp, bounded(conn, f"SFTP mkdir of {path}"):
                     sftp.mkdir(path)
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 raise _translate(exc, f"remote folder {path}") from exc
@@ -170,8 +177,8 @@ def list_folder(conn: SshConnection, folder: str) -> list[tuple[str, float]]:
     when a name in it is not UTF-8 (paramiko cannot decode that listing; its callers only look
     for stale files of their own there, so they then leave the folder as it is)."""
     try:
-        with bounded(conn, f"SFTP listing of {folder}"):
-            entries = conn.sftp().listdir_attr(folder)
+        with shared(conn) as sftp, bounded(conn, f"SFTP listing of {folder}"):
+            entries = sftp.listdir_attr(folder)
     except FileNotFoundError:
         return []
     except UnicodeDecodeError:

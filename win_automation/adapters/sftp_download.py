@@ -260,23 +260,25 @@ def download(
     *,
     cancelled: Callable[[], bool] | None = None,
     target: str | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> Copied:
     """Copy remote file `remote` into `out` (seekable, empty); returns its size and sha256.
     A write that fails here (disk full, ...) is a StorageError naming `target` (default: out's
-    name); `cancelled()` turning true stops the transfer with a ConnectError."""
-    transport = conn.transport()
+    name); `cancelled()` turning true stops the transfer with a ConnectError. `on_start()` runs
+    once the SFTP session is up, before anything is written to `out`."""
     what = f"SFTP download of {remote}"
+    channel = conn.open_channel(window_size=CHANNEL_WINDOW, max_packet_size=CHANNEL_PACKET)
     try:
         with bounded(conn, what):
-            channel = transport.open_session(
-                window_size=CHANNEL_WINDOW, max_packet_size=CHANNEL_PACKET, timeout=conn.stall_timeout
-            )
             channel.in_buffer = _ChunkPipe()  # before the subsystem starts: no data yet
             channel.settimeout(conn.stall_timeout)
             channel.invoke_subsystem("sftp")
     except (paramiko.SSHException, OSError, EOFError) as exc:
+        channel.close()
         raise ConnectError(f"cannot start SFTP: {exc}") from exc
     try:
+        if on_start is not None:
+            on_start()
         with bounded(conn, what):
             return _download(
                 _SftpStream(channel),

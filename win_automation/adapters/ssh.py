@@ -200,6 +200,7 @@ class SshConnection:
         self.cfg = cfg
         self._transport: paramiko.Transport | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self.sftp_lock = threading.RLock()  # held while a thread uses the SFTP session (sftp.shared)
         self._lock = threading.Lock()
         self._sessions: Any = None  # warm_powershell.SessionPool, made on first use
 
@@ -256,32 +257,47 @@ class SshConnection:
         with self._lock:
             self._drop()
 
-    def open_channel(self) -> paramiko.Channel:
+    def open_channel(self, **sizes: int) -> paramiko.Channel:
+        """A new session channel (`sizes`: window_size, max_packet_size). A transport that dropped
+        is reconnected; one that opens no channel within connect_timeout is mute (TCP alive, the
+        server answering nothing): no command was sent on it, so it is dropped and reconnected once."""
         for attempt in (1, 2):
             transport = self.transport()
             try:
-                return transport.open_session(timeout=self.cfg.connect_timeout)
+                return transport.open_session(timeout=self.cfg.connect_timeout, **sizes)
+            except paramiko.ChannelException as exc:  # the server answered: refused
+                raise ConnectError(f"cannot open a session on {_target(self.cfg)}: {exc}") from exc
             except (paramiko.SSHException, OSError, EOFError) as exc:
-                if attempt == 2 or transport.is_active():
+                if attempt == 2:
                     raise ConnectError(f"cannot open a session on {_target(self.cfg)}: {exc}") from exc
+                if transport.is_active():
+                    log.warning(
+                        "connection does not answer; reconnecting",
+                        extra={"op": "ssh.connect", "target": _target(self.cfg)},
+                    )
+                    with self._lock:
+                        if self._transport is transport:
+                            self._drop()
         raise AssertionError("unreachable")
 
     def sftp(self) -> paramiko.SFTPClient:
-        """The connection's SFTP session (opened once per transport)."""
+        """The connection's SFTP session (opened once per transport; its channel as open_channel's,
+        not paramiko's hour-long wait on a mute connection). Used under sftp_lock (sftp.shared)."""
         transport = self.transport()
         with self._lock:
-            if self._sftp is None or self._sftp.get_channel().get_transport() is not transport:
-                try:
-                    self._sftp = paramiko.SFTPClient.from_transport(
-                        transport, window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE
-                    )
-                    assert self._sftp is not None
-                    # Every request of the session waits at most this long for its answer.
-                    self._sftp.get_channel().settimeout(self.stall_timeout)
-                except (paramiko.SSHException, OSError, EOFError) as exc:
-                    raise ConnectError(f"cannot start SFTP on {_target(self.cfg)}: {exc}") from exc
-            assert self._sftp is not None
-            return self._sftp
+            if self._sftp is not None and self._sftp.get_channel().get_transport() is transport:
+                return self._sftp
+        channel = self.open_channel(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET_SIZE)
+        try:
+            channel.settimeout(self.stall_timeout)  # each request waits at most this for its answer
+            channel.invoke_subsystem("sftp")
+            client = paramiko.SFTPClient(channel)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            channel.close()
+            raise ConnectError(f"cannot start SFTP on {_target(self.cfg)}: {exc}") from exc
+        with self._lock:
+            self._sftp = client
+        return client
 
     def put_bytes(self, remote: str, data: bytes) -> None:
         """Write `data` to the remote file `remote` over SFTP (an uploaded script)."""
@@ -345,13 +361,16 @@ class SshConnection:
         on_stderr: Chunk | None = None,
         cancelled: Callable[[], bool] | None = None,
         keep: bool = True,
+        on_start: Callable[[], None] | None = None,
     ) -> ExecOutcome:
         """Run `command` (no PTY); stream its output (kept in the outcome when `keep`); stop
         waiting at the deadline, or within CANCEL_POLL seconds of `cancelled()` turning true
-        (`ExecOutcome.cancelled`)."""
+        (`ExecOutcome.cancelled`). `on_start()` runs just before the command is sent."""
         with Timer() as timer:
             channel = self.open_channel()
             try:
+                if on_start is not None:
+                    on_start()
                 outcome = self._run(channel, command, timeout, on_stdout, on_stderr, cancelled, keep)
             finally:
                 channel.close()
