@@ -1,4 +1,5 @@
-"""The SSH connection: connect, authenticate, verify the host key, exec, and the per-process pool.
+"""The SSH connection: exec, channels, SFTP, reconnects and the per-process pool (one connection
+attempt, the handshake, host-key check and authentication: win_automation.adapters.ssh_connect).
 
 `get_connection(ssh_config)` returns the process-wide `SshConnection` for (host, port, user): every
 command and transfer of a process (CLI, local engine, Hatchet worker) reuses one transport, with
@@ -16,10 +17,8 @@ then kills the remote process tree; see win_automation.operations.ssh).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import select
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -27,155 +26,20 @@ from typing import Any
 
 import paramiko
 
-from win_automation.adapters import hostkeys
 from win_automation.adapters.execution import Chunk, ExecOutcome, SessionSpec
+from win_automation.adapters.ssh_connect import MAX_PACKET_SIZE, WINDOW_SIZE, connect_once, target
 from win_automation.config.schema import SSHConfig
-from win_automation.errors import AuthError, ConfigError, ConnectError
-from win_automation.log import Timer, register_secret
-from win_automation.regularfiles import not_regular
+from win_automation.errors import ConnectError
+from win_automation.log import Timer
 from win_automation.retry import call_with_retry
 
 log = logging.getLogger(__name__)
 
-# Larger windows and packets than paramiko's 2 MiB/32 KiB: fewer window adjustments and fewer
-# (Python-processed) packets. Much larger windows are slower: paramiko's buffers copy on each read.
-WINDOW_SIZE = 8 * 1024 * 1024
-MAX_PACKET_SIZE = 128 * 1024
-# AES-GCM needs no separate MAC pass: the cheapest cipher paramiko offers.
-PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
 READ_SIZE = 1024 * 1024
 # How often a running command checks whether its job was cancelled.
 CANCEL_POLL = 0.1
 # The server closed the channel without an exit status (the process was killed by a signal).
 NO_EXIT_STATUS = 255
-
-
-def _target(cfg: SSHConfig) -> str:
-    return f"{cfg.user}@{cfg.host}:{cfg.port}"
-
-
-def _open_socket(cfg: SSHConfig) -> socket.socket:
-    try:
-        sock = socket.create_connection((cfg.host, cfg.port), timeout=cfg.connect_timeout)
-    except TimeoutError as exc:
-        raise ConnectError(
-            f"connecting to {cfg.host}:{cfg.port} timed out after {cfg.connect_timeout:g}s"
-        ) from exc
-    except OSError as exc:
-        raise ConnectError(f"cannot connect to {cfg.host}:{cfg.port}: {exc.strerror or exc}") from exc
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
-
-
-def start_transport(cfg: SSHConfig) -> paramiko.Transport:
-    """A transport whose key exchange is done (host key not yet verified, not authenticated)."""
-    sock = _open_socket(cfg)
-    transport = paramiko.Transport(
-        sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE
-    )
-    options = transport.get_security_options()
-    options.ciphers = tuple(c for c in PREFERRED_CIPHERS if c in options.ciphers) + tuple(
-        c for c in options.ciphers if c not in PREFERRED_CIPHERS
-    )
-    if cfg.host_key_fingerprint is None:
-        recorded = hostkeys.known_types(cfg.known_hosts, cfg.host, cfg.port)
-        known = [t for t in recorded if t in options.key_types]
-        options.key_types = tuple(known) + tuple(t for t in options.key_types if t not in known)
-    # paramiko's start_client(timeout=) returns silently when the timeout passes: wait on its
-    # event ourselves, so a server that accepts TCP and never speaks SSH is a connection fault.
-    transport.banner_timeout = cfg.connect_timeout
-    negotiated = threading.Event()
-    try:
-        transport.start_client(event=negotiated)
-    except (paramiko.SSHException, OSError, EOFError) as exc:
-        transport.close()
-        raise ConnectError(f"SSH handshake with {cfg.host}:{cfg.port} failed: {exc}") from exc
-    done = negotiated.wait(cfg.connect_timeout)
-    if not done or not transport.is_active():
-        failure = transport.get_exception()
-        banner = bool(getattr(transport, "remote_version", ""))
-        transport.close()
-        if failure is not None and banner:
-            raise ConnectError(f"SSH handshake with {cfg.host}:{cfg.port} failed: {failure}") from failure
-        raise ConnectError(
-            f"{cfg.host}:{cfg.port} accepted the connection but did not answer the SSH handshake"
-            f" within {cfg.connect_timeout:g}s (is an SSH server listening there?)"
-        ) from failure
-    return transport
-
-
-def _load_key(cfg: SSHConfig) -> paramiko.PKey:
-    assert cfg.key_file is not None
-    if (what := not_regular(cfg.key_file)) is not None:  # a FIFO blocks the load, /dev/zero never ends
-        raise ConfigError(f"ssh.key_file: {cfg.key_file} is not a regular file ({what})")
-    passphrase = cfg.key_passphrase.get_secret_value() if cfg.key_passphrase is not None else None
-    try:
-        return paramiko.PKey.from_path(cfg.key_file, passphrase.encode() if passphrase else None)
-    except (paramiko.PasswordRequiredException, TypeError) as exc:  # TypeError: cryptography's "no password"
-        raise AuthError(
-            f"ssh.key_file {cfg.key_file} is encrypted: set WIN_AUTOMATION_SSH_KEY_PASSPHRASE"
-        ) from exc
-    except FileNotFoundError as exc:
-        raise AuthError(f"ssh.key_file {cfg.key_file} does not exist") from exc
-    except (paramiko.SSHException, OSError, ValueError) as exc:
-        raise AuthError(
-            f"cannot load ssh.key_file {cfg.key_file} (wrong passphrase or not a private key)"
-        ) from exc
-
-
-def _authenticate(transport: paramiko.Transport, cfg: SSHConfig) -> str:
-    """Try the key file, then the agent's keys, then the password; returns the method that worked."""
-    tried: list[str] = []
-
-    def attempt(method: str, fn: Callable[[], Any]) -> bool:
-        tried.append(method)
-        try:
-            fn()
-        except paramiko.AuthenticationException:
-            return False
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise ConnectError(f"connection to {_target(cfg)} failed during authentication: {exc}") from exc
-        return bool(transport.is_authenticated())
-
-    if cfg.key_file is not None:
-        key = _load_key(cfg)
-        if attempt("key file", lambda: transport.auth_publickey(cfg.user, key)):
-            return "key file"
-    if cfg.use_agent:
-        agent = paramiko.Agent()
-        try:
-            for agent_key in agent.get_keys():
-                if attempt("agent", functools.partial(transport.auth_publickey, cfg.user, agent_key)):
-                    return "agent"
-        finally:
-            agent.close()
-    if cfg.password is not None:
-        secret = cfg.password.get_secret_value()
-        register_secret(secret)
-        if attempt("password", lambda: transport.auth_password(cfg.user, secret)):
-            return "password"
-    methods = ", ".join(dict.fromkeys(tried)) or "none configured (set ssh.key_file, the agent or a password)"
-    raise AuthError(f"authentication as {_target(cfg)} failed (tried: {methods})")
-
-
-def connect_once(cfg: SSHConfig) -> paramiko.Transport:
-    """One connection attempt: socket, handshake, host-key check, authentication."""
-    transport = start_transport(cfg)
-    try:
-        hostkeys.verify(
-            transport.get_remote_server_key(),
-            host=cfg.host,
-            port=cfg.port,
-            known_hosts=cfg.known_hosts,
-            pinned=cfg.host_key_fingerprint,
-        )
-        method = _authenticate(transport, cfg)
-    except BaseException:
-        transport.close()
-        raise
-    transport.set_keepalive(max(1, round(cfg.keepalive_interval)))
-    log.debug("connected", extra={"op": "ssh.connect", "target": _target(cfg), "auth": method})
-    return transport
 
 
 def stall_seconds(cfg: SSHConfig) -> float:
@@ -213,7 +77,7 @@ class SshConnection:
         answering one channel is not trusted with the next), so the next call reconnects."""
         log.warning(
             "transfer stalled; connection dropped",
-            extra={"op": "ssh.sftp", "target": _target(self.cfg), "stall_s": self.stall_timeout},
+            extra={"op": "ssh.sftp", "target": target(self.cfg), "stall_s": self.stall_timeout},
         )
         self.close()
         return ConnectError(
@@ -228,7 +92,7 @@ class SshConnection:
                 return self._transport
             if self._transport is not None:
                 log.warning(
-                    "connection lost; reconnecting", extra={"op": "ssh.connect", "target": _target(self.cfg)}
+                    "connection lost; reconnecting", extra={"op": "ssh.connect", "target": target(self.cfg)}
                 )
                 self._drop()
             self._transport = call_with_retry(lambda: connect_once(self.cfg), op="ssh.connect")
@@ -266,14 +130,14 @@ class SshConnection:
             try:
                 return transport.open_session(timeout=self.cfg.connect_timeout, **sizes)
             except paramiko.ChannelException as exc:  # the server answered: refused
-                raise ConnectError(f"cannot open a session on {_target(self.cfg)}: {exc}") from exc
+                raise ConnectError(f"cannot open a session on {target(self.cfg)}: {exc}") from exc
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 if attempt == 2:
-                    raise ConnectError(f"cannot open a session on {_target(self.cfg)}: {exc}") from exc
+                    raise ConnectError(f"cannot open a session on {target(self.cfg)}: {exc}") from exc
                 if transport.is_active():
                     log.warning(
                         "connection does not answer; reconnecting",
-                        extra={"op": "ssh.connect", "target": _target(self.cfg)},
+                        extra={"op": "ssh.connect", "target": target(self.cfg)},
                     )
                     with self._lock:
                         if self._transport is transport:
@@ -294,7 +158,7 @@ class SshConnection:
             client = paramiko.SFTPClient(channel)
         except (paramiko.SSHException, OSError, EOFError) as exc:
             channel.close()
-            raise ConnectError(f"cannot start SFTP on {_target(self.cfg)}: {exc}") from exc
+            raise ConnectError(f"cannot start SFTP on {target(self.cfg)}: {exc}") from exc
         with self._lock:
             self._sftp = client
         return client
@@ -392,7 +256,7 @@ class SshConnection:
             channel.exec_command(command)
             channel.shutdown_write()
         except (paramiko.SSHException, OSError, EOFError) as exc:
-            raise ConnectError(f"cannot start the command on {_target(self.cfg)}: {exc}") from exc
+            raise ConnectError(f"cannot start the command on {target(self.cfg)}: {exc}") from exc
         out: list[bytes] = []
         err: list[bytes] = []
 
@@ -440,7 +304,7 @@ class SshConnection:
         if not timed_out and (status is None or status == -1):
             if not self._alive(channel):
                 raise ConnectError(
-                    f"the connection to {_target(self.cfg)} was lost while the command ran "
+                    f"the connection to {target(self.cfg)} was lost while the command ran "
                     "(it may or may not have finished; not retried)"
                 )
             status = NO_EXIT_STATUS
@@ -469,13 +333,3 @@ def close_all() -> None:
         for conn in _POOL.values():
             conn.close()
         _POOL.clear()
-
-
-def fetch_host_key(cfg: SSHConfig) -> tuple[paramiko.PKey, hostkeys.PresentedKey]:
-    """The server's host key, without verifying or authenticating (for `ssh trust`)."""
-    transport = call_with_retry(lambda: start_transport(cfg), op="ssh.trust")
-    try:
-        key = transport.get_remote_server_key()
-    finally:
-        transport.close()
-    return key, hostkeys.PresentedKey(cfg.host, cfg.port, key.get_name(), hostkeys.fingerprint(key))

@@ -214,7 +214,7 @@ class Vm:
 
     def host_key(self) -> HostKey:
         """The key the VM presents, not verified: `ssh trust` shows it, then `trust` records it."""
-        from win_automation.adapters.ssh import fetch_host_key
+        from win_automation.adapters.ssh_connect import fetch_host_key
 
         key, presented = fetch_host_key(self.config.ssh)
         return HostKey(key, presented)

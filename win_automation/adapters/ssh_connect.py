@@ -1,0 +1,173 @@
+"""Connecting to the VM: one attempt (socket, SSH handshake, host-key check, authentication),
+and the host key alone for `ssh trust`. win_automation.adapters.ssh holds the connection that
+uses these (retries, reconnects, channels) and the per-process pool.
+
+The handshake prefers AES-GCM and the key types already recorded for the host, and is bounded by
+ssh.connect_timeout (paramiko's own timeout returns silently); authentication tries the key file,
+then the agent's keys, then the password, and raises AuthError naming what was tried.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import paramiko
+
+from win_automation.adapters import hostkeys
+from win_automation.config.schema import SSHConfig
+from win_automation.errors import AuthError, ConfigError, ConnectError
+from win_automation.log import register_secret
+from win_automation.regularfiles import not_regular
+from win_automation.retry import call_with_retry
+
+log = logging.getLogger("win_automation.adapters.ssh")
+
+# Larger windows and packets than paramiko's 2 MiB/32 KiB: fewer window adjustments and fewer
+# (Python-processed) packets. Much larger windows are slower: paramiko's buffers copy on each read.
+WINDOW_SIZE = 8 * 1024 * 1024
+MAX_PACKET_SIZE = 128 * 1024
+# AES-GCM needs no separate MAC pass: the cheapest cipher paramiko offers.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
+
+
+def target(cfg: SSHConfig) -> str:
+    return f"{cfg.user}@{cfg.host}:{cfg.port}"
+
+
+def _open_socket(cfg: SSHConfig) -> socket.socket:
+    try:
+        sock = socket.create_connection((cfg.host, cfg.port), timeout=cfg.connect_timeout)
+    except TimeoutError as exc:
+        raise ConnectError(
+            f"connecting to {cfg.host}:{cfg.port} timed out after {cfg.connect_timeout:g}s"
+        ) from exc
+    except OSError as exc:
+        raise ConnectError(f"cannot connect to {cfg.host}:{cfg.port}: {exc.strerror or exc}") from exc
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def start_transport(cfg: SSHConfig) -> paramiko.Transport:
+    """A transport whose key exchange is done (host key not yet verified, not authenticated)."""
+    sock = _open_socket(cfg)
+    transport = paramiko.Transport(
+        sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET_SIZE
+    )
+    options = transport.get_security_options()
+    options.ciphers = tuple(c for c in PREFERRED_CIPHERS if c in options.ciphers) + tuple(
+        c for c in options.ciphers if c not in PREFERRED_CIPHERS
+    )
+    if cfg.host_key_fingerprint is None:
+        recorded = hostkeys.known_types(cfg.known_hosts, cfg.host, cfg.port)
+        known = [t for t in recorded if t in options.key_types]
+        options.key_types = tuple(known) + tuple(t for t in options.key_types if t not in known)
+    # paramiko's start_client(timeout=) returns silently when the timeout passes: wait on its
+    # event ourselves, so a server that accepts TCP and never speaks SSH is a connection fault.
+    transport.banner_timeout = cfg.connect_timeout
+    negotiated = threading.Event()
+    try:
+        transport.start_client(event=negotiated)
+    except (paramiko.SSHException, OSError, EOFError) as exc:
+        transport.close()
+        raise ConnectError(f"SSH handshake with {cfg.host}:{cfg.port} failed: {exc}") from exc
+    done = negotiated.wait(cfg.connect_timeout)
+    if not done or not transport.is_active():
+        failure = transport.get_exception()
+        banner = bool(getattr(transport, "remote_version", ""))
+        transport.close()
+        if failure is not None and banner:
+            raise ConnectError(f"SSH handshake with {cfg.host}:{cfg.port} failed: {failure}") from failure
+        raise ConnectError(
+            f"{cfg.host}:{cfg.port} accepted the connection but did not answer the SSH handshake"
+            f" within {cfg.connect_timeout:g}s (is an SSH server listening there?)"
+        ) from failure
+    return transport
+
+
+def _load_key(cfg: SSHConfig) -> paramiko.PKey:
+    assert cfg.key_file is not None
+    if (what := not_regular(cfg.key_file)) is not None:  # a FIFO blocks the load, /dev/zero never ends
+        raise ConfigError(f"ssh.key_file: {cfg.key_file} is not a regular file ({what})")
+    passphrase = cfg.key_passphrase.get_secret_value() if cfg.key_passphrase is not None else None
+    try:
+        return paramiko.PKey.from_path(cfg.key_file, passphrase.encode() if passphrase else None)
+    except (paramiko.PasswordRequiredException, TypeError) as exc:  # TypeError: cryptography's "no password"
+        raise AuthError(
+            f"ssh.key_file {cfg.key_file} is encrypted: set WIN_AUTOMATION_SSH_KEY_PASSPHRASE"
+        ) from exc
+    except FileNotFoundError as exc:
+        raise AuthError(f"ssh.key_file {cfg.key_file} does not exist") from exc
+    except (paramiko.SSHException, OSError, ValueError) as exc:
+        raise AuthError(
+            f"cannot load ssh.key_file {cfg.key_file} (wrong passphrase or not a private key)"
+        ) from exc
+
+
+def _authenticate(transport: paramiko.Transport, cfg: SSHConfig) -> str:
+    """Try the key file, then the agent's keys, then the password; returns the method that worked."""
+    tried: list[str] = []
+
+    def attempt(method: str, fn: Callable[[], Any]) -> bool:
+        tried.append(method)
+        try:
+            fn()
+        except paramiko.AuthenticationException:
+            return False
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ConnectError(f"connection to {target(cfg)} failed during authentication: {exc}") from exc
+        return bool(transport.is_authenticated())
+
+    if cfg.key_file is not None:
+        key = _load_key(cfg)
+        if attempt("key file", lambda: transport.auth_publickey(cfg.user, key)):
+            return "key file"
+    if cfg.use_agent:
+        agent = paramiko.Agent()
+        try:
+            for agent_key in agent.get_keys():
+                if attempt("agent", functools.partial(transport.auth_publickey, cfg.user, agent_key)):
+                    return "agent"
+        finally:
+            agent.close()
+    if cfg.password is not None:
+        secret = cfg.password.get_secret_value()
+        register_secret(secret)
+        if attempt("password", lambda: transport.auth_password(cfg.user, secret)):
+            return "password"
+    methods = ", ".join(dict.fromkeys(tried)) or "none configured (set ssh.key_file, the agent or a password)"
+    raise AuthError(f"authentication as {target(cfg)} failed (tried: {methods})")
+
+
+def connect_once(cfg: SSHConfig) -> paramiko.Transport:
+    """One connection attempt: socket, handshake, host-key check, authentication."""
+    transport = start_transport(cfg)
+    try:
+        hostkeys.verify(
+            transport.get_remote_server_key(),
+            host=cfg.host,
+            port=cfg.port,
+            known_hosts=cfg.known_hosts,
+            pinned=cfg.host_key_fingerprint,
+        )
+        method = _authenticate(transport, cfg)
+    except BaseException:
+        transport.close()
+        raise
+    transport.set_keepalive(max(1, round(cfg.keepalive_interval)))
+    log.debug("connected", extra={"op": "ssh.connect", "target": target(cfg), "auth": method})
+    return transport
+
+
+def fetch_host_key(cfg: SSHConfig) -> tuple[paramiko.PKey, hostkeys.PresentedKey]:
+    """The server's host key, without verifying or authenticating (for `ssh trust`)."""
+    transport = call_with_retry(lambda: start_transport(cfg), op="ssh.trust")
+    try:
+        key = transport.get_remote_server_key()
+    finally:
+        transport.close()
+    return key, hostkeys.PresentedKey(cfg.host, cfg.port, key.get_name(), hostkeys.fingerprint(key))
