@@ -6,6 +6,7 @@ command twice and never leave a job `running`."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -787,6 +789,28 @@ def test_changed_sources_get_a_new_server(env: dict[str, str], tmp_path: Path) -
         assert wait_for(lambda: new_sock.exists(), 30)  # the job command started the new one
     finally:
         os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_an_upgraded_dependency_gets_a_new_server(env: dict[str, str], tmp_path: Path) -> None:
+    """`pip install -U rich` while a server runs: a fresh process imports the new rich, the
+    server holds the old one. pip adds and removes `.dist-info` folders in site-packages, which
+    changes its mtime (the key's); here a folder added and removed as pip does."""
+    old = start_server(env)
+    old_sock = sock_for(env)
+    site = Path(sysconfig.get_paths()["purelib"])
+    before = site.stat()
+    marker = site / f"wa_upgrade_probe-{os.getpid()}.dist-info"
+    try:
+        marker.mkdir()
+        marker.rmdir()
+        assert sock_for(env) != old_sock
+        out = launcher(["--version"], env, tmp_path)
+        assert out.returncode == 0 and split(out.stderr)[1]  # not the old server: in-process
+        assert old.wait(15) == 0  # the old one noticed and left
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            marker.rmdir()
+        os.utime(site, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
 def test_huge_output_streams_through_the_server(env: dict[str, str], tmp_path: Path) -> None:

@@ -10,8 +10,9 @@ win_automation.unixsock; `python -X importtime -m win_automation.cli.launch` sho
 1. It finds the server's socket, `<data dir>/cli-server/<key>.sock`. The data dir is
    WIN_AUTOMATION_DATA_DIR or the default `~/.local/share/win-automation` (never `data.dir` from
    a config file: loading the config is what the launcher exists to avoid). `<key>` hashes this
-   interpreter, the package's location and version and the newest mtime of the .py files under
-   win_automation/ and workflows/, so a server never runs other code than a fresh process would.
+   interpreter, the package's location and version, the newest mtime of the .py files under
+   win_automation/ and workflows/ and the mtime of site-packages (an install or upgrade changes
+   it), so a server never runs other code than a fresh process would.
 2. It sends its argv, environment, umask and stdio settings and waits for the forked child's
    pid; then it says "go" with its fds 0/1/2 and working directory (SCM_RIGHTS). A server that does not
    answer within CONNECT_TIMEOUT (paused, overloaded) is dropped (its socket removed: it leaves,
@@ -103,6 +104,20 @@ def newest_mtime(folders: tuple[str, ...]) -> int:
     return newest
 
 
+def installed_mtimes() -> str:
+    """The mtime (ns) of each site-packages folder on the module path: installing, upgrading or
+    removing a distribution adds or removes its `.dist-info` folder there, and the server holds
+    the imports of typer, pydantic, rich... of its start."""
+    stamps = []
+    for folder in sys.path[1:]:
+        if folder.endswith(("site-packages", "dist-packages")):
+            try:
+                stamps.append(str(os.stat(folder).st_mtime_ns))
+            except OSError:
+                stamps.append("")
+    return ",".join(stamps)
+
+
 def _sha256(data: bytes) -> str:
     if sys.version_info >= (3, 12):  # the C module itself: hashlib's import costs the launcher ~2 ms
         from _sha2 import sha256  # type: ignore[import-not-found,unused-ignore]
@@ -154,8 +169,8 @@ def server_key() -> str:
     """Which server may run this call: the interpreter (its binary, version and environment:
     `python` and `python3` of one venv are one; its flags, warning options and module path
     after the script's own folder, so PYTHONPATH or -O get their own server), the package's
-    location and version, the protocol, the newest source mtime and the process's credentials
-    (see `credentials`), hashed."""
+    location and version, the protocol, the newest source mtime, the installed distributions
+    (see `installed_mtimes`) and the process's credentials (see `credentials`), hashed."""
     package, workflows = package_dirs()
     interpreter = (
         os.path.realpath(sys.executable),
@@ -164,6 +179,7 @@ def server_key() -> str:
         repr(tuple(sys.flags)),
         repr(sys.warnoptions),
         repr(sys.path[1:]),
+        installed_mtimes(),
     )
     text = "\0".join(
         (str(PROTOCOL), *interpreter, package, __version__, str(newest_mtime((package, workflows))))
