@@ -157,7 +157,7 @@ class Server:
         return listener
 
     def reap(self) -> None:
-        while self.children:
+        while self.children or self.spare is not None:  # a spare killed while idle: no zombie
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
