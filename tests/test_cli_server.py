@@ -792,6 +792,26 @@ def test_changed_sources_get_a_new_server(env: dict[str, str], tmp_path: Path) -
         os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
+def test_an_edit_after_a_future_mtime_gets_a_new_server(env: dict[str, str], tmp_path: Path) -> None:
+    """One module's mtime in the future (clock skew, an unpacked archive): it was the newest, so
+    a later edit of another module (mtime now) left the key as it was, and the server served its
+    old code."""
+    future, edited = Path(launch.__file__).with_name("parse.py"), Path(launch.__file__).with_name("output.py")
+    saved = {path: path.stat() for path in (future, edited)}
+    try:
+        os.utime(future, ns=(time.time_ns(), time.time_ns() + 86400 * 10**9))
+        old = start_server(env)
+        old_sock = sock_for(env)
+        os.utime(edited, ns=(time.time_ns(), time.time_ns()))  # the edit
+        assert sock_for(env) != old_sock
+        out = launcher(["--version"], env, tmp_path)
+        assert out.returncode == 0 and split(out.stderr)[1]  # not the old server: in-process
+        assert old.wait(15) == 0  # the old one noticed and left
+    finally:
+        for path, before in saved.items():
+            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
 def test_an_upgraded_dependency_gets_a_new_server(env: dict[str, str], tmp_path: Path) -> None:
     """`pip install -U rich` while a server runs: a fresh process imports the new rich, the
     server holds the old one. pip adds and removes `.dist-info` folders in site-packages, which

@@ -10,9 +10,10 @@ win_automation.unixsock; `python -X importtime -m win_automation.cli.launch` sho
 1. It finds the server's socket, `<data dir>/cli-server/<key>.sock`. The data dir is
    WIN_AUTOMATION_DATA_DIR or the default `~/.local/share/win-automation` (never `data.dir` from
    a config file: loading the config is what the launcher exists to avoid). `<key>` hashes this
-   interpreter, the package's location and version, the newest mtime of the .py files under
-   win_automation/ and workflows/ and the mtime of site-packages (an install or upgrade changes
-   it), so a server never runs other code than a fresh process would.
+   interpreter, the package's location and version, the mtimes of the .py files under
+   win_automation/ and workflows/ (the newest, their sum and count) and the mtime of
+   site-packages (an install or upgrade changes it), so a server never runs other code than a
+   fresh process would.
 2. It sends its argv, environment, umask and stdio settings and waits for the forked child's
    pid; then it says "go" with its fds 0/1/2 and working directory (SCM_RIGHTS). A server that does not
    answer within CONNECT_TIMEOUT (paused, overloaded) is dropped (its socket removed: it leaves,
@@ -80,28 +81,32 @@ def package_dirs() -> tuple[str, str]:
     return package, os.path.join(os.path.dirname(package), "workflows")
 
 
-def newest_mtime(folders: tuple[str, ...]) -> int:
-    """The newest mtime (ns) of the .py files and folders under `folders` (a removed or renamed
-    module changes its folder's mtime)."""
-    newest = 0
+def source_stamp(folders: tuple[str, ...]) -> str:
+    """The newest mtime (ns), the sum of the mtimes and the count of the .py files and folders
+    under `folders`: a removed or renamed module changes its folder's mtime and the count, and
+    a file whose mtime moves at all the sum (one set in the future, by clock skew or an unpacked
+    archive, would otherwise stay the newest, and later edits not change the key)."""
+    newest = total = count = 0
     pending = list(folders)
     while pending:
         folder = pending.pop()
         try:
             entries = os.scandir(folder)
-            newest = max(newest, os.stat(folder).st_mtime_ns)
+            mtime = os.stat(folder).st_mtime_ns
         except OSError:
             continue
+        newest, total, count = max(newest, mtime), total + mtime, count + 1
         with entries:
             for entry in entries:
                 if entry.name.endswith(".py"):
                     try:
-                        newest = max(newest, entry.stat().st_mtime_ns)
+                        mtime = entry.stat().st_mtime_ns
                     except OSError:
                         continue
+                    newest, total, count = max(newest, mtime), total + mtime, count + 1
                 elif entry.name != "__pycache__" and entry.is_dir(follow_symlinks=False):
                     pending.append(entry.path)
-    return newest
+    return f"{newest}:{total}:{count}"
 
 
 def installed_mtimes() -> str:
@@ -169,8 +174,9 @@ def server_key() -> str:
     """Which server may run this call: the interpreter (its binary, version and environment:
     `python` and `python3` of one venv are one; its flags, warning options and module path
     after the script's own folder, so PYTHONPATH or -O get their own server), the package's
-    location and version, the protocol, the newest source mtime, the installed distributions
-    (see `installed_mtimes`) and the process's credentials (see `credentials`), hashed."""
+    location and version, the protocol, the sources' mtimes (see `source_stamp`), the installed
+    distributions (see `installed_mtimes`) and the process's credentials (see `credentials`),
+    hashed."""
     package, workflows = package_dirs()
     interpreter = (
         os.path.realpath(sys.executable),
@@ -181,9 +187,7 @@ def server_key() -> str:
         repr(sys.path[1:]),
         installed_mtimes(),
     )
-    text = "\0".join(
-        (str(PROTOCOL), *interpreter, package, __version__, str(newest_mtime((package, workflows))))
-    )
+    text = "\0".join((str(PROTOCOL), *interpreter, package, __version__, source_stamp((package, workflows))))
     return _sha256(os.fsencode(text) + b"\0" + credentials())[:20]
 
 
