@@ -114,6 +114,9 @@ def spawn(sock: str, persist: float) -> None:
             subprocess.Popen(
                 [sys.executable, "-m", "win_automation.cli.server", sock, repr(float(persist)), AFTER_PARENT],
                 env=env,
+                # `-m` puts the working folder first on the module path: the server's own folder
+                # holds no modules (the caller's may: a project's `workflows`, a `json.py`).
+                cwd=os.path.dirname(sock),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -123,7 +126,6 @@ def spawn(sock: str, persist: float) -> None:
         ]  # kept: it outlives this process, which does not wait for it
 
 
-# --- status and stop ----------------------------------------------------------------------------
 # --- the server ---------------------------------------------------------------------------------
 class Server:
     def __init__(self, sock: str, persist: float) -> None:
