@@ -366,32 +366,6 @@ def test_ssh_get_starts_the_server_and_is_served_next_time(
     assert (tmp_path / "two.bin").read_bytes() == data == (tmp_path / "one.bin").read_bytes()
 
 
-def test_modules_in_the_starting_folder_are_not_the_servers(env: dict[str, str], tmp_path: Path) -> None:
-    """The installed command does not import from the working folder (its module path starts
-    with its own folder); the server a job command starts there did (`-m` puts the folder
-    first): a project's own `workflows` package ran in it, and as it has no `ssh_exec` the
-    server died at every start, each call in-process."""
-    project = tmp_path / "project"
-    (project / "workflows").mkdir(parents=True)
-    marker = tmp_path / "imported"
-    (project / "workflows" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
-    command = [str(Path(sys.executable).with_name("win-automation")), "ssh", "run", "--shell", "cmd", "--"]
-    first = subprocess.run([*command, "echo one"], env=env, cwd=project, capture_output=True, timeout=60)
-    assert first.returncode == 0 and first.stdout == b"one\n", first.stderr
-    assert wait_for(lambda: servers_of(env), 30), "the job command started no server"
-    assert wait_for(lambda: sock_for(env).exists() or not servers_of(env), 30)
-    second = subprocess.run(
-        [sys.executable, "-X", "importtime", *command[:1], *command[1:], "echo two"],
-        env=env,
-        cwd=project,
-        capture_output=True,
-        timeout=60,
-    )
-    assert second.returncode == 0 and second.stdout == b"two\n", second.stderr
-    assert not split(second.stderr)[1]  # served
-    assert not marker.exists()
-
-
 def test_a_served_job_imports_neither_paramiko_nor_hatchet(env: dict[str, str], tmp_path: Path) -> None:
     assert launcher(["ssh", "run", "--shell", "cmd", "--", "echo warm-up"], env, tmp_path).returncode == 0
     assert wait_for(lambda: servers_of(env), 30), "the job command started no server"
@@ -816,6 +790,32 @@ def test_changed_sources_get_a_new_server(env: dict[str, str], tmp_path: Path) -
         assert wait_for(lambda: new_sock.exists(), 30)  # the job command started the new one
     finally:
         os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_modules_in_the_starting_folder_are_not_the_servers(env: dict[str, str], tmp_path: Path) -> None:
+    """The installed command does not import from the working folder (its module path starts
+    with its own folder); the server a job command starts there did (`-m` puts the folder
+    first): a project's own `workflows` package ran in it, and as it has no `ssh_exec` the
+    server died at every start, each call in-process."""
+    project = tmp_path / "project"
+    (project / "workflows").mkdir(parents=True)
+    marker = tmp_path / "imported"
+    (project / "workflows" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    command = [str(Path(sys.executable).with_name("win-automation")), "ssh", "run", "--shell", "cmd", "--"]
+    first = subprocess.run([*command, "echo one"], env=env, cwd=project, capture_output=True, timeout=60)
+    assert first.returncode == 0 and first.stdout == b"one\n", first.stderr
+    assert wait_for(lambda: servers_of(env), 30), "the job command started no server"
+    assert wait_for(lambda: sock_for(env).exists() or not servers_of(env), 30)
+    second = subprocess.run(
+        [sys.executable, "-X", "importtime", *command[:1], *command[1:], "echo two"],
+        env=env,
+        cwd=project,
+        capture_output=True,
+        timeout=60,
+    )
+    assert second.returncode == 0 and second.stdout == b"two\n", second.stderr
+    assert not split(second.stderr)[1]  # served
+    assert not marker.exists()
 
 
 def test_an_edit_after_a_future_mtime_gets_a_new_server(env: dict[str, str], tmp_path: Path) -> None:
