@@ -905,6 +905,17 @@ def test_persist_0_skips_the_server_and_status_stop_list_it(env: dict[str, str],
     assert server.wait(10) == 0 and not sock_for(env).exists()
 
 
+def test_every_spelling_of_persist_0_skips_the_server(env: dict[str, str], tmp_path: Path) -> None:
+    """The config reads `00`, `0.0s`, `000ms`, `0 s` as 0 (off); the launcher knew only a few
+    spellings (`0`, `0s`, `0.0`...), and the others were served by the running server."""
+    start_server(env)
+    for value in ("00", "0.0s", "000ms", "0 s", "0.00"):
+        off = launcher(["--version"], {**env, "WIN_AUTOMATION_SSH_PERSIST": value}, tmp_path)
+        assert off.returncode == 0 and split(off.stderr)[1], value  # in-process
+    on = launcher(["--version"], {**env, "WIN_AUTOMATION_SSH_PERSIST": "0.5s"}, tmp_path)
+    assert on.returncode == 0 and not split(on.stderr)[1]  # served
+
+
 def test_the_launchers_default_data_dir_is_the_configs() -> None:
     from win_automation.config.schema import DataConfig
 
