@@ -583,6 +583,35 @@ def test_a_killed_or_paused_spare_is_replaced_and_the_call_served(
     assert wait_for(lambda: not Path(f"/proc/{paused}").exists(), 10)  # killed and reaped
 
 
+def test_a_child_killed_while_its_server_is_paused_does_not_hold_its_caller(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The server tells a caller how its child died (a signal); paused, it could not, and held the
+    caller's connection open: the caller waited for as long as the server stayed paused. Now it
+    ends (exit 1, one line) once its child has been dead a few seconds without a word."""
+    server = start_server(env).pid
+    command = ["ssh", "run", "--shell", "cmd", "--", "echo started; sleep 60"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "win_automation", *command],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None and proc.stdout.readline() == b"started\n"
+        (child,) = children_of(server)
+        os.kill(server, signal.SIGSTOP)
+        try:
+            os.kill(child, signal.SIGKILL)
+            _, stderr = proc.communicate(timeout=25)  # ORPHAN_GRACE 5 s, and a busy machine
+        finally:
+            os.kill(server, signal.SIGCONT)
+    assert proc.returncode == 1
+    assert stderr == b"error: the warm CLI process ended without an exit status\n"
+    out = launcher(["--version"], env, tmp_path)
+    assert out.returncode == 0 and not split(out.stderr)[1]  # the server, continued, serves
+
+
 def test_a_server_that_leaves_takes_its_spare(env: dict[str, str], tmp_path: Path) -> None:
     server = start_server(env)
     assert wait_for(lambda: spares_of(server.pid), 10)

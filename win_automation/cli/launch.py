@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 PROTOCOL = 1
 CONNECT_TIMEOUT = 1.0
 """Seconds for connecting and getting the child's pid; past them the call runs in-process."""
+WATCH_EVERY = 1.0
+ORPHAN_GRACE = 5.0
+"""Seconds a call's child may be dead before its server tells how (paused): then exit 1."""
 DEFAULT_DATA_DIR = "~/.local/share/win-automation"  # DataConfig.dir's default (a test checks)
 FORWARDED = (2, 15, 1)  # SIGINT, SIGTERM, SIGHUP (signal numbers: the signal module costs ~3 ms)
 STOP, CONT, TSTP = 19, 18, 20  # SIGSTOP, SIGCONT, SIGTSTP (Linux)
@@ -315,6 +318,40 @@ def _drop(path: str) -> None:
         pass
 
 
+def _ended(child: int) -> bool:
+    """True when the child has exited: gone, or a zombie its server has not reaped (without
+    /proc, only gone)."""
+    try:
+        os.kill(child, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return _read(f"/proc/{child}/stat").rpartition(b")")[2].split()[:1] == [b"Z"]
+
+
+def _answer_or_end(conn: _socket.socket, child: int) -> bool:
+    """Wait until the connection has something to read (a frame, or its end): True; False when
+    the child has exited without a word for ORPHAN_GRACE s. A child that ends sends its status
+    first; one killed by a signal is told by the server, which holds the connection open until
+    then, so a paused server would keep this process waiting for good after the call ended."""
+    import _socket
+
+    quiet = 0.0
+    conn.settimeout(WATCH_EVERY)
+    try:
+        while True:
+            try:
+                conn.recv(1, _socket.MSG_PEEK)
+                return True
+            except TimeoutError:
+                quiet = quiet + WATCH_EVERY if _ended(child) else 0.0
+                if quiet >= ORPHAN_GRACE:
+                    return False
+    finally:
+        conn.settimeout(None)
+
+
 def _wait(conn: _socket.socket, child: int) -> int:
     """Forward signals to the child; its exit status (or die by the signal that killed it)."""
     import _signal
@@ -349,6 +386,8 @@ def _wait(conn: _socket.socket, child: int) -> int:
         _signal.signal(TSTP, suspend)
     while True:
         try:
+            if not _answer_or_end(conn, child):
+                raise EOFError
             kind, payload = recv_frame(conn)
         except (OSError, EOFError):
             sys.stderr.write("error: the warm CLI process ended without an exit status\n")
