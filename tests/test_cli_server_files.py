@@ -103,3 +103,29 @@ def test_a_fifo_log_does_not_hang_the_job_command_that_starts_the_server(
     assert wait_for(lambda: sock.exists() and servers_of(env), 30)  # and the server started
     assert wait_for(lambda: not servers_of(env), 30)  # idle 3 s: it left
     assert not STARTED
+
+
+def test_a_server_leaves_cleanly_when_its_info_file_became_a_folder(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Its files are removed as it leaves; one that cannot be (a folder in its place, a read-only
+    folder) is left, without a traceback in its log and exit 1."""
+    sock = sock_for(cli_env)
+    sock.parent.mkdir(parents=True, mode=0o700)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "win_automation.cli.server", str(sock), "60"],
+        env=cli_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    STARTED.append(server)
+    info = sock.with_suffix(".json")
+    assert wait_for(lambda: info.exists() or server.poll() is not None, 30)
+    info.unlink()
+    info.mkdir()
+    server.terminate()  # as `ssh persist stop` does
+    _, stderr = server.communicate(timeout=15)
+    assert (server.returncode, stderr) == (0, b"")
+    assert info.is_dir() and not sock.exists()

@@ -287,7 +287,7 @@ class Server:
             # too, so old keys' files do not pile up. A crashed server's log stays.
             leftovers += [info_path(self.sock), unixsock.lock_path(self.sock), log_path(self.sock)]
         for path in leftovers:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone, or a folder in its place, a read-only folder
                 os.unlink(path)
 
     def accept(self, listener: socket.socket) -> None:
