@@ -129,3 +129,19 @@ def test_a_server_leaves_cleanly_when_its_info_file_became_a_folder(
     _, stderr = server.communicate(timeout=15)
     assert (server.returncode, stderr) == (0, b"")
     assert info.is_dir() and not sock.exists()
+
+
+def test_a_folder_as_the_start_up_lock_is_one_line(cli_env: dict[str, str], tmp_path: Path) -> None:
+    sock = sock_for(cli_env)
+    sock.parent.mkdir(parents=True, mode=0o700)
+    sock.with_suffix(".lock").mkdir()
+    out = subprocess.run(
+        [sys.executable, "-m", "win_automation.cli.server", str(sock), "60"],
+        env=cli_env,
+        capture_output=True,
+        timeout=60,
+    )
+    lock = sock.with_suffix(".lock")
+    expected = f"warm CLI process: cannot lock {lock}: Is a directory\n"
+    assert (out.returncode, out.stderr.decode()) == (1, expected)
+    assert not sock.exists()

@@ -324,7 +324,11 @@ def _preload() -> None:
 
 def main(argv: list[str]) -> int:
     sock, persist = argv[0], float(argv[1])
-    lock = os.open(unixsock.lock_path(sock), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        lock = os.open(unixsock.lock_path(sock), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:  # a folder in its place, a full or read-only disk: calls run in-process
+        sys.stderr.write(f"warm CLI process: cannot lock {unixsock.lock_path(sock)}: {exc.strerror or exc}\n")
+        return 1
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
