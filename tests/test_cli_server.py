@@ -764,6 +764,27 @@ def test_a_caller_with_other_credentials_is_never_served_by_this_server(
     assert not split(launcher(["--version"], env, tmp_path).stderr)[1]  # the same caller is served
 
 
+def test_a_niced_or_pinned_caller_is_not_run_as_the_server(env: dict[str, str], tmp_path: Path) -> None:
+    """A forked child runs at its server's nice value, scheduling policy and CPUs: `nice
+    win-automation ...` or `taskset` ran the call at full priority on every CPU, unlike the same
+    call in-process. They are part of the key, as the credentials are."""
+    start_server(env)
+    cpus = sorted(os.sched_getaffinity(0))
+    for name, setup in (("nice", lambda: os.nice(5)), ("taskset", lambda: os.sched_setaffinity(0, cpus[:1]))):
+        if name == "taskset" and len(cpus) < 2:
+            continue  # one CPU: pinning changes nothing
+        out = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "win_automation", "--version"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=60,
+            preexec_fn=setup,
+        )
+        assert out.returncode == 0 and split(out.stderr)[1], name  # in-process, not the server's
+    assert not split(launcher(["--version"], env, tmp_path).stderr)[1]  # the others are served
+
+
 def test_a_server_that_cannot_record_itself_leaves_no_socket_and_one_line(
     env: dict[str, str], tmp_path: Path
 ) -> None:

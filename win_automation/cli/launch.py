@@ -133,7 +133,8 @@ def _sha256(data: bytes) -> str:
     return str(sha256(data).hexdigest())
 
 
-_CREDENTIALS = (b"Uid:", b"Gid:", b"Groups:", b"Cap", b"NoNewPrivs:", b"Seccomp")
+_CREDENTIALS = (b"Uid:", b"Gid:", b"Groups:", b"Cap", b"NoNewPrivs:", b"Seccomp", b"Cpus_allowed:")
+_CREDENTIALS += (b"Mems_allowed:",)
 _NAMESPACES = ("mnt", "pid", "user", "net", "ipc", "uts")
 
 
@@ -151,11 +152,12 @@ def _read(path: str) -> bytes:
 
 
 def credentials() -> bytes:
-    """What a process may do, beyond its uid: its ids and groups, capabilities, no_new_privs and
-    seccomp (/proc/self/status), its namespaces and root folder, and its resource limits. A
-    server runs a call with its own (a forked child cannot take on the caller's), so a caller
-    whose differ gets a server of its own (~20 us): one with fewer capabilities (`setpriv`,
-    a restricted service), other groups, a sandbox or `ulimit` never runs as the server."""
+    """What a process may do, beyond its uid: its ids and groups, capabilities, no_new_privs,
+    seccomp and allowed CPUs and memory nodes (/proc/self/status), its namespaces and root
+    folder, its resource limits, nice value and scheduling policy. A server runs a call with its
+    own (a forked child cannot take on the caller's), so a caller whose differ gets a server of
+    its own (~20 us): one with fewer capabilities (`setpriv`, a restricted service), other
+    groups, a sandbox, `ulimit`, `nice`, `chrt` or `taskset` never runs as the server."""
     status = _read("/proc/self/status").splitlines()
     fields = [line for line in status if line.startswith(_CREDENTIALS)]
     for name in _NAMESPACES:
@@ -169,6 +171,10 @@ def credentials() -> bytes:
     except OSError:
         fields.append(b"")
     fields.append(_read("/proc/self/limits"))
+    try:
+        fields.append(b"%d:%d" % (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)))
+    except (AttributeError, OSError):
+        fields.append(b"")
     return b"\0".join(fields)
 
 
