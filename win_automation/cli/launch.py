@@ -133,8 +133,7 @@ def _sha256(data: bytes) -> str:
     return str(sha256(data).hexdigest())
 
 
-_CREDENTIALS = (b"Uid:", b"Gid:", b"Groups:", b"Cap", b"NoNewPrivs:", b"Seccomp", b"Cpus_allowed:")
-_CREDENTIALS += (b"Mems_allowed:",)
+_CREDENTIALS = (b"Uid:", b"Gid:", b"Groups:", b"Cap", b"NoNewPrivs:", b"Seccomp", b"Cpus_allowed:", b"Mems_a")
 _NAMESPACES = ("mnt", "pid", "user", "net", "ipc", "uts")
 
 
