@@ -567,10 +567,10 @@ def test_a_killed_or_paused_spare_is_replaced_and_the_call_served(
     assert wait_for(lambda: spares_of(server), 10)
     (killed,) = spares_of(server)
     os.kill(killed, signal.SIGKILL)
+    assert wait_for(lambda: not Path(f"/proc/{killed}").exists(), 10)  # reaped while idle: no zombie
     # Not forked again at once: a spare that cannot live (no /proc, a crash) would be forked
     # for ever. The next call gets a child of its own, and a spare is forked after it.
     assert not wait_for(lambda: spares_of(server), 2)
-    assert wait_for(lambda: not Path(f"/proc/{killed}").exists(), 10)  # reaped while idle: no zombie
     out = launcher(["--version"], env, tmp_path)
     assert out.returncode == 0 and not split(out.stderr)[1], out.stderr  # served
     assert wait_for(lambda: spares_of(server) and killed not in spares_of(server), 10)
