@@ -6,6 +6,7 @@ command twice and never leave a job `running`."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -585,6 +587,7 @@ def test_a_killed_or_paused_spare_is_replaced_and_the_call_served(
     assert wait_for(lambda: spares_of(server), 10)
     (killed,) = spares_of(server)
     os.kill(killed, signal.SIGKILL)
+    assert wait_for(lambda: not Path(f"/proc/{killed}").exists(), 10)  # reaped while idle: no zombie
     # Not forked again at once: a spare that cannot live (no /proc, a crash) would be forked
     # for ever. The next call gets a child of its own, and a spare is forked after it.
     assert not wait_for(lambda: spares_of(server), 2)
@@ -598,6 +601,35 @@ def test_a_killed_or_paused_spare_is_replaced_and_the_call_served(
     assert out.returncode == 0 and not split(out.stderr)[1], out.stderr  # served, not by it
     assert time.monotonic() - started < launch.CONNECT_TIMEOUT + 2
     assert wait_for(lambda: not Path(f"/proc/{paused}").exists(), 10)  # killed and reaped
+
+
+def test_a_child_killed_while_its_server_is_paused_does_not_hold_its_caller(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The server tells a caller how its child died (a signal); paused, it could not, and held the
+    caller's connection open: the caller waited for as long as the server stayed paused. Now it
+    ends (exit 1, one line) once its child has been dead a few seconds without a word."""
+    server = start_server(env).pid
+    command = ["ssh", "run", "--shell", "cmd", "--", "echo started; sleep 60"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "win_automation", *command],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None and proc.stdout.readline() == b"started\n"
+        (child,) = children_of(server)
+        os.kill(server, signal.SIGSTOP)
+        try:
+            os.kill(child, signal.SIGKILL)
+            _, stderr = proc.communicate(timeout=25)  # ORPHAN_GRACE 5 s, and a busy machine
+        finally:
+            os.kill(server, signal.SIGCONT)
+    assert proc.returncode == 1
+    assert stderr == b"error: the warm CLI process ended without an exit status\n"
+    out = launcher(["--version"], env, tmp_path)
+    assert out.returncode == 0 and not split(out.stderr)[1]  # the server, continued, serves
 
 
 def test_a_server_that_leaves_takes_its_spare(env: dict[str, str], tmp_path: Path) -> None:
@@ -752,6 +784,27 @@ def test_a_caller_with_other_credentials_is_never_served_by_this_server(
     assert not split(launcher(["--version"], env, tmp_path).stderr)[1]  # the same caller is served
 
 
+def test_a_niced_or_pinned_caller_is_not_run_as_the_server(env: dict[str, str], tmp_path: Path) -> None:
+    """A forked child runs at its server's nice value, scheduling policy and CPUs: `nice
+    win-automation ...` or `taskset` ran the call at full priority on every CPU, unlike the same
+    call in-process. They are part of the key, as the credentials are."""
+    start_server(env)
+    cpus = sorted(os.sched_getaffinity(0))
+    for name, setup in (("nice", lambda: os.nice(5)), ("taskset", lambda: os.sched_setaffinity(0, cpus[:1]))):
+        if name == "taskset" and len(cpus) < 2:
+            continue  # one CPU: pinning changes nothing
+        out = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "win_automation", "--version"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=60,
+            preexec_fn=setup,
+        )
+        assert out.returncode == 0 and split(out.stderr)[1], name  # in-process, not the server's
+    assert not split(launcher(["--version"], env, tmp_path).stderr)[1]  # the others are served
+
+
 def test_a_server_that_cannot_record_itself_leaves_no_socket_and_one_line(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -809,6 +862,74 @@ def test_changed_sources_get_a_new_server(env: dict[str, str], tmp_path: Path) -
         os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
 
 
+def test_modules_in_the_starting_folder_are_not_the_servers(env: dict[str, str], tmp_path: Path) -> None:
+    """The installed command does not import from the working folder (its module path starts
+    with its own folder); the server a job command starts there did (`-m` puts the folder
+    first): a project's own `workflows` package ran in it, and as it has no `ssh_exec` the
+    server died at every start, each call in-process."""
+    project = tmp_path / "project"
+    (project / "workflows").mkdir(parents=True)
+    marker = tmp_path / "imported"
+    (project / "workflows" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    command = [str(Path(sys.executable).with_name("win-automation")), "ssh", "run", "--shell", "cmd", "--"]
+    first = subprocess.run([*command, "echo one"], env=env, cwd=project, capture_output=True, timeout=60)
+    assert first.returncode == 0 and first.stdout == b"one\n", first.stderr
+    assert wait_for(lambda: servers_of(env), 30), "the job command started no server"
+    assert wait_for(lambda: sock_for(env).exists() or not servers_of(env), 30)
+    second = subprocess.run(
+        [sys.executable, "-X", "importtime", *command[:1], *command[1:], "echo two"],
+        env=env,
+        cwd=project,
+        capture_output=True,
+        timeout=60,
+    )
+    assert second.returncode == 0 and second.stdout == b"two\n", second.stderr
+    assert not split(second.stderr)[1]  # served
+    assert not marker.exists()
+
+
+def test_an_edit_after_a_future_mtime_gets_a_new_server(env: dict[str, str], tmp_path: Path) -> None:
+    """One module's mtime in the future (clock skew, an unpacked archive): it was the newest, so
+    a later edit of another module (mtime now) left the key as it was, and the server served its
+    old code."""
+    future, edited = Path(launch.__file__).with_name("parse.py"), Path(launch.__file__).with_name("output.py")
+    saved = {path: path.stat() for path in (future, edited)}
+    try:
+        os.utime(future, ns=(time.time_ns(), time.time_ns() + 86400 * 10**9))
+        old = start_server(env)
+        old_sock = sock_for(env)
+        os.utime(edited, ns=(time.time_ns(), time.time_ns()))  # the edit
+        assert sock_for(env) != old_sock
+        out = launcher(["--version"], env, tmp_path)
+        assert out.returncode == 0 and split(out.stderr)[1]  # not the old server: in-process
+        assert old.wait(15) == 0  # the old one noticed and left
+    finally:
+        for path, before in saved.items():
+            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def test_an_upgraded_dependency_gets_a_new_server(env: dict[str, str], tmp_path: Path) -> None:
+    """`pip install -U rich` while a server runs: a fresh process imports the new rich, the
+    server holds the old one. pip adds and removes `.dist-info` folders in site-packages, which
+    changes its mtime (the key's); here a folder added and removed as pip does."""
+    old = start_server(env)
+    old_sock = sock_for(env)
+    site = Path(sysconfig.get_paths()["purelib"])
+    before = site.stat()
+    marker = site / f"wa_upgrade_probe-{os.getpid()}.dist-info"
+    try:
+        marker.mkdir()
+        marker.rmdir()
+        assert sock_for(env) != old_sock
+        out = launcher(["--version"], env, tmp_path)
+        assert out.returncode == 0 and split(out.stderr)[1]  # not the old server: in-process
+        assert old.wait(15) == 0  # the old one noticed and left
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            marker.rmdir()
+        os.utime(site, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
 def test_huge_output_streams_through_the_server(env: dict[str, str], tmp_path: Path) -> None:
     server = start_server(env).pid
     size = 200 * 1024 * 1024
@@ -852,6 +973,17 @@ def test_persist_0_skips_the_server_and_status_stop_list_it(env: dict[str, str],
     stopped = launcher(["ssh", "persist", "stop", "--json"], env, tmp_path)
     assert [s["pid"] for s in json.loads(stopped.stdout)["cli_servers_stopped"]] == [server.pid]
     assert server.wait(10) == 0 and not sock_for(env).exists()
+
+
+def test_every_spelling_of_persist_0_skips_the_server(env: dict[str, str], tmp_path: Path) -> None:
+    """The config reads `00`, `0.0s`, `000ms`, `0 s` as 0 (off); the launcher knew only a few
+    spellings (`0`, `0s`, `0.0`...), and the others were served by the running server."""
+    start_server(env)
+    for value in ("00", "0.0s", "000ms", "0 s", "0.00"):
+        off = launcher(["--version"], {**env, "WIN_AUTOMATION_SSH_PERSIST": value}, tmp_path)
+        assert off.returncode == 0 and split(off.stderr)[1], value  # in-process
+    on = launcher(["--version"], {**env, "WIN_AUTOMATION_SSH_PERSIST": "0.5s"}, tmp_path)
+    assert on.returncode == 0 and not split(on.stderr)[1]  # served
 
 
 def test_the_launchers_default_data_dir_is_the_configs() -> None:

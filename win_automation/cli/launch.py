@@ -10,8 +10,10 @@ win_automation.unixsock; `python -X importtime -m win_automation.cli.launch` sho
 1. It finds the server's socket, `<data dir>/cli-server/<key>.sock`. The data dir is
    WIN_AUTOMATION_DATA_DIR or the default `~/.local/share/win-automation` (never `data.dir` from
    a config file: loading the config is what the launcher exists to avoid). `<key>` hashes this
-   interpreter, the package's location and version and the newest mtime of the .py files under
-   win_automation/ and workflows/, so a server never runs other code than a fresh process would.
+   interpreter, the package's location and version, the mtimes of the .py files under
+   win_automation/ and workflows/ (the newest, their sum and count) and the mtime of
+   site-packages (an install or upgrade changes it), so a server never runs other code than a
+   fresh process would.
 2. It sends its argv, environment, umask and stdio settings and waits for the forked child's
    pid; then it says "go" with its fds 0/1/2 and working directory (SCM_RIGHTS). A server that does not
    answer within CONNECT_TIMEOUT (paused, overloaded) is dropped (its socket removed: it leaves,
@@ -44,11 +46,13 @@ if TYPE_CHECKING:
 PROTOCOL = 1
 CONNECT_TIMEOUT = 1.0
 """Seconds for connecting and getting the child's pid; past them the call runs in-process."""
+WATCH_EVERY = 1.0
+ORPHAN_GRACE = 5.0
+"""Seconds a call's child may be dead before its server tells how (paused): then exit 1."""
 DEFAULT_DATA_DIR = "~/.local/share/win-automation"  # DataConfig.dir's default (a test checks)
 FORWARDED = (2, 15, 1)  # SIGINT, SIGTERM, SIGHUP (signal numbers: the signal module costs ~3 ms)
 STOP, CONT, TSTP = 19, 18, 20  # SIGSTOP, SIGCONT, SIGTSTP (Linux)
 MIRRORED = (2, 15, 1, 3)  # ... and SIGQUIT: an ignored one (nohup, `cmd &`) stays ignored there
-_ZERO = frozenset({"0", "0s", "0ms", "0m", "0h", "0d", "0.0"})
 _OFF = frozenset({"0", "false", "no", "off"})
 
 # Frames (both ways): 1 type byte, a 4-byte big-endian length, the payload. Launcher: `G` (go),
@@ -79,28 +83,46 @@ def package_dirs() -> tuple[str, str]:
     return package, os.path.join(os.path.dirname(package), "workflows")
 
 
-def newest_mtime(folders: tuple[str, ...]) -> int:
-    """The newest mtime (ns) of the .py files and folders under `folders` (a removed or renamed
-    module changes its folder's mtime)."""
-    newest = 0
+def source_stamp(folders: tuple[str, ...]) -> str:
+    """The newest mtime (ns), the sum of the mtimes and the count of the .py files and folders
+    under `folders`: a removed or renamed module changes its folder's mtime and the count, and
+    a file whose mtime moves at all the sum (one set in the future, by clock skew or an unpacked
+    archive, would otherwise stay the newest, and later edits not change the key)."""
+    newest = total = count = 0
     pending = list(folders)
     while pending:
         folder = pending.pop()
         try:
             entries = os.scandir(folder)
-            newest = max(newest, os.stat(folder).st_mtime_ns)
+            mtime = os.stat(folder).st_mtime_ns
         except OSError:
             continue
+        newest, total, count = max(newest, mtime), total + mtime, count + 1
         with entries:
             for entry in entries:
                 if entry.name.endswith(".py"):
                     try:
-                        newest = max(newest, entry.stat().st_mtime_ns)
+                        mtime = entry.stat().st_mtime_ns
                     except OSError:
                         continue
+                    newest, total, count = max(newest, mtime), total + mtime, count + 1
                 elif entry.name != "__pycache__" and entry.is_dir(follow_symlinks=False):
                     pending.append(entry.path)
-    return newest
+    return f"{newest}:{total}:{count}"
+
+
+def installed_mtimes() -> str:
+    """The mtime (ns) of each site-packages folder on the module path: installing, upgrading or
+    removing a distribution adds or removes its `.dist-info` folder there, and the server holds
+    the imports of typer, pydantic, rich... of its start."""
+    stamps = []
+    for folder in sys.path[1:]:
+        if folder.endswith(("site-packages", "dist-packages")):
+            try:
+                stamps.append(str(os.stat(folder).st_mtime_ns))
+            except OSError:
+                stamps.append("")
+    return ",".join(stamps)
 
 
 def _sha256(data: bytes) -> str:
@@ -111,7 +133,7 @@ def _sha256(data: bytes) -> str:
     return str(sha256(data).hexdigest())
 
 
-_CREDENTIALS = (b"Uid:", b"Gid:", b"Groups:", b"Cap", b"NoNewPrivs:", b"Seccomp")
+_CREDENTIALS = (b"Uid:", b"Gid:", b"Groups:", b"Cap", b"NoNewPrivs:", b"Seccomp", b"Cpus_allowed:", b"Mems_a")
 _NAMESPACES = ("mnt", "pid", "user", "net", "ipc", "uts")
 
 
@@ -129,11 +151,12 @@ def _read(path: str) -> bytes:
 
 
 def credentials() -> bytes:
-    """What a process may do, beyond its uid: its ids and groups, capabilities, no_new_privs and
-    seccomp (/proc/self/status), its namespaces and root folder, and its resource limits. A
-    server runs a call with its own (a forked child cannot take on the caller's), so a caller
-    whose differ gets a server of its own (~20 us): one with fewer capabilities (`setpriv`,
-    a restricted service), other groups, a sandbox or `ulimit` never runs as the server."""
+    """What a process may do, beyond its uid: its ids and groups, capabilities, no_new_privs,
+    seccomp and allowed CPUs and memory nodes (/proc/self/status), its namespaces and root
+    folder, its resource limits, nice value and scheduling policy. A server runs a call with its
+    own (a forked child cannot take on the caller's), so a caller whose differ gets a server of
+    its own (~20 us): one with fewer capabilities (`setpriv`, a restricted service), other
+    groups, a sandbox, `ulimit`, `nice`, `chrt` or `taskset` never runs as the server."""
     status = _read("/proc/self/status").splitlines()
     fields = [line for line in status if line.startswith(_CREDENTIALS)]
     for name in _NAMESPACES:
@@ -147,6 +170,10 @@ def credentials() -> bytes:
     except OSError:
         fields.append(b"")
     fields.append(_read("/proc/self/limits"))
+    try:
+        fields.append(b"%d:%d" % (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)))
+    except (AttributeError, OSError):
+        fields.append(b"")
     return b"\0".join(fields)
 
 
@@ -154,8 +181,9 @@ def server_key() -> str:
     """Which server may run this call: the interpreter (its binary, version and environment:
     `python` and `python3` of one venv are one; its flags, warning options and module path
     after the script's own folder, so PYTHONPATH or -O get their own server), the package's
-    location and version, the protocol, the newest source mtime and the process's credentials
-    (see `credentials`), hashed."""
+    location and version, the protocol, the sources' mtimes (see `source_stamp`), the installed
+    distributions (see `installed_mtimes`) and the process's credentials (see `credentials`),
+    hashed."""
     package, workflows = package_dirs()
     interpreter = (
         os.path.realpath(sys.executable),
@@ -164,10 +192,9 @@ def server_key() -> str:
         repr(tuple(sys.flags)),
         repr(sys.warnoptions),
         repr(sys.path[1:]),
+        installed_mtimes(),
     )
-    text = "\0".join(
-        (str(PROTOCOL), *interpreter, package, __version__, str(newest_mtime((package, workflows))))
-    )
+    text = "\0".join((str(PROTOCOL), *interpreter, package, __version__, source_stamp((package, workflows))))
     return _sha256(os.fsencode(text) + b"\0" + credentials())[:20]
 
 
@@ -175,12 +202,27 @@ def socket_path(environ: Mapping[str, str] | None = None) -> str:
     return os.path.join(server_dir(environ), server_key() + ".sock")
 
 
+def _zero_duration(value: str) -> bool:
+    """True for a duration the config reads as 0: zeros, a fraction of zeros, a unit (`00`,
+    `0.0s`, `0 ms`); without `re`, which costs the launcher ~6 ms."""
+    text = value.strip().lower()
+    for unit in ("ms", "s", "m", "h", "d"):
+        if text.endswith(unit):
+            text = text[: -len(unit)].rstrip()
+            break
+    whole, dot, fraction = text.partition(".")
+    return all(
+        part.isascii() and part.isdigit() and not part.strip("0")
+        for part in ((whole, fraction) if dot else (whole,))
+    )
+
+
 def server_off() -> bool:
     """No server, no launcher: WIN_AUTOMATION_SSH_PERSIST=0 (as a duration: 0, 0s, 0ms...), or
     WIN_AUTOMATION_CLI_SERVER=0 (the SSH helper without the warm CLI process)."""
     persist = os.environ.get("WIN_AUTOMATION_SSH_PERSIST")
     server = os.environ.get("WIN_AUTOMATION_CLI_SERVER")
-    return (persist is not None and persist.strip().lower() in _ZERO) or (
+    return (persist is not None and _zero_duration(persist)) or (
         server is not None and server.strip().lower() in _OFF
     )
 
@@ -281,6 +323,40 @@ def _drop(path: str) -> None:
         pass
 
 
+def _ended(child: int) -> bool:
+    """True when the child has exited: gone, or a zombie its server has not reaped (without
+    /proc, only gone)."""
+    try:
+        os.kill(child, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return _read(f"/proc/{child}/stat").rpartition(b")")[2].split()[:1] == [b"Z"]
+
+
+def _answer_or_end(conn: _socket.socket, child: int) -> bool:
+    """Wait until the connection has something to read (a frame, or its end): True; False when
+    the child has exited without a word for ORPHAN_GRACE s. A child that ends sends its status
+    first; one killed by a signal is told by the server, which holds the connection open until
+    then, so a paused server would keep this process waiting for good after the call ended."""
+    import _socket
+
+    quiet = 0.0
+    conn.settimeout(WATCH_EVERY)
+    try:
+        while True:
+            try:
+                conn.recv(1, _socket.MSG_PEEK)
+                return True
+            except TimeoutError:
+                quiet = quiet + WATCH_EVERY if _ended(child) else 0.0
+                if quiet >= ORPHAN_GRACE:
+                    return False
+    finally:
+        conn.settimeout(None)
+
+
 def _wait(conn: _socket.socket, child: int) -> int:
     """Forward signals to the child; its exit status (or die by the signal that killed it)."""
     import _signal
@@ -315,6 +391,8 @@ def _wait(conn: _socket.socket, child: int) -> int:
         _signal.signal(TSTP, suspend)
     while True:
         try:
+            if not _answer_or_end(conn, child):
+                raise EOFError
             kind, payload = recv_frame(conn)
         except (OSError, EOFError):
             sys.stderr.write("error: the warm CLI process ended without an exit status\n")

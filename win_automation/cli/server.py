@@ -21,18 +21,19 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
-import json
 import os
 import select
 import signal
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from win_automation import unixsock
 from win_automation.cli import launch, orphans, served
+from win_automation.cli.server_files import info_path, log_path, open_log, write_info
+from win_automation.cli.server_files import servers as servers  # `ssh persist status`
+from win_automation.cli.server_files import stop_servers as stop_servers  # `ssh persist stop`
 
 CHECK_EVERY = 1.0
 STALE_CHECK_EVERY = 2.0
@@ -66,15 +67,7 @@ PARENT_WAIT = 5.0
 _BACKGROUND: list[Any] = []
 
 
-# --- where, and who runs ------------------------------------------------------------------------
-def info_path(sock: str) -> str:
-    return os.path.splitext(sock)[0] + ".json"
-
-
-def log_path(sock: str) -> str:
-    return os.path.splitext(sock)[0] + ".log"
-
-
+# --- who runs -----------------------------------------------------------------------------------
 def _lock_free(sock: str) -> bool:
     """True when no server for `sock` is starting (the start-up lock is free)."""
     try:
@@ -116,11 +109,14 @@ def spawn(sock: str, persist: float) -> None:
 
     # Not the caller's settings or secrets (each call brings its own environment).
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WIN_AUTOMATION_", "HATCHET_"))}
-    with open(log_path(sock), "ab") as log:
+    with open_log(log_path(sock)) as log:
         _BACKGROUND[:] = [
             subprocess.Popen(
                 [sys.executable, "-m", "win_automation.cli.server", sock, repr(float(persist)), AFTER_PARENT],
                 env=env,
+                # `-m` puts the working folder first on the module path: the server's own folder
+                # holds no modules (the caller's may: a project's `workflows`, a `json.py`).
+                cwd=os.path.dirname(sock),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -128,68 +124,6 @@ def spawn(sock: str, persist: float) -> None:
                 close_fds=True,
             )
         ]  # kept: it outlives this process, which does not wait for it
-
-
-# --- status and stop ----------------------------------------------------------------------------
-def _is_server(pid: int, sock: str) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"win_automation.cli.server" in cmdline and os.fsencode(sock) in cmdline
-
-
-def servers() -> list[dict[str, Any]]:
-    """The warm CLI processes recorded in the data dir: pid, socket, started, current, alive."""
-    folder = Path(launch.server_dir())
-    if not folder.is_dir():
-        return []
-    current = os.path.basename(launch.socket_path())
-    found = []
-    for info_file in sorted(folder.glob("*.json")):
-        sock = str(info_file.with_suffix(".sock"))
-        try:
-            info = json.loads(info_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            info = {}
-        if not isinstance(info, dict):  # valid JSON, but not what a server writes
-            info = {}
-        pid = info.get("pid")
-        alive = isinstance(pid, int) and _is_server(pid, sock) and os.path.exists(sock)
-        found.append(
-            {
-                "pid": pid,
-                "socket": sock,
-                "started": info.get("started"),
-                "persist_seconds": info.get("persist"),
-                "current": os.path.basename(sock) == current,
-                "alive": alive,
-            }
-        )
-    return found
-
-
-def stop_servers() -> list[dict[str, Any]]:
-    """Stop every warm CLI process of the data dir (SIGTERM, with SIGCONT for a paused one;
-    SIGKILL after 5 s; running calls go on)."""
-    stopped = servers()
-    for server in stopped:
-        pid, sock = server["pid"], server["socket"]
-        # Its socket may be gone (a launcher dropped a paused server's): it is still stopped.
-        if isinstance(pid, int) and _is_server(pid, sock):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGTERM)
-                os.kill(pid, signal.SIGCONT)  # a paused one takes it too
-            deadline = time.monotonic() + 5
-            while _is_server(pid, sock) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if _is_server(pid, sock):  # wedged: never left behind
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-        for path in (sock, info_path(sock)):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-    return stopped
 
 
 # --- the server ---------------------------------------------------------------------------------
@@ -225,7 +159,7 @@ class Server:
         return listener
 
     def reap(self) -> None:
-        while self.children:
+        while self.children or self.spare is not None:  # a spare killed while idle: no zombie
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -353,7 +287,7 @@ class Server:
             # too, so old keys' files do not pile up. A crashed server's log stays.
             leftovers += [info_path(self.sock), unixsock.lock_path(self.sock), log_path(self.sock)]
         for path in leftovers:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone, or a folder in its place, a read-only folder
                 os.unlink(path)
 
     def accept(self, listener: socket.socket) -> None:
@@ -390,7 +324,11 @@ def _preload() -> None:
 
 def main(argv: list[str]) -> int:
     sock, persist = argv[0], float(argv[1])
-    lock = os.open(unixsock.lock_path(sock), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        lock = os.open(unixsock.lock_path(sock), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:  # a folder in its place, a full or read-only disk: calls run in-process
+        sys.stderr.write(f"warm CLI process: cannot lock {unixsock.lock_path(sock)}: {exc.strerror or exc}\n")
+        return 1
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -419,7 +357,7 @@ def main(argv: list[str]) -> int:
     }
     try:
         server.listen()
-        Path(info_path(sock)).write_text(json.dumps(info), encoding="utf-8")
+        write_info(info_path(sock), info)
     except OSError as exc:  # a full disk, a read-only folder: calls run in-process, as without it
         sys.stderr.write(f"warm CLI process: cannot serve at {sock}: {exc.strerror or exc}\n")
         for path in (sock, info_path(sock)):
