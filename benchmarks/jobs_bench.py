@@ -212,9 +212,7 @@ def main() -> None:
         d = size_mib / statistics.median(dgst_s)
         print(f"openssl dgst -sha256 on the file: median {size_mib / d:6.3f} s  {d:7.1f} MiB/s")
         print(f"openssl speed -elapsed -evp sha256 (1 MiB blocks in memory): median {c:7.1f} MiB/s")
-        print(
-            f"OpenSSL on the file / in memory: {d / c:.2f}x; ours / openssl dgst: {a / d:.2f}x"
-        )
+        print(f"OpenSSL on the file / in memory: {d / c:.2f}x; ours / openssl dgst: {a / d:.2f}x")
         print(f"throughput ratio ours/openssl: {a / c:.2f}x (target >= 0.9x); ours/sha256sum: {a / b:.2f}x")
         rounds = sorted(size_mib / s / o for s, o in zip(ours_s, openssl, strict=True))
         listed = ", ".join(f"{r:.2f}" for r in rounds)
