@@ -142,6 +142,22 @@ conn.execute("ROLLBACK")
 """
 
 
+def _wait_for_the_command(journal: Path) -> None:
+    """Until the job's exec step is running (the journal may not exist or have its tables yet)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        running = "SELECT 1 FROM steps WHERE name = 'exec' AND state = 'running'"
+        uri = f"file:{journal}?mode=ro"
+        with (
+            contextlib.suppress(sqlite3.OperationalError),
+            contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn,
+        ):
+            if conn.execute(running).fetchall():
+                return
+        time.sleep(0.05)
+    raise AssertionError("the job never ran its command")
+
+
 @pytest.mark.parametrize("served", [False, True], ids=["in-process", "warm-cli-process"])
 def test_a_journal_locked_by_another_process_is_one_line_and_no_phantom_running_job(
     cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path, served: bool
@@ -154,16 +170,12 @@ def test_a_journal_locked_by_another_process_is_one_line_and_no_phantom_running_
     job = subprocess.Popen(
         cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    deadline, rows = time.monotonic() + 60, []
-    while time.monotonic() < deadline:  # the job runs its command: take the lock then
-        if journal.exists():
-            with contextlib.closing(sqlite3.connect(journal, timeout=30)) as conn:
-                running = "SELECT 1 FROM steps WHERE name = 'exec' AND state = 'running'"
-                rows = conn.execute(running).fetchall()
-            if rows:
-                break
-        time.sleep(0.05)
-    assert rows, "the job never ran its command"
+    try:
+        _wait_for_the_command(journal)
+    except BaseException:
+        job.kill()
+        job.communicate()
+        raise
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_THE_JOURNAL, str(journal)],
         stdin=subprocess.PIPE,
