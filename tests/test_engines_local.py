@@ -21,6 +21,7 @@ from win_automation.config import Config
 from win_automation.definition import Step, StepContext, Workflow
 from win_automation.engines.local import LocalEngine
 from win_automation.errors import ConnectError, UsageError
+from win_automation.jobs.connection import JOURNAL_FILE
 from win_automation.jobs.journal import Journal
 from win_automation.jobs.state import JobState
 from workflows import all_workflows
@@ -213,6 +214,54 @@ def test_retries_backoff_and_timeouts(jobs_config: Config) -> None:
     assert steps["independent"].state == JobState.SUCCEEDED
     retrying = [e for e in engine.journal.events(outcome.job_id) if e.state == "retrying"]
     assert [(e.step, e.attempt) for e in retrying] == [("flaky", 1), ("flaky", 2), ("slow", 1)]
+
+
+HOLD_THE_JOURNAL = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+conn.execute("BEGIN EXCLUSIVE")
+print("held", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+"""
+
+
+def test_a_step_times_out_on_time_while_another_process_holds_the_journal(jobs_config: Config) -> None:
+    """The monitor waits on a locked journal (its heartbeat, up to the 10 s busy timeout); the
+    step's deadline must not wait with it."""
+    import sys
+
+    journal = jobs_config.data.dir / JOURNAL_FILE
+    waited: list[float] = []
+
+    def held_while_running(inp: Count, ctx: StepContext) -> Count:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_THE_JOURNAL, str(journal)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert holder.stdout is not None and holder.stdin is not None
+        try:
+            assert holder.stdout.readline() == "held\n"
+            started = time.monotonic()
+            while not ctx.cancelled() and time.monotonic() - started < 30:
+                time.sleep(0.01)
+            waited.append(time.monotonic() - started)
+        finally:
+            holder.stdin.write("\n")
+            holder.stdin.close()
+            holder.wait(timeout=30)
+            holder.stdout.close()
+        return Count()
+
+    # past the monitor's first heartbeat (2 s), which waits for the lock
+    wf = Workflow(
+        name="locked", input=Count, steps=(Step("held", held_while_running, Count, timeout_seconds=3),)
+    )
+    outcome = LocalEngine(jobs_config).run(wf, Count())
+    assert outcome.exit_code == 124, outcome.error
+    assert waited and waited[0] < 5.5, waited  # was ~12 s: the heartbeat's 10 s wait, then the check
 
 
 def test_secrets_never_reach_the_journal(jobs_config: Config) -> None:

@@ -4,8 +4,9 @@ the first poll that has a job to watch, so a job shorter than `poll` never opens
 It refreshes the heartbeat of the jobs this process runs every HEARTBEAT_INTERVAL, polls their
 cancel flag (and their ownership: a job taken over by another process, e.g. resumed while this one
 was paused, counts as cancelled here) every `poll` seconds, so `jobs cancel` from another process is
-seen within ~0.1 s even while a step is busy, and trips the deadline of the running step attempt.
-Either turns the step's `ctx.cancelled()` true.
+seen within ~0.1 s even while a step is busy. The deadline of a running step attempt is a timer
+of its own, so a journal that another process holds locked (the monitor waits for it) does not
+make a step's timeout late. Either turns the step's `ctx.cancelled()` true.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class JobMonitor:
         self._poll = poll
         self._heartbeat = heartbeat
         self._jobs: dict[str, tuple[threading.Event, int | None]] = {}
-        self._deadlines: dict[object, tuple[float, threading.Event]] = {}
+        self._deadlines: dict[object, threading.Timer] = {}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -53,9 +54,11 @@ class JobMonitor:
 
     def arm(self, key: object, deadline: float, event: threading.Event) -> None:
         """Set `event` once `time.monotonic()` passes `deadline` (a step attempt's timeout)."""
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), event.set)
+        timer.daemon = True
         with self._lock:
-            self._deadlines[key] = (deadline, event)
-            self._start()
+            self._deadlines[key] = timer
+        timer.start()
 
     def _start(self) -> None:
         if self._thread is None:
@@ -64,7 +67,9 @@ class JobMonitor:
 
     def disarm(self, key: object) -> None:
         with self._lock:
-            self._deadlines.pop(key, None)
+            timer = self._deadlines.pop(key, None)
+        if timer is not None:
+            timer.cancel()
 
     def run_attempt(
         self,
@@ -125,11 +130,6 @@ class JobMonitor:
         while not self._stopped.wait(self._poll):
             with self._lock:
                 jobs = dict(self._jobs)
-                deadlines = list(self._deadlines.values())
-            now = time.monotonic()
-            for deadline, expired in deadlines:
-                if now >= deadline:
-                    expired.set()
             if not jobs:
                 continue
             try:
