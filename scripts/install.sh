@@ -35,7 +35,7 @@ stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   say "creating .venv with the package and its test extras"
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench]' --config-settings editable_mode=compat 2> >(grep -v 'is ignored: it is neither' >&2)
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench]' --config-settings editable_mode=compat 2> >(grep -v 'is ignored: it is \(neither\|either\)' >&2)
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
