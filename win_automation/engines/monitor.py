@@ -4,9 +4,10 @@ the first poll that has a job to watch, so a job shorter than `poll` never opens
 It refreshes the heartbeat of the jobs this process runs every HEARTBEAT_INTERVAL, polls their
 cancel flag (and their ownership: a job taken over by another process, e.g. resumed while this one
 was paused, counts as cancelled here) every `poll` seconds, so `jobs cancel` from another process is
-seen within ~0.1 s even while a step is busy. The deadline of a running step attempt is a timer
-of its own, so a journal that another process holds locked (the monitor waits for it) does not
-make a step's timeout late. Either turns the step's `ctx.cancelled()` true.
+seen within ~0.1 s even while a step is busy, and trips the deadline of the running step attempt.
+Either turns the step's `ctx.cancelled()` true. Its connection waits at most BUSY_TIMEOUT for a
+journal another process holds locked (then tries again at the next poll), so that a lock does not
+make a step's deadline late by the journal's 10 s busy timeout.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from win_automation.jobs.journal import HEARTBEAT_INTERVAL, Journal
 
 log = logging.getLogger(__name__)
 
+BUSY_TIMEOUT = 0.25
+"""Seconds the monitor's journal writes (heartbeats) wait for a lock before the next poll."""
+
 
 class JobMonitor:
     """Heartbeats and cancel polling for the jobs this process runs."""
@@ -33,7 +37,7 @@ class JobMonitor:
         self._poll = poll
         self._heartbeat = heartbeat
         self._jobs: dict[str, tuple[threading.Event, int | None]] = {}
-        self._deadlines: dict[object, threading.Timer] = {}
+        self._deadlines: dict[object, tuple[float, threading.Event]] = {}
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -54,11 +58,9 @@ class JobMonitor:
 
     def arm(self, key: object, deadline: float, event: threading.Event) -> None:
         """Set `event` once `time.monotonic()` passes `deadline` (a step attempt's timeout)."""
-        timer = threading.Timer(max(0.0, deadline - time.monotonic()), event.set)
-        timer.daemon = True
         with self._lock:
-            self._deadlines[key] = timer
-        timer.start()
+            self._deadlines[key] = (deadline, event)
+            self._start()
 
     def _start(self) -> None:
         if self._thread is None:
@@ -67,9 +69,7 @@ class JobMonitor:
 
     def disarm(self, key: object) -> None:
         with self._lock:
-            timer = self._deadlines.pop(key, None)
-        if timer is not None:
-            timer.cancel()
+            self._deadlines.pop(key, None)
 
     def run_attempt(
         self,
@@ -122,7 +122,7 @@ class JobMonitor:
         """The thread's own connection, opened when first needed: a job that ends before the
         first poll (most CLI jobs) costs no second connection."""
         if self._journal is None:
-            self._journal = Journal.open(self._data_dir, recover=False)
+            self._journal = Journal.open(self._data_dir, recover=False, busy_timeout=BUSY_TIMEOUT)
         return self._journal
 
     def _watch(self) -> None:
@@ -130,6 +130,11 @@ class JobMonitor:
         while not self._stopped.wait(self._poll):
             with self._lock:
                 jobs = dict(self._jobs)
+                deadlines = list(self._deadlines.values())
+            now = time.monotonic()
+            for deadline, expired in deadlines:
+                if now >= deadline:
+                    expired.set()
             if not jobs:
                 continue
             try:

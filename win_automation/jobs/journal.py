@@ -67,7 +67,11 @@ class Journal(JournalConnection):
     """The journal: a connection (jobs.connection) and every recorded change; one per thread."""
 
     @classmethod
-    def open(cls, data_dir: Path, *, recover: bool = True) -> Journal:
+    def open(
+        cls, data_dir: Path, *, recover: bool = True, busy_timeout: float = BUSY_TIMEOUT_SECONDS
+    ) -> Journal:
+        """The journal in `data_dir` (created and migrated as needed); a write waits up to
+        `busy_timeout` seconds for another process's lock, then raises JournalBusy."""
         try:
             data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
@@ -79,7 +83,7 @@ class Journal(JournalConnection):
         path = data_dir / JOURNAL_FILE
         with storage_faults(path):
             conn = sqlite3.connect(
-                path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
