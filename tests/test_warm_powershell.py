@@ -399,6 +399,32 @@ def test_a_session_killed_under_the_helper_fails_the_job_with_3(
     assert states.count("running") == 0 and states.count("failed") == 1
 
 
+def test_a_session_paused_under_the_helper_is_replaced_and_the_job_succeeds(
+    cli, live_sshd: SshServer, known_hosts: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from test_ssh_persist import jobs, only_helper
+
+    env = {**live_sshd.env(known_hosts, warm_powershell=True), "WIN_AUTOMATION_SSH_CONNECT_TIMEOUT": "1"}
+    assert cli("ssh", "run", "--", "Write-Output 'cold'", env=env).code == 0
+    helper = only_helper(cli, env)
+    since = len(reports(live_sshd))
+    assert cli("ssh", "run", "--", "Write-Output 'warm'", env=env).code == 0
+    (session,) = starts(live_sshd, since)
+    os.kill(session, signal.SIGSTOP)  # paused while idle, under the helper
+    try:
+        started = time.monotonic()
+        res = cli("ssh", "run", "--", "Write-Output 'after'", env=env, timeout=60)
+        assert res.code == 0 and res.stdout.startswith("Write-Output 'after'"), res.stderr
+        assert time.monotonic() - started < 20
+        assert gone(session), "the paused session is still there"
+    finally:
+        if alive(session):
+            os.kill(session, signal.SIGKILL)
+    assert only_helper(cli, env)["pid"] == helper["pid"]  # the helper stayed; the session was replaced
+    assert len(starts(live_sshd, since)) == 2
+    assert [j["state"] for j in jobs(cli, env)].count("succeeded") == 3
+
+
 def test_a_session_that_cannot_start_is_exit_3_with_its_error(conn) -> None:  # type: ignore[no-untyped-def]
 
     spec = remote.session_spec("posix")
