@@ -331,6 +331,28 @@ def test_corrupt_info_files_are_listed_dead_and_a_mute_helper_is_still_replaced(
     assert not persist_wire.is_helper(pid, sock) and not sock.exists()
 
 
+def test_fifos_as_the_helpers_info_file_and_log_block_nothing(
+    cli, cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A FIFO nobody reads or writes in place of a helper's `.json` and `.log`: `ssh persist
+    status` does not wait on it, the job command that starts the helper as it exits does not
+    block opening the log, and the helper replaces the info file with its own."""
+    env = env_for(live_sshd, known_hosts)
+    config = Config.model_validate({"ssh": live_sshd.settings(known_hosts)})
+    sock = persist_wire.socket_path(Path(cli_env["WIN_AUTOMATION_DATA_DIR"]), config.ssh)
+    sock.parent.mkdir(parents=True, mode=0o700)
+    os.mkfifo(sock.with_suffix(".json"), 0o600)
+    os.mkfifo(sock.with_suffix(".log"), 0o600)
+    res = cli("ssh", "persist", "status", "--json", env=env, timeout=20)
+    assert res.code == 0 and [h["pid"] for h in json.loads(res.stdout)["helpers"]] == [None], res.stderr
+    res = cli("ssh", "run", "--shell", "cmd", "--", "echo cold", env=env, timeout=30)
+    assert res.code == 0 and res.stdout == "cold\n", res.stderr
+    helper = only_helper(cli, env)  # started as the call exited, its info file its own
+    assert helper["alive"] and sock.with_suffix(".json").is_file()
+    warm = cli("ssh", "run", "--shell", "cmd", "--", "echo warm", env=env, timeout=30)
+    assert warm.code == 0 and only_helper(cli, env)["pid"] == helper["pid"]
+
+
 def test_a_helper_that_cannot_record_itself_leaves_no_socket(
     cli, cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path
 ) -> None:  # type: ignore[no-untyped-def]

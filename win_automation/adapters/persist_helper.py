@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from win_automation import unixsock
+from win_automation import infofiles, unixsock
 from win_automation.adapters import persist_wire as persist
 from win_automation.adapters import sftp, sftp_download
 from win_automation.adapters.execution import SessionSpec
@@ -333,7 +333,7 @@ def main(argv: list[str]) -> int:
             server = helper.listen()
             info["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             try:
-                persist.info_path(sock).write_text(json.dumps(info), encoding="utf-8")
+                infofiles.write_info(persist.info_path(sock), info)
             except OSError:  # a full disk: no socket left that nothing serves
                 server.close()
                 sock.unlink(missing_ok=True)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from win_automation import errors, unixsock
+from win_automation import errors, infofiles, unixsock
 from win_automation.config.schema import SSHConfig
 from win_automation.errors import ConnectError, WinAutomationError
 from win_automation.unixsock import check_socket, ensure_dir, locked, sun_path
@@ -120,11 +120,9 @@ def info_path(sock: Path) -> Path:
 
 
 def read_info(sock: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(info_path(sock).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    """A helper's info file (win_automation.infofiles: bounded, never blocking); None when it is
+    missing or not one."""
+    return infofiles.read_info(info_path(sock)) or None
 
 
 def alive(pid: int) -> bool:
@@ -175,7 +173,7 @@ def spawn(cfg: SSHConfig, sock: Path, persist: float, *, wait: bool = True) -> N
     settings["password"] = _secret(cfg.password)
     settings["key_passphrase"] = _secret(cfg.key_passphrase)
     log = sock.with_suffix(".log")
-    with log.open("ab") as err:
+    with infofiles.open_log(log) as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "win_automation.adapters.persist_helper", str(sock)],
             stdin=subprocess.PIPE,
@@ -222,10 +220,10 @@ def spawn(cfg: SSHConfig, sock: Path, persist: float, *, wait: bool = True) -> N
         return
     if "error" in answer:
         raise error_from(answer["error"])
-    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+    tail = infofiles.last_line(log)
     raise ConnectError(
         f"the warm-connection helper for {cfg.vm_key} exited before it was ready"
-        + (f": {tail[0]}" if tail else "")
+        + (f": {tail}" if tail else "")
     )
 
 

@@ -31,9 +31,10 @@ from typing import Any
 
 from win_automation import unixsock
 from win_automation.cli import launch, orphans, served
-from win_automation.cli.server_files import info_path, log_path, open_log, write_info
+from win_automation.cli.server_files import info_path, log_path
 from win_automation.cli.server_files import servers as servers  # `ssh persist status`
 from win_automation.cli.server_files import stop_servers as stop_servers  # `ssh persist stop`
+from win_automation.infofiles import open_log, write_info
 
 CHECK_EVERY = 1.0
 STALE_CHECK_EVERY = 2.0
