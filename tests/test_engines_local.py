@@ -436,3 +436,63 @@ def test_the_monitor_opens_its_connection_at_its_first_poll_and_heartbeats(jobs_
         wait_for(lambda: (journal.get_job(job.job_id).heartbeat_at or 0) > time.time() - 5, timeout=5)
         monitor.stop()
     assert _journal_fds(jobs_config) == 0
+
+
+def test_a_step_end_the_locked_journal_refused_ends_the_job_and_runs_nothing_after_it(
+    jobs_config: Config,
+) -> None:
+    """A journal locked past its busy timeout when a step's end is recorded is the engine's
+    failure, not the step's: its dependents do not run once the lock is gone (the step's failure
+    was never recorded, so nothing said to skip them), and the job is not ended twice more with
+    a busy timeout each."""
+    import sys
+    import threading
+
+    from win_automation.errors import CommandFailed, JournalBusy
+
+    path = jobs_config.data.dir / JOURNAL_FILE
+    ran: list[str] = []
+
+    def fails_under_a_lock(inp: Count, ctx: StepContext) -> Count:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_THE_JOURNAL, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline() == "held\n"
+        stdin = holder.stdin
+
+        def release() -> None:  # after the step's end gave up (1 s), before its next write did
+            stdin.write("\n")
+            stdin.close()
+            holder.wait(timeout=30)
+
+        threading.Timer(1.6, release).start()
+        holders.append(holder)
+        raise CommandFailed("the step failed")
+
+    holders: list[subprocess.Popen[str]] = []
+    wf = Workflow(
+        name="locked-end",
+        input=Count,
+        steps=(
+            Step("first", fails_under_a_lock, Count),
+            Step("second", lambda i, c: ran.append("second") or Count(), Count, parents=("first",)),
+        ),
+    )
+    engine = LocalEngine(jobs_config, journal=Journal.open(jobs_config.data.dir, busy_timeout=1.0))
+    try:
+        with pytest.raises(JournalBusy):
+            engine.run(wf, Count())
+        wait_for(lambda: all(h.poll() is not None for h in holders), 30)
+    finally:
+        engine.close()
+        for holder in holders:
+            if holder.stdout is not None:
+                holder.stdout.close()
+    assert ran == []
+    with Journal.open(jobs_config.data.dir, recover=False) as journal:
+        (job,) = journal.list_jobs()
+    assert job.state in (JobState.FAILED, JobState.INTERRUPTED), job

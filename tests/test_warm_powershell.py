@@ -258,6 +258,32 @@ def test_cancel_kills_the_session(conn, live_sshd: SshServer) -> None:  # type: 
     assert gone(first)
 
 
+def test_a_cancel_while_an_idle_session_is_pinged_ends_the_command_at_once_and_sends_nothing(
+    conn, live_sshd: SshServer
+) -> None:  # type: ignore[no-untyped-def]
+    """`jobs cancel` while a paused idle session is pinged (up to ssh.connect_timeout, 10 s here)
+    is seen within the cancel poll, as in a command that runs: the script goes to no session."""
+    since = len(reports(live_sshd))
+    assert remote.run_powershell(conn, "Write-Output 'one'", remote_os="posix", warm=True).ok
+    (first,) = starts(live_sshd, since)
+    os.kill(first, signal.SIGSTOP)
+    flag = threading.Event()
+    threading.Timer(0.5, flag.set).start()
+    try:
+        started = time.monotonic()
+        result = remote.run_powershell(
+            conn, "Write-Output 'two'", remote_os="posix", cancelled=flag.is_set, warm=True
+        )
+        waited = time.monotonic() - started
+        assert result.cancelled and result.exit_code == 130 and waited < 5, waited
+        assert gone(first)
+    finally:
+        if alive(first):
+            os.kill(first, signal.SIGKILL)
+    ran = [r for r in reports(live_sshd)[since:] if r["mode"] == "session" and "'two'" in r.get("body", "")]
+    assert ran == []
+
+
 def test_huge_output_streams_through_the_session_and_nothing_leaks_into_the_next(conn) -> None:  # type: ignore[no-untyped-def]
     size = 40 * 1024 * 1024
     out, err = io.BytesIO(), io.BytesIO()

@@ -15,7 +15,8 @@ markers have come. The protocol (the server side is scripts/windows/Start-WarmPo
 An idle session is pinged before it is sent a script: one that does not answer within
 `ssh.connect_timeout` (paused, or stuck on the VM) has its process tree killed (`spec.kill`) and
 is replaced, and the script runs in the new one. Nothing was sent to the stuck one but the ping,
-so the script cannot run twice.
+so the script cannot run twice. A cancel while the ping waits ends the command at once (cancelled,
+nothing sent; the caller kills the session's tree), as one during the script does.
 
 The nonce is random per request, so no output can fake a marker. A session whose channel or
 connection is gone is replaced before the script is sent. Past the deadline, or when cancelled,
@@ -236,10 +237,10 @@ class SessionPool:
                     return ExecOutcome(b"", b"", None, late, 0)
             try:
                 if reused:
-                    answered, late = self._ping(session, deadline)
-                    if late:  # the deadline passed first: the caller kills the session's tree
+                    answered, late, stopped = self._ping(session, deadline, cancelled)
+                    if late or stopped:  # nothing was sent: the caller kills the session's tree
                         session.close()
-                        return ExecOutcome(b"", b"", None, True, 0, pid=session.pid)
+                        return ExecOutcome(b"", b"", None, late, 0, cancelled=stopped, pid=session.pid)
                     if not answered:
                         self._abandon(spec, session)
                         continue
@@ -303,9 +304,12 @@ class SessionPool:
             status = 255
         return ExecOutcome(b"".join(out), b"".join(err), status & 0xFFFFFFFF, False, 0)
 
-    def _ping(self, session: Session, deadline: float | None) -> tuple[bool, bool]:
-        """(answered, the deadline passed first): whether an idle session answers a ping within
-        ssh.connect_timeout; what it writes before its pong is dropped."""
+    def _ping(
+        self, session: Session, deadline: float | None, cancelled: Callable[[], bool] | None
+    ) -> tuple[bool, bool, bool]:
+        """(answered, the deadline passed first, cancelled first): whether an idle session answers
+        a ping within ssh.connect_timeout; what it writes before its pong is dropped. A cancel is
+        polled as while a script runs (a paused session must not hold `jobs cancel` that long)."""
         nonce = uuid.uuid4().hex.encode("ascii")
         pong = _Framed(b"\x1ewa-pong:" + nonce, lambda _: None)
         channel = session.channel
@@ -319,16 +323,18 @@ class SessionPool:
                     break
                 pong.feed(data)
             if pong.done:
-                return True, False
+                return True, False, False
             if channel.eof_received or channel.closed:
-                return False, False
+                return False, False, False
             now = time.monotonic()
             if deadline is not None and deadline <= min(now, bound):
-                return False, True
+                return False, True, False
+            if cancelled is not None and cancelled():
+                return False, False, True
             if now >= bound:
-                return False, False
+                return False, False, False
             end = bound if deadline is None else min(bound, deadline)
-            select.select([fd], [], [], min(end - now, 1.0))
+            select.select([fd], [], [], min(end - now, 1.0 if cancelled is None else CANCEL_POLL))
 
     def _abandon(self, spec: SessionSpec, session: Session) -> None:
         """Kill and drop an idle session that did not answer its ping."""

@@ -224,7 +224,9 @@ class LocalEngine:
                 outputs[step.name] = self._run_step(job, step, input, parents, writer, cancel, recorder, emit)
             except Skipped as skipped:
                 outputs[step.name] = skipped.result
-            except Cancelled:
+            except (Cancelled, JournalBusy):
+                # a step's end the journal refused: the engine's failure, not the step's (its
+                # dependents, never told to skip, must not run once the lock is gone)
                 raise
             except Exception as exc:
                 if workflow.gui:  # the screen at the moment of failure
