@@ -330,6 +330,46 @@ def test_sigterm_mid_direct_get_leaves_no_part_file(
     assert proc.returncode == 130 and list(out.iterdir()) == [], (proc.returncode, stderr)
 
 
+@pytest.mark.parametrize("signum", INTERRUPTS)
+def test_an_interrupted_put_ends_at_once_and_removes_its_part_file(
+    cli_env: dict[str, str],
+    live_sshd: SshServer,
+    known_hosts: Path,
+    remote_dir: Path,
+    tmp_path: Path,
+    signum: int,
+) -> None:
+    """Cut short mid-write, the SFTP stream can be left mid-packet: an orderly close would wait
+    the stall bound (here 60 s) for an answer that never comes. The connection goes instead, and
+    the part file is removed over a new one."""
+    source = tmp_path / "big.bin"
+    with source.open("wb") as out:
+        for _ in range(400):
+            out.write(os.urandom(MIB))
+    env = {**cli_env, **live_sshd.env(known_hosts, keepalive_interval=30), "WIN_AUTOMATION_SSH_PERSIST": "0"}
+    for _ in range(3):  # the signal lands at a different point of the stream each time
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "win_automation", "ssh", "put", str(source), str(remote_dir / "big.bin")],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in INTERRUPTS],
+        )
+        deadline = time.monotonic() + 30
+        while not parts(remote_dir) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert parts(remote_dir), "the upload never started"
+        time.sleep(0.05)
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=90)
+        assert time.monotonic() - sent < 20, "the put waited on its connection after the signal"
+        assert proc.returncode == 130 and parts(remote_dir) == [], (proc.returncode, stderr)
+        assert not (remote_dir / "big.bin").exists()
+
+
 def test_a_file_larger_than_the_buffers_streams_through_the_helper(
     cli, live_sshd: SshServer, known_hosts: Path, remote_dir: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

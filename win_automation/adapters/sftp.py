@@ -81,6 +81,9 @@ def _translate(exc: BaseException, what: str) -> WinAutomationError:
     return ConnectError(f"SFTP failed on {what}: {exc}")
 
 
+UPLOAD_CHUNK = 32768  # as SFTPClient.putfo: one SFTP write request each, pipelined
+
+
 def upload(
     conn: SshConnection, source: BinaryIO, remote: str, size: int, progress: Progress | None = None
 ) -> None:
@@ -95,7 +98,24 @@ def upload(
 
     try:
         with shared(conn) as sftp, bounded(conn, f"SFTP upload to {remote}"):
-            sftp.putfo(source, remote, file_size=size, callback=advance, confirm=False)
+            target = sftp.file(remote, "wb")  # SFTPClient.putfo, but for an interrupt (below)
+            try:
+                target.set_pipelined(True)
+                done = 0
+                while chunk := source.read(UPLOAD_CHUNK):
+                    target.write(chunk)
+                    done += len(chunk)
+                    advance(done, size)
+            except Exception:
+                target.close()
+                raise
+            except BaseException:
+                # Ctrl-C, SIGTERM: a write cut short can leave the SFTP stream mid-packet, and an
+                # orderly close would wait the stall bound for an answer that never comes. The
+                # connection goes; the caller's clean-up reconnects.
+                conn.close()
+                raise
+            target.close()
     except (OSError, paramiko.SSHException, EOFError) as exc:
         raise _translate(exc, f"remote path {remote}") from exc
 
