@@ -1,5 +1,6 @@
-"""Fixtures for the job runtime: a config on temp dirs, and a real child process running the
-test workflows of tests/jobs_child.py (`jobs_child` fixture)."""
+"""Fixtures for the job runtime: a config on temp dirs, a real child process running the
+test workflows of tests/jobs_child.py (`jobs_child` fixture), and another process holding the
+journal locked (`JournalLock`)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,46 @@ def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+HOLD_THE_JOURNAL = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)
+conn.execute("BEGIN EXCLUSIVE")
+print("held", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+"""
+
+
+class JournalLock:
+    """Another process holding the journal at `path` locked (BEGIN EXCLUSIVE) from its creation
+    until `release()` (or the end of a `with` block)."""
+
+    def __init__(self, path: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", HOLD_THE_JOURNAL, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        try:
+            assert self.stdout.readline() == "held\n"
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        if not self.stdin.closed:
+            self.stdin.write("\n")
+            self.stdin.close()
+        self.proc.wait(timeout=60)
+        self.stdout.close()
+
+    def __enter__(self) -> JournalLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixture_jobs import JournalLock
 from fixture_sshd import SshServer
 
 from win_automation.cli import launch
@@ -132,16 +133,6 @@ def test_a_command_too_long_for_sshd_is_refused_before_any_job_or_connection(
         assert tried.code == 3, tried.stderr
 
 
-HOLD_THE_JOURNAL = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=60)
-conn.execute("BEGIN EXCLUSIVE")
-print("held", flush=True)
-sys.stdin.readline()
-conn.execute("ROLLBACK")
-"""
-
-
 def _wait_for_the_command(journal: Path) -> None:
     """Until the job's exec step is running (the journal may not exist or have its tables yet)."""
     deadline = time.monotonic() + 60
@@ -176,22 +167,8 @@ def test_a_journal_locked_by_another_process_is_one_line_and_no_phantom_running_
         job.kill()
         job.communicate()
         raise
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_THE_JOURNAL, str(journal)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    with JournalLock(journal):
         out, err = job.communicate(timeout=240)
-    finally:
-        assert holder.stdin is not None
-        holder.stdin.write("\n")
-        holder.stdin.close()
-        holder.wait(timeout=60)
-        assert holder.stdout is not None
-        holder.stdout.close()
     assert job.returncode == 74, err
     assert out == "done\n"  # the command's output streamed before the journal was needed
     assert err.count("\n") == 1 and err.startswith("error: the journal "), err

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fixture_jobs import wait_for
+from fixture_jobs import JournalLock, wait_for
 from pydantic import BaseModel
 
 from win_automation import metrics
@@ -216,43 +216,19 @@ def test_retries_backoff_and_timeouts(jobs_config: Config) -> None:
     assert [(e.step, e.attempt) for e in retrying] == [("flaky", 1), ("flaky", 2), ("slow", 1)]
 
 
-HOLD_THE_JOURNAL = """
-import sqlite3, sys
-conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
-conn.execute("BEGIN EXCLUSIVE")
-print("held", flush=True)
-sys.stdin.readline()
-conn.execute("ROLLBACK")
-"""
-
-
 def test_a_step_times_out_on_time_while_another_process_holds_the_journal(jobs_config: Config) -> None:
     """The monitor waits on a locked journal (its heartbeat, up to the 10 s busy timeout); the
     step's deadline must not wait with it."""
-    import sys
 
     journal = jobs_config.data.dir / JOURNAL_FILE
     waited: list[float] = []
 
     def held_while_running(inp: Count, ctx: StepContext) -> Count:
-        holder = subprocess.Popen(
-            [sys.executable, "-c", HOLD_THE_JOURNAL, str(journal)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert holder.stdout is not None and holder.stdin is not None
-        try:
-            assert holder.stdout.readline() == "held\n"
+        with JournalLock(journal):
             started = time.monotonic()
             while not ctx.cancelled() and time.monotonic() - started < 30:
                 time.sleep(0.01)
             waited.append(time.monotonic() - started)
-        finally:
-            holder.stdin.write("\n")
-            holder.stdin.close()
-            holder.wait(timeout=30)
-            holder.stdout.close()
         return Count()
 
     # past the monitor's first heartbeat (2 s), which waits for the lock
@@ -445,7 +421,6 @@ def test_a_step_end_the_locked_journal_refused_ends_the_job_and_runs_nothing_aft
     failure, not the step's: its dependents do not run once the lock is gone (the step's failure
     was never recorded, so nothing said to skip them), and the job is not ended twice more with
     a busy timeout each."""
-    import sys
     import threading
 
     from win_automation.errors import CommandFailed, JournalBusy
@@ -454,26 +429,13 @@ def test_a_step_end_the_locked_journal_refused_ends_the_job_and_runs_nothing_aft
     ran: list[str] = []
 
     def fails_under_a_lock(inp: Count, ctx: StepContext) -> Count:
-        holder = subprocess.Popen(
-            [sys.executable, "-c", HOLD_THE_JOURNAL, str(path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert holder.stdout is not None and holder.stdin is not None
-        assert holder.stdout.readline() == "held\n"
-        stdin = holder.stdin
-
-        def release() -> None:  # after the step's end gave up (1 s), before its next write did
-            stdin.write("\n")
-            stdin.close()
-            holder.wait(timeout=30)
-
-        threading.Timer(1.6, release).start()
-        holders.append(holder)
+        lock = JournalLock(path)
+        # released after the step's end gave up (1 s), before its next write did
+        threading.Timer(1.6, lock.release).start()
+        locks.append(lock)
         raise CommandFailed("the step failed")
 
-    holders: list[subprocess.Popen[str]] = []
+    locks: list[JournalLock] = []
     wf = Workflow(
         name="locked-end",
         input=Count,
@@ -486,12 +448,11 @@ def test_a_step_end_the_locked_journal_refused_ends_the_job_and_runs_nothing_aft
     try:
         with pytest.raises(JournalBusy):
             engine.run(wf, Count())
-        wait_for(lambda: all(h.poll() is not None for h in holders), 30)
+        wait_for(lambda: all(lock.proc.poll() is not None for lock in locks), 30)
     finally:
         engine.close()
-        for holder in holders:
-            if holder.stdout is not None:
-                holder.stdout.close()
+        for lock in locks:
+            lock.release()
     assert ran == []
     with Journal.open(jobs_config.data.dir, recover=False) as journal:
         (job,) = journal.list_jobs()
