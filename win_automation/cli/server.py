@@ -56,6 +56,7 @@ PRELOAD = (
     "rich.console",
     "rich.table",
     "win_automation.cli.prefault",
+    "win_automation.cli.server",  # job commands call start_later: this process runs as __main__
 )
 NEVER = ("paramiko", "hatchet_sdk", "playwright")
 """Modules the server must not hold: a call that does not need them does not pay for them."""
