@@ -70,6 +70,34 @@ def test_deadline_stops_waiting_and_reports_timed_out(ssh_config) -> None:  # ty
     assert time.monotonic() - started < 3
 
 
+@pytest.mark.parametrize("stop", ["deadline", "cancel"])
+def test_a_command_that_floods_its_output_still_stops_at_its_deadline_or_cancel(
+    ssh_config, stop: str
+) -> None:  # type: ignore[no-untyped-def]
+    """`yes` writes faster than it is read: the channel's buffer never runs empty, and reading it
+    must still give way to the deadline and the cancel check (it did not: 2 s ran for minutes)."""
+    conn = ssh.get_connection(ssh_config)
+    seen = [0]
+
+    def slow_sink(data: bytes) -> None:  # a consumer slower than `yes` (a disk): never caught up
+        seen[0] += len(data)
+        time.sleep(0.002)
+
+    flag = threading.Event()
+    threading.Timer(1.0, flag.set).start()
+    started = time.monotonic()
+    out = conn.exec(
+        "yes flood",
+        timeout=1.0 if stop == "deadline" else None,
+        cancelled=flag.is_set if stop == "cancel" else None,
+        keep=False,
+        on_stdout=slow_sink,
+    )
+    assert time.monotonic() - started < 3
+    assert (out.timed_out, out.cancelled) == ((True, False) if stop == "deadline" else (False, True))
+    assert seen[0] > 1024 * 1024  # it did flood
+
+
 def test_connection_dropped_mid_command_then_reconnects(live_sshd: SshServer, ssh_config) -> None:  # type: ignore[no-untyped-def]
     conn = ssh.get_connection(ssh_config)
     conn.exec("true")

@@ -464,6 +464,39 @@ def test_cancel_through_the_helper_stops_the_command(
         persist_wire.stop_helpers(tmp_path / "data")
 
 
+@pytest.mark.parametrize("stop", ["deadline", "cancel"])
+def test_a_command_that_floods_its_output_stops_at_its_deadline_or_cancel_through_the_helper(
+    live_sshd: SshServer, known_hosts: Path, tmp_path: Path, stop: str
+) -> None:
+    """`yes` through the helper: the helper reads the channel as fast as the relay takes it, so
+    its buffer never ran empty and the deadline (2 s ran 12 s) or the cancel (`| head -c1`: a
+    minute) waited until it did by chance."""
+    cfg = live_sshd.config(known_hosts)
+    conn = persist.WarmConnection(cfg, tmp_path / "data", 30)
+    try:
+        flag = threading.Event()
+        threading.Timer(1.0, flag.set).start()
+        seen = [0]
+
+        def slow_sink(data: bytes) -> None:  # slower than `yes`: the buffers never run empty
+            seen[0] += len(data)
+            time.sleep(0.002)
+
+        started = time.monotonic()
+        outcome = conn.exec(
+            "yes flood",
+            timeout=1.0 if stop == "deadline" else 120,
+            cancelled=flag.is_set if stop == "cancel" else None,
+            keep=False,
+            on_stdout=slow_sink,
+        )
+        assert time.monotonic() - started < 5
+        assert (outcome.timed_out, outcome.cancelled) == (stop == "deadline", stop == "cancel")
+        assert seen[0] > 1024 * 1024
+    finally:
+        persist_wire.stop_helpers(tmp_path / "data")
+
+
 def _fill_backlog(sock: Path) -> list[socket.socket]:
     """Connections that fill a listening socket's backlog (nobody accepts them): the next
     blocking connect() would wait for as long as they stay."""

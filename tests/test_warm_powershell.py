@@ -299,6 +299,40 @@ def test_huge_output_streams_through_the_session_and_nothing_leaks_into_the_next
     assert shape(after) == (0, "Write-Output 'after'", "")
 
 
+@pytest.mark.parametrize("stop", ["deadline", "cancel"])
+def test_a_command_that_floods_its_output_still_stops_at_its_deadline_or_cancel(
+    conn, live_sshd: SshServer, stop: str
+) -> None:  # type: ignore[no-untyped-def]
+    since = len(reports(live_sshd))
+    flag = threading.Event()
+    threading.Timer(1.0, flag.set).start()
+    started = time.monotonic()
+    result = remote.run_command(
+        conn,
+        "yes flood",
+        shell="cmd",
+        remote_os="windows",
+        timeout=1.0 if stop == "deadline" else None,
+        cancelled=flag.is_set if stop == "cancel" else None,
+        warm=True,
+        files=(io.BytesIO(), io.BytesIO()),
+        on_stdout=lambda _text: time.sleep(0.002),  # slower than `yes`: never caught up
+    )
+    assert time.monotonic() - started < 5
+    assert result.exit_code == (124 if stop == "deadline" else 130) and result.stdout_truncated
+    (first,) = starts(live_sshd, since)
+    assert gone(first), "the flooding session still runs"
+
+
+def test_a_session_that_floods_before_its_ready_line_stops_at_the_deadline(conn) -> None:  # type: ignore[no-untyped-def]
+    spec = remote.session_spec("posix")
+    flooding = dataclasses.replace(spec, launch="yes flood")
+    started = time.monotonic()
+    outcome = conn.run_in_session(flooding, "Write-Output 'x'", timeout=1.0)
+    assert outcome.timed_out and outcome.exit_status is None
+    assert time.monotonic() - started < 5
+
+
 def test_concurrent_commands_get_sessions_of_their_own(conn, live_sshd: SshServer) -> None:  # type: ignore[no-untyped-def]
     results: list[Any] = [None] * 4
 

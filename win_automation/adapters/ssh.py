@@ -26,7 +26,8 @@ from typing import Any
 
 import paramiko
 
-from win_automation.adapters.execution import Chunk, ExecOutcome, SessionSpec
+from win_automation.adapters.channel_reads import read_slice
+from win_automation.adapters.execution import Chunk, ExecOutcome, SessionSpec, collector
 from win_automation.adapters.ssh_connect import MAX_PACKET_SIZE, WINDOW_SIZE, connect_once, target
 from win_automation.config.schema import SSHConfig
 from win_automation.errors import ConnectError
@@ -35,7 +36,6 @@ from win_automation.retry import call_with_retry
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 1024 * 1024
 # How often a running command checks whether its job was cancelled.
 CANCEL_POLL = 0.1
 # The server closed the channel without an exit status (the process was killed by a signal).
@@ -257,33 +257,22 @@ class SshConnection:
             channel.shutdown_write()
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(f"cannot start the command on {target(self.cfg)}: {exc}") from exc
-        out: list[bytes] = []
-        err: list[bytes] = []
-
+        out, out_sink = collector(keep, on_stdout)
+        err, err_sink = collector(keep, on_stderr)
         streams = (
-            (channel.recv_ready, channel.recv, out, on_stdout),
-            (channel.recv_stderr_ready, channel.recv_stderr, err, on_stderr),
+            (channel.recv_ready, channel.recv, out_sink),
+            (channel.recv_stderr_ready, channel.recv_stderr, err_sink),
         )
-
-        def drain() -> None:
-            for ready, recv, kept, sink in streams:
-                while ready():
-                    data = recv(READ_SIZE)
-                    if not data:
-                        break
-                    if keep:
-                        kept.append(data)
-                    if sink is not None:
-                        sink(data)
-
         fd = channel.fileno()
         timed_out = stopped = False
         poll = 1.0 if cancelled is None else CANCEL_POLL
         while True:
             finished = channel.eof_received or channel.closed
-            drain()
+            emptied = read_slice(streams)
             if finished:
-                break
+                if emptied:
+                    break
+                continue  # what came before the end: finite
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 timed_out = True
@@ -291,7 +280,8 @@ class SshConnection:
             if cancelled is not None and cancelled():
                 stopped = True
                 break
-            select.select([fd], [], [], poll if remaining is None else min(remaining, poll))
+            if emptied:
+                select.select([fd], [], [], poll if remaining is None else min(remaining, poll))
         if stopped:
             return ExecOutcome(b"".join(out), b"".join(err), None, False, 0, cancelled=True)
         status: int | None = None

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 import paramiko
 
+from win_automation.adapters.channel_reads import read_slice
 from win_automation.adapters.execution import Chunk, ExecOutcome, SessionSpec, collector
 from win_automation.errors import ConnectError
 from win_automation.log import Timer
@@ -50,7 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 1024 * 1024
 CANCEL_POLL = 0.1
 # Idle sessions kept per spec; more (left by concurrent commands) are closed when they finish.
 MAX_IDLE = 2
@@ -169,22 +169,29 @@ class SessionPool:
             raise ConnectError(f"cannot start a warm PowerShell session: {exc}") from exc
         out = b""
         err = b""
+
+        def keep_out(data: bytes) -> None:
+            nonlocal out
+            out += data
+
+        def keep_err(data: bytes) -> None:
+            nonlocal err
+            err = (err + data)[-_STDERR_TAIL:]
+
+        streams = (
+            (channel.recv_stderr_ready, channel.recv_stderr, keep_err),
+            (channel.recv_ready, channel.recv, keep_out),
+        )
         fd = channel.fileno()
         while True:
-            while channel.recv_stderr_ready():
-                err = (err + channel.recv_stderr(READ_SIZE))[-_STDERR_TAIL:]
-            while channel.recv_ready():
-                data = channel.recv(READ_SIZE)
-                if not data:
-                    break
-                out += data
+            emptied = read_slice(streams)
             match = _READY.search(out)
             if match is not None:
                 if out[match.end() :]:
                     log.warning("the warm session wrote past its ready line", extra={"op": "ssh.session"})
                 return Session(channel, int(match.group(1))), False
             out = out[-64:]
-            if channel.eof_received or channel.closed:
+            if emptied and (channel.eof_received or channel.closed):
                 status = channel.recv_exit_status() if channel.exit_status_ready() else None
                 channel.close()
                 why = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no error output"]
@@ -197,7 +204,8 @@ class SessionPool:
             if remaining is not None and remaining <= 0:
                 channel.close()
                 return None, True
-            select.select([fd], [], [], 1.0 if remaining is None else min(remaining, 1.0))
+            if emptied:
+                select.select([fd], [], [], 1.0 if remaining is None else min(remaining, 1.0))
 
     def run(
         self,
@@ -258,22 +266,19 @@ class SessionPool:
         stderr = _Framed(b"\x1ewa-end:" + nonce, err_sink)
         channel = session.channel
         streams = (
-            (channel.recv_ready, channel.recv, stdout),
-            (channel.recv_stderr_ready, channel.recv_stderr, stderr),
+            (channel.recv_ready, channel.recv, stdout.feed),
+            (channel.recv_stderr_ready, channel.recv_stderr, stderr.feed),
         )
         fd = channel.fileno()
         poll = 1.0 if cancelled is None else CANCEL_POLL
         timed_out = stopped = False
         while True:
             ended = channel.eof_received or channel.closed
-            for ready, recv, framed in streams:
-                while ready():
-                    data = recv(READ_SIZE)
-                    if not data:
-                        break
-                    framed.feed(data)
+            emptied = read_slice(streams)
             if stdout.done and stderr.done:
                 break
+            if ended and not emptied:
+                continue  # what came before the end: finite
             if ended:
                 session.close()
                 if not self._transport_alive(channel):
@@ -290,7 +295,8 @@ class SessionPool:
             if cancelled is not None and cancelled():
                 stopped = True
                 break
-            select.select([fd], [], [], poll if remaining is None else min(remaining, poll))
+            if emptied:
+                select.select([fd], [], [], poll if remaining is None else min(remaining, poll))
         if timed_out or stopped:
             session.close()  # a new script gets a new session; the caller kills this one's tree
             return ExecOutcome(
@@ -316,15 +322,12 @@ class SessionPool:
         channel.sendall(nonce + b"\n")
         bound = time.monotonic() + self.conn.cfg.connect_timeout
         fd = channel.fileno()
+        streams = ((channel.recv_ready, channel.recv, pong.feed),)
         while True:
-            while channel.recv_ready():
-                data = channel.recv(READ_SIZE)
-                if not data:
-                    break
-                pong.feed(data)
+            emptied = read_slice(streams)
             if pong.done:
                 return True, False, False
-            if channel.eof_received or channel.closed:
+            if emptied and (channel.eof_received or channel.closed):
                 return False, False, False
             now = time.monotonic()
             if deadline is not None and deadline <= min(now, bound):
@@ -334,7 +337,8 @@ class SessionPool:
             if now >= bound:
                 return False, False, False
             end = bound if deadline is None else min(bound, deadline)
-            select.select([fd], [], [], min(end - now, 1.0 if cancelled is None else CANCEL_POLL))
+            if emptied:
+                select.select([fd], [], [], min(end - now, 1.0 if cancelled is None else CANCEL_POLL))
 
     def _abandon(self, spec: SessionSpec, session: Session) -> None:
         """Kill and drop an idle session that did not answer its ping."""
