@@ -622,16 +622,27 @@ def test_stop_lets_a_running_command_finish_and_takes_no_new_ones(
         assert not Path(old["socket"]).exists()
         new = cli("ssh", "run", "--shell", "cmd", "--", "echo new", env=env)
         assert new.code == 0 and new.stdout == "new\n", new.stderr
+        deadline = time.monotonic() + 15  # the new call starts its helper in the background
+        while "alive" not in (listed := {h["pid"]: h["state"] for h in helpers(cli, env)}).values():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert listed[old["pid"]] == "draining" and "alive" in listed.values(), listed
+        shown = cli("ssh", "persist", "status", env=env).stdout
+        assert "draining" in shown and str(old["pid"]) in shown
+        again = cli("ssh", "persist", "stop", env=env)  # stops the new one; the draining one finishes
+        assert again.code == 0 and "stopped 1" in again.stdout and job.poll() is None, again.stderr
+        assert persist_wire.is_helper(old["pid"], Path(old["socket"]))
         out, err = job.communicate(timeout=60)
     finally:
         if job.poll() is None:
             job.kill()
     assert (job.returncode, out) == (0, "done\n"), err
-    assert only_helper(cli, env)["pid"] != old["pid"]
     deadline = time.monotonic() + 15
     while persist_wire.is_helper(old["pid"], Path(old["socket"])) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not persist_wire.is_helper(old["pid"], Path(old["socket"]))
+    assert not list(Path(old["socket"]).parent.glob("*.draining-*"))
     assert [j["state"] for j in jobs(cli, env)].count("running") == 0
 
 

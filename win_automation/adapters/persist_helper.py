@@ -262,12 +262,16 @@ class Helper:
                 self.last = time.monotonic()
             threading.Thread(target=self.serve, args=(client,), daemon=True).start()
         server.close()
-        with contextlib.suppress(FileNotFoundError):
+        draining = persist.draining_path(self.sock, os.getpid())
+        with contextlib.suppress(OSError):
             if self.sock.lstat().st_ino == inode:
                 self.sock.unlink()  # new calls start a fresh helper from now on
+                if self.stop.is_set() and self.busy:  # `ssh persist status` lists it draining
+                    os.replace(persist.info_path(self.sock), draining)
                 persist.info_path(self.sock).unlink(missing_ok=True)
         if self.stop.is_set():
             self.drain()
+        draining.unlink(missing_ok=True)
         self.conn.close()  # (its socket removed or replaced: it leaves at once, as documented)
 
     def drain(self) -> None:

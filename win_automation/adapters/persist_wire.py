@@ -119,6 +119,12 @@ def info_path(sock: Path) -> Path:
     return sock.with_suffix(".json")
 
 
+def draining_path(sock: Path, pid: int) -> Path:
+    """Where a stopped helper that still finishes running requests says so (`ssh persist
+    status`): not its info file, which the next helper on the same socket path writes."""
+    return sock.with_name(f"{sock.stem}.draining-{pid}")
+
+
 def read_info(sock: Path) -> dict[str, Any] | None:
     """A helper's info file (win_automation.infofiles: bounded, never blocking); None when it is
     missing or not one."""
@@ -229,17 +235,27 @@ def spawn(cfg: SSHConfig, sock: Path, persist: float, *, wait: bool = True) -> N
 
 # --- status and stop ----------------------------------------------------------------------------
 def helpers(data_dir: Path) -> list[dict[str, Any]]:
-    """The helpers recorded in the data dir: vm, pid, socket, started, alive."""
+    """The helpers recorded in the data dir: vm, pid, socket, started, alive (serving), state
+    (`alive`; `draining`: stopped, finishing its running requests; `dead`)."""
     folder = persist_dir(data_dir)
     found: list[dict[str, Any]] = []
     if not folder.is_dir():
         return found
-    for sock in sorted(folder.glob("*.sock")) + sorted(
-        p.with_suffix(".sock") for p in folder.glob("*.json") if not p.with_suffix(".sock").exists()
-    ):
-        info = read_info(sock) or {}
+    orphans = sorted(p for p in folder.glob("*.json") if not p.with_suffix(".sock").exists())
+    stopping = sorted(folder.glob("*.draining-*"))
+    listed = [(sock, info_path(sock)) for sock in sorted(folder.glob("*.sock"))]
+    listed += [(p.with_suffix(".sock"), p) for p in orphans]
+    listed += [(folder / (p.name.partition(".draining-")[0] + ".sock"), p) for p in stopping]
+    for sock, path in listed:
+        info = infofiles.read_info(path)
         pid = info.get("pid")
-        running = isinstance(pid, int) and alive(pid) and is_helper(pid, sock) and sock.exists()
+        running = isinstance(pid, int) and alive(pid) and is_helper(pid, sock)
+        if ".draining-" in path.name:
+            if not (running and path.name.endswith(f".draining-{pid}")):
+                continue  # left by a helper killed while it drained (`stop` removes it)
+            state = "draining"
+        else:
+            state = "alive" if running and sock.exists() else "dead"
         found.append(
             {
                 "vm": info.get("vm"),
@@ -248,7 +264,8 @@ def helpers(data_dir: Path) -> list[dict[str, Any]]:
                 "socket": str(sock),
                 "started": info.get("started"),
                 "persist_seconds": info.get("persist"),
-                "alive": bool(running),
+                "alive": state == "alive",
+                "state": state,
             }
         )
     return found
@@ -258,8 +275,15 @@ def stop_helpers(data_dir: Path, vm: str | None = None) -> list[dict[str, Any]]:
     """Stop the helpers (of `vm` only, when given, and those whose VM is unknown: an unreadable
     info file); returns those stopped or cleaned up."""
     stopped = []
-    for helper in helpers(data_dir):
+    listed = helpers(data_dir)
+    finishing = {draining_path(Path(h["socket"]), h["pid"]) for h in listed if h["state"] == "draining"}
+    for left in set(persist_dir(data_dir).glob("*.draining-*")) - finishing:
+        with contextlib.suppress(FileNotFoundError):
+            left.unlink()
+    for helper in listed:
         if vm is not None and helper["vm"] not in (vm, None):  # None: its info file is unreadable
+            continue
+        if helper["state"] == "draining":  # stopped already: it leaves once its requests end
             continue
         sock = Path(helper["socket"])
         pid = helper["pid"]

@@ -355,9 +355,7 @@ def persist_status(
         typer.echo("no warm connection" + ("" if config.ssh.persist > 0 else " (ssh.persist is 0: off)"))
         return
     if found:
-        rows = [
-            (h["vm"], h["user"], h["pid"], h["started"], "alive" if h["alive"] else "dead") for h in found
-        ]
+        rows = [(h["vm"], h["user"], h["pid"], h["started"], h["state"]) for h in found]
         print_table("warm connections", ("vm", "user", "pid", "started", "state"), rows)
     if cli_servers:
         servers_rows = [
