@@ -146,9 +146,11 @@ class Helper:
             if op == "exec":
                 outcome = self.conn.exec(str(request["command"]), on_start=lambda: send(b"S"), **relay)
             else:  # ssh.warm_powershell: the script runs in this helper's warm session
-                send(b"S")
                 spec = SessionSpec(str(request["launch"]), str(request["bootstrap"]), str(request["kill"]))
-                outcome = self.conn.run_in_session(spec, str(request["script"]), **relay)
+                script = str(request["script"])
+                # `S` once an idle session answered its ping (or a new one started): only then
+                # does the script go to the VM
+                outcome = self.conn.run_in_session(spec, script, on_start=lambda: send(b"S"), **relay)
             return {
                 "exit_status": outcome.exit_status,
                 "timed_out": outcome.timed_out,
