@@ -35,6 +35,31 @@ def _is_server(pid: int, sock: str) -> bool:
     return b"win_automation.cli.server" in cmdline and os.fsencode(sock) in cmdline
 
 
+def _parent(pid: str) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def processes(folder: str) -> dict[int, str]:
+    """pid -> socket of this user's warm CLI processes for the sockets in `folder`, from /proc:
+    also one still starting (importing, not yet serving or recorded); not their children (the
+    calls they run, and the spare)."""
+    marker, where = b"win_automation.cli.server", os.fsencode(os.path.join(folder, ""))
+    found = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if entry.stat().st_uid != os.geteuid():
+                continue
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            if marker not in args or not args[args.index(marker) + 1].startswith(where):
+                continue
+            if marker in Path(f"/proc/{_parent(entry.name)}/cmdline").read_bytes().split(b"\0"):
+                continue  # a child of a server
+        except (OSError, ValueError, IndexError):
+            continue
+        found[int(entry.name)] = os.fsdecode(args[args.index(marker) + 1])
+    return found
+
+
 def servers() -> list[dict[str, Any]]:
     """The warm CLI processes recorded in the data dir: pid, socket, started, current, alive."""
     folder = Path(launch.server_dir())
@@ -61,9 +86,15 @@ def servers() -> list[dict[str, Any]]:
 
 
 def stop_servers() -> list[dict[str, Any]]:
-    """Stop every warm CLI process of the data dir (SIGTERM, with SIGCONT for a paused one;
-    SIGKILL after 5 s; running calls go on)."""
+    """Stop every warm CLI process of the data dir, also one still starting (SIGTERM, with
+    SIGCONT for a paused one; SIGKILL after 5 s; running calls go on)."""
     stopped = servers()
+    recorded = {server["pid"] for server in stopped}
+    current = os.path.basename(launch.socket_path())
+    for pid, sock in processes(launch.server_dir()).items():
+        if pid not in recorded:
+            starting = {"pid": pid, "socket": sock, "started": None, "persist_seconds": None}
+            stopped.append({**starting, "current": os.path.basename(sock) == current, "alive": False})
     for server in stopped:
         pid, sock = server["pid"], server["socket"]
         # Its socket may be gone (a launcher dropped a paused server's): it is still stopped.
