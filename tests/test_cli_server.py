@@ -122,7 +122,7 @@ def wait_for(condition: Any, timeout: float) -> bool:
 
 def servers_of(env: dict[str, str]) -> list[int]:
     """Pids of warm CLI processes (not their children) of `env`'s data dir."""
-    return list(server_files.processes(launch.server_dir(env)))
+    return list(unixsock.processes(launch.server_dir(env), server_files.MODULE))
 
 
 def children_of(pid: int) -> list[int]:

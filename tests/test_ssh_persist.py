@@ -428,6 +428,32 @@ def test_sshd_restarting_under_a_warm_helper(cli, live_sshd: SshServer, known_ho
     assert [j["state"] for j in jobs(cli, env)].count("running") == 0
 
 
+def test_stop_ends_a_helper_that_is_still_connecting(
+    live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:
+    """A job command starts the helper as it exits (in the background); `ssh persist stop` right
+    after (a script's clean-up) missed one still connecting, which then served for ssh.persist.
+    Here it connects to a port that accepts and never answers (30 s of connect timeout)."""
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)  # the kernel accepts; no SSH banner ever comes
+    try:
+        cfg = live_sshd.config(known_hosts, port=mute.getsockname()[1], connect_timeout=30)
+        conn = persist.WarmConnection(cfg, tmp_path / "data", 60)
+        persist_wire.spawn(cfg, conn.sock, 60, wait=False)
+        folder = persist_wire.persist_dir(tmp_path / "data")
+        deadline = time.monotonic() + 15
+        while not unixsock.processes(folder, persist_wire.HELPER_MODULE) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (pid,) = unixsock.processes(folder, persist_wire.HELPER_MODULE)
+        stopped = persist_wire.stop_helpers(tmp_path / "data")
+        assert [(h["pid"], h["state"]) for h in stopped] == [(pid, "starting")]
+        assert not persist_wire.is_helper(pid, conn.sock) and not conn.sock.exists()
+        assert unixsock.processes(folder, persist_wire.HELPER_MODULE) == {}
+    finally:
+        mute.close()
+
+
 def test_idle_helper_leaves_and_persist_0_starts_none(cli, live_sshd: SshServer, known_hosts: Path) -> None:  # type: ignore[no-untyped-def]
     off = env_for(live_sshd, known_hosts, persist="0")
     assert cli("ssh", "run", "--shell", "cmd", "--", "true", env=off).code == 0

@@ -16,7 +16,7 @@ import stat
 TYPE_CHECKING = False  # not `typing`: ~10 ms the launcher does not pay
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from contextlib import AbstractContextManager
     from socket import socket
     from typing import Protocol
@@ -161,6 +161,55 @@ def serving(sock: str | os.PathLike[str], timeout: float = 1.0) -> bool:
 
 
 # --- frames -------------------------------------------------------------------------------------
+def _parent(pid: str) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as stat_file:
+        return int(stat_file.read().rsplit(b")", 1)[1].split()[1])
+
+
+def processes(folder: str | os.PathLike[str], module: str) -> dict[int, str]:
+    """pid -> socket of this user's processes `python -m MODULE SOCKET ...` for a SOCKET in
+    `folder`, from /proc: also one still starting (connecting, importing: not yet serving or
+    recorded); not their children (a warm CLI process's calls and spare)."""
+    marker, where = os.fsencode(module), os.fsencode(os.path.join(folder, ""))
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != os.geteuid():
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                args = cmdline.read().split(b"\0")
+            if marker not in args or not args[args.index(marker) + 1].startswith(where):
+                continue
+            with open(f"/proc/{_parent(pid)}/cmdline", "rb") as cmdline:
+                if marker in cmdline.read().split(b"\0"):
+                    continue  # a child of one
+        except (OSError, ValueError, IndexError):
+            continue
+        found[int(pid)] = os.fsdecode(args[args.index(marker) + 1])
+    return found
+
+
+def terminate(pid: int, running: Callable[[], bool], grace: float = 5.0) -> None:
+    """SIGTERM `pid` (with SIGCONT: a paused process takes it too); SIGKILL once `running()`
+    is still true after `grace` seconds."""
+    import signal
+    import time
+
+    try:
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGCONT)
+    except OSError:
+        return
+    deadline = time.monotonic() + grace
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if running():  # wedged: never left behind
+        try:  # noqa: SIM105 (contextlib costs the launcher an import)
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def frame(kind: bytes, payload: bytes = b"") -> bytes:
     return kind + len(payload).to_bytes(4, "big") + payload
 

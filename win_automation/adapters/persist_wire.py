@@ -119,6 +119,9 @@ def info_path(sock: Path) -> Path:
     return sock.with_suffix(".json")
 
 
+HELPER_MODULE = "win_automation.adapters.persist_helper"
+
+
 def draining_path(sock: Path, pid: int) -> Path:
     """Where a stopped helper that still finishes running requests says so (`ssh persist
     status`): not its info file, which the next helper on the same socket path writes."""
@@ -158,7 +161,7 @@ def is_helper(pid: int, sock: Path) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"persist_helper" in cmdline and sock.name.encode() in cmdline
+    return HELPER_MODULE.encode() in cmdline and sock.name.encode() in cmdline
 
 
 # --- starting a helper --------------------------------------------------------------------------
@@ -181,7 +184,7 @@ def spawn(cfg: SSHConfig, sock: Path, persist: float, *, wait: bool = True) -> N
     log = sock.with_suffix(".log")
     with infofiles.open_log(log) as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "win_automation.adapters.persist_helper", str(sock)],
+            [sys.executable, "-m", HELPER_MODULE, str(sock)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE if wait else subprocess.DEVNULL,
             stderr=err,
@@ -299,4 +302,12 @@ def stop_helpers(data_dir: Path, vm: str | None = None) -> list[dict[str, Any]]:
             draining = alive(pid) and not sock.exists()
         discard(sock, kill=not draining)
         stopped.append(helper)
+    listed_pids = {h["pid"] for h in listed}
+    for pid, sock_path in unixsock.processes(persist_dir(data_dir), HELPER_MODULE).items():
+        if pid in listed_pids:
+            continue  # still starting (connecting to the VM: a job command starts it as it exits)
+        sock = Path(sock_path)
+        unixsock.terminate(pid, lambda: is_helper(pid, sock))  # noqa: B023 (called at once)
+        starting = {"vm": None, "user": None, "pid": pid, "socket": sock_path, "started": None}
+        stopped.append({**starting, "persist_seconds": None, "alive": False, "state": "starting"})
     return stopped

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
+from win_automation import unixsock
 from win_automation.cli import launch
 from win_automation.infofiles import read_info
+
+MODULE = "win_automation.cli.server"
 
 
 def info_path(sock: str) -> str:
@@ -32,32 +33,7 @@ def _is_server(pid: int, sock: str) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"win_automation.cli.server" in cmdline and os.fsencode(sock) in cmdline
-
-
-def _parent(pid: str) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def processes(folder: str) -> dict[int, str]:
-    """pid -> socket of this user's warm CLI processes for the sockets in `folder`, from /proc:
-    also one still starting (importing, not yet serving or recorded); not their children (the
-    calls they run, and the spare)."""
-    marker, where = b"win_automation.cli.server", os.fsencode(os.path.join(folder, ""))
-    found = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            if entry.stat().st_uid != os.geteuid():
-                continue
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-            if marker not in args or not args[args.index(marker) + 1].startswith(where):
-                continue
-            if marker in Path(f"/proc/{_parent(entry.name)}/cmdline").read_bytes().split(b"\0"):
-                continue  # a child of a server
-        except (OSError, ValueError, IndexError):
-            continue
-        found[int(entry.name)] = os.fsdecode(args[args.index(marker) + 1])
-    return found
+    return os.fsencode(MODULE) in cmdline and os.fsencode(sock) in cmdline
 
 
 def servers() -> list[dict[str, Any]]:
@@ -91,7 +67,7 @@ def stop_servers() -> list[dict[str, Any]]:
     stopped = servers()
     recorded = {server["pid"] for server in stopped}
     current = os.path.basename(launch.socket_path())
-    for pid, sock in processes(launch.server_dir()).items():
+    for pid, sock in unixsock.processes(launch.server_dir(), MODULE).items():
         if pid not in recorded:
             starting = {"pid": pid, "socket": sock, "started": None, "persist_seconds": None}
             stopped.append({**starting, "current": os.path.basename(sock) == current, "alive": False})
@@ -99,15 +75,7 @@ def stop_servers() -> list[dict[str, Any]]:
         pid, sock = server["pid"], server["socket"]
         # Its socket may be gone (a launcher dropped a paused server's): it is still stopped.
         if isinstance(pid, int) and _is_server(pid, sock):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGTERM)
-                os.kill(pid, signal.SIGCONT)  # a paused one takes it too
-            deadline = time.monotonic() + 5
-            while _is_server(pid, sock) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if _is_server(pid, sock):  # wedged: never left behind
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+            unixsock.terminate(pid, lambda: _is_server(pid, sock))  # noqa: B023 (called at once)
         for path in (sock, info_path(sock)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
