@@ -160,7 +160,7 @@ def serving(sock: str | os.PathLike[str], timeout: float = 1.0) -> bool:
         return True
 
 
-# --- frames -------------------------------------------------------------------------------------
+# --- the processes behind the sockets ---------------------------------------------------------
 def _parent(pid: str) -> int:
     with open(f"/proc/{pid}/stat", "rb") as stat_file:
         return int(stat_file.read().rsplit(b")", 1)[1].split()[1])
@@ -210,6 +210,7 @@ def terminate(pid: int, running: Callable[[], bool], grace: float = 5.0) -> None
             pass
 
 
+# --- frames -------------------------------------------------------------------------------------
 def frame(kind: bytes, payload: bytes = b"") -> bytes:
     return kind + len(payload).to_bytes(4, "big") + payload
 
