@@ -1,0 +1,109 @@
+"""Values and requests far larger than expected, on every warm path: a frame length from a
+corrupt or hostile local peer (the launcher's request to the warm CLI process, the helper's
+request and answers), a huge script file, a huge host name. What is too big is refused in one
+line with its exit code: never a MemoryError, a hang or gigabytes allocated."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fixture_sshd import SshServer
+
+from win_automation import unixsock
+from win_automation.adapters import persist, persist_wire
+
+# In a process whose address space is capped 512 MiB above what it uses: a receiver that
+# allocates the length a peer claims (recv(n) allocates n bytes first) dies of MemoryError.
+_CLAIMED = """
+import resource, socket, sys
+{setup}
+a, b = socket.socketpair()
+b.sendall({header!r} + b"x" * 10)
+b.shutdown(socket.SHUT_WR)
+a.settimeout(5)
+used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (used + (512 << 20), resource.RLIM_INFINITY))
+try:
+    {receive}
+except BaseException as exc:
+    print(type(exc).__name__)
+else:
+    print("accepted")
+"""
+
+_RECEIVERS = {
+    "unixsock": ("from win_automation import unixsock", "unixsock.recv_frame(a)", b"R"),
+    "helper": ("from win_automation.adapters import persist_wire", "persist_wire.recv_frame_fds(a)", b"R"),
+    "served": ("from win_automation.cli import served", "served._read_request(a)", b""),
+}
+
+
+@pytest.mark.parametrize("receiver", sorted(_RECEIVERS))
+def test_a_frame_length_over_the_limit_is_refused_before_anything_is_allocated(receiver: str) -> None:
+    setup, receive, kind = _RECEIVERS[receiver]
+    header = kind + (0xFFFFFFF0).to_bytes(4, "big")
+    script = _CLAIMED.format(setup=setup, header=header, receive=receive)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "FrameTooLarge", done.stdout + done.stderr
+
+
+def test_a_frame_at_the_limit_is_taken_and_one_over_it_refused() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        b.sendall(unixsock.frame(b"O", b"y" * 3))
+        assert unixsock.recv_frame(a) == (b"O", b"yyy")
+        assert unixsock.frame_size(unixsock.MAX_FRAME.to_bytes(4, "big")) == unixsock.MAX_FRAME
+        with pytest.raises(unixsock.FrameTooLarge):
+            unixsock.frame_size((unixsock.MAX_FRAME + 1).to_bytes(4, "big"))
+
+
+def test_the_helper_hangs_up_on_a_huge_frame_at_once_and_serves_on(
+    live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:
+    """A local peer that claims a 4 GiB request: the helper drops it at once (it neither waits
+    for the bytes nor holds them) and the next request is served by the same helper."""
+    cfg = live_sshd.config(known_hosts, connect_timeout=30)
+    conn = persist.WarmConnection(cfg, tmp_path / "data", 60)
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        assert conn.exec("true", timeout=20).exit_status == 0  # starts the helper
+        before = (persist_wire.read_info(conn.sock) or {})["pid"]
+        with unixsock.sun_path(conn.sock) as where:
+            peer.connect(where)
+        peer.settimeout(60)
+        started = time.monotonic()
+        peer.sendall(b"R" + (0xFFFFFFFF).to_bytes(4, "big") + b"{" * 1000)
+        try:
+            got = peer.recv(1)
+        except ConnectionResetError:  # hung up with the rest unread
+            got = b""
+        assert got == b""  # hung up on
+        assert time.monotonic() - started < 10  # not after connect_timeout (30 s) of waiting
+        other = conn.exec("echo other", timeout=20)
+        assert (other.stdout, other.exit_status) == (b"other\n", 0)
+        assert (persist_wire.read_info(conn.sock) or {})["pid"] == before  # not replaced
+    finally:
+        peer.close()
+        persist_wire.stop_helpers(tmp_path / "data")
+
+
+def test_a_request_over_the_frame_limit_is_refused_in_the_caller(
+    live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:
+    """A library caller's command too large for a frame: a one-line UsageError before anything is
+    sent (not three helpers replaced as if they were dead)."""
+    from win_automation.errors import UsageError
+
+    cfg = live_sshd.config(known_hosts)
+    conn = persist.WarmConnection(cfg, tmp_path / "data", 60)
+    try:
+        with pytest.raises(UsageError, match=r"^the exec request is \d+ MiB, over the 256 MiB"):
+            conn.exec("x" * (unixsock.MAX_FRAME + 1), timeout=20)
+        assert not conn.sock.exists()  # no helper was even started for it
+    finally:
+        persist_wire.stop_helpers(tmp_path / "data")
