@@ -5,6 +5,8 @@ line with its exit code: never a MemoryError, a hang or gigabytes allocated."""
 
 from __future__ import annotations
 
+import json
+import resource
 import socket
 import subprocess
 import sys
@@ -107,3 +109,71 @@ def test_a_request_over_the_frame_limit_is_refused_in_the_caller(
         assert not conn.sock.exists()  # no helper was even started for it
     finally:
         persist_wire.stop_helpers(tmp_path / "data")
+
+
+def _capped_cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a process whose address space is capped at 2 GiB: reading a 3 GiB file whole
+    would be a MemoryError (without the cap, gigabytes of RAM)."""
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, resource.RLIM_INFINITY))
+
+    return subprocess.run(
+        [sys.executable, "-m", "win_automation", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=cap,
+    )
+
+
+@pytest.mark.parametrize("what", ["script", "input-file", "config"])
+def test_a_huge_script_input_or_config_file_is_refused_in_one_line(
+    what: str, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A 3 GiB (sparse) script, job input or config file: exit 2 at once, one line naming the
+    file and the limit, no job recorded; nothing near its size read."""
+    big = tmp_path / "big.txt"
+    with big.open("wb") as handle:
+        handle.truncate(3 << 30)
+    args = {
+        "script": ["ssh", "script", str(big)],
+        "input-file": ["run", "ping", "--input-file", str(big)],
+        "config": ["--config", str(big), "ssh", "run", "--", "hi"],
+    }[what]
+    started = time.monotonic()
+    done = _capped_cli(cli_env, tmp_path, *args)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(big) in lines[0], done.stderr
+    assert "over the 32 MiB" in lines[0] and "3072 MiB" in lines[0]
+    assert time.monotonic() - started < 30
+    listed = subprocess.run(
+        [sys.executable, "-m", "win_automation", "jobs", "list", "--json"],
+        env=cli_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stdout + listed.stderr
+
+
+def test_a_script_at_the_limit_runs_through_the_helper_and_one_byte_more_is_refused(
+    cli, cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The largest script taken (32 MiB) fits every frame of the warm path and runs."""
+    from win_automation.operations.powershell import MAX_SCRIPT_BYTES
+
+    env = live_sshd.env(known_hosts)
+    script = tmp_path / "limit.ps1"
+    head = b"exit 7\n"
+    script.write_bytes(head + b"#" * (MAX_SCRIPT_BYTES - len(head) - 1) + b"\n")
+    done = cli("ssh", "script", str(script), env=env, timeout=120)
+    assert done.code == 7, done.stderr[-2000:]
+    with script.open("ab") as handle:
+        handle.write(b"#")
+    done = cli("ssh", "script", str(script), env=env)
+    assert done.code == 2 and "over the 32 MiB a script may be" in done.stderr, done.stderr

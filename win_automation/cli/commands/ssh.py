@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,11 +211,18 @@ def script(
 ) -> None:
     """Run a local .ps1 script on the VM as a job (long scripts go over SFTP and run with -File)."""
     from win_automation.errors import UsageError
+    from win_automation.operations.powershell import MAX_SCRIPT_BYTES
     from win_automation.regularfiles import NotRegularFile, open_regular
 
     try:
         with open_regular(file) as handle:  # a FIFO or device is refused, never read
-            text = handle.readall().decode("utf-8-sig")
+            data = handle.read(MAX_SCRIPT_BYTES + 1)  # never more: a huge file is not read whole
+            if len(data) > MAX_SCRIPT_BYTES:
+                size = os.fstat(handle.fileno()).st_size
+                raise UsageError(
+                    f"FILE: {file} is {size >> 20} MiB, over the {MAX_SCRIPT_BYTES >> 20} MiB a script may be"
+                )
+            text = data.decode("utf-8-sig")
     except NotRegularFile as exc:
         raise UsageError(f"FILE: {file} is not a regular file ({exc.kind})") from None
     except OSError as exc:
