@@ -177,3 +177,22 @@ def test_a_script_at_the_limit_runs_through_the_helper_and_one_byte_more_is_refu
         handle.write(b"#")
     done = cli("ssh", "script", str(script), env=env)
     assert done.code == 2 and "over the 32 MiB a script may be" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    "host", ["a" * 64, "a." * 200, "vm..example", "h" * 120_000], ids=["label", "name", "empty", "huge"]
+)
+@pytest.mark.parametrize(
+    "command", [["ssh", "run", "--", "hi"], ["ssh", "get", "C:/x", "x"], ["ssh", "trust", "--yes"]]
+)
+def test_a_host_name_no_resolver_takes_is_a_config_error_in_one_short_line(
+    cli, host: str, command: list[str]
+) -> None:  # type: ignore[no-untyped-def]
+    """A label over 63 characters (the resolver's IDNA step raised: a traceback from `ssh get`
+    and `ssh trust`, `UnicodeError` and exit 1 from a job), a name over 253, an empty label:
+    exit 2 before any connection, naming ssh.host, the value cut short."""
+    done = cli(*command, env={"WIN_AUTOMATION_SSH_HOST": host})
+    assert done.code == 2, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ssh.host (from WIN_AUTOMATION_SSH_HOST) must be")
+    assert len(lines[0]) < 300
