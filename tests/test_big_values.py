@@ -196,3 +196,54 @@ def test_a_host_name_no_resolver_takes_is_a_config_error_in_one_short_line(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ssh.host (from WIN_AUTOMATION_SSH_HOST) must be")
     assert len(lines[0]) < 300
+
+
+@pytest.mark.parametrize("name", ["n" * 255, "\u00fc" * 127], ids=["ascii", "utf8"])
+def test_a_file_named_at_name_max_is_copied_both_ways(
+    cli, live_sshd: SshServer, known_hosts: Path, remote_dir: Path, tmp_path: Path, name: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A target whose name is 254-255 bytes: its part file (`.<name>.wa-part-<tag>`, beside it)
+    would be over NAME_MAX ('File name too long' from `ssh get`, 'Bad message' from `ssh put`);
+    the part file carries a cut name, and none is left behind."""
+    env = live_sshd.env(known_hosts)
+    (tmp_path / "up").mkdir()
+    (tmp_path / "down").mkdir()
+    source = tmp_path / "up" / name
+    source.write_bytes(b"payload\n")
+    done = cli("ssh", "put", str(source), f"{remote_dir}/{name}", env=env)
+    assert done.code == 0, done.stderr
+    assert (remote_dir / name).read_bytes() == b"payload\n"
+    target = tmp_path / "down" / name
+    done = cli("ssh", "get", f"{remote_dir}/{name}", str(target), env=env)
+    assert done.code == 0, done.stderr
+    assert target.read_bytes() == b"payload\n"
+    assert sorted(p.name for p in remote_dir.iterdir()) == [name]
+    assert sorted(p.name for p in target.parent.iterdir()) == [name]
+
+
+def test_the_stale_part_file_of_a_long_name_is_found_and_removed(tmp_path: Path) -> None:
+    from win_automation.operations import transfers
+    from win_automation.partfiles import HOST_TAG
+
+    target = tmp_path / ("s" * 250)
+    stem = transfers._local_stem(target)
+    assert len(f".{stem}{transfers.PART}{HOST_TAG}-4194304-0123abcd".encode()) <= 255
+    stale = tmp_path / f".{stem}{transfers.PART}{HOST_TAG}-999999999-0123abcd"  # a pid no process has
+    stale.write_bytes(b"x")
+    assert transfers.remove_stale_local_parts(target) == [stale]
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("name", ["a" * 255, "\u00e9" * 127, "sub/" + "b" * 255])
+def test_an_artifact_named_at_name_max_is_written_and_verified(tmp_path: Path, name: str) -> None:
+    """A step's artifact (e.g. a Playwright script's `job.save(name, ...)`) named at the limit:
+    its `.tmp-<name>.<tag>` file would be over NAME_MAX (exit 74, 'File name too long')."""
+    from win_automation.artifacts.store import ArtifactWriter, read_manifest
+    from win_automation.jobs.ids import new_job_id, new_trace_id
+
+    writer = ArtifactWriter(tmp_path, new_job_id(), new_trace_id(), types=("playwright",))
+    entry = writer.write_bytes("playwright", name, b"shot")
+    assert entry.path == name and (writer.folder / name).read_bytes() == b"shot"
+    assert [e.path for e in read_manifest(writer.folder).artifacts] == [name]
+    left = [p.name for p in writer.folder.rglob("*") if p.name.startswith(".tmp-")]
+    assert left == []

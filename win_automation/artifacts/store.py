@@ -43,7 +43,7 @@ from win_automation.errors import (
     UsageError,
 )
 from win_automation.jobs.ids import validate_job_id
-from win_automation.partfiles import owner_tag
+from win_automation.partfiles import fitting, owner_tag
 from win_automation.regularfiles import NotRegularFile, not_regular, open_regular
 
 ArtifactType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=40)]
@@ -76,8 +76,9 @@ def safe_relative(name: str) -> str:
 
 
 def temp_name(name: str) -> str:
-    """`.tmp-<name>.<owner tag>`: a file being written, which says who writes it (partfiles)."""
-    return f"{TEMP_PREFIX}{name}.{owner_tag()}"
+    """`.tmp-<name>.<owner tag>`: a file being written, which says who writes it (partfiles); a
+    name near NAME_MAX is cut to fit."""
+    return f"{TEMP_PREFIX}{fitting(name, len(TEMP_PREFIX) + 1)}.{owner_tag()}"
 
 
 def _manifest_path(name: str) -> str:
