@@ -247,3 +247,24 @@ def test_an_artifact_named_at_name_max_is_written_and_verified(tmp_path: Path, n
     assert [e.path for e in read_manifest(writer.folder).artifacts] == [name]
     left = [p.name for p in writer.folder.rglob("*") if p.name.startswith(".tmp-")]
     assert left == []
+
+
+@pytest.mark.parametrize("field", ["command", "check"])
+def test_a_cmd_command_too_long_for_the_sshd_from_a_workflow_input_is_exit_2(
+    cli, live_sshd: SshServer, known_hosts: Path, tmp_path: Path, field: str
+) -> None:  # type: ignore[no-untyped-def]
+    """`run ssh-exec` (no CLI check in front of it) with a cmd command or check over 255 KiB on a
+    posix sshd: refused as bad input, not sent (sshd reset the connection: exit 3, as if the
+    network had failed)."""
+    long = "echo hi #" + "x" * 300_000
+    data = (
+        {"command": long, "shell": "cmd"}
+        if field == "command"
+        else {"command": "echo hi", "shell": "cmd", "check": long}
+    )
+    (tmp_path / "input.json").write_text(json.dumps(data))
+    done = cli(
+        "run", "ssh-exec", "--input-file", str(tmp_path / "input.json"), env=live_sshd.env(known_hosts)
+    )
+    assert done.code == 2, done.stderr
+    assert "the cmd command is 292 KiB, over the 255 KiB" in done.stderr.strip().splitlines()[-1]
