@@ -268,3 +268,16 @@ def test_a_cmd_command_too_long_for_the_sshd_from_a_workflow_input_is_exit_2(
     )
     assert done.code == 2, done.stderr
     assert "the cmd command is 292 KiB, over the 255 KiB" in done.stderr.strip().splitlines()[-1]
+
+
+def test_a_huge_playwright_script_is_refused_without_being_read(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`playwright run SCRIPT` checked the size only after reading the whole file: a 3 GiB one
+    was a MemoryError under a memory limit (gigabytes of RAM without one)."""
+    big = tmp_path / "big.py"
+    with big.open("wb") as handle:
+        handle.truncate(3 << 30)
+    done = _capped_cli(cli_env, tmp_path, "playwright", "run", str(big))
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip().splitlines() == [f"error: SCRIPT {big}: {3 << 30} bytes, at most 262144"]
