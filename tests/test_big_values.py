@@ -281,3 +281,22 @@ def test_a_huge_playwright_script_is_refused_without_being_read(
     done = _capped_cli(cli_env, tmp_path, "playwright", "run", str(big))
     assert done.returncode == 2, done.stderr[-3000:]
     assert done.stderr.strip().splitlines() == [f"error: SCRIPT {big}: {3 << 30} bytes, at most 262144"]
+
+
+def test_an_sftp_packet_length_over_the_limit_is_refused_before_it_is_buffered() -> None:
+    """A corrupt or hostile SFTP server that announces a 4 GiB packet and streams bytes: the
+    download stops at once with ConnectError (exit 3); it buffered them up to the length, GiBs
+    (a MemoryError under a memory limit)."""
+    script = _CLAIMED.format(
+        setup="import threading\nfrom win_automation.adapters import sftp_download",
+        header=(0xFFFFFFF0).to_bytes(4, "big"),
+        receive="\n    ".join(
+            [
+                "flood = lambda: [b.sendall(b'x' * (1 << 20)) for _ in range(4096)]",
+                "threading.Thread(target=flood, daemon=True).start()",
+                "sftp_download._SftpStream(a).packet()",
+            ]
+        ),
+    ).replace("b.shutdown(socket.SHUT_WR)\n", "")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ConnectError", done.stdout + done.stderr[-2000:]
