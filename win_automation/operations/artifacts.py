@@ -51,10 +51,13 @@ class VmSource:
 
     def manifest(self) -> Manifest:
         path = sftp_path(self.remote_dir, self.job_id, MANIFEST)
+        def bounded(done: int, total: int) -> None:  # refused at its size, not after a download
+            if max(done, total) > MAX_MANIFEST_BYTES:
+                raise ArtifactMismatch(f"{path} on the VM is {max(done, total)} bytes: not a manifest")
+
         with tempfile.TemporaryFile() as buffer:
-            copied = sftp_download.download(self.conn, path, buffer)  # NotFoundError names the path
-            if copied.size > MAX_MANIFEST_BYTES:
-                raise ArtifactMismatch(f"{path} on the VM is {copied.size} bytes: not a manifest")
+            copied = sftp_download.download(self.conn, path, buffer, bounded)  # NotFoundError names it
+            bounded(copied.size, copied.size)
             buffer.seek(0)
             raw = buffer.read()
         try:
