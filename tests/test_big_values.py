@@ -334,3 +334,33 @@ def test_a_huge_manifest_on_the_vm_is_refused_at_its_size_not_downloaded(
         .splitlines()[-1]
         .endswith(f"manifest.json on the VM is {64 << 20} bytes: not a manifest")
     )
+
+
+_PEAK = """
+import resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024, done.returncode, done.stderr[-500:])
+"""
+
+
+def test_jobs_list_does_not_load_the_jobs_inputs(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """20 jobs whose input (a script) is 16 MiB each: `jobs list` held them all (the peak RSS
+    grew by their size, 320 MiB here; 50 jobs of 32 MiB scripts were GiBs). Its memory stays
+    near a Python process's start."""
+    from win_automation.jobs.journal import Journal
+
+    with Journal.open(tmp_path / "data") as journal:
+        for _ in range(20):
+            journal.create_job("ssh-exec", '{"command": "' + "x" * (16 << 20) + '"}', steps=["check", "exec"])
+    for args in (["jobs", "list"], ["jobs", "list", "--json"]):
+        done = subprocess.run(
+            [sys.executable, "-c", _PEAK, sys.executable, "-m", "win_automation", *args],
+            env=cli_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        peak, code, _ = done.stdout.split(" ", 2)
+        assert int(code) == 0, done.stdout
+        assert int(peak) < 200, f"{args}: peak RSS {peak} MiB"

@@ -51,6 +51,7 @@ class VmSource:
 
     def manifest(self) -> Manifest:
         path = sftp_path(self.remote_dir, self.job_id, MANIFEST)
+
         def bounded(done: int, total: int) -> None:  # refused at its size, not after a download
             if max(done, total) > MAX_MANIFEST_BYTES:
                 raise ArtifactMismatch(f"{path} on the VM is {max(done, total)} bytes: not a manifest")
