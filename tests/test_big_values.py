@@ -364,3 +364,21 @@ def test_jobs_list_does_not_load_the_jobs_inputs(cli_env: dict[str, str], tmp_pa
         peak, code, _ = done.stdout.split(" ", 2)
         assert int(code) == 0, done.stdout
         assert int(peak) < 200, f"{args}: peak RSS {peak} MiB"
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["helper", "warm-powershell"])
+def test_powershell_errors_held_back_as_clixml_are_printed_after_the_run(
+    cli, live_sshd: SshServer, known_hosts: Path, warm: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """CLIXML on stderr is held back from the live output (it is decoded at the end): the CLI
+    printed nothing of it, so `ssh run -- Write-Error boom` exited 1 without a word. Its text is
+    printed once the command ended; a flood of it only its last 64 K characters, with a note."""
+    env = {**live_sshd.env(known_hosts), "WIN_AUTOMATION_SSH_WARM_POWERSHELL": str(warm).lower()}
+    done = cli("ssh", "run", "--", "Write-Error 'boom'", env=env)
+    assert (done.code, done.stderr) == (1, "boom\n")
+    flood = '& cmd.exe /d /s /c \'printf "#< CLIXML" >&2; head -c 50000000 /dev/zero | tr "\\0" x >&2\''
+    done = cli("ssh", "run", "--", flood, env=env)
+    assert done.code == 0, done.stderr[-2000:]
+    lines = done.stderr.splitlines()
+    assert lines[0] == "x" * 65536 and lines[1].startswith("note: stderr shows its last 65536 characters")
+    assert len(lines) == 2

@@ -102,8 +102,21 @@ def _run_job(
     config = state(ctx).config()
     workflow = ssh_exec.ssh_exec
     model = workflow.parse_input({k: v for k, v in payload.items() if v is not None}, name="input")
-    live = None if as_json else _live
-    outcome = start(config, workflow, model, engine=engine, no_wait=no_wait, as_json=as_json, on_output=live)
+    shown: set[str] = set()  # the streams that were printed live
+
+    def live(stream: str, text: str) -> None:
+        shown.add(stream)
+        _live(stream, text)
+
+    outcome = start(
+        config,
+        workflow,
+        model,
+        engine=engine,
+        no_wait=no_wait,
+        as_json=as_json,
+        on_output=None if as_json else live,
+    )
     if outcome is None:
         return
     result = outcome.outputs.get("exec")
@@ -132,6 +145,14 @@ def _run_job(
                 _write(sys.stdout)(piece)
             for piece in stderr:
                 _write(sys.stderr)(piece)
+        elif result.stderr and "stderr" not in shown:
+            # PowerShell's errors come as CLIXML, held back from the live output: their text here
+            _write(sys.stderr)(result.stderr if result.stderr.endswith("\n") else result.stderr + "\n")
+            if result.stderr_truncated:
+                sys.stderr.write(
+                    f"note: stderr shows its last {len(result.stderr)} characters of error text"
+                    f" (all of it, as CLIXML, in stderr.txt of job {outcome.job_id})\n"
+                )
         if result.skipped:
             sys.stderr.write(f"skipped: the idempotency check passed (job {outcome.job_id})\n")
     if result.timed_out:
