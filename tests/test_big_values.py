@@ -382,3 +382,18 @@ def test_powershell_errors_held_back_as_clixml_are_printed_after_the_run(
     lines = done.stderr.splitlines()
     assert lines[0] == "x" * 65536 and lines[1].startswith("note: stderr shows its last 65536 characters")
     assert len(lines) == 2
+
+
+def test_a_data_dir_too_long_for_sqlite_says_so(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A data.dir whose journal path is over the 503 bytes SQLite opens: the error said the
+    folder 'must be a writable folder', which it is; it says the path is too long."""
+    data = tmp_path / ("a" * 200) / ("b" * 200)
+    data = data / ("c" * (520 - len(str(data / "journal.sqlite3")) - 1))
+    data.mkdir(parents=True)
+    assert len(str(data / "journal.sqlite3")) == 520
+    done = cli("jobs", "list", env={"WIN_AUTOMATION_DATA_DIR": str(data)})
+    assert done.code == 74, done.stderr
+    assert done.stderr == (
+        f"error: the journal {data / 'journal.sqlite3'} cannot be used: its path is 520 bytes, over the"
+        " 503 SQLite opens (point data.dir, WIN_AUTOMATION_DATA_DIR, at a shorter path)\n"
+    )

@@ -29,6 +29,8 @@ from win_automation.jobs.state import JobState
 
 JOURNAL_FILE = "journal.sqlite3"
 BUSY_TIMEOUT_SECONDS = 10.0
+# SQLite's unix VFS takes paths of at most 512 bytes with "-journal": a longer one "unable to open"
+MAX_SQLITE_PATH = 503
 
 
 @contextmanager
@@ -50,6 +52,12 @@ def storage_faults(path: Path) -> Iterator[None]:
             raise StorageError(
                 f"the journal {path} is corrupt ({reason}): move it aside (mv {path} {path}.corrupt)"
                 " and the next command starts a new, empty journal; the artifact folders are intact"
+            ) from None
+        if len(os.fsencode(path)) > MAX_SQLITE_PATH:  # SQLite's unix VFS: 512 with its "-journal"
+            raise StorageError(
+                f"the journal {path} cannot be used: its path is {len(os.fsencode(path))} bytes, over"
+                f" the {MAX_SQLITE_PATH} SQLite opens (point data.dir, WIN_AUTOMATION_DATA_DIR, at a"
+                " shorter path)"
             ) from None
         raise StorageError(
             f"the journal {path} cannot be used ({reason}): data.dir {path.parent} must be a"
