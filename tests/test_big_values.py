@@ -6,6 +6,7 @@ line with its exit code: never a MemoryError, a hang or gigabytes allocated."""
 from __future__ import annotations
 
 import json
+import re
 import resource
 import socket
 import subprocess
@@ -397,3 +398,19 @@ def test_a_data_dir_too_long_for_sqlite_says_so(cli, tmp_path: Path) -> None:  #
         f"error: the journal {data / 'journal.sqlite3'} cannot be used: its path is 520 bytes, over the"
         " 503 SQLite opens (point data.dir, WIN_AUTOMATION_DATA_DIR, at a shorter path)\n"
     )
+
+
+def test_an_error_quoting_a_huge_value_keeps_its_start_and_end(
+    cli, live_sshd: SshServer, known_hosts: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A 120 KB argument quoted in an error was a 120 KB error line; the line keeps its first and
+    last 2048 characters (the reason is at the end), saying how much was left out."""
+    huge = "z" * 120_000
+    env = live_sshd.env(known_hosts)
+    for args, code in ((["jobs", "show", huge], 2), (["ssh", "get", f"/nonexistent/{huge}", "out"], 1)):
+        done = cli(*args, env=env)
+        assert done.code == code, done.stderr[-300:]
+        (line,) = done.stderr.splitlines()
+        assert line.startswith("error: ") and len(line) < 4300, line[:200]
+        assert "characters left out)..." in line
+    assert re.search(r"z{100}: [A-Za-z][\w ]+$", line), line[-100:]  # the server's reason, kept

@@ -52,9 +52,17 @@ def path_text(path: object) -> str:
     return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+# An error line longer than this (a value of megabytes quoted in it) keeps its start and its end.
+MAX_ERROR_CHARS = 4096
+
+
 def error(message: str) -> None:
-    """The one-line error every failure ends with."""
-    sys.stderr.write(f"error: {one_line(message)}\n")
+    """The one-line error every failure ends with; at most about MAX_ERROR_CHARS characters."""
+    line = one_line(message)
+    if len(line) > MAX_ERROR_CHARS:
+        half = MAX_ERROR_CHARS // 2
+        line = f"{line[:half]}...({len(line) - 2 * half} characters left out)...{line[-half:]}"
+    sys.stderr.write(f"error: {line}\n")
 
 
 _OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
