@@ -414,3 +414,21 @@ def test_an_error_quoting_a_huge_value_keeps_its_start_and_end(
         assert line.startswith("error: ") and len(line) < 4300, line[:200]
         assert "characters left out)..." in line
     assert re.search(r"z{100}: [A-Za-z][\w ]+$", line), line[-100:]  # the server's reason, kept
+
+
+@pytest.mark.parametrize("command", ["verify", "list"])
+def test_a_huge_local_manifest_is_refused_without_being_read(
+    cli_env: dict[str, str], tmp_path: Path, command: str
+) -> None:
+    """A job folder whose manifest.json is 3 GiB (corrupt, or replaced): it was read whole before
+    being parsed (a MemoryError traceback under a memory limit, GiBs of RAM without one)."""
+    from win_automation.jobs.ids import new_job_id
+
+    job_id = new_job_id()
+    folder = tmp_path / "artifacts" / job_id
+    folder.mkdir(parents=True)
+    with (folder / "manifest.json").open("wb") as handle:
+        handle.truncate(3 << 30)
+    done = _capped_cli(cli_env, tmp_path, "artifacts", command, "--job", job_id)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stderr == f"error: {folder / 'manifest.json'} is over 16 MiB: not a manifest\n"

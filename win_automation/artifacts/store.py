@@ -133,11 +133,18 @@ def _atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # some 100,000 artifacts; a larger manifest.json is not one
+
+
 def read_manifest(folder: Path) -> Manifest:
     """The folder's manifest; NoArtifacts (exit 66) when the folder or its manifest is absent."""
     path = folder / MANIFEST
     try:
-        return Manifest.model_validate_json(path.read_bytes())
+        with path.open("rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)  # never more: a huge file is not read whole
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ArtifactMismatch(f"{path} is over {MAX_MANIFEST_BYTES >> 20} MiB: not a manifest")
+        return Manifest.model_validate_json(data)
     except (FileNotFoundError, NotADirectoryError):
         if not folder.is_dir():
             raise NoArtifacts(f"no artifacts for job {folder.name}: {folder} does not exist") from None

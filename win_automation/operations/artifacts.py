@@ -20,6 +20,7 @@ from win_automation.adapters.ssh import SshConnection, get_connection
 from win_automation.artifacts.folders import job_artifacts
 from win_automation.artifacts.store import (
     MANIFEST,
+    MAX_MANIFEST_BYTES,
     ArtifactSource,
     LocalSource,
     Manifest,
@@ -28,8 +29,6 @@ from win_automation.artifacts.store import (
 from win_automation.config import Config
 from win_automation.errors import ArtifactMismatch, UsageError
 from win_automation.jobs.ids import validate_job_id
-
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 
 def sftp_path(remote_dir: str, *parts: str) -> str:
