@@ -50,6 +50,7 @@ ArtifactType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", ma
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
 TEMP_PREFIX = ".tmp-"
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # some 100,000 artifacts; a larger manifest.json is not one
 
 
 def is_safe_relative(name: str) -> bool:
@@ -76,8 +77,7 @@ def safe_relative(name: str) -> str:
 
 
 def temp_name(name: str) -> str:
-    """`.tmp-<name>.<owner tag>`: a file being written, which says who writes it (partfiles); a
-    name near NAME_MAX is cut to fit."""
+    """`.tmp-<name>.<owner tag>` (name cut near NAME_MAX): a file being written, and its writer."""
     return f"{TEMP_PREFIX}{fitting(name, len(TEMP_PREFIX) + 1)}.{owner_tag()}"
 
 
@@ -131,9 +131,6 @@ def _atomic_write(path: Path, data: bytes) -> None:
         temp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
-
-
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # some 100,000 artifacts; a larger manifest.json is not one
 
 
 def read_manifest(folder: Path) -> Manifest:
