@@ -432,3 +432,18 @@ def test_a_huge_local_manifest_is_refused_without_being_read(
     done = _capped_cli(cli_env, tmp_path, "artifacts", command, "--job", job_id)
     assert done.returncode == 1, done.stderr[-3000:]
     assert done.stderr == f"error: {folder / 'manifest.json'} is over 16 MiB: not a manifest\n"
+
+
+def test_jobs_tables_show_a_huge_error_cut(cli, live_sshd: SshServer, known_hosts: Path) -> None:  # type: ignore[no-untyped-def]
+    """A job that failed with a 120 KB error (a 120 KB ssh.user quoted in it): `jobs list` and
+    `jobs show` printed it whole in their table (a thousand lines at a terminal); the cell keeps
+    its start and end. `--json` keeps it whole."""
+    env = {**live_sshd.env(known_hosts), "WIN_AUTOMATION_SSH_USER": "u" * 120_000}
+    done = cli("ssh", "run", "--shell", "cmd", "--", "echo hi", env=env)
+    assert done.code == 4, done.stderr[-300:]
+    (job,) = json.loads(cli("jobs", "list", "--json").stdout)
+    assert len(job["error"]) > 120_000
+    for args in (["jobs", "list"], ["jobs", "show", job["job_id"]]):
+        shown = cli(*args)
+        assert shown.code == 0 and "uuuuuuuu" in shown.stdout, shown.stderr
+        assert len(shown.stdout) < 30_000, (args, len(shown.stdout))
