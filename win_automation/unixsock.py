@@ -211,15 +211,34 @@ def terminate(pid: int, running: Callable[[], bool], grace: float = 5.0) -> None
 
 
 # --- frames -------------------------------------------------------------------------------------
+# The largest frame either end takes. Ours are far smaller (a request is a command or a script of
+# at most 32 MiB, JSON-escaped, or argv and an environment; output goes in slices of 4 MiB); a
+# length over it is a corrupt or hostile peer, refused before anything is allocated for it.
+MAX_FRAME = 256 * 1024 * 1024
+_RECV_CHUNK = 1024 * 1024  # recv(n) allocates n bytes first: never a length the peer claimed
+
+
+class FrameTooLarge(OSError):
+    """A frame whose length is over MAX_FRAME (an OSError: callers treat it as a broken peer)."""
+
+
 def frame(kind: bytes, payload: bytes = b"") -> bytes:
     return kind + len(payload).to_bytes(4, "big") + payload
+
+
+def frame_size(length: bytes) -> int:
+    """The size a frame's 4-byte length gives; FrameTooLarge over MAX_FRAME."""
+    size = int.from_bytes(length, "big")
+    if size > MAX_FRAME:
+        raise FrameTooLarge(f"a frame of {size} bytes, over the {MAX_FRAME} a frame may be")
+    return size
 
 
 def recv_exact(conn: Receiver, size: int) -> bytes:
     """`size` bytes; EOFError at the end of the stream before them."""
     buf = bytearray()
     while len(buf) < size:
-        data = conn.recv(size - len(buf))
+        data = conn.recv(min(size - len(buf), _RECV_CHUNK))
         if not data:
             raise EOFError
         buf += data
@@ -227,7 +246,8 @@ def recv_exact(conn: Receiver, size: int) -> bytes:
 
 
 def recv_frame(conn: Receiver) -> tuple[bytes, bytes]:
-    """(kind, payload); EOFError at the end of the stream."""
+    """(kind, payload); EOFError at the end of the stream, FrameTooLarge for a length over
+    MAX_FRAME."""
     header = recv_exact(conn, 5)
-    size = int.from_bytes(header[1:], "big")
+    size = frame_size(header[1:])
     return header[:1], recv_exact(conn, size) if size else b""

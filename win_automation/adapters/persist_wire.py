@@ -63,8 +63,9 @@ def recv_frame_fds(sock: socket.socket, max_fds: int = 1) -> tuple[bytes, bytes,
     try:
         try:
             rest = unixsock.recv_exact(sock, _HEADER.size - len(first))
-            kind, size = _HEADER.unpack(first + rest)
-            payload = unixsock.recv_exact(sock, size)
+            header = first + rest
+            payload = unixsock.recv_exact(sock, unixsock.frame_size(header[1:]))
+            kind = header[:1]
         except EOFError:
             raise OSError("end of stream in a frame") from None
     except BaseException:

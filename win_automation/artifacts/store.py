@@ -43,13 +43,14 @@ from win_automation.errors import (
     UsageError,
 )
 from win_automation.jobs.ids import validate_job_id
-from win_automation.partfiles import owner_tag
+from win_automation.partfiles import fitting, owner_tag
 from win_automation.regularfiles import NotRegularFile, not_regular, open_regular
 
 ArtifactType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=40)]
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
 TEMP_PREFIX = ".tmp-"
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # some 100,000 artifacts; a larger manifest.json is not one
 
 
 def is_safe_relative(name: str) -> bool:
@@ -76,8 +77,8 @@ def safe_relative(name: str) -> str:
 
 
 def temp_name(name: str) -> str:
-    """`.tmp-<name>.<owner tag>`: a file being written, which says who writes it (partfiles)."""
-    return f"{TEMP_PREFIX}{name}.{owner_tag()}"
+    """`.tmp-<name>.<owner tag>` (name cut near NAME_MAX): a file being written, and its writer."""
+    return f"{TEMP_PREFIX}{fitting(name, len(TEMP_PREFIX) + 1)}.{owner_tag()}"
 
 
 def _manifest_path(name: str) -> str:
@@ -136,7 +137,11 @@ def read_manifest(folder: Path) -> Manifest:
     """The folder's manifest; NoArtifacts (exit 66) when the folder or its manifest is absent."""
     path = folder / MANIFEST
     try:
-        return Manifest.model_validate_json(path.read_bytes())
+        with path.open("rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)  # never more: a huge file is not read whole
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ArtifactMismatch(f"{path} is over {MAX_MANIFEST_BYTES >> 20} MiB: not a manifest")
+        return Manifest.model_validate_json(data)
     except (FileNotFoundError, NotADirectoryError):
         if not folder.is_dir():
             raise NoArtifacts(f"no artifacts for job {folder.name}: {folder} does not exist") from None

@@ -20,6 +20,7 @@ from win_automation.adapters.ssh import SshConnection, get_connection
 from win_automation.artifacts.folders import job_artifacts
 from win_automation.artifacts.store import (
     MANIFEST,
+    MAX_MANIFEST_BYTES,
     ArtifactSource,
     LocalSource,
     Manifest,
@@ -28,8 +29,6 @@ from win_automation.artifacts.store import (
 from win_automation.config import Config
 from win_automation.errors import ArtifactMismatch, UsageError
 from win_automation.jobs.ids import validate_job_id
-
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 
 def sftp_path(remote_dir: str, *parts: str) -> str:
@@ -51,10 +50,14 @@ class VmSource:
 
     def manifest(self) -> Manifest:
         path = sftp_path(self.remote_dir, self.job_id, MANIFEST)
+
+        def bounded(done: int, total: int) -> None:  # refused at its size, not after a download
+            if max(done, total) > MAX_MANIFEST_BYTES:
+                raise ArtifactMismatch(f"{path} on the VM is {max(done, total)} bytes: not a manifest")
+
         with tempfile.TemporaryFile() as buffer:
-            copied = sftp_download.download(self.conn, path, buffer)  # NotFoundError names the path
-            if copied.size > MAX_MANIFEST_BYTES:
-                raise ArtifactMismatch(f"{path} on the VM is {copied.size} bytes: not a manifest")
+            copied = sftp_download.download(self.conn, path, buffer, bounded)  # NotFoundError names it
+            bounded(copied.size, copied.size)
             buffer.seek(0)
             raw = buffer.read()
         try:
