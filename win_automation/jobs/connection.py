@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
-from win_automation.errors import JournalBusy, NotFoundError, StorageError, Superseded
+from win_automation.errors import JournalBusy, JournalError, NotFoundError, Superseded
 from win_automation.jobs.owners import process_start
 from win_automation.jobs.records import (
     EventRecord,
@@ -34,7 +34,7 @@ BUSY_TIMEOUT_SECONDS = 10.0
 @contextmanager
 def storage_faults(path: Path) -> Iterator[None]:
     """SQLite's errors about the file itself (corrupt, read-only, cannot be opened) as one-line
-    StorageErrors that say where the journal is and what to do; constraint errors pass through."""
+    JournalErrors that say where the journal is and what to do; constraint errors pass through."""
     try:
         yield
     except sqlite3.IntegrityError:
@@ -47,14 +47,29 @@ def storage_faults(path: Path) -> Iterator[None]:
                 f" {BUSY_TIMEOUT_SECONDS:g} s); try again once it is released"
             ) from None
         if not isinstance(exc, sqlite3.OperationalError) or "malformed" in reason:
-            raise StorageError(
+            raise JournalError(
                 f"the journal {path} is corrupt ({reason}): move it aside (mv {path} {path}.corrupt)"
                 " and the next command starts a new, empty journal; the artifact folders are intact"
             ) from None
-        raise StorageError(
-            f"the journal {path} cannot be used ({reason}): data.dir {path.parent} must be a"
-            " writable folder (or point data.dir, WIN_AUTOMATION_DATA_DIR, elsewhere)"
+        raise JournalError(
+            f"the journal {path} cannot be used ({reason}{_disk_state(path.parent)}): data.dir"
+            f" {path.parent} must be a writable folder with free space (or point data.dir,"
+            " WIN_AUTOMATION_DATA_DIR, elsewhere)"
         ) from None
+
+
+def _disk_state(folder: Path) -> str:
+    """What SQLite's "disk I/O error" often means, said plainly: the disk holding `folder` is full
+    or read-only ("" when neither, or when it cannot be told)."""
+    try:
+        info = os.statvfs(folder)
+    except OSError:
+        return ""
+    if info.f_flag & os.ST_RDONLY:
+        return "; the file system is read-only"
+    if info.f_bavail == 0 or (info.f_favail == 0 and info.f_files > 0):
+        return "; no space left on its disk"
+    return ""
 
 
 class JournalConnection:
