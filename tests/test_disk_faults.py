@@ -61,9 +61,7 @@ def jobs(env: dict[str, str]) -> list[dict[str, Any]]:
     return list(json.loads(out.stdout))
 
 
-@pytest.mark.parametrize(
-    "path", ["in-process", "warm-cli-process", "run-ping"], ids=lambda p: str(p)
-)
+@pytest.mark.parametrize("path", ["in-process", "warm-cli-process", "run-ping"], ids=lambda p: str(p))
 def test_the_journal_disk_filling_mid_job_is_exit_74_and_no_job_claims_success(
     cli_env: dict[str, str],
     live_sshd: SshServer,
@@ -101,14 +99,15 @@ def test_the_journal_disk_filling_mid_job_is_exit_74_and_no_job_claims_success(
             assert job.stdout is not None and job.stdout.readline() == "started\n"
         filler = fill(small_disk)
         go.touch()
-        out, err = job.communicate(timeout=60)
+        _, err = job.communicate(timeout=60)
     finally:
         if job.poll() is None:
             job.kill()
             job.communicate()
     assert job.returncode == 74, err
     lines = err.splitlines()
-    assert lines[-1].startswith(f"error: the journal {small_disk / 'data' / 'journal.sqlite3'} cannot be used")
+    journal = small_disk / "data" / "journal.sqlite3"
+    assert lines[-1].startswith(f"error: the journal {journal} cannot be used"), err
     assert "no space left on its disk" in lines[-1], err
     assert len(lines) <= 2 and "Traceback" not in err, err  # the heartbeat's warning, once
     filler.unlink()
@@ -123,3 +122,74 @@ def test_the_journal_disk_filling_mid_job_is_exit_74_and_no_job_claims_success(
     )
     assert (again.returncode, again.stdout) == (0, "hi\n"), again.stderr
     assert jobs(env)[0]["state"] == "succeeded"
+
+
+def _misplace(path: Path, what: str) -> str:
+    """Put `what` where the file `path` should be; the words the error uses for it."""
+    path.unlink(missing_ok=True)
+    if what == "directory":
+        path.mkdir()
+        return "is a directory, not a file"
+    if what == "fifo":
+        os.mkfifo(path)
+        return "is a FIFO, not a file"
+    if what == "dev-null":
+        path.symlink_to("/dev/null")
+        return "is a character device, not a file"
+    gone = path.parent / "gone" / "journal"  # in a folder that is not there: SQLite cannot create it
+    path.symlink_to(gone)
+    return f"is a symlink to a missing {gone}, not a file"
+
+
+@pytest.mark.parametrize(
+    ("suffix", "what"),
+    # (a FIFO as -wal is no fault: SQLite removes it as a stale -wal)
+    [(suffix, "directory") for suffix in ("", "-wal", "-shm")]
+    + [("", what) for what in ("fifo", "dev-null", "dangling-symlink")]
+    + [("-shm", "fifo"), ("-wal", "dev-null")],
+)
+def test_something_else_in_place_of_the_journal_or_its_wal_is_named(
+    cli, tmp_path: Path, what: str, suffix: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A folder, FIFO, device or dangling symlink where journal.sqlite3 (or its -wal or -shm)
+    should be: one line naming that file and how to recover (it was `unable to open database
+    file` or `disk I/O error`, and `data.dir ... must be a writable folder`, which it is); doctor
+    says the same."""
+    assert cli("jobs", "list").code == 0
+    journal = tmp_path / "data" / "journal.sqlite3"
+    bad = journal.with_name(journal.name + suffix)
+    said = _misplace(bad, what)
+    res = cli("run", "ping")  # (a read, as `jobs list`, may still work with a bad -shm)
+    assert res.code == 74 and res.stderr == (
+        f"error: the journal {journal} cannot be used: {bad} {said}; move it aside"
+        f" (mv {bad} {bad}.moved) and run the command again\n"
+    )
+    doctor = cli("doctor", "--check", "folders", "--json")
+    (check,) = json.loads(doctor.stdout)["checks"]
+    assert doctor.code == 1 and check["status"] == "fail" and f"{bad} {said}" in check["cause"], check
+    bad.rename(bad.with_name(bad.name + ".moved"))
+    assert cli("run", "ping").code == 0
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "healthy"])
+def test_doctor_names_a_corrupt_journal_and_changes_nothing(cli, tmp_path: Path, damage: str) -> None:  # type: ignore[no-untyped-def]
+    """doctor passed `folders` with a corrupt journal that every other command refuses (exit 74);
+    it now fails it with the same words (how to recover), and leaves a healthy journal as it was
+    (no -wal or -shm file left behind by its read-only look)."""
+    assert cli("run", "ping").code == 0
+    journal = tmp_path / "data" / "journal.sqlite3"
+    if damage == "garbage":
+        journal.write_bytes(os.urandom(journal.stat().st_size))
+    elif damage == "truncated":
+        os.truncate(journal, journal.stat().st_size // 2)
+    before = sorted(p.name for p in journal.parent.iterdir())
+    doctor = cli("doctor", "--check", "folders", "--json")
+    (check,) = json.loads(doctor.stdout)["checks"]
+    if damage == "healthy":
+        assert doctor.code == 0 and check["status"] == "pass", check
+    else:
+        assert doctor.code == 1 and check["status"] == "fail", check
+        assert check["cause"].startswith(f"the journal {journal} is corrupt ("), check
+        assert f"mv {journal} {journal}.corrupt" in check["cause"]
+        assert cli("jobs", "list").code == 74  # what doctor said is what the commands meet
+    assert sorted(p.name for p in journal.parent.iterdir()) == before

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from win_automation.config import Config, LoadedConfig
 from win_automation.errors import ConfigError
+from win_automation.jobs.connection import journal_problem
 from win_automation.operations import qemu
 from win_automation.operations.checks import (
     CheckResult,
@@ -93,6 +94,9 @@ def check_folders(config: Config) -> CheckResult:
             problems.append(f"{setting}: only {free >> 20} MiB free on {existing}")
         elif free < FREE_WARN_BYTES:
             warnings.append(f"{setting}: {gib:.2f} GiB free on {existing}")
+    if config.data.dir.is_dir() and (journal := journal_problem(config.data.dir)) is not None:
+        # the journal's own message says what to do (move the file aside, free space)
+        return CheckResult("folders", "fail", "; ".join(details), journal, "as the cause says")
     if problems:
         return CheckResult(
             "folders",
