@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ import pytest
 from conftest import stop_warm_helpers
 from fixture_sshd import SshServer
 from test_cli_faults import _start_warm_cli_process
+
+from win_automation.cli import launch
 
 WA = [sys.executable, "-m", "win_automation"]
 
@@ -193,3 +195,111 @@ def test_doctor_names_a_corrupt_journal_and_changes_nothing(cli, tmp_path: Path,
         assert f"mv {journal} {journal}.corrupt" in check["cause"]
         assert cli("jobs", "list").code == 74  # what doctor said is what the commands meet
     assert sorted(p.name for p in journal.parent.iterdir()) == before
+
+
+def _wait_for_warm_cli_process(env: dict[str, str]) -> None:
+    folder = Path(launch.server_dir(env))
+    deadline = time.monotonic() + 60
+    while not list(folder.glob("*.sock")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(folder.glob("*.sock")), "no warm CLI process started"
+
+
+@pytest.mark.parametrize("served", [False, True], ids=["in-process", "warm-cli-process"])
+def test_fetch_onto_a_full_disk_is_exit_74_naming_the_file(
+    cli_env: dict[str, str], small_disk: Path, served: bool
+) -> None:
+    """`artifacts fetch --out` onto a full disk was exit 1, `ping.json (unreadable: No space left
+    on device)`: the failed write into --out taken for the source artifact's. It is exit 74 naming
+    the file it could not write, and leaves no manifest and no temporary file."""
+    env = {**cli_env, "WIN_AUTOMATION_CLI_SERVER": "1" if served else "0"}
+
+    def wa(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*WA, *args], env=env, capture_output=True, text=True, timeout=60)
+
+    ran = wa("run", "ping", "--json")
+    assert ran.returncode == 0, ran.stderr
+    job = json.loads(ran.stdout)["job_id"]
+    if served:
+        _wait_for_warm_cli_process(env)
+    out = small_disk / "out"
+    out.mkdir()
+    fill(small_disk)
+    res = wa("artifacts", "fetch", "--job", job, "--out", str(out))
+    assert res.returncode == 74, res.stderr
+    assert res.stderr == (
+        f"error: --out {out}: cannot write {out / job / 'ping.json'}: No space left on device;"
+        " choose a folder you can write\n"
+    )
+    assert sorted(p.name for p in (out / job).iterdir()) == []
+
+
+@pytest.fixture
+def read_only_disk(tmp_path: Path) -> Iterator[Path]:
+    """A file system mounted read-only (root is not stopped by permissions, EROFS stops it)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    (mount / "folder").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    try:
+        yield mount / "folder"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.fixture
+def thin_disk(tmp_path: Path) -> Iterator[Callable[[], Path]]:
+    """`make()`: a new ext4 file system of 64 MiB whose image lives on a 24 MiB tmpfs (a
+    thin-provisioned disk that runs out): writes land in the page cache and succeed; their
+    writeback fails, which only the fsync reports (ENOSPC or EIO). All unmounted after the test."""
+    mounts: list[Path] = []
+
+    def make() -> Path:
+        index = len(mounts) // 2
+        backing, mount = tmp_path / f"backing{index}", tmp_path / f"thin{index}"
+        backing.mkdir()
+        mount.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(backing)], check=True)
+        mounts.append(backing)
+        image = backing / "disk.img"
+        with open(image, "wb") as sparse:
+            sparse.truncate(64 << 20)
+        mkfs = ["mkfs.ext4", "-q", "-E", "lazy_itable_init=1,lazy_journal_init=1", str(image)]
+        subprocess.run(mkfs, check=True, capture_output=True)
+        subprocess.run(["mount", "-o", "loop,errors=continue", str(image), str(mount)], check=True)
+        mounts.append(mount)
+        return mount
+
+    yield make
+    for mount in reversed(mounts):  # the loop device goes with its file system's unmount
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("warm", [True, False], ids=["warm-helper", "direct"])
+def test_ssh_get_onto_a_read_only_or_thin_full_disk_is_exit_74_naming_the_target(
+    cli,
+    live_sshd: SshServer,
+    known_hosts: Path,
+    remote_dir: Path,
+    tmp_path: Path,
+    read_only_disk: Path,
+    thin_disk: Callable[[], Path],
+    warm: bool,
+) -> None:  # type: ignore[no-untyped-def]
+    """`ssh get` into a read-only file system was exit 1 (as a permission is); on a disk whose
+    space runs out only at writeback (the fsync fails) the error said `cannot write the output`
+    (stdout's message). Both are the target's disk: exit 74, `cannot write local path TARGET`."""
+    env = {**live_sshd.env(known_hosts), "WIN_AUTOMATION_SSH_PERSIST": "10m" if warm else "0"}
+    (remote_dir / "small.txt").write_text("data")
+    (remote_dir / "big.bin").write_bytes(os.urandom(40 << 20))
+    if warm:
+        assert cli("ssh", "get", str(remote_dir / "small.txt"), str(tmp_path / "s.txt"), env=env).code == 0
+    target = read_only_disk / "small.txt"
+    res = cli("ssh", "get", str(remote_dir / "small.txt"), str(target), env=env)
+    assert (res.code, res.stderr) == (74, f"error: cannot write local path {target}: Read-only file system\n")
+    target = thin_disk() / "big.bin"
+    res = cli("ssh", "get", str(remote_dir / "big.bin"), str(target), env=env)
+    assert res.code == 74 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith(f"error: cannot write local path {target}: "), res.stderr
+    assert not target.exists()

@@ -1,6 +1,6 @@
 """A job's artifact folder on the VM (`<artifacts.remote_dir>\\<job_id>\\`), read over SFTP.
 
-`VmSource` is the ArtifactSource that `artifacts.copy_verified` uses for `artifacts fetch --from vm`:
+`VmSource` is the ArtifactSource that `artifacts.copying.copy_verified` uses for `artifacts fetch --from vm`:
 it reads the folder's `manifest.json`, then downloads each listed file with the SSH layer's
 pipelined SFTP download (over the process-wide pooled connection), which hashes as it writes, so
 every size and sha256 is checked against the manifest without reading the file twice.
@@ -17,14 +17,9 @@ from pydantic import ValidationError
 
 from win_automation.adapters import sftp_download
 from win_automation.adapters.ssh import SshConnection, get_connection
+from win_automation.artifacts.copying import ArtifactSource, LocalSource
 from win_automation.artifacts.folders import job_artifacts
-from win_automation.artifacts.store import (
-    MANIFEST,
-    ArtifactSource,
-    LocalSource,
-    Manifest,
-    safe_relative,
-)
+from win_automation.artifacts.store import MANIFEST, Manifest, safe_relative
 from win_automation.config import Config
 from win_automation.errors import ArtifactMismatch, UsageError
 from win_automation.jobs.ids import validate_job_id
