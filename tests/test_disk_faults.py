@@ -303,3 +303,31 @@ def test_ssh_get_onto_a_read_only_or_thin_full_disk_is_exit_74_naming_the_target
     assert res.code == 74 and res.stderr.count("\n") == 1, res.stderr
     assert res.stderr.startswith(f"error: cannot write local path {target}: "), res.stderr
     assert not target.exists()
+
+
+@pytest.mark.parametrize("served", [False, True], ids=["in-process", "warm-cli-process"])
+@pytest.mark.parametrize("kind", ["sock", "json"])
+def test_persist_stop_and_status_survive_a_folder_in_place_of_a_socket_or_info_file(
+    cli_env: dict[str, str], kind: str, served: bool
+) -> None:
+    """A folder where a helper's (or warm CLI process's) socket or info file should be: `ssh
+    persist stop --all` was a traceback (IsADirectoryError from its unlink). It now leaves what
+    it cannot remove, exit 0, and `status` still lists it."""
+    env = {**cli_env, "WIN_AUTOMATION_CLI_SERVER": "1" if served else "0"}
+    data = Path(env["WIN_AUTOMATION_DATA_DIR"])
+
+    def wa(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*WA, *args], env=env, capture_output=True, text=True, timeout=60)
+
+    assert wa("run", "ping").returncode == 0
+    if served:
+        _wait_for_warm_cli_process(env)
+    folders = [data / "ssh-persist" / f"0123456789abcdef0123.{kind}"]
+    if not served:  # (a folder as the warm CLI process's own socket refuses every call: exit 74)
+        folders.append(data / "cli-server" / f"0123456789abcdef0123.{kind}")
+    for folder in folders:
+        folder.mkdir(parents=True)
+    for args in (["ssh", "persist", "stop", "--all"], ["ssh", "persist", "status", "--json"]):
+        res = wa(*args)
+        assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert all(folder.is_dir() for folder in folders)  # not ours to remove
