@@ -331,3 +331,34 @@ def test_persist_stop_and_status_survive_a_folder_in_place_of_a_socket_or_info_f
         res = wa(*args)
         assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
     assert all(folder.is_dir() for folder in folders)  # not ours to remove
+
+
+@pytest.mark.parametrize("what", ["fifo", "dev-zero"])
+def test_a_manifest_that_is_a_fifo_or_device_is_refused_at_once(
+    cli, live_sshd: SshServer, known_hosts: Path, tmp_path: Path, what: str
+) -> None:  # type: ignore[no-untyped-def]
+    """manifest.json as a FIFO blocked `artifacts verify|list|fetch` and `jobs resume` forever;
+    as a symlink to /dev/zero they read it into memory until the kernel killed them (exit 137).
+    Each is now one line at once, exit 74, naming it."""
+    env = live_sshd.env(known_hosts)
+    ran = cli("ssh", "run", "--json", "--shell", "cmd", "--", "exit 3", env=env)
+    assert ran.code == 3, ran.stderr
+    job = json.loads(ran.stdout)["job_id"]
+    manifest = tmp_path / "artifacts" / job / "manifest.json"
+    manifest.unlink()
+    if what == "fifo":
+        os.mkfifo(manifest)
+        said = "a FIFO"
+    else:
+        manifest.symlink_to("/dev/zero")
+        said = "a character device"
+    error = f"cannot read {manifest}: not a regular file ({said})\n"
+    for args in (
+        ["artifacts", "verify", "--job", job],
+        ["artifacts", "list", "--job", job],
+        ["artifacts", "fetch", "--job", job, "--out", str(tmp_path / "out")],
+    ):
+        res = cli(*args, env=env, timeout=20)
+        assert (res.code, res.stderr) == (74, f"error: {error}"), args
+    res = cli("jobs", "resume", job, env=env, timeout=20)
+    assert res.code == 74 and res.stderr.endswith(error), res.stderr

@@ -50,6 +50,8 @@ from win_automation.regularfiles import NotRegularFile, open_regular
 ArtifactType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=40)]
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
+MAX_MANIFEST_BYTES = 16 << 20
+"""A manifest is read whole: one larger is refused (about 80 000 files' entries)."""
 TEMP_PREFIX = ".tmp-"
 
 
@@ -144,7 +146,13 @@ def read_manifest(folder: Path) -> Manifest:
     """The folder's manifest; NoArtifacts (exit 66) when the folder or its manifest is absent."""
     path = folder / MANIFEST
     try:
-        return Manifest.model_validate_json(path.read_bytes())
+        # a FIFO or device in its place (a symlink to /dev/zero) is never read: it would block,
+        # or fill memory until the kernel kills the process
+        with open_regular(path) as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise ArtifactMismatch(f"{path}: not a valid manifest (over {MAX_MANIFEST_BYTES >> 20} MiB)")
+        return Manifest.model_validate_json(data)
     except (FileNotFoundError, NotADirectoryError):
         if not folder.is_dir():
             raise NoArtifacts(f"no artifacts for job {folder.name}: {folder} does not exist") from None

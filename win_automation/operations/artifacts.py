@@ -19,12 +19,10 @@ from win_automation.adapters import sftp_download
 from win_automation.adapters.ssh import SshConnection, get_connection
 from win_automation.artifacts.copying import ArtifactSource, LocalSource
 from win_automation.artifacts.folders import job_artifacts
-from win_automation.artifacts.store import MANIFEST, Manifest, safe_relative
+from win_automation.artifacts.store import MANIFEST, MAX_MANIFEST_BYTES, Manifest, safe_relative
 from win_automation.config import Config
 from win_automation.errors import ArtifactMismatch, UsageError
 from win_automation.jobs.ids import validate_job_id
-
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 
 def sftp_path(remote_dir: str, *parts: str) -> str:
