@@ -362,3 +362,27 @@ def test_a_manifest_that_is_a_fifo_or_device_is_refused_at_once(
         assert (res.code, res.stderr) == (74, f"error: {error}"), args
     res = cli("jobs", "resume", job, env=env, timeout=20)
     assert res.code == 74 and res.stderr.endswith(error), res.stderr
+
+
+@pytest.mark.parametrize("served", [False, True], ids=["in-process", "warm-cli-process"])
+def test_an_error_line_that_cannot_be_written_keeps_the_errors_own_exit_code(
+    cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, served: bool
+) -> None:
+    """stderr on a full disk (2>/dev/full): a bad job id or input was exit 1 (the failing write of
+    the error line raised out of its handler), a job command's failure (a refused connection)
+    exit 74; each keeps its documented code (2, 2, 3), as the error is what failed."""
+    env = {**cli_env, **live_sshd.env(known_hosts), "WIN_AUTOMATION_CLI_SERVER": "1" if served else "0"}
+    if served:
+        assert subprocess.run([*WA, "run", "ping"], env=env, capture_output=True, timeout=60).returncode == 0
+        _wait_for_warm_cli_process(env)
+    cases = [
+        (["jobs", "show", "not-a-job-id"], {}, 2),
+        (["run", "ping", "--input", '{"hold_seconds": -1}'], {}, 2),
+        (["ssh", "run", "--shell", "cmd", "--", "echo"], {"WIN_AUTOMATION_SSH_PORT": "1"}, 3),
+    ]
+    for args, extra, code in cases:
+        with open("/dev/full", "wb") as full:
+            res = subprocess.run(
+                [*WA, *args], env={**env, **extra}, stdout=subprocess.DEVNULL, stderr=full, timeout=60
+            )
+        assert res.returncode == code, args

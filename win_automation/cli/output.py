@@ -53,8 +53,13 @@ def path_text(path: object) -> str:
 
 
 def error(message: str) -> None:
-    """The one-line error every failure ends with."""
-    sys.stderr.write(f"error: {one_line(message)}\n")
+    """The one-line error every failure ends with. When stderr cannot take it (a full disk), it
+    is dropped: the caller's exit code still says what failed (it was exit 1 or 74 instead)."""
+    try:
+        sys.stderr.write(f"error: {one_line(message)}\n")
+        sys.stderr.flush()
+    except OSError:
+        discard_output()
 
 
 _OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
