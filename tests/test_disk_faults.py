@@ -386,3 +386,11 @@ def test_an_error_line_that_cannot_be_written_keeps_the_errors_own_exit_code(
                 [*WA, *args], env={**env, **extra}, stdout=subprocess.DEVNULL, stderr=full, timeout=60
             )
         assert res.returncode == code, args
+
+
+def test_doctor_says_a_read_only_file_system_not_a_permission(cli, read_only_disk: Path) -> None:  # type: ignore[no-untyped-def]
+    """doctor said `data.dir: DIR is not writable by this user` for a folder on a read-only file
+    system (remounted ro, as after a disk error): no permission change fixes that."""
+    res = cli("doctor", "--check", "folders", "--json", env={"WIN_AUTOMATION_DATA_DIR": str(read_only_disk)})
+    (check,) = json.loads(res.stdout)["checks"]
+    assert res.code == 1 and check["cause"] == f"data.dir: {read_only_disk} is on a read-only file system"

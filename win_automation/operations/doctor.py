@@ -78,6 +78,13 @@ def _free_and_writable(path: Path) -> tuple[Path, bool, int]:
     return existing, os.access(existing, os.W_OK | os.X_OK), shutil.disk_usage(existing).free
 
 
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def check_folders(config: Config) -> CheckResult:
     problems: list[str] = []
     warnings: list[str] = []
@@ -88,6 +95,8 @@ def check_folders(config: Config) -> CheckResult:
         details.append(f"{setting} {path} ({gib:.1f} GiB free)")
         if existing.exists() and not existing.is_dir():
             problems.append(f"{setting}: {existing} is a file, not a folder")
+        elif not writable and _read_only(existing):
+            problems.append(f"{setting}: {existing} is on a read-only file system")
         elif not writable:
             problems.append(f"{setting}: {existing} is not writable by this user")
         elif free < FREE_FAIL_BYTES:
