@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -394,3 +395,22 @@ def test_doctor_says_a_read_only_file_system_not_a_permission(cli, read_only_dis
     res = cli("doctor", "--check", "folders", "--json", env={"WIN_AUTOMATION_DATA_DIR": str(read_only_disk)})
     (check,) = json.loads(res.stdout)["checks"]
     assert res.code == 1 and check["cause"] == f"data.dir: {read_only_disk} is on a read-only file system"
+
+
+def test_prune_on_a_read_only_disk_is_one_line_74(cli, small_disk: Path) -> None:  # type: ignore[no-untyped-def]
+    """`artifacts prune` of an old job folder on a file system remounted read-only was a
+    traceback (OSError from shutil.rmtree, exit 1): one line naming the folder, exit 74."""
+    env = {"WIN_AUTOMATION_ARTIFACT_OUT": str(small_disk / "art")}
+    ran = cli("run", "ping", "--json", env=env)
+    job = json.loads(ran.stdout)["job_id"]
+    manifest = small_disk / "art" / job / "manifest.json"
+    old = re.sub(r'"created_at": "[^"]*"', '"created_at": "2020-01-01T00:00:00Z"', manifest.read_text())
+    manifest.write_text(old)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    res = cli("artifacts", "prune", "--older-than", "1d", env=env)
+    folder = small_disk / "art" / job
+    assert (res.code, res.stderr) == (
+        74,
+        f"error: artifacts.out_dir: cannot remove {folder}: Read-only file system\n",
+    )
+    assert manifest.is_file()
