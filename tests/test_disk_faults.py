@@ -414,3 +414,29 @@ def test_prune_on_a_read_only_disk_is_one_line_74(cli, small_disk: Path) -> None
         f"error: artifacts.out_dir: cannot remove {folder}: Read-only file system\n",
     )
     assert manifest.is_file()
+
+
+def test_trust_and_metrics_onto_a_full_or_read_only_disk_name_their_file(
+    cli, live_sshd: SshServer, known_hosts: Path, small_disk: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """`ssh trust` whose known-hosts file is on a full disk said `cannot write the output` (and
+    left its .tmp file), on a read-only one it was a traceback; `--metrics` with metrics.path
+    there, the same. Each is one line naming the setting and file, exit 74, nothing left over."""
+    env = live_sshd.env(known_hosts)
+    trusted = small_disk / "known_hosts"
+    metrics = small_disk / "metrics.txt"
+    trust = ["ssh", "trust", "--fingerprint", live_sshd.fingerprint()]
+    run = ["run", "ping", "--metrics", "--metrics-interval", "0.2s", "--input", '{"hold_seconds": 0.5}']
+    filler = fill(small_disk)
+    for why in ("No space left on device", "Read-only file system"):
+        res = cli(*trust, env={**env, "WIN_AUTOMATION_SSH_KNOWN_HOSTS": str(trusted)})
+        assert (res.code, res.stderr) == (74, f"error: ssh.known_hosts: cannot write {trusted}: {why}\n")
+        res = cli(*run, env={"WIN_AUTOMATION_METRICS_PATH": str(metrics)})
+        assert res.code == 74 and "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.endswith(f"error: metrics.path: cannot write {metrics}: {why}\n"), res.stderr
+        assert res.stderr.count("metrics could not be written") <= 1  # the thread's, once
+        assert not trusted.exists() and not list(small_disk.glob("*.tmp"))
+        if why.startswith("No space"):
+            metrics.unlink(missing_ok=True)
+            filler.unlink()
+            subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
