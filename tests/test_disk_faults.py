@@ -440,3 +440,28 @@ def test_trust_and_metrics_onto_a_full_or_read_only_disk_name_their_file(
             metrics.unlink(missing_ok=True)
             filler.unlink()
             subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+
+
+@pytest.mark.parametrize("damage", ["locks-is-a-file", "lock-is-a-folder"])
+def test_a_desktop_lock_that_cannot_be_created_is_one_line_74(cli, tmp_path: Path, damage: str) -> None:  # type: ignore[no-untyped-def]
+    """A GUI job whose desktop lock cannot be created (a file as data.dir/locks, a folder as the
+    lock file; a read-only disk alike) was a traceback (exit 1): one line naming it, exit 74, and
+    the job is not left running."""
+    locks = tmp_path / "data" / "locks"
+    if damage == "locks-is-a-file":
+        locks.parent.mkdir(parents=True)
+        locks.write_text("")
+        bad, why = locks, "it exists and is not a folder"
+    else:
+        locks.mkdir(parents=True)
+        bad, why = locks / "gui-localhost_22555.lock", "Is a directory"
+        bad.mkdir()
+    vm = {"WIN_AUTOMATION_SSH_HOST": "localhost", "WIN_AUTOMATION_SSH_PORT": "22555"}
+    res = cli("run", "aloha-task", "--input", '{"task": "open notepad"}', env=vm)
+    assert (res.code, res.stderr) == (
+        74,
+        f"error: the desktop lock {locks / 'gui-localhost_22555.lock'} cannot be used: {bad}: {why}; move"
+        " it aside (or point data.dir, WIN_AUTOMATION_DATA_DIR, elsewhere)\n",
+    )
+    (job,) = json.loads(cli("jobs", "list", "--json").stdout)
+    assert job["state"] == "interrupted", job
