@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 from conftest import stop_warm_helpers
 from fixture_sshd import SshServer
 from test_cli_faults import _start_warm_cli_process
+from test_playwright_install import make_wheel
 
 from win_automation.cli import launch
 
@@ -465,3 +467,22 @@ def test_a_desktop_lock_that_cannot_be_created_is_one_line_74(cli, tmp_path: Pat
     )
     (job,) = json.loads(cli("jobs", "list", "--json").stdout)
     assert job["state"] == "interrupted", job
+
+
+def test_a_wheel_that_does_not_fit_in_the_cache_leaves_no_truncated_copy(
+    cli, small_disk: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """`playwright install --wheel W` with data.dir on a full disk was a traceback (exit 1) and
+    left a truncated wheel in the cache, which a later run without --wheel takes for the cached
+    one: one line naming the cache file, exit 74, nothing left."""
+    wheel = make_wheel(tmp_path)
+    with zipfile.ZipFile(wheel, "a") as archive:  # incompressible: more than the disk holds
+        archive.writestr("playwright/driver/big.bin", os.urandom(2 << 20))
+    data = small_disk / "data"
+    res = cli("playwright", "install", "--wheel", str(wheel), env={"WIN_AUTOMATION_DATA_DIR": str(data)})
+    cached = data / "playwright" / wheel.name
+    assert (res.code, res.stderr) == (
+        74,
+        f"error: data.dir: cannot copy the wheel to {cached}: No space left on device\n",
+    )
+    assert list((data / "playwright").iterdir()) == []
