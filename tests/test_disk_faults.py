@@ -486,3 +486,30 @@ def test_a_wheel_that_does_not_fit_in_the_cache_leaves_no_truncated_copy(
         f"error: data.dir: cannot copy the wheel to {cached}: No space left on device\n",
     )
     assert list((data / "playwright").iterdir()) == []
+
+
+def test_a_manifest_on_the_vm_is_never_copied_whole_into_a_small_tmpdir(
+    cli, live_sshd: SshServer, known_hosts: Path, remote_dir: Path, small_disk: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """`artifacts fetch --from vm` downloaded the VM's manifest.json whole into a temporary file
+    before checking its 16 MiB bound, so a huge one filled TMPDIR; on a full TMPDIR it said
+    `cannot write 3` (a descriptor). One over the bound is refused from its size (exit 1); a
+    TMPDIR that fills is named (exit 74)."""
+    job = json.loads(cli("run", "ping", "--json").stdout)["job_id"]
+    vm_root = remote_dir / "vm-artifacts"
+    (vm_root / job).mkdir(parents=True)
+    for folder in (vm_root, vm_root / job):
+        os.chmod(folder, 0o755)  # the test login reads them
+    env = {**live_sshd.env(known_hosts), "TMPDIR": str(small_disk)}
+    env["WIN_AUTOMATION_ARTIFACTS_REMOTE_DIR"] = str(vm_root)
+    manifest = vm_root / job / "manifest.json"
+    fetch = ["artifacts", "fetch", "--job", job, "--from", "vm", "--out", str(tmp_path / "out")]
+    for extra, code, said in (
+        (3 << 20, 74, f"cannot write a temporary file in {small_disk} (the manifest from the VM)"),
+        (20 << 20, 1, "on the VM: not a manifest (remote file"),
+    ):
+        manifest.write_bytes(b"{" + b" " * extra)
+        os.chmod(manifest, 0o644)
+        res = cli(*fetch, env=env)
+        assert res.code == code and said in res.stderr and res.stderr.count("\n") == 1, res.stderr
+        assert list(small_disk.iterdir()) == []

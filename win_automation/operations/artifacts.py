@@ -21,7 +21,7 @@ from win_automation.artifacts.copying import ArtifactSource, LocalSource
 from win_automation.artifacts.folders import job_artifacts
 from win_automation.artifacts.store import MANIFEST, MAX_MANIFEST_BYTES, Manifest, safe_relative
 from win_automation.config import Config
-from win_automation.errors import ArtifactMismatch, UsageError
+from win_automation.errors import ArtifactMismatch, StorageError, UsageError
 from win_automation.jobs.ids import validate_job_id
 
 
@@ -44,12 +44,17 @@ class VmSource:
 
     def manifest(self) -> Manifest:
         path = sftp_path(self.remote_dir, self.job_id, MANIFEST)
-        with tempfile.TemporaryFile() as buffer:
-            copied = sftp_download.download(self.conn, path, buffer)  # NotFoundError names the path
-            if copied.size > MAX_MANIFEST_BYTES:
-                raise ArtifactMismatch(f"{path} on the VM is {copied.size} bytes: not a manifest")
-            buffer.seek(0)
-            raw = buffer.read()
+        where = f"a temporary file in {tempfile.gettempdir()} (the manifest from the VM)"
+        try:
+            with tempfile.TemporaryFile() as buffer:
+                # NotFoundError names the path; one over the bound is never written whole here
+                sftp_download.download(self.conn, path, buffer, target=where, limit=MAX_MANIFEST_BYTES)
+                buffer.seek(0)
+                raw = buffer.read()
+        except sftp_download.TooLarge as exc:
+            raise ArtifactMismatch(f"{path} on the VM: not a manifest ({exc})") from None
+        except OSError as exc:  # no temporary folder that can be written (TMPDIR)
+            raise StorageError(f"cannot use {where}: {exc.strerror or exc}") from None
         try:
             manifest = Manifest.model_validate_json(raw)
         except ValidationError as exc:
