@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from fixture_jobs import wait_for
 
+from win_automation.artifacts.copying import copy_verified
 from win_automation.artifacts.retention import prune
 from win_automation.artifacts.store import (
     ArtifactWriter,
     _HashingWriter,
-    copy_verified,
     hash_file,
     read_manifest,
     safe_relative,

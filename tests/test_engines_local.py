@@ -20,7 +20,7 @@ from win_automation.artifacts.store import verify_folder
 from win_automation.config import Config
 from win_automation.definition import Step, StepContext, Workflow
 from win_automation.engines.local import LocalEngine
-from win_automation.errors import ConnectError, UsageError
+from win_automation.errors import ConnectError, StorageError, UsageError
 from win_automation.jobs.connection import JOURNAL_FILE
 from win_automation.jobs.journal import Journal
 from win_automation.jobs.state import JobState
@@ -264,10 +264,10 @@ def test_an_engine_failure_is_recorded_not_left_queued(jobs_config: Config) -> N
     (jobs_config.data.dir / "locks").write_text("a file where the lock folder should be")
     wf = Workflow(name="gui-test", input=Count, gui=True, steps=(Step("one", lambda i, c: Count(), Count),))
     engine = LocalEngine(jobs_config)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(StorageError, match="it exists and is not a folder"):  # exit 74, one line
         engine.run(wf, Count())
     (job,) = engine.journal.list_jobs()
-    assert job.state == JobState.INTERRUPTED and (job.error or "").startswith("engine: FileExistsError")
+    assert job.state == JobState.INTERRUPTED and (job.error or "").startswith("engine: the desktop lock ")
     assert engine.journal.steps(job.job_id)[0].state == JobState.INTERRUPTED  # resumable, as the job
 
 

@@ -29,8 +29,10 @@
     │                                          journal, an unwritable data.dir or --out folder
     │   ├── StorageFull      transient exit 74 no space (or quota, or an I/O error) on the way to
     │   │                                      a local file: a retry may find room again
-    │   └── JournalBusy                exit 74 another process held the journal locked past the
-    │                                          busy timeout (jobs.connection)
+    │   └── JournalError               exit 74 the journal cannot be read or written: corrupt,
+    │       │                                  on a full or read-only disk (jobs.connection)
+    │       └── JournalBusy            exit 74 another process held the journal locked past the
+    │                                          busy timeout
     └── Cancelled                      exit 130 the job or command was cancelled (or interrupted)
         └── Superseded                 exit 130 another process took the job over (resumed it
                                                after this owner stopped heart-beating)
@@ -101,7 +103,13 @@ class StorageFull(StorageError):
     transient = True
 
 
-class JournalBusy(StorageError):
+class JournalError(StorageError):
+    """The journal itself failed (corrupt, a full or read-only disk): the engine's fault, never a
+    step's; a job whose change it could not record is left to the next Journal.open to mark
+    interrupted."""
+
+
+class JournalBusy(JournalError):
     """Another process kept the journal locked past the busy timeout: nothing was written."""
 
 

@@ -14,6 +14,7 @@ appended to `metrics.path` (`WIN_AUTOMATION_METRICS_PATH`) when it is set.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -23,6 +24,9 @@ from pathlib import Path
 from typing import TextIO
 
 from win_automation.durations import rfc3339
+from win_automation.errors import StorageError
+
+log = logging.getLogger(__name__)
 
 COUNTERS: tuple[str, ...] = (
     "jobs_enqueued_total",
@@ -88,17 +92,27 @@ class MetricsEmitter:
     def emit(self) -> None:
         text = "".join(line + "\n" for line in format_lines(snapshot(), time.time()))
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="ascii") as handle:
-                handle.write(text)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a", encoding="ascii") as handle:
+                    handle.write(text)
+            except OSError as exc:  # a full or read-only disk: named, exit 74 (not stdout's error)
+                raise StorageError(f"metrics.path: cannot write {self.path}: {exc.strerror or exc}") from None
         else:
             stream = self.stream or sys.stdout
             stream.write(text)
             stream.flush()
 
     def _loop(self) -> None:
+        failing = False
         while not self._stop.wait(self.interval):
-            self.emit()
+            try:
+                self.emit()
+                failing = False
+            except Exception as exc:  # the thread goes on; said once per outage, and by stop()
+                if not failing:
+                    log.warning("metrics could not be written", extra={"op": "metrics", "err": str(exc)})
+                failing = True
 
     def start(self) -> None:
         self._thread.start()

@@ -8,6 +8,7 @@ only writer of the known-hosts file.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import paramiko
 
-from win_automation.errors import ConfigError, HostKeyError
+from win_automation.errors import ConfigError, HostKeyError, StorageError
 from win_automation.regularfiles import not_regular
 
 TRUST_COMMAND = "win-automation ssh trust"
@@ -231,13 +232,18 @@ def record(key: paramiko.PKey, *, host: str, port: int, known_hosts: Path, repla
         if others:
             kept.append(paramiko.hostkeys.HostKeyEntry(others, entry.key).to_line())
     kept.append(f"{name} {key.get_name()} {key.get_base64()}\n")
-    known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = known_hosts.with_name(known_hosts.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        os.fchmod(file.fileno(), 0o600)
-        file.write("".join(kept))
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, known_hosts)
+    try:
+        known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            os.fchmod(file.fileno(), 0o600)
+            file.write("".join(kept))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, known_hosts)
+    except OSError as exc:  # a full or read-only disk: the file is as it was, no .tmp left
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise StorageError(f"ssh.known_hosts: cannot write {known_hosts}: {exc.strerror or exc}") from None
     return True

@@ -153,7 +153,9 @@ def discard(sock: Path, *, kill: bool) -> None:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
     for path in (sock, info_path(sock)):
-        with contextlib.suppress(FileNotFoundError):
+        # gone already, or not ours to remove: a folder in its place, a read-only data dir
+        # (`ssh persist status` still shows it; a call refuses a socket that is not one)
+        with contextlib.suppress(OSError):
             path.unlink()
 
 

@@ -47,6 +47,12 @@ _STATUS, _HANDLE, _DATA, _ATTRS = 101, 102, 103, 105
 _FX_EOF, _FX_NO_SUCH_FILE, _FX_PERMISSION_DENIED = 1, 2, 3
 _READ_FLAG = 0x01
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
+class TooLarge(WinAutomationError):
+    """A remote file over the `limit` its download allows (exit 1)."""
+
+
 _ATTR_SIZE = 0x01
 
 
@@ -266,11 +272,13 @@ def download(
     cancelled: Callable[[], bool] | None = None,
     target: str | None = None,
     on_start: Callable[[], None] | None = None,
+    limit: int | None = None,
 ) -> Copied:
     """Copy remote file `remote` into `out` (seekable, empty); returns its size and sha256.
     A write that fails here (disk full, ...) is a StorageError naming `target` (default: out's
     name); `cancelled()` turning true stops the transfer with a ConnectError. `on_start()` runs
-    once the SFTP session is up, before anything is written to `out`."""
+    once the SFTP session is up, before anything is written to `out`. A file over `limit` bytes
+    is refused (TooLarge) before more than `limit` bytes are written (as it says, or as it grows)."""
     what = f"SFTP download of {remote}"
     channel = conn.open_channel(window_size=CHANNEL_WINDOW, max_packet_size=CHANNEL_PACKET)
     try:
@@ -293,6 +301,7 @@ def download(
                 Deadline(conn, what),
                 cancelled,
                 str(target if target is not None else getattr(out, "name", "the local file")),
+                limit,
             )
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise ConnectError(f"SFTP download of {remote} failed: {exc}") from exc
@@ -308,6 +317,7 @@ def _download(
     deadline: Deadline,
     cancelled: Callable[[], bool] | None,
     target: str,
+    limit: int | None = None,
 ) -> Copied:
     stream.channel.sendall(struct.pack(">IBI", 5, _INIT, 3))
     kind, _ = stream.packet_bytes()
@@ -331,6 +341,8 @@ def _download(
         (flags,) = struct.unpack_from(">I", attrs, 4)
         if flags & _ATTR_SIZE:
             (size,) = struct.unpack_from(">Q", attrs, 8)
+    if limit is not None and size > limit:
+        raise TooLarge(f"remote file {remote} is {size} bytes, over the {limit} bytes it may be")
     deadline.arm(size)
 
     hasher = _Hasher()
@@ -367,6 +379,8 @@ def _download(
             if kind == _DATA:
                 (got,) = struct.unpack_from(">I", body, 4)
                 data = body[8 : 8 + got]
+                if limit is not None and offset + got > limit:  # it grew while it was read
+                    raise TooLarge(f"remote file {remote} is over the {limit} bytes it may be")
                 try:
                     os.pwrite(fd, data, offset)
                 except OSError as exc:  # no space, a quota, an I/O error: StorageFull, as artifacts

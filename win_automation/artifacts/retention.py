@@ -18,7 +18,7 @@ from pathlib import Path
 
 from win_automation.artifacts.store import TEMP_PREFIX, read_manifest
 from win_automation.config import Config
-from win_automation.errors import ArtifactMismatch, NotFoundError
+from win_automation.errors import ArtifactMismatch, NotFoundError, StorageError
 from win_automation.jobs.ids import is_job_id
 from win_automation.jobs.journal import Journal
 from win_automation.partfiles import is_stale
@@ -66,7 +66,13 @@ def prune(
             continue
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
         if not dry_run:
-            shutil.rmtree(folder)
+            try:
+                shutil.rmtree(folder)
+            except OSError as exc:  # a read-only disk (remounted after an error): one line, 74
+                done = f"; {len(pruned)} older folder(s) pruned before it" if pruned else ""
+                raise StorageError(
+                    f"artifacts.out_dir: cannot remove {folder}: {exc.strerror or exc}{done}"
+                ) from None
         pruned.append(PruneResult(folder.name, created, size))
     return pruned
 
@@ -114,6 +120,9 @@ def remove_stale_temps(folder: Path, *, dry_run: bool = False) -> list[Path]:
             continue
         if stat.S_ISREG(info.st_mode) and is_stale(path.name, info.st_mtime):
             if not dry_run:
-                path.unlink(missing_ok=True)
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:  # a read-only disk: left for a later pass
+                    continue
             removed.append(path)
     return removed

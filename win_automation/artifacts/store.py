@@ -11,13 +11,14 @@ then the manifest is rewritten the same way (temp, fsync, rename, fsync of the f
 any point leaves a manifest that names only complete files with their true size and hash (at
 worst a stray `.tmp-*` file, which `verify` ignores and retention removes).
 
-Reading: `verify_folder` re-hashes every listed file; `copy_verified` copies a job's artifacts
-from an ArtifactSource (a local folder, or the VM) elsewhere, checking each file as it streams.
+Reading: `verify_folder` re-hashes every listed file; `copy_verified` (win_automation.artifacts.
+copying) copies a job's artifacts elsewhere, checking each file as it streams.
 Hashing is win_automation.artifacts.hashing; retention (`prune`) win_automation.artifacts.retention.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -28,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Annotated, BinaryIO, Protocol
+from typing import IO, Annotated
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
@@ -44,13 +45,14 @@ from win_automation.errors import (
 )
 from win_automation.jobs.ids import validate_job_id
 from win_automation.partfiles import fitting, owner_tag
-from win_automation.regularfiles import NotRegularFile, not_regular, open_regular
+from win_automation.regularfiles import NotRegularFile, open_regular
 
 ArtifactType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=40)]
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
+MAX_MANIFEST_BYTES = 16 << 20
+"""A manifest is read whole: one larger is refused (about 80 000 files' entries)."""
 TEMP_PREFIX = ".tmp-"
-MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # some 100,000 artifacts; a larger manifest.json is not one
 
 
 def is_safe_relative(name: str) -> bool:
@@ -111,7 +113,7 @@ def job_folder(root: Path, job_id: str) -> Path:
     return root / validate_job_id(job_id)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -119,7 +121,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     temp = path.with_name(temp_name(path.name))
     try:
         with temp.open("wb") as handle:
@@ -128,17 +130,26 @@ def _atomic_write(path: Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(temp, path)
     except BaseException:
-        temp.unlink(missing_ok=True)
+        discard(temp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
+
+
+def discard(temp: Path) -> None:
+    """Remove a temporary file after a failure; on a file system that went read-only meanwhile it
+    stays (the failure that brought us here is the one to report; retention removes it later)."""
+    with contextlib.suppress(OSError):
+        temp.unlink(missing_ok=True)
 
 
 def read_manifest(folder: Path) -> Manifest:
     """The folder's manifest; NoArtifacts (exit 66) when the folder or its manifest is absent."""
     path = folder / MANIFEST
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_MANIFEST_BYTES + 1)  # never more: a huge file is not read whole
+        # a FIFO or device in its place (a symlink to /dev/zero) is never read: it would block,
+        # or fill memory until the kernel kills the process; a huge file is not read whole
+        with open_regular(path) as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
         if len(data) > MAX_MANIFEST_BYTES:
             raise ArtifactMismatch(f"{path} is over {MAX_MANIFEST_BYTES >> 20} MiB: not a manifest")
         return Manifest.model_validate_json(data)
@@ -219,7 +230,7 @@ class ArtifactWriter:
                 if pending:
                     for folder in {(self.folder / e.path).parent for e in pending}:
                         try:
-                            _fsync_dir(folder)  # their renames, before the manifest names them
+                            fsync_dir(folder)  # their renames, before the manifest names them
                         except OSError as exc:
                             raise _unwritable(exc, folder) from None
                     self._record(*pending)
@@ -253,11 +264,11 @@ class ArtifactWriter:
             try:
                 os.replace(temp, target)
                 if self._pending is None:  # a batch syncs the folder once, at its end
-                    _fsync_dir(target.parent)
+                    fsync_dir(target.parent)
             except OSError as exc:
                 raise _unwritable(exc, target) from None
         except BaseException:
-            temp.unlink(missing_ok=True)
+            discard(temp)
             raise
         entry = ArtifactEntry(type=type, path=name, size_bytes=writer.size, sha256=writer.digest.hexdigest())
         with self._lock:
@@ -304,7 +315,7 @@ class ArtifactWriter:
                 latest.values()
             )
             try:
-                _atomic_write(self.folder / MANIFEST, manifest.model_dump_json(indent=2).encode() + b"\n")
+                atomic_write(self.folder / MANIFEST, manifest.model_dump_json(indent=2).encode() + b"\n")
             except OSError as exc:
                 raise _unwritable(exc, self.folder / MANIFEST) from None
 
@@ -360,95 +371,3 @@ def verify_folder(folder: Path, progress: Callable[[int], None] | None = None) -
     mismatches = [m for e in manifest.artifacts if (m := check_entry(folder, e, progress))]
     raise_mismatches(f"verify {folder.name}", mismatches)
     return manifest
-
-
-class ArtifactSource(Protocol):
-    """Where `copy_verified` reads a job's artifacts from: a local folder, or the VM over SFTP
-    (win_automation.operations.artifacts)."""
-
-    def manifest(self) -> Manifest: ...
-
-    def copy(self, path: str, out: BinaryIO, progress: Callable[[int], None] | None) -> tuple[int, str]:
-        """Write artifact `path` into `out`; its (size, sha256) as read. FileNotFoundError or
-        NotFoundError when it is missing."""
-        ...
-
-
-class LocalSource:
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def manifest(self) -> Manifest:
-        return read_manifest(self.folder)
-
-    def copy(self, path: str, out: BinaryIO, progress: Callable[[int], None] | None) -> tuple[int, str]:
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        digest, size = hashlib.sha256(), 0
-        with open_regular(self.folder / path) as src:  # a FIFO or device is refused, never read
-            while count := src.readinto(buffer):
-                digest.update(view[:count])
-                out.write(view[:count])
-                size += count
-                if progress is not None:
-                    progress(count)
-        return size, digest.hexdigest()
-
-
-def copy_verified(
-    source: ArtifactSource | Path, out: Path, progress: Callable[[int], None] | None = None
-) -> tuple[Manifest, list[Mismatch]]:
-    """Copy every listed artifact of `source` into `out`, hashing as it streams. A file that does
-    not match is not left in `out`; the manifest is written last, only when all files matched.
-    A source file that cannot be read is a Mismatch; an `out` that cannot be written, StorageError."""
-    source = LocalSource(source) if isinstance(source, Path) else source
-    manifest = source.manifest()
-    _writable(out)
-    mismatches: list[Mismatch] = []
-    for entry in manifest.artifacts:
-        target = out / safe_relative(entry.path)
-        _writable(target.parent)
-        if (what := not_regular(target)) is not None:  # the rename would replace a FIFO or device
-            raise StorageError(f"cannot write {target}: it is {what}, not a regular file")
-        temp = target.with_name(temp_name(target.name))
-        try:
-            dst = temp.open("wb")
-        except OSError as exc:
-            raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from None
-        try:
-            with dst:
-                size, sha = source.copy(entry.path, dst, progress)
-        except (OSError, NotFoundError) as exc:
-            temp.unlink(missing_ok=True)
-            if isinstance(exc, OSError) and exc.filename is not None and Path(exc.filename) == temp:
-                raise StorageError(f"cannot write {target}: {exc.strerror or exc}") from None
-            why = unreadable(exc) if isinstance(exc, OSError) else "missing"
-            mismatches.append(Mismatch(entry.path, why))
-            continue
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        problem = compare(entry, size, sha)
-        if problem:
-            temp.unlink()
-            mismatches.append(problem)
-        else:
-            os.replace(temp, target)
-    if not mismatches:
-        try:
-            _atomic_write(out / MANIFEST, manifest.model_dump_json(indent=2).encode() + b"\n")
-        except OSError as exc:
-            raise StorageError(f"cannot write {out / MANIFEST}: {exc.strerror or exc}") from None
-    return manifest, mismatches
-
-
-def _writable(folder: Path) -> None:
-    """Create `folder` (and its parents); StorageError saying why when it cannot be."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise StorageError(f"cannot write into {folder}: it exists and is not a folder") from None
-    except OSError as exc:
-        raise StorageError(f"cannot write into {folder}: {exc.strerror or exc}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise StorageError(f"cannot write into {folder}: permission denied")

@@ -66,8 +66,14 @@ def shortened(text: str) -> str:
 
 
 def error(message: str) -> None:
-    """The one-line error every failure ends with; at most about MAX_ERROR_CHARS characters."""
-    sys.stderr.write(f"error: {shortened(one_line(message))}\n")
+    """The one-line error every failure ends with; at most about MAX_ERROR_CHARS characters.
+    When stderr cannot take it (a full disk), it is dropped: the caller's exit code still says
+    what failed (it was exit 1 or 74 instead)."""
+    try:
+        sys.stderr.write(f"error: {shortened(one_line(message))}\n")
+        sys.stderr.flush()
+    except OSError:
+        discard_output()
 
 
 _OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})

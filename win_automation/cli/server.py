@@ -361,7 +361,8 @@ def main(argv: list[str]) -> int:
         server.listen()
         write_info(info_path(sock), info)
     except OSError as exc:  # a full disk, a read-only folder: calls run in-process, as without it
-        sys.stderr.write(f"warm CLI process: cannot serve at {sock}: {exc.strerror or exc}\n")
+        where = exc.filename2 or exc.filename or sock  # the info file, when it is what failed
+        sys.stderr.write(f"warm CLI process: cannot serve at {sock}: {where}: {exc.strerror or exc}\n")
         for path in (sock, info_path(sock)):
             with contextlib.suppress(OSError):
                 os.unlink(path)

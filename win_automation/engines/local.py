@@ -54,7 +54,14 @@ from win_automation.engines.outcome import (
     retryable,
 )
 from win_automation.engines.recorder import JobRecorder
-from win_automation.errors import Cancelled, JournalBusy, NotFoundError, Skipped, Superseded, UsageError
+from win_automation.errors import (
+    Cancelled,
+    JournalError,
+    NotFoundError,
+    Skipped,
+    Superseded,
+    UsageError,
+)
 from win_automation.jobs.ids import validate_job_id
 from win_automation.jobs.journal import Journal
 from win_automation.jobs.records import JobRecord
@@ -224,9 +231,10 @@ class LocalEngine:
                 outputs[step.name] = self._run_step(job, step, input, parents, writer, cancel, recorder, emit)
             except Skipped as skipped:
                 outputs[step.name] = skipped.result
-            except (Cancelled, JournalBusy):
-                # a step's end the journal refused: the engine's failure, not the step's (its
-                # dependents, never told to skip, must not run once the lock is gone)
+            except (Cancelled, JournalError):
+                # a step's end the journal refused (locked, a full or read-only disk): the
+                # engine's failure, not the step's; its dependents, never told to skip, must not
+                # run, and the job must not be read back as if it had ended
                 raise
             except Exception as exc:
                 if workflow.gui:  # the screen at the moment of failure
@@ -285,9 +293,9 @@ class LocalEngine:
             state = JobState.FAILED if started else JobState.INTERRUPTED
             recorder.end(state, f"engine: {message}", code)
         except Exception as failure:
-            # still locked: the CLI's error line says so; the next Journal.open marks the job
-            # interrupted, as its owner has exited by then
-            level = logging.INFO if isinstance(failure, JournalBusy) else logging.WARNING
+            # still locked, full or read-only: the CLI's error line says so; the next
+            # Journal.open marks the job interrupted, as its owner has exited by then
+            level = logging.INFO if isinstance(failure, JournalError) else logging.WARNING
             log.log(
                 level,
                 "could not record the engine failure",

@@ -6,7 +6,7 @@ cancel flag (and their ownership: a job taken over by another process, e.g. resu
 was paused, counts as cancelled here) every `poll` seconds, so `jobs cancel` from another process is
 seen within ~0.1 s even while a step is busy, and trips the deadline of the running step attempt.
 Either turns the step's `ctx.cancelled()` true. Its connection waits at most BUSY_TIMEOUT for a
-journal another process holds locked (then tries again at the next poll), so that a lock does not
+journal another process holds locked (then tries again a heartbeat later), so that a lock does not
 make a step's deadline late by the journal's 10 s busy timeout.
 """
 
@@ -127,6 +127,7 @@ class JobMonitor:
 
     def _watch(self) -> None:
         last_beat = time.monotonic()
+        failing = False  # the last poll could not reach the journal
         while not self._stopped.wait(self._poll):
             with self._lock:
                 jobs = dict(self._jobs)
@@ -146,9 +147,19 @@ class JobMonitor:
                     if cancel or (epoch is not None and current != epoch):
                         event.set()
                 if time.monotonic() - last_beat >= self._heartbeat:
-                    journal.heartbeat({job_id: epoch for job_id, (_, epoch) in jobs.items()})
+                    # tried again a heartbeat later, not at every poll, when it fails
                     last_beat = time.monotonic()
-            except JournalBusy:  # another process holds it: the job's own write says so, once
-                log.info("job monitor could not reach the journal", exc_info=True, extra={"op": "monitor"})
-            except Exception:  # a busy or broken journal must not kill the monitor
-                log.warning("job monitor could not reach the journal", exc_info=True, extra={"op": "monitor"})
+                    journal.heartbeat({job_id: epoch for job_id, (_, epoch) in jobs.items()})
+                    failing = False  # written again: the outage is over
+            except Exception as exc:  # a busy or broken journal must not kill the monitor
+                # said once per outage (a full disk fails every heartbeat of an hour-long job);
+                # a lock is said by the job's own write, once
+                if not failing:
+                    level = logging.INFO if isinstance(exc, JournalBusy) else logging.WARNING
+                    log.log(
+                        level,
+                        "job monitor could not reach the journal",
+                        exc_info=True,
+                        extra={"op": "monitor"},
+                    )
+                failing = True

@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
-from win_automation.errors import JournalBusy, NotFoundError, StorageError, Superseded
+from win_automation.errors import JournalBusy, JournalError, NotFoundError, Superseded
 from win_automation.jobs.owners import process_start
 from win_automation.jobs.records import (
     EventRecord,
@@ -26,6 +27,7 @@ from win_automation.jobs.records import (
 )
 from win_automation.jobs.schema import MIGRATIONS
 from win_automation.jobs.state import JobState
+from win_automation.regularfiles import kind
 
 JOURNAL_FILE = "journal.sqlite3"
 BUSY_TIMEOUT_SECONDS = 10.0
@@ -36,7 +38,7 @@ MAX_SQLITE_PATH = 503
 @contextmanager
 def storage_faults(path: Path) -> Iterator[None]:
     """SQLite's errors about the file itself (corrupt, read-only, cannot be opened) as one-line
-    StorageErrors that say where the journal is and what to do; constraint errors pass through."""
+    JournalErrors that say where the journal is and what to do; constraint errors pass through."""
     try:
         yield
     except sqlite3.IntegrityError:
@@ -49,20 +51,89 @@ def storage_faults(path: Path) -> Iterator[None]:
                 f" {BUSY_TIMEOUT_SECONDS:g} s); try again once it is released"
             ) from None
         if not isinstance(exc, sqlite3.OperationalError) or "malformed" in reason:
-            raise StorageError(
+            raise JournalError(
                 f"the journal {path} is corrupt ({reason}): move it aside (mv {path} {path}.corrupt)"
                 " and the next command starts a new, empty journal; the artifact folders are intact"
             ) from None
         if len(os.fsencode(path)) > MAX_SQLITE_PATH:  # SQLite's unix VFS: 512 with its "-journal"
-            raise StorageError(
+            raise JournalError(
                 f"the journal {path} cannot be used: its path is {len(os.fsencode(path))} bytes, over"
                 f" the {MAX_SQLITE_PATH} SQLite opens (point data.dir, WIN_AUTOMATION_DATA_DIR, at a"
                 " shorter path)"
             ) from None
-        raise StorageError(
-            f"the journal {path} cannot be used ({reason}): data.dir {path.parent} must be a"
-            " writable folder (or point data.dir, WIN_AUTOMATION_DATA_DIR, elsewhere)"
+        if (misplaced := _misplaced_error(path)) is not None:
+            raise misplaced from None
+        raise JournalError(
+            f"the journal {path} cannot be used ({reason}{_disk_state(path.parent)}): data.dir"
+            f" {path.parent} must be a writable folder with free space (or point data.dir,"
+            " WIN_AUTOMATION_DATA_DIR, elsewhere)"
         ) from None
+
+
+def journal_problem(data_dir: Path) -> str | None:
+    """What is wrong with the journal in `data_dir`, as the commands would say it (corrupt, a
+    directory in its place, unreadable), or None when it reads whole or is not there yet. Reads
+    only: opened read-only, `PRAGMA quick_check` (for `doctor`, which changes nothing)."""
+    path = data_dir / JOURNAL_FILE
+    try:
+        with storage_faults(path):
+            if (misplaced := _misplaced_error(path)) is not None:
+                return str(misplaced)
+            if not path.exists():
+                return None
+            # read-only; with no -wal file (no writer has it open), `immutable`: a read-only
+            # open of a WAL journal would leave a -wal and -shm file behind
+            wal = path.with_name(path.name + "-wal").exists()
+            mode = "mode=ro" if wal else "immutable=1"
+            conn = sqlite3.connect(f"{path.absolute().as_uri()}?{mode}", uri=True, timeout=1.0)
+            try:
+                (verdict,) = conn.execute("PRAGMA quick_check(1)").fetchone()
+            finally:
+                conn.close()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+    except JournalBusy:
+        return None  # in use by a writer: nothing wrong with the file
+    except JournalError as exc:
+        return str(exc)
+    return None
+
+
+def _misplaced_error(path: Path) -> JournalError | None:
+    """The error for the journal or its -wal/-shm file when something other than a regular file
+    is in its place: a directory, a FIFO, a device, a symlink to one or to nothing."""
+    for where in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = os.stat(where).st_mode
+        except FileNotFoundError:
+            if not os.path.islink(where):
+                continue
+            what = f"a symlink to a missing {os.readlink(where)}"
+        except OSError as exc:
+            what = f"unusable ({exc.strerror})"
+        else:
+            if stat.S_ISREG(mode):
+                continue
+            what = kind(mode)
+        return JournalError(
+            f"the journal {path} cannot be used: {where} is {what}, not a file; move it aside"
+            f" (mv {where} {where}.moved) and run the command again"
+        )
+    return None
+
+
+def _disk_state(folder: Path) -> str:
+    """What SQLite's "disk I/O error" often means, said plainly: the disk holding `folder` is full
+    or read-only ("" when neither, or when it cannot be told)."""
+    try:
+        info = os.statvfs(folder)
+    except OSError:
+        return ""
+    if info.f_flag & os.ST_RDONLY:
+        return "; the file system is read-only"
+    if info.f_bavail == 0 or (info.f_favail == 0 and info.f_files > 0):
+        return "; no space left on its disk"
+    return ""
 
 
 class JournalConnection:

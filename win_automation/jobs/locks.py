@@ -8,6 +8,7 @@ desktop stops waiting (Cancelled).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from win_automation.errors import Cancelled
+from win_automation.errors import Cancelled, StorageError
 
 POLL_SECONDS = 0.05
 
@@ -35,8 +36,16 @@ def vm_lock(
 ) -> Iterator[None]:
     """Hold the desktop of `vm` (e.g. `localhost:22555`) for the duration of the block."""
     path = lock_path(data_dir, vm)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:  # a file as locks/, a folder as the lock, a read-only disk
+        why = "it exists and is not a folder" if isinstance(exc, FileExistsError) else exc.strerror
+        where = exc.filename or path
+        raise StorageError(
+            f"the desktop lock {path} cannot be used: {where}: {why}; move it aside (or point"
+            " data.dir, WIN_AUTOMATION_DATA_DIR, elsewhere)"
+        ) from None
     try:
         waited = False
         while True:
@@ -50,8 +59,9 @@ def vm_lock(
                     on_wait()
                     waited = True
                 time.sleep(POLL_SECONDS)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        with contextlib.suppress(OSError):  # who holds it, for people; a full disk keeps it empty
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         try:
             yield
         finally:

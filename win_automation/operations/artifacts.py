@@ -1,6 +1,6 @@
 """A job's artifact folder on the VM (`<artifacts.remote_dir>\\<job_id>\\`), read over SFTP.
 
-`VmSource` is the ArtifactSource that `artifacts.copy_verified` uses for `artifacts fetch --from vm`:
+`VmSource` is the ArtifactSource that `artifacts.copying.copy_verified` uses for `artifacts fetch --from vm`:
 it reads the folder's `manifest.json`, then downloads each listed file with the SSH layer's
 pipelined SFTP download (over the process-wide pooled connection), which hashes as it writes, so
 every size and sha256 is checked against the manifest without reading the file twice.
@@ -17,17 +17,11 @@ from pydantic import ValidationError
 
 from win_automation.adapters import sftp_download
 from win_automation.adapters.ssh import SshConnection, get_connection
+from win_automation.artifacts.copying import ArtifactSource, LocalSource
 from win_automation.artifacts.folders import job_artifacts
-from win_automation.artifacts.store import (
-    MANIFEST,
-    MAX_MANIFEST_BYTES,
-    ArtifactSource,
-    LocalSource,
-    Manifest,
-    safe_relative,
-)
+from win_automation.artifacts.store import MANIFEST, MAX_MANIFEST_BYTES, Manifest, safe_relative
 from win_automation.config import Config
-from win_automation.errors import ArtifactMismatch, UsageError
+from win_automation.errors import ArtifactMismatch, StorageError, UsageError
 from win_automation.jobs.ids import validate_job_id
 
 
@@ -50,16 +44,17 @@ class VmSource:
 
     def manifest(self) -> Manifest:
         path = sftp_path(self.remote_dir, self.job_id, MANIFEST)
-
-        def bounded(done: int, total: int) -> None:  # refused at its size, not after a download
-            if max(done, total) > MAX_MANIFEST_BYTES:
-                raise ArtifactMismatch(f"{path} on the VM is {max(done, total)} bytes: not a manifest")
-
-        with tempfile.TemporaryFile() as buffer:
-            copied = sftp_download.download(self.conn, path, buffer, bounded)  # NotFoundError names it
-            bounded(copied.size, copied.size)
-            buffer.seek(0)
-            raw = buffer.read()
+        where = f"a temporary file in {tempfile.gettempdir()} (the manifest from the VM)"
+        try:
+            with tempfile.TemporaryFile() as buffer:
+                # NotFoundError names the path; one over the bound is never written whole here
+                sftp_download.download(self.conn, path, buffer, target=where, limit=MAX_MANIFEST_BYTES)
+                buffer.seek(0)
+                raw = buffer.read()
+        except sftp_download.TooLarge as exc:
+            raise ArtifactMismatch(f"{path} on the VM: not a manifest ({exc})") from None
+        except OSError as exc:  # no temporary folder that can be written (TMPDIR)
+            raise StorageError(f"cannot use {where}: {exc.strerror or exc}") from None
         try:
             manifest = Manifest.model_validate_json(raw)
         except ValidationError as exc:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from win_automation.config import Config, LoadedConfig
 from win_automation.errors import ConfigError
+from win_automation.jobs.connection import journal_problem
 from win_automation.operations import qemu
 from win_automation.operations.checks import (
     CheckResult,
@@ -77,6 +78,13 @@ def _free_and_writable(path: Path) -> tuple[Path, bool, int]:
     return existing, os.access(existing, os.W_OK | os.X_OK), shutil.disk_usage(existing).free
 
 
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def check_folders(config: Config) -> CheckResult:
     problems: list[str] = []
     warnings: list[str] = []
@@ -87,12 +95,17 @@ def check_folders(config: Config) -> CheckResult:
         details.append(f"{setting} {path} ({gib:.1f} GiB free)")
         if existing.exists() and not existing.is_dir():
             problems.append(f"{setting}: {existing} is a file, not a folder")
+        elif not writable and _read_only(existing):
+            problems.append(f"{setting}: {existing} is on a read-only file system")
         elif not writable:
             problems.append(f"{setting}: {existing} is not writable by this user")
         elif free < FREE_FAIL_BYTES:
             problems.append(f"{setting}: only {free >> 20} MiB free on {existing}")
         elif free < FREE_WARN_BYTES:
             warnings.append(f"{setting}: {gib:.2f} GiB free on {existing}")
+    if config.data.dir.is_dir() and (journal := journal_problem(config.data.dir)) is not None:
+        # the journal's own message says what to do (move the file aside, free space)
+        return CheckResult("folders", "fail", "; ".join(details), journal, "as the cause says")
     if problems:
         return CheckResult(
             "folders",

@@ -19,8 +19,10 @@ A second run changes nothing and says so (`changed` is empty).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -34,7 +36,7 @@ from pydantic import SecretStr
 from win_automation.adapters import sftp
 from win_automation.adapters.playwright import client_version
 from win_automation.config import Config
-from win_automation.errors import UsageError, WinAutomationError
+from win_automation.errors import StorageError, UsageError, WinAutomationError
 from win_automation.log import register_secret
 from win_automation.operations.playwright import PlaywrightHealth, health
 from win_automation.operations.vm import Vm
@@ -96,13 +98,16 @@ def check_wheel(path: Path, version: str, option: str = "--wheel") -> str:
 def ensure_wheel(config: Config, version: str, given: Path | None = None) -> Path:
     """The win_amd64 wheel of `version` in the host's cache (copied from `given`, or downloaded)."""
     cache = config.data.dir / "playwright"
-    cache.mkdir(parents=True, exist_ok=True)
     if given is not None:
         found = check_wheel(given, version)
         target = cache / f"playwright-{found}-py3-none-win_amd64.whl"
         if not target.exists() or _sha256(target) != _sha256(given):
-            shutil.copyfile(given, target)
+            _copy_whole(given, target)
         return target
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"data.dir: cannot create {cache}: {exc.strerror or exc}") from None
     cached = sorted(cache.glob(f"playwright-{version}-*win_amd64.whl"))
     if cached:
         check_wheel(cached[-1], version, option="cached wheel")
@@ -117,6 +122,20 @@ def ensure_wheel(config: Config, version: str, given: Path | None = None) -> Pat
             f"on a machine online run `{_shown(command)}` and pass the file with --wheel PATH"
         )
     return cached[-1]
+
+
+def _copy_whole(source: Path, target: Path) -> None:
+    """`source` copied to `target` through a temporary name: a full disk leaves no truncated
+    wheel in the cache (a later run would take it for the cached one)."""
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, temp)
+        os.replace(temp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink(missing_ok=True)
+        raise StorageError(f"data.dir: cannot copy the wheel to {target}: {exc.strerror or exc}") from None
 
 
 def _sha256(path: Path) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -37,7 +38,14 @@ from pydantic import BaseModel
 
 from win_automation.adapters.execution import Executor
 from win_automation.adapters.persist import WarmConnection
-from win_automation.errors import CommandFailed, NotFoundError, UsageError, WinAutomationError
+from win_automation.errors import (
+    CommandFailed,
+    NotFoundError,
+    StorageError,
+    StorageFull,
+    UsageError,
+    WinAutomationError,
+)
 from win_automation.log import Timer
 from win_automation.operations import powershell
 from win_automation.partfiles import fitting, is_stale, owner_tag
@@ -242,7 +250,21 @@ def _open_partial(local: Path) -> tuple[Path, BinaryIO]:
     except FileNotFoundError as exc:
         raise WinAutomationError(f"cannot write local path {local}: its folder does not exist") from exc
     except OSError as exc:
+        if exc.errno in _DISK_AT_FAULT:
+            raise _unwritable(local, exc) from None
         raise WinAutomationError(f"cannot write local path {local}: {exc.strerror or exc}") from exc
+
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+_DISK_AT_FAULT = _FULL | {errno.EROFS}
+"""The disk's fault, not the path's (a missing folder, a permission): exit 74, not 1."""
+
+
+def _unwritable(local: Path, exc: OSError) -> StorageError:
+    """The download's target cannot be written: StorageFull (exit 74) for a full disk, a quota or
+    an I/O error, as when a write fails mid-download; StorageError (exit 74) else."""
+    error = StorageFull if exc.errno in _FULL else StorageError
+    return error(f"cannot write local path {local}: {exc.strerror or exc}")
 
 
 @dataclass(frozen=True)
@@ -326,8 +348,11 @@ def get_file(
                     copied = _fetch_warm(conn, remote, out, local, remote_os, progress)
                 else:
                     copied = _fetch_direct(conn, remote, out, local, remote_os, progress)  # type: ignore[arg-type]
-                out.flush()
-                os.fsync(out.fileno())
+                try:  # the written data reaches the disk: a full one may say so only now
+                    out.flush()
+                    os.fsync(out.fileno())
+                except OSError as exc:
+                    raise _unwritable(local, exc) from None
             if copied.remote_size != copied.size or partial.stat().st_size != copied.size:
                 raise WinAutomationError(
                     f"download of {remote} is incomplete: {copied.size} of {copied.remote_size} bytes"
@@ -338,8 +363,12 @@ def get_file(
                     f"download of {remote} is corrupt: sha256 {theirs} on the VM, {copied.sha256} here"
                 )
             _check_target(local)  # again: a node may have been put there during the download
-            os.replace(partial, local)
+            try:
+                os.replace(partial, local)
+            except OSError as exc:
+                raise _unwritable(local, exc) from None
     except BaseException:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a disk gone read-only keeps it: its error is the one said
+            partial.unlink(missing_ok=True)
         raise
     return _done("get", local, remote, copied.size, copied.sha256, timer.ms)

@@ -97,7 +97,8 @@ def fetch(
     ),
 ) -> None:
     """Copy a job's artifacts into OUT/JOB_ID/, checking every size and sha256 against the manifest."""
-    from win_automation.artifacts.store import copy_verified, raise_mismatches
+    from win_automation.artifacts.copying import copy_verified
+    from win_automation.artifacts.store import raise_mismatches
     from win_automation.operations.artifacts import artifact_source
 
     local_folder(ctx, job)  # validates the id before anything is opened

@@ -1,0 +1,162 @@
+"""Copying a job's artifacts elsewhere, verified (`artifacts fetch`): from an ArtifactSource (a
+local folder, or the VM over SFTP: win_automation.operations.artifacts) into an `--out` folder,
+each file hashed as it streams, written to a temporary name, fsynced and renamed; the manifest
+last, once every file matched and is durable. A source that cannot be read is a Mismatch (exit
+1); an `out` that cannot be written (a full or read-only disk) is a StorageError (exit 74).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from win_automation.artifacts.store import (
+    CHUNK,
+    MANIFEST,
+    Manifest,
+    Mismatch,
+    atomic_write,
+    compare,
+    discard,
+    fsync_dir,
+    read_manifest,
+    safe_relative,
+    temp_name,
+    unreadable,
+)
+from win_automation.errors import NotFoundError, StorageError
+from win_automation.regularfiles import not_regular, open_regular
+
+
+class ArtifactSource(Protocol):
+    """Where `copy_verified` reads a job's artifacts from: a local folder, or the VM over SFTP
+    (win_automation.operations.artifacts)."""
+
+    def manifest(self) -> Manifest: ...
+
+    def copy(self, path: str, out: BinaryIO, progress: Callable[[int], None] | None) -> tuple[int, str]:
+        """Write artifact `path` into `out`; its (size, sha256) as read. FileNotFoundError or
+        NotFoundError when it is missing."""
+        ...
+
+
+class LocalSource:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def manifest(self) -> Manifest:
+        return read_manifest(self.folder)
+
+    def copy(self, path: str, out: BinaryIO, progress: Callable[[int], None] | None) -> tuple[int, str]:
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        digest, size = hashlib.sha256(), 0
+        with open_regular(self.folder / path) as src:  # a FIFO or device is refused, never read
+            while count := src.readinto(buffer):
+                digest.update(view[:count])
+                try:
+                    out.write(view[:count])
+                except OSError as exc:  # `out`'s (a full disk), not the source's: a StorageError
+                    raise _cannot_write(Path(out.name), exc) from None
+                size += count
+                if progress is not None:
+                    progress(count)
+        return size, digest.hexdigest()
+
+
+def copy_verified(
+    source: ArtifactSource | Path, out: Path, progress: Callable[[int], None] | None = None
+) -> tuple[Manifest, list[Mismatch]]:
+    """Copy every listed artifact of `source` into `out`, hashing as it streams. A file that does
+    not match is not left in `out`; the manifest is written last, only when all files matched and
+    are durable. A source file that cannot be read is a Mismatch; an `out` that cannot be written
+    (read-only, full: also when only its fsync finds out), StorageError naming the file."""
+    source = LocalSource(source) if isinstance(source, Path) else source
+    manifest = source.manifest()
+    _writable(out)
+    mismatches: list[Mismatch] = []
+    folders = {out}
+    for entry in manifest.artifacts:
+        target = out / safe_relative(entry.path)
+        _writable(target.parent)
+        folders.add(target.parent)
+        if (what := not_regular(target)) is not None:  # the rename would replace a FIFO or device
+            raise StorageError(f"cannot write {target}: it is {what}, not a regular file")
+        temp = target.with_name(temp_name(target.name))
+        try:
+            size, sha = _copy_one(source, entry.path, temp, target, progress)
+        except (OSError, NotFoundError) as exc:  # the source's: a missing or unreadable file
+            discard(temp)
+            why = unreadable(exc) if isinstance(exc, OSError) else "missing"
+            mismatches.append(Mismatch(entry.path, why))
+            continue
+        except BaseException:
+            discard(temp)
+            raise
+        problem = compare(entry, size, sha)
+        if problem:
+            discard(temp)
+            mismatches.append(problem)
+            continue
+        try:
+            os.replace(temp, target)
+        except OSError as exc:
+            discard(temp)
+            raise _cannot_write(target, exc) from None
+    if not mismatches:
+        try:
+            for folder in sorted(folders):  # the files' renames, before the manifest names them
+                fsync_dir(folder)
+            atomic_write(out / MANIFEST, manifest.model_dump_json(indent=2).encode() + b"\n")
+        except OSError as exc:
+            raise _cannot_write(out / MANIFEST, exc) from None
+    return manifest, mismatches
+
+
+def _copy_one(
+    source: ArtifactSource, path: str, temp: Path, target: Path, progress: Callable[[int], None] | None
+) -> tuple[int, str]:
+    """Artifact `path` copied into `temp`, fsynced: its (size, sha256) as read. What cannot be
+    written is a StorageError naming `target`; the source's own errors pass through."""
+    try:
+        dst = temp.open("xb")
+    except OSError as exc:
+        raise _cannot_write(target, exc) from None
+    try:
+        try:
+            size, sha = source.copy(path, dst, progress)
+        except StorageError as exc:  # its write into `temp`: said of `target`
+            raise StorageError(str(exc).replace(str(temp), str(target))) from None
+        except OSError as exc:
+            if exc.filename is not None and Path(exc.filename) == temp:
+                raise _cannot_write(target, exc) from None
+            raise
+        try:
+            dst.flush()
+            os.fsync(dst.fileno())
+        except OSError as exc:
+            raise _cannot_write(target, exc) from None
+    finally:
+        with contextlib.suppress(OSError):  # what a failed flush left: dropped with the file
+            dst.close()
+    return size, sha
+
+
+def _cannot_write(target: Path, exc: OSError) -> StorageError:
+    return StorageError(f"cannot write {target}: {exc.strerror or exc}")
+
+
+def _writable(folder: Path) -> None:
+    """Create `folder` (and its parents); StorageError saying why when it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StorageError(f"cannot write into {folder}: it exists and is not a folder") from None
+    except OSError as exc:
+        raise StorageError(f"cannot write into {folder}: {exc.strerror or exc}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StorageError(f"cannot write into {folder}: permission denied")
