@@ -1,0 +1,130 @@
+"""The live output's reader paused (`| less` not scrolled, a stopped `cat`): the job still ends at
+its deadline or on `jobs cancel`, its remote process tree is killed and the journal says so, on
+every path a command takes (in the calling process, through the warm CLI process, the warm
+helper, a warm PowerShell session). The CLI then waits for its reader, as any Unix tool."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixture_sshd import SshServer
+
+from win_automation.cli import launch
+
+PATHS = {
+    "in-process": {"WIN_AUTOMATION_CLI_SERVER": "0", "WIN_AUTOMATION_SSH_PERSIST": "0"},
+    "warm-cli-process": {"WIN_AUTOMATION_CLI_SERVER": "1", "WIN_AUTOMATION_SSH_PERSIST": "10m"},  # and helper
+    "warm-helper": {"WIN_AUTOMATION_CLI_SERVER": "0", "WIN_AUTOMATION_SSH_PERSIST": "10m"},
+    "warm-powershell": {
+        "WIN_AUTOMATION_CLI_SERVER": "0",
+        "WIN_AUTOMATION_SSH_PERSIST": "10m",
+        "WIN_AUTOMATION_SSH_WARM_POWERSHELL": "true",
+    },
+}
+
+
+def _wa(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "win_automation", *args]
+    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def _warm_up(env: dict[str, str], cwd: Path, path: str) -> None:
+    """A first call starts the warm CLI process or helper as it exits: wait until it serves."""
+    assert _wa(env, cwd, "ssh", "run", "--shell", "cmd", "--", "true").returncode == 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if path == "warm-cli-process":
+            if list(Path(launch.server_dir(env)).glob("*.sock")):
+                return
+        elif path == "in-process":
+            return
+        else:
+            status = json.loads(_wa(env, cwd, "ssh", "persist", "status", "--json").stdout)
+            if any(h["alive"] for h in status["helpers"]):
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"no warm process for {path}")
+
+
+def _job(journal: Path, marker: str) -> dict[str, Any] | None:
+    query = "SELECT job_id, state, error_code, error FROM jobs WHERE input_json LIKE ?"
+    with (
+        contextlib.suppress(sqlite3.OperationalError),
+        contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=30)) as conn,
+    ):
+        row = conn.execute(query, (f"%{marker}%",)).fetchone()
+        if row is not None:
+            return dict(zip(("job_id", "state", "code", "error"), row, strict=True))
+    return None
+
+
+def _alive(marker: str) -> bool:
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            args = cmdline.read_bytes().split(b"\0")
+            if args[0].endswith(b"yes") and marker.encode() in args:
+                return True
+    return False
+
+
+def _until(what: str, check: Any, seconds: float = 30) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"not within {seconds:g}s: {what}")
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_a_paused_reader_holds_neither_the_deadline_nor_a_cancel(
+    cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path, path: str
+) -> None:
+    env = {**cli_env, **live_sshd.env(known_hosts), **PATHS[path]}
+    _warm_up(env, tmp_path, path)
+    journal = tmp_path / "data" / "journal.sqlite3"
+    markers = {kind: f"hpause-{os.getpid()}-{path}-{kind}" for kind in ("deadline", "cancel")}
+    calls = {}
+    for kind, timeout in (("deadline", "2s"), ("cancel", "120s")):
+        command = f"yes {markers[kind]}"
+        if path == "warm-powershell":
+            args = ["--", f"& cmd.exe /d /s /c '{command}'"]  # the stand-in runs it with sh
+        else:
+            args = ["--shell", "cmd", "--", command]
+        # stdout never read: the reader is paused, its pipe full
+        calls[kind] = subprocess.Popen(
+            [sys.executable, "-m", "win_automation", "ssh", "run", "--timeout", timeout, *args],
+            env=env,
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+    try:
+        running = _until(
+            "the job runs", lambda: _alive(markers["cancel"]) and _job(journal, markers["cancel"])
+        )
+        cancel = _wa(env, tmp_path, "jobs", "cancel", running["job_id"])
+        assert cancel.returncode == 0, cancel.stderr
+        for kind, state, code in (("deadline", "failed", 124), ("cancel", "cancelled", 130)):
+            ended = _until(
+                f"{kind}: the job ends",
+                lambda k=kind: (j := _job(journal, markers[k])) and j["state"] != "running" and j,
+            )  # type: ignore[misc]
+            assert (ended["state"], ended["code"]) == (state, code), ended
+            _until(f"{kind}: its remote command is killed", lambda k=kind: not _alive(markers[k]))
+            assert calls[kind].poll() is None  # its reader still paused: it waits, as any Unix tool
+    finally:
+        for call in calls.values():
+            assert call.stdout is not None
+            call.stdout.close()  # the reader goes away: the CLI exits
+            call.wait(timeout=60)
