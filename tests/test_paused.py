@@ -1,13 +1,19 @@
-"""The live output's reader paused (`| less` not scrolled, a stopped `cat`): the job still ends at
-its deadline or on `jobs cancel`, its remote process tree is killed and the journal says so, on
-every path a command takes (in the calling process, through the warm CLI process, the warm
-helper, a warm PowerShell session). The CLI then waits for its reader, as any Unix tool."""
+"""One process of the chain paused while the others go on.
+
+- The live output's reader paused (`| less` not scrolled, a stopped `cat`): the job still ends at
+  its deadline or on `jobs cancel`, its remote process tree is killed and the journal says so, on
+  every path a command takes (in the calling process, through the warm CLI process, the warm
+  helper, a warm PowerShell session). The CLI then waits for its reader, as any Unix tool.
+- The CLI itself paused (Ctrl-Z) while the warm helper runs its command: the helper still ends
+  the command at its deadline (it no longer waits, blocked, for the caller to read its output).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -128,3 +134,40 @@ def test_a_paused_reader_holds_neither_the_deadline_nor_a_cancel(
             assert call.stdout is not None
             call.stdout.close()  # the reader goes away: the CLI exits
             call.wait(timeout=60)
+
+
+@pytest.mark.parametrize("path", ["warm-cli-process", "warm-helper", "warm-powershell"])
+def test_a_paused_caller_does_not_hold_the_helpers_command_past_its_deadline(
+    cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path, path: str
+) -> None:
+    env = {**cli_env, **live_sshd.env(known_hosts), **PATHS[path]}
+    _warm_up(env, tmp_path, path)
+    if path == "warm-cli-process":  # its job commands use the helper: wait for it too
+        _warm_up(env, tmp_path, "warm-helper")
+    marker = f"hpause-{os.getpid()}-{path}-caller"
+    command = f"yes {marker}"
+    args = (
+        ["--", f"& cmd.exe /d /s /c '{command}'"]
+        if path == "warm-powershell"
+        else ["--shell", "cmd", "--", command]
+    )
+    call = subprocess.Popen(
+        [sys.executable, "-m", "win_automation", "ssh", "run", "--timeout", "2s", *args],
+        env=env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _until("the command runs", lambda: _alive(marker))
+        # Ctrl-Z: the launcher stops its child in the warm CLI process with it
+        call.send_signal(signal.SIGTSTP if path == "warm-cli-process" else signal.SIGSTOP)
+        _until("the helper ends it at its deadline", lambda: not _alive(marker))
+    finally:
+        call.send_signal(signal.SIGCONT)
+        _, err = call.communicate(timeout=60)
+    assert call.returncode == 124, err
+    job = _job(tmp_path / "data" / "journal.sqlite3", marker)
+    assert job is not None and (job["state"], job["code"]) == ("failed", 124), job
