@@ -171,3 +171,52 @@ def test_a_paused_caller_does_not_hold_the_helpers_command_past_its_deadline(
     assert call.returncode == 124, err
     job = _job(tmp_path / "data" / "journal.sqlite3", marker)
     assert job is not None and (job["state"], job["code"]) == ("failed", 124), job
+
+
+@pytest.mark.parametrize("path", ["in-process", "warm-cli-process"])
+def test_jobs_cancel_of_a_stopped_owner_says_so_at_once_and_takes_effect_when_it_continues(
+    cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path, path: str
+) -> None:
+    env = {**cli_env, **live_sshd.env(known_hosts), **PATHS[path]}
+    _warm_up(env, tmp_path, path)
+    journal = tmp_path / "data" / "journal.sqlite3"
+    marker = f"hpause-{os.getpid()}-{path}-owner"
+    call = subprocess.Popen(
+        [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", f"yes {marker}"],
+        env=env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        running = _until("the job runs", lambda: _alive(marker) and _job(journal, marker))
+        # Ctrl-Z (the launcher stops its child in the warm CLI process with it)
+        call.send_signal(signal.SIGTSTP if path == "warm-cli-process" else signal.SIGSTOP)
+        owner = _until("its owner is stopped", lambda: _owner_stopped(journal, running["job_id"]))
+        started = time.monotonic()
+        cancel = _wa(env, tmp_path, "jobs", "cancel", running["job_id"])
+        assert time.monotonic() - started < 8  # not its 10 s wait for an owner that cannot answer
+        assert cancel.returncode == 0, cancel.stderr
+        assert cancel.stdout == (
+            f"cancel requested; job {running['job_id']} is still running (owner pid {owner}"
+            " is stopped (Ctrl-Z or SIGSTOP): the cancel takes effect when it continues)\n"
+        )
+    finally:
+        call.send_signal(signal.SIGCONT)
+        _, err = call.communicate(timeout=60)
+    assert call.returncode == 130, err
+    ended = _job(journal, marker)
+    assert ended is not None and (ended["state"], ended["code"]) == ("cancelled", 130), ended
+    _until("its remote command is killed", lambda: not _alive(marker))
+
+
+def _owner_stopped(journal: Path, job_id: str) -> int | None:
+    """The owner pid of the job once that process is stopped (state T)."""
+    with contextlib.closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=30)) as conn:
+        (pid,) = conn.execute("SELECT owner_pid FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "T":
+            return int(pid)
+    return None
