@@ -98,22 +98,24 @@ def test_a_paused_reader_holds_neither_the_deadline_nor_a_cancel(
     env = {**cli_env, **live_sshd.env(known_hosts), **PATHS[path]}
     _warm_up(env, tmp_path, path)
     journal = tmp_path / "data" / "journal.sqlite3"
-    markers = {kind: f"hpause-{os.getpid()}-{path}-{kind}" for kind in ("deadline", "cancel")}
+    # (kind, timeout, the paused stream: its reader never reads, its pipe is full); on stderr
+    # the deadline's warning line too must not hold the job
+    cases = [("deadline", "2s", "stdout"), ("deadline-stderr", "2s", "stderr"), ("cancel", "120s", "stdout")]
+    markers = {kind: f"hpause-{os.getpid()}-{path}-{kind}" for kind, _, _ in cases}
     calls = {}
-    for kind, timeout in (("deadline", "2s"), ("cancel", "120s")):
-        command = f"yes {markers[kind]}"
+    for kind, timeout, stream in cases:
+        command = f"yes {markers[kind]}" + (" >&2" if stream == "stderr" else "")
         if path == "warm-powershell":
             args = ["--", f"& cmd.exe /d /s /c '{command}'"]  # the stand-in runs it with sh
         else:
             args = ["--shell", "cmd", "--", command]
-        # stdout never read: the reader is paused, its pipe full
+        paused = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, stream: subprocess.PIPE}
         calls[kind] = subprocess.Popen(
             [sys.executable, "-m", "win_automation", "ssh", "run", "--timeout", timeout, *args],
             env=env,
             cwd=tmp_path,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            **paused,  # type: ignore[call-overload]
         )
     try:
         running = _until(
@@ -121,7 +123,8 @@ def test_a_paused_reader_holds_neither_the_deadline_nor_a_cancel(
         )
         cancel = _wa(env, tmp_path, "jobs", "cancel", running["job_id"])
         assert cancel.returncode == 0, cancel.stderr
-        for kind, state, code in (("deadline", "failed", 124), ("cancel", "cancelled", 130)):
+        ends = {"deadline": ("failed", 124), "deadline-stderr": ("failed", 124), "cancel": ("cancelled", 130)}
+        for kind, (state, code) in ends.items():
             ended = _until(
                 f"{kind}: the job ends",
                 lambda k=kind: (j := _job(journal, markers[k])) and j["state"] != "running" and j,
@@ -131,8 +134,9 @@ def test_a_paused_reader_holds_neither_the_deadline_nor_a_cancel(
             assert calls[kind].poll() is None  # its reader still paused: it waits, as any Unix tool
     finally:
         for call in calls.values():
-            assert call.stdout is not None
-            call.stdout.close()  # the reader goes away: the CLI exits
+            pipe = call.stdout or call.stderr
+            assert pipe is not None
+            pipe.close()  # the reader goes away: the CLI exits
             call.wait(timeout=60)
 
 

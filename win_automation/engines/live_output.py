@@ -12,7 +12,10 @@ running attempt nor its command (win_automation.deadlines) is past its deadline;
 what does not fit is dropped (the job stops; the artifact files keep the whole output), the loop
 sees the cancel or deadline, the remote process tree is killed and the job recorded. `close()`
 then waits for what is queued to be written: the process, like any Unix tool, exits when its
-reader has taken its output (or gone away).
+reader has taken its output (or gone away). While the job runs, the CLI's log lines for stderr
+take the same queue (`log_line`, win_automation.log.divert): in order with the output, and a
+warning written while stderr's reader is paused no longer holds the job (or the monitor thread,
+its heartbeats and cancel polling) before it is recorded.
 
 When the sink fails (the reader of `| head -c1` went away, stdout is on a full disk), nothing
 more is written and the job is cancelled (so the remote command stops and its process tree is
@@ -47,6 +50,7 @@ class LiveOutput:
         self._pending: deque[tuple[str, str]] = deque()
         self._size = 0
         self._closed = False
+        self._done = False  # the writer has ended: log lines are written directly again
         self._room = threading.Condition()
         self._writer: threading.Thread | None = None
 
@@ -66,12 +70,27 @@ class LiveOutput:
                 return
             self._pending.append((stream, text))
             self._size += len(text)
-            if self._writer is None:
-                # not a daemon: the interpreter's exit waits for it, rather than dying on the
-                # stdout lock it holds (the caller's output is written or fails, never lost)
-                self._writer = threading.Thread(target=self._write, name="live-output")
-                self._writer.start()
+            self._start()
             self._room.notify_all()
+
+    def log_line(self, line: str) -> bool:
+        """A log line for stderr (win_automation.log.divert), queued in order with the output;
+        it never waits for room (log lines are few). False once nothing writes any more."""
+        with self._room:
+            if self.failed is not None or self._done:
+                return False
+            self._pending.append(("stderr", line))
+            self._size += len(line)
+            self._start()
+            self._room.notify_all()
+        return True
+
+    def _start(self) -> None:
+        if self._writer is None:
+            # not a daemon: the interpreter's exit waits for it, rather than dying on the
+            # stdout lock it holds (the caller's output is written or fails, never lost)
+            self._writer = threading.Thread(target=self._write, name="live-output")
+            self._writer.start()
 
     def _write(self) -> None:
         while True:
@@ -79,6 +98,7 @@ class LiveOutput:
                 while not self._pending and not self._closed:
                     self._room.wait()
                 if not self._pending:
+                    self._done = True
                     return
                 stream, text = self._pending.popleft()
             try:
@@ -86,6 +106,7 @@ class LiveOutput:
             except Exception as exc:
                 with self._room:
                     self.failed = exc
+                    self._done = True
                     self._pending.clear()
                     self._size = 0
                     self._room.notify_all()

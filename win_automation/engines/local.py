@@ -37,6 +37,7 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ValidationError
 
+from win_automation import log as log_lines
 from win_automation import metrics
 from win_automation.artifacts.store import ArtifactWriter
 from win_automation.config import Config
@@ -157,6 +158,8 @@ class LocalEngine:
         )
         outputs = dict(done)
         interrupted = False
+        if output is not None:
+            log_lines.divert(output.log_line)  # the CLI's log lines share its stderr
         try:
             cancelled = lambda: cancel.is_set() or self.journal.cancel_requested(job.job_id)  # noqa: E731
             with holding_desktop(self.config, workflow, job.job_id, cancelled, always=snapshot is not None):
@@ -186,7 +189,10 @@ class LocalEngine:
         finally:
             self._monitor.unwatch(job.job_id)
             if output is not None:  # the job is recorded: now wait for the reader
-                output.close(discard=interrupted)
+                try:
+                    output.close(discard=interrupted)
+                finally:
+                    log_lines.divert(None)
         if output is not None and output.failed is not None:
             raise output.failed  # the caller's own output error, for its exit code (app.main)
         return outcome_of(self.journal, workflow, job.job_id, outputs, self.config.artifacts.out_dir)
