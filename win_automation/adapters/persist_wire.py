@@ -23,7 +23,9 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,48 @@ _HEADER = struct.Struct(">cI")
 # --- framing ----------------------------------------------------------------------------------
 def send_frame(sock: socket.socket, kind: bytes, payload: bytes = b"") -> None:
     sock.sendall(unixsock.frame(kind, payload))
+
+
+class FrameSender:
+    """The helper's frames to one caller, from the request's thread and its watcher. `send`
+    blocks until the frame is written (A, S, X: small, and what the caller waits for); `offer`
+    (output, heartbeats, progress) waits for a caller that does not read only while `stop()` is
+    false, then drops the frame: a caller whose process is paused (Ctrl-Z) must not hold the
+    command past its deadline or cancel, as a blocked write would (the read loop runs the
+    deadline). A frame already begun is never cut: its rest goes out before the next one."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self._rest = memoryview(b"")
+
+    def send(self, kind: bytes, payload: bytes = b"") -> None:
+        with self.lock:
+            if self._rest:
+                self.sock.sendall(self._rest)
+                self._rest = memoryview(b"")
+            self.sock.sendall(unixsock.frame(kind, payload))
+
+    def offer(self, kind: bytes, payload: bytes, stop: Callable[[], bool]) -> bool:
+        """Send the frame unless the caller stops reading while `stop()` is true; True when it
+        went out whole."""
+        with self.lock:
+            if self._rest and not self._push(stop):
+                return False
+            self._rest = memoryview(unixsock.frame(kind, payload))
+            return self._push(stop)
+
+    def _push(self, stop: Callable[[], bool]) -> bool:
+        while self._rest:
+            try:
+                self._rest = self._rest[self.sock.send(self._rest, socket.MSG_DONTWAIT) :]
+                continue
+            except BlockingIOError:
+                pass
+            if stop():
+                return False
+            select.select([], [self.sock], [], CANCEL_POLL)
+        return True
 
 
 def send_frame_fds(sock: socket.socket, kind: bytes, payload: bytes, fds: list[int]) -> None:

@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Callable
 from typing import Literal, Protocol
 
+from win_automation import deadlines
 from win_automation.adapters.execution import Executor, SessionSpec
 from win_automation.errors import UsageError
 from win_automation.operations import powershell, winscripts
@@ -208,20 +209,21 @@ def _execute(
         line = f"printf '\\036wa-pid:%s\\n' \"$$\" >&2; {line}"
     out = _Stream(on_stdout, pid_marker=False, clixml=False, file=files[0])
     err = _Stream(on_stderr, pid_marker=marker, clixml=shell == "powershell", file=files[1])
-    if session is not None:
-        outcome = conn.run_in_session(
-            session,
-            line,
-            timeout=timeout,
-            on_stdout=out.feed,
-            on_stderr=err.feed,
-            cancelled=cancelled,
-            keep=False,
-        )
-    else:
-        outcome = conn.exec(
-            line, timeout=timeout, on_stdout=out.feed, on_stderr=err.feed, cancelled=cancelled, keep=False
-        )
+    with deadlines.within(timeout):  # a live-output sink waits for its reader at most until then
+        if session is not None:
+            outcome = conn.run_in_session(
+                session,
+                line,
+                timeout=timeout,
+                on_stdout=out.feed,
+                on_stderr=err.feed,
+                cancelled=cancelled,
+                keep=False,
+            )
+        else:
+            outcome = conn.exec(
+                line, timeout=timeout, on_stdout=out.feed, on_stderr=err.feed, cancelled=cancelled, keep=False
+            )
     stdout = out.text()
     stderr = err.text()
     killed = outcome.pid if session is not None else err.pid
