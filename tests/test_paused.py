@@ -140,6 +140,40 @@ def test_a_paused_reader_holds_neither_the_deadline_nor_a_cancel(
             call.wait(timeout=60)
 
 
+@pytest.mark.parametrize("path", ["in-process", "warm-cli-process"])
+def test_ctrl_c_ends_the_cli_while_its_reader_is_paused(
+    cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path, path: str
+) -> None:
+    """Ctrl-C (or SIGTERM) with the live output's reader paused: the job is recorded interrupted
+    and the CLI exits 130 at once, as before the output had a thread of its own (which, blocked
+    in its write, held the exit until the reader came back)."""
+    env = {**cli_env, **live_sshd.env(known_hosts), **PATHS[path]}
+    _warm_up(env, tmp_path, path)
+    marker = f"hpause-{os.getpid()}-{path}-ctrl-c"
+    call = subprocess.Popen(
+        [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", f"yes {marker}"],
+        env=env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,  # never read: its pipe fills, the writes block
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _until("the command runs", lambda: _alive(marker))
+        time.sleep(1)  # the pipe is full by now
+        call.send_signal(signal.SIGINT)
+        assert call.wait(timeout=15) == 130
+    finally:
+        assert call.stdout is not None
+        call.stdout.close()
+        if call.poll() is None:
+            call.kill()
+            call.wait()
+    job = _job(tmp_path / "data" / "journal.sqlite3", marker)
+    assert job is not None and job["state"] == "interrupted", job
+    _until("its remote command is killed", lambda: not _alive(marker))
+
+
 @pytest.mark.parametrize("path", ["warm-cli-process", "warm-helper", "warm-powershell"])
 def test_a_paused_caller_does_not_hold_the_helpers_command_past_its_deadline(
     cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path, path: str

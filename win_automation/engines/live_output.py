@@ -87,9 +87,9 @@ class LiveOutput:
 
     def _start(self) -> None:
         if self._writer is None:
-            # not a daemon: the interpreter's exit waits for it, rather than dying on the
-            # stdout lock it holds (the caller's output is written or fails, never lost)
-            self._writer = threading.Thread(target=self._write, name="live-output")
+            # a daemon: Ctrl-C ends the process even while a paused reader blocks this thread
+            # (`close` waits for it otherwise; the CLI's sink holds no lock of sys.stdout's)
+            self._writer = threading.Thread(target=self._write, name="live-output", daemon=True)
             self._writer.start()
 
     def _write(self) -> None:

@@ -48,7 +48,19 @@ def _write(stream: Any) -> Any:
 
 
 def _live(stream: str, text: str) -> None:
-    _write(sys.stdout if stream == "stdout" else sys.stderr)(text)
+    """Live output, written to the stream's descriptor itself (its buffer flushed first): the
+    engine writes it from a thread of its own (engines/live_output.py), which must hold no lock
+    of sys.stdout's while a paused reader blocks it, so that Ctrl-C still ends the process."""
+    target = sys.stdout if stream == "stdout" else sys.stderr
+    try:
+        fd = target.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (captured): as any output
+        _write(target)(text)
+        return
+    target.flush()
+    data = memoryview(text.encode(target.encoding, target.errors or "strict"))
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def _whole(outcome: JobOutcome, stream: str, preview: str, truncated: bool) -> Iterator[str]:
