@@ -77,12 +77,15 @@ def sock_for(env: dict[str, str]) -> Path:
 STARTED: list[subprocess.Popen[bytes]] = []
 
 
-def start_server(env: dict[str, str], persist: float = 60) -> subprocess.Popen[bytes]:
-    """A warm CLI process for `env`'s data dir, as a job command starts it; returns when it serves."""
+def start_server(
+    env: dict[str, str], persist: float = 60, *flags: str, serving: bool = True
+) -> subprocess.Popen[bytes]:
+    """A warm CLI process for `env`'s data dir, as a job command starts it; returns when it serves
+    (or at once, without `serving`)."""
     sock = sock_for(env)
     sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "win_automation.cli.server", str(sock), str(persist)],
+        [sys.executable, "-m", "win_automation.cli.server", str(sock), str(persist), *flags],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -90,8 +93,9 @@ def start_server(env: dict[str, str], persist: float = 60) -> subprocess.Popen[b
         start_new_session=True,
     )
     STARTED.append(proc)
-    wait_for(lambda: sock.exists() or proc.poll() is not None, 30)
-    assert sock.exists(), proc.poll()
+    if serving:
+        wait_for(lambda: sock.exists() or proc.poll() is not None, 30)
+        assert sock.exists(), proc.poll()
     return proc
 
 
@@ -641,16 +645,7 @@ def test_stop_ends_a_server_that_is_still_starting(env: dict[str, str], tmp_path
     script's clean-up) ran before the server had recorded itself, which then served for
     ssh.persist. Here the server waits for its starter (this test) to exit: still starting."""
     sock = sock_for(env)
-    sock.parent.mkdir(parents=True, mode=0o700)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "win_automation.cli.server", str(sock), "60", "--after-parent"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    STARTED.append(server)
+    server = start_server(env, 60, "--after-parent", serving=False)  # waits for this test to exit
     assert wait_for(lambda: server.pid in servers_of(env), 10)
     out = launcher(["ssh", "persist", "stop", "--all", "--json"], env, tmp_path)
     assert out.returncode == 0, out.stderr

@@ -43,6 +43,12 @@ def _wa(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProce
     return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
+def _ssh_run(env: dict[str, str], cwd: Path, *args: str, **streams: Any) -> subprocess.Popen[Any]:
+    """`win-automation ssh run ARGS` in the background; `streams`: its stdout, stderr, text."""
+    cmd = [sys.executable, "-m", "win_automation", "ssh", "run", *args]
+    return subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, **streams)
+
+
 def _warm_up(env: dict[str, str], cwd: Path, path: str) -> None:
     """A first call starts the warm CLI process or helper as it exits: wait until it serves."""
     assert _wa(env, cwd, "ssh", "run", "--shell", "cmd", "--", "true").returncode == 0
@@ -110,13 +116,7 @@ def test_a_paused_reader_holds_neither_the_deadline_nor_a_cancel(
         else:
             args = ["--shell", "cmd", "--", command]
         paused = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, stream: subprocess.PIPE}
-        calls[kind] = subprocess.Popen(
-            [sys.executable, "-m", "win_automation", "ssh", "run", "--timeout", timeout, *args],
-            env=env,
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            **paused,  # type: ignore[call-overload]
-        )
+        calls[kind] = _ssh_run(env, tmp_path, "--timeout", timeout, *args, **paused)
     try:
         running = _until(
             "the job runs", lambda: _alive(markers["cancel"]) and _job(journal, markers["cancel"])
@@ -150,12 +150,15 @@ def test_ctrl_c_ends_the_cli_while_its_reader_is_paused(
     env = {**cli_env, **live_sshd.env(known_hosts), **PATHS[path]}
     _warm_up(env, tmp_path, path)
     marker = f"hpause-{os.getpid()}-{path}-ctrl-c"
-    call = subprocess.Popen(
-        [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", f"yes {marker}"],
-        env=env,
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,  # never read: its pipe fills, the writes block
+    # stdout never read: its pipe fills, the writes block
+    call = _ssh_run(
+        env,
+        tmp_path,
+        "--shell",
+        "cmd",
+        "--",
+        f"yes {marker}",
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
     try:
@@ -189,14 +192,8 @@ def test_a_paused_caller_does_not_hold_the_helpers_command_past_its_deadline(
         if path == "warm-powershell"
         else ["--shell", "cmd", "--", command]
     )
-    call = subprocess.Popen(
-        [sys.executable, "-m", "win_automation", "ssh", "run", "--timeout", "2s", *args],
-        env=env,
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    call = _ssh_run(
+        env, tmp_path, "--timeout", "2s", *args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     try:
         _until("the command runs", lambda: _alive(marker))
@@ -219,11 +216,13 @@ def test_jobs_cancel_of_a_stopped_owner_says_so_at_once_and_takes_effect_when_it
     _warm_up(env, tmp_path, path)
     journal = tmp_path / "data" / "journal.sqlite3"
     marker = f"hpause-{os.getpid()}-{path}-owner"
-    call = subprocess.Popen(
-        [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", f"yes {marker}"],
-        env=env,
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
+    call = _ssh_run(
+        env,
+        tmp_path,
+        "--shell",
+        "cmd",
+        "--",
+        f"yes {marker}",
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
