@@ -27,7 +27,7 @@ import pytest
 from fixture_sshd import SshServer
 
 from win_automation import unixsock
-from win_automation.cli import launch
+from win_automation.cli import launch, server_files
 
 MARK = "import time:"  # -X importtime lines: the launcher's own imports, told apart from the output
 
@@ -121,24 +121,8 @@ def wait_for(condition: Any, timeout: float) -> bool:
 
 
 def servers_of(env: dict[str, str]) -> list[int]:
-    """Pids of warm CLI processes (not their children) serving `env`'s data dir."""
-    folder = os.fsencode(launch.server_dir(env))
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline.read_bytes()
-            ppid = int(Path(cmdline.parent, "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if b"win_automation.cli.server" in args and folder in args:
-            parent = Path(f"/proc/{ppid}/cmdline")
-            try:
-                is_child = b"win_automation.cli.server" in parent.read_bytes()
-            except OSError:
-                is_child = False
-            if not is_child:
-                found.append(int(cmdline.parent.name))
-    return found
+    """Pids of warm CLI processes (not their children) of `env`'s data dir."""
+    return list(unixsock.processes(launch.server_dir(env), server_files.MODULE))
 
 
 def children_of(pid: int) -> list[int]:
@@ -650,6 +634,29 @@ def test_stop_ends_a_paused_server(env: dict[str, str], tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert [s["pid"] for s in json.loads(out.stdout)["cli_servers_stopped"]] == [server.pid]
     assert server.wait(10) == 0  # it took the SIGTERM (continued) and left
+
+
+def test_stop_ends_a_server_that_is_still_starting(env: dict[str, str], tmp_path: Path) -> None:
+    """A job command starts the server as it exits; `ssh persist stop --all` right after (a
+    script's clean-up) ran before the server had recorded itself, which then served for
+    ssh.persist. Here the server waits for its starter (this test) to exit: still starting."""
+    sock = sock_for(env)
+    sock.parent.mkdir(parents=True, mode=0o700)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "win_automation.cli.server", str(sock), "60", "--after-parent"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    STARTED.append(server)
+    assert wait_for(lambda: server.pid in servers_of(env), 10)
+    out = launcher(["ssh", "persist", "stop", "--all", "--json"], env, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert [s["pid"] for s in json.loads(out.stdout)["cli_servers_stopped"]] == [server.pid]
+    assert server.wait(10) == -signal.SIGTERM
+    assert not sock.exists() and servers_of(env) == []
 
 
 @pytest.mark.parametrize("fault", ["killed", "socket removed"])

@@ -428,6 +428,32 @@ def test_sshd_restarting_under_a_warm_helper(cli, live_sshd: SshServer, known_ho
     assert [j["state"] for j in jobs(cli, env)].count("running") == 0
 
 
+def test_stop_ends_a_helper_that_is_still_connecting(
+    live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:
+    """A job command starts the helper as it exits (in the background); `ssh persist stop` right
+    after (a script's clean-up) missed one still connecting, which then served for ssh.persist.
+    Here it connects to a port that accepts and never answers (30 s of connect timeout)."""
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(8)  # the kernel accepts; no SSH banner ever comes
+    try:
+        cfg = live_sshd.config(known_hosts, port=mute.getsockname()[1], connect_timeout=30)
+        conn = persist.WarmConnection(cfg, tmp_path / "data", 60)
+        persist_wire.spawn(cfg, conn.sock, 60, wait=False)
+        folder = persist_wire.persist_dir(tmp_path / "data")
+        deadline = time.monotonic() + 15
+        while not unixsock.processes(folder, persist_wire.HELPER_MODULE) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (pid,) = unixsock.processes(folder, persist_wire.HELPER_MODULE)
+        stopped = persist_wire.stop_helpers(tmp_path / "data")
+        assert [(h["pid"], h["state"]) for h in stopped] == [(pid, "starting")]
+        assert not persist_wire.is_helper(pid, conn.sock) and not conn.sock.exists()
+        assert unixsock.processes(folder, persist_wire.HELPER_MODULE) == {}
+    finally:
+        mute.close()
+
+
 def test_idle_helper_leaves_and_persist_0_starts_none(cli, live_sshd: SshServer, known_hosts: Path) -> None:  # type: ignore[no-untyped-def]
     off = env_for(live_sshd, known_hosts, persist="0")
     assert cli("ssh", "run", "--shell", "cmd", "--", "true", env=off).code == 0
@@ -622,16 +648,27 @@ def test_stop_lets_a_running_command_finish_and_takes_no_new_ones(
         assert not Path(old["socket"]).exists()
         new = cli("ssh", "run", "--shell", "cmd", "--", "echo new", env=env)
         assert new.code == 0 and new.stdout == "new\n", new.stderr
+        deadline = time.monotonic() + 15  # the new call starts its helper in the background
+        while "alive" not in (listed := {h["pid"]: h["state"] for h in helpers(cli, env)}).values():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert listed[old["pid"]] == "draining" and "alive" in listed.values(), listed
+        shown = cli("ssh", "persist", "status", env=env).stdout
+        assert "draining" in shown and str(old["pid"]) in shown
+        again = cli("ssh", "persist", "stop", env=env)  # stops the new one; the draining one finishes
+        assert again.code == 0 and "stopped 1" in again.stdout and job.poll() is None, again.stderr
+        assert persist_wire.is_helper(old["pid"], Path(old["socket"]))
         out, err = job.communicate(timeout=60)
     finally:
         if job.poll() is None:
             job.kill()
     assert (job.returncode, out) == (0, "done\n"), err
-    assert only_helper(cli, env)["pid"] != old["pid"]
     deadline = time.monotonic() + 15
     while persist_wire.is_helper(old["pid"], Path(old["socket"])) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not persist_wire.is_helper(old["pid"], Path(old["socket"]))
+    assert not list(Path(old["socket"]).parent.glob("*.draining-*"))
     assert [j["state"] for j in jobs(cli, env)].count("running") == 0
 
 

@@ -1,10 +1,12 @@
 """Transfers under faults, against the real sshd: a server that stalls mid-transfer (a proxy that
 stops forwarding; TCP stays open) fails within the stall bound with exit 3 and leaves no partial
-file; a process killed mid-transfer leaves partial files that the next transfer removes; a server
-that accepts TCP and never sends a banner is a connection fault, retried, then exit 3."""
+file; so does one whose sshd session process is paused (SIGSTOP); a process killed mid-transfer
+leaves partial files that the next transfer removes; a server that accepts TCP and never sends a
+banner is a connection fault, retried, then exit 3."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -88,6 +90,57 @@ def test_the_cli_exits_3_on_a_stall(live_sshd: SshServer, known_hosts, remote_di
     assert res.code == 3, res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("error: SFTP download of")
     assert "stalled" in res.stderr and not (tmp_path / "out.bin").exists() and parts(tmp_path) == []
+
+
+@pytest.mark.parametrize("direction", ["get", "put"])
+def test_a_paused_sshd_session_fails_the_transfer_within_one_stall_bound(  # type: ignore[no-untyped-def]
+    live_sshd: SshServer, known_hosts, remote_dir, tmp_path, cli_env, direction: str
+) -> None:
+    big = (remote_dir if direction == "get" else tmp_path / "src") / "big.bin"
+    big.parent.mkdir(exist_ok=True)
+    with big.open("wb") as out:
+        for _ in range(32):
+            out.write(os.urandom(8 << 20))  # 256 MiB: still moving when the session is paused
+    big.chmod(0o644)
+    if direction == "get":
+        args, where = ["get", str(big), str(tmp_path / "big.bin")], tmp_path
+    else:
+        args, where = ["put", str(big), str(remote_dir / "big.bin")], remote_dir
+    bound = 4  # connect_timeout 4 s: a second wait of it (the upload's close) shows
+    env = {
+        **cli_env,
+        **live_sshd.env(known_hosts, connect_timeout=bound, keepalive_interval=1),
+        "WIN_AUTOMATION_SSH_PERSIST": "0",
+    }
+    cmd = [sys.executable, "-m", "win_automation", "ssh", *args]
+    call = subprocess.Popen(
+        cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    paused: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not written(where) and call.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert written(where), "the transfer never started"
+        paused = live_sshd.session_pids()
+        for pid in paused:
+            os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        _, err = call.communicate(timeout=60)
+        took = time.monotonic() - stopped
+    finally:
+        for pid in paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        if call.poll() is None:
+            call.kill()
+    assert call.returncode == 3, err
+    assert err.strip().splitlines()[-1].startswith("error: SFTP ") and "stalled" in err, err
+    assert took < bound + 3, took  # one stall bound (an orderly close of the upload took a second)
+    deadline = time.monotonic() + 30
+    while parts(where) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert parts(where) == [] and not (where / "big.bin").exists()
 
 
 KILLED_CHILD = """

@@ -485,6 +485,48 @@ def test_a_session_paused_under_the_helper_is_replaced_and_the_job_succeeds(
     assert [j["state"] for j in jobs(cli, env)].count("succeeded") == 3
 
 
+def test_a_helper_that_dies_while_it_pings_an_idle_session_is_replaced_and_the_job_succeeds(
+    cli, live_sshd: SshServer, known_hosts: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Nothing reaches the VM until the idle session answers its ping: a helper that dies during
+    the ping (here, while a paused session keeps it waiting) has run nothing, so the call goes to a
+    fresh helper (the helper says it started only once the script goes out), not exit 3."""
+    from test_ssh_persist import jobs, only_helper
+
+    env = {**live_sshd.env(known_hosts, warm_powershell=True), "WIN_AUTOMATION_SSH_CONNECT_TIMEOUT": "10"}
+    assert cli("ssh", "run", "--", "Write-Output 'cold'", env=env).code == 0
+    helper = only_helper(cli, env)
+    since = len(reports(live_sshd))
+    assert cli("ssh", "run", "--", "Write-Output 'warm'", env=env).code == 0
+    (session,) = starts(live_sshd, since)
+    os.kill(session, signal.SIGSTOP)  # its ping waits (up to ssh.connect_timeout, 10 s)
+    pinged = len(reports(live_sshd))
+
+    def kill_the_helper_during_the_ping() -> None:
+        tasks = Path(f"/proc/{helper['pid']}/task")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # more threads: the call reached the helper
+            if len(list(tasks.iterdir())) > 3:  # main, transport, the request's two
+                time.sleep(0.5)
+                os.kill(helper["pid"], signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_the_helper_during_the_ping, daemon=True)
+    killer.start()
+    try:
+        res = cli("ssh", "run", "--", "Write-Output 'after'", env=env, timeout=60)
+        killer.join()
+        assert res.code == 0 and res.stdout.startswith("Write-Output 'after'"), res.stderr
+        assert not alive(helper["pid"]) and only_helper(cli, env)["pid"] != helper["pid"]
+        ran = [r for r in reports(live_sshd)[pinged:] if "'after'" in str(r.get("body"))]
+        assert len(ran) == 1  # once, in a new session of the new helper
+    finally:
+        if alive(session):
+            os.kill(session, signal.SIGKILL)
+    assert [j["state"] for j in jobs(cli, env)].count("succeeded") == 3
+
+
 def test_a_session_that_cannot_start_is_exit_3_with_its_error(conn) -> None:  # type: ignore[no-untyped-def]
 
     spec = remote.session_spec("posix")

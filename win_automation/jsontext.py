@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 MAX_DEPTH = 200
+# The largest text read: a config or a job's input (which the journal keeps and every warm path
+# carries whole) of more is a mistake; it would cost about ten times its size in memory.
+MAX_TEXT_BYTES = 32 * 1024 * 1024
 
 
 def _depth(text: str) -> int:
@@ -59,7 +62,8 @@ def loads(text: str) -> Any:
 
 def read_text(path: Path) -> str:
     """The UTF-8 text of regular file `path`; ValueError saying why it cannot be read (a FIFO, a
-    device or a directory is refused before it is opened, so nothing blocks)."""
+    device or a directory is refused before it is opened, so nothing blocks; a file over
+    MAX_TEXT_BYTES is refused after reading no more than that)."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -72,11 +76,13 @@ def read_text(path: Path) -> str:
         raise ValueError("is not a regular file (a FIFO, socket or device)")
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            data = handle.read(MAX_TEXT_BYTES + 1)
     except PermissionError:
         raise ValueError("permission denied") from None
     except OSError as exc:
         raise ValueError(f"cannot read it ({exc.strerror})") from None
+    if len(data) > MAX_TEXT_BYTES:
+        raise ValueError(f"over the {MAX_TEXT_BYTES >> 20} MiB it may be ({os.stat(path).st_size >> 20} MiB)")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

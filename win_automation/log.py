@@ -17,7 +17,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from win_automation.durations import rfc3339
@@ -93,9 +93,38 @@ class KeyValueFormatter(logging.Formatter):
         return format_line(fields)
 
 
+Divert = Callable[[str], bool]
+_divert: Divert | None = None
+
+
+def divert(to: Divert | None) -> None:
+    """Hand the installed handler's lines (each with its newline) to `to` instead of writing them,
+    while it takes them (returns True); None: write them again. The local engine routes them
+    through a job's live output, which shares the CLI's stderr: in order with the command's
+    output, and never blocking a thread on a reader that is paused (win_automation.engines.
+    live_output)."""
+    global _divert
+    _divert = to
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    def emit(self, record: logging.LogRecord) -> None:
+        to = _divert
+        if to is None:
+            super().emit(record)
+            return
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        if not to(line):
+            super().emit(record)
+
+
 def install(level: int = logging.INFO, stream: TextIO | None = None) -> None:
     """Send the project's log lines to stderr in the key=value schema (CLI and worker only)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _Handler(stream or sys.stderr)
     handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -27,6 +27,27 @@ HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 _TAG = re.compile(r"([0-9a-f]{8})-([0-9]+)-[0-9a-f]{8}(\.[a-z0-9]{1,4})?$", re.ASCII)
 
 
+NAME_MAX = 255  # bytes in one file name (Linux; NTFS takes 255 UTF-16 units, never fewer)
+_TAG_MAX = 32  # owner_tag(): 8 + 1 + a pid (at most 7 digits) + 1 + 8 = 25 characters
+
+
+def fitting(name: str, extra: int) -> str:
+    """`name`, cut at a character boundary when needed so that `extra` more bytes (a prefix and a
+    suffix) and an owner tag keep a partial file's name within NAME_MAX bytes: the partial file of
+    a target named near the limit could not be created ('File name too long')."""
+    room = NAME_MAX - extra - _TAG_MAX
+
+    def size(text: str) -> int:
+        return len(text.encode("utf-8", "surrogateescape"))
+
+    if size(name) <= room:
+        return name
+    cut = name[:room]
+    while size(cut) > room:
+        cut = cut[:-1]
+    return cut
+
+
 def owner_tag() -> str:
     """A fresh tag for a partial file written by this process."""
     return f"{HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}"

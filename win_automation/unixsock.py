@@ -16,7 +16,7 @@ import stat
 TYPE_CHECKING = False  # not `typing`: ~10 ms the launcher does not pay
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from contextlib import AbstractContextManager
     from socket import socket
     from typing import Protocol
@@ -160,16 +160,85 @@ def serving(sock: str | os.PathLike[str], timeout: float = 1.0) -> bool:
         return True
 
 
+# --- the processes behind the sockets ---------------------------------------------------------
+def _parent(pid: str) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as stat_file:
+        return int(stat_file.read().rsplit(b")", 1)[1].split()[1])
+
+
+def processes(folder: str | os.PathLike[str], module: str) -> dict[int, str]:
+    """pid -> socket of this user's processes `python -m MODULE SOCKET ...` for a SOCKET in
+    `folder`, from /proc: also one still starting (connecting, importing: not yet serving or
+    recorded); not their children (a warm CLI process's calls and spare)."""
+    marker, where = os.fsencode(module), os.fsencode(os.path.join(folder, ""))
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != os.geteuid():
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                args = cmdline.read().split(b"\0")
+            if marker not in args or not args[args.index(marker) + 1].startswith(where):
+                continue
+            with open(f"/proc/{_parent(pid)}/cmdline", "rb") as cmdline:
+                if marker in cmdline.read().split(b"\0"):
+                    continue  # a child of one
+        except (OSError, ValueError, IndexError):
+            continue
+        found[int(pid)] = os.fsdecode(args[args.index(marker) + 1])
+    return found
+
+
+def terminate(pid: int, running: Callable[[], bool], grace: float = 5.0) -> None:
+    """SIGTERM `pid` (with SIGCONT: a paused process takes it too); SIGKILL once `running()`
+    is still true after `grace` seconds."""
+    import signal
+    import time
+
+    try:
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGCONT)
+    except OSError:
+        return
+    deadline = time.monotonic() + grace
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if running():  # wedged: never left behind
+        try:  # noqa: SIM105 (contextlib costs the launcher an import)
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 # --- frames -------------------------------------------------------------------------------------
+# The largest frame either end takes. Ours are far smaller (a request is a command or a script of
+# at most 32 MiB, JSON-escaped, or argv and an environment; output goes in slices of 4 MiB); a
+# length over it is a corrupt or hostile peer, refused before anything is allocated for it.
+MAX_FRAME = 256 * 1024 * 1024
+_RECV_CHUNK = 1024 * 1024  # recv(n) allocates n bytes first: never a length the peer claimed
+
+
+class FrameTooLarge(OSError):
+    """A frame whose length is over MAX_FRAME (an OSError: callers treat it as a broken peer)."""
+
+
 def frame(kind: bytes, payload: bytes = b"") -> bytes:
     return kind + len(payload).to_bytes(4, "big") + payload
+
+
+def frame_size(length: bytes) -> int:
+    """The size a frame's 4-byte length gives; FrameTooLarge over MAX_FRAME."""
+    size = int.from_bytes(length, "big")
+    if size > MAX_FRAME:
+        raise FrameTooLarge(f"a frame of {size} bytes, over the {MAX_FRAME} a frame may be")
+    return size
 
 
 def recv_exact(conn: Receiver, size: int) -> bytes:
     """`size` bytes; EOFError at the end of the stream before them."""
     buf = bytearray()
     while len(buf) < size:
-        data = conn.recv(size - len(buf))
+        data = conn.recv(min(size - len(buf), _RECV_CHUNK))
         if not data:
             raise EOFError
         buf += data
@@ -177,7 +246,8 @@ def recv_exact(conn: Receiver, size: int) -> bytes:
 
 
 def recv_frame(conn: Receiver) -> tuple[bytes, bytes]:
-    """(kind, payload); EOFError at the end of the stream."""
+    """(kind, payload); EOFError at the end of the stream, FrameTooLarge for a length over
+    MAX_FRAME."""
     header = recv_exact(conn, 5)
-    size = int.from_bytes(header[1:], "big")
+    size = frame_size(header[1:])
     return header[:1], recv_exact(conn, size) if size else b""

@@ -57,7 +57,8 @@ from win_automation.adapters.persist_wire import (
     sun_path,
 )
 from win_automation.config.schema import SSHConfig
-from win_automation.errors import ConnectError
+from win_automation.errors import ConnectError, UsageError
+from win_automation.unixsock import MAX_FRAME
 
 _STARTED: set[Path] = set()  # helpers this process starts as it exits
 
@@ -154,6 +155,12 @@ class WarmConnection:
     ) -> tuple[socket.socket, int | None]:
         """A connection on which the helper accepted `request` (replacing a dead helper once),
         and the inode of the helper's socket; `fds` travel with it (a `get`'s destination file)."""
+        data = json.dumps(request).encode()
+        if len(data) > MAX_FRAME:  # the helper would refuse it, which would look like a dead helper
+            raise UsageError(
+                f"the {request.get('op')} request is {len(data) >> 20} MiB, over the {MAX_FRAME >> 20} MiB"
+                " the warm-connection helper takes (ssh.persist 0 runs it in this process)"
+            )
         for attempt in (1, 2, 3):
             inode = self._inode()
             try:
@@ -167,9 +174,9 @@ class WarmConnection:
                 continue
             try:
                 if fds:
-                    send_frame_fds(client, b"R", json.dumps(request).encode(), fds)
+                    send_frame_fds(client, b"R", data, fds)
                 else:
-                    send_frame(client, b"R", json.dumps(request).encode())
+                    send_frame(client, b"R", data)
                 client.settimeout(self.cfg.connect_timeout)
                 frame = recv_frame(client)
                 client.settimeout(None)

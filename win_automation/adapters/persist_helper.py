@@ -92,15 +92,27 @@ class Helper:
         limit = request.get("timeout") or request.get("hash_timeout") or self.cfg.command_timeout
         with self.lock:  # how long a stop waits for this request at most
             self.until = max(self.until, time.monotonic() + float(limit) + stall_seconds(self.cfg))
-        send_lock = threading.Lock()
-
-        def send(kind: bytes, payload: bytes = b"") -> None:
-            with send_lock:
-                persist.send_frame(client, kind, payload)
-
+        sender = persist.FrameSender(client)
+        send = sender.send
         send(b"A")
         cancelled = threading.Event()
         done = threading.Event()
+        timeout = request.get("timeout")
+        deadline = None if timeout is None else time.monotonic() + float(timeout)
+
+        def offer(kind: bytes, payload: bytes = b"") -> None:
+            """Output: waits for a caller that does not read (paused) only until the command's
+            deadline or cancel, which the read loop must then get back to."""
+            stop = (
+                cancelled.is_set
+                if deadline is None
+                else lambda: cancelled.is_set() or time.monotonic() >= deadline
+            )
+            sender.offer(kind, payload, stop)
+
+        def hint(kind: bytes, payload: bytes = b"") -> None:
+            """Heartbeats and progress: dropped when the caller is not reading."""
+            sender.offer(kind, payload, lambda: True)
 
         def watch() -> None:  # heartbeats out; a cancel (or the caller's going away) in
             beat = time.monotonic() + persist.HEARTBEAT
@@ -112,15 +124,15 @@ class Helper:
                 if time.monotonic() >= beat:
                     beat = time.monotonic() + persist.HEARTBEAT
                     with contextlib.suppress(OSError):
-                        send(b"H")
+                        hint(b"H")
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         try:
             if request.get("op") == "get":
-                answer = self._get(request, fds, send, cancelled)
+                answer = self._get(request, fds, send, hint, cancelled)
             else:
-                answer = self._run(request, send, cancelled)
+                answer = self._run(request, send, offer, cancelled)
         except WinAutomationError as exc:
             answer = {"error": persist.error_payload(exc)}
         except Exception as exc:  # the caller gets a one-line error, not a hang
@@ -131,14 +143,16 @@ class Helper:
             done.set()
         send(b"X", json.dumps(answer).encode())
 
-    def _run(self, request: dict[str, Any], send: Any, cancelled: threading.Event) -> dict[str, Any]:
+    def _run(
+        self, request: dict[str, Any], send: Any, offer: Any, cancelled: threading.Event
+    ) -> dict[str, Any]:
         """A command (or a small SFTP operation). `S` goes out just before anything reaches the
         VM: until then the caller may send the request to a fresh helper if this one fails."""
         op = request.get("op")
         relay: dict[str, Any] = {
             "timeout": request.get("timeout"),
-            "on_stdout": lambda data: send(b"O", data),
-            "on_stderr": lambda data: send(b"E", data),
+            "on_stdout": lambda data: offer(b"O", data),
+            "on_stderr": lambda data: offer(b"E", data),
             "cancelled": cancelled.is_set,
             "keep": False,
         }
@@ -146,9 +160,11 @@ class Helper:
             if op == "exec":
                 outcome = self.conn.exec(str(request["command"]), on_start=lambda: send(b"S"), **relay)
             else:  # ssh.warm_powershell: the script runs in this helper's warm session
-                send(b"S")
                 spec = SessionSpec(str(request["launch"]), str(request["bootstrap"]), str(request["kill"]))
-                outcome = self.conn.run_in_session(spec, str(request["script"]), **relay)
+                script = str(request["script"])
+                # `S` once an idle session answered its ping (or a new one started): only then
+                # does the script go to the VM
+                outcome = self.conn.run_in_session(spec, script, on_start=lambda: send(b"S"), **relay)
             return {
                 "exit_status": outcome.exit_status,
                 "timed_out": outcome.timed_out,
@@ -168,7 +184,7 @@ class Helper:
         raise ConnectError(f"the warm-connection helper does not know the request {op!r}")
 
     def _get(
-        self, request: dict[str, Any], fds: list[int], send: Any, cancelled: threading.Event
+        self, request: dict[str, Any], fds: list[int], send: Any, hint: Any, cancelled: threading.Event
     ) -> dict[str, Any]:
         """`ssh get` through the helper: the pipelined SFTP download straight into the caller's
         open part file (its descriptor came with the request), hashed off the read path, while
@@ -201,7 +217,7 @@ class Helper:
             now = time.monotonic()
             if now - shown[0] >= PROGRESS_EVERY or done == total:
                 shown[0] = now
-                send(b"P", struct.pack(">qq", done, total))
+                hint(b"P", struct.pack(">qq", done, total))
 
         with open(fds[0], "wb", buffering=0, closefd=False) as out:
             copied = sftp_download.download(
@@ -262,12 +278,16 @@ class Helper:
                 self.last = time.monotonic()
             threading.Thread(target=self.serve, args=(client,), daemon=True).start()
         server.close()
-        with contextlib.suppress(FileNotFoundError):
+        draining = persist.draining_path(self.sock, os.getpid())
+        with contextlib.suppress(OSError):
             if self.sock.lstat().st_ino == inode:
                 self.sock.unlink()  # new calls start a fresh helper from now on
+                if self.stop.is_set() and self.busy:  # `ssh persist status` lists it draining
+                    os.replace(persist.info_path(self.sock), draining)
                 persist.info_path(self.sock).unlink(missing_ok=True)
         if self.stop.is_set():
             self.drain()
+        draining.unlink(missing_ok=True)
         self.conn.close()  # (its socket removed or replaced: it leaves at once, as documented)
 
     def drain(self) -> None:

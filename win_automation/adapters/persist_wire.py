@@ -23,7 +23,9 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,48 @@ def send_frame(sock: socket.socket, kind: bytes, payload: bytes = b"") -> None:
     sock.sendall(unixsock.frame(kind, payload))
 
 
+class FrameSender:
+    """The helper's frames to one caller, from the request's thread and its watcher. `send`
+    blocks until the frame is written (A, S, X: small, and what the caller waits for); `offer`
+    (output, heartbeats, progress) waits for a caller that does not read only while `stop()` is
+    false, then drops the frame: a caller whose process is paused (Ctrl-Z) must not hold the
+    command past its deadline or cancel, as a blocked write would (the read loop runs the
+    deadline). A frame already begun is never cut: its rest goes out before the next one."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self._rest = memoryview(b"")
+
+    def send(self, kind: bytes, payload: bytes = b"") -> None:
+        with self.lock:
+            if self._rest:
+                self.sock.sendall(self._rest)
+                self._rest = memoryview(b"")
+            self.sock.sendall(unixsock.frame(kind, payload))
+
+    def offer(self, kind: bytes, payload: bytes, stop: Callable[[], bool]) -> bool:
+        """Send the frame unless the caller stops reading while `stop()` is true; True when it
+        went out whole."""
+        with self.lock:
+            if self._rest and not self._push(stop):
+                return False
+            self._rest = memoryview(unixsock.frame(kind, payload))
+            return self._push(stop)
+
+    def _push(self, stop: Callable[[], bool]) -> bool:
+        while self._rest:
+            try:
+                self._rest = self._rest[self.sock.send(self._rest, socket.MSG_DONTWAIT) :]
+                continue
+            except BlockingIOError:
+                pass
+            if stop():
+                return False
+            select.select([], [self.sock], [], CANCEL_POLL)
+        return True
+
+
 def send_frame_fds(sock: socket.socket, kind: bytes, payload: bytes, fds: list[int]) -> None:
     """A frame with file descriptors attached (SCM_RIGHTS; a Unix socket only)."""
     data = unixsock.frame(kind, payload)
@@ -63,8 +107,9 @@ def recv_frame_fds(sock: socket.socket, max_fds: int = 1) -> tuple[bytes, bytes,
     try:
         try:
             rest = unixsock.recv_exact(sock, _HEADER.size - len(first))
-            kind, size = _HEADER.unpack(first + rest)
-            payload = unixsock.recv_exact(sock, size)
+            header = first + rest
+            payload = unixsock.recv_exact(sock, unixsock.frame_size(header[1:]))
+            kind = header[:1]
         except EOFError:
             raise OSError("end of stream in a frame") from None
     except BaseException:
@@ -119,6 +164,15 @@ def info_path(sock: Path) -> Path:
     return sock.with_suffix(".json")
 
 
+HELPER_MODULE = "win_automation.adapters.persist_helper"
+
+
+def draining_path(sock: Path, pid: int) -> Path:
+    """Where a stopped helper that still finishes running requests says so (`ssh persist
+    status`): not its info file, which the next helper on the same socket path writes."""
+    return sock.with_name(f"{sock.stem}.draining-{pid}")
+
+
 def read_info(sock: Path) -> dict[str, Any] | None:
     """A helper's info file (win_automation.infofiles: bounded, never blocking); None when it is
     missing or not one."""
@@ -154,7 +208,7 @@ def is_helper(pid: int, sock: Path) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"persist_helper" in cmdline and sock.name.encode() in cmdline
+    return HELPER_MODULE.encode() in cmdline and sock.name.encode() in cmdline
 
 
 # --- starting a helper --------------------------------------------------------------------------
@@ -177,7 +231,7 @@ def spawn(cfg: SSHConfig, sock: Path, persist: float, *, wait: bool = True) -> N
     log = sock.with_suffix(".log")
     with infofiles.open_log(log) as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "win_automation.adapters.persist_helper", str(sock)],
+            [sys.executable, "-m", HELPER_MODULE, str(sock)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE if wait else subprocess.DEVNULL,
             stderr=err,
@@ -231,17 +285,27 @@ def spawn(cfg: SSHConfig, sock: Path, persist: float, *, wait: bool = True) -> N
 
 # --- status and stop ----------------------------------------------------------------------------
 def helpers(data_dir: Path) -> list[dict[str, Any]]:
-    """The helpers recorded in the data dir: vm, pid, socket, started, alive."""
+    """The helpers recorded in the data dir: vm, pid, socket, started, alive (serving), state
+    (`alive`; `draining`: stopped, finishing its running requests; `dead`)."""
     folder = persist_dir(data_dir)
     found: list[dict[str, Any]] = []
     if not folder.is_dir():
         return found
-    for sock in sorted(folder.glob("*.sock")) + sorted(
-        p.with_suffix(".sock") for p in folder.glob("*.json") if not p.with_suffix(".sock").exists()
-    ):
-        info = read_info(sock) or {}
+    orphans = sorted(p for p in folder.glob("*.json") if not p.with_suffix(".sock").exists())
+    stopping = sorted(folder.glob("*.draining-*"))
+    listed = [(sock, info_path(sock)) for sock in sorted(folder.glob("*.sock"))]
+    listed += [(p.with_suffix(".sock"), p) for p in orphans]
+    listed += [(folder / (p.name.partition(".draining-")[0] + ".sock"), p) for p in stopping]
+    for sock, path in listed:
+        info = infofiles.read_info(path)
         pid = info.get("pid")
-        running = isinstance(pid, int) and alive(pid) and is_helper(pid, sock) and sock.exists()
+        running = isinstance(pid, int) and alive(pid) and is_helper(pid, sock)
+        if ".draining-" in path.name:
+            if not (running and path.name.endswith(f".draining-{pid}")):
+                continue  # left by a helper killed while it drained (`stop` removes it)
+            state = "draining"
+        else:
+            state = "alive" if running and sock.exists() else "dead"
         found.append(
             {
                 "vm": info.get("vm"),
@@ -250,7 +314,8 @@ def helpers(data_dir: Path) -> list[dict[str, Any]]:
                 "socket": str(sock),
                 "started": info.get("started"),
                 "persist_seconds": info.get("persist"),
-                "alive": bool(running),
+                "alive": state == "alive",
+                "state": state,
             }
         )
     return found
@@ -260,8 +325,15 @@ def stop_helpers(data_dir: Path, vm: str | None = None) -> list[dict[str, Any]]:
     """Stop the helpers (of `vm` only, when given, and those whose VM is unknown: an unreadable
     info file); returns those stopped or cleaned up."""
     stopped = []
-    for helper in helpers(data_dir):
+    listed = helpers(data_dir)
+    finishing = {draining_path(Path(h["socket"]), h["pid"]) for h in listed if h["state"] == "draining"}
+    for left in set(persist_dir(data_dir).glob("*.draining-*")) - finishing:
+        with contextlib.suppress(FileNotFoundError):
+            left.unlink()
+    for helper in listed:
         if vm is not None and helper["vm"] not in (vm, None):  # None: its info file is unreadable
+            continue
+        if helper["state"] == "draining":  # stopped already: it leaves once its requests end
             continue
         sock = Path(helper["socket"])
         pid = helper["pid"]
@@ -277,4 +349,12 @@ def stop_helpers(data_dir: Path, vm: str | None = None) -> list[dict[str, Any]]:
             draining = alive(pid) and not sock.exists()
         discard(sock, kill=not draining)
         stopped.append(helper)
+    listed_pids = {h["pid"] for h in listed}
+    for pid, sock_path in unixsock.processes(persist_dir(data_dir), HELPER_MODULE).items():
+        if pid in listed_pids:
+            continue  # still starting (connecting to the VM: a job command starts it as it exits)
+        sock = Path(sock_path)
+        unixsock.terminate(pid, lambda: is_helper(pid, sock))  # noqa: B023 (called at once)
+        starting = {"vm": None, "user": None, "pid": pid, "socket": sock_path, "started": None}
+        stopped.append({**starting, "persist_seconds": None, "alive": False, "state": "starting"})
     return stopped

@@ -106,6 +106,11 @@ def upload(
                     target.write(chunk)
                     done += len(chunk)
                     advance(done, size)
+            except TimeoutError:
+                # the VM stopped answering (paused): an orderly close would wait the stall bound
+                # once more for its answer; the connection goes (bounded says so)
+                conn.close()
+                raise
             except Exception:
                 target.close()
                 raise

@@ -36,6 +36,9 @@ from win_automation.errors import ConnectError, NotFoundError, StorageError, Sto
 # sent in batches (one SSH packet for many READs) once half the pipeline has been answered.
 CHUNK = 255 * 1024
 PIPELINE = 32
+# The largest packet taken from the server: ours ask for CHUNK bytes at most (OpenSSH's own client
+# refuses a message over 256 KiB); a longer length is a corrupt or hostile server, not buffered.
+MAX_PACKET = 1024 * 1024
 CHANNEL_WINDOW = 8 * 1024 * 1024
 CHANNEL_PACKET = 128 * 1024
 
@@ -240,6 +243,8 @@ class _SftpStream:
         """The next whole packet (type, body after the type byte); reads from the channel as needed."""
         self._fill(4)
         (length,) = struct.unpack(">I", self._take(4))
+        if length > MAX_PACKET:
+            raise ConnectError(f"the SFTP server sent a packet of {length} bytes (at most {MAX_PACKET})")
         self._fill(length)
         view = self._take(length)
         return view[0], view[1:]

@@ -191,9 +191,10 @@ class SshConnection:
         on_stderr: Chunk | None = None,
         cancelled: Callable[[], bool] | None = None,
         keep: bool = True,
+        on_start: Callable[[], None] | None = None,
     ) -> ExecOutcome:
         """Run PowerShell `script` in a warm session on this connection (win_automation.adapters.
-        warm_powershell)."""
+        warm_powershell); `on_start()` runs just before the script is sent."""
         from win_automation.adapters.warm_powershell import SessionPool
 
         with self._lock:
@@ -208,6 +209,7 @@ class SshConnection:
             on_stderr=on_stderr,
             cancelled=cancelled,
             keep=keep,
+            on_start=on_start,
         )
         return outcome
 

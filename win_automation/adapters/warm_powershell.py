@@ -217,9 +217,12 @@ class SessionPool:
         on_stderr: Chunk | None = None,
         cancelled: Callable[[], bool] | None = None,
         keep: bool = True,
+        on_start: Callable[[], None] | None = None,
     ) -> ExecOutcome:
+        """Run `script` in a session of `spec` (an idle one that answers its ping, or a new one);
+        `on_start()` runs just before the script is sent (nothing of it ran before)."""
         with Timer() as timer:
-            outcome = self._run(spec, script, timeout, on_stdout, on_stderr, cancelled, keep)
+            outcome = self._run(spec, script, timeout, on_stdout, on_stderr, cancelled, keep, on_start)
         outcome.duration_ms = timer.ms
         return outcome
 
@@ -232,6 +235,7 @@ class SessionPool:
         on_stderr: Chunk | None,
         cancelled: Callable[[], bool] | None,
         keep: bool,
+        on_start: Callable[[], None] | None,
     ) -> ExecOutcome:
         deadline = None if timeout is None else time.monotonic() + timeout
         nonce = uuid.uuid4().hex.encode("ascii")
@@ -252,6 +256,8 @@ class SessionPool:
                     if not answered:
                         self._abandon(spec, session)
                         continue
+                if on_start is not None:
+                    on_start()
                 session.channel.sendall(request)
                 break
             except (paramiko.SSHException, OSError, EOFError) as exc:

@@ -44,7 +44,7 @@ from win_automation.errors import (
     UsageError,
 )
 from win_automation.jobs.ids import validate_job_id
-from win_automation.partfiles import owner_tag
+from win_automation.partfiles import fitting, owner_tag
 from win_automation.regularfiles import NotRegularFile, open_regular
 
 ArtifactType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=40)]
@@ -79,8 +79,8 @@ def safe_relative(name: str) -> str:
 
 
 def temp_name(name: str) -> str:
-    """`.tmp-<name>.<owner tag>`: a file being written, which says who writes it (partfiles)."""
-    return f"{TEMP_PREFIX}{name}.{owner_tag()}"
+    """`.tmp-<name>.<owner tag>` (name cut near NAME_MAX): a file being written, and its writer."""
+    return f"{TEMP_PREFIX}{fitting(name, len(TEMP_PREFIX) + 1)}.{owner_tag()}"
 
 
 def _manifest_path(name: str) -> str:
@@ -147,11 +147,11 @@ def read_manifest(folder: Path) -> Manifest:
     path = folder / MANIFEST
     try:
         # a FIFO or device in its place (a symlink to /dev/zero) is never read: it would block,
-        # or fill memory until the kernel kills the process
+        # or fill memory until the kernel kills the process; a huge file is not read whole
         with open_regular(path) as handle:
             data = handle.read(MAX_MANIFEST_BYTES + 1)
         if len(data) > MAX_MANIFEST_BYTES:
-            raise ArtifactMismatch(f"{path}: not a valid manifest (over {MAX_MANIFEST_BYTES >> 20} MiB)")
+            raise ArtifactMismatch(f"{path} is over {MAX_MANIFEST_BYTES >> 20} MiB: not a manifest")
         return Manifest.model_validate_json(data)
     except (FileNotFoundError, NotADirectoryError):
         if not folder.is_dir():

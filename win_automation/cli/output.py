@@ -23,7 +23,7 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
         # The first column is the row's key (a job id, a setting): never broken across lines.
         table.add_column(column, overflow="fold", no_wrap=index == 0)
     for row in rows:
-        table.add_row(*("" if cell is None else str(cell) for cell in row))
+        table.add_row(*("" if cell is None else shortened(str(cell)) for cell in row))
     # Piped output has no terminal width to fit: keep rows on one line for grep and less.
     Console(soft_wrap=False, width=None if sys.stdout.isatty() else 240).print(table)
 
@@ -52,11 +52,25 @@ def path_text(path: object) -> str:
     return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+# An error line or a table cell longer than this (a value of megabytes quoted in it) keeps its
+# start and its end (where an error's reason is).
+MAX_ERROR_CHARS = 4096
+
+
+def shortened(text: str) -> str:
+    """`text`, or its first and last MAX_ERROR_CHARS // 2 characters when longer."""
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    half = MAX_ERROR_CHARS // 2
+    return f"{text[:half]}...({len(text) - 2 * half} characters left out)...{text[-half:]}"
+
+
 def error(message: str) -> None:
-    """The one-line error every failure ends with. When stderr cannot take it (a full disk), it
-    is dropped: the caller's exit code still says what failed (it was exit 1 or 74 instead)."""
+    """The one-line error every failure ends with; at most about MAX_ERROR_CHARS characters.
+    When stderr cannot take it (a full disk), it is dropped: the caller's exit code still says
+    what failed (it was exit 1 or 74 instead)."""
     try:
-        sys.stderr.write(f"error: {one_line(message)}\n")
+        sys.stderr.write(f"error: {shortened(one_line(message))}\n")
         sys.stderr.flush()
     except OSError:
         discard_output()

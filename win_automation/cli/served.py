@@ -32,7 +32,7 @@ IN_SERVER = False
 # --- the child: one call ------------------------------------------------------------------------
 def _read_request(conn: socket.socket) -> list[bytes]:
     conn.settimeout(REQUEST_TIMEOUT)
-    size = int.from_bytes(unixsock.recv_exact(conn, 4), "big")
+    size = unixsock.frame_size(unixsock.recv_exact(conn, 4))
     fields = unixsock.recv_exact(conn, size).split(b"\0")
     if fields[0] != b"WA%d" % launch.PROTOCOL:
         raise EOFError("not a launcher request")

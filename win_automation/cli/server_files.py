@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
+from win_automation import unixsock
 from win_automation.cli import launch
 from win_automation.infofiles import read_info
+
+MODULE = "win_automation.cli.server"
 
 
 def info_path(sock: str) -> str:
@@ -32,7 +33,7 @@ def _is_server(pid: int, sock: str) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"win_automation.cli.server" in cmdline and os.fsencode(sock) in cmdline
+    return os.fsencode(MODULE) in cmdline and os.fsencode(sock) in cmdline
 
 
 def servers() -> list[dict[str, Any]]:
@@ -61,22 +62,20 @@ def servers() -> list[dict[str, Any]]:
 
 
 def stop_servers() -> list[dict[str, Any]]:
-    """Stop every warm CLI process of the data dir (SIGTERM, with SIGCONT for a paused one;
-    SIGKILL after 5 s; running calls go on)."""
+    """Stop every warm CLI process of the data dir, also one still starting (SIGTERM, with
+    SIGCONT for a paused one; SIGKILL after 5 s; running calls go on)."""
     stopped = servers()
+    recorded = {server["pid"] for server in stopped}
+    current = os.path.basename(launch.socket_path())
+    for pid, sock in unixsock.processes(launch.server_dir(), MODULE).items():
+        if pid not in recorded:
+            starting = {"pid": pid, "socket": sock, "started": None, "persist_seconds": None}
+            stopped.append({**starting, "current": os.path.basename(sock) == current, "alive": False})
     for server in stopped:
         pid, sock = server["pid"], server["socket"]
         # Its socket may be gone (a launcher dropped a paused server's): it is still stopped.
         if isinstance(pid, int) and _is_server(pid, sock):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGTERM)
-                os.kill(pid, signal.SIGCONT)  # a paused one takes it too
-            deadline = time.monotonic() + 5
-            while _is_server(pid, sock) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if _is_server(pid, sock):  # wedged: never left behind
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+            unixsock.terminate(pid, lambda: _is_server(pid, sock))  # noqa: B023 (called at once)
         for path in (sock, info_path(sock)):
             with contextlib.suppress(OSError):  # gone, or a folder in its place: left as it is
                 os.unlink(path)

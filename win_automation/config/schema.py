@@ -29,9 +29,17 @@ def _clean(value: str) -> bool:
 
 
 def _host(value: str) -> str:
+    shown = repr(value) if len(value) <= 60 else f"{value[:40]!r}...({len(value)} characters)"
     if not value or not _clean(value):
+        raise ValueError(f"must be a host name or address without spaces or control characters, got {shown}")
+    try:  # what the resolver does first: a label over 63 characters was a traceback on connect
+        name = value.rstrip(".").encode("idna")
+    except UnicodeError:
+        name = b""
+    if not name or len(name) > 253:
         raise ValueError(
-            f"must be a host name or address without spaces or control characters, got {value!r}"
+            "must be a host name or address (at most 253 characters, 63 between dots, no empty"
+            f" part), got {shown}"
         )
     return value
 

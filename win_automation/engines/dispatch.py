@@ -209,13 +209,25 @@ def cancel_job(config: Config, job_id: str, patience: float) -> JobRecord:
             return _cancel_hatchet(config, journal, job, patience)
         job = journal.request_cancel(job_id)
         deadline = time.monotonic() + patience
-        while job.state in ACTIVE and time.monotonic() < deadline:
+        while job.state in ACTIVE and time.monotonic() < deadline and not owner_stopped(job):
             time.sleep(0.05)
             journal.recover_interrupted()
             job = journal.get_job(job_id)
         if job.state == JobState.INTERRUPTED:
             job = journal.request_cancel(job_id)  # its owner died meanwhile
         return job
+
+
+def owner_stopped(job: JobRecord) -> bool:
+    """True when the local job's owner is a process of this host that is stopped (Ctrl-Z,
+    SIGSTOP): it sees a cancel only once it is continued."""
+    import socket
+
+    from win_automation.jobs.owners import process_stopped
+
+    if job.engine != "local" or job.owner_pid is None or job.owner_host != socket.gethostname():
+        return False
+    return process_stopped(job.owner_pid, job.owner_start)
 
 
 def _cancel_hatchet(config: Config, journal: Journal, job: JobRecord, patience: float) -> JobRecord:

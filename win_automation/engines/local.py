@@ -31,19 +31,20 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import threading
 from collections.abc import Mapping
 
 from pydantic import BaseModel, ValidationError
 
+from win_automation import log as log_lines
 from win_automation import metrics
 from win_automation.artifacts.store import ArtifactWriter
 from win_automation.config import Config
 from win_automation.definition import Step, Workflow
 from win_automation.engines.context import JobStepContext
 from win_automation.engines.desktop import holding_desktop
+from win_automation.engines.live_output import LiveOutput
 from win_automation.engines.monitor import JobMonitor
 from win_automation.engines.outcome import (
     JobOutcome,
@@ -154,7 +155,7 @@ class LocalEngine:
     ) -> JobOutcome:
         recorder = JobRecorder(self.journal, job.job_id, workflow, epoch=job.epoch)
         cancel = self._monitor.watch(job.job_id, job.epoch)
-        output = None if emit is None else _Output(emit, cancel)
+        output = None if emit is None else LiveOutput(emit, cancel)
         writer = ArtifactWriter(
             artifacts_root(job, self.config),
             job.job_id,
@@ -163,6 +164,9 @@ class LocalEngine:
             types=qemu.writer_types(workflow.artifact_types, workflow.gui),
         )
         outputs = dict(done)
+        interrupted = False
+        if output is not None:
+            log_lines.divert(output.log_line)  # the CLI's log lines share its stderr
         try:
             cancelled = lambda: cancel.is_set() or self.journal.cancel_requested(job.job_id)  # noqa: E731
             with holding_desktop(self.config, workflow, job.job_id, cancelled, always=snapshot is not None):
@@ -181,6 +185,7 @@ class LocalEngine:
             else:
                 recorder.end(JobState.CANCELLED, str(exc), Cancelled.exit_code)
         except KeyboardInterrupt:
+            interrupted = True
             recorder.end(JobState.INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)")
             raise Cancelled(
                 f"job {job.job_id} interrupted; continue it with `win-automation jobs resume {job.job_id}`"
@@ -190,6 +195,11 @@ class LocalEngine:
             raise
         finally:
             self._monitor.unwatch(job.job_id)
+            if output is not None:  # the job is recorded: now wait for the reader
+                try:
+                    output.close(discard=interrupted)
+                finally:
+                    log_lines.divert(None)
         if output is not None and output.failed is not None:
             raise output.failed  # the caller's own output error, for its exit code (app.main)
         return outcome_of(self.journal, workflow, job.job_id, outputs, self.config.artifacts.out_dir)
@@ -214,7 +224,7 @@ class LocalEngine:
         writer: ArtifactWriter,
         cancel: threading.Event,
         recorder: JobRecorder,
-        emit: Emit | None,
+        emit: LiveOutput | None,
     ) -> None:
         if cancel.is_set():
             raise _StepCancelled("cancelled before it started")
@@ -253,12 +263,14 @@ class LocalEngine:
         writer: ArtifactWriter,
         cancel: threading.Event,
         recorder: JobRecorder,
-        emit: Emit | None,
+        emit: LiveOutput | None,
     ) -> BaseModel:
         attempts = step.retries + 1
         for attempt in range(1, attempts + 1):
             recorder.attempt_started(step.name, attempt)
             attempt_cancel = threading.Event()
+            if emit is not None:  # its writes wait for a slow reader only until this deadline
+                emit.attempt = attempt_cancel
             ctx = JobStepContext(
                 job_id=job.job_id,
                 trace_id=job.trace_id,
@@ -302,41 +314,6 @@ class LocalEngine:
                 exc_info=True,
                 extra={"op": "run", "job_id": recorder.job_id},
             )
-
-
-class _Output:
-    """The caller's live-output sink, guarded: when it fails (the reader of `| head -c1` went
-    away, stdout is on a full disk), nothing more is written, the job is cancelled (so the remote
-    command stops and its process tree is killed, as on `jobs cancel`), and is then recorded
-    failed with why; `_execute` raises the sink's own error to the caller once the job is
-    recorded, never leaving it `running`."""
-
-    def __init__(self, emit: Emit, cancel: threading.Event) -> None:
-        self.emit = emit
-        self.cancel = cancel
-        self.failed: Exception | None = None
-
-    def __call__(self, stream: str, text: str) -> None:
-        if self.failed is not None:
-            return
-        try:
-            self.emit(stream, text)
-        except Exception as exc:
-            self.failed = exc
-            self.cancel.set()
-
-    def describe(self) -> str:
-        failed = self.failed
-        why = failed.strerror if isinstance(failed, OSError) and failed.strerror else str(failed)
-        return f"the live output could not be written ({why}); the command was stopped"
-
-    def exit_code(self) -> int:
-        failed = self.failed
-        return 74 if isinstance(failed, OSError) and failed.errno in _OUTPUT_FULL else 1
-
-
-_OUTPUT_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
-"""An output error the CLI exits 74 for (a closed pipe is 1)."""
 
 
 class _StepCancelled(Cancelled):

@@ -31,6 +31,8 @@ from win_automation.regularfiles import kind
 
 JOURNAL_FILE = "journal.sqlite3"
 BUSY_TIMEOUT_SECONDS = 10.0
+# SQLite's unix VFS takes paths of at most 512 bytes with "-journal": a longer one "unable to open"
+MAX_SQLITE_PATH = 503
 
 
 @contextmanager
@@ -52,6 +54,12 @@ def storage_faults(path: Path) -> Iterator[None]:
             raise JournalError(
                 f"the journal {path} is corrupt ({reason}): move it aside (mv {path} {path}.corrupt)"
                 " and the next command starts a new, empty journal; the artifact folders are intact"
+            ) from None
+        if len(os.fsencode(path)) > MAX_SQLITE_PATH:  # SQLite's unix VFS: 512 with its "-journal"
+            raise JournalError(
+                f"the journal {path} cannot be used: its path is {len(os.fsencode(path))} bytes, over"
+                f" the {MAX_SQLITE_PATH} SQLite opens (point data.dir, WIN_AUTOMATION_DATA_DIR, at a"
+                " shorter path)"
             ) from None
         if (misplaced := _misplaced_error(path)) is not None:
             raise misplaced from None
@@ -219,13 +227,19 @@ class JournalConnection:
         since: float | None = None,
         limit: int | None = 50,
     ) -> list[JobRecord]:
-        """Newest first."""
+        """Newest first; without their input (`input_json` is ""): a list never shows it, and
+        loading it made `jobs list` hold up to `limit` inputs of up to 32 MiB each at once."""
         where, args = [], []
         for clause, value in (("state = ?", state), ("workflow = ?", workflow), ("created_at >= ?", since)):
             if value is not None:
                 where.append(clause)
                 args.append(value)
-        sql = "SELECT * FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        with self._lock, storage_faults(self.path):
+            columns = [row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")]
+        listed = ", ".join(c for c in columns if c != "input_json")
+        sql = f"SELECT {listed}, '' AS input_json FROM jobs" + (
+            " WHERE " + " AND ".join(where) if where else ""
+        )
         sql += " ORDER BY created_at DESC, job_id DESC"
         if limit is not None and limit < 2**63:  # SQLite's integers are 64-bit: more is no limit
             sql += f" LIMIT {int(limit)}"

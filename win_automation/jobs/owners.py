@@ -1,4 +1,4 @@
-"""Is a job's owner process still alive? Linux /proc with the process start time, so that a pid
+"""Is a job's owner process still alive (or stopped)? Linux /proc with the process start time, so that a pid
 reused by another process after the owner died is not mistaken for the owner."""
 
 from __future__ import annotations
@@ -34,3 +34,12 @@ def process_alive(pid: int, start: str | None) -> bool:
     if fields[0] in ("Z", "X"):
         return False
     return start is None or fields[19] == start
+
+
+def process_stopped(pid: int, start: str | None) -> bool:
+    """True while `pid` is the same process and stopped by a signal (state T: SIGSTOP, Ctrl-Z)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return False
+    return fields[0] == "T" and (start is None or fields[19] == start)

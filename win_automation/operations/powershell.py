@@ -123,6 +123,11 @@ framing and the PID marker. PowerShell (and Windows cmd mode, which goes through
 limit: a script too long for a command line is uploaded (`needs_upload`)."""
 
 
+MAX_SCRIPT_BYTES = 32 * 1024 * 1024
+"""The largest script `ssh script` runs: the job's input holds it (the journal keeps it) and each
+warm path carries it whole, at about ten times its size in memory; more is refused up front."""
+
+
 def file_command_line(path: str) -> str:
     """Run an uploaded script file. `path` must not hold a double quote (ours never does)."""
     if '"' in path:

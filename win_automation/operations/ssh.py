@@ -36,7 +36,9 @@ import uuid
 from collections.abc import Callable
 from typing import Literal, Protocol
 
+from win_automation import deadlines
 from win_automation.adapters.execution import Executor, SessionSpec
+from win_automation.errors import UsageError
 from win_automation.operations import powershell, winscripts
 from win_automation.operations.command_result import (
     CANCELLED_EXIT_CODE,
@@ -220,20 +222,21 @@ def _execute(
     if files != (None, None):
         asked = cancelled
         cancelled = lambda: bool(failures) or (asked is not None and asked())  # noqa: E731
-    if session is not None:
-        outcome = conn.run_in_session(
-            session,
-            line,
-            timeout=timeout,
-            on_stdout=out.feed,
-            on_stderr=err.feed,
-            cancelled=cancelled,
-            keep=False,
-        )
-    else:
-        outcome = conn.exec(
-            line, timeout=timeout, on_stdout=out.feed, on_stderr=err.feed, cancelled=cancelled, keep=False
-        )
+    with deadlines.within(timeout):  # a live-output sink waits for its reader at most until then
+        if session is not None:
+            outcome = conn.run_in_session(
+                session,
+                line,
+                timeout=timeout,
+                on_stdout=out.feed,
+                on_stderr=err.feed,
+                cancelled=cancelled,
+                keep=False,
+            )
+        else:
+            outcome = conn.exec(
+                line, timeout=timeout, on_stdout=out.feed, on_stderr=err.feed, cancelled=cancelled, keep=False
+            )
     stdout = out.text()
     stderr = err.text()
     killed = outcome.pid if session is not None else err.pid
@@ -339,6 +342,12 @@ def run_command(
     """Run `command` on the VM in PowerShell or in cmd (passed as given to the VM's shell); with
     `warm`, what goes through PowerShell runs in the warm session."""
     if shell == "cmd" and remote_os == "posix":
+        if (size := len(command.encode("utf-8"))) > powershell.MAX_SENT_COMMAND:
+            # sshd resets the whole connection on it, which would look like a network fault
+            raise UsageError(
+                f"the cmd command is {size // 1024} KiB, over the {powershell.MAX_SENT_COMMAND // 1024}"
+                " KiB that fit the sshd's request; run it as a PowerShell script instead"
+            )
         return _execute(
             conn,
             command,

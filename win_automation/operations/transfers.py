@@ -48,7 +48,7 @@ from win_automation.errors import (
 )
 from win_automation.log import Timer
 from win_automation.operations import powershell
-from win_automation.partfiles import is_stale, owner_tag
+from win_automation.partfiles import fitting, is_stale, owner_tag
 from win_automation.regularfiles import NotRegularFile, not_regular, open_regular
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def remove_stale_remote_parts(conn: SshConnection, remote: str) -> list[str]:
     folder, name = _remote_split(remote)
     removed = []
     for entry, mtime in sftp.list_folder(conn, folder):
-        if entry.startswith(f"{name}{PART}") and is_stale(entry, mtime):
+        if entry.startswith(f"{fitting(name, len(PART))}{PART}") and is_stale(entry, mtime):
             path = entry if folder == "." else f"{folder.rstrip('/')}/{entry}"
             sftp.remove(conn, path)
             removed.append(path)
@@ -103,11 +103,16 @@ def remove_stale_remote_parts(conn: SshConnection, remote: str) -> list[str]:
     return removed
 
 
+def _local_stem(local: Path) -> str:
+    """The part of the target's name its part files carry (all of it unless near NAME_MAX)."""
+    return fitting(local.name, 1 + len(PART))
+
+
 def remove_stale_local_parts(local: Path) -> list[Path]:
     """Delete the stale partial downloads of `local` beside it; the paths removed."""
     removed: list[Path] = []
     try:
-        candidates = list(local.parent.glob(f".{local.name}{PART}*"))
+        candidates = list(local.parent.glob(f".{_local_stem(local)}{PART}*"))
     except OSError:
         return removed
     for path in candidates:
@@ -200,7 +205,9 @@ def put_file(
         raise WinAutomationError(f"local path {local} is not a regular file ({exc.kind})") from None
     except OSError as exc:
         raise WinAutomationError(f"cannot read local file {local}: {exc.strerror or exc}") from exc
-    partial = f"{remote}{PART}{owner_tag()}"
+    name = _remote_split(remote)[1]
+    stem = fitting(name, len(PART))
+    partial = f"{remote[: len(remote) - len(name)]}{stem}{PART}{owner_tag()}"
     with Timer() as timer, source:
         size = os.fstat(source.fileno()).st_size
         remove_stale_remote_parts(conn, remote)
@@ -237,7 +244,7 @@ def _check_target(local: Path) -> None:
 def _open_partial(local: Path) -> tuple[Path, BinaryIO]:
     _check_target(local)
     remove_stale_local_parts(local)
-    partial = local.with_name(f".{local.name}{PART}{owner_tag()}")
+    partial = local.with_name(f".{_local_stem(local)}{PART}{owner_tag()}")
     try:
         return partial, partial.open("xb")
     except FileNotFoundError as exc:

@@ -212,7 +212,7 @@ def cancel(
 ) -> None:
     """Cancel a queued, running or interrupted job; a running one stops at its next step or sooner."""
     from win_automation.cli.parse import duration_option
-    from win_automation.engines.dispatch import cancel_job
+    from win_automation.engines.dispatch import cancel_job, owner_stopped
     from win_automation.errors import WinAutomationError
     from win_automation.jobs.state import ACTIVE, JobState
 
@@ -223,6 +223,8 @@ def cancel(
         typer.echo(f"job {job_id} cancelled{run}")
     elif job.state in ACTIVE:
         owner = f"Hatchet run {job.external_id}" if run else f"owner pid {job.owner_pid}"
+        if owner_stopped(job):
+            owner += " is stopped (Ctrl-Z or SIGSTOP): the cancel takes effect when it continues"
         typer.echo(f"cancel requested; job {job_id} is still {job.state.value} ({owner})")
     else:
         raise WinAutomationError(f"job {job_id} ended {job.state.value} before the cancel took effect")

@@ -8,6 +8,7 @@ and `run` are jobs (the `playwright-screenshot` and `playwright-run` workflows, 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -187,13 +188,14 @@ def read_script(path: Path) -> str:
 
     try:
         with open_regular(path) as handle:  # a FIFO or device is refused, never read
-            data = handle.readall()
+            data = handle.read(MAX_SCRIPT_BYTES + 1)  # never more: a huge file is not read whole
+            size = os.fstat(handle.fileno()).st_size
     except NotRegularFile as exc:
         raise UsageError(f"SCRIPT {path}: not a regular file ({exc.kind})") from None
     except OSError as exc:
         raise UsageError(f"SCRIPT {path}: cannot read it ({exc.strerror or exc})") from None
     if len(data) > MAX_SCRIPT_BYTES:
-        raise UsageError(f"SCRIPT {path}: {len(data)} bytes, at most {MAX_SCRIPT_BYTES}")
+        raise UsageError(f"SCRIPT {path}: {max(size, len(data))} bytes, at most {MAX_SCRIPT_BYTES}")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,8 +102,21 @@ def _run_job(
     config = state(ctx).config()
     workflow = ssh_exec.ssh_exec
     model = workflow.parse_input({k: v for k, v in payload.items() if v is not None}, name="input")
-    live = None if as_json else _live
-    outcome = start(config, workflow, model, engine=engine, no_wait=no_wait, as_json=as_json, on_output=live)
+    shown: set[str] = set()  # the streams that were printed live
+
+    def live(stream: str, text: str) -> None:
+        shown.add(stream)
+        _live(stream, text)
+
+    outcome = start(
+        config,
+        workflow,
+        model,
+        engine=engine,
+        no_wait=no_wait,
+        as_json=as_json,
+        on_output=None if as_json else live,
+    )
     if outcome is None:
         return
     result = outcome.outputs.get("exec")
@@ -131,6 +145,14 @@ def _run_job(
                 _write(sys.stdout)(piece)
             for piece in stderr:
                 _write(sys.stderr)(piece)
+        elif result.stderr and "stderr" not in shown:
+            # PowerShell's errors come as CLIXML, held back from the live output: their text here
+            _write(sys.stderr)(result.stderr if result.stderr.endswith("\n") else result.stderr + "\n")
+            if result.stderr_truncated:
+                sys.stderr.write(
+                    f"note: stderr shows its last {len(result.stderr)} characters of error text"
+                    f" (all of it, as CLIXML, in stderr.txt of job {outcome.job_id})\n"
+                )
         if result.skipped:
             sys.stderr.write(f"skipped: the idempotency check passed (job {outcome.job_id})\n")
     if result.timed_out:
@@ -210,11 +232,18 @@ def script(
 ) -> None:
     """Run a local .ps1 script on the VM as a job (long scripts go over SFTP and run with -File)."""
     from win_automation.errors import UsageError
+    from win_automation.operations.powershell import MAX_SCRIPT_BYTES
     from win_automation.regularfiles import NotRegularFile, open_regular
 
     try:
         with open_regular(file) as handle:  # a FIFO or device is refused, never read
-            text = handle.readall().decode("utf-8-sig")
+            data = handle.read(MAX_SCRIPT_BYTES + 1)  # never more: a huge file is not read whole
+            if len(data) > MAX_SCRIPT_BYTES:
+                size = os.fstat(handle.fileno()).st_size
+                raise UsageError(
+                    f"FILE: {file} is {size >> 20} MiB, over the {MAX_SCRIPT_BYTES >> 20} MiB a script may be"
+                )
+            text = data.decode("utf-8-sig")
     except NotRegularFile as exc:
         raise UsageError(f"FILE: {file} is not a regular file ({exc.kind})") from None
     except OSError as exc:
@@ -355,9 +384,7 @@ def persist_status(
         typer.echo("no warm connection" + ("" if config.ssh.persist > 0 else " (ssh.persist is 0: off)"))
         return
     if found:
-        rows = [
-            (h["vm"], h["user"], h["pid"], h["started"], "alive" if h["alive"] else "dead") for h in found
-        ]
+        rows = [(h["vm"], h["user"], h["pid"], h["started"], h["state"]) for h in found]
         print_table("warm connections", ("vm", "user", "pid", "started", "state"), rows)
     if cli_servers:
         servers_rows = [
