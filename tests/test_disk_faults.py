@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from conftest import stop_warm_helpers
 from fixture_sshd import SshServer
-from test_cli_faults import _start_warm_cli_process
+from test_cli_faults import _alive, _start_warm_cli_process
 from test_playwright_install import make_wheel
 
 from win_automation.cli import launch
@@ -372,8 +372,9 @@ def test_an_error_line_that_cannot_be_written_keeps_the_errors_own_exit_code(
     cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, served: bool
 ) -> None:
     """stderr on a full disk (2>/dev/full): a bad job id or input was exit 1 (the failing write of
-    the error line raised out of its handler), a job command's failure (a refused connection)
-    exit 74; each keeps its documented code (2, 2, 3), as the error is what failed."""
+    the error line raised out of its handler); each keeps its documented code (2), as the error
+    is what failed. (A job command's stderr is its live output: one that cannot be written stops
+    the job, exit 74, as documented.)"""
     env = {**cli_env, **live_sshd.env(known_hosts), "WIN_AUTOMATION_CLI_SERVER": "1" if served else "0"}
     if served:
         assert subprocess.run([*WA, "run", "ping"], env=env, capture_output=True, timeout=60).returncode == 0
@@ -381,7 +382,6 @@ def test_an_error_line_that_cannot_be_written_keeps_the_errors_own_exit_code(
     cases = [
         (["jobs", "show", "not-a-job-id"], {}, 2),
         (["run", "ping", "--input", '{"hold_seconds": -1}'], {}, 2),
-        (["ssh", "run", "--shell", "cmd", "--", "echo"], {"WIN_AUTOMATION_SSH_PORT": "1"}, 3),
     ]
     for args, extra, code in cases:
         with open("/dev/full", "wb") as full:
@@ -513,3 +513,52 @@ def test_a_manifest_on_the_vm_is_never_copied_whole_into_a_small_tmpdir(
         res = cli(*fetch, env=env)
         assert res.code == code and said in res.stderr and res.stderr.count("\n") == 1, res.stderr
         assert list(small_disk.iterdir()) == []
+
+
+@pytest.mark.parametrize("path", ["warm-helper", "direct", "warm-cli-process"])
+def test_artifacts_disk_filling_mid_command_stops_the_remote_command(
+    cli_env: dict[str, str],
+    live_sshd: SshServer,
+    known_hosts: Path,
+    small_disk: Path,
+    tmp_path: Path,
+    path: str,
+) -> None:
+    """The disk under artifacts.out_dir fills while a command streams into stdout.txt: the job
+    failed with exit 74 but the command ran on, on the VM, to its end (here 50 s; a day's
+    deadline at most), and the error named the temporary file (`.tmp-stdout.txt.<tag>`). The
+    command is now stopped (its process tree killed, as on cancel) and stdout.txt is named."""
+    env = {
+        **cli_env,
+        **live_sshd.env(known_hosts),
+        "WIN_AUTOMATION_ARTIFACT_OUT": str(small_disk / "art"),
+        "WIN_AUTOMATION_SSH_PERSIST": "0" if path == "direct" else "10m",
+        "WIN_AUTOMATION_CLI_SERVER": "1" if path == "warm-cli-process" else "0",
+    }
+    if path == "warm-cli-process":
+        _start_warm_cli_process(env, tmp_path)
+    marker = f"hdisk-{os.getpid()}-{path}"
+    script = (
+        f"for i in $(seq 1 200); do head -c 100000 /dev/urandom | base64; sleep 0.25; done; echo {marker}"
+    )
+    started = time.monotonic()
+    res = subprocess.run(
+        [*WA, "ssh", "run", "--shell", "cmd", "--", script],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=100,
+    )
+    assert res.returncode == 74, res.stderr
+    assert time.monotonic() - started < 30  # stopped, not run to its end (50 s)
+    record = jobs(env)[0]
+    job = small_disk / "art" / record["job_id"]
+    assert res.stderr.endswith(
+        f"error: step exec: artifacts.out_dir: cannot write {job / 'stdout.txt'}: No space left on device\n"
+    ), res.stderr
+    deadline = time.monotonic() + 15
+    while _alive(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(marker), "the remote command still runs"
+    assert record["state"] == "failed" and record["exit_code"] == 74, record

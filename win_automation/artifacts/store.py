@@ -166,8 +166,9 @@ def read_manifest(folder: Path) -> Manifest:
 class _HashingWriter:
     """A binary file handle that hashes and counts what goes through it."""
 
-    def __init__(self, handle: IO[bytes]) -> None:
+    def __init__(self, handle: IO[bytes], target: Path | None = None) -> None:
         self._handle = handle
+        self._target = Path(handle.name) if target is None else target  # named in its errors
         self.digest = hashlib.sha256()
         self.size = 0
 
@@ -177,7 +178,7 @@ class _HashingWriter:
         try:
             return self._handle.write(data)
         except OSError as exc:
-            raise _unwritable(exc, Path(self._handle.name)) from None
+            raise _unwritable(exc, self._target) from None
 
 
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
@@ -254,7 +255,7 @@ class ArtifactWriter:
             raise _unwritable(exc, target) from None
         try:
             with handle:
-                writer = _HashingWriter(handle)
+                writer = _HashingWriter(handle, target)  # its errors name the artifact, not the temp
                 yield writer
                 try:
                     handle.flush()

@@ -81,9 +81,12 @@ class _Stream:
         clixml: bool,
         file: ByteSink | None = None,
         tail: int = TAIL_BYTES,
+        failures: list[Exception] | None = None,
     ) -> None:
         self.sink = sink
         self.file = file
+        self.failures = [] if failures is None else failures
+        """Where a write to `file` that failed goes (a full disk): the command is then stopped."""
         self.tail = tail if file is not None else None
         self.total = 0
         self.raw = bytearray()
@@ -125,7 +128,11 @@ class _Stream:
             return
         self.total += len(data)
         if self.file is not None:
-            self.file.write(data)
+            try:
+                self.file.write(data)
+            except Exception as exc:  # its disk is full: nothing more is written; the caller stops it
+                self.file = None
+                self.failures.append(exc)
         self.raw += data
         if self.tail is not None and len(self.raw) > 2 * self.tail:
             del self.raw[: len(self.raw) - self.tail]
@@ -207,8 +214,14 @@ def _execute(
     marker = remote_os == "posix" and session is None
     if marker:
         line = f"printf '\\036wa-pid:%s\\n' \"$$\" >&2; {line}"
-    out = _Stream(on_stdout, pid_marker=False, clixml=False, file=files[0])
-    err = _Stream(on_stderr, pid_marker=marker, clixml=shell == "powershell", file=files[1])
+    failures: list[Exception] = []  # the output files' write errors: the command is stopped
+    out = _Stream(on_stdout, pid_marker=False, clixml=False, file=files[0], failures=failures)
+    err = _Stream(
+        on_stderr, pid_marker=marker, clixml=shell == "powershell", file=files[1], failures=failures
+    )
+    if files != (None, None):
+        asked = cancelled
+        cancelled = lambda: bool(failures) or (asked is not None and asked())  # noqa: E731
     with deadlines.within(timeout):  # a live-output sink waits for its reader at most until then
         if session is not None:
             outcome = conn.run_in_session(
@@ -245,6 +258,8 @@ def _execute(
     else:
         assert outcome.exit_status is not None
         code = signed32(outcome.exit_status)
+    if failures:  # its output could not be kept (the command was stopped): that is the result
+        raise failures[0]
     return CommandResult(
         command=display,
         shell=shell,
