@@ -22,7 +22,9 @@ from fixture_sshd import SshServer
 from test_cli_faults import _alive, _start_warm_cli_process
 from test_playwright_install import make_wheel
 
+from win_automation.artifacts.store import ArtifactWriter
 from win_automation.cli import launch
+from win_automation.jobs.ids import new_job_id
 
 WA = [sys.executable, "-m", "win_automation"]
 
@@ -562,3 +564,18 @@ def test_artifacts_disk_filling_mid_command_stops_the_remote_command(
         time.sleep(0.1)
     assert not _alive(marker), "the remote command still runs"
     assert record["state"] == "failed" and record["exit_code"] == 74, record
+
+
+def test_an_error_while_an_artifact_is_written_is_not_replaced_by_its_buffers_full_disk(
+    small_disk: Path,
+) -> None:
+    """What ends an artifact's writing (a stopped command, a failed step) stands, even when the
+    disk is full and the file's buffered rest cannot be written as it is closed: that close's
+    ENOSPC came out instead (`step exec: OSError: [Errno 28]`, exit 1), and only when the buffer
+    held something (the warm CLI process's test failed by chance)."""
+    writer = ArtifactWriter(small_disk / "art", new_job_id(), "0" * 32, types=("ssh",))
+    fill(small_disk)
+    with pytest.raises(RuntimeError, match="the step's own error"), writer.open("ssh", "stdout.txt") as out:
+        out.write(b"x" * 100)  # buffered: the full disk is not seen yet
+        raise RuntimeError("the step's own error")
+    assert not [p for p in writer.folder.iterdir() if p.name.startswith(".tmp-")]

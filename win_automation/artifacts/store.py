@@ -254,21 +254,22 @@ class ArtifactWriter:
         except OSError as exc:
             raise _unwritable(exc, target) from None
         try:
-            with handle:
-                writer = _HashingWriter(handle, target)  # its errors name the artifact, not the temp
-                yield writer
-                try:
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                except OSError as exc:
-                    raise _unwritable(exc, target) from None
+            writer = _HashingWriter(handle, target)  # its errors name the artifact, not the temp
+            yield writer
             try:
+                handle.flush()
+                os.fsync(handle.fileno())
+                handle.close()
                 os.replace(temp, target)
                 if self._pending is None:  # a batch syncs the folder once, at its end
                     fsync_dir(target.parent)
             except OSError as exc:
                 raise _unwritable(exc, target) from None
         except BaseException:
+            # closed quietly: its buffered rest may not fit either (a full disk), and that error
+            # must not stand in for the one that ended the writing
+            with contextlib.suppress(OSError):
+                handle.close()
             discard(temp)
             raise
         entry = ArtifactEntry(type=type, path=name, size_bytes=writer.size, sha256=writer.digest.hexdigest())
