@@ -59,6 +59,17 @@ def cli_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     yield env
 
 
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (`1m`) mounted at `mount` (made) for the block: a disk to fill."""
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
 def stop_warm_helpers(under: Path) -> None:
     """Kill the warm-connection helpers and warm CLI processes (ssh.persist) whose socket is
     under `under` (a data dir, or the session's temporary root), found by their command line: one

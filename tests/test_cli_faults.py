@@ -65,6 +65,10 @@ def _start_warm_cli_process(env: dict[str, str], cwd: Path) -> None:
     """A job command starts the warm CLI process as it exits: wait for its socket."""
     cmd = [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", "true"]
     subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, timeout=60)
+    _wait_for_warm_cli_process(env)
+
+
+def _wait_for_warm_cli_process(env: dict[str, str]) -> None:
     folder = Path(launch.server_dir(env))
     deadline = time.monotonic() + 60
     while not list(folder.glob("*.sock")) and time.monotonic() < deadline:

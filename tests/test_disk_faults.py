@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import stop_warm_helpers
+from conftest import stop_warm_helpers, tmpfs
 from fixture_sshd import SshServer
-from test_cli_faults import _alive, _start_warm_cli_process
+from test_cli_faults import _alive, _start_warm_cli_process, _wait_for_warm_cli_process
 from test_playwright_install import make_wheel
 
 from win_automation.artifacts.store import ArtifactWriter
-from win_automation.cli import launch
 from win_automation.jobs.ids import new_job_id
 
 WA = [sys.executable, "-m", "win_automation"]
@@ -32,14 +31,11 @@ WA = [sys.executable, "-m", "win_automation"]
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB file system (tmpfs) to fill."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        stop_warm_helpers(mount)
-        subprocess.run(["umount", "-l", str(mount)], check=True)
+    with tmpfs(tmp_path / "small", "1m") as mount:
+        try:
+            yield mount
+        finally:
+            stop_warm_helpers(mount)
 
 
 def fill(disk: Path) -> Path:
@@ -202,14 +198,6 @@ def test_doctor_names_a_corrupt_journal_and_changes_nothing(cli, tmp_path: Path,
     assert sorted(p.name for p in journal.parent.iterdir()) == before
 
 
-def _wait_for_warm_cli_process(env: dict[str, str]) -> None:
-    folder = Path(launch.server_dir(env))
-    deadline = time.monotonic() + 60
-    while not list(folder.glob("*.sock")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert list(folder.glob("*.sock")), "no warm CLI process started"
-
-
 @pytest.mark.parametrize("served", [False, True], ids=["in-process", "warm-cli-process"])
 def test_fetch_onto_a_full_disk_is_exit_74_naming_the_file(
     cli_env: dict[str, str], small_disk: Path, served: bool
@@ -242,15 +230,10 @@ def test_fetch_onto_a_full_disk_is_exit_74_naming_the_file(
 @pytest.fixture
 def read_only_disk(tmp_path: Path) -> Iterator[Path]:
     """A file system mounted read-only (root is not stopped by permissions, EROFS stops it)."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    (mount / "folder").mkdir()
-    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "ro", "1m") as mount:
+        (mount / "folder").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         yield mount / "folder"
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 @pytest.fixture

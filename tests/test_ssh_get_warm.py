@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import tmpfs
 from fixture_sshd import SshServer
 from stall_proxy import StallProxy
 from test_ssh_persist import only_helper
@@ -230,13 +231,8 @@ def test_a_read_only_destination_is_the_direct_error(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB file system (tmpfs): writing more fails with ENOSPC."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs(tmp_path / "small", "4m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_a_full_disk_is_exit_74_warm_and_direct(
