@@ -1,7 +1,9 @@
-"""Values and requests far larger than expected, on every warm path: a frame length from a
-corrupt or hostile local peer (the launcher's request to the warm CLI process, the helper's
-request and answers), a huge script file, a huge host name. What is too big is refused in one
-line with its exit code: never a MemoryError, a hang or gigabytes allocated."""
+"""Values far larger than expected, on every path: a frame or SFTP packet length from a corrupt
+or hostile peer (the launcher's request to the warm CLI process, the helper's frames, the VM's
+sftp-server), a huge script, input, config or manifest file, a command too long for the sshd, a
+host name no resolver takes, names at NAME_MAX or past SQLite's path limit, huge errors and
+inputs in the journal, CLIXML errors held back. What is too big is refused in one line with its
+exit code, or cut where it is shown: never a MemoryError, a hang or gigabytes allocated."""
 
 from __future__ import annotations
 
