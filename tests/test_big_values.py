@@ -1,7 +1,9 @@
-"""Values and requests far larger than expected, on every warm path: a frame length from a
-corrupt or hostile local peer (the launcher's request to the warm CLI process, the helper's
-request and answers), a huge script file, a huge host name. What is too big is refused in one
-line with its exit code: never a MemoryError, a hang or gigabytes allocated."""
+"""Values far larger than expected, on every path: a frame or SFTP packet length from a corrupt
+or hostile peer (the launcher's request to the warm CLI process, the helper's frames, the VM's
+sftp-server), a huge script, input, config or manifest file, a command too long for the sshd, a
+host name no resolver takes, names at NAME_MAX or past SQLite's path limit, huge errors and
+inputs in the journal, CLIXML errors held back. What is too big is refused in one line with its
+exit code, or cut where it is shown: never a MemoryError, a hang or gigabytes allocated."""
 
 from __future__ import annotations
 
@@ -413,3 +415,24 @@ def test_jobs_tables_show_a_huge_error_cut(cli, live_sshd: SshServer, known_host
         shown = cli(*args)
         assert shown.code == 0 and "uuuuuuuu" in shown.stdout, shown.stderr
         assert len(shown.stdout) < 30_000, (args, len(shown.stdout))
+
+
+def test_an_idempotency_check_that_prints_more_than_memory_is_not_held_whole(
+    cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:
+    """A check (run without artifact files) kept its whole output: 1 GB of it was a 2.9 GiB peak,
+    a few GB an OOM kill. Each stream keeps its last 64 MiB; the command then runs as usual."""
+    check = "head -c 400000000 /dev/zero | tr '\\0' x; exit 1"
+    env = {**cli_env, **live_sshd.env(known_hosts)}
+    args = ["ssh", "run", "--shell", "cmd", "--idempotent", "--idempotent-check", check, "--", "echo ran"]
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK, sys.executable, "-m", "win_automation", *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    peak, code, _ = done.stdout.split(" ", 2)
+    assert int(code) == 0, done.stdout
+    assert int(peak) < 600, f"peak RSS {peak} MiB for a check that printed 400 MB"

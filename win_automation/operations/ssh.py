@@ -24,7 +24,8 @@ the same decoding; past the deadline or on cancel the session's process tree is 
 Output can be streamed to files (`stdout_file`/`stderr_file`, e.g. a job's artifact files) as it
 arrives: the bytes the VM sent (less the PID marker), written at once; the result then holds
 only each stream's last TAIL_BYTES (flagged `stdout_truncated`/`stderr_truncated`), so memory
-stays flat whatever the command prints. Without files the whole output is kept, as before.
+stays flat whatever the command prints. Without files each stream keeps its last KEPT_BYTES
+(64 MiB, flagged the same way).
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ KILL_TIMEOUT = 30.0
 SCRIPT_PREFIX = ".wa-script-"
 # What a streamed command's result keeps of each stream: enough for 64 K characters of any UTF-8.
 TAIL_BYTES = 256 * 1024
+# What a command's result keeps of each stream without a file (an idempotency check, a probe):
+# output larger than memory (a check that prints gigabytes) must not be held whole.
+KEPT_BYTES = 64 * 1024 * 1024
 
 
 class ByteSink(Protocol):
@@ -71,7 +75,8 @@ class ByteSink(Protocol):
 
 class _Stream:
     """Decodes one output stream for live display; holds CLIXML and the PID marker back; writes
-    it to `file` as it arrives and then keeps only the last `tail` bytes (all without a file)."""
+    it to `file` as it arrives and then keeps only the last `tail` bytes (KEPT_BYTES without a
+    file)."""
 
     def __init__(
         self,
@@ -87,7 +92,7 @@ class _Stream:
         self.file = file
         self.failures = [] if failures is None else failures
         """Where a write to `file` that failed goes (a full disk): the command is then stopped."""
-        self.tail = tail if file is not None else None
+        self.tail = tail if file is not None else KEPT_BYTES
         self.total = 0
         self.raw = bytearray()
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
