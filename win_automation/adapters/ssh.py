@@ -239,7 +239,10 @@ class SshConnection:
                     on_start()
                 outcome = self._run(channel, command, timeout, on_stdout, on_stderr, cancelled, keep)
             finally:
-                channel.close()
+                # on a transport that just died, paramiko's close raises (EOFError): that must
+                # replace neither the outcome nor the error that ended the command
+                with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+                    channel.close()
         outcome.duration_ms = timer.ms
         return outcome
 
