@@ -312,6 +312,21 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024, done.retur
 """
 
 
+def _peak_mib(args: list[str], env: dict[str, str], cwd: Path) -> int:
+    """The peak RSS (MiB) of `win-automation ARGS`, which must exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK, sys.executable, "-m", "win_automation", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    peak, code, _ = done.stdout.split(" ", 2)
+    assert int(code) == 0, done.stdout
+    return int(peak)
+
+
 def test_jobs_list_does_not_load_the_jobs_inputs(cli_env: dict[str, str], tmp_path: Path) -> None:
     """20 jobs whose input (a script) is 16 MiB each: `jobs list` held them all (the peak RSS
     grew by their size, 320 MiB here; 50 jobs of 32 MiB scripts were GiBs). Its memory stays
@@ -322,17 +337,8 @@ def test_jobs_list_does_not_load_the_jobs_inputs(cli_env: dict[str, str], tmp_pa
         for _ in range(20):
             journal.create_job("ssh-exec", '{"command": "' + "x" * (16 << 20) + '"}', steps=["check", "exec"])
     for args in (["jobs", "list"], ["jobs", "list", "--json"]):
-        done = subprocess.run(
-            [sys.executable, "-c", _PEAK, sys.executable, "-m", "win_automation", *args],
-            env=cli_env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        peak, code, _ = done.stdout.split(" ", 2)
-        assert int(code) == 0, done.stdout
-        assert int(peak) < 200, f"{args}: peak RSS {peak} MiB"
+        peak = _peak_mib(args, cli_env, tmp_path)
+        assert peak < 200, f"{args}: peak RSS {peak} MiB"
 
 
 @pytest.mark.parametrize("warm", [False, True], ids=["helper", "warm-powershell"])
@@ -425,14 +431,5 @@ def test_an_idempotency_check_that_prints_more_than_memory_is_not_held_whole(
     check = "head -c 400000000 /dev/zero | tr '\\0' x; exit 1"
     env = {**cli_env, **live_sshd.env(known_hosts)}
     args = ["ssh", "run", "--shell", "cmd", "--idempotent", "--idempotent-check", check, "--", "echo ran"]
-    done = subprocess.run(
-        [sys.executable, "-c", _PEAK, sys.executable, "-m", "win_automation", *args],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    peak, code, _ = done.stdout.split(" ", 2)
-    assert int(code) == 0, done.stdout
-    assert int(peak) < 600, f"peak RSS {peak} MiB for a check that printed 400 MB"
+    peak = _peak_mib(args, env, tmp_path)
+    assert peak < 600, f"peak RSS {peak} MiB for a check that printed 400 MB"

@@ -10,23 +10,21 @@ commands share (`ssh.persist`).
 
 from __future__ import annotations
 
-import codecs
-import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
+from win_automation.cli.job_output import live as live_output
+from win_automation.cli.job_output import print_json_streamed, whole, write_to
 from win_automation.cli.options import engine_option, no_wait_option
 from win_automation.cli.output import error, path_text, print_json
 from win_automation.cli.state import state
 
 if TYPE_CHECKING:
     from win_automation.config import Config
-    from win_automation.engines.outcome import JobOutcome
 
 app = typer.Typer(
     help="Run PowerShell or cmd on the VM, copy files, trust its host key.", no_args_is_help=True
@@ -37,67 +35,6 @@ def _timeout(value: str | None, config: Config) -> float:
     from win_automation.cli.parse import duration_option
 
     return config.ssh.command_timeout if value is None else duration_option(value, "--timeout", positive=True)
-
-
-def _write(stream: Any) -> Any:
-    def sink(text: str) -> None:
-        stream.write(text)
-        stream.flush()
-
-    return sink
-
-
-def _live(stream: str, text: str) -> None:
-    """Live output, written to the stream's descriptor itself (its buffer flushed first): the
-    engine writes it from a thread of its own (engines/live_output.py), which must hold no lock
-    of sys.stdout's while a paused reader blocks it, so that Ctrl-C still ends the process."""
-    target = sys.stdout if stream == "stdout" else sys.stderr
-    try:
-        fd = target.fileno()
-    except (AttributeError, OSError, ValueError):  # not a file (captured): as any output
-        _write(target)(text)
-        return
-    target.flush()
-    data = memoryview(text.encode(target.encoding, target.errors or "strict"))
-    while data:
-        data = data[os.write(fd, data) :]
-
-
-def _whole(outcome: JobOutcome, stream: str, preview: str, truncated: bool) -> Iterator[str]:
-    """A stream's whole text, in pieces: read back from the job's artifact file when the step
-    output kept only its tail (and the job ran on this host), so memory stays flat whatever the
-    size; else what the step output holds, with a note when that is cut."""
-    path = None if outcome.artifacts_dir is None else outcome.artifacts_dir / f"{stream}.txt"
-    if not truncated or path is None or not path.is_file():
-        if truncated:
-            sys.stderr.write(
-                f"note: {stream} shows its last {len(preview)} characters"
-                f" (job {outcome.job_id} ran elsewhere)\n"
-            )
-        yield preview
-        return
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            yield decoder.decode(chunk)
-    yield decoder.decode(b"", final=True)
-
-
-def _print_json_streamed(fields: dict[str, Any]) -> None:
-    """`print_json` for an object whose iterator values are long strings written piece by piece."""
-    out = sys.stdout
-    out.write("{\n")
-    for index, (key, value) in enumerate(fields.items()):
-        out.write(f"  {json.dumps(key)}: ")
-        if isinstance(value, Iterator):
-            out.write('"')
-            for piece in value:
-                out.write(json.dumps(piece)[1:-1])
-            out.write('"')
-        else:
-            out.write(json.dumps(value))
-        out.write(",\n" if index < len(fields) - 1 else "\n")
-    out.write("}\n")
 
 
 def _run_job(
@@ -118,7 +55,7 @@ def _run_job(
 
     def live(stream: str, text: str) -> None:
         shown.add(stream)
-        _live(stream, text)
+        live_output(stream, text)
 
     outcome = start(
         config,
@@ -137,10 +74,10 @@ def _run_job(
 
         error(redact(outcome.error or f"job {outcome.job_id} {outcome.state.value}"))
         raise typer.Exit(outcome.exit_code)
-    stdout = _whole(outcome, "stdout", result.stdout, result.stdout_truncated)
-    stderr = _whole(outcome, "stderr", result.stderr, result.stderr_truncated)
+    stdout = whole(outcome, "stdout", result.stdout, result.stdout_truncated)
+    stderr = whole(outcome, "stderr", result.stderr, result.stderr_truncated)
     if as_json:
-        _print_json_streamed(
+        print_json_streamed(
             {
                 "exit_code": result.exit_code,
                 "stdout": stdout,
@@ -154,12 +91,12 @@ def _run_job(
     else:
         if outcome.engine != "local":  # ran on Hatchet: the output arrives with the result
             for piece in stdout:
-                _write(sys.stdout)(piece)
+                write_to(sys.stdout)(piece)
             for piece in stderr:
-                _write(sys.stderr)(piece)
+                write_to(sys.stderr)(piece)
         elif result.stderr and "stderr" not in shown:
             # PowerShell's errors come as CLIXML, held back from the live output: their text here
-            _write(sys.stderr)(result.stderr if result.stderr.endswith("\n") else result.stderr + "\n")
+            write_to(sys.stderr)(result.stderr if result.stderr.endswith("\n") else result.stderr + "\n")
             if result.stderr_truncated:
                 sys.stderr.write(
                     f"note: stderr shows its last {len(result.stderr)} characters of error text"
