@@ -18,6 +18,7 @@ from fixture_jobs import JournalLock
 from fixture_sshd import SshServer
 
 from win_automation.cli import launch
+from win_automation.jobs.connection import BUSY_TIMEOUT_SECONDS
 
 
 def test_corrupt_known_hosts_is_exit_5_in_one_line_and_trust_keeps_the_file(
@@ -172,7 +173,10 @@ def test_a_journal_locked_by_another_process_is_one_line_and_no_phantom_running_
         job.communicate()
         raise
     with JournalLock(journal):
+        locked = time.monotonic()
         out, err = job.communicate(timeout=240)
+    # the command's 4 s, then one busy timeout (the job's end is not tried a second time)
+    assert time.monotonic() - locked < 4 + BUSY_TIMEOUT_SECONDS + 5
     assert job.returncode == 74, err
     assert out == "done\n"  # the command's output streamed before the journal was needed
     assert err.count("\n") == 1 and err.startswith("error: the journal "), err

@@ -57,6 +57,7 @@ from win_automation.engines.outcome import (
 from win_automation.engines.recorder import JobRecorder
 from win_automation.errors import (
     Cancelled,
+    JournalBusy,
     JournalError,
     NotFoundError,
     Skipped,
@@ -298,8 +299,15 @@ class LocalEngine:
     def _broken(self, recorder: JobRecorder, exc: Exception) -> None:
         """The engine itself failed (the journal, the desktop lock): record the job failed (or
         interrupted, when it had not started) if the journal still answers; otherwise the next
-        Journal.open marks it interrupted."""
+        Journal.open marks it interrupted. A journal that stayed locked for the whole busy
+        timeout is not asked again: the command would hang a second timeout for nothing."""
         message, code = describe(exc)
+        if isinstance(exc, JournalBusy):
+            log.info(
+                "journal locked; the job's end is left to the next open",
+                extra={"op": "run", "job_id": recorder.job_id},
+            )
+            return
         try:
             started = self.journal.get_job(recorder.job_id).state == JobState.RUNNING
             state = JobState.FAILED if started else JobState.INTERRUPTED
