@@ -419,8 +419,9 @@ def test_a_step_end_the_locked_journal_refused_ends_the_job_and_runs_nothing_aft
 ) -> None:
     """A journal locked past its busy timeout when a step's end is recorded is the engine's
     failure, not the step's: its dependents do not run once the lock is gone (the step's failure
-    was never recorded, so nothing said to skip them), and the job is not ended twice more with
-    a busy timeout each."""
+    was never recorded, so nothing said to skip them), and the job's end is not tried again (one
+    more busy timeout for nothing): the job is the next open's to mark interrupted once its
+    owner (the CLI process, which exits 74) is gone."""
     import threading
 
     from win_automation.errors import CommandFailed, JournalBusy
@@ -446,14 +447,20 @@ def test_a_step_end_the_locked_journal_refused_ends_the_job_and_runs_nothing_aft
     )
     engine = LocalEngine(jobs_config, journal=Journal.open(jobs_config.data.dir, busy_timeout=1.0))
     try:
+        started = time.monotonic()
         with pytest.raises(JournalBusy):
             engine.run(wf, Count())
+        assert time.monotonic() - started < 1.6  # one busy timeout (1 s), not one more
         wait_for(lambda: all(lock.proc.poll() is not None for lock in locks), 30)
     finally:
         engine.close()
         for lock in locks:
             lock.release()
     assert ran == []
-    with Journal.open(jobs_config.data.dir, recover=False) as journal:
+    with Journal.open(jobs_config.data.dir) as journal:
         (job,) = journal.list_jobs()
-    assert job.state in (JobState.FAILED, JobState.INTERRUPTED), job
+        assert job.state == JobState.RUNNING  # its owner, this process, lives on
+        # the CLI process exited: its pid now names no process, or another one (another start time)
+        journal._conn.execute("UPDATE jobs SET owner_start = ? WHERE job_id = ?", ("0", job.job_id))
+    with Journal.open(jobs_config.data.dir) as journal:
+        assert journal.get_job(job.job_id).state == JobState.INTERRUPTED

@@ -78,7 +78,7 @@ def test_migrations_are_versioned_and_idempotent(tmp_path: Path) -> None:
     assert {"jobs", "steps", "events"} <= tables
 
 
-def test_a_dead_owner_or_expired_heartbeat_makes_the_job_interrupted(tmp_path: Path) -> None:
+def test_a_dead_owner_or_a_remote_owners_expired_heartbeat_makes_the_job_interrupted(tmp_path: Path) -> None:
     script = (
         "import sys; from pathlib import Path; from win_automation.jobs.journal import Journal; "
         "from win_automation.jobs.state import JobState as S; j = Journal.open(Path(sys.argv[1])); "
@@ -91,20 +91,34 @@ def test_a_dead_owner_or_expired_heartbeat_makes_the_job_interrupted(tmp_path: P
     dead_job = out.stdout.strip()
     with Journal.open(tmp_path, recover=False) as journal:
         alive = journal.create_job("ping", "{}", steps=["a"])  # owned by this live process
-        stale = journal.create_job("ping", "{}", steps=["a"])
+        silent = journal.create_job("ping", "{}", steps=["a"])  # ... which stopped heart-beating
+        elsewhere = journal.create_job("ping", "{}", steps=["a"])
+        elsewhere_fresh = journal.create_job("ping", "{}", steps=["a"])
         remote = journal.create_job("ping", "{}", steps=["a"], engine="hatchet", external_id="run-1")
+        expired = time.time() - HEARTBEAT_EXPIRY - 1
         journal._conn.execute(
-            "UPDATE jobs SET heartbeat_at = ? WHERE job_id IN (?, ?)",
-            (time.time() - HEARTBEAT_EXPIRY - 1, stale.job_id, remote.job_id),
+            "UPDATE jobs SET heartbeat_at = ? WHERE job_id IN (?, ?, ?)",
+            (expired, silent.job_id, elsewhere.job_id, remote.job_id),
+        )
+        journal._conn.execute(  # owners on another host sharing the data dir: only their heartbeat tells
+            "UPDATE jobs SET owner_host = 'another-host' WHERE job_id IN (?, ?)",
+            (elsewhere.job_id, elsewhere_fresh.job_id),
         )
         assert journal.get_job(dead_job).state == JobState.RUNNING
     with Journal.open(tmp_path) as journal:
         assert journal.get_job(dead_job).state == JobState.INTERRUPTED
         assert journal.steps(dead_job)[0].state == JobState.INTERRUPTED
-        assert journal.get_job(stale.job_id).state == JobState.INTERRUPTED
+        assert journal.get_job(elsewhere.job_id).state == JobState.INTERRUPTED
+        assert journal.get_job(elsewhere_fresh.job_id).state == JobState.QUEUED
+        # a live owner of this host keeps its job, silent or not (stopped, a suspended machine)
+        assert journal.get_job(silent.job_id).state == JobState.QUEUED
         assert journal.get_job(alive.job_id).state == JobState.QUEUED
         assert journal.get_job(remote.job_id).state == JobState.QUEUED  # Hatchet's to bring up to date
         assert "owner process died" in (journal.get_job(dead_job).error or "")
+        # ... until `jobs resume` takes that one job over: the silent one, not the fresh one
+        assert journal.recover_interrupted(take_over=silent.job_id) == [silent.job_id]
+        assert journal.recover_interrupted(take_over=alive.job_id) == []
+        assert journal.get_job(silent.job_id).epoch == silent.epoch + 1  # its old owner is fenced
 
 
 def test_cancel_request_and_resume_requeue(tmp_path: Path) -> None:

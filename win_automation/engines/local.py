@@ -116,8 +116,10 @@ class LocalEngine:
     def resume(
         self, job_id: str, workflows: Mapping[str, Workflow] | Workflow, *, emit: Emit | None = None
     ) -> JobOutcome:
-        """Continue a failed or interrupted job from its first unfinished step."""
+        """Continue a failed or interrupted job from its first unfinished step; also one whose
+        owner on this host is alive but silent past the heartbeat expiry (stopped): taken over."""
         validate_job_id(job_id)
+        self.journal.recover_interrupted(take_over=job_id)
         job = self.journal.get_job(job_id)
         catalog = {workflows.name: workflows} if isinstance(workflows, Workflow) else workflows
         workflow = catalog.get(job.workflow)

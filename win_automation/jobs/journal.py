@@ -27,10 +27,13 @@ when several processes open a new journal at once.
 
 A job in `queued` or `running` has an owner: a pid (with its start time, so a reused pid is not
 mistaken for the owner) on a host, and a heartbeat. `Journal.open` marks `interrupted` every such
-local-engine job whose owner is dead or whose heartbeat is older than HEARTBEAT_EXPIRY: no job
-stays "running" forever. Jobs of another engine (`engine='hatchet'`) are left to that engine: the
-run goes on without the process that triggered it, so its record is brought up to date from the
-engine (the Hatchet layer's sync), not from the owner pid.
+local-engine job whose owner is dead (a process of this host that exited) or, for an owner on
+another host, whose heartbeat is older than HEARTBEAT_EXPIRY: no job stays "running" after its
+owner is gone. An owner of this host that is alive but silent (stopped, the machine suspended)
+keeps its job until it exits, or until `jobs resume` takes the job over. Jobs of another engine
+(`engine='hatchet'`) are left to that engine: the run goes on without the process that triggered
+it, so its record is brought up to date from the engine (the Hatchet layer's sync), not from the
+owner pid.
 """
 
 from __future__ import annotations
@@ -423,9 +426,14 @@ class Journal(JournalConnection):
                 self._event(conn, job_id, None, "cancel-requested", None, None, now)
         return self.get_job(job_id)
 
-    def recover_interrupted(self) -> list[str]:
-        """Mark interrupted every active local job whose owner died or whose heartbeat expired.
-        Hatchet jobs are left alone: the engine owns them (it reassigns a dead worker's tasks)."""
+    def recover_interrupted(self, *, take_over: str | None = None) -> list[str]:
+        """Mark interrupted every active local job whose owner is gone: a process of this host
+        that has exited, or an owner on another host (whose process cannot be looked up) whose
+        heartbeat is older than HEARTBEAT_EXPIRY. An owner of this host that is alive but silent
+        (stopped by Ctrl-Z or SIGSTOP, the machine suspended) keeps its job: it goes on when
+        continued. `take_over` (a job id: `jobs resume`) takes that job from such an owner too,
+        which is then fenced. Hatchet jobs are left alone: the engine owns them (it reassigns a
+        dead worker's tasks)."""
         now = time.time()
         rows = self._query(
             "SELECT job_id, owner_pid, owner_start, owner_host, heartbeat_at FROM jobs"
@@ -434,8 +442,12 @@ class Journal(JournalConnection):
         dead = []
         for row in rows:
             expired = row["heartbeat_at"] is None or now - row["heartbeat_at"] > HEARTBEAT_EXPIRY
-            local = row["owner_host"] == self._host and row["owner_pid"] is not None
-            if expired or (local and not process_alive(row["owner_pid"], row["owner_start"])):
+            if row["owner_host"] == self._host and row["owner_pid"] is not None:
+                alive = process_alive(row["owner_pid"], row["owner_start"])
+                gone = not alive or (expired and row["job_id"] == take_over)
+            else:
+                gone = expired
+            if gone:
                 dead.append(row["job_id"])
         interrupted = []
         for job_id in dead:
