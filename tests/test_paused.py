@@ -25,6 +25,7 @@ import pytest
 from fixture_sshd import SshServer
 
 from win_automation.cli import launch
+from win_automation.cli.output import STOPPED_ERROR_WAIT
 
 PATHS = {
     "in-process": {"WIN_AUTOMATION_CLI_SERVER": "0", "WIN_AUTOMATION_SSH_PERSIST": "0"},
@@ -140,13 +141,28 @@ def test_a_paused_reader_holds_neither_the_deadline_nor_a_cancel(
             call.wait(timeout=60)
 
 
-@pytest.mark.parametrize("path", ["in-process", "warm-cli-process"])
+@pytest.mark.parametrize(
+    ("path", "stderr", "signum"),
+    [
+        ("in-process", "apart", signal.SIGINT),
+        ("warm-cli-process", "apart", signal.SIGINT),
+        ("in-process", "same pipe", signal.SIGTERM),
+        ("warm-cli-process", "same pipe", signal.SIGINT),
+    ],
+)
 def test_ctrl_c_ends_the_cli_while_its_reader_is_paused(
-    cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path, path: str
+    cli_env: dict[str, str],
+    live_sshd: SshServer,
+    known_hosts: Path,
+    tmp_path: Path,
+    path: str,
+    stderr: str,
+    signum: int,
 ) -> None:
     """Ctrl-C (or SIGTERM) with the live output's reader paused: the job is recorded interrupted
     and the CLI exits 130 at once, as before the output had a thread of its own (which, blocked
-    in its write, held the exit until the reader came back)."""
+    in its write, held the exit until the reader came back). With stderr on the same paused pipe
+    (`2>&1`), the error line waits STOPPED_ERROR_WAIT for it, then is dropped."""
     env = {**cli_env, **live_sshd.env(known_hosts), **PATHS[path]}
     _warm_up(env, tmp_path, path)
     marker = f"hpause-{os.getpid()}-{path}-ctrl-c"
@@ -159,13 +175,15 @@ def test_ctrl_c_ends_the_cli_while_its_reader_is_paused(
         "--",
         f"yes {marker}",
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if stderr == "same pipe" else subprocess.DEVNULL,
     )
     try:
         _until("the command runs", lambda: _alive(marker))
         time.sleep(1)  # the pipe is full by now
-        call.send_signal(signal.SIGINT)
+        call.send_signal(signum)
+        stopped = time.monotonic()
         assert call.wait(timeout=15) == 130
+        assert time.monotonic() - stopped < STOPPED_ERROR_WAIT + 3
     finally:
         assert call.stdout is not None
         call.stdout.close()

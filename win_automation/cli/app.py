@@ -38,7 +38,7 @@ from win_automation.cli.commands import ssh as ssh_cmd
 from win_automation.cli.commands import supervisor as supervisor_cmd
 from win_automation.cli.commands import vm as vm_cmd
 from win_automation.cli.commands import worker as worker_cmd
-from win_automation.cli.output import discard_output, error, output_failed
+from win_automation.cli.output import STOPPED_ERROR_WAIT, discard_output, error, output_failed
 from win_automation.cli.state import CliState
 
 app = typer.Typer(
@@ -178,7 +178,8 @@ def main() -> None:
     except WinAutomationError as exc:
         from win_automation.log import redact
 
-        error(redact(str(exc)))
+        stopped = exc.exit_code == 130  # a stop does not wait for a paused reader
+        error(redact(str(exc)), wait=STOPPED_ERROR_WAIT if stopped else None)
         sys.exit(exc.exit_code)
     except OSError as exc:
         if not output_failed(exc):

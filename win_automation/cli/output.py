@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
+import select
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,15 +68,53 @@ def shortened(text: str) -> str:
     return f"{text[:half]}...({len(text) - 2 * half} characters left out)...{text[-half:]}"
 
 
-def error(message: str) -> None:
+STOPPED_ERROR_WAIT = 2.0
+"""Seconds the error line of a command that was stopped (exit 130: Ctrl-C, SIGTERM, SIGHUP, a
+cancel) waits for a reader that does not read (a paused pipe, a terminal held by Ctrl-S); then it
+is dropped and the command exits: a stop never waits for the reader to come back."""
+
+
+def error(message: str, *, wait: float | None = None) -> None:
     """The one-line error every failure ends with; at most about MAX_ERROR_CHARS characters.
     When stderr cannot take it (a full disk), it is dropped: the caller's exit code still says
-    what failed (it was exit 1 or 74 instead)."""
+    what failed (it was exit 1 or 74 instead). `wait`: at most so many seconds for a paused
+    reader (see STOPPED_ERROR_WAIT); None waits as any Unix tool does."""
+    line = f"error: {shortened(one_line(message))}\n"
     try:
-        sys.stderr.write(f"error: {shortened(one_line(message))}\n")
-        sys.stderr.flush()
+        if wait is None:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+        elif not _write_within(sys.stderr, line, wait):
+            discard_output()
     except OSError:
         discard_output()
+
+
+_ROOM = 256
+"""Bytes written at a time once the descriptor has room: a pipe with room takes a page, a
+terminal 256 bytes, without blocking."""
+
+
+def _write_within(stream: Any, text: str, wait: float) -> bool:
+    """Write `text` to `stream`'s descriptor, waiting at most `wait` s for room; False when the
+    reader left none by then (the rest is dropped). A second Ctrl-C meanwhile drops it too."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (captured): as any output
+        stream.write(text)
+        stream.flush()
+        return True
+    deadline = time.monotonic() + wait
+    data = memoryview(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
+    try:
+        while data:
+            if not select.select([], [fd], [], max(0.0, deadline - time.monotonic()))[1]:
+                return False
+            stream.flush()  # what the stream holds goes first (a line-buffered stderr: nothing)
+            data = data[os.write(fd, data[:_ROOM]) :]
+    except KeyboardInterrupt:
+        return False
+    return True
 
 
 _OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
