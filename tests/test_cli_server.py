@@ -672,29 +672,54 @@ def test_a_dead_server_falls_back_and_a_new_one_serves_later(
     assert served.stdout == b"later\n" and not split(served.stderr)[1]
 
 
-@pytest.mark.parametrize("fault", ["mode 0644", "foreign owner"])
-def test_a_foreign_or_open_socket_is_refused_in_one_line(
+@pytest.mark.parametrize("fault", ["mode 0644", "foreign owner", "a folder", "a file", "a fifo"])
+def test_a_foreign_or_open_socket_or_none_is_never_connected_to_and_said_in_one_line(
     env: dict[str, str], tmp_path: Path, fault: str
 ) -> None:
+    """What sits at the warm CLI process's socket path and is not its socket (another user's, one
+    others may open, a leftover folder, file or FIFO) gets no request (argv, environment, fds):
+    each call runs in-process after one warning line; `--version` and `ssh persist` still work."""
     sock = sock_for(env)
     sock.parent.mkdir(parents=True, mode=0o700)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with unixsock.sun_path(sock) as where:  # a deep tmp_path (pytest-xdist's) passes sun_path's 108
-        listener.bind(where)
-    listener.listen(1)
-    if fault == "mode 0644":
-        sock.chmod(0o644)
+    if fault in ("mode 0644", "foreign owner"):
+        with unixsock.sun_path(sock) as where:  # a deep tmp_path (pytest-xdist's) passes sun_path's 108
+            listener.bind(where)
+        listener.listen(1)
+        listener.settimeout(0)
+        if fault == "mode 0644":
+            sock.chmod(0o644)
+        else:
+            sock.chmod(0o600)
+            os.chown(sock, 65534, 65534)
+    elif fault == "a folder":
+        sock.mkdir()
+    elif fault == "a file":
+        sock.write_bytes(b"x")
     else:
-        sock.chmod(0o600)
-        os.chown(sock, 65534, 65534)
-    out = launcher(["config", "show"], env, tmp_path)
-    listener.close()
-    stderr = split(out.stderr)[0].decode()
-    assert out.returncode == 74 and out.stdout == b""
-    assert stderr.count("\n") == 1 and stderr.startswith(f"error: ssh.persist: refusing {sock}")
-    assert ("mode 0644, not 0600" if fault == "mode 0644" else "owned by uid 65534") in stderr
+        os.mkfifo(sock)
+    why = {
+        "mode 0644": "mode 0644, not 0600",
+        "foreign owner": "owned by uid 65534",
+        "a folder": "not a socket",
+        "a file": "not a socket",
+        "a fifo": "not a socket",
+    }[fault]
+    try:
+        for argv in (["config", "show", "--json"], ["--version"], ["ssh", "persist", "status", "--json"]):
+            out = launcher(argv, env, tmp_path)
+            stderr = split(out.stderr)[0]
+            assert out.returncode == 0 and out.stdout, (argv, out.stderr)
+            text = stderr.decode()
+            assert text.count("\n") == 1 and text.startswith(f"warning: ssh.persist: refusing {sock}: {why}")
+            assert text.endswith("this call runs without the warm CLI process\n")
+        if fault in ("mode 0644", "foreign owner"):
+            with pytest.raises(BlockingIOError):
+                listener.accept()  # never connected to
+    finally:
+        listener.close()
     off = launcher(["config", "show"], {**env, "WIN_AUTOMATION_SSH_PERSIST": "0"}, tmp_path)
-    assert off.returncode == 0  # the way out the message names
+    assert off.returncode == 0 and not split(off.stderr)[0]  # the way out the message names
 
 
 def test_a_peer_of_another_uid_gets_nothing(cli_env: dict[str, str], tmp_path: Path) -> None:

@@ -25,9 +25,9 @@ win_automation.unixsock; `python -X importtime -m win_automation.cli.launch` sho
 
 No server, `WIN_AUTOMATION_SSH_PERSIST=0` or `WIN_AUTOMATION_CLI_SERVER=0`, a closed fd 0/1/2,
 a file named by a descriptor (`/dev/fd/N`: see names_fds), or any failure before "go": the CLI
-runs in this process (win_automation.cli.app.main), exactly
-as without a server. A socket that is
-not yours or not 0600 is refused as the warm-connection helper's is (one line, exit 74).
+runs in this process (win_automation.cli.app.main), exactly as without a server. A socket that
+is not yours or not 0600, or something else in its place (a file, a folder), is never connected
+to: the call runs in this process, after a one-line warning that names it and the way out.
 """
 
 from __future__ import annotations
@@ -424,14 +424,10 @@ def through_server() -> int | None:
         conn, child = _connect(path)
     except _NotRun:
         return None
-    except Exception as exc:  # a foreign socket (StorageError, exit 74), as ssh.persist refuses it
-        code = getattr(exc, "exit_code", None)
-        if code is None:
-            return None
-        from win_automation.cli.output import error
-
-        error(str(exc))
-        return int(code)
+    except Exception as exc:  # a socket not ours, or not a socket (StorageError): not connected to
+        if getattr(exc, "exit_code", None) is not None:
+            sys.stderr.write(f"warning: {exc}; this call runs without the warm CLI process\n")
+        return None
     return _wait(conn, child)
 
 
