@@ -562,3 +562,50 @@ def test_an_error_while_an_artifact_is_written_is_not_replaced_by_its_buffers_fu
         out.write(b"x" * 100)  # buffered: the full disk is not seen yet
         raise RuntimeError("the step's own error")
     assert not [p for p in writer.folder.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_jobs_list_and_show_read_a_journal_on_a_read_only_disk_as_it_is(cli, cli_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A journal whose file system turned read-only (remounted ro after a disk error, a snapshot)
+    could not be listed (exit 74): `jobs list`/`show` now read it read-only, as it is, with one
+    note: a job of an owner killed meanwhile (its -wal holds the job) shows as it was left, not
+    marked interrupted, and nothing is written there. Job commands still refuse it (exit 74)."""
+    with tmpfs(tmp_path / "disk", "8m") as disk:
+        env = {"WIN_AUTOMATION_DATA_DIR": str(disk / "data"), "WIN_AUTOMATION_CLI_SERVER": "0"}
+        done = json.loads(cli("run", "ping", "--json", env=env).stdout)["job_id"]
+        held = subprocess.Popen(
+            [sys.executable, "-m", "win_automation", "run", "ping", "--input", '{"hold_seconds": 30}'],
+            env={**cli_env, **env},
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while len(json.loads(cli("jobs", "list", "--json", env=env).stdout)) < 2:
+                assert time.monotonic() < deadline, "the second job never started"
+                time.sleep(0.1)
+        finally:
+            held.kill()  # its -wal and -shm stay, holding its job `running`
+            held.wait()
+        files = sorted(p.name for p in (disk / "data").iterdir())
+        assert "journal.sqlite3-wal" in files
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        listed = cli("jobs", "list", "--json", env=env)
+        assert listed.code == 0, listed.stderr
+        states = {j["job_id"]: j["state"] for j in json.loads(listed.stdout)}
+        assert states[done] == "succeeded" and sorted(states.values()) == ["running", "succeeded"]
+        assert listed.stderr.count("\n") == 1
+        assert listed.stderr.startswith(f"note: read-only, as it is: the journal {disk / 'data'}")
+        assert "the file system is read-only" in listed.stderr
+        shown = cli("jobs", "show", done, "--json", env=env)
+        assert shown.code == 0 and json.loads(shown.stdout)["state"] == "succeeded", shown.stderr
+        assert sorted(p.name for p in (disk / "data").iterdir()) == files
+        ran = cli("run", "ping", env=env)
+        assert ran.code == 74 and "the file system is read-only" in ran.stderr
+
+
+def test_jobs_list_with_no_journal_on_a_read_only_disk_is_still_one_line_74(
+    cli, read_only_disk: Path
+) -> None:  # type: ignore[no-untyped-def]
+    res = cli("jobs", "list", env={"WIN_AUTOMATION_DATA_DIR": str(read_only_disk)})
+    assert res.code == 74 and res.stderr.count("\n") == 1 and res.stderr.startswith("error: the journal ")

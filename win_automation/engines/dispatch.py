@@ -148,6 +148,7 @@ def _refresh(config: Config, journal: Journal, job: JobRecord, note: Note) -> Jo
     that cannot be reached leaves it as it is, with a note)."""
     if (
         job.engine != "hatchet"
+        or journal.read_only
         or job.state not in ACTIVE
         or not job.external_id
         or config.hatchet.token is None
@@ -182,7 +183,7 @@ def list_jobs(
     note: Note = _quiet,
 ) -> list[JobView]:
     """Jobs newest first, each with its steps (Hatchet jobs refreshed from the engine)."""
-    with Journal.open(config.data.dir) as journal:
+    with _to_read(config, note) as journal:
         jobs = journal.list_jobs(state=state, workflow=workflow, since=since, limit=limit)
         jobs = [_refresh(config, journal, job, note) for job in jobs]
         return [JobView(job, journal.steps(job.job_id), []) for job in jobs]
@@ -191,9 +192,17 @@ def list_jobs(
 def show_job(config: Config, job_id: str, *, note: Note = _quiet) -> JobView:
     """One job with its steps and events (refreshed from Hatchet when it runs there)."""
     validate_job_id(job_id)
-    with Journal.open(config.data.dir) as journal:
+    with _to_read(config, note) as journal:
         job = _refresh(config, journal, journal.get_job(job_id), note)
         return JobView(job, journal.steps(job_id), journal.events(job_id))
+
+
+def _to_read(config: Config, note: Note) -> Journal:
+    """The journal for reading; one that cannot be written is read as it is, with a note."""
+    journal, refused = Journal.open_to_read(config.data.dir)
+    if refused is not None:
+        note(f"note: read-only, as it is: {refused}")
+    return journal
 
 
 def cancel_job(config: Config, job_id: str, patience: float) -> JobRecord:

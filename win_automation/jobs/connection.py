@@ -81,11 +81,7 @@ def journal_problem(data_dir: Path) -> str | None:
                 return str(misplaced)
             if not path.exists():
                 return None
-            # read-only; with no -wal file (no writer has it open), `immutable`: a read-only
-            # open of a WAL journal would leave a -wal and -shm file behind
-            wal = path.with_name(path.name + "-wal").exists()
-            mode = "mode=ro" if wal else "immutable=1"
-            conn = sqlite3.connect(f"{path.absolute().as_uri()}?{mode}", uri=True, timeout=1.0)
+            conn = read_only_connection(path, timeout=1.0)
             try:
                 (verdict,) = conn.execute("PRAGMA quick_check(1)").fetchone()
             finally:
@@ -97,6 +93,22 @@ def journal_problem(data_dir: Path) -> str | None:
     except JournalError as exc:
         return str(exc)
     return None
+
+
+def read_only_connection(path: Path, *, timeout: float) -> sqlite3.Connection:
+    """`path` opened read-only, as it is: with its -wal file (a writer has it open, or one died),
+    `mode=ro`, which reads the -wal too; without one, `immutable`, which creates no -wal and -shm
+    file (a read-only open of a WAL journal would leave them behind, and a read-only disk has no
+    room for them)."""
+    wal = path.with_name(path.name + "-wal").exists()
+    mode = "mode=ro" if wal else "immutable=1"
+    return sqlite3.connect(
+        f"{path.absolute().as_uri()}?{mode}",
+        uri=True,
+        timeout=timeout,
+        isolation_level=None,
+        check_same_thread=False,
+    )
 
 
 def _misplaced_error(path: Path) -> JournalError | None:

@@ -45,16 +45,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from win_automation.errors import StorageError
+from win_automation.errors import JournalBusy, JournalError, StorageError
 from win_automation.jobs.connection import (
     BUSY_TIMEOUT_SECONDS,
     JOURNAL_FILE,
     JournalConnection,
+    read_only_connection,
     storage_faults,
 )
 from win_automation.jobs.ids import new_job_id, new_trace_id
 from win_automation.jobs.owners import process_alive
 from win_automation.jobs.records import JobRecord, job_from_row
+from win_automation.jobs.schema import MIGRATIONS
 from win_automation.jobs.state import ACTIVE, JobState, check_transition
 
 HEARTBEAT_INTERVAL = 2.0
@@ -68,6 +70,9 @@ _FINISHED = "(state = 'succeeded' OR (state = 'skipped' AND output_json IS NOT N
 
 class Journal(JournalConnection):
     """The journal: a connection (jobs.connection) and every recorded change; one per thread."""
+
+    read_only = False
+    """True when opened by `open_to_read` on a journal that cannot be written."""
 
     @classmethod
     def open(
@@ -98,6 +103,37 @@ class Journal(JournalConnection):
                 conn.close()
                 raise
         return journal
+
+    @classmethod
+    def open_to_read(cls, data_dir: Path) -> tuple[Journal, JournalError | None]:
+        """The journal for a command that only reads it (`jobs list`, `jobs show`): as `open`
+        gives it, or, when it cannot be written (a read-only disk or file, a full disk), opened
+        read-only and read as it is (jobs of owners that died are not marked interrupted then),
+        with open's error, for a note. Raises open's error when it cannot be read either."""
+        try:
+            return cls.open(data_dir), None
+        except JournalBusy:
+            raise
+        except JournalError as exc:
+            refused = exc
+        path = data_dir / JOURNAL_FILE
+        if not path.is_file():
+            raise refused
+        try:
+            with storage_faults(path):
+                conn = read_only_connection(path, timeout=BUSY_TIMEOUT_SECONDS)
+                try:
+                    journal = cls(path, conn)
+                    if journal.schema_version != len(MIGRATIONS):
+                        raise refused  # an older one, which only a writer migrates
+                    journal.list_jobs(limit=1)  # it reads
+                except BaseException:
+                    conn.close()
+                    raise
+        except JournalError:
+            raise refused from None
+        journal.read_only = True
+        return journal, refused
 
     def create_job(
         self,
