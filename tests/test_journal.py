@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from win_automation.errors import IllegalTransition, NotFoundError, Superseded
-from win_automation.jobs.journal import HEARTBEAT_EXPIRY, Journal
+from win_automation.jobs.journal import Journal
+from win_automation.jobs.ownership import HEARTBEAT_EXPIRY
 from win_automation.jobs.schema import MIGRATIONS
 from win_automation.jobs.state import JobState
 

@@ -21,7 +21,8 @@ from pydantic import BaseModel
 
 from win_automation.definition import Step, StepContext
 from win_automation.errors import Cancelled, JournalBusy, OperationTimeout
-from win_automation.jobs.journal import HEARTBEAT_INTERVAL, Journal
+from win_automation.jobs.journal import Journal
+from win_automation.jobs.ownership import HEARTBEAT_INTERVAL
 
 log = logging.getLogger(__name__)
 
