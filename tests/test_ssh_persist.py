@@ -626,7 +626,7 @@ def test_stop_lets_a_running_command_finish_and_takes_no_new_ones(
     env = env_for(live_sshd, known_hosts)
     assert cli("ssh", "run", "--shell", "cmd", "--", "true", env=env).code == 0
     old = only_helper(cli, env)
-    marker = remote_dir / "started"
+    marker, release = remote_dir / "started", remote_dir / "release"
     job = subprocess.Popen(
         [
             sys.executable,
@@ -636,8 +636,8 @@ def test_stop_lets_a_running_command_finish_and_takes_no_new_ones(
             "run",
             "--shell",
             "cmd",
-            "--",
-            f"touch {marker}; sleep 4; echo done",
+            "--",  # runs until the test has looked (not a fixed time: a busy machine took longer)
+            f"touch {marker}; while [ ! -e {release} ]; do sleep 0.05; done; echo done",
         ],
         env={**cli_env, **env},
         cwd=tmp_path,
@@ -667,10 +667,13 @@ def test_stop_lets_a_running_command_finish_and_takes_no_new_ones(
         again = cli("ssh", "persist", "stop", env=env)  # stops the new one; the draining one finishes
         assert again.code == 0 and "stopped 1" in again.stdout and job.poll() is None, again.stderr
         assert persist_wire.is_helper(old["pid"], Path(old["socket"]))
+        release.touch()
         out, err = job.communicate(timeout=60)
     finally:
+        release.touch()
         if job.poll() is None:
             job.kill()
+            job.wait()
     assert (job.returncode, out) == (0, "done\n"), err
     deadline = time.monotonic() + 15
     while persist_wire.is_helper(old["pid"], Path(old["socket"])) and time.monotonic() < deadline:
