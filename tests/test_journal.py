@@ -10,8 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fixture_jobs import JournalLock
 
-from win_automation.errors import IllegalTransition, NotFoundError, Superseded
+from win_automation.errors import IllegalTransition, JournalBusy, NotFoundError, Superseded
+from win_automation.jobs.connection import JOURNAL_FILE
 from win_automation.jobs.journal import Journal
 from win_automation.jobs.ownership import HEARTBEAT_EXPIRY
 from win_automation.jobs.schema import MIGRATIONS
@@ -244,3 +246,21 @@ def test_step_ended_ends_the_job_with_its_last_step_in_the_same_commit(tmp_path:
         # ended already (another process recorded it first): left as it is
         assert journal.step_ended(job.job_id, "two", JobState.SUCCEEDED, output_json="{}") is None
         assert journal.get_job(job.job_id) == done and len(journal.events(job.job_id)) == len(trail)
+
+
+def test_a_reader_of_a_locked_journal_with_a_dead_owners_job_reads_it_as_it_is(tmp_path: Path) -> None:
+    """`jobs list` opens the journal to read; marking a dead owner's job interrupted needs the
+    write lock, which another process held: it waited the busy timeout, then exited 74. WAL
+    readers are not held by a writer: the journal is read as it is, with open's error to note."""
+    with Journal.open(tmp_path, recover=False) as journal:
+        job = journal.create_job("ping", "{}", steps=["a"])
+        journal._conn.execute("UPDATE jobs SET owner_start = '0' WHERE job_id = ?", (job.job_id,))  # died
+    with JournalLock(tmp_path / JOURNAL_FILE):
+        journal, refused = Journal.open_to_read(tmp_path, busy_timeout=0.3)
+        with journal:
+            assert isinstance(refused, JournalBusy) and journal.read_only
+            assert journal.get_job(job.job_id).state == JobState.QUEUED  # as it is
+    journal, refused = Journal.open_to_read(tmp_path)
+    with journal:
+        assert refused is None and not journal.read_only
+        assert journal.get_job(job.job_id).state == JobState.INTERRUPTED

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from win_automation.errors import JournalBusy, JournalError, StorageError
+from win_automation.errors import JournalError, StorageError
 from win_automation.jobs.connection import (
     BUSY_TIMEOUT_SECONDS,
     JOURNAL_FILE,
@@ -73,16 +73,17 @@ class JournalOwnership(JournalConnection):
         return journal
 
     @classmethod
-    def open_to_read(cls, data_dir: Path) -> tuple[Self, JournalError | None]:
+    def open_to_read(
+        cls, data_dir: Path, *, busy_timeout: float = BUSY_TIMEOUT_SECONDS
+    ) -> tuple[Self, JournalError | None]:
         """The journal for a command that only reads it (`jobs list`, `jobs show`): as `open`
-        gives it, or, when it cannot be written (a read-only disk or file, a full disk), opened
+        gives it, or, when it cannot be written (a read-only disk or file, a full disk, another
+        process's lock past `busy_timeout` while a dead owner's job waited to be marked), opened
         read-only and read as it is (jobs of owners that died are not marked interrupted then),
         with open's error, for a note. Raises open's error when it cannot be read either."""
         try:
-            return cls.open(data_dir), None
-        except JournalBusy:
-            raise
-        except JournalError as exc:
+            return cls.open(data_dir, busy_timeout=busy_timeout), None
+        except JournalError as exc:  # JournalBusy too: WAL readers are not held by a writer
             refused = exc
         path = data_dir / JOURNAL_FILE
         if not path.is_file():
