@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +25,8 @@ from test_cli_server import (  # the fixtures and helpers of the warm CLI proces
     start_server,
     wait_for,
 )
+
+from win_automation import unixsock
 
 __all__ = ["cli_env", "env", "servers_end_with_the_test"]  # fixtures, used by name
 
@@ -150,3 +153,33 @@ def test_a_folder_as_the_start_up_lock_is_one_line(cli_env: dict[str, str], tmp_
     expected = f"warm CLI process: cannot lock {lock}: Is a directory\n"
     assert (out.returncode, out.stderr.decode()) == (1, expected)
     assert not sock.exists()
+
+
+def _socket_file(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as listener, unixsock.sun_path(path) as where:
+        listener.bind(where)  # the socket file stays
+
+
+def test_a_job_command_says_what_keeps_the_server_from_starting(env: dict[str, str], tmp_path: Path) -> None:
+    """A folder as the lock or info file, or a socket as the lock: no server could ever start, so
+    every call ran cold, without a word. The job command says so in one line, and runs."""
+    sock = sock_for(env)
+    sock.parent.mkdir(parents=True, mode=0o700)
+    for path, make, what in (
+        (sock.with_suffix(".lock"), Path.mkdir, "a directory"),
+        (sock.with_suffix(".json"), Path.mkdir, "a directory"),
+        (sock.with_suffix(".lock"), _socket_file, "a socket"),
+    ):
+        make(path)
+        out = launcher(["ssh", "run", "--shell", "cmd", "--", "echo hi"], env, tmp_path)
+        stderr = split(out.stderr)[0].decode()
+        assert out.returncode == 0 and out.stdout == b"hi\n", stderr
+        assert (
+            stderr
+            == f"warning: the warm CLI process cannot start: {path} is {what}, not a file (remove it)\n"
+        )
+        assert not servers_of(env) and not sock.exists()
+        path.rmdir() if path.is_dir() else path.unlink()
+    out = launcher(["ssh", "run", "--shell", "cmd", "--", "echo hi"], env, tmp_path)
+    assert out.returncode == 0 and not split(out.stderr)[0]
+    assert wait_for(lambda: sock.exists() and servers_of(env), 30)  # and now it starts
