@@ -6,7 +6,11 @@ import json
 import os
 from pathlib import Path
 
-from win_automation.artifacts.store import ArtifactWriter
+import pytest
+from conftest import tmpfs
+
+from win_automation.artifacts.copying import copy_verified
+from win_automation.artifacts.store import CHUNK, ArtifactWriter
 from win_automation.jobs.ids import new_job_id, new_trace_id
 from win_automation.operations.artifacts import sftp_path
 
@@ -62,3 +66,41 @@ def test_fetch_of_a_job_the_vm_does_not_have(
     assert res.code == 1 and f"{job}/manifest.json does not exist" in res.stderr
     bad = cli("artifacts", "fetch", "--from", "disk", "--job", job, "--out", str(tmp_path / "out"))
     assert bad.code == 2 and "--from: 'disk' must be auto, local or vm" in bad.stderr
+
+
+@pytest.mark.parametrize("source", ["vm", "local"])
+def test_an_artifact_larger_than_its_manifest_says_is_not_copied(
+    cli, live_sshd, known_hosts, remote_dir: Path, tmp_path: Path, source: str
+) -> None:  # type: ignore[no-untyped-def]
+    """A file that grew after the job (a log appended to for days) was copied whole before its
+    size was compared: into a small `--out` disk, exit 74 (full) instead of the mismatch."""
+    env = {**live_sshd.env(known_hosts), "WIN_AUTOMATION_ARTIFACTS_REMOTE_DIR": str(remote_dir)}
+    writer = vm_job(remote_dir)
+    if source == "local":
+        env["WIN_AUTOMATION_ARTIFACT_OUT"] = str(remote_dir)  # the same folder, read locally
+    with (writer.folder / "stdout.txt").open("ab") as grown:
+        grown.write(os.urandom(4 << 20))
+    with tmpfs(tmp_path / "small", "1m") as small:
+        res = cli(
+            "artifacts", "fetch", "--from", source, "--job", writer.job_id, "--out", str(small), env=env
+        )
+        assert res.code == 1, res.stderr
+        size = len("remote output\n") + (4 << 20)
+        assert f"stdout.txt (size {size}, manifest says 14; not copied)" in res.stderr
+        assert sorted(p.name for p in (small / writer.job_id).iterdir()) == ["trace.zip"]
+
+
+def test_an_artifact_that_grows_while_copied_stops_at_its_manifest_size(tmp_path: Path) -> None:
+    writer = ArtifactWriter(tmp_path / "src", new_job_id(), new_trace_id(), types=("ssh",))
+    writer.write_bytes("ssh", "big.bin", os.urandom(CHUNK * 2))
+    path = writer.folder / "big.bin"
+
+    def grow(count: int) -> None:
+        with path.open("ab") as more:
+            more.write(os.urandom(CHUNK))
+
+    _, mismatches = copy_verified(writer.folder, tmp_path / "out", grow)
+    assert [str(m) for m in mismatches] == [
+        f"big.bin (grew while copied, manifest says {CHUNK * 2}; not copied)"
+    ]
+    assert list((tmp_path / "out").iterdir()) == []

@@ -50,7 +50,12 @@ _FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
 
 
 class TooLarge(WinAutomationError):
-    """A remote file over the `limit` its download allows (exit 1)."""
+    """A remote file over the `limit` its download allows (exit 1); `size`: its size, when its
+    fstat told (None: it grew while read)."""
+
+    def __init__(self, message: str, size: int | None = None) -> None:
+        super().__init__(message)
+        self.size = size
 
 
 _ATTR_SIZE = 0x01
@@ -342,7 +347,7 @@ def _download(
         if flags & _ATTR_SIZE:
             (size,) = struct.unpack_from(">Q", attrs, 8)
     if limit is not None and size > limit:
-        raise TooLarge(f"remote file {remote} is {size} bytes, over the {limit} bytes it may be")
+        raise TooLarge(f"remote file {remote} is {size} bytes, over the {limit} bytes it may be", size)
     deadline.arm(size)
 
     hasher = _Hasher()

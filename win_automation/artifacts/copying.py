@@ -32,15 +32,28 @@ from win_automation.errors import NotFoundError, StorageError
 from win_automation.regularfiles import not_regular, open_regular
 
 
+class Oversized(Exception):
+    """An artifact larger than its manifest says: not copied past that size (a file that grew to
+    gigabytes would otherwise fill `out` before the sizes are compared)."""
+
+    def __init__(self, size: int | None) -> None:
+        super().__init__(size)
+        self.size = size
+        """Its size when the source knows it (else it grew while read)."""
+
+
 class ArtifactSource(Protocol):
     """Where `copy_verified` reads a job's artifacts from: a local folder, or the VM over SFTP
     (win_automation.operations.artifacts)."""
 
     def manifest(self) -> Manifest: ...
 
-    def copy(self, path: str, out: BinaryIO, progress: Callable[[int], None] | None) -> tuple[int, str]:
+    def copy(
+        self, path: str, out: BinaryIO, progress: Callable[[int], None] | None, limit: int
+    ) -> tuple[int, str]:
         """Write artifact `path` into `out`; its (size, sha256) as read. FileNotFoundError or
-        NotFoundError when it is missing."""
+        NotFoundError when it is missing; Oversized, with no more than `limit` bytes written,
+        when it is larger than `limit`."""
         ...
 
 
@@ -51,12 +64,18 @@ class LocalSource:
     def manifest(self) -> Manifest:
         return read_manifest(self.folder)
 
-    def copy(self, path: str, out: BinaryIO, progress: Callable[[int], None] | None) -> tuple[int, str]:
+    def copy(
+        self, path: str, out: BinaryIO, progress: Callable[[int], None] | None, limit: int
+    ) -> tuple[int, str]:
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)
         digest, size = hashlib.sha256(), 0
         with open_regular(self.folder / path) as src:  # a FIFO or device is refused, never read
+            if (stated := os.fstat(src.fileno()).st_size) > limit:
+                raise Oversized(stated)
             while count := src.readinto(buffer):
+                if size + count > limit:
+                    raise Oversized(None)  # it grew while read
                 digest.update(view[:count])
                 try:
                     out.write(view[:count])
@@ -88,11 +107,16 @@ def copy_verified(
             raise StorageError(f"cannot write {target}: it is {what}, not a regular file")
         temp = target.with_name(temp_name(target.name))
         try:
-            size, sha = _copy_one(source, entry.path, temp, target, progress)
+            size, sha = _copy_one(source, entry.path, temp, target, progress, entry.size_bytes)
         except (OSError, NotFoundError) as exc:  # the source's: a missing or unreadable file
             discard(temp)
             why = unreadable(exc) if isinstance(exc, OSError) else "missing"
             mismatches.append(Mismatch(entry.path, why))
+            continue
+        except Oversized as exc:
+            discard(temp)
+            found = f"size {exc.size}" if exc.size is not None else "grew while copied"
+            mismatches.append(Mismatch(entry.path, f"{found}, manifest says {entry.size_bytes}; not copied"))
             continue
         except BaseException:
             discard(temp)
@@ -118,7 +142,12 @@ def copy_verified(
 
 
 def _copy_one(
-    source: ArtifactSource, path: str, temp: Path, target: Path, progress: Callable[[int], None] | None
+    source: ArtifactSource,
+    path: str,
+    temp: Path,
+    target: Path,
+    progress: Callable[[int], None] | None,
+    limit: int,
 ) -> tuple[int, str]:
     """Artifact `path` copied into `temp`, fsynced: its (size, sha256) as read. What cannot be
     written is a StorageError naming `target`; the source's own errors pass through."""
@@ -128,7 +157,7 @@ def _copy_one(
         raise _cannot_write(target, exc) from None
     try:
         try:
-            size, sha = source.copy(path, dst, progress)
+            size, sha = source.copy(path, dst, progress, limit)
         except StorageError as exc:  # its write into `temp`: said of `target`
             raise StorageError(str(exc).replace(str(temp), str(target))) from None
         except OSError as exc:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from win_automation.adapters import sftp_download
 from win_automation.adapters.ssh import SshConnection, get_connection
-from win_automation.artifacts.copying import ArtifactSource, LocalSource
+from win_automation.artifacts.copying import ArtifactSource, LocalSource, Oversized
 from win_automation.artifacts.folders import job_artifacts
 from win_automation.artifacts.store import MANIFEST, MAX_MANIFEST_BYTES, Manifest, safe_relative
 from win_automation.config import Config
@@ -65,7 +65,9 @@ class VmSource:
             raise ArtifactMismatch(f"{path} on the VM belongs to job {manifest.job_id}, not {self.job_id}")
         return manifest
 
-    def copy(self, path: str, out: BinaryIO, progress: Callable[[int], None] | None) -> tuple[int, str]:
+    def copy(
+        self, path: str, out: BinaryIO, progress: Callable[[int], None] | None, limit: int
+    ) -> tuple[int, str]:
         remote = sftp_path(self.remote_dir, self.job_id, safe_relative(path))
         done = 0
 
@@ -75,7 +77,10 @@ class VmSource:
                 progress(hashed - done)
                 done = hashed
 
-        copied = sftp_download.download(self.conn, remote, out, advance)
+        try:
+            copied = sftp_download.download(self.conn, remote, out, advance, limit=limit)
+        except sftp_download.TooLarge as exc:
+            raise Oversized(exc.size) from None
         return copied.size, copied.sha256
 
 
