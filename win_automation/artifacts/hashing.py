@@ -6,7 +6,7 @@ copy is what makes it fast: read(2) copies the page cache through the kernel's h
 mapping into a buffer that stays in the CPU's cache, which SHA-256 then reads at full speed.
 Hashing the same bytes in place, through an mmap of the file or from a bytearray already in
 memory (4 KiB pages: the prefetcher stops at every page), ran at ~0.62x; a reader thread
-filling buffers for the hashing thread at ~0.67x (the bytes cross cores). The rest of the gap
+filling buffers for the hashing thread at 0.67-0.76x (the bytes cross cores). The rest of the gap
 is memory: `openssl speed` hashes one 1 MiB block that never leaves the cache.
 """
 

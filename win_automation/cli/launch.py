@@ -426,7 +426,8 @@ def through_server() -> int | None:
         return None
     except Exception as exc:  # a socket not ours, or not a socket (StorageError): not connected to
         if getattr(exc, "exit_code", None) is not None:
-            sys.stderr.write(f"warning: {exc}; this call runs without the warm CLI process\n")
+            said = str(exc).replace("\n", "\\n")  # a path's line break does not split the line
+            sys.stderr.write(f"warning: {said}; this call runs without the warm CLI process\n")
         return None
     return _wait(conn, child)
 
