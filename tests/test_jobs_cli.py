@@ -211,11 +211,9 @@ def test_metrics_lines_go_to_the_metrics_file(cli, tmp_path: Path) -> None:  # t
     assert "metric=jobs_completed_total value=1 ts=" in on_stdout.stdout
 
 
-def test_a_paused_owner_keeps_its_job_through_other_commands_and_finishes_it(
-    cli, cli_env, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
-    """SIGSTOP an owner past its heartbeat's expiry (a Ctrl-Z, a suspended laptop) while other
-    commands open the journal: the job stays running, and continued, the owner finishes it."""
+def _stopped_owner_past_expiry(cli_env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
+    """A `run ping` stopped (SIGSTOP) in its check-journal step, its heartbeat 1 h old (what
+    more than HEARTBEAT_EXPIRY of silence looks like): (its process, its job id)."""
     import sqlite3
 
     data = tmp_path / "data"
@@ -223,11 +221,20 @@ def test_a_paused_owner_keeps_its_job_through_other_commands_and_finishes_it(
     wait_for(lambda: step_running(data, "check-journal"), what="check-journal to run")
     job_id = step_running(data, "check-journal")
     os.kill(proc.pid, signal.SIGSTOP)
+    conn = sqlite3.connect(data / "journal.sqlite3", timeout=10)
+    with conn:
+        conn.execute("UPDATE jobs SET heartbeat_at = heartbeat_at - 3600 WHERE job_id = ?", (job_id,))
+    conn.close()
+    return proc, job_id
+
+
+def test_a_paused_owner_keeps_its_job_through_other_commands_and_finishes_it(
+    cli, cli_env, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """SIGSTOP an owner past its heartbeat's expiry (a Ctrl-Z, a suspended laptop) while other
+    commands open the journal: the job stays running, and continued, the owner finishes it."""
+    proc, job_id = _stopped_owner_past_expiry(cli_env, tmp_path)
     try:
-        conn = sqlite3.connect(data / "journal.sqlite3", timeout=10)
-        with conn:  # what 33 s of silence looks like: a heartbeat past HEARTBEAT_EXPIRY
-            conn.execute("UPDATE jobs SET heartbeat_at = heartbeat_at - 3600 WHERE job_id = ?", (job_id,))
-        conn.close()
         listed = cli("jobs", "list", "--json")
         assert [j["state"] for j in json.loads(listed.stdout) if j["job_id"] == job_id] == ["running"]
         assert json.loads(cli("jobs", "show", job_id, "--json").stdout)["state"] == "running"
@@ -247,18 +254,8 @@ def test_a_paused_owner_keeps_its_job_through_other_commands_and_finishes_it(
 def test_a_paused_owner_is_fenced_once_another_process_resumed_its_job(cli, cli_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """SIGSTOP an owner until its heartbeat expires, resume the job elsewhere, SIGCONT the owner: the
     job runs once to its end under the new owner; the old one records nothing more and exits 130."""
-    import sqlite3
-
-    data = tmp_path / "data"
-    proc = start_cli(cli_env, tmp_path, "run", "ping", "--input", '{"hold_seconds": 1.5}')
-    wait_for(lambda: step_running(data, "check-journal"), what="check-journal to run")
-    job_id = step_running(data, "check-journal")
-    os.kill(proc.pid, signal.SIGSTOP)
+    proc, job_id = _stopped_owner_past_expiry(cli_env, tmp_path)
     try:
-        conn = sqlite3.connect(data / "journal.sqlite3", timeout=10)
-        with conn:  # what 33 s of silence looks like: a heartbeat past HEARTBEAT_EXPIRY
-            conn.execute("UPDATE jobs SET heartbeat_at = heartbeat_at - 3600 WHERE job_id = ?", (job_id,))
-        conn.close()
         resumed = cli("jobs", "resume", job_id, "--json")
         assert resumed.code == 0, resumed.stderr
         assert json.loads(resumed.stdout)["state"] == "succeeded"
