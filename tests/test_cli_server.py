@@ -489,6 +489,45 @@ def _gone(pid: int) -> bool:
         return True
 
 
+RIGHT_AFTER_GO = """
+import os, signal, sys
+from win_automation.cli import launch
+sys.argv = ["win-automation", *sys.argv[1:]]
+conn, child = launch._connect(launch.socket_path())
+print(child, flush=True)
+os.kill(os.getpid(), signal.SIGTSTP)  # Ctrl-Z as "go" has just gone: before _wait forwards it
+os._exit(launch._wait(conn, child))
+"""
+
+
+def test_a_ctrl_z_right_after_go_stops_the_child_too(env: dict[str, str], tmp_path: Path) -> None:
+    """A Ctrl-Z between the launcher's "go" and its forwarding of signals stopped only the
+    launcher: the call ran on in the child, and the job could not be stopped or resumed with it."""
+    start_server(env)
+    command = ["ssh", "run", "--shell", "cmd", "--", "echo a; sleep 1; echo b"]
+    with subprocess.Popen(
+        [sys.executable, "-c", RIGHT_AFTER_GO, *command],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        process_group=0,  # a shell's job: not orphaned, so Ctrl-Z stops it
+    ) as proc:
+        assert proc.stdout is not None
+        try:
+            child = int(proc.stdout.readline())
+            assert wait_for(lambda: _state(proc.pid) == "T", 10)
+            assert wait_for(lambda: _state(child) == "T", 10)  # held, then forwarded: stopped with it
+            time.sleep(1.5)
+            assert _state(child) == "T"
+        except BaseException:
+            proc.kill()  # stopped: it would never end
+            raise
+        proc.send_signal(signal.SIGCONT)
+        assert proc.stdout.read() == b"a\nb\n"
+    assert proc.returncode == 0
+
+
 def test_ctrl_z_stops_the_child_with_the_caller_and_fg_continues_both(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -835,20 +874,23 @@ def test_a_niced_or_pinned_caller_is_not_run_as_the_server(env: dict[str, str], 
 def test_a_server_that_cannot_record_itself_leaves_no_socket_and_one_line(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    """Its info file cannot be written (here a folder in its place; a full disk alike): the server
-    started by a job command says so in one line of its log and leaves no socket behind; the
-    calls run in-process meanwhile."""
+    """Its info file cannot be written (here a folder in its place, which a job command now sees
+    and starts no server for; a full disk alike): the server says so in one line and leaves no
+    socket behind; the calls run in-process meanwhile."""
     sock = sock_for(env)
     sock.parent.mkdir(parents=True, mode=0o700)
     sock.with_suffix(".json").mkdir()
-    log = sock.with_suffix(".log")
-    out = launcher(["ssh", "run", "--shell", "cmd", "--", "echo here"], env, tmp_path)
-    assert out.returncode == 0 and out.stdout == b"here\n" and split(out.stderr)[1]
-    assert wait_for(lambda: log.exists() and log.stat().st_size > 0 and not servers_of(env), 30)
+    server = subprocess.run(
+        [sys.executable, "-m", "win_automation.cli.server", str(sock), "60"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
     # naming the file that failed (it named only the socket, which was not at fault)
     info = sock.with_suffix(".json")
-    assert log.read_text() == f"warm CLI process: cannot serve at {sock}: {info}: Is a directory\n"
-    assert not sock.exists()
+    expected = f"warm CLI process: cannot serve at {sock}: {info}: Is a directory\n"
+    assert (server.returncode, server.stderr.decode()) == (1, expected)
+    assert not sock.exists() and not servers_of(env)
     again = launcher(["--version"], env, tmp_path)
     assert again.returncode == 0 and split(again.stderr)[1]
 

@@ -300,9 +300,16 @@ def _connect(path: str) -> tuple[_socket.socket, int]:
         child = int(pid)
         conn.settimeout(None)
         # The fds go with "go", to a child that is there: none stays in flight in a server that
-        # never takes the request (a pipe the caller's reader waits on would never end).
+        # never takes the request (a pipe the caller's reader waits on would never end). From
+        # "go" on, the signals the child must get wait until _wait forwards them: a Ctrl-Z in
+        # between stopped only this process, and the call ran on.
         rights = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
-        conn.sendmsg([frame(b"G")], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+        _hold_signals(True)
+        try:
+            conn.sendmsg([frame(b"G")], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+        except BaseException:
+            _hold_signals(False)
+            raise
     except TimeoutError:
         _drop(path)  # paused or overloaded: it leaves when it finds its socket gone
         conn.close()
@@ -313,6 +320,13 @@ def _connect(path: str) -> tuple[_socket.socket, int]:
     finally:
         os.close(fds[3])
     return conn, child
+
+
+def _hold_signals(hold: bool) -> None:
+    """Block (or unblock: pending ones are then delivered) the signals _wait forwards."""
+    import _signal
+
+    _signal.pthread_sigmask(_signal.SIG_BLOCK if hold else _signal.SIG_UNBLOCK, (*FORWARDED, TSTP))
 
 
 def _drop(path: str) -> None:
@@ -389,6 +403,7 @@ def _wait(conn: _socket.socket, child: int) -> int:
             _signal.signal(signum, forward)
     if _signal.getsignal(TSTP) == _signal.SIG_DFL:
         _signal.signal(TSTP, suspend)
+    _hold_signals(False)  # held since "go": now forwarded
     while True:
         try:
             if not _answer_or_end(conn, child):
