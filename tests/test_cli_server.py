@@ -6,7 +6,6 @@ command twice and never leave a job `running`."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -16,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -70,7 +68,9 @@ def sock_for(env: dict[str, str]) -> Path:
     """The socket the launcher looks for: computed by a fresh interpreter, as the key covers its
     flags and module path (pytest's differ)."""
     code = "from win_automation.cli import launch; print(launch.socket_path())"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(  # from /: the package found as the CLI finds it, not in pytest's folder
+        [sys.executable, "-c", code], env=env, cwd="/", capture_output=True, text=True, check=True
+    )
     return Path(out.stdout.strip())
 
 
@@ -87,6 +87,7 @@ def start_server(
     proc = subprocess.Popen(
         [sys.executable, "-m", "win_automation.cli.server", str(sock), str(persist), *flags],
         env=env,
+        cwd=sock.parent,  # as a job command starts it: `-m` puts this folder first on the module path
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -916,21 +917,30 @@ def test_two_starters_at_once_give_one_server(env: dict[str, str], tmp_path: Pat
     assert out.returncode == 0 and not split(out.stderr)[1]
 
 
+def own_sources(env: dict[str, str], tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """`env` with a copy of the sources first on the module path, and the copy's cli folder: a
+    test that changes the sources' mtimes changes only its own server's key (touching the
+    installed ones changed the key of every server the other pytest-xdist workers' tests ran
+    meanwhile, which then left in the middle of their calls)."""
+    src = tmp_path / "src"
+    for package in ("win_automation", "workflows"):
+        ignore = shutil.ignore_patterns("__pycache__")
+        shutil.copytree(Path(launch.__file__).parents[2] / package, src / package, ignore=ignore)
+    return {**env, "PYTHONPATH": str(src)}, src / "win_automation" / "cli"
+
+
 def test_changed_sources_get_a_new_server(env: dict[str, str], tmp_path: Path) -> None:
+    env, cli = own_sources(env, tmp_path)
     old = start_server(env)
     old_sock = sock_for(env)
-    module = Path(launch.__file__).with_name("parse.py")
-    before = module.stat()
-    try:
-        os.utime(module, ns=(before.st_atime_ns, time.time_ns()))
-        new_sock = sock_for(env)
-        assert new_sock != old_sock
-        out = launcher(["ssh", "run", "--shell", "cmd", "--", "echo fresh"], env, tmp_path)
-        assert out.stdout == b"fresh\n" and split(out.stderr)[1]  # not the old server: in-process
-        assert old.wait(15) == 0  # the old one noticed and left
-        assert wait_for(lambda: new_sock.exists(), 30)  # the job command started the new one
-    finally:
-        os.utime(module, ns=(before.st_atime_ns, before.st_mtime_ns))
+    module = cli / "parse.py"
+    os.utime(module, ns=(module.stat().st_atime_ns, time.time_ns()))
+    new_sock = sock_for(env)
+    assert new_sock != old_sock
+    out = launcher(["ssh", "run", "--shell", "cmd", "--", "echo fresh"], env, tmp_path)
+    assert out.stdout == b"fresh\n" and split(out.stderr)[1]  # not the old server: in-process
+    assert old.wait(15) == 0  # the old one noticed and left
+    assert wait_for(lambda: new_sock.exists(), 30)  # the job command started the new one
 
 
 def test_modules_in_the_starting_folder_are_not_the_servers(env: dict[str, str], tmp_path: Path) -> None:
@@ -963,42 +973,37 @@ def test_an_edit_after_a_future_mtime_gets_a_new_server(env: dict[str, str], tmp
     """One module's mtime in the future (clock skew, an unpacked archive): it was the newest, so
     a later edit of another module (mtime now) left the key as it was, and the server served its
     old code."""
-    future, edited = Path(launch.__file__).with_name("parse.py"), Path(launch.__file__).with_name("output.py")
-    saved = {path: path.stat() for path in (future, edited)}
-    try:
-        os.utime(future, ns=(time.time_ns(), time.time_ns() + 86400 * 10**9))
-        old = start_server(env)
-        old_sock = sock_for(env)
-        os.utime(edited, ns=(time.time_ns(), time.time_ns()))  # the edit
-        assert sock_for(env) != old_sock
-        out = launcher(["--version"], env, tmp_path)
-        assert out.returncode == 0 and split(out.stderr)[1]  # not the old server: in-process
-        assert old.wait(15) == 0  # the old one noticed and left
-    finally:
-        for path, before in saved.items():
-            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    env, cli = own_sources(env, tmp_path)
+    future, edited = cli / "parse.py", cli / "output.py"
+    os.utime(future, ns=(time.time_ns(), time.time_ns() + 86400 * 10**9))
+    old = start_server(env)
+    old_sock = sock_for(env)
+    os.utime(edited, ns=(time.time_ns(), time.time_ns()))  # the edit
+    assert sock_for(env) != old_sock
+    out = launcher(["--version"], env, tmp_path)
+    assert out.returncode == 0 and split(out.stderr)[1]  # not the old server: in-process
+    assert old.wait(15) == 0  # the old one noticed and left
 
 
 def test_an_upgraded_dependency_gets_a_new_server(env: dict[str, str], tmp_path: Path) -> None:
     """`pip install -U rich` while a server runs: a fresh process imports the new rich, the
     server holds the old one. pip adds and removes `.dist-info` folders in site-packages, which
-    changes its mtime (the key's); here a folder added and removed as pip does."""
+    changes its mtime (the key's); here a folder added and removed as pip does, in a
+    site-packages of this test's own on PYTHONPATH (the installed one's mtime is in the key of
+    every other test's server)."""
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    os.utime(site, ns=(0, 0))
+    env = {**env, "PYTHONPATH": str(site)}
     old = start_server(env)
     old_sock = sock_for(env)
-    site = Path(sysconfig.get_paths()["purelib"])
-    before = site.stat()
-    marker = site / f"wa_upgrade_probe-{os.getpid()}.dist-info"
-    try:
-        marker.mkdir()
-        marker.rmdir()
-        assert sock_for(env) != old_sock
-        out = launcher(["--version"], env, tmp_path)
-        assert out.returncode == 0 and split(out.stderr)[1]  # not the old server: in-process
-        assert old.wait(15) == 0  # the old one noticed and left
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            marker.rmdir()
-        os.utime(site, ns=(before.st_atime_ns, before.st_mtime_ns))
+    marker = site / "wa_upgrade_probe.dist-info"
+    marker.mkdir()
+    marker.rmdir()
+    assert sock_for(env) != old_sock
+    out = launcher(["--version"], env, tmp_path)
+    assert out.returncode == 0 and split(out.stderr)[1]  # not the old server: in-process
+    assert old.wait(15) == 0  # the old one noticed and left
 
 
 def test_huge_output_streams_through_the_server(env: dict[str, str], tmp_path: Path) -> None:
