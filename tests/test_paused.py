@@ -210,8 +210,16 @@ def test_a_paused_caller_does_not_hold_the_helpers_command_past_its_deadline(
         if path == "warm-powershell"
         else ["--shell", "cmd", "--", command]
     )
-    call = _ssh_run(
-        env, tmp_path, "--timeout", "2s", *args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    call = _ssh_run(  # in a process group of its own, not orphaned: there Ctrl-Z stops
+        env,
+        tmp_path,
+        "--timeout",
+        "2s",
+        *args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        process_group=0,
     )
     try:
         _until("the command runs", lambda: _alive(marker))
@@ -244,6 +252,9 @@ def test_jobs_cancel_of_a_stopped_owner_says_so_at_once_and_takes_effect_when_it
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell's job: a process group that is not orphaned, whatever pytest runs in (in an
+        # orphaned one, Ctrl-Z stops nothing, in-process or not: the kernel drops it)
+        process_group=0,
     )
     try:
         running = _until("the job runs", lambda: _alive(marker) and _job(journal, marker))
