@@ -210,6 +210,7 @@ def test_the_launcher_imports_only_start_up_modules(env: dict[str, str], tmp_pat
         "win_automation",
         "win_automation.cli",
         "win_automation.cli.launch",
+        "win_automation.cli.server_key",
         "win_automation.unixsock",
     }
     heavy = {

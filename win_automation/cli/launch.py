@@ -4,16 +4,16 @@ A CLI call is a Python start-up plus the imports of typer and pydantic (~200 ms 
 any work. With a warm CLI process (win_automation.cli.server: a per-user process that has
 imported all that, started by the first job command when `ssh.persist` > 0), a call costs this
 launcher plus a fork of that process instead. The launcher imports only what every Python
-start-up has loaded (`os`, `sys`, the C modules `_socket` and `_signal`) and
-win_automation.unixsock; `python -X importtime -m win_automation.cli.launch` shows it.
+start-up has loaded (`os`, `sys`, the C modules `_socket` and `_signal`),
+win_automation.unixsock and win_automation.cli.server_key; `python -X importtime -m
+win_automation.cli.launch` shows it.
 
 1. It finds the server's socket, `<data dir>/cli-server/<key>.sock`. The data dir is
    WIN_AUTOMATION_DATA_DIR or the default `~/.local/share/win-automation` (never `data.dir` from
-   a config file: loading the config is what the launcher exists to avoid). `<key>` hashes this
-   interpreter, the package's location and version, the mtimes of the .py files under
-   win_automation/ and workflows/ (the newest, their sum and count) and the mtime of
-   site-packages (an install or upgrade changes it), so a server never runs other code than a
-   fresh process would.
+   a config file: loading the config is what the launcher exists to avoid). `<key>`
+   (win_automation.cli.server_key) hashes this interpreter, the package, the sources' and the
+   installed distributions' mtimes and the process's credentials, so a server never runs other
+   code than a fresh process would.
 2. It sends its argv, environment, umask and stdio settings and waits for the forked child's
    pid; then it says "go" with its fds 0/1/2 and working directory (SCM_RIGHTS). A server that does not
    answer within CONNECT_TIMEOUT (paused, overloaded) is dropped (its socket removed: it leaves,
@@ -35,7 +35,8 @@ from __future__ import annotations
 import os
 import sys
 
-from win_automation import __version__, unixsock
+from win_automation import unixsock
+from win_automation.cli.server_key import PROTOCOL, read_file, server_key
 from win_automation.unixsock import frame, recv_frame
 
 TYPE_CHECKING = False  # not `typing`: ~10 ms each call would pay
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     import _socket
     from collections.abc import Mapping
 
-PROTOCOL = 1
 CONNECT_TIMEOUT = 1.0
 """Seconds for connecting and getting the child's pid; past them the call runs in-process."""
 WATCH_EVERY = 1.0
@@ -75,127 +75,6 @@ def data_dir(environ: Mapping[str, str] | None = None) -> str:
 
 def server_dir(environ: Mapping[str, str] | None = None) -> str:
     return os.path.join(data_dir(environ), "cli-server")
-
-
-def package_dirs() -> tuple[str, str]:
-    """The win_automation package folder and the workflows package beside it."""
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return package, os.path.join(os.path.dirname(package), "workflows")
-
-
-def source_stamp(folders: tuple[str, ...]) -> str:
-    """The newest mtime (ns), the sum of the mtimes and the count of the .py files and folders
-    under `folders`: a removed or renamed module changes its folder's mtime and the count, and
-    a file whose mtime moves at all the sum (one set in the future, by clock skew or an unpacked
-    archive, would otherwise stay the newest, and later edits not change the key)."""
-    newest = total = count = 0
-    pending = list(folders)
-    while pending:
-        folder = pending.pop()
-        try:
-            entries = os.scandir(folder)
-            mtime = os.stat(folder).st_mtime_ns
-        except OSError:
-            continue
-        newest, total, count = max(newest, mtime), total + mtime, count + 1
-        with entries:
-            for entry in entries:
-                if entry.name.endswith(".py"):
-                    try:
-                        mtime = entry.stat().st_mtime_ns
-                    except OSError:
-                        continue
-                    newest, total, count = max(newest, mtime), total + mtime, count + 1
-                elif entry.name != "__pycache__" and entry.is_dir(follow_symlinks=False):
-                    pending.append(entry.path)
-    return f"{newest}:{total}:{count}"
-
-
-def installed_mtimes() -> str:
-    """The mtime (ns) of each site-packages folder on the module path: installing, upgrading or
-    removing a distribution adds or removes its `.dist-info` folder there, and the server holds
-    the imports of typer, pydantic, rich... of its start."""
-    stamps = []
-    for folder in sys.path[1:]:
-        if folder.endswith(("site-packages", "dist-packages")):
-            try:
-                stamps.append(str(os.stat(folder).st_mtime_ns))
-            except OSError:
-                stamps.append("")
-    return ",".join(stamps)
-
-
-def _sha256(data: bytes) -> str:
-    if sys.version_info >= (3, 12):  # the C module itself: hashlib's import costs the launcher ~2 ms
-        from _sha2 import sha256  # type: ignore[import-not-found,unused-ignore]
-    else:
-        from _sha256 import sha256  # type: ignore[import-not-found,no-redef,unused-ignore]
-    return str(sha256(data).hexdigest())
-
-
-_CREDENTIALS = (b"Uid:", b"Gid:", b"Groups:", b"Cap", b"NoNewPrivs:", b"Seccomp", b"Cpus_allowed:", b"Mems_a")
-_NAMESPACES = ("mnt", "pid", "user", "net", "ipc", "uts")
-
-
-def _read(path: str) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return b""
-    try:
-        return os.read(fd, 65536)
-    except OSError:
-        return b""
-    finally:
-        os.close(fd)
-
-
-def credentials() -> bytes:
-    """What a process may do, beyond its uid: its ids and groups, capabilities, no_new_privs,
-    seccomp and allowed CPUs and memory nodes (/proc/self/status), its namespaces and root
-    folder, its resource limits, nice value and scheduling policy. A server runs a call with its
-    own (a forked child cannot take on the caller's), so a caller whose differ gets a server of
-    its own (~20 us): one with fewer capabilities (`setpriv`, a restricted service), other
-    groups, a sandbox, `ulimit`, `nice`, `chrt` or `taskset` never runs as the server."""
-    status = _read("/proc/self/status").splitlines()
-    fields = [line for line in status if line.startswith(_CREDENTIALS)]
-    for name in _NAMESPACES:
-        try:
-            fields.append(os.fsencode(os.readlink("/proc/self/ns/" + name)))
-        except OSError:
-            fields.append(b"")
-    try:
-        root = os.stat("/")
-        fields.append(b"%d:%d" % (root.st_dev, root.st_ino))
-    except OSError:
-        fields.append(b"")
-    fields.append(_read("/proc/self/limits"))
-    try:
-        fields.append(b"%d:%d" % (os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0)))
-    except (AttributeError, OSError):
-        fields.append(b"")
-    return b"\0".join(fields)
-
-
-def server_key() -> str:
-    """Which server may run this call: the interpreter (its binary, version and environment:
-    `python` and `python3` of one venv are one; its flags, warning options and module path
-    after the script's own folder, so PYTHONPATH or -O get their own server), the package's
-    location and version, the protocol, the sources' mtimes (see `source_stamp`), the installed
-    distributions (see `installed_mtimes`) and the process's credentials (see `credentials`),
-    hashed."""
-    package, workflows = package_dirs()
-    interpreter = (
-        os.path.realpath(sys.executable),
-        sys.version,
-        sys.prefix,
-        repr(tuple(sys.flags)),
-        repr(sys.warnoptions),
-        repr(sys.path[1:]),
-        installed_mtimes(),
-    )
-    text = "\0".join((str(PROTOCOL), *interpreter, package, __version__, source_stamp((package, workflows))))
-    return _sha256(os.fsencode(text) + b"\0" + credentials())[:20]
 
 
 def socket_path(environ: Mapping[str, str] | None = None) -> str:
@@ -346,7 +225,7 @@ def _ended(child: int) -> bool:
         return True
     except OSError:
         return False
-    return _read(f"/proc/{child}/stat").rpartition(b")")[2].split()[:1] == [b"Z"]
+    return read_file(f"/proc/{child}/stat").rpartition(b")")[2].split()[:1] == [b"Z"]
 
 
 def _answer_or_end(conn: _socket.socket, child: int) -> bool:

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from win_automation import unixsock
-from win_automation.cli import launch
+from win_automation.cli.server_key import PROTOCOL
 
 REQUEST_TIMEOUT = 10.0  # a launcher sends its request right after connecting
 IN_SERVER = False
@@ -34,7 +34,7 @@ def _read_request(conn: socket.socket) -> list[bytes]:
     conn.settimeout(REQUEST_TIMEOUT)
     size = unixsock.frame_size(unixsock.recv_exact(conn, 4))
     fields = unixsock.recv_exact(conn, size).split(b"\0")
-    if fields[0] != b"WA%d" % launch.PROTOCOL:
+    if fields[0] != b"WA%d" % PROTOCOL:
         raise EOFError("not a launcher request")
     return fields
 

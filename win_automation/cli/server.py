@@ -35,6 +35,7 @@ from win_automation.cli import launch, orphans, served
 from win_automation.cli.server_files import info_path, log_path
 from win_automation.cli.server_files import servers as servers  # `ssh persist status`
 from win_automation.cli.server_files import stop_servers as stop_servers  # `ssh persist stop`
+from win_automation.cli.server_key import server_key
 from win_automation.infofiles import open_log, write_info
 from win_automation.regularfiles import kind
 
@@ -302,7 +303,7 @@ class Server:
                 break
             if time.monotonic() >= next_stale_check:
                 next_stale_check = time.monotonic() + STALE_CHECK_EVERY
-                if launch.server_key() != self.key:
+                if server_key() != self.key:
                     break  # the sources changed: the launcher no longer picks this server
         listener.close()
         self.drop_spare()
@@ -360,7 +361,7 @@ def main(argv: list[str]) -> int:
     except OSError:
         return 0  # another one is starting
     server = Server(sock, persist)
-    if launch.server_key() != server.key:
+    if server_key() != server.key:
         return 0  # the sources changed since the starter looked: its key is stale already
     try:
         if unixsock.check_socket(sock) and unixsock.serving(sock):
