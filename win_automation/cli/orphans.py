@@ -16,6 +16,8 @@ import select
 import signal
 import socket
 
+from win_automation.jobs.owners import process_stopped
+
 
 def hung_up(conn: socket.socket) -> bool:
     """True when the other end (the launcher) has closed the connection; reads nothing."""
@@ -24,21 +26,11 @@ def hung_up(conn: socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
-def stopped(pid: int) -> bool:
-    """True when `pid` is stopped by a signal (state T; not a debugger's stop, t)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return False
-    return stat.rpartition(b")")[2].split()[:1] == [b"T"]
-
-
 def wake(children: dict[int, socket.socket]) -> None:
     """Continue each stopped child whose launcher has gone (SIGCONT), so that it ends."""
     for pid, conn in children.items():
         try:
-            if hung_up(conn) and stopped(pid):
+            if hung_up(conn) and process_stopped(pid, None):
                 os.kill(pid, signal.SIGCONT)
         except (OSError, ValueError):
             continue

@@ -25,19 +25,18 @@ import os
 import select
 import signal
 import socket
-import stat
 import sys
 import time
 from typing import Any
 
 from win_automation import unixsock
 from win_automation.cli import launch, orphans, served
-from win_automation.cli.server_files import info_path, log_path
+from win_automation.cli.server_files import blocked_by, info_path, log_path
 from win_automation.cli.server_files import servers as servers  # `ssh persist status`
 from win_automation.cli.server_files import stop_servers as stop_servers  # `ssh persist stop`
 from win_automation.cli.server_key import server_key
 from win_automation.infofiles import open_log, write_info
-from win_automation.regularfiles import kind
+from win_automation.jobs.owners import process_stopped
 
 CHECK_EVERY = 1.0
 STALE_CHECK_EVERY = 2.0
@@ -99,7 +98,7 @@ def start_later(persist: float) -> None:
         writable = os.access(os.path.dirname(sock), os.W_OK)  # else it could not listen there
         if unixsock.check_socket(sock) or not writable:
             return
-        if (blocked := _blocked(sock)) is not None:
+        if (blocked := blocked_by(sock)) is not None:
             sys.stderr.write(f"warning: the warm CLI process cannot start: {blocked} (remove it)\n")
             return
         if not _lock_free(sock):
@@ -107,23 +106,6 @@ def start_later(persist: float) -> None:
     except Exception:  # an unusable data dir or a foreign socket: the job runs; the launcher says it
         return
     atexit.register(_spawn_quietly, sock, persist)
-
-
-def _blocked(sock: str) -> str | None:
-    """What in the server's folder keeps it from ever starting for `sock` (every call would be
-    cold, without a word): its lock file or info file's name taken by what it cannot open or
-    replace (a folder; a socket or device as the lock)."""
-    for path, usable in (
-        (unixsock.lock_path(sock), (stat.S_ISREG, stat.S_ISFIFO)),
-        (info_path(sock), (stat.S_ISREG, stat.S_ISFIFO, stat.S_ISLNK, stat.S_ISSOCK)),
-    ):
-        try:
-            mode = os.lstat(path).st_mode
-        except OSError:
-            continue
-        if not any(test(mode) for test in usable):
-            return f"{path} is {kind(mode)}, not a file"
-    return None
 
 
 def _spawn_quietly(sock: str, persist: float) -> None:
@@ -255,7 +237,7 @@ class Server:
     def hand_over(self, conn: socket.socket) -> None:
         """The call on `conn` to the spare (one that is stopped, SIGSTOP, is replaced), else to
         a child forked for it."""
-        if self.spare is not None and not orphans.stopped(self.spare[0]):
+        if self.spare is not None and not process_stopped(self.spare[0], None):
             pid, channel = self.spare
             self.spare = None
             try:

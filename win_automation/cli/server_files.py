@@ -3,19 +3,22 @@
 `<key>.json` (the info file: pid, persist, python, started), written whole by the server as it
 starts serving and read back, bounded, by `servers`; `<key>.log` (its stderr) and `<key>.lock`
 (the start-up lock). The info file and the log are win_automation.infofiles', as the warm
-helper's: a FIFO, a huge file or a device in their place blocks or exhausts nothing.
+helper's: a FIFO, a huge file or a device in their place blocks or exhausts nothing; what in
+place of the lock or info file keeps a server from ever starting is `blocked_by`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
 from win_automation import unixsock
 from win_automation.cli import launch
 from win_automation.infofiles import read_info
+from win_automation.regularfiles import kind
 
 MODULE = "win_automation.cli.server"
 
@@ -26,6 +29,23 @@ def info_path(sock: str) -> str:
 
 def log_path(sock: str) -> str:
     return os.path.splitext(sock)[0] + ".log"
+
+
+def blocked_by(sock: str) -> str | None:
+    """What in the server's folder keeps it from ever starting for `sock` (every call would be
+    cold, without a word): its lock file or info file's name taken by what it cannot open or
+    replace (a folder; a socket or device as the lock)."""
+    for path, usable in (
+        (unixsock.lock_path(sock), (stat.S_ISREG, stat.S_ISFIFO)),
+        (info_path(sock), (stat.S_ISREG, stat.S_ISFIFO, stat.S_ISLNK, stat.S_ISSOCK)),
+    ):
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            continue
+        if not any(test(mode) for test in usable):
+            return f"{path} is {kind(mode)}, not a file"
+    return None
 
 
 def _is_server(pid: int, sock: str) -> bool:
