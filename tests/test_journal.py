@@ -264,3 +264,31 @@ def test_a_reader_of_a_locked_journal_with_a_dead_owners_job_reads_it_as_it_is(t
     with journal:
         assert refused is None and not journal.read_only
         assert journal.get_job(job.job_id).state == JobState.INTERRUPTED
+
+
+def test_an_owner_pid_now_a_process_with_a_name_that_is_not_utf8_is_read(tmp_path: Path) -> None:
+    """A job's owner pid reused by a process whose name is not UTF-8 (any process may set its
+    own): /proc/PID/stat was decoded whole, and every command that opened the journal failed with
+    a UnicodeDecodeError traceback. The pid's start time tells it is not the owner."""
+    renamed = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import ctypes, time; ctypes.CDLL(None).prctl(15, b'wa\\xff\\xfe', 0, 0, 0); time.sleep(30)",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while b"\xff" not in Path(f"/proc/{renamed.pid}/comm").read_bytes():
+            assert time.monotonic() < deadline, "the process was not renamed"
+            time.sleep(0.02)
+        with Journal.open(tmp_path, recover=False) as journal:
+            job = journal.create_job("ping", "{}", steps=["a"])
+            journal._conn.execute(
+                "UPDATE jobs SET owner_pid = ?, owner_start = '0' WHERE job_id = ?", (renamed.pid, job.job_id)
+            )
+        with Journal.open(tmp_path) as journal:
+            assert journal.get_job(job.job_id).state == JobState.INTERRUPTED  # not this process
+    finally:
+        renamed.kill()
+        renamed.wait()
