@@ -50,6 +50,12 @@ def _ssh_run(env: dict[str, str], cwd: Path, *args: str, **streams: Any) -> subp
     return subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, **streams)
 
 
+def _yes(env: dict[str, str], cwd: Path, marker: str, **streams: Any) -> subprocess.Popen[Any]:
+    """`ssh run --shell cmd -- 'yes MARKER'` in the background: a command that never ends and
+    writes as fast as it is read."""
+    return _ssh_run(env, cwd, "--shell", "cmd", "--", f"yes {marker}", **streams)
+
+
 def _warm_up(env: dict[str, str], cwd: Path, path: str) -> None:
     """A first call starts the warm CLI process or helper as it exits: wait until it serves."""
     assert _wa(env, cwd, "ssh", "run", "--shell", "cmd", "--", "true").returncode == 0
@@ -167,13 +173,10 @@ def test_ctrl_c_ends_the_cli_while_its_reader_is_paused(
     _warm_up(env, tmp_path, path)
     marker = f"hpause-{os.getpid()}-{path}-ctrl-c"
     # stdout never read: its pipe fills, the writes block
-    call = _ssh_run(
+    call = _yes(
         env,
         tmp_path,
-        "--shell",
-        "cmd",
-        "--",
-        f"yes {marker}",
+        marker,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT if stderr == "same pipe" else subprocess.DEVNULL,
     )
@@ -242,13 +245,10 @@ def test_jobs_cancel_of_a_stopped_owner_says_so_at_once_and_takes_effect_when_it
     _warm_up(env, tmp_path, path)
     journal = tmp_path / "data" / "journal.sqlite3"
     marker = f"hpause-{os.getpid()}-{path}-owner"
-    call = _ssh_run(
+    call = _yes(
         env,
         tmp_path,
-        "--shell",
-        "cmd",
-        "--",
-        f"yes {marker}",
+        marker,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -428,17 +428,26 @@ def test_cli_calls_run_in_the_helpers_session_with_the_same_jobs_and_artifacts(
     assert [j["state"] for j in jobs(cli, env)].count("running") == 0
 
 
+def _idle_session(cli, live_sshd: SshServer, env: dict[str, str]) -> tuple[dict[str, Any], int, int]:  # type: ignore[no-untyped-def]
+    """A helper with one warm session, idle after its second call: (the helper's status, the
+    stand-in's report count before that call, the session's pid)."""
+    from test_ssh_persist import only_helper
+
+    assert cli("ssh", "run", "--", "Write-Output 'cold'", env=env).code == 0
+    helper = only_helper(cli, env)
+    since = len(reports(live_sshd))
+    assert cli("ssh", "run", "--", "Write-Output 'warm'", env=env).code == 0
+    (session,) = starts(live_sshd, since)
+    return helper, since, session
+
+
 def test_a_session_killed_under_the_helper_fails_the_job_with_3(
     cli, live_sshd: SshServer, known_hosts: Path
 ) -> None:  # type: ignore[no-untyped-def]
     from test_ssh_persist import jobs, only_helper
 
     env = live_sshd.env(known_hosts, warm_powershell=True)
-    assert cli("ssh", "run", "--", "Write-Output 'cold'", env=env).code == 0
-    helper = only_helper(cli, env)
-    since = len(reports(live_sshd))
-    assert cli("ssh", "run", "--", "Write-Output 'warm'", env=env).code == 0
-    (session,) = starts(live_sshd, since)
+    helper, since, session = _idle_session(cli, live_sshd, env)
 
     def kill_while_it_runs() -> None:  # not on a timer: a CLI start on a loaded machine takes seconds
         deadline = time.monotonic() + 20
@@ -465,11 +474,7 @@ def test_a_session_paused_under_the_helper_is_replaced_and_the_job_succeeds(
     from test_ssh_persist import jobs, only_helper
 
     env = {**live_sshd.env(known_hosts, warm_powershell=True), "WIN_AUTOMATION_SSH_CONNECT_TIMEOUT": "1"}
-    assert cli("ssh", "run", "--", "Write-Output 'cold'", env=env).code == 0
-    helper = only_helper(cli, env)
-    since = len(reports(live_sshd))
-    assert cli("ssh", "run", "--", "Write-Output 'warm'", env=env).code == 0
-    (session,) = starts(live_sshd, since)
+    helper, since, session = _idle_session(cli, live_sshd, env)
     os.kill(session, signal.SIGSTOP)  # paused while idle, under the helper
     try:
         started = time.monotonic()
@@ -494,11 +499,7 @@ def test_a_helper_that_dies_while_it_pings_an_idle_session_is_replaced_and_the_j
     from test_ssh_persist import jobs, only_helper
 
     env = {**live_sshd.env(known_hosts, warm_powershell=True), "WIN_AUTOMATION_SSH_CONNECT_TIMEOUT": "10"}
-    assert cli("ssh", "run", "--", "Write-Output 'cold'", env=env).code == 0
-    helper = only_helper(cli, env)
-    since = len(reports(live_sshd))
-    assert cli("ssh", "run", "--", "Write-Output 'warm'", env=env).code == 0
-    (session,) = starts(live_sshd, since)
+    helper, _, session = _idle_session(cli, live_sshd, env)
     os.kill(session, signal.SIGSTOP)  # its ping waits (up to ssh.connect_timeout, 10 s)
     pinged = len(reports(live_sshd))
 
