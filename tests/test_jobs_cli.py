@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fixture_jobs import wait_for
+from fixture_jobs import JournalLock, wait_for
 
 from win_automation.jobs.journal import Journal
 from win_automation.jobs.state import JobState
@@ -138,6 +138,30 @@ def test_kill_9_then_list_shows_interrupted_and_resume_finishes(cli, cli_env, tm
     assert [s["state"] for s in after] == ["succeeded"] * 3
     again = cli("jobs", "resume", job_id)
     assert again.code == 2 and "only failed or interrupted jobs resume" in again.stderr
+
+
+def test_a_locked_journal_with_a_dead_owners_job_is_read_after_a_second(cli, cli_env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Marking a dead owner's job interrupted needs the write lock. Held by another process (one
+    stopped mid-transaction), `jobs list` and `jobs show` waited a writer's 10 s busy timeout
+    before reading the journal as it is: they wait one second, and say so in one note."""
+    data = tmp_path / "data"
+    proc = start_cli(cli_env, tmp_path, "run", "ping", "--input", '{"hold_seconds": 30}')
+    wait_for(lambda: step_running(data, "check-journal"), what="check-journal to run")
+    job_id = step_running(data, "check-journal")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    with JournalLock(data / "journal.sqlite3"):
+        for args in (("jobs", "list", "--json"), ("jobs", "show", job_id, "--json")):
+            started = time.monotonic()
+            res = cli(*args)
+            assert time.monotonic() - started < 6, args  # was over 10 s
+            assert res.code == 0, res.stderr
+            assert res.stderr.count("\n") == 1 and res.stderr.startswith("note: read-only, as it is: ")
+            assert "locked by another process (still database is locked after 1 s)" in res.stderr
+            shown = json.loads(res.stdout)
+            assert (shown[0] if isinstance(shown, list) else shown)["state"] == "running"  # as it is
+    listed = json.loads(cli("jobs", "list", "--json").stdout)
+    assert [(j["job_id"], j["state"]) for j in listed] == [(job_id, "interrupted")]
 
 
 def test_a_failed_job_resumes_from_its_failed_step(cli, cli_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -31,14 +31,18 @@ from win_automation.regularfiles import kind
 
 JOURNAL_FILE = "journal.sqlite3"
 BUSY_TIMEOUT_SECONDS = 10.0
+READ_BUSY_TIMEOUT_SECONDS = 1.0
+"""How long a command that only reads (`jobs list`, `jobs show`) waits for the write lock it
+needs to mark a dead owner's job interrupted; past it, the journal is read as it is."""
 # SQLite's unix VFS takes paths of at most 512 bytes with "-journal": a longer one "unable to open"
 MAX_SQLITE_PATH = 503
 
 
 @contextmanager
-def storage_faults(path: Path) -> Iterator[None]:
+def storage_faults(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> Iterator[None]:
     """SQLite's errors about the file itself (corrupt, read-only, cannot be opened) as one-line
-    JournalErrors that say where the journal is and what to do; constraint errors pass through."""
+    JournalErrors that say where the journal is and what to do (JournalBusy: still locked after
+    `busy_timeout` s, the connection's); constraint errors pass through."""
     try:
         yield
     except sqlite3.IntegrityError:
@@ -48,7 +52,7 @@ def storage_faults(path: Path) -> Iterator[None]:
         if isinstance(exc, sqlite3.OperationalError) and "locked" in reason:
             raise JournalBusy(
                 f"the journal {path} is locked by another process (still {reason} after"
-                f" {BUSY_TIMEOUT_SECONDS:g} s); try again once it is released"
+                f" {busy_timeout:g} s); try again once it is released"
             ) from None
         if not isinstance(exc, sqlite3.OperationalError) or "malformed" in reason:
             raise JournalError(
@@ -152,6 +156,9 @@ class JournalConnection:
     """A connection to the journal and what can be read through it; one per thread (the engine's
     heartbeat opens its own)."""
 
+    busy_timeout = BUSY_TIMEOUT_SECONDS
+    """Seconds a statement waits for another process's lock (the connection's timeout)."""
+
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self._conn = conn
@@ -174,7 +181,7 @@ class JournalConnection:
     def _write(self, fence: tuple[str, int | None] | None = None) -> Iterator[sqlite3.Connection]:
         """One `BEGIN IMMEDIATE` transaction. `fence` (job id, epoch held by the caller): the
         write happens only while the job's epoch is still that one, else Superseded."""
-        with self._lock, storage_faults(self.path):
+        with self._lock, storage_faults(self.path, self.busy_timeout):
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 if fence is not None and fence[1] is not None:
@@ -192,7 +199,7 @@ class JournalConnection:
             self._conn.execute("COMMIT")
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock, storage_faults(self.path):
+        with self._lock, storage_faults(self.path, self.busy_timeout):
             return self._conn.execute(sql, args).fetchall()
 
     def _migrate(self) -> None:
@@ -246,7 +253,7 @@ class JournalConnection:
             if value is not None:
                 where.append(clause)
                 args.append(value)
-        with self._lock, storage_faults(self.path):
+        with self._lock, storage_faults(self.path, self.busy_timeout):
             columns = [row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")]
         listed = ", ".join(c for c in columns if c != "input_json")
         sql = f"SELECT {listed}, '' AS input_json FROM jobs" + (

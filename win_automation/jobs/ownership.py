@@ -23,6 +23,7 @@ from win_automation.errors import JournalError, StorageError
 from win_automation.jobs.connection import (
     BUSY_TIMEOUT_SECONDS,
     JOURNAL_FILE,
+    READ_BUSY_TIMEOUT_SECONDS,
     JournalConnection,
     read_only_connection,
     storage_faults,
@@ -57,13 +58,14 @@ class JournalOwnership(JournalConnection):
                 " (WIN_AUTOMATION_DATA_DIR) at a writable folder"
             ) from None
         path = data_dir / JOURNAL_FILE
-        with storage_faults(path):
+        with storage_faults(path, busy_timeout):
             conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA foreign_keys=ON")
                 journal = cls(path, conn)
+                journal.busy_timeout = busy_timeout
                 journal._migrate()
                 if recover:
                     journal.recover_interrupted()
@@ -74,17 +76,24 @@ class JournalOwnership(JournalConnection):
 
     @classmethod
     def open_to_read(
-        cls, data_dir: Path, *, busy_timeout: float = BUSY_TIMEOUT_SECONDS
+        cls, data_dir: Path, *, busy_timeout: float = READ_BUSY_TIMEOUT_SECONDS
     ) -> tuple[Self, JournalError | None]:
         """The journal for a command that only reads it (`jobs list`, `jobs show`): as `open`
         gives it, or, when it cannot be written (a read-only disk or file, a full disk, another
         process's lock past `busy_timeout` while a dead owner's job waited to be marked), opened
         read-only and read as it is (jobs of owners that died are not marked interrupted then),
-        with open's error, for a note. Raises open's error when it cannot be read either."""
+        with open's error, for a note. Raises open's error when it cannot be read either. A
+        reader waits `busy_timeout` (1 s) for that lock, not a writer's 10 s: a stopped process
+        holding it (Ctrl-Z mid-transaction) does not hold up `jobs list`; its later writes (a
+        Hatchet job's refresh) wait as a writer's do."""
         try:
-            return cls.open(data_dir, busy_timeout=busy_timeout), None
+            journal = cls.open(data_dir, busy_timeout=busy_timeout)
         except JournalError as exc:  # JournalBusy too: WAL readers are not held by a writer
             refused = exc
+        else:
+            journal._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+            journal.busy_timeout = BUSY_TIMEOUT_SECONDS
+            return journal, None
         path = data_dir / JOURNAL_FILE
         if not path.is_file():
             raise refused
