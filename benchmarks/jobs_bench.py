@@ -15,6 +15,8 @@ Run: .venv/bin/python benchmarks/jobs_bench.py [--jobs 300] [--size-mib 1024]
    (what RAM, rather than the CPU's cache, allows); rounds interleaved, medians; target >= 0.9x
    OpenSSL's rate. The hashing runs in a child process that reports its peak RSS growth
    (resource.getrusage) during hashing: target < 64 MiB.
+3. Verifying a folder: `artifacts.hash_files` (what `artifacts verify` runs) on the same bytes as
+   four files of a quarter each, one thread per CPU, against `sha256sum` on the four files.
 
 The machine has 2 cores shared with other work, so the figures are noisy; ratios are measured in
 one run, interleaved, so that load affects both sides alike.
@@ -42,7 +44,7 @@ from win_automation.engines.local import LocalEngine
 CHILD_HASH = """
 import json, resource, sys, time
 from pathlib import Path
-from win_automation.artifacts.store import hash_file
+from win_automation.artifacts.hashing import hash_file
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 size, sha = hash_file(Path(sys.argv[1]))
@@ -61,6 +63,16 @@ digest = hashlib.sha256()
 for at in range(0, len(data), 1 << 20):
     digest.update(view[at : at + (1 << 20)])
 print(time.perf_counter() - start)
+"""
+
+
+CHILD_HASH_FILES = """
+import json, sys, time
+from pathlib import Path
+from win_automation.artifacts.hashing import hash_files
+start = time.perf_counter()
+hashed = hash_files([Path(p) for p in sys.argv[1:]])
+print(json.dumps({"seconds": time.perf_counter() - start, "sha256": [sha for _, sha in hashed]}))
 """
 
 
@@ -180,6 +192,28 @@ def ours(path: Path) -> dict[str, float | str]:
     return json.loads(out.stdout)  # type: ignore[no-any-return]
 
 
+def quarters(path: Path, mib: int) -> list[Path]:
+    """The file's bytes again as four files of a quarter each."""
+    parts = [path.with_name(f"quarter{i}.bin") for i in range(4)]
+    for part in parts:
+        make_file(part, mib // 4)
+    return parts
+
+
+def folder_ours(parts: list[Path]) -> tuple[float, list[str]]:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD_HASH_FILES, *map(str, parts)], capture_output=True, text=True, check=True
+    )
+    result = json.loads(out.stdout)
+    return float(result["seconds"]), list(result["sha256"])
+
+
+def folder_sha256sum(parts: list[Path]) -> tuple[float, list[str]]:
+    start = time.perf_counter()
+    out = subprocess.run(["sha256sum", *map(str, parts)], capture_output=True, text=True, check=True)
+    return time.perf_counter() - start, [line.split()[0] for line in out.stdout.splitlines()]
+
+
 def in_ram(path: Path) -> float:
     """Seconds hashlib takes for the file's bytes already in this process's memory."""
     out = subprocess.run(
@@ -213,7 +247,10 @@ def main() -> None:
         path = tmp / "artifact.bin"
         make_file(path, args.size_mib)
         sha256sum(path)  # warm the page cache
+        parts = quarters(path, args.size_mib)
+        folder_sha256sum(parts)  # warm the page cache
         theirs_s, ours_s, growth, openssl, dgst_s, ram_s = [], [], [], [], [], []
+        folder_s, folder_theirs_s = [], []
         for _ in range(args.rounds):
             seconds, reference = sha256sum(path)
             theirs_s.append(seconds)
@@ -225,6 +262,11 @@ def main() -> None:
             openssl.append(openssl_speed())
             dgst_s.append(openssl_dgst(path))
             ram_s.append(in_ram(path))
+            seconds, reference_parts = folder_sha256sum(parts)
+            folder_theirs_s.append(seconds)
+            seconds, sums = folder_ours(parts)
+            assert sums == reference_parts, "hash_files disagrees with sha256sum"
+            folder_s.append(seconds)
         size_mib = args.size_mib
         a, b = size_mib / statistics.median(ours_s), size_mib / statistics.median(theirs_s)
         c = statistics.median(openssl)
@@ -241,6 +283,11 @@ def main() -> None:
         rounds = sorted(size_mib / s / o for s, o in zip(ours_s, openssl, strict=True))
         listed = ", ".join(f"{r:.2f}" for r in rounds)
         print(f"per-round ours/openssl (openssl run right after ours): {listed}")
+        f, g = size_mib / statistics.median(folder_s), size_mib / statistics.median(folder_theirs_s)
+        cpus = len(os.sched_getaffinity(0))
+        print(f"verify a folder: hash_files on 4 x {size_mib // 4} MiB ({cpus} CPUs): median {f:7.1f} MiB/s")
+        print(f"sha256sum on the same 4 files: median {g:7.1f} MiB/s")
+        print(f"folder ratio ours/openssl speed: {f / c:.2f}x (target >= 0.9x); ours/sha256sum: {f / g:.2f}x")
         print(f"load average {os.getloadavg()[0]:.2f} (2 cores, shared)")
         print(
             f"peak RSS growth while hashing: {max(growth):.1f} MiB (target < 64 MiB); peak RSS {peak:.0f} MiB"

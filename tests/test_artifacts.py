@@ -15,11 +15,11 @@ import pytest
 from fixture_jobs import wait_for
 
 from win_automation.artifacts.copying import copy_verified
+from win_automation.artifacts.hashing import hash_file
 from win_automation.artifacts.retention import prune
 from win_automation.artifacts.store import (
     ArtifactWriter,
     _HashingWriter,
-    hash_file,
     read_manifest,
     safe_relative,
     verify_folder,

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -64,3 +67,64 @@ def test_what_is_not_a_readable_regular_file_raises(tmp_path: Path) -> None:
         hashing.hash_file(tmp_path / "fifo")  # without opening it for reading: no block
     with pytest.raises(FileNotFoundError):
         hashing.hash_file(tmp_path / "missing")
+
+
+def test_hash_files_gives_each_files_hash_or_error_in_order(tmp_path: Path) -> None:
+    datas = [os.urandom(n) for n in (hashing.CHUNK * 2 + 3, 0, 7, hashing.CHUNK)]
+    paths = []
+    for i, data in enumerate(datas):
+        paths.append(tmp_path / f"f{i}")
+        paths[-1].write_bytes(data)
+    os.mkfifo(tmp_path / "fifo")
+    paths[2:2] = [tmp_path / "missing", tmp_path / "fifo"]
+    seen: list[int] = []
+    got = hashing.hash_files(paths, seen.append)
+    assert isinstance(got[2], FileNotFoundError) and isinstance(got[3], NotRegularFile)
+    expected = [(len(d), hashlib.sha256(d).hexdigest()) for d in datas]
+    assert got[:2] + got[4:] == expected
+    assert sum(seen) == sum(len(d) for d in datas)
+
+
+def test_hash_files_hashes_files_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One thread per CPU: each file's first chunk waits for the other's (it would time out, and
+    raise out of hash_files, were they hashed one after the other)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    paths = [tmp_path / "a", tmp_path / "b"]
+    for path in paths:
+        path.write_bytes(os.urandom(hashing.CHUNK * 3))
+    both = threading.Barrier(2, timeout=10)
+    threads: set[int] = set()
+
+    def progress(count: int) -> None:
+        if threading.get_ident() not in threads:
+            threads.add(threading.get_ident())
+            both.wait()
+
+    got = hashing.hash_files(paths, progress)
+    assert got == [(p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest()) for p in paths]
+    assert len(threads) == 2 and threading.get_ident() not in threads
+
+
+def test_ctrl_c_while_files_hash_stops_every_thread_at_its_next_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    paths = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    for path in paths:
+        path.write_bytes(bytes(hashing.CHUNK * 50))
+    done: list[int] = []
+
+    def slow(count: int) -> None:  # 50 chunks, 10 ms each: 0.5 s a file
+        done.append(count)
+        time.sleep(0.01)
+
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))  # as Ctrl-C
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        hashing.hash_files(paths, slow)
+    assert time.monotonic() - started < 0.4  # not the 1 s the files take
+    settled = len(done)
+    time.sleep(0.1)
+    assert len(done) == settled < 3 * 50  # no thread hashes on
+    assert not [t for t in threading.enumerate() if t.name.startswith("hash")]

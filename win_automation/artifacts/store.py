@@ -33,7 +33,7 @@ from typing import IO, Annotated
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError
 
-from win_automation.artifacts.hashing import hash_file
+from win_automation.artifacts.hashing import hash_files
 from win_automation.durations import rfc3339
 from win_automation.errors import (
     ArtifactMismatch,
@@ -351,14 +351,11 @@ def unreadable(exc: OSError) -> str:
     return f"unreadable: {exc.strerror or exc}"
 
 
-def check_entry(
-    folder: Path, entry: ArtifactEntry, progress: Callable[[int], None] | None = None
-) -> Mismatch | None:
-    try:
-        size, sha = hash_file(folder / safe_relative(entry.path), progress)
-    except OSError as exc:
-        return Mismatch(entry.path, unreadable(exc))
-    return compare(entry, size, sha)
+def check_entry(entry: ArtifactEntry, hashed: tuple[int, str] | OSError) -> Mismatch | None:
+    """How `entry` differs from the manifest, given what hashing its file gave."""
+    if isinstance(hashed, OSError):
+        return Mismatch(entry.path, unreadable(hashed))
+    return compare(entry, *hashed)
 
 
 def raise_mismatches(what: str, mismatches: list[Mismatch]) -> None:
@@ -370,6 +367,10 @@ def raise_mismatches(what: str, mismatches: list[Mismatch]) -> None:
 def verify_folder(folder: Path, progress: Callable[[int], None] | None = None) -> Manifest:
     """Re-hash every artifact of the folder; ArtifactMismatch naming each bad file."""
     manifest = read_manifest(folder)
-    mismatches = [m for e in manifest.artifacts if (m := check_entry(folder, e, progress))]
+    entries = manifest.artifacts
+    order = sorted(range(len(entries)), key=lambda i: -entries[i].size_bytes)  # largest first
+    hashed = hash_files([folder / safe_relative(entries[i].path) for i in order], progress)
+    found = dict(zip(order, hashed, strict=True))
+    mismatches = [m for i, e in enumerate(entries) if (m := check_entry(e, found[i]))]
     raise_mismatches(f"verify {folder.name}", mismatches)
     return manifest
