@@ -25,17 +25,15 @@ Output can be streamed to files (`stdout_file`/`stderr_file`, e.g. a job's artif
 arrives: the bytes the VM sent (less the PID marker), written at once; the result then holds
 only each stream's last TAIL_BYTES (flagged `stdout_truncated`/`stderr_truncated`), so memory
 stays flat whatever the command prints. Without files each stream keeps its last KEPT_BYTES
-(64 MiB, flagged the same way).
+(64 MiB, flagged the same way). Each stream: win_automation.operations.output_stream.
 """
 
 from __future__ import annotations
 
-import codecs
 import logging
-import re
 import uuid
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Literal
 
 from win_automation import deadlines
 from win_automation.adapters.execution import Executor, SessionSpec
@@ -48,114 +46,16 @@ from win_automation.operations.command_result import (
     Shell,
     signed32,
 )
+from win_automation.operations.output_stream import Files, OutputStream, TextSink
 from win_automation.partfiles import is_stale, owner_tag
 
 log = logging.getLogger(__name__)
 
-TextSink = Callable[[str], None]
-Files = tuple["ByteSink | None", "ByteSink | None"]
-"""Where stdout and stderr are streamed as they arrive (None: kept whole in the result)."""
 Cancelled = Callable[[], bool]
 RemoteOs = Literal["windows", "posix"]
 
-PID_MARKER = b"\x1ewa-pid:"
-_PID_LINE = re.compile(rb"\x1ewa-pid:(\d+)\n")
 KILL_TIMEOUT = 30.0
 SCRIPT_PREFIX = ".wa-script-"
-# What a streamed command's result keeps of each stream: enough for 64 K characters of any UTF-8.
-TAIL_BYTES = 256 * 1024
-# What a command's result keeps of each stream without a file (an idempotency check, a probe):
-# output larger than memory (a check that prints gigabytes) must not be held whole.
-KEPT_BYTES = 64 * 1024 * 1024
-
-
-class ByteSink(Protocol):
-    def write(self, data: bytes) -> object: ...
-
-
-class _Stream:
-    """Decodes one output stream for live display; holds CLIXML and the PID marker back; writes
-    it to `file` as it arrives and then keeps only the last `tail` bytes (KEPT_BYTES without a
-    file)."""
-
-    def __init__(
-        self,
-        sink: TextSink | None,
-        *,
-        pid_marker: bool,
-        clixml: bool,
-        file: ByteSink | None = None,
-        tail: int = TAIL_BYTES,
-        failures: list[Exception] | None = None,
-    ) -> None:
-        self.sink = sink
-        self.file = file
-        self.failures = [] if failures is None else failures
-        """Where a write to `file` that failed goes (a full disk): the command is then stopped."""
-        self.tail = tail if file is not None else KEPT_BYTES
-        self.total = 0
-        self.raw = bytearray()
-        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.pid: int | None = None
-        self.await_marker = pid_marker
-        self.await_clixml = clixml
-        self.holding = False
-        self.head = bytearray()
-
-    def feed(self, data: bytes) -> None:
-        if self.await_marker or self.await_clixml:
-            self.head += data
-            if self.await_marker:
-                if len(self.head) < len(PID_MARKER) and PID_MARKER.startswith(bytes(self.head)):
-                    return
-                if self.head.startswith(PID_MARKER):
-                    match = _PID_LINE.match(self.head)
-                    if match is None:
-                        return
-                    self.pid = int(match.group(1))
-                    del self.head[: match.end()]
-                self.await_marker = False
-            if self.await_clixml:
-                header = b"#< CLIXML"
-                if len(self.head) < len(header) and header.startswith(bytes(self.head)):
-                    return
-                self.holding = self.head.startswith(header)
-                self.await_clixml = False
-            data, self.head = bytes(self.head), bytearray()
-        self.keep(data)
-        if self.sink is not None and not self.holding and data:
-            text = self.decoder.decode(data)
-            if text:
-                self.sink(text)
-
-    def keep(self, data: bytes) -> None:
-        if not data:
-            return
-        self.total += len(data)
-        if self.file is not None:
-            try:
-                self.file.write(data)
-            except Exception as exc:  # its disk is full: nothing more is written; the caller stops it
-                self.file = None
-                self.failures.append(exc)
-        self.raw += data
-        if self.tail is not None and len(self.raw) > 2 * self.tail:
-            del self.raw[: len(self.raw) - self.tail]
-
-    @property
-    def truncated(self) -> bool:
-        return self.total > len(self.raw)
-
-    def text(self) -> str:
-        self.keep(bytes(self.head))
-        self.head = bytearray()
-        raw = bytes(self.raw[-self.tail :] if self.tail is not None else self.raw)
-        if self.total > len(raw):  # cut: start at a UTF-8 character boundary
-            skip = 0
-            while skip < min(3, len(raw)) and 0x80 <= raw[skip] < 0xC0:
-                skip += 1
-            raw = raw[skip:]
-        return powershell.decode_output(raw)
 
 
 def _run_id() -> str:
@@ -220,8 +120,8 @@ def _execute(
     if marker:
         line = f"printf '\\036wa-pid:%s\\n' \"$$\" >&2; {line}"
     failures: list[Exception] = []  # the output files' write errors: the command is stopped
-    out = _Stream(on_stdout, pid_marker=False, clixml=False, file=files[0], failures=failures)
-    err = _Stream(
+    out = OutputStream(on_stdout, pid_marker=False, clixml=False, file=files[0], failures=failures)
+    err = OutputStream(
         on_stderr, pid_marker=marker, clixml=shell == "powershell", file=files[1], failures=failures
     )
     if files != (None, None):

@@ -35,6 +35,7 @@ from win_automation.adapters.execution import Executor
 from win_automation.config import Config
 from win_automation.operations import ssh as commands
 from win_automation.operations.command_result import CommandResult, Shell
+from win_automation.operations.output_stream import Files, TextSink
 
 if TYPE_CHECKING:
     from win_automation.adapters import hostkeys
@@ -127,7 +128,7 @@ class Vm:
 
         return isinstance(conn, WarmConnection)
 
-    def _sinks(self, live: bool) -> tuple[commands.TextSink | None, commands.TextSink | None]:
+    def _sinks(self, live: bool) -> tuple[TextSink | None, TextSink | None]:
         emit = self.emit
         if not live or emit is None:
             return None, None
@@ -140,7 +141,7 @@ class Vm:
         shell: Shell = "cmd",
         timeout: float | None = None,
         live: bool = True,
-        files: commands.Files = (None, None),
+        files: Files = (None, None),
     ) -> CommandResult:
         """Run `command` in cmd (as given to the VM's shell) or PowerShell; `live` streams its
         output to the job's live-output sink, `files` (stdout, stderr) to files as it arrives
@@ -168,7 +169,7 @@ class Vm:
         timeout: float | None = None,
         display: str | None = None,
         live: bool = True,
-        files: commands.Files = (None, None),
+        files: Files = (None, None),
     ) -> CommandResult:
         """Run a PowerShell script with `args` (encoded, or uploaded and run with -File when long)."""
         on_out, on_err = self._sinks(live)

@@ -1,0 +1,114 @@
+"""One output stream of a remote command (stdout or stderr), as win_automation.operations.ssh
+reads it: decoded for live display, with the PID marker (the posix session leader's PID, printed
+first) taken out and a PowerShell CLIXML block held back; written to a file as it arrives, with
+only its last bytes kept in memory (TAIL_BYTES with a file, KEPT_BYTES without one)."""
+
+from __future__ import annotations
+
+import codecs
+import re
+from collections.abc import Callable
+from typing import Protocol
+
+from win_automation.operations import powershell
+
+TextSink = Callable[[str], None]
+Files = tuple["ByteSink | None", "ByteSink | None"]
+"""Where stdout and stderr are streamed as they arrive (None: kept whole in the result)."""
+
+PID_MARKER = b"\x1ewa-pid:"
+_PID_LINE = re.compile(rb"\x1ewa-pid:(\d+)\n")
+# What a streamed command's result keeps of each stream: enough for 64 K characters of any UTF-8.
+TAIL_BYTES = 256 * 1024
+# What a command's result keeps of each stream without a file (an idempotency check, a probe):
+# output larger than memory (a check that prints gigabytes) must not be held whole.
+KEPT_BYTES = 64 * 1024 * 1024
+
+
+class ByteSink(Protocol):
+    def write(self, data: bytes) -> object: ...
+
+
+class OutputStream:
+    """Decodes one output stream for live display; holds CLIXML and the PID marker back; writes
+    it to `file` as it arrives and then keeps only the last `tail` bytes (KEPT_BYTES without a
+    file)."""
+
+    def __init__(
+        self,
+        sink: TextSink | None,
+        *,
+        pid_marker: bool,
+        clixml: bool,
+        file: ByteSink | None = None,
+        tail: int = TAIL_BYTES,
+        failures: list[Exception] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.file = file
+        self.failures = [] if failures is None else failures
+        """Where a write to `file` that failed goes (a full disk): the command is then stopped."""
+        self.tail = tail if file is not None else KEPT_BYTES
+        self.total = 0
+        self.raw = bytearray()
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pid: int | None = None
+        self.await_marker = pid_marker
+        self.await_clixml = clixml
+        self.holding = False
+        self.head = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        if self.await_marker or self.await_clixml:
+            self.head += data
+            if self.await_marker:
+                if len(self.head) < len(PID_MARKER) and PID_MARKER.startswith(bytes(self.head)):
+                    return
+                if self.head.startswith(PID_MARKER):
+                    match = _PID_LINE.match(self.head)
+                    if match is None:
+                        return
+                    self.pid = int(match.group(1))
+                    del self.head[: match.end()]
+                self.await_marker = False
+            if self.await_clixml:
+                header = b"#< CLIXML"
+                if len(self.head) < len(header) and header.startswith(bytes(self.head)):
+                    return
+                self.holding = self.head.startswith(header)
+                self.await_clixml = False
+            data, self.head = bytes(self.head), bytearray()
+        self.keep(data)
+        if self.sink is not None and not self.holding and data:
+            text = self.decoder.decode(data)
+            if text:
+                self.sink(text)
+
+    def keep(self, data: bytes) -> None:
+        if not data:
+            return
+        self.total += len(data)
+        if self.file is not None:
+            try:
+                self.file.write(data)
+            except Exception as exc:  # its disk is full: nothing more is written; the caller stops it
+                self.file = None
+                self.failures.append(exc)
+        self.raw += data
+        if self.tail is not None and len(self.raw) > 2 * self.tail:
+            del self.raw[: len(self.raw) - self.tail]
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > len(self.raw)
+
+    def text(self) -> str:
+        self.keep(bytes(self.head))
+        self.head = bytearray()
+        raw = bytes(self.raw[-self.tail :] if self.tail is not None else self.raw)
+        if self.total > len(raw):  # cut: start at a UTF-8 character boundary
+            skip = 0
+            while skip < min(3, len(raw)) and 0x80 <= raw[skip] < 0xC0:
+                skip += 1
+            raw = raw[skip:]
+        return powershell.decode_output(raw)
