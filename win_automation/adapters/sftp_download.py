@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import functools
 import hashlib
 import os
 import queue
@@ -23,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 import paramiko
 from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
@@ -31,6 +30,7 @@ from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
 from win_automation.adapters.sftp import Deadline, Progress, bounded
 from win_automation.adapters.ssh import SshConnection
 from win_automation.errors import ConnectError, NotFoundError, StorageError, StorageFull, WinAutomationError
+from win_automation.writeback import Writeback
 
 # OpenSSH's sftp-server answers reads of up to 255 KiB whole (SFTP_MAX_READ_LENGTH); requests are
 # sent in batches (one SSH packet for many READs) once half the pipeline has been answered.
@@ -59,41 +59,6 @@ class TooLarge(WinAutomationError):
 
 
 _ATTR_SIZE = 0x01
-
-
-WRITEBACK_EVERY = 8 * 1024 * 1024  # bytes written between two writeback starts
-
-
-@functools.cache
-def _writeback_starter() -> Callable[[int, int, int, int], int] | None:
-    """Linux's sync_file_range (fd, offset, length, flags), or None where it is missing."""
-    import ctypes
-
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    function.restype = ctypes.c_int
-    return cast("Callable[[int, int, int, int], int]", function)
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-class _Writeback:
-    """Starts the disk writes of what has been written so far, every WRITEBACK_EVERY bytes, without
-    waiting for them: the caller's final fsync then has little left to write."""
-
-    def __init__(self, fd: int) -> None:
-        self.start = _writeback_starter()
-        self.fd = fd
-        self.done = 0
-
-    def advance(self, written: int) -> None:
-        if self.start is not None and written - self.done >= WRITEBACK_EVERY:
-            self.start(self.fd, self.done, written - self.done, _SYNC_FILE_RANGE_WRITE)
-            self.done = written
 
 
 @dataclass(frozen=True)
@@ -358,7 +323,7 @@ def _download(
         hashed = 0
         eof = False
         fd = out.fileno()
-        writeback = _Writeback(fd)
+        writeback = Writeback(fd)
 
         def request(offset: int, length: int) -> bytes:
             packet = stream.pack(_READ, handle + struct.pack(">QI", offset, length))
