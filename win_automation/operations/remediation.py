@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 from win_automation.config import Config
 from win_automation.errors import CommandFailed
-from win_automation.operations.checks import CheckResult, guest_port, run_check
+from win_automation.operations.checks import CheckResult, run_check
+from win_automation.operations.probe_causes import guest_port
 from win_automation.operations.vm import Vm
 from win_automation.operations.winscripts import script_text
 
