@@ -43,6 +43,18 @@ def step_running(data: Path, step: str) -> str | None:
     return None
 
 
+def killed_mid_step(env: dict[str, str], cwd: Path, hold_seconds: float) -> str:
+    """The id of a `ping` job whose process was killed (SIGKILL) in its second step."""
+    data = cwd / "data"
+    proc = start_cli(env, cwd, "run", "ping", "--input", json.dumps({"hold_seconds": hold_seconds}))
+    wait_for(lambda: step_running(data, "check-journal"), what="check-journal to run")
+    job_id = step_running(data, "check-journal")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert job_id is not None
+    return job_id
+
+
 def test_run_list_show(cli) -> None:  # type: ignore[no-untyped-def]
     res = cli("run", "ping", "--input", '{"message": "hi"}', "--json")
     assert res.code == 0, res.stderr
@@ -120,12 +132,7 @@ def test_missing_job_is_exit_1(cli) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_kill_9_then_list_shows_interrupted_and_resume_finishes(cli, cli_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    data = tmp_path / "data"
-    proc = start_cli(cli_env, tmp_path, "run", "ping", "--input", '{"hold_seconds": 1.5}')
-    wait_for(lambda: step_running(data, "check-journal"), what="check-journal to run")
-    job_id = step_running(data, "check-journal")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    job_id = killed_mid_step(cli_env, tmp_path, hold_seconds=1.5)
     listed = json.loads(cli("jobs", "list", "--state", "interrupted", "--json").stdout)
     assert [j["job_id"] for j in listed] == [job_id]
     before = json.loads(cli("jobs", "show", job_id, "--json").stdout)["steps"]
@@ -144,13 +151,8 @@ def test_a_locked_journal_with_a_dead_owners_job_is_read_after_a_second(cli, cli
     """Marking a dead owner's job interrupted needs the write lock. Held by another process (one
     stopped mid-transaction), `jobs list` and `jobs show` waited a writer's 10 s busy timeout
     before reading the journal as it is: they wait one second, and say so in one note."""
-    data = tmp_path / "data"
-    proc = start_cli(cli_env, tmp_path, "run", "ping", "--input", '{"hold_seconds": 30}')
-    wait_for(lambda: step_running(data, "check-journal"), what="check-journal to run")
-    job_id = step_running(data, "check-journal")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    with JournalLock(data / "journal.sqlite3"):
+    job_id = killed_mid_step(cli_env, tmp_path, hold_seconds=30)
+    with JournalLock(tmp_path / "data" / "journal.sqlite3"):
         for args in (("jobs", "list", "--json"), ("jobs", "show", job_id, "--json")):
             started = time.monotonic()
             res = cli(*args)
