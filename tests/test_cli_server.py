@@ -357,6 +357,26 @@ def test_ssh_get_starts_the_server_and_is_served_next_time(
     assert (tmp_path / "two.bin").read_bytes() == data == (tmp_path / "one.bin").read_bytes()
 
 
+def test_a_cold_call_starts_the_helper_and_server_without_a_resource_warning(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A cold job command starts the SSH helper and the warm CLI process as it exits, without
+    waiting for them. Their Popen objects, collected at its exit, said `ResourceWarning:
+    subprocess N is still running` under `-X dev` or PYTHONWARNINGS (a traceback with `error`)."""
+    strict = {**env, "PYTHONWARNINGS": "error"}
+    cold = launcher(["ssh", "run", "--shell", "cmd", "--", "echo hi"], strict, tmp_path)
+    assert (cold.returncode, cold.stdout, split(cold.stderr)) == (0, b"hi\n", (b"", True))
+    assert wait_for(lambda: sock_for(strict).exists() and servers_of(strict), 30), "no server started"
+
+    def helpers() -> list[Any]:
+        status = launcher(["ssh", "persist", "status", "--json"], strict, tmp_path)
+        return [h for h in json.loads(status.stdout)["helpers"] if h["alive"]]
+
+    assert wait_for(helpers, 30), "no helper started"
+    warm = launcher(["ssh", "run", "--shell", "cmd", "--", "echo hi"], strict, tmp_path)
+    assert (warm.returncode, warm.stdout, split(warm.stderr)) == (0, b"hi\n", (b"", False))
+
+
 def test_a_served_get_into_a_fifo_or_device_is_refused_as_in_process(
     env: dict[str, str], tmp_path: Path, remote_dir: Path
 ) -> None:

@@ -25,6 +25,7 @@ import struct
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -216,9 +217,6 @@ def _secret(value: Any) -> str | None:
     return None if value is None else str(value.get_secret_value())
 
 
-_BACKGROUND: list[Any] = []  # helpers started without waiting (their Popen objects, kept)
-
-
 def spawn(cfg: SSHConfig, sock: Path, persist: float, *, wait: bool = True) -> None:
     """Start the helper for `cfg` at `sock`. With `wait`, return when it (or a helper another
     process started at the same time) is connected and listening, or raise the error its
@@ -245,8 +243,10 @@ def spawn(cfg: SSHConfig, sock: Path, persist: float, *, wait: bool = True) -> N
         proc.stdin.close()
     except OSError:
         pass
-    if not wait:
-        _BACKGROUND.append(proc)
+    if not wait:  # as this process exits: the helper's parent forks it away and exits at once
+        with warnings.catch_warnings():  # Popen warns when collected before it is waited for
+            warnings.simplefilter("ignore", ResourceWarning)
+            del proc  # the last reference: subprocess reaps it later (or init, once we exit)
         return
     assert proc.stdout is not None
     # The helper's own connect policy: 3 attempts, each bounded by connect_timeout.

@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import time
+import warnings
 from typing import Any
 
 from win_automation import unixsock
@@ -67,8 +68,6 @@ AFTER_PARENT = "--after-parent"
 """Import only once the starting process has exited: its call's end does not share the CPU with
 the server's imports."""
 PARENT_WAIT = 5.0
-
-_BACKGROUND: list[Any] = []
 
 
 # --- who runs -----------------------------------------------------------------------------------
@@ -118,21 +117,21 @@ def spawn(sock: str, persist: float) -> None:
 
     # Not the caller's settings or secrets (each call brings its own environment).
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WIN_AUTOMATION_", "HATCHET_"))}
-    with open_log(log_path(sock)) as log:
-        _BACKGROUND[:] = [
-            subprocess.Popen(
-                [sys.executable, "-m", "win_automation.cli.server", sock, repr(float(persist)), AFTER_PARENT],
-                env=env,
-                # `-m` puts the working folder first on the module path: the server's own folder
-                # holds no modules (the caller's may: a project's `workflows`, a `json.py`).
-                cwd=os.path.dirname(sock),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                start_new_session=True,
-                close_fds=True,
-            )
-        ]  # kept: it outlives this process, which does not wait for it
+    # Not waited for (it outlives this process): Popen, collected at once, would warn of it.
+    with open_log(log_path(sock)) as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        subprocess.Popen(
+            [sys.executable, "-m", "win_automation.cli.server", sock, repr(float(persist)), AFTER_PARENT],
+            env=env,
+            # `-m` puts the working folder first on the module path: the server's own folder
+            # holds no modules (the caller's may: a project's `workflows`, a `json.py`).
+            cwd=os.path.dirname(sock),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
 
 
 # --- the server ---------------------------------------------------------------------------------
