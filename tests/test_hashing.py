@@ -85,24 +85,30 @@ def test_hash_files_gives_each_files_hash_or_error_in_order(tmp_path: Path) -> N
     assert sum(seen) == sum(len(d) for d in datas)
 
 
-def test_hash_files_hashes_files_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One thread per CPU: each file's first chunk waits for the other's (it would time out, and
-    raise out of hash_files, were they hashed one after the other)."""
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    paths = [tmp_path / "a", tmp_path / "b"]
+@pytest.mark.parametrize(("cpus", "files", "threads"), [(2, 2, 2), (32, 12, hashing.MAX_THREADS)])
+def test_hash_files_hashes_files_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpus: int, files: int, threads: int
+) -> None:
+    """One thread per CPU, up to MAX_THREADS: each thread's first chunk waits for the others' (it
+    would time out, and raise out of hash_files, were fewer hashing at once)."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    paths = [tmp_path / f"f{i}" for i in range(files)]
     for path in paths:
-        path.write_bytes(os.urandom(hashing.CHUNK * 3))
-    both = threading.Barrier(2, timeout=10)
-    threads: set[int] = set()
+        path.write_bytes(os.urandom(hashing.CHUNK * 2))
+    together = threading.Barrier(threads, timeout=10)
+    seen: set[int] = set()
+    lock = threading.Lock()
 
     def progress(count: int) -> None:
-        if threading.get_ident() not in threads:
-            threads.add(threading.get_ident())
-            both.wait()
+        with lock:
+            first = threading.get_ident() not in seen
+            seen.add(threading.get_ident())
+        if first:
+            together.wait()
 
     got = hashing.hash_files(paths, progress)
     assert got == [(p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest()) for p in paths]
-    assert len(threads) == 2 and threading.get_ident() not in threads
+    assert len(seen) == threads and threading.get_ident() not in seen
 
 
 def test_ctrl_c_while_files_hash_stops_every_thread_at_its_next_chunk(
