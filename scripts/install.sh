@@ -36,6 +36,11 @@ if [ ! -f "$stamp" ]; then
   say "creating .venv with the package and its test extras"
   [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench]' --config-settings editable_mode=compat 2> >(grep -v 'is ignored: it is \(neither\|either\)' >&2)
+  # Bytecode for every module now, as pip compiles a package it installs: a __pycache__ folder
+  # made later, by the first run that imports from its folder, changes the folder's mtime, which
+  # is part of the warm CLI process's key (win_automation/cli/server_key.py): that server would
+  # find itself stale and leave.
+  .venv/bin/python -m compileall -q win_automation workflows >/dev/null
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

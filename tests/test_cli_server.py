@@ -6,6 +6,7 @@ command twice and never leave a job `running`."""
 
 from __future__ import annotations
 
+import compileall
 import hashlib
 import json
 import os
@@ -947,6 +948,10 @@ def own_sources(env: dict[str, str], tmp_path: Path) -> tuple[dict[str, str], Pa
     for package in ("win_automation", "workflows"):
         ignore = shutil.ignore_patterns("__pycache__")
         shutil.copytree(Path(launch.__file__).parents[2] / package, src / package, ignore=ignore)
+    # Compiled, as pip installs a package: a server writing bytecode where there was none (no
+    # PYTHONDONTWRITEBYTECODE) would add __pycache__ folders, change their parents' mtimes, and
+    # find its own key stale (it then leaves, and the next job command starts another).
+    assert compileall.compile_dir(src, quiet=1)
     return {**env, "PYTHONPATH": str(src)}, src / "win_automation" / "cli"
 
 
