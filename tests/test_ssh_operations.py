@@ -3,6 +3,7 @@ deadlines that kill the remote process tree, and the idempotent skip."""
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import time
@@ -13,8 +14,10 @@ import pytest
 from fixture_sshd import LOGIN, SshServer
 
 from win_automation.adapters import ssh
+from win_automation.adapters.execution import ExecOutcome
 from win_automation.operations import powershell
 from win_automation.operations import ssh as remote
+from win_automation.operations.output_stream import OutputStream
 
 
 @pytest.fixture
@@ -189,3 +192,49 @@ def test_windows_cmd_mode_hands_the_line_to_cmd_exe_through_an_encoded_script(
     assert arrived["body"] == "& cmd.exe /d /s /c 'echo \"quoted & piped\" | tr a-z A-Z; exit 5'"
     assert (result.shell, result.command, result.exit_code) == ("cmd", line, 5)
     assert result.stdout.endswith("QUOTED & PIPED\n")  # sh, standing in for cmd, ran it
+
+
+class _StdoutAheadOfThePid:
+    """What a real sshd sent in a flaky run of test_cli_faults: the command's first stdout ahead of
+    the PID marker that its stderr starts with (sshd, not the command, orders the two streams;
+    a real sshd cannot be made to do it at will). It polls `cancelled` between the two, as a
+    connection does, and records the commands it runs after (the kill)."""
+
+    def __init__(self) -> None:
+        self.polls: list[bool] = []
+        self.after: list[str] = []
+
+    def exec(self, command, *, timeout=None, on_stdout=None, on_stderr=None, cancelled=None, keep=True):  # type: ignore[no-untyped-def]
+        if self.polls:
+            self.after.append(command)
+            return ExecOutcome(b"", b"", 0, False, 1)
+        on_stdout(b"y\n" * 1000)
+        self.polls.append(cancelled())  # the output could not be written: stop...
+        on_stderr(b"\x1ewa-pid:4242\n")
+        self.polls.append(cancelled())
+        return ExecOutcome(b"", b"", None, False, 5, cancelled=True)
+
+
+class _FullDisk:
+    def write(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_stop_before_the_pid_came_waits_for_it_and_kills_the_session() -> None:
+    """Output that cannot be written stops the command at once; when its first stdout came
+    ahead of its PID, the stop waited for no PID and could not kill the remote session ("no PID
+    seen"): a command that prints nothing more would outlive the channel."""
+    conn = _StdoutAheadOfThePid()
+    with pytest.raises(OSError, match="No space left"):
+        remote.run_command(conn, "yes", shell="cmd", remote_os="posix", files=(_FullDisk(), None))  # type: ignore[arg-type]
+    assert conn.polls == [False, True]  # held back until the PID came
+    assert conn.after == ["pkill -KILL -s 4242"]
+
+
+def test_a_stop_waits_for_a_pid_at_most_pid_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(remote, "PID_WAIT", 0.2)
+    stop = remote._once_pid_is_known(lambda: True, OutputStream(None, pid_marker=True, clixml=False))
+    started = time.monotonic()
+    while not stop():
+        time.sleep(0.01)
+    assert 0.2 <= time.monotonic() - started < 2

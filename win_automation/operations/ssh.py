@@ -12,7 +12,8 @@ Past the deadline the command's process tree is killed on the VM, not only the c
   encoded script too), and `kill_tree_script` taskkills (/T /F) every process holding it.
 - `remote_os = "posix"` (a Linux sshd, as in the tests): the command first prints its shell's PID
   (the session leader) on stderr, which is taken out of the output, and `pkill -KILL -s PID` kills
-  its whole session.
+  its whole session. A stop that comes before the PID (sshd may send the first output ahead of
+  it) waits for it, at most PID_WAIT.
 Results are `CommandResult`s; a timed-out one has exit code 124 and `timed_out`.
 
 With `warm=True` (ssh.warm_powershell; the Vm decides when it applies) PowerShell runs in the
@@ -31,6 +32,7 @@ stays flat whatever the command prints. Without files each stream keeps its last
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Literal
@@ -56,6 +58,10 @@ RemoteOs = Literal["windows", "posix"]
 
 KILL_TIMEOUT = 30.0
 SCRIPT_PREFIX = ".wa-script-"
+PID_WAIT = 1.0
+"""Seconds a stop (Ctrl-C, output that cannot be written) waits for a posix command's PID, which
+it prints first on stderr: sshd may send its first output ahead of it, and without the PID its
+session cannot be killed (a command that prints nothing would outlive the channel)."""
 
 
 def _run_id() -> str:
@@ -100,6 +106,22 @@ def _kill(
     )
 
 
+def _once_pid_is_known(stop: Cancelled, err: OutputStream) -> Cancelled:
+    """`stop`, held back until the command's PID marker came (or its stderr began without one),
+    at most PID_WAIT seconds from the first time `stop` said yes."""
+    since: list[float] = []
+
+    def cancelled() -> bool:
+        if not stop():
+            return False
+        if err.pid is not None or not err.await_marker:
+            return True
+        since[:] = since or [time.monotonic()]
+        return time.monotonic() - since[0] > PID_WAIT
+
+    return cancelled
+
+
 def _execute(
     conn: Executor,
     line: str,
@@ -127,6 +149,8 @@ def _execute(
     if files != (None, None):
         asked = cancelled
         cancelled = lambda: bool(failures) or (asked is not None and asked())  # noqa: E731
+    if marker and cancelled is not None:
+        cancelled = _once_pid_is_known(cancelled, err)
     with deadlines.within(timeout):  # a live-output sink waits for its reader at most until then
         if session is not None:
             outcome = conn.run_in_session(
