@@ -148,6 +148,36 @@ def test_validate_good_file_and_missing_file(cli, tmp_path: Path) -> None:  # ty
     assert missing.code == 2 and "no such file" in missing.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["bogus"], "error: No such command 'bogus' (see 'win-automation --help')"),
+        (["ssh", "persist", "stats"], "error: No such command 'stats'. Did you mean 'status'?"),
+        (
+            ["jobs", "list", "--bogus"],
+            "error: No such option: --bogus (see 'win-automation jobs list --help')",
+        ),
+        (["jobs", "list", "--limit", "-5"], "error: Invalid value for '--limit': Input should be greater"),
+        (["jobs", "show"], "error: Missing argument 'job_id' (see 'win-automation jobs show --help')"),
+        (["config", "show", "extra"], "error: Got unexpected extra argument(s) (extra)"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_it_exit_2(cli, args: list[str], said: str) -> None:  # type: ignore[no-untyped-def]
+    """click's own errors (an unknown command or option, a missing argument, a value its type
+    refuses) were four lines (usage, a hint, a blank line, `Error: ...`), unlike every other bad
+    input: one line, as the rest, with where to look."""
+    res = cli(*args)
+    assert res.code == 2 and res.stdout == ""
+    assert res.stderr.startswith(said) and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.rstrip().endswith("--help')")
+
+
+def test_no_command_still_prints_the_help_exit_2(cli) -> None:  # type: ignore[no-untyped-def]
+    for args in ([], ["ssh"]):
+        res = cli(*args)
+        assert res.code == 2 and res.stderr.startswith("Usage: win-automation") and "Commands:" in res.stderr
+
+
 def test_usage_errors_exit_2(cli) -> None:  # type: ignore[no-untyped-def]
     res = cli("config", "frobnicate")
     assert res.code == 2 and "No such command" in res.stderr

@@ -25,6 +25,7 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 import typer
 import typer.main
+from typer._click import exceptions as click_errors  # typer vendors click: its errors are here
 
 from win_automation import __version__
 from win_automation.cli.commands import aloha as aloha_cmd
@@ -168,10 +169,25 @@ def main() -> None:
         sys.excepthook = typer.main.except_hook
     try:
         try:
-            command_for(sys.argv[1:])(prog_name="win-automation")
+            # not standalone: click's own errors (an unknown option, a missing argument) come here
+            code = command_for(sys.argv[1:])(prog_name="win-automation", standalone_mode=False)
         finally:
             if sys.stdout is not None:
                 sys.stdout.flush()  # output still buffered fails here, where it is handled, not at exit
+        sys.exit(code if isinstance(code, int) else 0)  # an exit code (typer.Exit), or a return
+    except click_errors.NoArgsIsHelpError as exc:  # `win-automation ssh`: its help, exit 2
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click_errors.UsageError as exc:  # as every other bad input: one line, exit 2
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        error(exc.format_message().rstrip(".") + where)
+        sys.exit(exc.exit_code)
+    except click_errors.ClickException as exc:
+        error(exc.format_message())
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # end of input at a prompt
+        error("aborted")
+        sys.exit(1)
     except BrokenPipeError:  # the reader went away (`| head -c1`): silent, exit 1, as click has it
         discard_output()
         sys.exit(1)
