@@ -729,7 +729,11 @@ def test_a_dead_server_falls_back_and_a_new_one_serves_later(
         assert server.wait(10) == 0
     out = launcher(["ssh", "run", "--shell", "cmd", "--", "echo again"], env, tmp_path)
     assert out.returncode == 0 and out.stdout == b"again\n" and split(out.stderr)[1]
-    assert wait_for(lambda: sock.exists() and servers_of(env), 30)
+    log = Path(server_files.log_path(str(sock)))
+    assert wait_for(lambda: sock.exists() and servers_of(env), 30), (
+        log.read_text() if log.exists() else "no log",
+        subprocess.run(["ps", "-eo", "pid,ppid,stat,args"], capture_output=True, text=True).stdout[-3000:],
+    )
     served = launcher(["ssh", "run", "--shell", "cmd", "--", "echo later"], env, tmp_path)
     assert served.stdout == b"later\n" and not split(served.stderr)[1]
 

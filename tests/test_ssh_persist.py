@@ -358,18 +358,22 @@ def test_a_helper_that_cannot_record_itself_leaves_no_socket(
 ) -> None:  # type: ignore[no-untyped-def]
     """Its info file cannot be written (a folder in its place; a full disk alike): the helper a
     cold call starts leaves no socket that nothing serves, and no traceback in its log."""
-    env = env_for(live_sshd, known_hosts)
+    env = {**env_for(live_sshd, known_hosts), "PYTHONFAULTHANDLER": "1"}  # its stacks, if it lingers
     config = Config.model_validate({"ssh": live_sshd.settings(known_hosts)})
     sock = persist_wire.socket_path(Path(cli_env["WIN_AUTOMATION_DATA_DIR"]), config.ssh)
     sock.parent.mkdir(parents=True, mode=0o700)
     sock.with_suffix(".json").mkdir()
 
-    def running() -> bool:
+    def helpers() -> list[int]:
+        found = []
         for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
             with contextlib.suppress(OSError):
                 if b"persist_helper" in cmdline.read_bytes() and os.fsencode(sock) in cmdline.read_bytes():
-                    return True
-        return False
+                    found.append(int(cmdline.parent.name))
+        return found
+
+    def running() -> bool:
+        return bool(helpers())
 
     res = cli("ssh", "run", "--shell", "cmd", "--", "echo cold", env=env)
     assert res.code == 0 and res.stdout == "cold\n", res.stderr
@@ -378,8 +382,14 @@ def test_a_helper_that_cannot_record_itself_leaves_no_socket(
     deadline = time.monotonic() + 3 * config.ssh.connect_timeout + 10
     while running() and time.monotonic() < deadline:
         time.sleep(0.05)
+    lingering = helpers()
+    for pid in lingering:  # its threads' Python stacks into its log (faulthandler), then gone
+        state = Path(f"/proc/{pid}/status").read_text().splitlines()[2]
+        os.kill(pid, signal.SIGABRT)
+        time.sleep(0.5)
+        print(pid, state)
     log = sock.with_suffix(".log").read_text()
-    assert not running() and not sock.exists(), log
+    assert not lingering and not sock.exists(), log
     assert "Traceback" not in log
     again = cli("ssh", "run", "--shell", "cmd", "--", "echo again", env=env)
     assert again.code == 0 and again.stdout == "again\n", again.stderr
