@@ -13,11 +13,18 @@ its socket file is removed or replaced, or on SIGTERM.
 
 from __future__ import annotations
 
+import os
+
+if __name__ == "__main__" and os.fork() > 0:
+    # Detached first, before any import: the starter reaps this parent at once and the helper
+    # lives on, orphaned. Forked later, with threading imported, the child could spin for ever
+    # in threading._after_fork (a WeakSet's _commit_removals; seen in 2 full test runs of 7).
+    os._exit(0)
+
 import base64
 import contextlib
 import json
 import logging
-import os
 import select
 import signal
 import socket
@@ -333,8 +340,7 @@ def _keep_heap() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if os.fork() > 0:  # the starter reaps this parent at once; the helper lives on, orphaned
-        os._exit(0)
+    """The helper, already detached from its starter (at the top of this module)."""
     _keep_heap()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s persist-helper %(message)s")
     sock = Path(argv[0])
