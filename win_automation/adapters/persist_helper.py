@@ -18,7 +18,7 @@ import os
 if __name__ == "__main__" and os.fork() > 0:
     # Detached first, before any import: the starter reaps this parent at once and the helper
     # lives on, orphaned. Forked later, with threading imported, the child could spin for ever
-    # in threading._after_fork (a WeakSet's _commit_removals; seen in 2 full test runs of 7).
+    # in threading._after_fork (a WeakSet's _commit_removals; seen in 3 full test runs of 8).
     os._exit(0)
 
 import base64
