@@ -183,3 +183,40 @@ def test_a_journal_locked_by_another_process_is_one_line_and_no_phantom_running_
     assert "locked by another process" in err and "Traceback" not in err
     record = _jobs(env, tmp_path)[0]  # the next command that opens the journal reconciles it
     assert record["workflow"] == "ssh-exec" and record["state"] in ("failed", "interrupted"), record
+
+
+def test_a_closed_std_fd_is_one_line_or_dev_null_and_no_file_takes_its_number(
+    cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:
+    """Started with fd 1 closed (`>&-`), a command says so in one line, exit 74, and runs nothing
+    (no job); with fd 0 or 2 closed it runs as with /dev/null there (a usage error is still exit
+    2). Each closed one is /dev/null from the start, so the journal or an artifact opened later
+    cannot take its number (where a child process's output would land)."""
+    env = {**cli_env, **live_sshd.env(known_hosts)}
+    wa = f"{sys.executable} -m win_automation"
+    err, out = tmp_path / "err", tmp_path / "out"
+
+    def run(redirects: str, args: str) -> int:
+        proc = subprocess.run(
+            ["bash", "-c", f"{wa} {args} {redirects}"], env=env, cwd=tmp_path, timeout=60, check=False
+        )
+        return proc.returncode
+
+    for args in ("--version", "config show", "ssh run --shell cmd -- 'echo hi'"):
+        assert run(f">&- 2>{err}", args) == 74
+        assert err.read_text() == "error: cannot write the output: standard output (fd 1) is closed\n"
+    assert _jobs(env, tmp_path) == []
+    assert run(f"<&- >{out} 2>&-", "ssh run --shell cmd -- 'echo hi'") == 0
+    assert out.read_text() == "hi\n"
+    assert run(f"<&- >{out} 2>&-", "config show --bogus") == 2
+    assert run(f"2>&- >{out}", "ssh run --shell cmd -- 'exit 3'") == 3
+    jobs = _jobs(env, tmp_path)
+    assert [(j["state"], j["exit_code"]) for j in jobs] == [("failed", 3), ("succeeded", None)], jobs
+    claim = (
+        "import os, sys; from win_automation.cli.output import claim_closed_std_fds as c; c(); "
+        "print([os.readlink(f'/proc/self/fd/{n}') for n in (0, 2)], sys.stdin.read(), file=sys.stdout)"
+    )
+    proc = subprocess.run(
+        ["bash", "-c", f'{sys.executable} -c "{claim}" <&- 2>&-'], capture_output=True, text=True, timeout=60
+    )
+    assert proc.stdout == "['/dev/null', '/dev/null'] \n", proc

@@ -39,7 +39,13 @@ from win_automation.cli.commands import ssh as ssh_cmd
 from win_automation.cli.commands import supervisor as supervisor_cmd
 from win_automation.cli.commands import vm as vm_cmd
 from win_automation.cli.commands import worker as worker_cmd
-from win_automation.cli.output import STOPPED_ERROR_WAIT, discard_output, error, output_failed
+from win_automation.cli.output import (
+    STOPPED_ERROR_WAIT,
+    claim_closed_std_fds,
+    discard_output,
+    error,
+    output_failed,
+)
 from win_automation.cli.state import CliState
 
 app = typer.Typer(
@@ -167,6 +173,9 @@ def main() -> None:
 
     if sys.excepthook != typer.main.except_hook:  # as Typer.__call__ does
         sys.excepthook = typer.main.except_hook
+    if claim_closed_std_fds():  # `>&-`: nothing runs whose output would go nowhere
+        error("cannot write the output: standard output (fd 1) is closed")
+        sys.exit(74)
     try:
         try:
             # not standalone: click's own errors (an unknown option, a missing argument) come here

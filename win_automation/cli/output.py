@@ -144,6 +144,32 @@ def output_failed(exc: OSError) -> bool:
     return True
 
 
+def claim_closed_std_fds() -> bool:
+    """Open /dev/null on each of fds 0, 1 and 2 that this process was started without (`>&-`,
+    `<&-`), so that no file opened later (the journal, an artifact) takes that number, where a
+    child process's output or a stray write would land in it; sys.stdin and sys.stderr, which
+    Python left None, read and write there. True when stdout was closed: the caller says so
+    and exits 74 before doing anything."""
+    closed_stdout = False
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is not None:
+            continue
+        try:
+            os.fstat(fd)
+            continue  # taken since start-up: not ours to replace
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if fd == 1:
+            closed_stdout = True
+        mode, errors = ("r", None) if fd == 0 else ("w", "backslashreplace")
+        setattr(sys, name, open(fd, mode, closefd=False, errors=errors))  # noqa: SIM115 (for the process's life)
+    return closed_stdout
+
+
 def discard_output() -> None:
     """From now on, what cannot be written is dropped (no `Exception ignored` at exit)."""
     sys.stdout = _Discarding(sys.stdout)
