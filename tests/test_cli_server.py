@@ -11,12 +11,14 @@ import hashlib
 import json
 import os
 import pty
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from stat import S_IFCHR, S_ISCHR, S_ISFIFO
@@ -736,6 +738,42 @@ def test_a_dead_server_falls_back_and_a_new_one_serves_later(
     )
     served = launcher(["ssh", "run", "--shell", "cmd", "--", "echo later"], env, tmp_path)
     assert served.stdout == b"later\n" and not split(served.stderr)[1]
+
+
+@pytest.mark.parametrize("how", ["closed", "reset"])
+def test_a_socket_that_drops_the_request_is_removed_and_a_new_server_serves_later(
+    env: dict[str, str], tmp_path: Path, how: str
+) -> None:
+    """A socket whose connection ends before a child's pid: a server that died while its spare
+    child still held the listener (the spare closes it: the call is reset), or one that leaves.
+    The call runs in-process, once; the socket goes, so that the call starts a new server."""
+    sock = sock_for(env)
+    sock.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with unixsock.sun_path(sock) as where:
+        listener.bind(where)
+    sock.chmod(0o600)
+    listener.listen(1)
+    dead = sock.stat().st_ino
+
+    def drop() -> None:
+        select.select([listener], [], [], 30)  # a call waits in the backlog
+        if how == "closed":
+            conn, _ = listener.accept()
+            conn.recv(1)
+            conn.close()
+        listener.close()  # "reset": with the call still in its backlog
+
+    threading.Thread(target=drop, daemon=True).start()
+    out = launcher(["ssh", "run", "--shell", "cmd", "--", "echo again"], env, tmp_path)
+    assert out.returncode == 0 and out.stdout == b"again\n" and split(out.stderr)[1], out.stderr
+    log = Path(server_files.log_path(str(sock)))
+    assert wait_for(lambda: sock.exists() and sock.stat().st_ino != dead and servers_of(env), 30), (
+        log.read_text() if log.exists() else "no log"
+    )
+    served = launcher(["ssh", "run", "--shell", "cmd", "--", "echo later"], env, tmp_path)
+    assert served.stdout == b"later\n" and not split(served.stderr)[1]
+    assert [j["state"] for j in jobs(env, tmp_path)] == ["succeeded", "succeeded"]
 
 
 @pytest.mark.parametrize("fault", ["mode 0644", "foreign owner", "a folder", "a file", "a fifo"])

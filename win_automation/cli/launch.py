@@ -18,7 +18,9 @@ win_automation.cli.launch` shows it.
    pid; then it says "go" with its fds 0/1/2 and working directory (SCM_RIGHTS). A server that does not
    answer within CONNECT_TIMEOUT (paused, overloaded) is dropped (its socket removed: it leaves,
    a new one is started later) and the call runs here instead; the child of such a server, if it
-   ever gets the request, finds the launcher gone and runs nothing. So a command runs once.
+   ever gets the request, finds the launcher gone and runs nothing. So a command runs once. A
+   connection that ends before the pid (a server that left, or died while its spare child
+   still held the listener) drops the socket too.
 3. It forwards SIGINT, SIGTERM and SIGHUP to the child (Ctrl-Z stops the child with it, and
    `fg`/`bg` continue both) and exits with the child's exit status, or dies by the signal that
    killed the child.
@@ -172,8 +174,15 @@ def _connect(path: str) -> tuple[_socket.socket, int]:
             _drop(path)  # its server is gone: a job command starts a new one
             raise _NotRun from None
         payload = encode_request()
-        conn.sendall(len(payload).to_bytes(4, "big") + payload)
-        kind, pid = recv_frame(conn)
+        try:
+            conn.sendall(len(payload).to_bytes(4, "big") + payload)
+            kind, pid = recv_frame(conn)
+        except (ConnectionError, EOFError):
+            # Ended before a child took it: a server that left, or died while a child of its
+            # (a spare) still held the listener. Its socket goes, or no job command would start
+            # a new server while it stays.
+            _drop(path)
+            raise _NotRun from None
         if kind != b"P":
             raise _NotRun
         child = int(pid)
