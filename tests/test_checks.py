@@ -22,6 +22,7 @@ from win_automation.config import Config
 from win_automation.errors import UsageError
 from win_automation.operations.checks import (
     CHECKS,
+    REPAIRS,
     check_aloha_client,
     check_aloha_server,
     check_hatchet,
@@ -168,7 +169,13 @@ def test_playwright_check_and_versions_against_a_real_server(pw_server: Any, tmp
     assert check_playwright_version(result).status == "pass"
     wrong = pw_server.config(tmp_path, ws_path="not-the-ws-path")
     refused = run_check("playwright", wrong)
-    assert refused.status == "fail" and refused.fix and refused.repair
+    # a setting to correct: starting the server's task would not change the answer
+    assert refused.status == "fail" and "WIN_AUTOMATION_PLAYWRIGHT_WS_PATH" in refused.fix
+    assert refused.repair is None
+    unset = run_check("playwright", pw_server.config(tmp_path, ws_path=""))
+    assert unset.status == "fail" and unset.repair is None and "ws_path is not set" in unset.cause
+    down = run_check("playwright", pw_server.config(tmp_path, port=9))  # nothing listens there
+    assert down.status == "fail" and down.repair == REPAIRS["playwright"]  # not answering: its task starts
     mismatch = check_playwright_version(
         type(result)("playwright", "fail", "", data={"client": "1.65.0", "server": "1.64.2"})
     )

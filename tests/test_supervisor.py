@@ -23,6 +23,7 @@ from win_automation.operations.supervisor import run_pass, status
 from win_automation.operations.vm import Vm
 
 START_SERVER = "Start-ScheduledTask -TaskName AlohaServer"
+START_CLIENT = "Start-ScheduledTask -TaskName AlohaClient"
 
 
 def bodies(sshd: SshServer, since: int) -> list[dict[str, Any]]:
@@ -54,14 +55,14 @@ def world(
 
 
 def starts_server_when_asked(
-    sshd: SshServer, server: HttpEndpoint, stop: threading.Event
+    sshd: SshServer, server: HttpEndpoint, stop: threading.Event, command: str = START_SERVER
 ) -> threading.Thread:
     """The scheduled task's part: when the start command arrives at the VM, the server comes up."""
     seen = len(sshd.reports.read_text().splitlines())
 
     def watch() -> None:
         while not stop.is_set():
-            if any(b.get("body", "").strip() == START_SERVER for b in bodies(sshd, seen)):
+            if any(b.get("body", "").strip() == command for b in bodies(sshd, seen)):
                 time.sleep(0.3)  # a service takes a moment to listen
                 server.up()
                 return
@@ -132,6 +133,45 @@ def test_pass_repairs_aloha_and_the_firewall_twice_changes_nothing(
     assert [r["action"] for r in rules_third] == ["updated"] * 4  # Set-NetFirewallRule, not a new rule
     final = json.loads(sshd.firewall_file.read_text())
     assert len(final) == 4 and {r["RemoteAddress"] for r in final.values()} == {"127.0.0.1"}
+
+
+def test_services_started_in_one_pass_come_up_in_one_wait_and_a_setting_is_not_waited_for(
+    world: dict[str, Any],
+) -> None:
+    """Both Aloha services down: both are started, then waited for together (one
+    supervisor.remediation_wait, not one each). Playwright without its wsPath is a setting,
+    which starting its task cannot change: said, not started, not waited for."""
+    sshd, server, client = world["sshd"], world["server"], world["client"]
+    world["settings"]["supervisor"]["remediation_wait"] = 4.0
+    world["settings"]["aloha"]["client_start_cmd"] = START_CLIENT
+    config = Config(**world["settings"])  # playwright.ws_path unset
+    seen = len(sshd.reports.read_text().splitlines())
+    for endpoint in (server, client):
+        endpoint.down()
+    started = time.monotonic()
+    report = run_pass(config, vm=Vm(config), owner="test:1")
+    took = time.monotonic() - started
+    outcomes = {(r["check"], r["action"]): r["outcome"] for r in report.remediations}
+    assert (
+        outcomes[("aloha_server", "aloha_server")] == outcomes[("aloha_client", "aloha_client")] == "failed"
+    )
+    assert outcomes[("playwright", None)] == "needs-a-person"
+    sent = [b.get("script", "") + b.get("body", "") for b in bodies(sshd, seen)]
+    assert any(START_SERVER in text for text in sent) and any(START_CLIENT in text for text in sent)
+    assert not any("WinAutomation-Playwright'" in text for text in sent if "Start-ScheduledTask" in text)
+    assert 4.0 <= took < 8.0  # one wait; one after the other: 8 s, 12 s with Playwright's
+
+    stop = threading.Event()
+    starts_server_when_asked(sshd, server, stop)
+    starts_server_when_asked(sshd, client, stop, START_CLIENT)
+    again = run_pass(config, vm=Vm(config), owner="test:1")
+    stop.set()
+    checks = {c.name: c.status for c in again.checks}
+    assert checks["aloha_server"] == checks["aloha_client"] == "pass"
+    outcomes = {(r["check"], r["action"]): r["outcome"] for r in again.remediations}
+    assert (
+        outcomes[("aloha_server", "aloha_server")] == outcomes[("aloha_client", "aloha_client")] == "repaired"
+    )
 
 
 def test_ceiling_then_needs_a_person(world: dict[str, Any]) -> None:

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from win_automation.adapters.probe import Probe, probe_http, probe_tcp
 from win_automation.config import Config
-from win_automation.errors import UsageError, WinAutomationError
+from win_automation.errors import ConfigError, UsageError, WinAutomationError
 from win_automation.operations.endpoints import service_url
 from win_automation.operations.probe_causes import explain
 from win_automation.versions import MIN_HATCHET_ENGINE, parse_semver, show
@@ -282,6 +282,8 @@ def check_playwright(config: Config, timeout: float) -> CheckResult:
             data={"client": health.client_version, "server": health.server_version},
         )
     cause = health.cause or "the Playwright server did not answer"
+    # A setting (no wsPath) or a server of another version: starting the task changes neither.
+    misconfigured = health.exit_code == ConfigError.exit_code
     return CheckResult(
         "playwright",
         "fail",
@@ -289,7 +291,7 @@ def check_playwright(config: Config, timeout: float) -> CheckResult:
         cause,
         health.fix or "",
         latency,
-        REPAIRS["playwright"],
+        None if misconfigured else REPAIRS["playwright"],
         "playwright",
         {"client": health.client_version, "server": health.server_version},
     )

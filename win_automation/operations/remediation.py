@@ -7,8 +7,8 @@
 - `start_service(vm, config, check)`: `aloha.server_start_cmd` / `aloha.client_start_cmd` (as
   configured: scheduled tasks in the user's session), or Start-WinAutomationTask.ps1 with the
   task `WinAutomation-Playwright`.
-- `wait_for(check, config, ...)`: run the check again until it passes or the bounded time
-  (`supervisor.remediation_wait`) is up.
+- `wait_for(checks, config, ...)`: run the checks again, together, until each passes or the
+  bounded time (`supervisor.remediation_wait`) is up.
 """
 
 from __future__ import annotations
@@ -82,16 +82,22 @@ def start_service(vm: Vm, config: Config, check: str) -> str:
 
 
 def wait_for(
-    check: str,
+    checks: list[str],
     config: Config,
     forced: frozenset[str],
     *,
     cancelled: Callable[[], bool] = lambda: False,
-) -> CheckResult:
-    """Check again until it passes or `supervisor.remediation_wait` is up (a failpoint: once)."""
+) -> dict[str, CheckResult]:
+    """Check each again, together, until it passes or `supervisor.remediation_wait` is up (a
+    failpoint: once): the services started in one pass come up in one wait, not one after the
+    other. Each check's last result."""
     deadline = time.monotonic() + config.supervisor.remediation_wait
+    last: dict[str, CheckResult] = {}
+    pending = list(checks)
     while True:
-        result = run_check(check, config, forced)
-        if result.status == "pass" or check in forced or time.monotonic() >= deadline or cancelled():
-            return result
+        for check in pending:
+            last[check] = run_check(check, config, forced)
+        pending = [c for c in pending if last[c].status != "pass" and c not in forced]
+        if not pending or time.monotonic() >= deadline or cancelled():
+            return last
         time.sleep(min(WAIT_POLL, max(0.0, deadline - time.monotonic())))

@@ -183,7 +183,10 @@ class _Repairs:
         )
 
     def run(self, results: list[CheckResult]) -> None:
+        """Start what repairs each failed check, in the checks' order; then wait for all of them
+        at once (supervisor.remediation_wait), not one after the other."""
         ssh = next((r for r in results if r.name == "ssh"), None)
+        started: dict[int, tuple[int, str]] = {}  # index in results -> (claim id, command sent)
         for index, result in enumerate(results):
             if result.status != "fail":
                 continue
@@ -203,12 +206,32 @@ class _Repairs:
                     "needs-a-person",
                     "SSH fails, so nothing can be repaired: fix ssh first",
                 )
-            else:
-                results[index] = self.repair(result)
+            elif isinstance(begun := self.start(result), CheckResult):
+                results[index] = begun
+            elif begun is not None:
+                started[index] = begun
+        if not started:
+            return
+        names = [results[index].name for index in started]
+        finals = remediation.wait_for(names, self.config, self.forced, cancelled=self.vm.cancelled)
+        for index, (claim_id, sent) in started.items():
+            final = finals[results[index].name]
+            outcome = "repaired" if final.status == "pass" else "failed"
+            detail = f"sent {sent!r}; the check " + (
+                "passes" if final.status == "pass" else f"still fails: {final.cause}"
+            )
+            supervision.finish(self.journal, claim_id, outcome, detail)
+            self.note(final.name, final.name, outcome, detail)
+            results[index] = final
 
-    def repair(self, failed: CheckResult) -> CheckResult:
+    def start(self, failed: CheckResult) -> tuple[int, str] | CheckResult | None:
+        """Claim the repair of `failed` and start its service (the firewall first, once a pass):
+        (claim id, command sent); the check's new result when it passes again before; None when
+        nothing was started (claimed elsewhere, the ceiling, an error: noted)."""
         sup = self.config.supervisor
-        lease = sup.remediation_wait + 4 * sup.check_timeout + 60.0
+        # Until finished: the check again, the starts of the later checks (each checked again),
+        # the wait, and its last round (every started check once more).
+        lease = sup.remediation_wait + (4 + 2 * len(CHECKS)) * sup.check_timeout + 60.0
         claim = supervision.claim(
             self.journal,
             vm=self.vm.key,
@@ -220,10 +243,10 @@ class _Repairs:
         )
         if claim.outcome == "busy":
             self.note(failed.name, None, "busy", claim.detail)
-            return failed
+            return None
         if claim.outcome == "ceiling":
             self.note(failed.name, None, "needs-a-person", f"{claim.detail}; last cause: {failed.cause}")
-            return failed
+            return None
         assert claim.claim_id is not None
         again = run_check(failed.name, self.config, self.forced)
         if again.status == "pass":
@@ -244,18 +267,11 @@ class _Repairs:
                     rules=self.firewall,
                 )
             sent = remediation.start_service(self.vm, self.config, failed.name)
-            final = remediation.wait_for(failed.name, self.config, self.forced, cancelled=self.vm.cancelled)
         except WinAutomationError as exc:
             supervision.finish(self.journal, claim.claim_id, "failed", str(exc))
             self.note(failed.name, failed.name, "failed", str(exc))
-            return failed
-        outcome = "repaired" if final.status == "pass" else "failed"
-        detail = f"sent {sent!r}; the check " + (
-            "passes" if final.status == "pass" else f"still fails: {final.cause}"
-        )
-        supervision.finish(self.journal, claim.claim_id, outcome, detail)
-        self.note(failed.name, failed.name, outcome, detail)
-        return final
+            return None
+        return claim.claim_id, sent
 
 
 def status(config: Config, now: float | None = None) -> dict[str, Any]:
