@@ -16,6 +16,7 @@ then kills the remote process tree; see win_automation.operations.ssh).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import select
@@ -323,8 +324,29 @@ def get_connection(cfg: SSHConfig) -> SshConnection:
 
 
 def close_all() -> None:
-    """Close every pooled connection (process exit, tests)."""
+    """Close every pooled connection (tests)."""
     with _POOL_LOCK:
         for conn in _POOL.values():
             conn.close()
         _POOL.clear()
+
+
+def _close_at_exit() -> None:
+    """Close the pooled connections as the process exits, while logging still works: left to
+    the interpreter's teardown, a channel closed by the garbage collector logs (`--debug`) into
+    a half-torn-down logging module (`--- Logging error ---` blocks). One that another thread
+    holds (a connect under way) is left as it is: the exit does not wait for it."""
+    if not _POOL_LOCK.acquire(blocking=False):
+        return
+    try:
+        for conn in _POOL.values():
+            if conn._lock.acquire(blocking=False):
+                try:
+                    conn._drop()
+                finally:
+                    conn._lock.release()
+    finally:
+        _POOL_LOCK.release()
+
+
+atexit.register(_close_at_exit)
