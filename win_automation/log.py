@@ -109,6 +109,11 @@ def divert(to: Divert | None) -> None:
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     def emit(self, record: logging.LogRecord) -> None:
+        if sys.meta_path is None:
+            # The interpreter's teardown: a library's object collected now (an asyncio task of
+            # playwright's, a paramiko channel) may log, but nothing can be formatted any more;
+            # the record is dropped instead of a `--- Logging error ---` traceback.
+            return
         to = _divert
         if to is None:
             super().emit(record)

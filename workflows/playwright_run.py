@@ -39,7 +39,9 @@ class RunOutput(BaseModel):
 
 
 def run(inp: RunInput, ctx: StepContext) -> RunOutput:
-    with browser_session(ctx.config, ctx.artifacts, trace=inp.trace, timeout=inp.timeout_seconds) as job:
+    with browser_session(
+        ctx.config, ctx.artifacts, trace=inp.trace, timeout=inp.timeout_seconds, cancelled=ctx.cancelled
+    ) as job:
         result = run_script(job, inp.script, inp.script_name, inp.input)
         job.save("result.json", json.dumps(result, indent=2) + "\n")
     return RunOutput(result=result, artifacts=job.written)

@@ -48,7 +48,9 @@ class ScreenshotOutput(BaseModel):
 
 
 def screenshot(inp: ScreenshotInput, ctx: StepContext) -> ScreenshotOutput:
-    with browser_session(ctx.config, ctx.artifacts, trace=inp.trace, timeout=inp.timeout_seconds) as job:
+    with browser_session(
+        ctx.config, ctx.artifacts, trace=inp.trace, timeout=inp.timeout_seconds, cancelled=ctx.cancelled
+    ) as job:
         shot = take_screenshot(
             job,
             inp.url,

@@ -11,6 +11,13 @@ handle; `translate(exc, endpoint)` turns a playwright exception into the project
 - the server went away while a session ran: ConnectError naming the mid-session loss;
 - a Playwright timeout: OperationTimeout (124).
 
+Playwright keeps its action timeouts in the server: a server that stops answering (paused,
+wedged) would leave a call waiting for good. So while a session is open a watchdog asks the
+server a plain HTTP request every few seconds, and kills this process's Playwright driver once
+the server has left them unanswered for `stall_timeout` seconds, or once `give_up()` turns true
+(the job's cancel or deadline): the blocked call then fails, and `BrowserSession.dropped` says
+why.
+
 The wsPath is never part of a message: playwright's own messages quote the URL, so they are never
 passed on; ours name `host:port` only, and the wsPath is registered with the log redactor.
 """
@@ -19,9 +26,13 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 import re
+import signal
 import threading
-from collections.abc import Iterator
+import time
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from win_automation.errors import (
     ConfigError,
     ConnectError,
+    NoAnswer,
     OperationTimeout,
     VersionMismatch,
     WinAutomationError,
@@ -128,20 +140,103 @@ def _first_line(text: str, endpoint: Endpoint) -> str:
     return first.replace(endpoint.ws_path, "***")
 
 
+PROBE_EVERY = 2.0
+"""Seconds between the watchdog's HTTP requests to the server."""
+
+
+class _Watchdog:
+    """Kills the local Playwright driver (`pid`) once `give_up()` turns true or the server at
+    `endpoint` has answered no HTTP request for `stall_timeout` seconds; `dropped` then says
+    which ("gave up", "stalled"). Two daemon threads: one asks the server, one decides (a probe
+    that hangs does not delay a cancel)."""
+
+    def __init__(
+        self, pid: int | None, endpoint: Endpoint, stall_timeout: float, give_up: Callable[[], bool]
+    ) -> None:
+        self.pid, self.endpoint, self.stall_timeout, self.give_up = pid, endpoint, stall_timeout, give_up
+        self.dropped: str | None = None
+        self._answered = time.monotonic()
+        self._done = threading.Event()
+        for target, name in ((self._probe, "playwright-probe"), (self._decide, "playwright-watchdog")):
+            threading.Thread(target=target, name=name, daemon=True).start()
+
+    def _probe(self) -> None:
+        from win_automation.adapters.probe import probe_http
+
+        url = f"http://{self.endpoint.host}:{self.endpoint.port}/"  # not the wsPath: a 403 answers
+        while not self._done.is_set():
+            if probe_http(url, min(PROBE_EVERY, self.stall_timeout)).kind in ("ok", "http_status"):
+                self._answered = time.monotonic()
+            self._done.wait(PROBE_EVERY)
+
+    def _decide(self) -> None:
+        while not self._done.wait(0.1):
+            if self.give_up():
+                self._drop("gave up")
+            elif time.monotonic() - self._answered > self.stall_timeout:
+                self._drop("stalled")
+
+    def _drop(self, why: str) -> None:
+        self.dropped = why
+        self._done.set()
+        log.warning(
+            "dropping the Playwright session",
+            extra={"op": "playwright.watchdog", "why": why, "endpoint": self.endpoint.describe()},
+        )
+        if self.pid is not None:
+            with suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def error(self, doing: str) -> WinAutomationError:
+        """What a call that failed because the session was dropped raises."""
+        where = f"the Playwright server at {self.endpoint.describe()}"
+        if self.dropped == "stalled":
+            return NoAnswer(
+                f"{where} stopped answering ({doing}): no answer for {self.stall_timeout:g}s (paused or"
+                " wedged?), so the session was dropped; fix: `win-automation playwright health`, restart"
+                " the server with `win-automation playwright install`"
+            )
+        return OperationTimeout(f"{doing}: no answer from {where} within the deadline")
+
+
+def _driver_pid(manager: Any) -> int | None:
+    """The pid of the Node driver sync_playwright() started (playwright's internals, pinned to
+    one minor by pyproject.toml; tests/test_playwright_stall.py fails if it is not found)."""
+    try:
+        return int(manager._client._transport._proc.pid)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 class BrowserSession:
     """A connected browser and the Playwright driver under it; `lost` turns true when the
-    server closes the connection."""
+    server closes the connection, or the watchdog dropped it (`dropped` says why)."""
 
-    def __init__(self, playwright: Playwright, browser: Browser, endpoint: Endpoint) -> None:
+    def __init__(
+        self, playwright: Playwright, browser: Browser, endpoint: Endpoint, watchdog: _Watchdog
+    ) -> None:
         self.playwright = playwright
         self.browser = browser
         self.endpoint = endpoint
+        self._watchdog = watchdog
         self._lost = threading.Event()
         browser.on("disconnected", lambda _browser: self._lost.set())
 
     @property
     def lost(self) -> bool:
-        return self._lost.is_set() or not self.browser.is_connected()
+        return self.dropped is not None or self._lost.is_set() or not self.browser.is_connected()
+
+    @property
+    def dropped(self) -> str | None:
+        """ "stalled" (the server stopped answering), "gave up" (a cancel or deadline), or None."""
+        return self._watchdog.dropped
+
+    def dropped_error(self, doing: str) -> WinAutomationError | None:
+        """The error of a call that failed because the session was dropped; None if it was not."""
+        return None if self._watchdog.dropped is None else self._watchdog.error(doing)
 
     @property
     def server_version(self) -> str:
@@ -154,7 +249,9 @@ class BrowserSession:
         try:
             return self.browser.new_context(**options)
         except Error as exc:
-            raise translate(exc, self.endpoint, doing="new context") from None
+            raise self.dropped_error("new context") or translate(
+                exc, self.endpoint, doing="new context"
+            ) from None
 
 
 def _connect(playwright: Playwright, endpoint: Endpoint, timeout: float) -> Browser:
@@ -168,9 +265,16 @@ def _connect(playwright: Playwright, endpoint: Endpoint, timeout: float) -> Brow
 
 @contextmanager
 def open_browser(
-    endpoint: Endpoint, *, timeout: float = 30.0, retry: bool = True
+    endpoint: Endpoint,
+    *,
+    timeout: float = 30.0,
+    retry: bool = True,
+    stall_timeout: float = 15.0,
+    give_up: Callable[[], bool] = lambda: False,
 ) -> Iterator[BrowserSession]:
-    """Connect to the server (retrying refusals under the connect policy) and close everything after."""
+    """Connect to the server (retrying refusals under the connect policy) and close everything
+    after; the session is dropped (its calls fail) once `give_up()` turns true or the server
+    stops answering for `stall_timeout` seconds."""
     from playwright.sync_api import Error, sync_playwright
 
     try:
@@ -179,19 +283,29 @@ def open_browser(
     except Error as exc:
         reason = _first_line(str(exc), endpoint)
         raise WinAutomationError(f"cannot start the Playwright driver: {reason}") from None
+    watchdog = _Watchdog(_driver_pid(manager), endpoint, stall_timeout, give_up)
     try:
-        if retry:
-            browser = call_with_retry(
-                lambda: _connect(playwright, endpoint, timeout), op="playwright.connect"
-            )
-        else:
-            browser = _connect(playwright, endpoint, timeout)
-        session = BrowserSession(playwright, browser, endpoint)
+
+        def connect() -> Browser:
+            if watchdog.dropped is not None:  # the driver is gone: no attempt can succeed
+                raise watchdog.error("connect")
+            try:
+                return _connect(playwright, endpoint, timeout)
+            except WinAutomationError:
+                if watchdog.dropped is not None:
+                    raise watchdog.error("connect") from None
+                raise
+
+        browser = call_with_retry(connect, op="playwright.connect") if retry else connect()
+        session = BrowserSession(playwright, browser, endpoint, watchdog)
         try:
             yield session
         finally:
             with suppress(Error):
-                browser.close()
+                browser.close()  # a call to the server too: the watchdog still watches it
     finally:
+        watchdog.stop()
+        if watchdog.dropped is not None:  # the call the kill broke stays an unawaited coroutine
+            warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
         with suppress(Error):
             manager.__exit__(None, None, None)

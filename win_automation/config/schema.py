@@ -222,6 +222,11 @@ class PlaywrightConfig(Section):
         r"C:\ProgramData\win-automation\playwright",
         description="Where `playwright install` puts the server on the VM (driver, wsPath, task files).",
     )
+    stall_timeout: PositiveDuration = Field(
+        15.0,
+        description="How long the server may leave a plain HTTP request unanswered during a session "
+        "(paused, wedged) before the session is dropped and its job fails with exit 3.",
+    )
 
 
 class ArtifactsConfig(Section):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,10 +81,17 @@ def health(config: Config, *, timeout: float = 10.0) -> PlaywrightHealth:
     client = client_version()
     report = PlaywrightHealth(False, f"{config.playwright.host}:{config.playwright.port}", client)
     started = time.perf_counter()
+    deadline = time.monotonic() + timeout
     try:
         target = endpoint(config)
         report.endpoint, report.via = target.describe(), target.via
-        with open_browser(target, timeout=timeout, retry=False) as session:
+        with open_browser(
+            target,
+            timeout=timeout,
+            retry=False,
+            stall_timeout=config.playwright.stall_timeout,
+            give_up=lambda: time.monotonic() > deadline,  # a server that stalls after the connect
+        ) as session:
             report.connect_ms = round((time.perf_counter() - started) * 1000, 1)
             report.server_version = session.server_version
             page_started = time.perf_counter()
@@ -147,6 +154,8 @@ class BrowserJob:
         """The project's error for `exc`, raised while `doing`."""
         if isinstance(exc, WinAutomationError):
             return exc
+        if (dropped := self.session.dropped_error(doing)) is not None:
+            return dropped  # the watchdog dropped the session: what failed says nothing more
         if self.server_gone(exc):
             return translate(exc, self.session.endpoint, doing=doing, lost=True)
         return translate(exc, self.session.endpoint, doing=doing)
@@ -171,11 +180,15 @@ def browser_session(
     *,
     trace: bool = False,
     timeout: float = 30.0,
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> Iterator[BrowserJob]:
     """A connected browser with a fresh context and page; closed whatever happens. On failure the
-    page's screenshot and (with `trace`) the trace are kept, and the error lists the artifacts."""
+    page's screenshot and (with `trace`) the trace are kept, and the error lists the artifacts.
+    The session is dropped, and the call under way fails, once `cancelled()` turns true (the
+    job's cancel or deadline) or the server stops answering (`playwright.stall_timeout`)."""
     target = endpoint(config)
-    with open_browser(target, timeout=timeout) as session:
+    stall = config.playwright.stall_timeout
+    with open_browser(target, timeout=timeout, stall_timeout=stall, give_up=cancelled) as session:
         metrics.inc("playwright_sessions_total")
         context = session.new_context()
         job = BrowserJob(session, context, None, artifacts)
