@@ -67,6 +67,8 @@ class Fault:
     content_type: str = "text/html; charset=utf-8"
     hang: float = 0.0  # seconds to wait before answering (or dropping)
     drop: bool = False  # close the connection with no answer
+    trickle: float = 0.0  # seconds between the body's bytes, sent one at a time
+    endless: bool = False  # a body with no length that never ends (until the client hangs up)
 
 
 @dataclass
@@ -110,6 +112,29 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _stream(self, fault: Fault) -> None:
+        """The body one byte every `fault.trickle` s, or (`endless`) 64 KiB pieces for ever."""
+        data = fault.body.encode()
+        self.send_response(fault.status)
+        self.send_header("Content-Type", fault.content_type)
+        if fault.endless:
+            self.send_header("Connection", "close")  # the body ends when the connection does
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        closing = self.server.owner.closing
+        with contextlib.suppress(OSError):
+            if fault.endless:
+                piece = b"[" + b"0," * 32767 + b"0"
+                while not closing.is_set():
+                    self.wfile.write(piece)
+            for byte in data:
+                if closing.wait(fault.trickle):
+                    return
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+
     def _handle(self, method: str) -> None:
         body = self._body() if method == "POST" else None
         owner = self.server.owner
@@ -127,6 +152,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self.connection.setsockopt(
                         socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
                     )
+                return
+            if fault.trickle or fault.endless:
+                self._stream(fault)
                 return
             self._send(fault.status, fault.body, fault.content_type)
             return

@@ -180,6 +180,28 @@ def test_no_answer_within_the_request_timeout_is_exit_3_and_not_retried(aloha: A
     assert (start["attempt"], start["status"], start["error"]) == (1, None, "no answer within 0.5s")
 
 
+def test_an_answer_trickled_past_the_request_timeout_is_exit_3_and_not_retried(aloha: AlohaWorld) -> None:  # noqa: F811
+    """A byte every 0.2 s keeps each read within a 0.5 s timeout: the whole answer must be."""
+    body = '{"status": "success", "message": "Task started"}'
+    aloha.client.faults.append(
+        Fault("/run_task", status=200, body=body, content_type="application/json", trickle=0.2)
+    )
+    started = time.monotonic()
+    outcome, response = _fail(aloha, aloha.config(request_timeout="500ms"))
+    assert time.monotonic() - started < 5  # not the 10 s the trickle takes
+    assert outcome.exit_code == 3 and "did not answer within 0.5s" in (outcome.error or ""), outcome.error
+    assert [e["attempt"] for e in response["exchanges"] if e["route"] == "/run_task"] == [1]
+
+
+def test_an_answer_without_end_is_cut_at_16_mib_exit_1_and_not_retried(aloha: AlohaWorld) -> None:  # noqa: F811
+    """Another service on Aloha's port streaming for ever: never held whole in memory."""
+    aloha.client.faults.append(Fault("/run_task", status=200, content_type="application/json", endless=True))
+    outcome, response = _fail(aloha, aloha.config(request_timeout="30s"))
+    assert outcome.exit_code == 1 and "with over 16 MiB" in (outcome.error or ""), outcome.error
+    [start] = [e for e in response["exchanges"] if e["route"] == "/run_task"]
+    assert (start["attempt"], start["status"], start["error"]) == (1, None, "over 16 MiB")
+
+
 def test_a_client_that_drops_mid_task_is_exit_3(aloha: AlohaWorld) -> None:  # noqa: F811
     aloha.server.stop_after = 1000
 

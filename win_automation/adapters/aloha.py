@@ -16,7 +16,8 @@
   request accepted and not answered within the timeout -> NoAnswer (exit 3, not retried: the
   service may have acted on it). Any other status is returned as an `Answer`: what it means is
   for operations.aloha to say.
-- Bodies are parsed as JSON only when they are JSON: an HTML error page stays text.
+- Bodies are parsed as JSON only when they are JSON: an HTML error page stays text. A body is read
+  as it comes, whole within the timeout and at most MAX_ANSWER_BYTES (past it: exit 1).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 import httpx
 
 from win_automation.durations import rfc3339
-from win_automation.errors import ConnectError, NoAnswer
+from win_automation.errors import ConnectError, NoAnswer, WinAutomationError
 from win_automation.retry import CONNECT_POLICY, call_with_retry
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,12 @@ log = logging.getLogger(__name__)
 RETRY_STATUSES = frozenset({502, 503, 504})
 # The most of an answer's text kept in an Exchange (response.json); its length and hash are whole.
 BODY_LIMIT = 64 * 1024
+MAX_ANSWER_BYTES = 16 << 20
+"""The most of an answer read (Aloha's are JSON of a few KiB): past it, the request fails."""
+
+
+class _Oversized(Exception):
+    """An answer over MAX_ANSWER_BYTES."""
 
 
 @dataclass
@@ -90,9 +97,9 @@ class Exchange:
 Record = Callable[[Exchange], None]
 
 
-def _parse(response: httpx.Response, duration_ms: int) -> Answer:
+def _parse(response: httpx.Response, content: bytes, duration_ms: int) -> Answer:
     content_type = response.headers.get("content-type", "")
-    text = response.content.decode(response.encoding or "utf-8", errors="replace")
+    text = content.decode(response.encoding or "utf-8", errors="replace")
     answer = Answer(response.status_code, text, content_type, duration_ms=duration_ms)
     if "html" not in content_type.lower():
         with contextlib.suppress(ValueError):
@@ -123,15 +130,38 @@ class AlohaService:
             op=f"aloha.{self.name}{route}",
         )
 
+    def _exchange(self, method: str, route: str, body: Any, started: float) -> tuple[httpx.Response, bytes]:
+        """The answer and its body, read as it comes: at most MAX_ANSWER_BYTES (_Oversized), and
+        all of it within the timeout (httpx.ReadTimeout), not only each piece: a body trickled a
+        byte at a time would keep httpx's per-read timeout from ever passing."""
+        deadline = started + self.timeout
+        with self._client.stream(method, self.url(route), json=body) as response:
+            pieces, size = [], 0
+            for piece in response.iter_bytes():
+                size += len(piece)
+                if size > MAX_ANSWER_BYTES:
+                    raise _Oversized(f"over {MAX_ANSWER_BYTES // (1 << 20)} MiB")
+                if time.perf_counter() > deadline:
+                    raise httpx.ReadTimeout("the answer took longer than the timeout")
+                pieces.append(piece)
+        return response, b"".join(pieces)
+
     def _attempt(self, method: str, route: str, body: Any, attempt: int, record: Record) -> Answer:
         where = f"the Aloha {self.name} at {self.base_url}"
         exchange = Exchange(self.name, method, route, body, attempt, rfc3339(time.time()))
         started = time.perf_counter()
         try:
             try:
-                response = self._client.request(method, self.url(route), json=body)
+                response, content = self._exchange(method, route, body, started)
             finally:
                 exchange.duration_ms = round((time.perf_counter() - started) * 1000)
+        except _Oversized as exc:
+            exchange.error = str(exc)
+            record(exchange)
+            raise WinAutomationError(
+                f"{where} answered {method} {route} with {exc} (not an answer of Aloha's: is another "
+                "service on that port?); not retried"
+            ) from None
         except httpx.ConnectTimeout as exc:
             exchange.error = f"connect timeout after {self.timeout:g}s"
             record(exchange)
@@ -155,7 +185,7 @@ class AlohaService:
             exchange.error = f"{type(exc).__name__}: {exc}"
             record(exchange)
             raise ConnectError(f"{method} {route} to {where} failed: {exc}") from exc
-        answer = _parse(response, exchange.duration_ms)
+        answer = _parse(response, content, exchange.duration_ms)
         data = answer.text.encode("utf-8", errors="replace")
         exchange.status = answer.status
         exchange.content_type = answer.content_type
