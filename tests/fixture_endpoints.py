@@ -17,6 +17,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -120,8 +121,23 @@ class RawListener:
                 with contextlib.suppress(OSError):
                     conn.sendall(self.banner)
                 self.held.append(conn)
+            elif self.mode in ("endless", "trickle"):  # an HTTP 200 whose body never ends
+                self.held.append(conn)
+                threading.Thread(target=self._stream, args=(conn,), daemon=True).start()
             else:
                 self.held.append(conn)  # silent: keep it open, never answer
+
+    def _stream(self, conn: socket.socket) -> None:
+        """`endless`: 64 KiB pieces as fast as they go; `trickle`: a byte every 0.1 s."""
+        with contextlib.suppress(OSError):
+            conn.recv(65536)  # the request
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n")
+            while not self._stop:
+                if self.mode == "endless":
+                    conn.sendall(b"x" * 65536)
+                else:
+                    conn.sendall(b"x")
+                    time.sleep(0.1)
 
     def close(self) -> None:
         self._stop = True

@@ -21,6 +21,18 @@ def test_http_answers_with_status_and_body(endpoints: list) -> None:
     assert (busy.kind, busy.status, busy.body, busy.ok) == ("http_status", 503, "overloaded", False)
 
 
+def test_a_body_without_end_or_trickled_is_not_waited_for_nor_held(endpoints: list) -> None:
+    """The status is the answer: the first 2 KiB of the body, or what came by the timeout."""
+    for mode in ("endless", "trickle"):
+        server = RawListener(mode)
+        endpoints.append(server)
+        started = time.monotonic()
+        probe = probe_http(server.url + "/", 1.0)
+        assert time.monotonic() - started < 2.5, mode
+        assert (probe.kind, probe.status) == ("ok", 200), (mode, probe)
+        assert probe.body == "x" * len(probe.body) and 0 < len(probe.body) <= 2048, mode
+
+
 def test_refused_dns_closed_and_silent_are_told_apart(endpoints: list) -> None:
     closing, silent = RawListener("close"), RawListener("silent")
     endpoints += [closing, silent]

@@ -17,12 +17,16 @@ return a `Probe`: what answered, or which of these went wrong, with the time it 
   first bytes say what it is, e.g. an SSH banner on an HTTP port);
 - `http_status`: an HTTP answer with an error status (`status`, the first bytes of `body`).
 
+An HTTP answer's status is the answer: of its body only the first BODY_LIMIT bytes are read, those
+that came within the timeout (a body without end, or trickled, is neither waited for nor held).
+
 Nothing here retries: a probe reports the first attempt as it was (the supervisor's breaker and
 the next pass are the retry), and one probe never outlasts its timeout by more than a few ms.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import time
@@ -171,10 +175,13 @@ def probe_http(url: str, timeout: float, *, method: str = "GET") -> Probe:
         if isinstance(resolved, str):
             return Probe(url, "dns", resolved, _ms(started))
     try:
-        with httpx.Client(
-            timeout=timeout, follow_redirects=False, trust_env=False, verify=_tls_context()
-        ) as client:
-            response = client.request(method, url, headers={"Connection": "close"})
+        with (
+            httpx.Client(
+                timeout=timeout, follow_redirects=False, trust_env=False, verify=_tls_context()
+            ) as client,
+            client.stream(method, url, headers={"Connection": "close"}) as response,
+        ):
+            first = _first_bytes(response, time.monotonic() + timeout)
     except httpx.ConnectTimeout:
         return Probe(url, "dropped", f"no answer to the connection within {timeout:g}s", _ms(started))
     except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):
@@ -202,13 +209,26 @@ def probe_http(url: str, timeout: float, *, method: str = "GET") -> Probe:
     except httpx.HTTPError as exc:
         return Probe(url, "protocol", f"{type(exc).__name__}: {exc}", _ms(started))
     latency = _ms(started)
-    body = response.text[:BODY_LIMIT] if response.content else ""
+    body = first.decode(response.encoding or "utf-8", errors="replace")
     headers = {k.lower(): v for k, v in response.headers.items()}
     if response.status_code >= 400:
         return Probe(
             url, "http_status", f"HTTP {response.status_code}", latency, response.status_code, body, headers
         )
     return Probe(url, "ok", f"HTTP {response.status_code}", latency, response.status_code, body, headers)
+
+
+def _first_bytes(response: httpx.Response, deadline: float) -> bytes:
+    """Up to BODY_LIMIT bytes of the body, those that came by `deadline`: the status is the
+    answer, the body only says more, so a body without end or trickled a byte at a time is not
+    waited for (nor held)."""
+    got = bytearray()
+    with contextlib.suppress(httpx.HTTPError):  # cut short after the status: what came is enough
+        for piece in response.iter_bytes():
+            got += piece
+            if len(got) >= BODY_LIMIT or time.monotonic() >= deadline:
+                break
+    return bytes(got[:BODY_LIMIT])
 
 
 def _closed(url: str, parts: httpx.URL, timeout: float, started: float) -> Probe:
