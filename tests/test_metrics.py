@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from win_automation import metrics
+from win_automation.errors import StorageError
 
 LINE = re.compile(r"^metric=([a-z_]+) value=(\d+) ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -57,3 +59,23 @@ def test_emitter_writes_to_a_stream_and_can_be_off() -> None:
         assert emitter is None
     with pytest.raises(ValueError, match="more than zero"):
         metrics.MetricsEmitter(0)
+
+
+def test_a_fifo_nobody_reads_or_a_paused_reader_fails_the_write_at_once(tmp_path: Path) -> None:
+    """metrics.path a FIFO: with no reader, or one that stopped taking lines (its buffer full),
+    each round fails at once (exit 74 at the end) instead of holding the command for good."""
+    fifo = tmp_path / "metrics.fifo"
+    os.mkfifo(fifo)
+    emitter = metrics.MetricsEmitter(30, fifo)
+    started = time.monotonic()
+    with pytest.raises(StorageError, match="a FIFO no process reads"):
+        emitter.emit()
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # opened, never read: a paused collector
+    try:
+        with pytest.raises(StorageError, match="whose reader does not take the lines"):
+            for _ in range(100_000):  # the pipe's buffer fills within a few rounds
+                emitter.emit()
+        assert os.read(reader, 100).startswith(b"metric=")  # what fitted went through
+    finally:
+        os.close(reader)
+    assert time.monotonic() - started < 5

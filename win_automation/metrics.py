@@ -14,7 +14,9 @@ appended to `metrics.path` (`WIN_AUTOMATION_METRICS_PATH`) when it is set.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 import threading
 import time
@@ -77,6 +79,25 @@ def format_lines(values: dict[str, int], timestamp: float) -> list[str]:
     return [f"metric={name} value={value} ts={ts}" for name, value in values.items()]
 
 
+_WHY = {
+    errno.ENXIO: "a FIFO no process reads",
+    errno.EAGAIN: "a FIFO whose reader does not take the lines (they were dropped)",
+}
+
+
+def _append(path: Path, data: bytes) -> None:
+    """Append `data` to `path` without ever blocking: a FIFO that nobody reads (ENXIO), or whose
+    reader stopped taking lines (EAGAIN, its buffer full: a paused collector), fails the write
+    instead of holding the metrics thread, and with it the command's end, for good."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
 class MetricsEmitter:
     """Writes every counter each `interval` seconds to `path` (appended) or `stream`."""
 
@@ -94,10 +115,10 @@ class MetricsEmitter:
         if self.path is not None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                with self.path.open("a", encoding="ascii") as handle:
-                    handle.write(text)
+                _append(self.path, text.encode("ascii"))
             except OSError as exc:  # a full or read-only disk: named, exit 74 (not stdout's error)
-                raise StorageError(f"metrics.path: cannot write {self.path}: {exc.strerror or exc}") from None
+                why = _WHY.get(exc.errno or 0) or exc.strerror or str(exc)
+                raise StorageError(f"metrics.path: cannot write {self.path}: {why}") from None
         else:
             stream = self.stream or sys.stdout
             stream.write(text)
