@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import random
+import socket
+import subprocess
+import sys
 import time
 from concurrent import futures
 from pathlib import Path
@@ -84,6 +89,61 @@ def test_every_endpoint_hanging_doctor_ends_within_the_timeout_plus_one_second(
     assert data["ok"] is False and data["summary"]["fail"] >= 2
     assert WS_PATH not in run.stdout + run.stderr
     assert not (tmp_path / "data").exists()  # doctor changes nothing, not even the data folder
+
+
+def test_names_whose_dns_server_does_not_answer_doctor_still_ends_within_the_bound(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """Every endpoint named by a host name, and the name server silent (a UDP socket that never
+    answers, as the resolver of a mount namespace sees it): the resolver's own wait (10 s per
+    name) must not stretch doctor past check_timeout + 1 s."""
+    address = f"127.83.{os.getpid() % 250 + 1}.{random.randint(1, 250)}"
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dns.bind((address, 53))
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(f"nameserver {address}\n")
+    host = "vm.stalled-dns.test"
+    env = {
+        **cli_env,
+        "WIN_AUTOMATION_SSH_HOST": host,
+        "WIN_AUTOMATION_ALOHA_SERVER_URL": f"http://{host}:7887",
+        "WIN_AUTOMATION_ALOHA_CLIENT_URL": f"http://{host}:7888",
+        "WIN_AUTOMATION_HATCHET_HEALTH_LIVE_URL": f"http://{host}:8733/live",
+        "WIN_AUTOMATION_HATCHET_HEALTH_READY_URL": f"http://{host}:8733/ready",
+        "HATCHET_CLIENT_HOST_PORT": f"{host}:7077",
+        "HATCHET_CLIENT_TOKEN": token(90),
+        "WIN_AUTOMATION_PLAYWRIGHT_HOST": host,
+        "WIN_AUTOMATION_PLAYWRIGHT_WS_PATH": WS_PATH,
+        "WIN_AUTOMATION_SUPERVISOR_CHECK_TIMEOUT": "1.5s",
+    }
+    probes = (  # each probe alone (the supervisor's pass runs them one after the other)
+        "import time; from win_automation.adapters.probe import probe_http, probe_tcp\n"
+        f"for probe in (lambda: probe_tcp({host!r}, 22, 1.0),\n"
+        f"              lambda: probe_http('http://{host}:7887/', 1.0)):\n"
+        "    t = time.monotonic(); p = probe(); print(p.kind, round(time.monotonic() - t, 1))"
+    )
+    doctor = f"{sys.executable} -m win_automation doctor --json"
+    inside = f'mount --bind {conf} /etc/resolv.conf && {sys.executable} -c "$PROBES" >&2 && exec {doctor}'
+    try:
+        started = time.monotonic()
+        run = subprocess.run(
+            ["unshare", "-m", "sh", "-c", inside],
+            env={**env, "PROBES": probes},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        dns.close()
+    assert run.returncode == 1, run.stderr
+    timed = [line.split() for line in run.stderr.splitlines()[:2]]
+    assert [kind for kind, _ in timed] == ["dns", "dns"] and all(float(s) < 1.5 for _, s in timed), run.stderr
+    assert elapsed < 2 * 1.0 + 1.5 + 1.0 + 2.0, elapsed  # the probes, doctor, the interpreters' start-up
+    checks = {c["name"]: c for c in json.loads(run.stdout)["checks"]}
+    assert checks["ssh"]["status"] == "fail" and "did not resolve within 1.5s" in checks["ssh"]["cause"], (
+        checks
+    )
 
 
 def test_healthy_setup_passes_and_a_warning_does_not_fail(

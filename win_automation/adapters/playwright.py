@@ -179,7 +179,8 @@ class _Watchdog:
     def _drop(self, why: str) -> None:
         self.dropped = why
         self._done.set()
-        log.warning(
+        log.log(  # a cancel or deadline is the caller's to tell; a server that stalled is news
+            logging.WARNING if why == "stalled" else logging.INFO,
             "dropping the Playwright session",
             extra={"op": "playwright.watchdog", "why": why, "endpoint": self.endpoint.describe()},
         )

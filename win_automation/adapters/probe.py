@@ -29,10 +29,11 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -108,11 +109,26 @@ def name_of(first: bytes) -> str | None:
     return None
 
 
-def _resolve(host: str, port: int) -> tuple[str, int] | str:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        return f"the name {host!r} does not resolve ({exc.strerror})"
+def _resolve(host: str, port: int, timeout: float) -> tuple[str, int] | str:
+    """The address to connect to, or why there is none. The lookup gets `timeout`, not the
+    resolver's own ~10 s per name server that does not answer: it runs on a thread, which is
+    left to end by itself when it takes longer."""
+    found: list[list[Any] | OSError] = []
+
+    def lookup() -> None:
+        try:
+            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            found.append(exc)
+
+    worker = threading.Thread(target=lookup, name="resolve", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not found:
+        return f"the name {host!r} did not resolve within {timeout:g}s (no answer from the DNS server)"
+    infos = found[0]
+    if isinstance(infos, OSError):
+        return f"the name {host!r} does not resolve ({infos.strerror or infos})"
     family, _, _, _, address = infos[0]
     return (str(address[0]), int(address[1])) if family in (socket.AF_INET, socket.AF_INET6) else str(host)
 
@@ -122,7 +138,7 @@ def probe_tcp(host: str, port: int, timeout: float, *, speak: Speak = "listen") 
     target = f"{host}:{port}"
     started = time.perf_counter()
     deadline = started + timeout
-    resolved = _resolve(host, port)
+    resolved = _resolve(host, port, timeout)
     if isinstance(resolved, str):
         return Probe(target, "dns", resolved, _ms(started))
     try:
@@ -171,7 +187,7 @@ def probe_http(url: str, timeout: float, *, method: str = "GET") -> Probe:
     started = time.perf_counter()
     parts = httpx.URL(url)
     if parts.host:
-        resolved = _resolve(parts.host, parts.port or (443 if parts.scheme == "https" else 80))
+        resolved = _resolve(parts.host, parts.port or (443 if parts.scheme == "https" else 80), timeout)
         if isinstance(resolved, str):
             return Probe(url, "dns", resolved, _ms(started))
     try:
