@@ -103,6 +103,7 @@ class RawListener:
         self.port = self.sock.getsockname()[1]
         self.held: list[socket.socket] = []
         self._stop = False
+        self._lock = threading.Lock()  # a connection accepted while closing is closed too
         threading.Thread(target=self._serve, daemon=True).start()
 
     @property
@@ -115,17 +116,20 @@ class RawListener:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            with self._lock:
+                if self._stop:
+                    conn.close()
+                    return
+                if self.mode != "close":
+                    self.held.append(conn)
             if self.mode == "close":
                 conn.close()
             elif self.mode == "banner":
                 with contextlib.suppress(OSError):
                     conn.sendall(self.banner)
-                self.held.append(conn)
             elif self.mode in ("endless", "trickle"):  # an HTTP 200 whose body never ends
-                self.held.append(conn)
                 threading.Thread(target=self._stream, args=(conn,), daemon=True).start()
-            else:
-                self.held.append(conn)  # silent: keep it open, never answer
+            # silent: held open, never answered
 
     def _stream(self, conn: socket.socket) -> None:
         """`endless`: 64 KiB pieces as fast as they go; `trickle`: a byte every 0.1 s."""
@@ -140,7 +144,8 @@ class RawListener:
                     time.sleep(0.1)
 
     def close(self) -> None:
-        self._stop = True
+        with self._lock:
+            self._stop = True
         self.sock.close()
         for conn in self.held:
             conn.close()

@@ -7,6 +7,7 @@ killing this side's Playwright driver (adapters/playwright.py)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -126,3 +127,32 @@ def test_jobs_cancel_ends_a_browser_job_mid_call(
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "Warning" not in stderr, stderr
     assert jobs(env, tmp_path)[0]["state"] == "cancelled"
+
+
+def test_a_session_dropped_mid_connect_raises_at_once_and_leaves_nothing_to_log(
+    endpoints: list, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that takes the connection and never answers the handshake; the caller gives up
+    first: the connect raises then, and the killed driver's error is not left for asyncio to
+    log as `Future exception was never retrieved` when collected."""
+    from fixture_endpoints import RawListener
+
+    from win_automation.adapters.playwright import Endpoint, open_browser
+    from win_automation.errors import OperationTimeout
+
+    silent = RawListener("silent")
+    endpoints.append(silent)
+    started = time.monotonic()
+    with (
+        pytest.raises(OperationTimeout, match="connect: no answer"),
+        open_browser(
+            Endpoint("127.0.0.1", silent.port, "wa-test-ws-path"),
+            timeout=30,
+            retry=False,
+            give_up=lambda: time.monotonic() - started > 0.5,
+        ),
+    ):
+        pass
+    assert time.monotonic() - started < 5
+    gc.collect()
+    assert "never retrieved" not in caplog.text

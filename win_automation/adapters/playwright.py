@@ -24,6 +24,7 @@ passed on; ours name `host:port` only, and the wsPath is registered with the log
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import logging
 import os
@@ -144,18 +145,26 @@ PROBE_EVERY = 2.0
 """Seconds between the watchdog's HTTP requests to the server."""
 
 
+CLOSE_GRACE = 2.0
+"""Seconds the driver has to exit once its session is over, before it is killed: one stuck
+(on a name lookup that does not end, say) would hold the caller's own exit."""
+
+
 class _Watchdog:
     """Kills the local Playwright driver (`pid`) once `give_up()` turns true or the server at
-    `endpoint` has answered no HTTP request for `stall_timeout` seconds; `dropped` then says
-    which ("gave up", "stalled"). Two daemon threads: one asks the server, one decides (a probe
-    that hangs does not delay a cancel)."""
+    `endpoint` has answered no HTTP request for `stall_timeout` seconds (`dropped` then says
+    which: "gave up", "stalled"), or once it has not exited CLOSE_GRACE seconds after
+    `closing()`. Two daemon threads: one asks the server, one decides (a probe that hangs does
+    not delay a cancel)."""
 
     def __init__(
         self, pid: int | None, endpoint: Endpoint, stall_timeout: float, give_up: Callable[[], bool]
     ) -> None:
         self.pid, self.endpoint, self.stall_timeout, self.give_up = pid, endpoint, stall_timeout, give_up
         self.dropped: str | None = None
+        self.killed = False
         self._answered = time.monotonic()
+        self._closing_by: float | None = None
         self._done = threading.Event()
         for target, name in ((self._probe, "playwright-probe"), (self._decide, "playwright-watchdog")):
             threading.Thread(target=target, name=name, daemon=True).start()
@@ -164,29 +173,42 @@ class _Watchdog:
         from win_automation.adapters.probe import probe_http
 
         url = f"http://{self.endpoint.host}:{self.endpoint.port}/"  # not the wsPath: a 403 answers
-        while not self._done.is_set():
+        while self._closing_by is None and not self._done.is_set():
             if probe_http(url, min(PROBE_EVERY, self.stall_timeout)).kind in ("ok", "http_status"):
                 self._answered = time.monotonic()
             self._done.wait(PROBE_EVERY)
 
     def _decide(self) -> None:
         while not self._done.wait(0.1):
-            if self.give_up():
+            if self._closing_by is not None:
+                if time.monotonic() > self._closing_by:
+                    self._kill()
+                    return
+            elif self.give_up():
                 self._drop("gave up")
+                return
             elif time.monotonic() - self._answered > self.stall_timeout:
                 self._drop("stalled")
+                return
 
     def _drop(self, why: str) -> None:
         self.dropped = why
-        self._done.set()
         log.log(  # a cancel or deadline is the caller's to tell; a server that stalled is news
             logging.WARNING if why == "stalled" else logging.INFO,
             "dropping the Playwright session",
             extra={"op": "playwright.watchdog", "why": why, "endpoint": self.endpoint.describe()},
         )
+        self._kill()
+
+    def _kill(self) -> None:
+        self.killed = True
         if self.pid is not None:
             with suppress(OSError):
                 os.kill(self.pid, signal.SIGKILL)
+
+    def closing(self) -> None:
+        """The session is over: from now on only a driver that does not exit is killed."""
+        self._closing_by = time.monotonic() + CLOSE_GRACE
 
     def stop(self) -> None:
         self._done.set()
@@ -201,6 +223,16 @@ class _Watchdog:
                 " the server with `win-automation playwright install`"
             )
         return OperationTimeout(f"{doing}: no answer from {where} within the deadline")
+
+
+def _retrieve_driver_error(manager: Any) -> None:
+    """Take the error the driver's death left on playwright's transport (`Connection closed
+    while reading from the driver`): nobody awaits it after the start, so asyncio would log
+    `Future exception was never retrieved` whenever it is collected."""
+    with suppress(AttributeError, asyncio.InvalidStateError, asyncio.CancelledError):
+        future = manager._client._transport.on_error_future
+        if future.done():
+            future.exception()
 
 
 def _driver_pid(manager: Any) -> int | None:
@@ -305,8 +337,12 @@ def open_browser(
             with suppress(Error):
                 browser.close()  # a call to the server too: the watchdog still watches it
     finally:
-        watchdog.stop()
-        if watchdog.dropped is not None:  # the call the kill broke stays an unawaited coroutine
+        watchdog.closing()
+        if watchdog.killed:  # the call the kill broke stays an unawaited coroutine
             warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
         with suppress(Error):
             manager.__exit__(None, None, None)
+        watchdog.stop()
+        if watchdog.killed:
+            warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+            _retrieve_driver_error(manager)
