@@ -4,11 +4,13 @@ journal locked (`JournalLock`)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,3 +102,16 @@ class JournalLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def list_jobs(env: dict[str, str], cwd: Path) -> list[dict[str, Any]]:
+    """`jobs list --json` in a process of its own (in-process, as without the warm CLI process)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "win_automation", "jobs", "list", "--json"],
+        env={**env, "WIN_AUTOMATION_CLI_SERVER": "0"},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return list(json.loads(out.stdout))

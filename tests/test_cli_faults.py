@@ -11,10 +11,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from fixture_jobs import JournalLock
+from fixture_jobs import JournalLock, list_jobs
 from fixture_sshd import SshServer
 
 from win_automation.cli import launch
@@ -38,18 +37,6 @@ def test_corrupt_known_hosts_is_exit_5_in_one_line_and_trust_keeps_the_file(
         trust = cli("ssh", "trust", "--fingerprint", live_sshd.fingerprint(), "--replace", env=env)
         assert trust.code == 5 and "line 2" in trust.stderr and "Traceback" not in trust.stderr
         assert known.read_bytes() == other + bad + good
-
-
-def _jobs(env: dict[str, str], cwd: Path) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        [sys.executable, "-m", "win_automation", "jobs", "list", "--json"],
-        env={**env, "WIN_AUTOMATION_CLI_SERVER": "0"},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return list(json.loads(out.stdout))
 
 
 def _alive(marker: str) -> bool:
@@ -110,7 +97,7 @@ def test_output_that_cannot_be_written_stops_the_job_and_records_it(
         assert rc.read_text().strip() == str(code), err.read_text()
         assert time.monotonic() - started < 60  # stopped, not run to its 120 s deadline
         assert err.read_text() == said
-        job = _jobs(env, tmp_path)[0]
+        job = list_jobs(env, tmp_path)[0]
         assert job["state"] == "failed" and job["exit_code"] == code, job
         assert f"the live output could not be written ({why}); the command was stopped" == job["error"]
         deadline = time.monotonic() + 30
@@ -181,7 +168,7 @@ def test_a_journal_locked_by_another_process_is_one_line_and_no_phantom_running_
     assert out == "done\n"  # the command's output streamed before the journal was needed
     assert err.count("\n") == 1 and err.startswith("error: the journal "), err
     assert "locked by another process" in err and "Traceback" not in err
-    record = _jobs(env, tmp_path)[0]  # the next command that opens the journal reconciles it
+    record = list_jobs(env, tmp_path)[0]  # the next command that opens the journal reconciles it
     assert record["workflow"] == "ssh-exec" and record["state"] in ("failed", "interrupted"), record
 
 
@@ -205,12 +192,12 @@ def test_a_closed_std_fd_is_one_line_or_dev_null_and_no_file_takes_its_number(
     for args in ("--version", "config show", "ssh run --shell cmd -- 'echo hi'"):
         assert run(f">&- 2>{err}", args) == 74
         assert err.read_text() == "error: cannot write the output: standard output (fd 1) is closed\n"
-    assert _jobs(env, tmp_path) == []
+    assert list_jobs(env, tmp_path) == []
     assert run(f"<&- >{out} 2>&-", "ssh run --shell cmd -- 'echo hi'") == 0
     assert out.read_text() == "hi\n"
     assert run(f"<&- >{out} 2>&-", "config show --bogus") == 2
     assert run(f"2>&- >{out}", "ssh run --shell cmd -- 'exit 3'") == 3
-    jobs = _jobs(env, tmp_path)
+    jobs = list_jobs(env, tmp_path)
     assert [(j["state"], j["exit_code"]) for j in jobs] == [("failed", 3), ("succeeded", None)], jobs
     claim = (
         "import os, sys; from win_automation.cli.output import claim_closed_std_fds as c; c(); "

@@ -8,7 +8,6 @@ killing this side's Playwright driver (adapters/playwright.py)."""
 from __future__ import annotations
 
 import gc
-import json
 import os
 import signal
 import subprocess
@@ -16,9 +15,9 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from fixture_jobs import list_jobs
 from fixture_playwright import PlaywrightServer, WebServer
 
 
@@ -62,18 +61,6 @@ def start_job(env: dict[str, str], tmp_path: Path, web: WebServer) -> subprocess
     return proc
 
 
-def jobs(env: dict[str, str], tmp_path: Path) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        [sys.executable, "-m", "win_automation", "jobs", "list", "--json"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return list(json.loads(out.stdout))
-
-
 def drivers_of(pid: int) -> list[int]:
     """Playwright drivers (`node ... run-driver`) that are children of `pid`."""
     found = []
@@ -102,7 +89,7 @@ def test_a_server_that_stops_answering_mid_call_fails_the_job_with_exit_3(
     assert stderr.count("\n") <= 2, stderr  # the watchdog's warning line, the error line
     last = stderr.strip().splitlines()[-1]
     assert "stopped answering" in last and "no answer for 2s" in last and own_server.ws_path not in stderr
-    job = jobs(env, tmp_path)[0]
+    job = list_jobs(env, tmp_path)[0]
     assert job["state"] == "failed" and job["exit_code"] == 3 and "stopped answering" in job["error"], job
 
 
@@ -111,7 +98,7 @@ def test_jobs_cancel_ends_a_browser_job_mid_call(
 ) -> None:
     env = {**cli_env, **pw_server.env()}
     proc = start_job(env, tmp_path, web)
-    job_id = jobs(env, tmp_path)[0]["job_id"]
+    job_id = list_jobs(env, tmp_path)[0]["job_id"]
     asked = time.monotonic()
     cancel = subprocess.run(
         [sys.executable, "-m", "win_automation", "jobs", "cancel", job_id],
@@ -126,7 +113,7 @@ def test_jobs_cancel_ends_a_browser_job_mid_call(
     assert time.monotonic() - asked < 10  # not the goto's 60 s
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "Warning" not in stderr, stderr
-    assert jobs(env, tmp_path)[0]["state"] == "cancelled"
+    assert list_jobs(env, tmp_path)[0]["state"] == "cancelled"
 
 
 def test_a_session_dropped_mid_connect_raises_at_once_and_leaves_nothing_to_log(
