@@ -11,12 +11,8 @@ handle; `translate(exc, endpoint)` turns a playwright exception into the project
 - the server went away while a session ran: ConnectError naming the mid-session loss;
 - a Playwright timeout: OperationTimeout (124).
 
-Playwright keeps its action timeouts in the server: a server that stops answering (paused,
-wedged) would leave a call waiting for good. So while a session is open a watchdog asks the
-server a plain HTTP request every few seconds, and kills this process's Playwright driver once
-the server has left them unanswered for `stall_timeout` seconds, or once `give_up()` turns true
-(the job's cancel or deadline): the blocked call then fails, and `BrowserSession.dropped` says
-why.
+A session is watched (win_automation.adapters.playwright_watchdog): a server that stops
+answering, or the caller's cancel or deadline, drops it, and the call under way fails.
 
 The wsPath is never part of a message: playwright's own messages quote the URL, so they are never
 passed on; ours name `host:port` only, and the wsPath is registered with the log redactor.
@@ -24,24 +20,19 @@ passed on; ours name `host:port` only, and the wsPath is registered with the log
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 import logging
-import os
 import re
-import signal
 import threading
-import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from win_automation.adapters.playwright_watchdog import Watchdog, driver_pid, forget_killed_driver
 from win_automation.errors import (
     ConfigError,
     ConnectError,
-    NoAnswer,
     OperationTimeout,
     VersionMismatch,
     WinAutomationError,
@@ -141,115 +132,12 @@ def _first_line(text: str, endpoint: Endpoint) -> str:
     return first.replace(endpoint.ws_path, "***")
 
 
-PROBE_EVERY = 2.0
-"""Seconds between the watchdog's HTTP requests to the server."""
-
-
-CLOSE_GRACE = 2.0
-"""Seconds the driver has to exit once its session is over, before it is killed: one stuck
-(on a name lookup that does not end, say) would hold the caller's own exit."""
-
-
-class _Watchdog:
-    """Kills the local Playwright driver (`pid`) once `give_up()` turns true or the server at
-    `endpoint` has answered no HTTP request for `stall_timeout` seconds (`dropped` then says
-    which: "gave up", "stalled"), or once it has not exited CLOSE_GRACE seconds after
-    `closing()`. Two daemon threads: one asks the server, one decides (a probe that hangs does
-    not delay a cancel)."""
-
-    def __init__(
-        self, pid: int | None, endpoint: Endpoint, stall_timeout: float, give_up: Callable[[], bool]
-    ) -> None:
-        self.pid, self.endpoint, self.stall_timeout, self.give_up = pid, endpoint, stall_timeout, give_up
-        self.dropped: str | None = None
-        self.killed = False
-        self._answered = time.monotonic()
-        self._closing_by: float | None = None
-        self._done = threading.Event()
-        for target, name in ((self._probe, "playwright-probe"), (self._decide, "playwright-watchdog")):
-            threading.Thread(target=target, name=name, daemon=True).start()
-
-    def _probe(self) -> None:
-        from win_automation.adapters.probe import probe_http
-
-        url = f"http://{self.endpoint.host}:{self.endpoint.port}/"  # not the wsPath: a 403 answers
-        while self._closing_by is None and not self._done.is_set():
-            if probe_http(url, min(PROBE_EVERY, self.stall_timeout)).kind in ("ok", "http_status"):
-                self._answered = time.monotonic()
-            self._done.wait(PROBE_EVERY)
-
-    def _decide(self) -> None:
-        while not self._done.wait(0.1):
-            if self._closing_by is not None:
-                if time.monotonic() > self._closing_by:
-                    self._kill()
-                    return
-            elif self.give_up():
-                self._drop("gave up")
-                return
-            elif time.monotonic() - self._answered > self.stall_timeout:
-                self._drop("stalled")
-                return
-
-    def _drop(self, why: str) -> None:
-        self.dropped = why
-        log.log(  # a cancel or deadline is the caller's to tell; a server that stalled is news
-            logging.WARNING if why == "stalled" else logging.INFO,
-            "dropping the Playwright session",
-            extra={"op": "playwright.watchdog", "why": why, "endpoint": self.endpoint.describe()},
-        )
-        self._kill()
-
-    def _kill(self) -> None:
-        self.killed = True
-        if self.pid is not None:
-            with suppress(OSError):
-                os.kill(self.pid, signal.SIGKILL)
-
-    def closing(self) -> None:
-        """The session is over: from now on only a driver that does not exit is killed."""
-        self._closing_by = time.monotonic() + CLOSE_GRACE
-
-    def stop(self) -> None:
-        self._done.set()
-
-    def error(self, doing: str) -> WinAutomationError:
-        """What a call that failed because the session was dropped raises."""
-        where = f"the Playwright server at {self.endpoint.describe()}"
-        if self.dropped == "stalled":
-            return NoAnswer(
-                f"{where} stopped answering ({doing}): no answer for {self.stall_timeout:g}s (paused or"
-                " wedged?), so the session was dropped; fix: `win-automation playwright health`, restart"
-                " the server with `win-automation playwright install`"
-            )
-        return OperationTimeout(f"{doing}: no answer from {where} within the deadline")
-
-
-def _retrieve_driver_error(manager: Any) -> None:
-    """Take the error the driver's death left on playwright's transport (`Connection closed
-    while reading from the driver`): nobody awaits it after the start, so asyncio would log
-    `Future exception was never retrieved` whenever it is collected."""
-    with suppress(AttributeError, asyncio.InvalidStateError, asyncio.CancelledError):
-        future = manager._client._transport.on_error_future
-        if future.done():
-            future.exception()
-
-
-def _driver_pid(manager: Any) -> int | None:
-    """The pid of the Node driver sync_playwright() started (playwright's internals, pinned to
-    one minor by pyproject.toml; tests/test_playwright_stall.py fails if it is not found)."""
-    try:
-        return int(manager._client._transport._proc.pid)
-    except (AttributeError, TypeError, ValueError):
-        return None
-
-
 class BrowserSession:
     """A connected browser and the Playwright driver under it; `lost` turns true when the
     server closes the connection, or the watchdog dropped it (`dropped` says why)."""
 
     def __init__(
-        self, playwright: Playwright, browser: Browser, endpoint: Endpoint, watchdog: _Watchdog
+        self, playwright: Playwright, browser: Browser, endpoint: Endpoint, watchdog: Watchdog
     ) -> None:
         self.playwright = playwright
         self.browser = browser
@@ -264,7 +152,7 @@ class BrowserSession:
 
     @property
     def dropped(self) -> str | None:
-        """ "stalled" (the server stopped answering), "gave up" (a cancel or deadline), or None."""
+        """Why the watchdog dropped the session ("stalled", "gave up"), or None."""
         return self._watchdog.dropped
 
     def dropped_error(self, doing: str) -> WinAutomationError | None:
@@ -316,7 +204,7 @@ def open_browser(
     except Error as exc:
         reason = _first_line(str(exc), endpoint)
         raise WinAutomationError(f"cannot start the Playwright driver: {reason}") from None
-    watchdog = _Watchdog(_driver_pid(manager), endpoint, stall_timeout, give_up)
+    watchdog = Watchdog(driver_pid(manager), endpoint, stall_timeout, give_up)
     try:
 
         def connect() -> Browser:
@@ -338,11 +226,10 @@ def open_browser(
                 browser.close()  # a call to the server too: the watchdog still watches it
     finally:
         watchdog.closing()
-        if watchdog.killed:  # the call the kill broke stays an unawaited coroutine
-            warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
-        with suppress(Error):
-            manager.__exit__(None, None, None)
-        watchdog.stop()
-        if watchdog.killed:
-            warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
-            _retrieve_driver_error(manager)
+        try:
+            with suppress(Error):
+                manager.__exit__(None, None, None)
+        finally:
+            watchdog.stop()
+            if watchdog.killed:
+                forget_killed_driver(manager)
