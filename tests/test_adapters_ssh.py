@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import subprocess
 import threading
@@ -143,6 +144,45 @@ def test_wrong_key_fails_once_without_retry(
     with pytest.raises(AuthError, match=r"authentication as .* failed \(tried: key file\)"):
         ssh.get_connection(live_sshd.config(known_hosts, key_file=str(other))).exec("true")
     assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+
+
+def test_the_agents_keys_and_an_agent_that_does_not_answer(
+    live_sshd: SshServer, known_hosts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real ssh-agent holding the test key: its key authenticates. Paused (SIGSTOP), it is given
+    ssh.connect_timeout, not for ever (paramiko's Agent waits without end), and said; the key
+    file, tried first, still works. None running, or one without keys: said too."""
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        with pytest.raises(AuthError, match=r"tried: agent \(it holds no keys\)"):
+            ssh.connect_once(live_sshd.config(known_hosts, key_file=None, use_agent=True))
+        subprocess.run(
+            ["ssh-add", "-q", str(live_sshd.client_key)], check=True, env={"SSH_AUTH_SOCK": str(sock)}
+        )
+        cfg = live_sshd.config(known_hosts, key_file=None, use_agent=True, connect_timeout=1.0)
+        ssh.connect_once(cfg).close()
+        agent.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(
+            AuthError, match=r"tried: agent \(no answer within 1s from the one at SSH_AUTH_SOCK\)"
+        ):
+            ssh.connect_once(cfg)
+        assert time.monotonic() - started < 5
+        ssh.connect_once(live_sshd.config(known_hosts, use_agent=True, connect_timeout=1.0)).close()
+    finally:
+        agent.send_signal(signal.SIGCONT)
+        agent.kill()
+        agent.wait(10)
+    with pytest.raises(AuthError, match=r"tried: agent \(none answers at SSH_AUTH_SOCK: "):
+        ssh.connect_once(cfg)  # its socket is gone with it
+    monkeypatch.delenv("SSH_AUTH_SOCK")
+    with pytest.raises(AuthError, match=r"tried: agent \(none running: SSH_AUTH_SOCK is not set\)"):
+        ssh.connect_once(cfg)
 
 
 def test_password_auth_and_secrets_never_in_errors(

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import paramiko
+import paramiko.agent
 
 from win_automation.adapters import hostkeys
 from win_automation.config.schema import SSHConfig
@@ -108,6 +110,32 @@ def _load_key(cfg: SSHConfig) -> paramiko.PKey:
         ) from exc
 
 
+def _open_agent(timeout: float) -> paramiko.agent.AgentSSH | str:
+    """The SSH agent at SSH_AUTH_SOCK, with its keys, each of its answers awaited at most
+    `timeout` seconds (paramiko's Agent waits for ever: a paused agent held every command); or
+    why there are no keys to try."""
+    path = os.environ.get("SSH_AUTH_SOCK")
+    if not path:
+        return "none running: SSH_AUTH_SOCK is not set"
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.settimeout(timeout)
+    agent = paramiko.agent.AgentSSH()
+    try:
+        conn.connect(path)
+        agent._connect(conn)
+    except TimeoutError:
+        conn.close()
+        log.warning("the SSH agent did not answer", extra={"op": "ssh.agent", "timeout_s": timeout})
+        return f"no answer within {timeout:g}s from the one at SSH_AUTH_SOCK"
+    except (paramiko.SSHException, OSError) as exc:
+        conn.close()
+        return f"none answers at SSH_AUTH_SOCK: {getattr(exc, 'strerror', None) or exc}"
+    if not agent.get_keys():
+        agent._close()
+        return "it holds no keys"
+    return agent
+
+
 def _authenticate(transport: paramiko.Transport, cfg: SSHConfig) -> str:
     """Try the key file, then the agent's keys, then the password; returns the method that worked."""
     tried: list[str] = []
@@ -127,13 +155,16 @@ def _authenticate(transport: paramiko.Transport, cfg: SSHConfig) -> str:
         if attempt("key file", lambda: transport.auth_publickey(cfg.user, key)):
             return "key file"
     if cfg.use_agent:
-        agent = paramiko.Agent()
-        try:
-            for agent_key in agent.get_keys():
-                if attempt("agent", functools.partial(transport.auth_publickey, cfg.user, agent_key)):
-                    return "agent"
-        finally:
-            agent.close()
+        agent = _open_agent(cfg.connect_timeout)
+        if isinstance(agent, str):
+            tried.append(f"agent ({agent})")
+        else:
+            try:
+                for agent_key in agent.get_keys():
+                    if attempt("agent", functools.partial(transport.auth_publickey, cfg.user, agent_key)):
+                        return "agent"
+            finally:
+                agent._close()
     if cfg.password is not None:
         secret = cfg.password.get_secret_value()
         register_secret(secret)
