@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# A suite started with SIGINT ignored (`scripts/test.sh &` in a script, nohup) would hand that on
+# to every process it starts (an ignored signal stays ignored across exec), and the tests of
+# Ctrl-C would see none arrive: Ctrl-C is restored here, in each process that loads this file.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 pytest_plugins = [
     "fixture_jobs",
@@ -75,7 +82,6 @@ def stop_warm_helpers(under: Path) -> None:
     under `under` (a data dir, or the session's temporary root), found by their command line: one
     started as a CLI exited may still be connecting or importing (no info file yet), or just
     forking away from its starter, so look until none is left."""
-    import signal
 
     needle = str(under).encode()
     for _ in range(20):
