@@ -70,6 +70,21 @@ def test_data_dir_that_is_a_file_or_not_writable(cli, cli_env) -> None:  # type:
             one_line(res, 74, str(data_dir), needle)
 
 
+def test_a_journal_of_another_user_says_whose_it_is_and_still_lists(cli, cli_env) -> None:  # type: ignore[no-untyped-def]
+    """The journal made by another user (a `sudo` run) in a data dir of one's own: `jobs list`
+    still reads it; a job command says whose the file is and how to give it back, exit 74."""
+    home = unprivileged.shared_dir()
+    data = home / "data"
+    env = {**cli_env, "HOME": str(home), "WIN_AUTOMATION_DATA_DIR": str(data)}
+    env["WIN_AUTOMATION_ARTIFACT_OUT"] = str(home / "artifacts")
+    assert cli("run", "ping", env=env).code == 0
+    journal = unprivileged.not_mine(data / "journal.sqlite3")
+    listed = unprivileged.run_cli("jobs", "list", "--json", env=env, cwd=home)
+    assert listed.code == 0 and [j["workflow"] for j in json.loads(listed.stdout)] == ["ping"], listed.stderr
+    res = unprivileged.run_cli("run", "ping", env=env, cwd=home)
+    one_line(res, 74, f"{journal} is not writable by you (owned by uid {unprivileged.NOBODY})", "chown")
+
+
 def test_an_unwritable_artifacts_out_dir_fails_the_job_with_74(cli_env) -> None:  # type: ignore[no-untyped-def]
     home = unprivileged.shared_dir()
     out = home / "out"  # the unprivileged process's own folder, mode 0555

@@ -67,6 +67,8 @@ def storage_faults(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> It
             ) from None
         if (misplaced := _misplaced_error(path)) is not None:
             raise misplaced from None
+        if (foreign := _not_writable_error(path)) is not None:
+            raise foreign from None
         raise JournalError(
             f"the journal {path} cannot be used ({reason}{_disk_state(path.parent)}): data.dir"
             f" {path.parent} must be a writable folder with free space (or point data.dir,"
@@ -134,6 +136,31 @@ def _misplaced_error(path: Path) -> JournalError | None:
         return JournalError(
             f"the journal {path} cannot be used: {where} is {what}, not a file; move it aside"
             f" (mv {where} {where}.moved) and run the command again"
+        )
+    return None
+
+
+def _not_writable_error(path: Path) -> JournalError | None:
+    """The error for a journal file (or its -wal/-shm) this process may not write, by its
+    permissions: another user's, say made by a `sudo win-automation` run (a read-only disk is
+    _disk_state's to say). Only asked once SQLite failed: the open costs the normal path nothing."""
+    for where in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            os.close(os.open(where, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+            continue
+        except PermissionError:
+            pass
+        except OSError:
+            continue  # not there, a read-only disk...
+        try:
+            owner = os.stat(where).st_uid
+        except OSError:
+            continue
+        return JournalError(
+            f"the journal {path} cannot be used: {where} is not writable by you (owned by uid"
+            f" {owner}{', root: made by a sudo run?' if owner == 0 else ''}); give it back"
+            f" (sudo chown {os.geteuid()} {where}), or point data.dir (WIN_AUTOMATION_DATA_DIR)"
+            " elsewhere"
         )
     return None
 
