@@ -101,6 +101,16 @@ def test_env_without_file_and_other_fields_keep_their_source(tmp_path: Path) -> 
         ({"ssh": {"connect_timeout": "0s"}}, "ssh.connect_timeout must be more than zero, got 0.0"),
         ({"aloha": {"server_url": "localhost:7887"}}, "aloha.server_url must be an http:// or https:// URL"),
         ({"hatchet": {"host_port": "nohost"}}, "hatchet.host_port must be HOST:PORT"),
+        # a label over 63 characters, a URL over 2048: were tracebacks at the first request
+        (
+            {"aloha": {"server_url": f"http://{'a' * 64}.lan:7887"}},
+            "aloha.server_url has a host that must be a host name or address (at most 253 characters, 63",
+        ),
+        (
+            {"hatchet": {"health_live_url": f"http://vm.lan:8733/{'x' * 3000}"}},
+            "hatchet.health_live_url must be a URL of at most 2048 characters, got 'http://vm.lan:8733/xxxxx",
+        ),
+        ({"hatchet": {"host_port": f"{'a' * 64}.lan:7077"}}, "hatchet.host_port has a host that must be"),
         ({"hatchet": {"tls_strategy": "ssl"}}, "hatchet.tls_strategy must be one of 'none', 'tls' or 'mtls'"),
         ({"artifacts": {"retention_days": -1}}, "artifacts.retention_days must be at least 0, got -1"),
         ({"ssh": {"host_key_fingerprint": "abc"}}, "ssh.host_key_fingerprint must be an OpenSSH fingerprint"),

@@ -28,8 +28,13 @@ def _clean(value: str) -> bool:
     return value.isprintable() and not any(char.isspace() for char in value)
 
 
+def _shown(value: str) -> str:
+    """`value` as an error quotes it: whole up to 60 characters, else its start and its length."""
+    return repr(value) if len(value) <= 60 else f"{value[:40]!r}...({len(value)} characters)"
+
+
 def _host(value: str) -> str:
-    shown = repr(value) if len(value) <= 60 else f"{value[:40]!r}...({len(value)} characters)"
+    shown = _shown(value)
     if not value or not _clean(value):
         raise ValueError(f"must be a host name or address without spaces or control characters, got {shown}")
     try:  # what the resolver does first: a label over 63 characters was a traceback on connect
@@ -44,6 +49,10 @@ def _host(value: str) -> str:
     return value
 
 
+MAX_URL = 2048
+"""The longest URL a setting may hold (httpx refuses past 64 KiB, with a traceback)."""
+
+
 def _url(value: str) -> str:
     parts = urlsplit(value)
     try:
@@ -53,16 +62,29 @@ def _url(value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname or not _clean(value) or not port_ok:
         raise ValueError(
             f"must be an http:// or https:// URL with a host (and a port 1-65535), no spaces or"
-            f" control characters, got {value!r}"
+            f" control characters, got {_shown(value)}"
         )
+    if len(value) > MAX_URL:
+        raise ValueError(f"must be a URL of at most {MAX_URL} characters, got {_shown(value)}")
+    _host_of(parts.hostname)
     return value
+
+
+def _host_of(host: str) -> None:
+    """A URL's or HOST:PORT's host as the resolver takes it (a label over 63 characters was a
+    traceback on the first request)."""
+    try:
+        _host(host.strip("[]"))
+    except ValueError as exc:
+        raise ValueError(f"has a host that {exc}") from None
 
 
 def _host_port(value: str) -> str:
     host, sep, port = value.rpartition(":")
     ok = sep and host and _clean(host) and port.isascii() and port.isdigit() and len(port) <= 5
     if not ok or not 1 <= int(port) <= 65535:
-        raise ValueError(f"must be HOST:PORT with a port between 1 and 65535, got {value!r}")
+        raise ValueError(f"must be HOST:PORT with a port between 1 and 65535, got {_shown(value)}")
+    _host_of(host)
     return value
 
 
