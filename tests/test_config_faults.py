@@ -46,6 +46,9 @@ BIG_INT = "9" * 5000
         ('{"ssh": {"host": "vm\\u200b.local"}}', "ssh.host must be a host name"),
         ('{"hatchet": {"host_port": "engine\\u2028:7077"}}', "hatchet.host_port must be HOST:PORT"),
         ('{"hatchet": {"host_port": "engine:\\u0667\\u0660\\u0667\\u0667"}}', "hatchet.host_port must be"),
+        # a section or setting written twice (a merge): the first was dropped without a word
+        ('{"ssh": {"port": 22}, "ssh": {"host": "vm"}}', "the key 'ssh' appears twice in one object"),
+        ('{"ssh": {"port": 22, "port": 23}}', "the key 'port' appears twice in one object"),
     ],
 )
 def test_bad_values_in_the_file(cli, tmp_path: Path, content: str, needle: str) -> None:  # type: ignore[no-untyped-def]
@@ -53,6 +56,15 @@ def test_bad_values_in_the_file(cli, tmp_path: Path, content: str, needle: str) 
     cfg.write_text(content)
     for args in (["--config", str(cfg), "config", "show"], ["config", "validate", str(cfg)]):
         one_line_exit_2(cli(*args, timeout=20), needle)
+
+
+def test_a_config_file_that_starts_with_a_bom_is_read(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """As Windows' Notepad saves UTF-8: the BOM was `invalid JSON ... Unexpected UTF-8 BOM`."""
+    cfg = tmp_path / "c.json"
+    cfg.write_bytes(b"\xef\xbb\xbf" + json.dumps({"ssh": {"port": 2222}}).encode())
+    res = cli("--config", str(cfg), "config", "show", "--json", timeout=20)
+    assert res.code == 0, res.stderr
+    assert {s["key"]: s["value"] for s in json.loads(res.stdout)["settings"]}["ssh.port"] == 2222
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ The standard library raises RecursionError for deeply nested arrays or objects (
 levels), ValueError for an integer of more than 4300 digits, and blocks forever when asked to
 read a FIFO with no writer. `loads` turns the first two into one-line reasons (and refuses nesting
 deeper than MAX_DEPTH before the parser recurses); `read_text` refuses anything that is not a
-regular file before opening it.
+regular file before opening it, and takes a UTF-8 BOM. An object's key given twice is refused.
 """
 
 from __future__ import annotations
@@ -44,12 +44,23 @@ def _depth(text: str) -> int:
     return deepest
 
 
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all different: the standard library keeps the last of two (a
+    section or setting written twice, say by a merge, would lose the first without a word)."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"the key {key!r} appears twice in one object")
+        found[key] = value
+    return found
+
+
 def loads(text: str) -> Any:
     """The JSON value of `text`; ValueError with a one-line reason when it is not usable JSON."""
     if ("[" in text or "{" in text) and _depth(text) > MAX_DEPTH:
         raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique)
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:
@@ -84,6 +95,6 @@ def read_text(path: Path) -> str:
     if len(data) > MAX_TEXT_BYTES:
         raise ValueError(f"over the {MAX_TEXT_BYTES >> 20} MiB it may be ({os.stat(path).st_size >> 20} MiB)")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")  # a BOM, as Windows' Notepad writes it
     except UnicodeDecodeError as exc:
         raise ValueError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
