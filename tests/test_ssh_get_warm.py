@@ -172,7 +172,7 @@ def fake_openssl(live_sshd: SshServer) -> Iterator[None]:
 
 
 @pytest.mark.parametrize(
-    "fault", ["missing remote", "remote folder", "local folder", "no parent", "mismatch"]
+    "fault", ["missing remote", "remote folder", "remote device", "local folder", "no parent", "mismatch"]
 )
 def test_warm_errors_are_the_direct_ones_and_leave_nothing(
     cli, live_sshd: SshServer, known_hosts: Path, remote_dir: Path, tmp_path: Path, fault: str, request
@@ -188,6 +188,8 @@ def test_warm_errors_are_the_direct_ones_and_leave_nothing(
         remote = str(remote_dir / "nope.bin")
     elif fault == "remote folder":
         remote = str(remote_dir)
+    elif fault == "remote device":  # its reads never end: it ran until the 600 s hash timeout
+        remote = "/dev/zero"
     elif fault == "local folder":
         local.mkdir()
     elif fault == "no parent":
@@ -200,6 +202,8 @@ def test_warm_errors_are_the_direct_ones_and_leave_nothing(
     assert warm.stderr == cold.stderr and warm.stderr.count("\n") == 1 and "Traceback" not in warm.stderr
     if fault == "mismatch":
         assert "is corrupt: sha256 " + "0" * 64 + " on the VM" in warm.stderr
+    if fault == "remote device":
+        assert "remote path /dev/zero is not a regular file (a character device)" in warm.stderr
     assert sorted(p.name for p in out.iterdir()) == (["file.bin"] if fault == "local folder" else [])
 
 

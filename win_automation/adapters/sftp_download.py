@@ -17,6 +17,7 @@ import errno
 import hashlib
 import os
 import queue
+import stat
 import struct
 import threading
 import time
@@ -30,6 +31,7 @@ from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
 from win_automation.adapters.sftp import Deadline, Progress, bounded
 from win_automation.adapters.ssh import SshConnection
 from win_automation.errors import ConnectError, NotFoundError, StorageError, StorageFull, WinAutomationError
+from win_automation.regularfiles import kind as kind_of
 from win_automation.writeback import Writeback
 
 # OpenSSH's sftp-server answers reads of up to 255 KiB whole (SFTP_MAX_READ_LENGTH); requests are
@@ -59,6 +61,8 @@ class TooLarge(WinAutomationError):
 
 
 _ATTR_SIZE = 0x01
+_ATTR_UIDGID = 0x02
+_ATTR_PERMISSIONS = 0x04
 
 
 @dataclass(frozen=True)
@@ -306,11 +310,19 @@ def _download(
     handle = _string(opened[8 : 8 + length])
     stream.send(_FSTAT, handle)
     kind, attrs = stream.packet_bytes()
-    size = -1
+    size, mode = -1, 0
     if kind == _ATTRS:
         (flags,) = struct.unpack_from(">I", attrs, 4)
+        at = 8
         if flags & _ATTR_SIZE:
-            (size,) = struct.unpack_from(">Q", attrs, 8)
+            (size,) = struct.unpack_from(">Q", attrs, at)
+            at += 8
+        if flags & _ATTR_UIDGID:
+            at += 8
+        if flags & _ATTR_PERMISSIONS:
+            (mode,) = struct.unpack_from(">I", attrs, at)
+    if stat.S_IFMT(mode) and not stat.S_ISREG(mode):  # a device or FIFO: its reads never end
+        raise WinAutomationError(f"remote path {remote} is not a regular file ({kind_of(mode)})")
     if limit is not None and size > limit:
         raise TooLarge(f"remote file {remote} is {size} bytes, over the {limit} bytes it may be", size)
     deadline.arm(size)

@@ -141,8 +141,12 @@ def windows_path(remote: str) -> str:
 def sha256_command(remote: str, remote_os: str) -> str:
     """The command that prints a remote file's sha256 on the VM."""
     if remote_os == "posix":  # OpenSSL's sha256 (SHA-NI where the CPU has it), else coreutils'
-        path = _posix_quote(remote)
-        return f"openssl dgst -sha256 -r -- {path} 2>/dev/null || sha256sum -- {path}"
+        # The path once (a long one must not make the command too long for the sshd); a device or
+        # FIFO is refused first: hashing /dev/zero would run until the hash timeout.
+        return (
+            f"p={_posix_quote(remote)}; test -f \"$p\" || {{ echo 'not a regular file' >&2; exit 1; }};"
+            ' openssl dgst -sha256 -r -- "$p" 2>/dev/null || sha256sum -- "$p"'
+        )
     path = powershell.quote_literal(windows_path(remote))
     script = powershell.wrap_script(f"(Get-FileHash -Algorithm SHA256 -LiteralPath {path}).Hash")
     return powershell.encoded_command_line(script)
