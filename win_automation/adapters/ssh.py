@@ -323,30 +323,24 @@ def get_connection(cfg: SSHConfig) -> SshConnection:
         return conn
 
 
-def close_all() -> None:
-    """Close every pooled connection (tests)."""
-    with _POOL_LOCK:
-        for conn in _POOL.values():
-            conn.close()
-        _POOL.clear()
-
-
-def _close_at_exit() -> None:
-    """Close the pooled connections as the process exits, while logging still works: left to
-    the interpreter's teardown, a channel closed by the garbage collector logs (`--debug`) into
-    a half-torn-down logging module (`--- Logging error ---` blocks). One that another thread
-    holds (a connect under way) is left as it is: the exit does not wait for it."""
-    if not _POOL_LOCK.acquire(blocking=False):
+def close_all(*, wait: bool = True) -> None:
+    """Close every pooled connection: for tests, and as the process exits (without `wait`),
+    while logging still works. Left to the interpreter's teardown, a channel closed by the
+    garbage collector logs (`--debug`) into a half-torn-down logging module (`--- Logging error
+    ---` blocks); at exit, one that another thread holds (a connect under way) is left as it is,
+    so the exit does not wait for it."""
+    if not _POOL_LOCK.acquire(blocking=wait):
         return
     try:
         for conn in _POOL.values():
-            if conn._lock.acquire(blocking=False):
+            if conn._lock.acquire(blocking=wait):
                 try:
                     conn._drop()
                 finally:
                     conn._lock.release()
+        _POOL.clear()
     finally:
         _POOL_LOCK.release()
 
 
-atexit.register(_close_at_exit)
+atexit.register(close_all, wait=False)

@@ -117,10 +117,15 @@ def read_only_connection(path: Path, *, timeout: float) -> sqlite3.Connection:
     )
 
 
+def _journal_files(path: Path) -> tuple[Path, Path, Path]:
+    """The journal and the -wal and -shm files SQLite keeps beside it."""
+    return path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
 def _misplaced_error(path: Path) -> JournalError | None:
     """The error for the journal or its -wal/-shm file when something other than a regular file
     is in its place: a directory, a FIFO, a device, a symlink to one or to nothing."""
-    for where in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+    for where in _journal_files(path):
         try:
             mode = os.stat(where).st_mode
         except FileNotFoundError:
@@ -144,7 +149,7 @@ def _not_writable_error(path: Path) -> JournalError | None:
     """The error for a journal file (or its -wal/-shm) this process may not write, by its
     permissions: another user's, say made by a `sudo win-automation` run (a read-only disk is
     _disk_state's to say). Only asked once SQLite failed: the open costs the normal path nothing."""
-    for where in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+    for where in _journal_files(path):
         try:
             os.close(os.open(where, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
             continue
@@ -154,7 +159,7 @@ def _not_writable_error(path: Path) -> JournalError | None:
             continue  # not there, a read-only disk...
         try:
             owner = os.stat(where).st_uid
-        except OSError:
+        except OSError:  # gone since
             continue
         return JournalError(
             f"the journal {path} cannot be used: {where} is not writable by you (owned by uid"
