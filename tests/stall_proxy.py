@@ -3,7 +3,8 @@ a direction has carried its byte budget, then stops forwarding that way and keep
 open (a server that stalls mid-transfer: TCP alive, keepalives unanswered); `silent=True` accepts
 connections and never forwards a byte (a server that accepts TCP and sends no SSH banner);
 `down_rate` (bytes per second) forwards the server's bytes slowly but steadily (a slow link). Only
-the first connection is throttled, unless `every_connection` (a warm helper's connection, too)."""
+the first connection is throttled, unless `every_connection` (a warm helper's connection, too).
+`hold()` stalls every connection at once, both ways, from then on (a server paused mid-session)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class StallProxy:
         self.port = self.listener.getsockname()[1]
         self.accepted = 0
         self.stalled = threading.Event()
+        self.held = threading.Event()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -80,7 +82,7 @@ class StallProxy:
                 with contextlib.suppress(OSError):
                     dst.shutdown(socket.SHUT_WR)
                 return
-            if budget is not None and sent + len(data) > budget:
+            if self.held.is_set() or (budget is not None and sent + len(data) > budget):
                 self.stalled.set()
                 while not self._closed:  # hold the connection open, forward nothing more
                     with contextlib.suppress(OSError):
@@ -94,6 +96,9 @@ class StallProxy:
                 return
             if rate:
                 time.sleep(len(data) / rate)
+
+    def hold(self) -> None:
+        self.held.set()
 
     def close(self) -> None:
         with self._lock:

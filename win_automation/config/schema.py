@@ -229,6 +229,11 @@ class HatchetConfig(Section):
     namespace: str = Field(
         "", description="Prefix for workflow names.", json_schema_extra=env("HATCHET_CLIENT_NAMESPACE")
     )
+    request_timeout: PositiveDuration = Field(
+        10.0,
+        description="Deadline of one call to the engine (trigger, follow, cancel, version); a job "
+        "command following a run gives up once the engine has answered nothing for this long.",
+    )
 
 
 class PlaywrightConfig(Section):

@@ -143,27 +143,39 @@ def resume_job(config: Config, job_id: str, *, on_output: Emit | None = None) ->
             local.close()
 
 
-def _refresh(config: Config, journal: Journal, job: JobRecord, note: Note) -> JobRecord:
-    """An active Hatchet job's record brought up to the engine's view (best effort: an engine
-    that cannot be reached leaves it as it is, with a note)."""
-    if (
-        job.engine != "hatchet"
-        or journal.read_only
-        or job.state not in ACTIVE
-        or not job.external_id
-        or config.hatchet.token is None
-    ):
-        return job
-    from workflows import all_workflows
+class _Refresher:
+    """Brings active Hatchet jobs' records up to the engine's view (best effort, one client for
+    all of them): an engine that cannot be reached leaves them as they are, with one note, and
+    is not asked again for the rest (a stalled engine would hold each job's refresh)."""
 
-    workflow = all_workflows().get(job.workflow)
-    if workflow is None:
-        return job
-    try:
-        _hatchet(config, journal).sync(workflow, job.job_id, job.external_id)
-    except WinAutomationError as exc:
-        note(f"note: could not refresh from Hatchet: {exc}")
-    return journal.get_job(job.job_id)
+    def __init__(self, config: Config, journal: Journal, note: Note) -> None:
+        self.config, self.journal, self.note = config, journal, note
+        self.runs: HatchetRuns | None = None
+        self.failed = False
+
+    def __call__(self, job: JobRecord) -> JobRecord:
+        if (
+            self.failed
+            or job.engine != "hatchet"
+            or self.journal.read_only
+            or job.state not in ACTIVE
+            or not job.external_id
+            or self.config.hatchet.token is None
+        ):
+            return job
+        from workflows import all_workflows
+
+        workflow = all_workflows().get(job.workflow)
+        if workflow is None:
+            return job
+        try:
+            if self.runs is None:
+                self.runs = _hatchet(self.config, self.journal)
+            self.runs.sync(workflow, job.job_id, job.external_id)
+        except WinAutomationError as exc:
+            self.failed = True
+            self.note(f"note: could not refresh from Hatchet: {exc}")
+        return self.journal.get_job(job.job_id)
 
 
 @dataclass(frozen=True)
@@ -185,7 +197,8 @@ def list_jobs(
     """Jobs newest first, each with its steps (Hatchet jobs refreshed from the engine)."""
     with _to_read(config, note) as journal:
         jobs = journal.list_jobs(state=state, workflow=workflow, since=since, limit=limit)
-        jobs = [_refresh(config, journal, job, note) for job in jobs]
+        refresh = _Refresher(config, journal, note)
+        jobs = [refresh(job) for job in jobs]
         return [JobView(job, journal.steps(job.job_id), []) for job in jobs]
 
 
@@ -193,7 +206,7 @@ def show_job(config: Config, job_id: str, *, note: Note = _quiet) -> JobView:
     """One job with its steps and events (refreshed from Hatchet when it runs there)."""
     validate_job_id(job_id)
     with _to_read(config, note) as journal:
-        job = _refresh(config, journal, journal.get_job(job_id), note)
+        job = _Refresher(config, journal, note)(journal.get_job(job_id))
         return JobView(job, journal.steps(job_id), journal.events(job_id))
 
 

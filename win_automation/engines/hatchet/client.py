@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -46,6 +48,8 @@ from hatchet_sdk.contracts.dispatcher_pb2 import GetVersionRequest
 from hatchet_sdk.contracts.dispatcher_pb2_grpc import DispatcherStub
 from hatchet_sdk.contracts.v1 import workflows_pb2 as admin_pb2
 from hatchet_sdk.contracts.v1.workflows_pb2_grpc import AdminServiceStub
+from hatchet_sdk.contracts.workflows_pb2 import TriggerWorkflowRequest
+from hatchet_sdk.contracts.workflows_pb2_grpc import WorkflowServiceStub
 from hatchet_sdk.utils.api_auth import create_authorization_header
 from pydantic import BaseModel
 
@@ -74,6 +78,9 @@ log = logging.getLogger(__name__)
 MIN_ENGINE_VERSION = MIN_HATCHET_ENGINE  # see win_automation.versions
 VM_CONCURRENCY_KEY = "additional_metadata.vm"
 POLL_SECONDS = 0.25
+RETRY_PAUSE = 0.5  # between triggers that never reached the engine
+# a call that may have reached the engine: its trigger is not sent again (it would run twice)
+_UNKNOWN_OUTCOME = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
 EXECUTION_GRACE = 30.0
 NO_WORKER_HINT_SECONDS = 10.0
 # how long a task may wait for a worker before the engine cancels it (the SDK's default is 5 min,
@@ -130,7 +137,9 @@ def check_engine_version(config: Config) -> str:
     stub = DispatcherStub(new_conn(sdk_config, False))
     try:
         response = stub.GetVersion(  # type: ignore[attr-defined]
-            GetVersionRequest(), metadata=create_authorization_header(sdk_config.token), timeout=10
+            GetVersionRequest(),
+            metadata=create_authorization_header(sdk_config.token),
+            timeout=config.hatchet.request_timeout,
         )
         version = str(response.version)
     except grpc.RpcError as exc:
@@ -246,38 +255,95 @@ def _crons(workflow: Workflow, runtime: Callable[[], TaskRuntime]) -> list[str] 
     return [schedule] if schedule else None
 
 
-def _finished(details: Any) -> bool:
-    return bool(details.done) or details.status.value in ("COMPLETED", "FAILED", "CANCELLED")
-
-
 def _no_runtime() -> TaskRuntime:
     raise RuntimeError("tasks run on a worker, not in the triggering process")
 
 
+@dataclass(frozen=True)
+class TaskView:
+    status: str  # QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED (EVICTED)
+    output: Any
+    error: str | None
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A run as GetRunDetails tells it."""
+
+    status: str
+    done: bool
+    tasks: dict[str, TaskView]
+
+    @property
+    def finished(self) -> bool:
+        return self.done or self.status in ("COMPLETED", "FAILED", "CANCELLED")
+
+
+def _not_sent(exc: grpc.RpcError) -> bool:
+    """The call failed before its request left (no connection to the engine): safe to send again."""
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (exc.details() or "")
+
+
 class HatchetRuns:
-    """Trigger, follow, wait for and cancel runs; each recorded in the local journal."""
+    """Trigger, follow, wait for and cancel runs; each recorded in the local journal.
+
+    It calls the engine's RPCs itself, each with `hatchet.request_timeout` as its deadline, where
+    the SDK's calls have none and retry (3 x ~70 s on a stalled engine): a trigger is sent once
+    (again only when it never left), and a run whose engine stops answering is given up on."""
 
     def __init__(self, config: Config, journal: Journal | None = None) -> None:
         self.config = config
         self._client_config = client_config(config)
-        self.hatchet = Hatchet(config=self._client_config)
+        self._timeout = config.hatchet.request_timeout
+        self._channel = new_conn(self._client_config, False)
+        self._auth = create_authorization_header(self._client_config.token)
+        self._admin = AdminServiceStub(self._channel)
+        self._workflows = WorkflowServiceStub(self._channel)
         self.journal = journal or Journal.open(config.data.dir)
 
     def close(self) -> None:
+        self._channel.close()
         self.journal.close()
+
+    def _error(self, exc: grpc.RpcError, what: str) -> WinAutomationError:
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return ConnectError(
+                f"{what}: Hatchet at {self.config.hatchet.host_port} gave no answer within "
+                f"{self._timeout:g}s (paused or overloaded?)"
+            )
+        return translate(exc, what, self.config)
 
     def submit(self, workflow: Workflow, input: BaseModel, *, job_id: str | None = None) -> tuple[str, str]:
         """Trigger a run; (job id, run id). The job is recorded only once the engine took the run."""
         job_id = job_id or new_job_id()
         trace_id = new_trace_id()
-        vm = self.config.ssh.vm_key
-        metadata = {"job_id": job_id, "trace_id": trace_id, "vm": vm}
-        hwf = compile_workflow(self.hatchet, workflow, _no_runtime)
-        try:
-            ref = hwf.run(input, wait_for_result=False, additional_metadata=metadata)
-        except grpc.RpcError as exc:
-            raise translate(exc, f"triggering {workflow.name}", self.config) from exc
-        run_id = ref.workflow_run_id
+        metadata = {"job_id": job_id, "trace_id": trace_id, "vm": self.config.ssh.vm_key}
+        request = TriggerWorkflowRequest(
+            name=self._client_config.apply_namespace(workflow.name),
+            input=input.model_dump_json(),
+            additional_metadata=json.dumps(metadata),
+        )
+        what = f"triggering {workflow.name}"
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                answer = self._workflows.TriggerWorkflow(
+                    request, metadata=self._auth, timeout=max(0.1, deadline - time.monotonic())
+                )
+                break
+            except grpc.RpcError as exc:
+                if _not_sent(exc) and time.monotonic() + RETRY_PAUSE < deadline:
+                    time.sleep(RETRY_PAUSE)  # the engine restarting: the request never left
+                    continue
+                error = self._error(exc, what)
+                if not _not_sent(exc) and exc.code() in _UNKNOWN_OUTCOME:
+                    error = ConnectError(
+                        f"{error}; the run may have started there all the same, as job {job_id} "
+                        "(its metadata job_id): `win-automation jobs list` shows it once a worker "
+                        "on this host has taken it"
+                    )
+                raise error from exc
+        run_id = answer.workflow_run_id
         record_job(
             self.journal,
             workflow,
@@ -293,11 +359,21 @@ class HatchetRuns:
         )
         return job_id, run_id
 
-    def details(self, run_id: str) -> Any:
+    def details(self, run_id: str) -> RunView:
         try:
-            return self.hatchet.runs.get_details(run_id)
+            answer = self._admin.GetRunDetails(
+                admin_pb2.GetRunDetailsRequest(external_id=run_id), metadata=self._auth, timeout=self._timeout
+            )
         except grpc.RpcError as exc:
-            raise translate(exc, f"run {run_id}", self.config) from exc
+            raise self._error(exc, f"run {run_id}") from exc
+        name = admin_pb2.RunStatus.Name
+        tasks = {
+            readable_id: TaskView(
+                name(task.status), json.loads(task.output) if task.output else None, task.error or None
+            )
+            for readable_id, task in answer.task_runs.items()
+        }
+        return RunView(name(answer.status), answer.done, tasks)
 
     def wait(
         self,
@@ -307,21 +383,34 @@ class HatchetRuns:
         progress: Callable[[str, str], None] = lambda step, state: None,
         poll: float = POLL_SECONDS,
     ) -> JobOutcome:
-        """Follow the run until it ends (calling `progress(step, state)` on each change)."""
+        """Follow the run until it ends (calling `progress(step, state)` on each change). An
+        engine that answers nothing for `hatchet.request_timeout` ends the wait (ConnectError);
+        the run goes on there, and its job stays as last seen."""
         seen: dict[str, str] = {}
         started, hinted = time.monotonic(), False
+        answered = started
         while True:
-            details = self.details(run_id)
-            waiting = time.monotonic() - started > NO_WORKER_HINT_SECONDS
-            if not hinted and waiting and all(t.status.value == "QUEUED" for t in details.task_runs.values()):
+            try:
+                details = self.details(run_id)
+            except ConnectError as exc:
+                if time.monotonic() - answered < self._timeout:
+                    time.sleep(poll)
+                    continue
+                raise ConnectError(
+                    f"following job {job_id}: {exc}; the run goes on there: "
+                    f"`win-automation jobs show {job_id}` brings its state here later"
+                ) from exc
+            answered = time.monotonic()
+            waiting = answered - started > NO_WORKER_HINT_SECONDS
+            if not hinted and waiting and all(t.status == "QUEUED" for t in details.tasks.values()):
                 hinted = True
                 progress("*", "still queued: no worker has taken it (is `win-automation worker` running?)")
-            for name, task in details.task_runs.items():
-                state = _STATES.get(task.status.value, JobState.RUNNING).value
+            for name, task in details.tasks.items():
+                state = _STATES.get(task.status, JobState.RUNNING).value
                 if seen.get(name) != state:
                     seen[name] = state
                     progress(name, state)
-            if _finished(details):
+            if details.finished:
                 return self._outcome(workflow, job_id, details)
             time.sleep(poll)
 
@@ -330,7 +419,7 @@ class HatchetRuns:
         deadline = time.monotonic() + patience
         while True:
             details = self.details(run_id)
-            if _finished(details):
+            if details.finished:
                 self._outcome(workflow, job_id, details)
                 return
             if time.monotonic() >= deadline:
@@ -338,14 +427,14 @@ class HatchetRuns:
             time.sleep(POLL_SECONDS)
         steps = {s.name: s.state for s in self.journal.steps(job_id)}
         recorder = JobRecorder(self.journal, job_id, workflow)
-        for name, task in details.task_runs.items():
-            if task.status.value == "RUNNING" and steps.get(name) == JobState.QUEUED:
+        for name, task in details.tasks.items():
+            if task.status == "RUNNING" and steps.get(name) == JobState.QUEUED:
                 with contextlib.suppress(IllegalTransition):  # the worker on this host got there first
                     recorder.attempt_started(name, 1)
 
-    def _outcome(self, workflow: Workflow, job_id: str, details: Any) -> JobOutcome:
+    def _outcome(self, workflow: Workflow, job_id: str, details: RunView) -> JobOutcome:
         job = self.journal.get_job(job_id)
-        state = _STATES.get(details.status.value, JobState.FAILED)
+        state = _STATES.get(details.status, JobState.FAILED)
         outcome = JobOutcome(job_id, job.trace_id, workflow.name, state, engine="hatchet")
         folder = job_folder(artifacts_root(job, self.config), job_id)
         outcome.artifacts_dir = folder if folder.is_dir() else None
@@ -356,12 +445,12 @@ class HatchetRuns:
             for s in self.journal.steps(job_id)
             if s.state == JobState.FAILED and s.output_json is not None
         }
-        for name, task in details.task_runs.items():
-            if task.status.value == "FAILED" and name in journaled:
+        for name, task in details.tasks.items():
+            if task.status == "FAILED" and name in journaled:
                 outcome.outputs[name] = workflow.step(name).output.model_validate_json(journaled[name])
-            if task.status.value == "COMPLETED" and task.output is not None:
+            if task.status == "COMPLETED" and task.output is not None:
                 outcome.outputs[name] = workflow.step(name).output.model_validate(task.output)
-            if task.status.value == "FAILED" and task.error and outcome.error is None:
+            if task.status == "FAILED" and task.error and outcome.error is None:
                 message, code = parse_failure(task.error)
                 outcome.error, outcome.error_code = f"step {name}: {message}", code
         if state == JobState.CANCELLED:
@@ -369,12 +458,12 @@ class HatchetRuns:
         self._record_outcome(workflow, job_id, details, outcome)
         return outcome
 
-    def _record_outcome(self, workflow: Workflow, job_id: str, details: Any, outcome: JobOutcome) -> None:
+    def _record_outcome(self, workflow: Workflow, job_id: str, details: RunView, outcome: JobOutcome) -> None:
         """Bring the local record up to the engine's view through the same state machine the
         worker records with; what the worker (on this host) recorded first is left as it is."""
         recorder = JobRecorder(self.journal, job_id, workflow)
-        for name, task in details.task_runs.items():
-            status = task.status.value
+        for name, task in details.tasks.items():
+            status = task.status
             if status == "COMPLETED" and name in outcome.outputs:
                 recorder.succeeded(name, outcome.outputs[name])
             elif status == "FAILED":
@@ -387,13 +476,12 @@ class HatchetRuns:
 
     def cancel(self, run_id: str) -> list[str]:
         """Cancel every task of the run (v1 AdminService/CancelTasks)."""
-        stub = AdminServiceStub(new_conn(self._client_config, False))
         try:
-            response = stub.CancelTasks(
+            response = self._admin.CancelTasks(
                 admin_pb2.CancelTasksRequest(external_ids=[run_id]),
-                metadata=create_authorization_header(self._client_config.token),
-                timeout=10,
+                metadata=self._auth,
+                timeout=self._timeout,
             )
         except grpc.RpcError as exc:
-            raise translate(exc, f"cancelling run {run_id}", self.config) from exc
+            raise self._error(exc, f"cancelling run {run_id}") from exc
         return list(response.cancelled_tasks)

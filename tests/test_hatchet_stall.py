@@ -1,0 +1,149 @@
+"""A Hatchet engine that stops answering (paused, wedged: TCP alive, no gRPC answer), in front of
+the fake engine through a stalling proxy: every call the CLI makes to it has
+`hatchet.request_timeout` as its deadline, a trigger is sent once, and nothing is left lying.
+
+Before: the SDK's calls had no deadline and were retried (3 attempts of ~70 s, keepalive's
+timeout): `run --engine hatchet` took 216 s to fail and triggered the run three times."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from fixture_hatchet import ROOT, world_env
+from stall_proxy import StallProxy
+
+from win_automation.config import load_config
+from win_automation.engines.hatchet.client import compile_workflow, connect
+from win_automation.engines.hatchet.runtime import TaskRuntime
+from workflows.ping import ping
+
+if TYPE_CHECKING:
+    from fake_hatchet import FakeHatchet
+
+pytestmark = pytest.mark.slow
+TIMEOUT = 2.0
+
+
+@pytest.fixture
+def engine() -> Iterator[FakeHatchet]:
+    from fake_hatchet import FakeHatchet
+
+    engine = FakeHatchet().start()
+    yield engine
+    engine.stop()
+
+
+def world(engine: FakeHatchet, tmp_path: Path, proxy: StallProxy) -> dict[str, str]:
+    """The CLI's environment: the engine reached through `proxy`; no worker (runs stay queued)."""
+    env = world_env(engine, tmp_path)
+    env["HATCHET_CLIENT_HOST_PORT"] = f"127.0.0.1:{proxy.port}"
+    env["WIN_AUTOMATION_HATCHET_REQUEST_TIMEOUT"] = f"{TIMEOUT:g}s"
+    config = load_config(environ=env).config
+    engine.put_workflow(compile_workflow(connect(config), ping, lambda: TaskRuntime(config)).to_proto())
+    return env
+
+
+def cli(env: dict[str, str], *args: str) -> tuple[int, str, str, float]:
+    started = time.monotonic()
+    command = [sys.executable, "-m", "win_automation", *args]
+    proc = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started
+
+
+def jobs(tmp_path: Path) -> list[tuple[str, str]]:
+    path = tmp_path / "data" / "journal.sqlite3"
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT job_id, state FROM jobs").fetchall()
+    finally:
+        conn.close()
+
+
+def test_a_trigger_without_answer_fails_at_its_deadline_and_is_sent_once(
+    engine: FakeHatchet, tmp_path: Path
+) -> None:
+    proxy = StallProxy(engine.port, down_budget=200, every_connection=True)
+    try:
+        env = world(engine, tmp_path, proxy)
+        code, out, err, took = cli(env, "run", "ping", "--engine", "hatchet", "--input", '{"message": "hi"}')
+    finally:
+        proxy.close()
+    assert code == 3, err
+    assert took < TIMEOUT + 8, took
+    [line] = err.strip().splitlines()
+    assert "triggering ping: Hatchet at 127.0.0.1:" in line and f"gave no answer within {TIMEOUT:g}s" in line
+    assert "the run may have started there all the same, as job " in line
+    assert "Traceback" not in err and out == ""
+    runs = list(engine.runs.values())
+    assert len(runs) == 1, "the trigger was sent again"
+    assert runs[0].metadata["job_id"] in line
+    assert jobs(tmp_path) == []  # not recorded: nobody knows the run id here
+
+
+def test_an_engine_that_stalls_while_followed_ends_the_wait_and_every_refresh(
+    engine: FakeHatchet, tmp_path: Path
+) -> None:
+    proxy = StallProxy(engine.port, every_connection=True)
+    try:
+        env = world(engine, tmp_path, proxy)
+        queued = [cli(env, "run", "ping", "--engine", "hatchet", "--no-wait")[0] for _ in range(3)]
+        assert queued == [0, 0, 0]
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "win_automation", "run", "ping", "--engine", "hatchet"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while len(jobs(tmp_path)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # a poll or two answered
+        proxy.hold()
+        held = time.monotonic()
+        out, err = waiting.communicate(timeout=60)
+        took = time.monotonic() - held
+        assert waiting.returncode == 3, err
+        assert took < 2 * TIMEOUT + 5, took
+        line = err.strip().splitlines()[-1]
+        assert line.startswith("error: following job ") and f"gave no answer within {TIMEOUT:g}s" in line
+        assert "the run goes on there" in line and "Traceback" not in err
+        # the record is what the engine last said: queued (no worker), not failed, not running
+        assert {state for _, state in jobs(tmp_path)} == {"queued"}
+
+        code, out, err, took = cli(env, "jobs", "list")
+        assert code == 0 and took < TIMEOUT + 6, (took, err)
+        assert err.count("note: could not refresh from Hatchet") == 1, err
+        assert out.count("queued") == 4
+
+        code, out, err, took = cli(env, "jobs", "cancel", jobs(tmp_path)[0][0])
+        assert code == 3 and took < TIMEOUT + 6, (took, err)
+        assert f"gave no answer within {TIMEOUT:g}s" in err and "Traceback" not in err
+    finally:
+        proxy.close()
+    assert len(engine.runs) == 4
+
+
+def test_an_engine_that_refuses_connections_is_not_reachable(engine: FakeHatchet, tmp_path: Path) -> None:
+    """Nothing listening: the trigger never left, so it is tried again until the deadline, and
+    the error names the cause."""
+    proxy = StallProxy(engine.port)
+    env = world(engine, tmp_path, proxy)
+    proxy.close()  # the port now refuses
+    code, out, err, took = cli(env, "run", "ping", "--engine", "hatchet", "--json")
+    assert code == 3, err
+    assert took < TIMEOUT + 6
+    [line] = err.strip().splitlines()
+    assert "is not reachable (UNAVAILABLE" in line and "may have started" not in line
+    assert json.loads(out or "null") is None and jobs(tmp_path) == []
