@@ -127,6 +127,9 @@ def translate(exc: grpc.RpcError, what: str, config: Config) -> WinAutomationErr
         return AuthError(f"{what}: {where} refused the token ({detail})")
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFoundError(f"{what}: {where}: {detail}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        timeout = config.hatchet.request_timeout
+        return ConnectError(f"{what}: {where} gave no answer within {timeout:g}s (paused or overloaded?)")
     return ConnectError(f"{what}: {where} is not reachable ({code.name if code else 'error'}: {detail})")
 
 
@@ -305,14 +308,6 @@ class HatchetRuns:
         self._channel.close()
         self.journal.close()
 
-    def _error(self, exc: grpc.RpcError, what: str) -> WinAutomationError:
-        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return ConnectError(
-                f"{what}: Hatchet at {self.config.hatchet.host_port} gave no answer within "
-                f"{self._timeout:g}s (paused or overloaded?)"
-            )
-        return translate(exc, what, self.config)
-
     def submit(self, workflow: Workflow, input: BaseModel, *, job_id: str | None = None) -> tuple[str, str]:
         """Trigger a run; (job id, run id). The job is recorded only once the engine took the run."""
         job_id = job_id or new_job_id()
@@ -335,7 +330,7 @@ class HatchetRuns:
                 if _not_sent(exc) and time.monotonic() + RETRY_PAUSE < deadline:
                     time.sleep(RETRY_PAUSE)  # the engine restarting: the request never left
                     continue
-                error = self._error(exc, what)
+                error = translate(exc, what, self.config)
                 if not _not_sent(exc) and exc.code() in _UNKNOWN_OUTCOME:
                     error = ConnectError(
                         f"{error}; the run may have started there all the same, as job {job_id} "
@@ -365,7 +360,7 @@ class HatchetRuns:
                 admin_pb2.GetRunDetailsRequest(external_id=run_id), metadata=self._auth, timeout=self._timeout
             )
         except grpc.RpcError as exc:
-            raise self._error(exc, f"run {run_id}") from exc
+            raise translate(exc, f"run {run_id}", self.config) from exc
         name = admin_pb2.RunStatus.Name
         tasks = {
             readable_id: TaskView(
@@ -483,5 +478,5 @@ class HatchetRuns:
                 timeout=self._timeout,
             )
         except grpc.RpcError as exc:
-            raise self._error(exc, f"cancelling run {run_id}") from exc
+            raise translate(exc, f"cancelling run {run_id}", self.config) from exc
         return list(response.cancelled_tasks)
