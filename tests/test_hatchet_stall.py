@@ -147,3 +147,18 @@ def test_an_engine_that_refuses_connections_is_not_reachable(engine: FakeHatchet
     [line] = err.strip().splitlines()
     assert "is not reachable (UNAVAILABLE" in line and "may have started" not in line
     assert json.loads(out or "null") is None and jobs(tmp_path) == []
+
+
+def test_a_worker_facing_a_silent_engine_says_so_at_its_deadline(engine: FakeHatchet, tmp_path: Path) -> None:
+    proxy = StallProxy(engine.port, down_budget=200, every_connection=True)
+    try:
+        env = world(engine, tmp_path, proxy)
+        code, _out, err, took = cli(env, "worker", "--name", "stalled")
+    finally:
+        proxy.close()
+    assert code == 3 and took < TIMEOUT + 8, (took, err)
+    assert err.strip().splitlines()[-1] == (
+        f"error: checking the engine version: Hatchet at 127.0.0.1:{proxy.port} gave no answer within"
+        f" {TIMEOUT:g}s (paused or overloaded?)"
+    )
+    assert engine.workers == {}
