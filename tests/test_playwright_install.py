@@ -30,12 +30,27 @@ def make_wheel(folder: Path, version: str = VERSION, node: bool = True) -> Path:
     """A wheel laid out like playwright's win_amd64 wheel (metadata, driver/node.exe, package)."""
     path = folder / f"playwright-{version}-py3-none-win_amd64.whl"
     with zipfile.ZipFile(path, "w") as wheel:
-        wheel.writestr(f"playwright-{version}.dist-info/METADATA", f"Name: playwright\nVersion: {version}\n")
+        info = f"playwright-{version}.dist-info"
+        wheel.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: playwright\nVersion: {version}\n")
+        wheel.writestr(
+            f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: py3-none-win_amd64\n"
+        )
         if node:
             wheel.writestr("playwright/driver/node.exe", b"MZ" + bytes(4096))
         wheel.writestr("playwright/driver/package/package.json", json.dumps({"version": version}))
         wheel.writestr("playwright/driver/package/cli.js", "// cli\n")
     return path
+
+
+def flip_a_byte_of_node(wheel: Path) -> Path:
+    """The wheel with one byte of node.exe's stored data changed (its directory still whole)."""
+    with zipfile.ZipFile(wheel) as zf:
+        offset = zf.getinfo("playwright/driver/node.exe").header_offset
+    data = bytearray(wheel.read_bytes())
+    at = data.index(b"MZ", offset)  # written uncompressed (ZIP_STORED): the file's first bytes
+    data[at] ^= 0xFF
+    wheel.write_bytes(bytes(data))
+    return wheel
 
 
 def sha256(path: Path) -> str:
@@ -135,6 +150,10 @@ def test_install_through_the_ssh_forward_binds_loopback_and_opens_no_port(
         (lambda d: make_wheel(d, node=False), "holds no playwright/driver/node.exe: not the win_amd64 wheel"),
         (lambda d: make_wheel(d, version="1.40.0"), f"playwright 1.40.0, but this client is {VERSION}"),
         (lambda d: os.mkfifo(d / "f.whl") or d / "f.whl", "not a regular file (a FIFO)"),  # its open blocked
+        (
+            lambda d: flip_a_byte_of_node(make_wheel(d)),
+            "not a readable wheel (bad CRC in playwright/driver/node.exe)",
+        ),
     ],
 )
 def test_bad_wheels_are_refused_before_anything_is_sent(
@@ -145,7 +164,7 @@ def test_bad_wheels_are_refused_before_anything_is_sent(
     assert run.code == 2
     last = run.stderr.strip().splitlines()
     assert len(last) == 1 and last[0].startswith("error: --wheel ") and needle in last[0]
-    if "client is" in needle or "node.exe" in needle:
+    if "client is" in needle or "holds no" in needle:
         assert "pip download --platform win_amd64 --only-binary=:all: --no-deps" in last[0]
     assert len(install_reports(live_sshd)) == before and not (remote_dir / "playwright").exists()
 
@@ -163,6 +182,43 @@ def test_offline_without_a_wheel_names_the_pip_command(cli, env: dict[str, str],
     assert "`pip download --platform win_amd64 --only-binary=:all: --no-deps --dest" in last
     assert f"playwright=={VERSION}` and pass the file with --wheel PATH" in last
     assert not (remote_dir / "playwright").exists()
+
+
+def cut_in_half(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_a_damaged_cached_wheel_is_fetched_again(
+    cli, env: dict[str, str], remote_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A cached wheel cut short (a download or copy stopped by a full disk, a Ctrl-C) was refused
+    on every later run ("cached wheel ...: not a readable wheel"), with no way out but finding
+    and deleting it. It is a cache: it is now removed and downloaded again (here from a local
+    index), into a temporary folder first, so that a cut download leaves nothing behind."""
+    (tmp_path / "index").mkdir()
+    source = make_wheel(tmp_path / "index")
+    cache = tmp_path / "data" / "playwright"
+    cache.mkdir(parents=True)
+    damaged = cache / source.name
+    damaged.write_bytes(source.read_bytes())
+    cut_in_half(damaged)
+    index = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(source.parent)}
+    run = cli("playwright", "install", env={**env, **index}, timeout=120)
+    assert "cached wheel damaged; fetching it again" in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        "error: Install-PlaywrightServer failed on the VM: exit code 0, no JSON result line"
+    )  # the stand-in's answer: everything before it went through
+    assert sha256(damaged) == sha256(source) == sha256(remote_dir / "playwright" / source.name)
+    assert sorted(p.name for p in cache.iterdir()) == [source.name]  # no temporary folder left
+
+    cut_in_half(damaged)
+    offline = {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2"}
+    run = cli("playwright", "install", env={**env, **offline}, timeout=120)
+    assert run.code == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert f"cannot download the win_amd64 wheel of playwright {VERSION} (the cached one was damaged" in last
+    assert "and pass the file with --wheel PATH" in last
+    assert list(cache.iterdir()) == []  # not taken again by the next run
 
 
 def test_bad_channel(cli, env: dict[str, str]) -> None:

@@ -22,11 +22,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,7 @@ from win_automation.regularfiles import NotRegularFile, require_regular
 
 LAUNCH_SERVER = SCRIPTS_DIR / "launch-server.js"
 SCRIPT = "Install-PlaywrightServer"
+log = logging.getLogger(__name__)
 
 
 def minor(version: str) -> str:
@@ -77,8 +81,11 @@ def check_wheel(path: Path, version: str, option: str = "--wheel") -> str:
             names = set(wheel.namelist())
             metadata = next((n for n in names if n.endswith(".dist-info/METADATA")), None)
             text = wheel.read(metadata).decode("utf-8", "replace") if metadata else ""
-    except (OSError, zipfile.BadZipFile) as exc:
+            damaged = wheel.testzip()  # every member's CRC: a bit flip would reach the VM's driver
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         raise UsageError(f"{option} {path}: not a readable wheel ({exc})") from None
+    if damaged is not None:
+        raise UsageError(f"{option} {path}: not a readable wheel (bad CRC in {damaged})")
     found = next(
         (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Version:")), ""
     )
@@ -108,20 +115,45 @@ def ensure_wheel(config: Config, version: str, given: Path | None = None) -> Pat
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(f"data.dir: cannot create {cache}: {exc.strerror or exc}") from None
-    cached = sorted(cache.glob(f"playwright-{version}-*win_amd64.whl"))
-    if cached:
-        check_wheel(cached[-1], version, option="cached wheel")
-        return cached[-1]
-    command = pip_download_command(version, cache)
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    cached = sorted(cache.glob(f"playwright-{version}-*win_amd64.whl"))
-    if proc.returncode != 0 or not cached:
-        why = next((line for line in reversed(proc.stderr.splitlines()) if line.strip()), "no wheel")
-        raise WinAutomationError(
-            f"cannot download the win_amd64 wheel of playwright {version} ({why.strip()[:200]}); fix: "
-            f"on a machine online run `{_shown(command)}` and pass the file with --wheel PATH"
+    pattern = f"playwright-{version}-*win_amd64.whl"
+    damaged = ""
+    if cached := sorted(cache.glob(pattern)):
+        try:
+            check_wheel(cached[-1], version, option="cached wheel")
+            return cached[-1]
+        except UsageError as exc:  # a cache: what cannot be read is fetched again
+            damaged = f" (the cached one was damaged and is removed: {exc})"
+            log.warning(
+                "cached wheel damaged; fetching it again", extra={"op": "playwright.install", "err": str(exc)}
+            )
+            _remove(cached[-1])
+    # pip writes into its --dest in place: a temporary folder, so that a download cut short (a
+    # full disk, Ctrl-C) leaves no truncated wheel under the name a later run takes
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as temp:
+        proc = subprocess.run(
+            pip_download_command(version, Path(temp)), capture_output=True, text=True, timeout=600
         )
-    return cached[-1]
+        fetched = sorted(Path(temp).glob(pattern))
+        if proc.returncode == 0 and fetched:
+            check_wheel(fetched[-1], version, option="downloaded wheel")
+            target = cache / fetched[-1].name
+            os.replace(fetched[-1], target)
+            return target
+    why = next((line for line in reversed(proc.stderr.splitlines()) if line.strip()), "no wheel")
+    shown = _shown(pip_download_command(version, cache))
+    raise WinAutomationError(
+        f"cannot download the win_amd64 wheel of playwright {version}{damaged} ({why.strip()[:200]}); "
+        f"fix: on a machine online run `{shown}` and pass the file with --wheel PATH"
+    )
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise StorageError(
+            f"data.dir: cannot remove the damaged wheel {path}: {exc.strerror or exc}"
+        ) from None
 
 
 def _copy_whole(source: Path, target: Path) -> None:
