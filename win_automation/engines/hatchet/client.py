@@ -67,6 +67,7 @@ from win_automation.errors import (
     ConnectError,
     IllegalTransition,
     NotFoundError,
+    UsageError,
     WinAutomationError,
 )
 from win_automation.jobs.ids import new_job_id, new_trace_id
@@ -127,6 +128,8 @@ def translate(exc: grpc.RpcError, what: str, config: Config) -> WinAutomationErr
         return AuthError(f"{what}: {where} refused the token ({detail})")
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFoundError(f"{what}: {where}: {detail}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # a message over a size limit, a rate limit
+        return WinAutomationError(f"{what}: {where} refused it ({detail})")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         timeout = config.hatchet.request_timeout
         return ConnectError(f"{what}: {where} gave no answer within {timeout:g}s (paused or overloaded?)")
@@ -319,6 +322,12 @@ class HatchetRuns:
             additional_metadata=json.dumps(metadata),
         )
         what = f"triggering {workflow.name}"
+        size, limit = request.ByteSize(), self._client_config.grpc_max_send_message_length
+        if size > limit:  # gRPC refuses it (the engine's own limit is 4 MiB by default too)
+            raise UsageError(
+                f"{what}: the job's input is {size} bytes, over the {limit} bytes a message to "
+                "Hatchet may carry; run it on the local engine (--engine local)"
+            )
         deadline = time.monotonic() + self._timeout
         while True:
             try:

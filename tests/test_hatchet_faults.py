@@ -1,9 +1,11 @@
-"""A Hatchet engine that stops answering (paused, wedged: TCP alive, no gRPC answer), in front of
-the fake engine through a stalling proxy: every call the CLI makes to it has
-`hatchet.request_timeout` as its deadline, a trigger is sent once, and nothing is left lying.
+"""Faults between the CLI and a Hatchet engine (the fake one, through a stalling proxy).
 
-Before: the SDK's calls had no deadline and were retried (3 attempts of ~70 s, keepalive's
-timeout): `run --engine hatchet` took 216 s to fail and triggered the run three times."""
+- An engine that stops answering (paused, wedged: TCP alive, no gRPC answer): every call the CLI
+  makes to it has `hatchet.request_timeout` as its deadline, a trigger is sent once, and nothing
+  is left lying. Before, the SDK's calls had no deadline and were retried (3 attempts of ~70 s,
+  keepalive's timeout): `run --engine hatchet` took 216 s to fail and triggered the run 3 times.
+- A job input too large for a gRPC message (a script of 5 MB): a usage error before anything is
+  sent; it was `not reachable (RESOURCE_EXHAUSTED ...)`, exit 3, which scripts retry."""
 
 from __future__ import annotations
 
@@ -162,3 +164,24 @@ def test_a_worker_facing_a_silent_engine_says_so_at_its_deadline(engine: FakeHat
         f" {TIMEOUT:g}s (paused or overloaded?)"
     )
     assert engine.workers == {}
+
+
+def test_an_input_too_large_for_a_message_is_a_usage_error_before_anything_is_sent(
+    engine: FakeHatchet, tmp_path: Path
+) -> None:
+    proxy = StallProxy(engine.port)
+    try:
+        env = world(engine, tmp_path, proxy)
+        big = tmp_path / "input.json"
+        big.write_text(json.dumps({"command": "# " + "x" * (5 << 20), "shell": "powershell"}))
+        code, out, err, _took = cli(env, "run", "ssh-exec", "--engine", "hatchet", "--input-file", str(big))
+    finally:
+        proxy.close()
+    assert code == 2, err
+    [line] = err.strip().splitlines()
+    assert (
+        line.startswith("error: triggering ssh-exec: the job's input is 524")
+        and " bytes, over the 4194304" in line
+    )
+    assert line.endswith("run it on the local engine (--engine local)") and out == ""
+    assert engine.runs == {} and jobs(tmp_path) == []
