@@ -29,6 +29,7 @@ pytest_plugins = [
     "fixture_endpoints",
     "fixture_playwright",
     "fixture_qemu",
+    "fixture_dns",
 ]
 
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from fixture_dns import SilentDns
 from fixture_endpoints import (
     HttpEndpoint,
     RawListener,
@@ -92,16 +90,11 @@ def test_every_endpoint_hanging_doctor_ends_within_the_timeout_plus_one_second(
 
 
 def test_names_whose_dns_server_does_not_answer_doctor_still_ends_within_the_bound(
-    tmp_path: Path, cli_env: dict[str, str]
+    silent_dns: SilentDns, cli_env: dict[str, str]
 ) -> None:
     """Every endpoint named by a host name, and the name server silent (a UDP socket that never
     answers, as the resolver of a mount namespace sees it): the resolver's own wait (10 s per
     name) must not stretch doctor past check_timeout + 1 s."""
-    address = f"127.83.{os.getpid() % 250 + 1}.{random.randint(1, 250)}"
-    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    dns.bind((address, 53))
-    conf = tmp_path / "resolv.conf"
-    conf.write_text(f"nameserver {address}\n")
     host = "vm.stalled-dns.test"
     env = {
         **cli_env,
@@ -123,19 +116,15 @@ def test_names_whose_dns_server_does_not_answer_doctor_still_ends_within_the_bou
         "    t = time.monotonic(); p = probe(); print('probe:', p.kind, round(time.monotonic() - t, 1))"
     )
     doctor = f"{sys.executable} -m win_automation doctor --json"
-    inside = f'mount --bind {conf} /etc/resolv.conf && {sys.executable} -c "$PROBES" >&2 && exec {doctor}'
-    try:
-        started = time.monotonic()
-        run = subprocess.run(
-            ["unshare", "-m", "sh", "-c", inside],
-            env={**env, "PROBES": probes},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        elapsed = time.monotonic() - started
-    finally:
-        dns.close()
+    started = time.monotonic()
+    run = subprocess.run(
+        silent_dns.in_namespace(f'{sys.executable} -c "$PROBES" >&2 && exec {doctor}'),
+        env={**env, "PROBES": probes},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    elapsed = time.monotonic() - started
     assert run.returncode == 1, run.stderr
     timed = [line.split()[1:] for line in run.stderr.splitlines() if line.startswith("probe: ")]
     assert [kind for kind, _ in timed] == ["dns", "dns"] and all(float(s) < 1.5 for _, s in timed), run.stderr

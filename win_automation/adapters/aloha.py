@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from win_automation.adapters.resolve import NameNotResolved, lookup
 from win_automation.durations import rfc3339
 from win_automation.errors import ConnectError, NoAnswer, WinAutomationError
 from win_automation.retry import CONNECT_POLICY, call_with_retry
@@ -135,7 +136,9 @@ class AlohaService:
         all of it within the timeout (httpx.ReadTimeout), not only each piece: a body trickled a
         byte at a time would keep httpx's per-read timeout from ever passing."""
         deadline = started + self.timeout
-        with self._client.stream(method, self.url(route), json=body) as response:
+        url = httpx.URL(self.url(route))  # the name within the timeout (httpx's excludes the lookup)
+        lookup(url.host, url.port or (443 if url.scheme == "https" else 80), self.timeout)
+        with self._client.stream(method, url, json=body) as response:
             pieces, size = [], 0
             for piece in response.iter_bytes():
                 size += len(piece)
@@ -162,6 +165,10 @@ class AlohaService:
                 f"{where} answered {method} {route} with {exc} (not an answer of Aloha's: is another "
                 "service on that port?); not retried"
             ) from None
+        except NameNotResolved as exc:
+            exchange.error = str(exc)
+            record(exchange)
+            raise ConnectError(f"cannot connect to {where}: {exc}") from exc
         except httpx.ConnectTimeout as exc:
             exchange.error = f"connect timeout after {self.timeout:g}s"
             record(exchange)

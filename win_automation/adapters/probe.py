@@ -29,13 +29,14 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
-import threading
 import time
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, Literal
+from typing import Literal
 
 import httpx
+
+from win_automation.adapters.resolve import NameNotResolved, connect, lookup
 
 Kind = Literal[
     "ok", "dns", "refused", "dropped", "closed", "silent", "tls", "protocol", "wrong_service", "http_status"
@@ -109,40 +110,15 @@ def name_of(first: bytes) -> str | None:
     return None
 
 
-def _resolve(host: str, port: int, timeout: float) -> tuple[str, int] | str:
-    """The address to connect to, or why there is none. The lookup gets `timeout`, not the
-    resolver's own ~10 s per name server that does not answer: it runs on a thread, which is
-    left to end by itself when it takes longer."""
-    found: list[list[Any] | OSError] = []
-
-    def lookup() -> None:
-        try:
-            found.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
-        except OSError as exc:
-            found.append(exc)
-
-    worker = threading.Thread(target=lookup, name="resolve", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if not found:
-        return f"the name {host!r} did not resolve within {timeout:g}s (no answer from the DNS server)"
-    infos = found[0]
-    if isinstance(infos, OSError):
-        return f"the name {host!r} does not resolve ({infos.strerror or infos})"
-    family, _, _, _, address = infos[0]
-    return (str(address[0]), int(address[1])) if family in (socket.AF_INET, socket.AF_INET6) else str(host)
-
-
 def probe_tcp(host: str, port: int, timeout: float, *, speak: Speak = "listen") -> Probe:
     """Connect to host:port, then listen for the server's first bytes (or speak HTTP/2 first)."""
     target = f"{host}:{port}"
     started = time.perf_counter()
     deadline = started + timeout
-    resolved = _resolve(host, port, timeout)
-    if isinstance(resolved, str):
-        return Probe(target, "dns", resolved, _ms(started))
     try:
-        sock = socket.create_connection(resolved, timeout=max(0.001, deadline - time.perf_counter()))
+        sock = connect(host, port, timeout)
+    except NameNotResolved as exc:
+        return Probe(target, "dns", str(exc), _ms(started))
     except TimeoutError:
         return Probe(target, "dropped", f"no answer to the connection within {timeout:g}s", _ms(started))
     except ConnectionRefusedError:
@@ -186,10 +162,11 @@ def probe_http(url: str, timeout: float, *, method: str = "GET") -> Probe:
     """One HTTP request, no redirects followed, no retry; the cause when it did not answer."""
     started = time.perf_counter()
     parts = httpx.URL(url)
-    if parts.host:
-        resolved = _resolve(parts.host, parts.port or (443 if parts.scheme == "https" else 80), timeout)
-        if isinstance(resolved, str):
-            return Probe(url, "dns", resolved, _ms(started))
+    if parts.host:  # the lookup within the timeout first (httpx's connect timeout excludes it)
+        try:
+            lookup(parts.host, parts.port or (443 if parts.scheme == "https" else 80), timeout)
+        except NameNotResolved as exc:
+            return Probe(url, "dns", str(exc), _ms(started))
     try:
         with (
             httpx.Client(

@@ -20,7 +20,7 @@ from typing import Any
 import paramiko
 import paramiko.agent
 
-from win_automation.adapters import hostkeys
+from win_automation.adapters import hostkeys, resolve
 from win_automation.config.schema import SSHConfig
 from win_automation.errors import AuthError, ConfigError, ConnectError
 from win_automation.log import register_secret
@@ -43,7 +43,9 @@ def target(cfg: SSHConfig) -> str:
 
 def _open_socket(cfg: SSHConfig) -> socket.socket:
     try:
-        sock = socket.create_connection((cfg.host, cfg.port), timeout=cfg.connect_timeout)
+        sock = resolve.connect(cfg.host, cfg.port, cfg.connect_timeout)
+    except resolve.NameNotResolved as exc:
+        raise ConnectError(f"cannot connect to {cfg.host}:{cfg.port}: {exc}") from exc
     except TimeoutError as exc:
         raise ConnectError(
             f"connecting to {cfg.host}:{cfg.port} timed out after {cfg.connect_timeout:g}s"
