@@ -85,6 +85,32 @@ def test_a_journal_of_another_user_says_whose_it_is_and_still_lists(cli, cli_env
     one_line(res, 74, f"{journal} is not writable by you (owned by uid {unprivileged.NOBODY})", "chown")
 
 
+def test_a_read_only_journal_or_data_dir_of_ones_own_says_so_and_doctor_names_it(cli, cli_env) -> None:  # type: ignore[no-untyped-def]
+    """One's own journal made read-only (chmod 444): it was `not writable by you (owned by uid 0,
+    root: made by a sudo run?); give it back (sudo chown 0 ...)`, and doctor saw nothing wrong."""
+    home = unprivileged.shared_dir()
+    data = home / "data"
+    env = {**cli_env, "HOME": str(home), "WIN_AUTOMATION_DATA_DIR": str(data)}
+    env["WIN_AUTOMATION_ARTIFACT_OUT"] = str(home / "artifacts")
+    assert cli("run", "ping", env=env).code == 0
+    journal = data / "journal.sqlite3"
+    journal.chmod(0o444)
+    res = unprivileged.run_cli("run", "ping", env=env, cwd=home)
+    one_line(res, 74, f"{journal} is read-only (mode r--r--r--); make it writable (chmod u+w {journal}*")
+    assert "sudo" not in res.stderr
+    doctor = unprivileged.run_cli("doctor", "--json", env=env, cwd=home)
+    folders = next(c for c in json.loads(doctor.stdout)["checks"] if c["name"] == "folders")
+    assert folders["status"] == "fail" and f"{journal} is read-only" in folders["cause"], folders
+    listed = unprivileged.run_cli("jobs", "list", "--json", env=env, cwd=home)
+    assert listed.code == 0 and len(json.loads(listed.stdout)) == 1, listed.stderr
+    for leftover in data.glob("journal.sqlite3-*"):  # SQLite made them with the journal's mode
+        leftover.unlink()
+    journal.chmod(0o644)
+    data.chmod(0o555)  # the folder, where SQLite makes the -wal and -shm files
+    res = unprivileged.run_cli("run", "ping", env=env, cwd=home)
+    one_line(res, 74, "the folder is not writable by you (mode r-xr-xr-x", f"data.dir {data} must be")
+
+
 def test_an_unwritable_artifacts_out_dir_fails_the_job_with_74(cli_env) -> None:  # type: ignore[no-untyped-def]
     home = unprivileged.shared_dir()
     out = home / "out"  # the unprivileged process's own folder, mode 0555

@@ -94,6 +94,8 @@ def journal_problem(data_dir: Path) -> str | None:
                 conn.close()
             if verdict != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+            if (unwritable := _not_writable_error(path)) is not None:
+                return str(unwritable)
     except JournalBusy:
         return None  # in use by a writer: nothing wrong with the file
     except JournalError as exc:
@@ -158,9 +160,17 @@ def _not_writable_error(path: Path) -> JournalError | None:
         except OSError:
             continue  # not there, a read-only disk...
         try:
-            owner = os.stat(where).st_uid
+            info = os.stat(where)
         except OSError:  # gone since
             continue
+        owner = info.st_uid
+        if owner == os.geteuid():  # one's own file, made read-only
+            return JournalError(
+                f"the journal {path} cannot be used: {where} is read-only (mode"
+                f" {stat.filemode(info.st_mode)[1:]}); make it writable (chmod u+w {path}*: SQLite"
+                " gives its -wal and -shm files the journal's mode), or point data.dir"
+                " (WIN_AUTOMATION_DATA_DIR) elsewhere"
+            )
         return JournalError(
             f"the journal {path} cannot be used: {where} is not writable by you (owned by uid"
             f" {owner}{', root: made by a sudo run?' if owner == 0 else ''}); give it back"
@@ -171,16 +181,22 @@ def _not_writable_error(path: Path) -> JournalError | None:
 
 
 def _disk_state(folder: Path) -> str:
-    """What SQLite's "disk I/O error" often means, said plainly: the disk holding `folder` is full
-    or read-only ("" when neither, or when it cannot be told)."""
+    """What SQLite's "disk I/O error" or "readonly database" often means, said plainly: the disk
+    holding `folder` is full or read-only, or the folder is not one this process may write ("" when
+    none of these, or when it cannot be told)."""
     try:
         info = os.statvfs(folder)
+        writable = os.access(folder, os.W_OK | os.X_OK, effective_ids=True)
+        folder_stat = os.stat(folder)
     except OSError:
         return ""
     if info.f_flag & os.ST_RDONLY:
         return "; the file system is read-only"
     if info.f_bavail == 0 or (info.f_favail == 0 and info.f_files > 0):
         return "; no space left on its disk"
+    if not writable:
+        mode = stat.filemode(folder_stat.st_mode)[1:]
+        return f"; the folder is not writable by you (mode {mode}, owned by uid {folder_stat.st_uid})"
     return ""
 
 
