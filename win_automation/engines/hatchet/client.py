@@ -11,7 +11,8 @@
   the task as CancelledError and sets the step's cancel flag.
 - `HatchetRuns`: the triggering side of a job command: trigger a run (the job id, trace id and
   VM travel in its additional metadata), follow its tasks, wait for the end, cancel it; each run
-  is recorded in the local journal with `engine='hatchet'` and the run id as `external_id`.
+  is recorded in the local journal with `engine='hatchet'` and the run id as `external_id`. It
+  calls the engine's RPCs itself, each with `hatchet.request_timeout` as its deadline.
 
 gRPC failures are translated once, here: UNAVAILABLE -> ConnectError, UNAUTHENTICATED ->
 AuthError, NOT_FOUND -> NotFoundError.
@@ -254,15 +255,11 @@ def compile_workflow(
 
 
 def _crons(workflow: Workflow, runtime: Callable[[], TaskRuntime]) -> list[str] | None:
-    """The workflow's cron schedule from the worker's config (a trigger registers nothing)."""
-    if workflow.cron is None or runtime is _no_runtime:
+    """The workflow's cron schedule from the worker's config."""
+    if workflow.cron is None:
         return None
     schedule = workflow.cron(runtime().config)
     return [schedule] if schedule else None
-
-
-def _no_runtime() -> TaskRuntime:
-    raise RuntimeError("tasks run on a worker, not in the triggering process")
 
 
 @dataclass(frozen=True)
