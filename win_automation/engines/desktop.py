@@ -38,9 +38,11 @@ def holding_desktop(
     with vm_lock(
         config.data.dir,
         vm,
+        owner=job_id,
         cancelled=cancelled,
-        on_wait=lambda: log.info(
-            "waiting for the VM desktop", extra={"op": "lock", "job_id": job_id, "vm": vm}
+        on_wait=lambda holder: log.warning(
+            "waiting for the VM desktop: another GUI job holds it",
+            extra={"op": "lock", "job_id": job_id, "vm": vm, "holder": holder or "unknown"},
         ),
     ):
         yield

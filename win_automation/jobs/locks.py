@@ -18,12 +18,29 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from win_automation.errors import Cancelled, StorageError
+from win_automation.jobs.owners import process_stopped
 
 POLL_SECONDS = 0.05
+HOLDER_CHECK_SECONDS = 1.0
 
 
 def lock_path(data_dir: Path, vm: str) -> Path:
     return data_dir / "locks" / f"gui-{re.sub(r'[^A-Za-z0-9.-]', '_', vm)}.lock"
+
+
+def holder(path: Path) -> str:
+    """Who holds the lock at `path`, as its holder wrote it ("pid N, job J"), with `stopped` when
+    that process is stopped (Ctrl-Z, SIGSTOP: it holds the desktop until it is continued); "" when
+    the file names nobody."""
+    try:
+        pid_text, _, job = path.read_text(errors="replace").strip().partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return ""
+    said = f"pid {pid}" + (f", job {job}" if job else "")
+    if process_stopped(pid, None):
+        said += f"; that process is stopped (Ctrl-Z?): continue it (kill -CONT {pid}) or end it"
+    return said
 
 
 @contextmanager
@@ -31,10 +48,13 @@ def vm_lock(
     data_dir: Path,
     vm: str,
     *,
+    owner: str = "",
     cancelled: Callable[[], bool] = lambda: False,
-    on_wait: Callable[[], None] = lambda: None,
+    on_wait: Callable[[str], None] = lambda holder: None,
 ) -> Iterator[None]:
-    """Hold the desktop of `vm` (e.g. `localhost:22555`) for the duration of the block."""
+    """Hold the desktop of `vm` (e.g. `localhost:22555`) for the duration of the block; `owner`
+    (a job id) is written in the lock file beside the pid. While another holds it, `on_wait` is
+    called with who that is when the wait starts and whenever that changes (checked each second)."""
     path = lock_path(data_dir, vm)
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -47,7 +67,7 @@ def vm_lock(
             " data.dir, WIN_AUTOMATION_DATA_DIR, elsewhere)"
         ) from None
     try:
-        waited = False
+        said, checked = None, 0.0
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -55,13 +75,15 @@ def vm_lock(
             except BlockingIOError:
                 if cancelled():
                     raise Cancelled(f"cancelled while waiting for the desktop of {vm}") from None
-                if not waited:
-                    on_wait()
-                    waited = True
+                if time.monotonic() - checked >= HOLDER_CHECK_SECONDS:
+                    checked = time.monotonic()
+                    if (now := holder(path)) != said:
+                        said = now
+                        on_wait(now)
                 time.sleep(POLL_SECONDS)
         with contextlib.suppress(OSError):  # who holds it, for people; a full disk keeps it empty
             os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            os.write(fd, f"{os.getpid()} {owner}".strip().encode() + b"\n")
         try:
             yield
         finally:
