@@ -523,3 +523,12 @@ def known_hosts(live_sshd: SshServer, tmp_path: Path) -> Path:
 @pytest.fixture
 def ssh_config(live_sshd: SshServer, known_hosts: Path) -> Any:
     return live_sshd.config(known_hosts)
+
+
+def helper_logs(data_dir: Path, server: SshServer) -> str:
+    """The helpers' logs and the sshd's, for a failure's message (a rare one, to diagnose)."""
+    logs = [
+        (log, log.read_text(errors="replace")[-6000:]) for log in (data_dir / "ssh-persist").glob("*.log")
+    ]
+    logs.append((server.log, server.log.read_text(errors="replace")[-3000:]))
+    return "\n".join(f"--- {path}:\n{text}" for path, text in logs)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from fixture_sshd import SshServer
+from fixture_sshd import SshServer, helper_logs
 
 
 def env_for(server: SshServer, known_hosts: Path, **overrides: object) -> dict[str, str]:
@@ -139,7 +139,9 @@ def test_put_get_cli_and_errors(
     got = cli("ssh", "get", str(remote_dir / "r.txt"), str(tmp_path / "back.txt"), env=env)
     assert got.code == 0 and (tmp_path / "back.txt").read_bytes() == src.read_bytes()
     missing = cli("ssh", "get", str(remote_dir / "none"), str(tmp_path / "n.txt"), env=env)
-    assert missing.code == 1 and missing.stderr.strip().endswith("does not exist")
+    assert missing.code == 1 and missing.stderr.strip().endswith("does not exist"), (
+        f"{missing.stderr}\n{helper_logs(tmp_path / 'data', live_sshd)}"
+    )
 
 
 def test_secrets_never_reach_output_or_artifacts(

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import tmpfs
-from fixture_sshd import SshServer
+from fixture_sshd import SshServer, helper_logs
 from stall_proxy import StallProxy
 from test_ssh_persist import only_helper
 from unprivileged import run_cli
@@ -463,6 +463,6 @@ def test_parallel_transfers_through_one_helper_each_arrive_whole(
     for thread in threads:
         thread.join(120)
     assert not any(t.is_alive() for t in threads)
-    assert failures == [], failures
+    assert failures == [], f"{failures}\n{helper_logs(Path(cli_env['WIN_AUTOMATION_DATA_DIR']), live_sshd)}"
     assert time.monotonic() - started < 60
     assert only_helper(cli, env)["pid"] == helper["pid"]
