@@ -301,7 +301,7 @@ def test_parse_failure(text: str, expected: tuple[str, int]) -> None:
 def test_retention_prunes_old_job_folders_but_keeps_active_jobs(config: Config, runtime: TaskRuntime) -> None:
     import os
 
-    from win_automation.engines.hatchet.worker import prune_artifacts
+    from win_automation.artifacts.retention import scheduled_retention
 
     old, active = new_job_id(now=time.time() - 30 * 86400), new_job_id(now=time.time() - 30 * 86400)
     for job_id in (old, active):
@@ -310,12 +310,12 @@ def test_retention_prunes_old_job_folders_but_keeps_active_jobs(config: Config, 
         (folder / "stdout.txt").write_text("x")
         os.utime(folder, (time.time() - 30 * 86400, time.time() - 30 * 86400))
     runtime.journal.create_job("ping", "{}", steps=["check-engine"], engine="hatchet", job_id=active)
-    assert prune_artifacts(config) == 1
+    assert scheduled_retention(config) == (1, 0)
     assert not (config.artifacts.out_dir / old).exists() and (config.artifacts.out_dir / active).exists()
     keep_all = config.model_copy(
         update={"artifacts": config.artifacts.model_copy(update={"retention_days": 0})}
     )
-    assert prune_artifacts(keep_all) == 0
+    assert scheduled_retention(keep_all) == (0, 0)
 
 
 def test_trigger_wait_and_cancel_on_an_engine_with_no_worker(

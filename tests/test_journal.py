@@ -292,3 +292,46 @@ def test_an_owner_pid_now_a_process_with_a_name_that_is_not_utf8_is_read(tmp_pat
     finally:
         renamed.kill()
         renamed.wait()
+
+
+def backdate(path: Path, job_id: str, seconds: float) -> None:
+    """The job as if it had been created and ended `seconds` ago (time travel for retention)."""
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(
+            "UPDATE jobs SET created_at = created_at - ?, finished_at = finished_at - ? WHERE job_id = ?",
+            (seconds, seconds, job_id),
+        )
+    conn.close()
+
+
+def test_prune_ended_deletes_old_ended_jobs_with_their_steps_and_events_only(tmp_path: Path) -> None:
+    day = 86400.0
+    with Journal.open(tmp_path) as journal:
+        jobs: dict[str, str] = {}
+        for label in ("succeeded", "failed", "cancelled", "skipped", "interrupted", "running", "recent"):
+            job = journal.create_job("ping", "{}", steps=["a", "b"])
+            jobs[label] = job.job_id
+            journal.start_job(job.job_id)
+            if label not in ("running", "recent"):
+                journal.set_job_state(job.job_id, JobState(label))
+        journal.set_job_state(jobs["recent"], JobState.SUCCEEDED)
+        for label, job_id in jobs.items():
+            if label != "recent":
+                backdate(journal.path, job_id, 40 * day)
+        # in batches of 2: the four old jobs that ended go in two transactions (and a third finds none)
+        assert journal.prune_ended(time.time() - 30 * day, batch=2) == 4
+        left = {job.job_id for job in journal.list_jobs(limit=100)}
+        assert left == {jobs["interrupted"], jobs["running"], jobs["recent"]}
+        gone = [jobs[label] for label in ("succeeded", "failed", "cancelled", "skipped")]
+        conn = sqlite3.connect(journal.path)
+        for table in ("steps", "events"):
+            marks = ",".join("?" * len(gone))
+            assert conn.execute(
+                f"SELECT count(*) FROM {table} WHERE job_id IN ({marks})", gone
+            ).fetchone() == (0,)
+            assert conn.execute(
+                f"SELECT count(*) FROM {table} WHERE job_id = ?", (jobs["recent"],)
+            ).fetchone()[0]
+        conn.close()
+        assert journal.prune_ended(time.time() - 30 * day) == 0

@@ -285,6 +285,12 @@ class DataConfig(Section):
     dir: UserPath = Field(
         Path("~/.local/share/win-automation"), description="Data directory: the job journal and locks."
     )
+    journal_retention_days: Annotated[int, Field(ge=0)] = Field(
+        30,
+        description="Records of jobs that ended longer ago than this leave the journal (its steps and "
+        "events with them; interrupted jobs stay); 0 keeps them all.",
+        json_schema_extra=env("WIN_AUTOMATION_JOURNAL_RETENTION_DAYS"),
+    )
 
 
 class SupervisorConfig(Section):

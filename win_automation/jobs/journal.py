@@ -44,6 +44,9 @@ from win_automation.jobs.records import JobRecord, job_from_row
 from win_automation.jobs.state import ACTIVE, JobState, check_transition
 
 PARENT_FAILED = "a parent step failed"
+PRUNE_BATCH = 2000
+# ended for good: an interrupted job waits for `jobs resume` (or a person) and is kept
+PRUNABLE = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.SKIPPED)
 
 
 # A finished step: succeeded, or skipped by errors.Skipped (which records the step's output).
@@ -272,6 +275,26 @@ class Journal(JournalOwnership):
                 )
                 self._event(conn, job_id, name, JobState.SKIPPED, None, PARENT_FAILED, now)
         return True
+
+    def prune_ended(self, before: float, *, batch: int = PRUNE_BATCH) -> int:
+        """Delete the records (job, steps, events) of jobs that ended (succeeded, failed,
+        cancelled, skipped) before `before`; returns how many went. In transactions of `batch`
+        jobs, so that a first prune of a large journal never holds its write lock for long."""
+        ended = ", ".join(f"'{state}'" for state in PRUNABLE)
+        pruned = 0
+        while True:
+            with self._write() as conn:
+                query = (
+                    "SELECT job_id FROM jobs WHERE created_at < ? AND finished_at < ?"
+                    f" AND state IN ({ended}) LIMIT ?"
+                )
+                ids = [row[0] for row in conn.execute(query, (before, before, batch))]
+                marks = ", ".join("?" * len(ids))
+                for table in ("events", "steps", "jobs"):
+                    conn.execute(f"DELETE FROM {table} WHERE job_id IN ({marks})", ids)
+            pruned += len(ids)
+            if len(ids) < batch:
+                return pruned
 
     def end_job(
         self,

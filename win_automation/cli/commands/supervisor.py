@@ -5,13 +5,15 @@ one with `--once`: exit 0 when every check passes, 1 when one fails, 75 when the
 is open (checks failed and nothing was repaired). The loop ends with exit 0 on SIGTERM or Ctrl-C
 after the pass in progress. Each pass runs in a thread so that the signal only sets the stop flag.
 `WIN_AUTOMATION_SUPERVISOR_FAILPOINT` (check names) makes those checks fail; an unknown name is
-exit 2. `status` shows each check's last result from the journal (stale when older than two
-intervals: the supervisor is not running), the remediations of the last hour and the breaker.
+exit 2. After each pass it applies retention (artifact folders, journal records), as the worker
+does every hour. `status` shows each check's last result from the journal (stale when older than
+two intervals: the supervisor is not running), the remediations of the last hour and the breaker.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -23,6 +25,7 @@ from win_automation.cli.options import metrics_for
 from win_automation.cli.output import error, print_json, print_table
 from win_automation.cli.state import state
 
+log = logging.getLogger(__name__)
 app = typer.Typer(help="Check the VM's services, repair them, keep watch.", no_args_is_help=True)
 MARKS = {"pass": "✓", "fail": "✗", "skipped": "-", "warn": "!"}
 
@@ -33,11 +36,24 @@ def _pass_once(config: Any) -> tuple[int, dict[str, Any], str | None]:
     from workflows.supervisor_pass import PassInput, supervisor_pass
 
     outcome = run_job(config, supervisor_pass, PassInput(), engine="local")
+    _retention(config)
     output = outcome.outputs.get("pass")
     report: dict[str, Any] = dict(getattr(output, "report", {}) or {})
     report["job_id"] = outcome.job_id
     report["exit_code"] = outcome.exit_code
     return outcome.exit_code, report, outcome.error if outcome.exit_code else None
+
+
+def _retention(config: Any) -> None:
+    """Retention after each pass, as the worker applies it every hour: the supervisor may be the
+    only scheduler of the host (a pass a minute, each a job with a folder)."""
+    from win_automation.artifacts.retention import scheduled_retention
+    from win_automation.errors import WinAutomationError
+
+    try:
+        scheduled_retention(config)
+    except WinAutomationError as exc:  # a read-only disk, a busy journal: the next pass tries again
+        log.warning("retention failed", extra={"op": "retention", "err": str(exc)})
 
 
 def _print_report(report: dict[str, Any], as_json: bool, *, lines: bool) -> None:

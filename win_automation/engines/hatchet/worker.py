@@ -10,7 +10,8 @@ workflows which declare labels are routed to it. Next to the SDK's worker it run
 - a drain on SIGTERM/SIGINT: the SDK pauses assignment and waits for running steps; if they
   are still running after `grace` seconds (or on a second signal) the worker exits at once with
   code 1, and the engine hands their tasks to another worker when the heartbeats stop;
-- artifact retention (`artifacts.retention_days`, 0 keeps everything) at start and every hour;
+- retention (artifact folders and journal records: artifacts.retention.scheduled_retention) at
+  start and every hour;
 - optional metric lines (`--metrics`).
 """
 
@@ -31,7 +32,7 @@ from hatchet_sdk import ClientConfig, Hatchet
 
 from win_automation import log as project_log
 from win_automation import metrics
-from win_automation.artifacts.retention import apply_retention
+from win_automation.artifacts.retention import scheduled_retention
 from win_automation.config import Config
 from win_automation.engines.hatchet.client import check_engine_version, client_config, compile_workflow
 from win_automation.engines.hatchet.runtime import TaskRuntime
@@ -67,17 +68,10 @@ def default_name() -> str:
     return f"win-automation-{socket.gethostname()}"
 
 
-def prune_artifacts(config: Config) -> int:
-    """Apply retention (artifacts.retention; 0 days keeps everything). Returns how many folders went."""
-    if config.artifacts.retention_days <= 0:
-        return 0
-    return len(apply_retention(config))
-
-
 def _retention_loop(config: Config, stop: threading.Event) -> None:
     while True:
         try:
-            prune_artifacts(config)
+            scheduled_retention(config)
         except Exception:  # retention must never stop the worker
             log.warning("artifact retention failed", exc_info=True, extra={"op": "retention"})
         if stop.wait(RETENTION_INTERVAL):
