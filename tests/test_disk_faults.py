@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -388,11 +387,12 @@ def test_prune_on_a_read_only_disk_is_one_line_74(cli, small_disk: Path) -> None
     """`artifacts prune` of an old job folder on a file system remounted read-only was a
     traceback (OSError from shutil.rmtree, exit 1): one line naming the folder, exit 74."""
     env = {"WIN_AUTOMATION_ARTIFACT_OUT": str(small_disk / "art")}
-    ran = cli("run", "ping", "--json", env=env)
-    job = json.loads(ran.stdout)["job_id"]
+    three_days_ago = time.time() - 3 * 86400
+    job = new_job_id(three_days_ago)
+    ArtifactWriter(small_disk / "art", job, "0" * 32, three_days_ago, types=("ping",)).write_text(
+        "ping", "ping.json", "{}"
+    )
     manifest = small_disk / "art" / job / "manifest.json"
-    old = re.sub(r'"created_at": "[^"]*"', '"created_at": "2020-01-01T00:00:00Z"', manifest.read_text())
-    manifest.write_text(old)
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     res = cli("artifacts", "prune", "--older-than", "1d", env=env)
     folder = small_disk / "art" / job

