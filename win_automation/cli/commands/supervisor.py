@@ -48,11 +48,10 @@ def _retention(config: Any) -> None:
     """Retention after each pass, as the worker applies it every hour: the supervisor may be the
     only scheduler of the host (a pass a minute, each a job with a folder)."""
     from win_automation.artifacts.retention import scheduled_retention
-    from win_automation.errors import WinAutomationError
 
     try:
         scheduled_retention(config)
-    except WinAutomationError as exc:  # a read-only disk, a busy journal: the next pass tries again
+    except Exception as exc:  # a read-only disk, a busy journal: the pass stands, the next retries
         log.warning("retention failed", extra={"op": "retention", "err": str(exc)})
 
 
