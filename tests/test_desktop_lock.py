@@ -72,3 +72,6 @@ def test_the_lock_file_names_its_holder(tmp_path: Path) -> None:
         assert holder(path) == f"pid {os.getpid()}, job job-1"
     path.write_text("not a pid\n")
     assert holder(path) == ""
+    path.unlink()
+    os.mkfifo(path)  # in the lock's place: who holds it is read as nobody, not waited for
+    assert holder(path) == ""

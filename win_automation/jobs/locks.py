@@ -33,7 +33,18 @@ def holder(path: Path) -> str:
     that process is stopped (Ctrl-Z, SIGSTOP: it holds the desktop until it is continued); "" when
     the file names nobody."""
     try:
-        pid_text, _, job = path.read_text(errors="replace").strip().partition(" ")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        return _holder(fd)
+    finally:
+        os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    try:  # pread: a FIFO in the lock's place (ESPIPE) is read as nobody, not waited on
+        pid_text, _, job = os.pread(fd, 256, 0).decode(errors="replace").strip().partition(" ")
         pid = int(pid_text)
     except (OSError, ValueError):
         return ""
@@ -77,7 +88,7 @@ def vm_lock(
                     raise Cancelled(f"cancelled while waiting for the desktop of {vm}") from None
                 if time.monotonic() - checked >= HOLDER_CHECK_SECONDS:
                     checked = time.monotonic()
-                    if (now := holder(path)) != said:
+                    if (now := _holder(fd)) != said:
                         said = now
                         on_wait(now)
                 time.sleep(POLL_SECONDS)
