@@ -323,7 +323,7 @@ def test_trigger_wait_and_cancel_on_an_engine_with_no_worker(
 ) -> None:
     from fake_hatchet import FakeHatchet
 
-    from win_automation.engines.hatchet import client as adapter
+    from win_automation.engines.hatchet import runs as adapter
 
     monkeypatch.setattr(adapter, "NO_WORKER_HINT_SECONDS", 0.3)
     engine = FakeHatchet().start()

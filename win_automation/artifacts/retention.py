@@ -97,9 +97,15 @@ def apply_retention(
     older_than_seconds: float | None = None,
     dry_run: bool = False,
     now: float | None = None,
+    journal: Journal | None = None,
 ) -> list[PruneResult]:
+    """`prune` of artifacts.out_dir past `artifacts.retention_days` (or `older_than_seconds`),
+    keeping active jobs' folders (read from `journal`, else from one opened for it)."""
     seconds = config.artifacts.retention_days * DAY if older_than_seconds is None else older_than_seconds
-    with Journal.open(config.data.dir) as journal:
+    if journal is None:
+        with Journal.open(config.data.dir) as opened:
+            active = frozenset(opened.active_job_ids())
+    else:
         active = frozenset(journal.active_job_ids())
     pruned = prune(config.artifacts.out_dir, seconds, now=now, dry_run=dry_run, keep=active)
     if pruned and not dry_run:
@@ -110,26 +116,21 @@ def apply_retention(
     return pruned
 
 
-def prune_journal(config: Config, *, now: float | None = None) -> int:
-    """Delete the journal's records of jobs that ended more than `data.journal_retention_days`
-    ago (0 keeps them all); how many went."""
-    if config.data.journal_retention_days <= 0:
-        return 0
-    before = (time.time() if now is None else now) - config.data.journal_retention_days * DAY
-    with Journal.open(config.data.dir) as journal:
-        pruned = journal.prune_ended(before)
-    if pruned:
-        log.info("journal records pruned", extra={"op": "prune", "jobs": pruned})
-    return pruned
-
-
 def scheduled_retention(config: Config) -> tuple[int, int]:
     """What the schedulers apply (the worker every hour, the supervisor after each pass): job
-    folders past `artifacts.retention_days` and journal records past `data.journal_retention_days`,
-    each unless 0; (folders, records) pruned. Cheap when there is nothing to prune: folders are
-    told apart by the time in their job id, records by an index."""
-    folders = len(apply_retention(config)) if config.artifacts.retention_days > 0 else 0
-    return folders, prune_journal(config)
+    folders past `artifacts.retention_days` and the journal's records of jobs that ended past
+    `data.journal_retention_days`, each unless 0; (folders, records) pruned. One journal opened
+    for both; cheap when there is nothing to prune: folders are told apart by the time in their
+    job id, records by an index."""
+    artifact_days, record_days = config.artifacts.retention_days, config.data.journal_retention_days
+    if artifact_days <= 0 and record_days <= 0:
+        return 0, 0
+    with Journal.open(config.data.dir) as journal:
+        folders = len(apply_retention(config, journal=journal)) if artifact_days > 0 else 0
+        records = journal.prune_ended(time.time() - record_days * DAY) if record_days > 0 else 0
+    if records:
+        log.info("journal records pruned", extra={"op": "prune", "jobs": records})
+    return folders, records
 
 
 def remove_partials(config: Config, *, dry_run: bool = False) -> list[Path]:

@@ -38,7 +38,7 @@ from win_automation.jobs.state import ACTIVE, JobState
 from win_automation.operations.vm import Emit
 
 if TYPE_CHECKING:
-    from win_automation.engines.hatchet.client import HatchetRuns
+    from win_automation.engines.hatchet.runs import HatchetRuns
 
 Engine = Literal["local", "hatchet"]
 Progress = Callable[[str, str], None]
@@ -62,7 +62,7 @@ def _hatchet(config: Config, journal: Journal | None = None) -> HatchetRuns:
     from win_automation.config.hatchet_token import token_claims
 
     token_claims(config)  # a clear ConfigError before the slow SDK import
-    from win_automation.engines.hatchet.client import HatchetRuns
+    from win_automation.engines.hatchet.runs import HatchetRuns
 
     return HatchetRuns(config, journal)
 

@@ -73,7 +73,7 @@ def _retention_loop(config: Config, stop: threading.Event) -> None:
         try:
             scheduled_retention(config)
         except Exception:  # retention must never stop the worker
-            log.warning("artifact retention failed", exc_info=True, extra={"op": "retention"})
+            log.warning("retention failed", exc_info=True, extra={"op": "retention"})
         if stop.wait(RETENTION_INTERVAL):
             return
 
