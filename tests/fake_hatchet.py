@@ -155,6 +155,7 @@ class FakeHatchet:
         self.assignments: list[tuple[str, str, int]] = []  # (task run id, task, retry_count)
         self.subscribers: list[tuple[set[str], Queue[d.WorkflowRunEvent | None]]] = []
         self.paused_via_rest: list[str] = []
+        self.stalled: set[str] = set()  # RPC names that get no answer (a wedged engine) while listed
         self._stop = threading.Event()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64),

@@ -42,6 +42,12 @@ def add_services(engine: FakeHatchet, server: grpc.Server) -> None:
     w1g.add_AdminServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
 
 
+def _stall_if_listed(engine: FakeHatchet, name: str, context: grpc.ServicerContext) -> None:
+    """A call named in `engine.stalled` gets no answer until its caller gives up (or it leaves the set)."""
+    while name in engine.stalled and context.is_active():
+        time.sleep(0.05)
+
+
 def _abort_unless_authorized(engine: FakeHatchet, context: grpc.ServicerContext) -> None:
     metadata = dict(context.invocation_metadata())
     scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
@@ -197,6 +203,7 @@ class Servicer(dg.DispatcherServicer, w0g.WorkflowServiceServicer, w1g.AdminServ
         self, request: w1.CreateWorkflowVersionRequest, context: grpc.ServicerContext
     ) -> w1.CreateWorkflowVersionResponse:
         _abort_unless_authorized(self.engine, context)
+        _stall_if_listed(self.engine, "PutWorkflow", context)
         self.engine.put_workflow(request)
         return w1.CreateWorkflowVersionResponse(id=str(uuid.uuid4()), workflow_id=str(uuid.uuid4()))
 

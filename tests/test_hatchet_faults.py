@@ -5,7 +5,9 @@
   is left lying. Before, the SDK's calls had no deadline and were retried (3 attempts of ~70 s,
   keepalive's timeout): `run --engine hatchet` took 216 s to fail and triggered the run 3 times.
 - A job input too large for a gRPC message (a script of 5 MB): a usage error before anything is
-  sent; it was `not reachable (RESOURCE_EXHAUSTED ...)`, exit 3, which scripts retry."""
+  sent; it was `not reachable (RESOURCE_EXHAUSTED ...)`, exit 3, which scripts retry.
+- A worker whose engine answers the version check and then not the workflows' registration:
+  exit 3 at the deadline (it waited for good: the SDK's PutWorkflow has no deadline)."""
 
 from __future__ import annotations
 
@@ -164,6 +166,24 @@ def test_a_worker_facing_a_silent_engine_says_so_at_its_deadline(engine: FakeHat
         f" {TIMEOUT:g}s (paused or overloaded?)"
     )
     assert engine.workers == {}
+
+
+def test_a_worker_whose_engine_stalls_at_registration_says_so_at_its_deadline(
+    engine: FakeHatchet, tmp_path: Path
+) -> None:
+    """The engine answers the version check, then never answers PutWorkflow (wedged: the
+    connection and its keepalive pings stay alive). The SDK's registration has no deadline: the
+    worker waited for good after "worker starting"."""
+    engine.stalled.add("PutWorkflow")
+    env = world_env(engine, tmp_path)
+    env["WIN_AUTOMATION_HATCHET_REQUEST_TIMEOUT"] = f"{TIMEOUT:g}s"
+    code, _out, err, took = cli(env, "worker", "--name", "wedged")
+    assert code == 3 and took < TIMEOUT + 8, (took, err)
+    assert err.strip().splitlines()[-1] == (
+        f"error: registering workflow aloha-task: Hatchet at {engine.host_port} gave no answer within"
+        f" {TIMEOUT:g}s (paused or overloaded?)"
+    )
+    assert "Traceback" not in err and engine.workers == {}
 
 
 def test_an_input_too_large_for_a_message_is_a_usage_error_before_anything_is_sent(

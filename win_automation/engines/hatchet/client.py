@@ -10,6 +10,7 @@
   the worker's host. A final failure becomes NonRetryableException here; a cancelled run reaches
   the task as CancelledError and sets the step's cancel flag.
 - `check_engine_version(config)`: the engine's version, refused when too old for the SDK.
+- `register_workflows(config, compiled)`: PutWorkflow for each, with a deadline (the worker).
 
 The triggering side of a job command (trigger, follow, cancel) is win_automation.engines.hatchet.
 runs. gRPC failures are translated once, here (`translate`): UNAVAILABLE -> ConnectError,
@@ -21,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -40,6 +41,7 @@ from hatchet_sdk.config import ClientTLSConfig, TenacityConfig
 from hatchet_sdk.connection import new_conn
 from hatchet_sdk.contracts.dispatcher_pb2 import GetVersionRequest
 from hatchet_sdk.contracts.dispatcher_pb2_grpc import DispatcherStub
+from hatchet_sdk.contracts.v1.workflows_pb2_grpc import AdminServiceStub
 from hatchet_sdk.utils.api_auth import create_authorization_header
 from pydantic import BaseModel
 
@@ -89,16 +91,26 @@ def connect(config: Config) -> Hatchet:
     return Hatchet(config=client_config(config))
 
 
+_REFUSALS = (
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.UNIMPLEMENTED,
+)
+
+
 def translate(exc: grpc.RpcError, what: str, config: Config) -> WinAutomationError:
     code = exc.code() if hasattr(exc, "code") else None
     detail = exc.details() if hasattr(exc, "details") else str(exc)
     where = f"Hatchet at {config.hatchet.host_port}"
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return AuthError(f"{what}: {where} refused the token ({detail})")
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return AuthError(f"{what}: {where} refused the token ({code.name}: {detail})")
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFoundError(f"{what}: {where}: {detail}")
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # a message over a size limit, a rate limit
-        return WinAutomationError(f"{what}: {where} refused it ({detail})")
+    if code in _REFUSALS:  # it answered: no: a message over a size limit, a rate limit, a bad request
+        return WinAutomationError(f"{what}: {where} refused it ({code.name}: {detail})")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         timeout = config.hatchet.request_timeout
         return ConnectError(f"{what}: {where} gave no answer within {timeout:g}s (paused or overloaded?)")
@@ -131,6 +143,28 @@ def check_engine_version(config: Config) -> str:
             f"hatchet-sdk 1.43 needs {wanted} or newer: upgrade hatchet-lite (README, Hatchet)"
         )
     return version
+
+
+def register_workflows(config: Config, compiled: Sequence[Any]) -> None:
+    """Register each compiled workflow (PutWorkflow), with `hatchet.request_timeout` as the
+    deadline of each. The SDK's worker registers them again as it starts, the same versions (no
+    change on the engine), but with no deadline: an engine that took the connection and then
+    answered nothing held `win-automation worker` for good after "worker starting"."""
+    sdk_config = client_config(config)
+    channel = new_conn(sdk_config, False)
+    stub = AdminServiceStub(channel)
+    try:
+        for workflow in compiled:
+            try:
+                stub.PutWorkflow(
+                    workflow.to_proto(),
+                    metadata=create_authorization_header(sdk_config.token),
+                    timeout=config.hatchet.request_timeout,
+                )
+            except grpc.RpcError as exc:
+                raise translate(exc, f"registering workflow {workflow.name}", config) from exc
+    finally:
+        channel.close()
 
 
 def _as_model(value: Any, model: type[BaseModel]) -> BaseModel:

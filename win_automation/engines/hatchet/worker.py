@@ -34,7 +34,12 @@ from win_automation import log as project_log
 from win_automation import metrics
 from win_automation.artifacts.retention import scheduled_retention
 from win_automation.config import Config
-from win_automation.engines.hatchet.client import check_engine_version, client_config, compile_workflow
+from win_automation.engines.hatchet.client import (
+    check_engine_version,
+    client_config,
+    compile_workflow,
+    register_workflows,
+)
 from win_automation.engines.hatchet.runtime import TaskRuntime
 from win_automation.errors import ConfigError
 
@@ -132,6 +137,7 @@ def run_worker(
     executor = ThreadPoolExecutor(max_workers=slots + 4, thread_name_prefix="step")
     hatchet = Hatchet(config=sdk_config)
     compiled = [compile_workflow(hatchet, wf, lambda: runtime, lambda: executor) for wf in workflows.values()]
+    register_workflows(config, compiled)
     with warnings.catch_warnings():  # 1.43 takes labels only as a dict, and warns about it
         warnings.simplefilter("ignore", DeprecationWarning)
         worker = hatchet.worker(name, slots=slots, labels=dict(labels), workflows=compiled)
