@@ -525,6 +525,26 @@ def ssh_config(live_sshd: SshServer, known_hosts: Path) -> Any:
     return live_sshd.config(known_hosts)
 
 
+@pytest.fixture
+def slow_to_hash(remote_dir: Path) -> Iterator[Path]:
+    """A remote file the VM takes seconds to hash (2 GiB, sparse: reading its holes costs the
+    kernel ~3 s), for tests of what happens to a hash whose transfer was abandoned. Whatever
+    still hashes it is killed after the test: a Linux sshd does not end a command whose channel
+    closed (Windows does), and it would burn a core."""
+    path = remote_dir / "slow-to-hash.bin"
+    with open(path, "wb") as out:
+        out.truncate(2 << 30)
+    yield path
+    subprocess.run(["pkill", "-f", f"dgst.*{path}"], check=False)
+
+
+def hash_threads() -> list[str]:
+    """The threads of this process that wait for a VM's hash (transfers' `remote-sha256`)."""
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == "remote-sha256"]
+
+
 def helper_logs(data_dir: Path, server: SshServer) -> str:
     """The helpers' logs and the sshd's, for a failure's message (a rare one, to diagnose)."""
     logs = [

@@ -320,6 +320,28 @@ def test_an_interrupted_get_stops_the_helpers_download(
     assert only_helper(cli, slow_link)["pid"] == helper["pid"]
 
 
+def test_an_interrupted_get_closes_the_vms_hash_in_the_helper(
+    cli, cli_env: dict[str, str], slow_link: dict[str, str], slow_to_hash: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The helper's thread that waits for the VM's hash ends with the cancelled get, closing the
+    hash's channel (which ends the hash on Windows); it held a session of the shared connection
+    for as long as the file took to hash."""
+    helper = warm_up(cli, slow_link, slow_to_hash.parent, tmp_path)
+    tasks = Path(f"/proc/{helper['pid']}/task")
+    idle = len(list(tasks.iterdir()))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = start_get(cli_env, slow_link, slow_to_hash, out / "big.bin")
+    wait_mid_transfer(out)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    ended = time.monotonic()
+    while len(list(tasks.iterdir())) > idle and time.monotonic() - ended < 1.5:
+        time.sleep(0.05)
+    assert len(list(tasks.iterdir())) <= idle, "the helper still waits for the VM's hash"
+
+
 def test_sigterm_mid_direct_get_leaves_no_part_file(
     cli_env: dict[str, str], slow_link: dict[str, str], remote_dir: Path, tmp_path: Path
 ) -> None:

@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-from fixture_sshd import SshServer
+from conftest import tmpfs
+from fixture_sshd import SshServer, hash_threads
 from stall_proxy import StallProxy
 
 from win_automation.adapters import ssh
 from win_automation.config.schema import SSHConfig
-from win_automation.errors import ConnectError
+from win_automation.errors import ConnectError, StorageError
 from win_automation.operations import transfers
 from win_automation.partfiles import HOST_TAG, is_stale, owner_tag
 
@@ -248,3 +249,19 @@ def test_a_transfer_that_never_stalls_still_has_a_deadline(proxied, remote_dir, 
         transfers.get_file(ssh.get_connection(cfg), str(source), local, remote_os="posix")
     assert 1.4 < time.monotonic() - started < 4
     assert not local.exists() and parts(tmp_path) == []
+
+
+def test_a_failed_get_closes_the_vms_hash(live_sshd, known_hosts, slow_to_hash, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The VM hashes the file while it downloads. A download that fails (here the local disk
+    fills) closes the hash's channel, which ends a hash on Windows; it ran on for as long as the
+    file takes to hash (up to 600 s), holding the VM's disk and a session of the connection."""
+    cfg = live_sshd.config(known_hosts)
+    with tmpfs(tmp_path / "small", "1m") as small:
+        with pytest.raises(StorageError, match=r"disk is full|No space left"):
+            transfers.get_file(ssh.get_connection(cfg), str(slow_to_hash), small / "x.bin", remote_os="posix")
+        ended = time.monotonic()
+        while hash_threads() and time.monotonic() - ended < 1.5:
+            time.sleep(0.05)
+        assert hash_threads() == [], "the VM's hash went on after its download failed"
+        assert list(small.iterdir()) == []
+    ssh.close_all()

@@ -201,10 +201,15 @@ class Helper:
             raise ConnectError("the warm-connection helper got a get request without its file")
         remote = str(request["path"])
         hashed: dict[str, Any] = {}
+        abandoned = threading.Event()
 
         def hash_remote() -> None:
             try:
-                outcome = self.conn.exec(str(request["hash_command"]), timeout=request.get("hash_timeout"))
+                outcome = self.conn.exec(  # a cancelled get closes the hash's channel (see below)
+                    str(request["hash_command"]),
+                    timeout=request.get("hash_timeout"),
+                    cancelled=abandoned.is_set,
+                )
                 hashed["outcome"] = {
                     "exit_status": outcome.exit_status,
                     "stdout": base64.b64encode(outcome.stdout).decode("ascii"),
@@ -226,21 +231,26 @@ class Helper:
                 shown[0] = now
                 hint(b"P", struct.pack(">qq", done, total))
 
-        with open(fds[0], "wb", buffering=0, closefd=False) as out:
-            copied = sftp_download.download(
-                self.conn,
-                remote,
-                out,
-                progress if request.get("progress") else None,
-                cancelled=cancelled.is_set,
-                target=str(request.get("target") or "the local file"),
-                on_start=lambda: send(b"S"),
-            )
-        expected = sftp.remote_size(self.conn, remote)
-        while hasher.is_alive() and not cancelled.is_set():
-            hasher.join(persist.CANCEL_POLL)
-        if cancelled.is_set():
-            raise ConnectError(f"SFTP download of {remote} was cancelled")
+        try:
+            with open(fds[0], "wb", buffering=0, closefd=False) as out:
+                copied = sftp_download.download(
+                    self.conn,
+                    remote,
+                    out,
+                    progress if request.get("progress") else None,
+                    cancelled=cancelled.is_set,
+                    target=str(request.get("target") or "the local file"),
+                    on_start=lambda: send(b"S"),
+                )
+            expected = sftp.remote_size(self.conn, remote)
+            while hasher.is_alive() and not cancelled.is_set():
+                hasher.join(persist.CANCEL_POLL)
+            if cancelled.is_set():
+                raise ConnectError(f"SFTP download of {remote} was cancelled")
+        finally:
+            # Cancelled or failed: the hash's channel closes (Windows ends the hash with it);
+            # else it held a session of the shared connection until the file was hashed.
+            abandoned.set()
         return {"size": copied.size, "sha256": copied.sha256, "remote_size": expected, **hashed}
 
     # -- the process ------------------------------------------------------------------------

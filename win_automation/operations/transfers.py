@@ -164,9 +164,12 @@ def parse_sha256(remote: str, exit_status: int | None, stdout: bytes, stderr: by
     return digest
 
 
-def remote_sha256(conn: Executor, remote: str, remote_os: str) -> str:
-    """The sha256 (lower-case hex) of a remote file, computed on the VM."""
-    outcome = conn.exec(sha256_command(remote, remote_os), timeout=HASH_TIMEOUT)
+def remote_sha256(
+    conn: Executor, remote: str, remote_os: str, *, cancelled: Callable[[], bool] | None = None
+) -> str:
+    """The sha256 (lower-case hex) of a remote file, computed on the VM; `cancelled()` turning
+    true closes its channel (on Windows the hash ends with it)."""
+    outcome = conn.exec(sha256_command(remote, remote_os), timeout=HASH_TIMEOUT, cancelled=cancelled)
     return parse_sha256(remote, outcome.exit_status, outcome.stdout, outcome.stderr)
 
 
@@ -283,15 +286,24 @@ class _Fetched:
 
 
 def _fetch_direct(
-    conn: SshConnection, remote: str, out: BinaryIO, local: Path, remote_os: str, progress: Progress | None
+    conn: SshConnection,
+    remote: str,
+    out: BinaryIO,
+    local: Path,
+    remote_os: str,
+    progress: Progress | None,
+    abandoned: threading.Event,
 ) -> _Fetched:
+    """The download here, the VM hashing meanwhile; `abandoned` set (the get failed) ends the
+    hash's channel: left running, it held the VM's disk and CPU and a session slot for as long
+    as the file takes to hash."""
     from win_automation.adapters import sftp, sftp_download
 
     hashed: dict[str, str | BaseException] = {}
 
     def hash_remote() -> None:
         try:
-            hashed["sha256"] = remote_sha256(conn, remote, remote_os)
+            hashed["sha256"] = remote_sha256(conn, remote, remote_os, cancelled=abandoned.is_set)
         except BaseException as exc:
             hashed["error"] = exc
 
@@ -345,13 +357,14 @@ def get_file(
     process's SshConnection, or a WarmConnection (the download then runs in the helper)."""
     check_remote(remote)
     partial, out = _open_partial(local)
+    abandoned = threading.Event()
     try:
         with Timer() as timer:
             with out:
                 if isinstance(conn, WarmConnection):
                     copied = _fetch_warm(conn, remote, out, local, remote_os, progress)
                 else:
-                    copied = _fetch_direct(conn, remote, out, local, remote_os, progress)  # type: ignore[arg-type]
+                    copied = _fetch_direct(conn, remote, out, local, remote_os, progress, abandoned)  # type: ignore[arg-type]
                 try:  # the written data reaches the disk: a full one may say so only now
                     out.flush()
                     os.fsync(out.fileno())
@@ -372,6 +385,7 @@ def get_file(
             except OSError as exc:
                 raise _unwritable(local, exc) from None
     except BaseException:
+        abandoned.set()
         with contextlib.suppress(OSError):  # a disk gone read-only keeps it: its error is the one said
             partial.unlink(missing_ok=True)
         raise
