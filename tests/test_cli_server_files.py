@@ -58,8 +58,10 @@ def _bounded(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, byte
 def test_status_and_stop_neither_block_on_nor_read_whole_odd_info_files(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """A FIFO nobody writes (blocked for good), 1 GiB (read whole: 2 GiB of memory) and a symlink
-    to /dev/zero (never ends) as `<key>.json`: listed as unknown, in bounded time and memory."""
+    """A FIFO nobody writes (blocked for good), 1 GiB (read whole: 2 GiB of memory), a symlink
+    to /dev/zero (never ends) and 4 KiB of nested arrays (past the JSON parser's recursion: a
+    traceback, and `stop` stopped nothing) as `<key>.json`: listed as unknown, in bounded time
+    and memory."""
     folder = Path(cli_env["WIN_AUTOMATION_DATA_DIR"]) / "cli-server"
     folder.mkdir(parents=True, mode=0o700)
     os.mkfifo(folder / "a.json")
@@ -67,6 +69,7 @@ def test_status_and_stop_neither_block_on_nor_read_whole_odd_info_files(
         huge.truncate(1 << 30)
     (folder / "c.json").symlink_to("/dev/zero")
     (folder / "d.json").write_text(json.dumps({"pid": 1, "started": "x", "persist": 5.0}))
+    (folder / "e.json").write_text("[" * 2000 + "]" * 2000)
     for args in (["ssh", "persist", "status", "--json"], ["ssh", "persist", "stop", "--json"]):
         code, out = _bounded(args, cli_env, tmp_path)
         assert code == 0, (args, code)  # -9: blocked, killed after 60 s; 1: out of memory
@@ -76,6 +79,7 @@ def test_status_and_stop_neither_block_on_nor_read_whole_odd_info_files(
             ("b", None, None),
             ("c", None, None),
             ("d", 1, 5.0),  # a regular one is read (pid 1 is no server: not stopped)
+            ("e", None, None),
         ]
 
 

@@ -41,6 +41,11 @@ def test_claims_of_a_hatchet_token() -> None:
         ("eyJ.!!!notbase64!!!.x", "is not a JWT: its claims are not base64 JSON"),
         (jwt(["a"]), "claims are not a JSON object"),
         (jwt({"sub": "t", "server_url": "http://h"}), "lack grpc_broadcast_address"),
+        # nested past the JSON parser's recursion: was a RecursionError traceback
+        (
+            "eyJhbGciOiJub25lIn0." + base64.urlsafe_b64encode(b"[" * 5000 + b"]" * 5000).decode() + ".s",
+            "base64 JSON",
+        ),
     ],
 )
 def test_a_missing_or_malformed_token_is_a_one_line_config_error(token: str | None, problem: str) -> None:
@@ -51,6 +56,13 @@ def test_a_missing_or_malformed_token_is_a_one_line_config_error(token: str | No
     assert "HATCHET_CLIENT_TOKEN" in message
     if token:
         assert token not in message
+
+
+@pytest.mark.parametrize("exp", [10**400, -1, 1e300, "soon", True])
+def test_an_exp_claim_that_is_no_time_counts_as_none(exp: object) -> None:
+    """`exp` of 10**400 was an OverflowError traceback from every Hatchet command."""
+    claims = {"sub": "t", "server_url": "http://h", "grpc_broadcast_address": "h:7077", "exp": exp}
+    assert token_claims(config_with(jwt(claims))).expires_at is None  # type: ignore[arg-type]
 
 
 def test_engine_choice_defaults_to_hatchet_only_with_a_token() -> None:

@@ -18,7 +18,7 @@ INFO_LIMIT = 4096
 
 def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """An info file's object; {} when it is missing, unreadable, not a regular file, too large
-    or not a JSON object."""
+    or not a JSON object (nested too deep included)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -27,7 +27,7 @@ def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         if not S_ISREG(os.fstat(fd).st_mode):
             return {}
         info = json.loads(os.read(fd, INFO_LIMIT))  # larger: cut, not JSON
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # 4 KiB of `[`: nested past the parser's limit
         return {}
     finally:
         os.close(fd)

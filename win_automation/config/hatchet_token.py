@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 from typing import Literal
 
+from win_automation import jsontext
 from win_automation.config.schema import Config
 from win_automation.errors import ConfigError
 
 Engine = Literal["local", "hatchet"]
 TOKEN_SOURCE = "hatchet.token (environment HATCHET_CLIENT_TOKEN)"
 _CLAIMS = ("sub", "server_url", "grpc_broadcast_address")
+_YEAR_10000 = 253402300800  # an `exp` at or past it (or negative) is not a time: ignored, as none
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def token_claims(config: Config) -> TokenClaims:
         raise ConfigError(f"{TOKEN_SOURCE} is not a JWT (expected three dot-separated base64 parts)")
     try:
         payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
-        claims = json.loads(payload)
+        claims = jsontext.loads(payload.decode("utf-8"))  # deep nesting: a ValueError too
     except (binascii.Error, ValueError):
         raise ConfigError(f"{TOKEN_SOURCE} is not a JWT: its claims are not base64 JSON") from None
     if not isinstance(claims, dict):
@@ -54,5 +55,9 @@ def token_claims(config: Config) -> TokenClaims:
     if missing:
         raise ConfigError(f"{TOKEN_SOURCE} is not a Hatchet token: its claims lack {', '.join(missing)}")
     exp = claims.get("exp")
-    expires = float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+    expires = (
+        float(exp)
+        if isinstance(exp, int | float) and not isinstance(exp, bool) and 0 <= exp < _YEAR_10000
+        else None
+    )
     return TokenClaims(claims["sub"], claims["server_url"], claims["grpc_broadcast_address"], expires)
