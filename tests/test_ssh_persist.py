@@ -425,6 +425,35 @@ def test_two_processes_starting_at_once_share_one_helper(
     assert again.stdout == "3\n" and only_helper(cli, env)["pid"] == helper["pid"]
 
 
+def test_a_start_up_lock_held_for_good_keeps_no_helper_waiting(
+    cli, cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A process that holds the helpers' start-up lock and never lets go (paused; not ours): the
+    job commands run in-process, as they should, but each left one more helper waiting for the
+    lock for good (9 calls: 9 helpers, 416 MB). Now a helper gives up after its start budget."""
+    env = {**cli_env, **env_for(live_sshd, known_hosts, connect_timeout=1)}
+    assert cli("ssh", "run", "--shell", "cmd", "--", "true", env=env).code == 0
+    sock = Path(only_helper(cli, env)["socket"])
+    assert cli("ssh", "persist", "stop", env=env).code == 0
+    holder = subprocess.Popen(["flock", unixsock.lock_path(sock), "sleep", "120"])
+    try:
+        time.sleep(0.3)
+        for n in range(2):
+            res = cli("ssh", "run", "--shell", "cmd", "--", f"echo {n}", env=env)
+            assert (res.code, res.stdout) == (0, f"{n}\n"), res.stderr
+        waiting = lambda: unixsock.processes(sock.parent, persist_wire.HELPER_MODULE)  # noqa: E731
+        assert waiting(), "no helper was started"
+        budget = persist_wire.start_budget(live_sshd.config(known_hosts, connect_timeout=1))
+        deadline = time.monotonic() + budget + 5
+        while waiting() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert waiting() == {}, "helpers still wait for the start-up lock"
+        assert "has been held for 13s by another process (paused?)" in sock.with_suffix(".log").read_text()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_sshd_restarting_under_a_warm_helper(cli, live_sshd: SshServer, known_hosts: Path) -> None:  # type: ignore[no-untyped-def]
     env = env_for(live_sshd, known_hosts)
     assert cli("ssh", "run", "--shell", "cmd", "--", "true", env=env).code == 0

@@ -105,17 +105,28 @@ def lock_path(sock: str | os.PathLike[str]) -> str:
     return os.path.splitext(os.fspath(sock))[0] + ".lock"
 
 
-def locked(sock: str | os.PathLike[str]) -> AbstractContextManager[None]:
+def locked(sock: str | os.PathLike[str], timeout: float) -> AbstractContextManager[None]:
     """An exclusive lock on `<sock without suffix>.lock`: of two processes starting a server for
-    `sock` at once, the second waits and then finds the first serving."""
+    `sock` at once, the second waits and then finds the first serving. TimeoutError when it is
+    still held after `timeout` seconds (its holder paused, or not ours: each process that waited
+    for good stayed, one more at each call)."""
     import contextlib
     import fcntl
+    import time
 
     @contextlib.contextmanager
     def hold() -> Iterator[None]:
-        fd = os.open(lock_path(sock), os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(lock_path(sock), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(f"{lock_path(sock)} is held by another process") from None
+                    time.sleep(0.05)
             yield
         finally:
             os.close(fd)

@@ -48,12 +48,14 @@ from win_automation.adapters.persist_wire import (
     discard,
     ensure_dir,
     error_from,
+    lock_timeout_error,
     locked,
     recv_frame,
     send_frame,
     send_frame_fds,
     socket_path,
     spawn,
+    start_budget,
     sun_path,
 )
 from win_automation.config.schema import SSHConfig
@@ -142,10 +144,13 @@ class WarmConnection:
         two started at once one wins). With `replace`, the helper whose socket had inode `bad` is
         killed first, unless another caller already replaced it."""
         if replace:
-            with locked(self.sock):
-                if self._inode() != bad:
-                    return  # already replaced by a caller that found it dead too
-                discard(self.sock, kill=True)
+            try:
+                with locked(self.sock, start_budget(self.cfg)):
+                    if self._inode() != bad:
+                        return  # already replaced by a caller that found it dead too
+                    discard(self.sock, kill=True)
+            except TimeoutError:
+                raise lock_timeout_error(self.sock, self.cfg) from None
         elif self.available():
             return
         spawn(self.cfg, self.sock, self.persist)

@@ -332,8 +332,10 @@ class _Kept(logging.Handler):
 
 
 def _answer(payload: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(payload) + "\n")
-    sys.stdout.flush()
+    """To the starter, when it still waits (a helper started in the background has none)."""
+    with contextlib.suppress(OSError):
+        sys.stdout.write(json.dumps(payload) + "\n")
+        sys.stdout.flush()
 
 
 def _keep_heap() -> None:
@@ -360,33 +362,38 @@ def main(argv: list[str]) -> int:
     kept = _Kept()
     logging.getLogger().addHandler(kept)
     info = {"pid": os.getpid(), "vm": cfg.vm_key, "user": cfg.user, "persist": helper.persist}
-    with persist.locked(sock):  # of two helpers started at once, the second finds the first
-        if unixsock.serving(sock):
-            _answer({"ok": True, "log": []})
-            return 0
-        try:
-            helper.conn.transport()
-            server = helper.listen()
-            info["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    try:
+        with persist.locked(sock, persist.start_budget(cfg)):  # of two started at once, one serves
+            if unixsock.serving(sock):
+                _answer({"ok": True, "log": []})
+                return 0
             try:
-                infofiles.write_info(persist.info_path(sock), info)
-            except OSError:  # a full disk: no socket left that nothing serves
-                server.close()
-                sock.unlink(missing_ok=True)
-                raise
-        except WinAutomationError as exc:
-            _answer({"error": persist.error_payload(exc), "log": kept.records})
-            return 1
-        except OSError as exc:
-            error = ConnectError(f"cannot listen on {sock}: {exc}")
-            _answer({"error": persist.error_payload(error), "log": kept.records})
-            return 1
-        finally:
-            logging.getLogger().removeHandler(kept)
+                helper.conn.transport()
+                server = helper.listen()
+                info["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                try:
+                    infofiles.write_info(persist.info_path(sock), info)
+                except OSError:  # a full disk: no socket left that nothing serves
+                    server.close()
+                    sock.unlink(missing_ok=True)
+                    raise
+            except WinAutomationError as exc:
+                _answer({"error": persist.error_payload(exc), "log": kept.records})
+                return 1
+            except OSError as exc:
+                error = ConnectError(f"cannot listen on {sock}: {exc}")
+                _answer({"error": persist.error_payload(error), "log": kept.records})
+                return 1
+            finally:
+                logging.getLogger().removeHandler(kept)
+    except TimeoutError:  # held for good (a paused holder): else one more helper waited at each call
+        error = persist.lock_timeout_error(sock, cfg)
+        log.warning("%s", error)
+        _answer({"error": persist.error_payload(error), "log": []})
+        return 1
     signal.signal(signal.SIGTERM, lambda *_: helper.stop.set())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    with contextlib.suppress(OSError):  # nobody may be waiting (a helper started in the background)
-        _answer({"ok": True, "log": kept.records})
+    _answer({"ok": True, "log": kept.records})
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)

@@ -34,6 +34,7 @@ from win_automation import errors, infofiles, unixsock
 from win_automation.config.schema import SSHConfig
 from win_automation.errors import ConnectError, WinAutomationError
 from win_automation.unixsock import check_socket, ensure_dir, locked, sun_path
+from win_automation.unixsock import lock_path as unixsock_lock_path
 
 __all__ = ["check_socket", "ensure_dir", "locked", "sun_path"]  # the socket checks, shared (unixsock)
 
@@ -217,6 +218,21 @@ def _secret(value: Any) -> str | None:
     return None if value is None else str(value.get_secret_value())
 
 
+def start_budget(cfg: SSHConfig) -> float:
+    """Seconds a helper may take to start (its own connect policy: 3 attempts, each bounded by
+    connect_timeout, and its imports): how long its starter waits for it, and how long anyone
+    waits for the start-up lock it holds meanwhile."""
+    return 3 * cfg.connect_timeout + 10
+
+
+def lock_timeout_error(sock: Path, cfg: SSHConfig) -> ConnectError:
+    return ConnectError(
+        f"the warm-connection helper for {cfg.vm_key} cannot start: {unixsock_lock_path(sock)} has"
+        f" been held for {start_budget(cfg):g}s by another process (paused?); end it, or run"
+        " `win-automation ssh persist stop`"
+    )
+
+
 def spawn(cfg: SSHConfig, sock: Path, persist: float, *, wait: bool = True) -> None:
     """Start the helper for `cfg` at `sock`. With `wait`, return when it (or a helper another
     process started at the same time) is connected and listening, or raise the error its
@@ -249,8 +265,7 @@ def spawn(cfg: SSHConfig, sock: Path, persist: float, *, wait: bool = True) -> N
             del proc  # the last reference: subprocess reaps it later (or init, once we exit)
         return
     assert proc.stdout is not None
-    # The helper's own connect policy: 3 attempts, each bounded by connect_timeout.
-    deadline = time.monotonic() + 3 * cfg.connect_timeout + 10
+    deadline = time.monotonic() + start_budget(cfg)
     line = b""
     fd = proc.stdout.fileno()
     while not line.endswith(b"\n"):
