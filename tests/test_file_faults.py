@@ -199,11 +199,12 @@ def test_verify_and_fetch_report_fifos_and_devices_in_a_job_folder(cli, tmp_path
     assert not (out / folder.name / "manifest.json").exists()
 
 
-def test_fetch_does_not_replace_a_fifo_in_the_out_folder(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("name", ["a.txt", "manifest.json"])  # the manifest's was replaced, rc 0
+def test_fetch_does_not_replace_a_fifo_in_the_out_folder(cli, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
     folder = job_with_two_files(tmp_path / "artifacts")
     out = tmp_path / "out"
     (out / folder.name).mkdir(parents=True)
-    target = fifo(out / folder.name / "a.txt")
+    target = fifo(out / folder.name / name)
     fetch = cli("artifacts", "fetch", "--job", folder.name, "--out", str(out), timeout=QUICK)
     one_line(
         fetch,
@@ -211,7 +212,7 @@ def test_fetch_does_not_replace_a_fifo_in_the_out_folder(cli, tmp_path: Path) ->
         f"--out {out}: cannot write {target}: it is a FIFO, not a regular file; "
         "choose a folder you can write",
     )
-    assert stat.S_ISFIFO(os.stat(target).st_mode) and sorted(os.listdir(target.parent)) == ["a.txt"]
+    assert stat.S_ISFIFO(os.stat(target).st_mode) and sorted(os.listdir(target.parent)) == [name]
 
 
 def test_doctor_names_a_key_file_that_is_a_fifo(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -97,14 +97,14 @@ def copy_verified(
     source = LocalSource(source) if isinstance(source, Path) else source
     manifest = source.manifest()
     _writable(out)
+    _replaceable(out / MANIFEST)  # before anything is copied
     mismatches: list[Mismatch] = []
     folders = {out}
     for entry in manifest.artifacts:
         target = out / safe_relative(entry.path)
         _writable(target.parent)
         folders.add(target.parent)
-        if (what := not_regular(target)) is not None:  # the rename would replace a FIFO or device
-            raise StorageError(f"cannot write {target}: it is {what}, not a regular file")
+        _replaceable(target)
         temp = target.with_name(temp_name(target.name))
         try:
             size, sha = _copy_one(source, entry.path, temp, target, progress, entry.size_bytes)
@@ -173,6 +173,12 @@ def _copy_one(
         with contextlib.suppress(OSError):  # what a failed flush left: dropped with the file
             dst.close()
     return size, sha
+
+
+def _replaceable(target: Path) -> None:
+    """StorageError when `target` is a FIFO, a device or a link to one: the rename would replace it."""
+    if (what := not_regular(target)) is not None:
+        raise StorageError(f"cannot write {target}: it is {what}, not a regular file")
 
 
 def _cannot_write(target: Path, exc: OSError) -> StorageError:
