@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from win_automation.artifacts.store import TEMP_PREFIX, read_manifest
+from win_automation.artifacts.store import MANIFEST, TEMP_PREFIX, read_manifest
 from win_automation.config import Config
 from win_automation.errors import ArtifactMismatch, NotFoundError, StorageError
 from win_automation.jobs.ids import JOB_ID_TIME_CHARS, is_job_id, new_job_id
@@ -41,11 +41,25 @@ class PruneResult:
 
 
 def folder_created_at(folder: Path) -> float:
-    """When the job's artifacts were started: the manifest's created_at, else the folder mtime."""
+    """When the job's artifacts were started: the manifest's created_at, else (none, corrupt,
+    unreadable: a folder or a FIFO in its place) the folder's mtime."""
     try:
         return read_manifest(folder).created_timestamp()
-    except (NotFoundError, ArtifactMismatch, ValueError):
+    except (NotFoundError, ArtifactMismatch, StorageError, ValueError):
         return folder.stat().st_mtime
+
+
+def _remove_folder(folder: Path) -> None:
+    """Delete a job folder, its manifest last: a removal that fails part way (a read-only disk, a
+    folder that cannot be emptied) leaves the manifest that dates it, so the next prune tries
+    again (without it, the folder's fresh mtime kept it for another retention period)."""
+    entries = sorted(os.scandir(folder), key=lambda entry: entry.name == MANIFEST)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+    folder.rmdir()
 
 
 def prune(
@@ -59,7 +73,8 @@ def prune(
     """Delete job folders created strictly more than `older_than_seconds` ago (a folder exactly
     at the boundary is kept): by the time in their job id and by their manifest's created_at,
     both. Only folders named like job ids are considered; ids in `keep` (jobs still active) are
-    never deleted."""
+    never deleted. A folder that cannot be removed does not stop the others: StorageError naming
+    it (and how many more) once the rest are pruned."""
     now = time.time() if now is None else now
     cutoff = now - older_than_seconds
     pruned: list[PruneResult] = []
@@ -69,6 +84,7 @@ def prune(
     # id's time is at the cut-off or later is kept without a read (a week of folders, one a
     # minute, and the journal's share: 5.5 ms for all of scheduled_retention)
     newest = new_job_id(cutoff)[:JOB_ID_TIME_CHARS]
+    failed: list[str] = []
     for name in sorted(os.listdir(root)):
         if name[:JOB_ID_TIME_CHARS] >= newest or not is_job_id(name) or name in keep:
             continue
@@ -81,13 +97,15 @@ def prune(
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
         if not dry_run:
             try:
-                shutil.rmtree(folder)
+                _remove_folder(folder)
             except OSError as exc:  # a read-only disk (remounted after an error): one line, 74
-                done = f"; {len(pruned)} older folder(s) pruned before it" if pruned else ""
-                raise StorageError(
-                    f"artifacts.out_dir: cannot remove {folder}: {exc.strerror or exc}{done}"
-                ) from None
+                failed.append(f"{folder}: {exc.strerror or exc}")
+                continue
         pruned.append(PruneResult(folder.name, created, size))
+    if failed:
+        more = f" (and {len(failed) - 1} more folder(s))" if len(failed) > 1 else ""
+        done = f"; {len(pruned)} other folder(s) pruned" if pruned else ""
+        raise StorageError(f"artifacts.out_dir: cannot remove {failed[0]}{more}{done}")
     return pruned
 
 
@@ -125,11 +143,17 @@ def scheduled_retention(config: Config) -> tuple[int, int]:
     artifact_days, record_days = config.artifacts.retention_days, config.data.journal_retention_days
     if artifact_days <= 0 and record_days <= 0:
         return 0, 0
+    failure: StorageError | None = None
     with Journal.open(config.data.dir) as journal:
-        folders = len(apply_retention(config, journal=journal)) if artifact_days > 0 else 0
+        try:
+            folders = len(apply_retention(config, journal=journal)) if artifact_days > 0 else 0
+        except StorageError as exc:  # a folder that cannot be removed: the records still are
+            folders, failure = 0, exc
         records = journal.prune_ended(time.time() - record_days * DAY) if record_days > 0 else 0
     if records:
         log.info("journal records pruned", extra={"op": "prune", "jobs": records})
+    if failure is not None:
+        raise failure
     return folders, records
 
 
