@@ -84,7 +84,8 @@ def test_a_folder_that_cannot_be_removed_stops_neither_the_others_nor_the_next_p
         res = cli("artifacts", "prune", "--older-than", "1d")
         assert (res.code, res.stderr) == (
             74,
-            f"error: artifacts.out_dir: cannot remove {busy}: Device or resource busy; 2 other folder(s) pruned\n",
+            f"error: artifacts.out_dir: cannot remove {busy}: Device or resource busy;"
+            " 2 other folder(s) pruned\n",
         )
         assert sorted(p.name for p in artifacts.iterdir()) == sorted([old[1], fresh])
         assert (busy / "manifest.json").is_file()  # removed last: what dates the folder stays
