@@ -49,6 +49,18 @@ BIG_INT = "9" * 5000
         # a section or setting written twice (a merge): the first was dropped without a word
         ('{"ssh": {"port": 22}, "ssh": {"host": "vm"}}', "the key 'ssh' appears twice in one object"),
         ('{"ssh": {"port": 22, "port": 23}}', "the key 'port' appears twice in one object"),
+        # true was 1 day (prune --dry-run listed 3-day-old folders); past 100 years a traceback
+        ('{"artifacts": {"retention_days": true}}', "artifacts.retention_days must be an integer, got true"),
+        ('{"ssh": {"port": true}}', "ssh.port must be an integer, got true"),
+        ('{"supervisor": {"breaker_threshold": false}}', "supervisor.breaker_threshold must be an integer"),
+        ('{"artifacts": {"retention_days": 1000000}}', "artifacts.retention_days must be at most 36500"),
+        ('{"data": {"journal_retention_days": 99999999999999999999}}', "must be at most 36500"),
+        # a NUL in any setting: `embedded null byte` tracebacks from the job commands
+        ('{"ssh": {"known_hosts": "/tmp/\\u0000x"}}', "ssh.known_hosts must not contain a NUL character"),
+        ('{"ssh": {"user": "admin\\u0000"}}', "ssh.user must not contain a NUL character"),
+        # an empty path was `.`: data.dir "" made the journal in whatever folder the command ran in
+        ('{"ssh": {"key_file": ""}}', "ssh.key_file must be a path, got an empty string"),
+        ('{"metrics": {"path": " "}}', "metrics.path must be a path, got an empty string"),
     ],
 )
 def test_bad_values_in_the_file(cli, tmp_path: Path, content: str, needle: str) -> None:  # type: ignore[no-untyped-def]
@@ -75,6 +87,11 @@ def test_a_config_file_that_starts_with_a_bom_is_read(cli, tmp_path: Path) -> No
         ("WIN_AUTOMATION_SSH_PORT", BIG_INT, "ssh.port (from WIN_AUTOMATION_SSH_PORT) must be an integer"),
         ("WIN_AUTOMATION_SSH_HOST", "vm\nlocal", "ssh.host (from WIN_AUTOMATION_SSH_HOST) must be a host"),
         ("WIN_AUTOMATION_ARTIFACT_OUT", "a\nb", None),
+        (
+            "WIN_AUTOMATION_ARTIFACT_RETENTION_DAYS",
+            "1000000",
+            "(from WIN_AUTOMATION_ARTIFACT_RETENTION_DAYS) must be at most",
+        ),
     ],
 )
 def test_bad_values_in_the_environment(cli, name: str, value: str, needle: str | None) -> None:  # type: ignore[no-untyped-def]

@@ -208,6 +208,8 @@ def _problem(error: Mapping[str, Any], *, secret: bool = False) -> str:
         return f"must be one of {error['ctx']['expected']}, got {_shown(value)}"
     if kind == "greater_than_equal":
         return f"must be at least {error['ctx']['ge']}, got {_shown(value)}"
+    if kind == "less_than_equal":
+        return f"must be at most {error['ctx']['le']}, got {_shown(value)}"
     base = _MESSAGES.get(kind, str(error["msg"]).lower())
     return f"{base}, got {_shown(value)}"
 
@@ -225,6 +227,10 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
             data.setdefault(spec.section, {})[spec.name] = raw
             sources[spec.path] = "env"
             env_of[spec.path] = spec.env
+        value = data.get(spec.section, {}).get(spec.name)
+        if isinstance(value, str) and "\0" in value:  # every file API refuses it: a traceback later
+            where = f"{spec.path} (from {spec.env})" if spec.path in env_of else spec.path
+            raise ConfigError(f"{where} must not contain a NUL character")
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:

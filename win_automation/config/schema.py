@@ -116,9 +116,25 @@ def _expand(value: Path) -> Path:
     return value.expanduser()
 
 
-Port = Annotated[int, AfterValidator(_port)]
+def _path_text(value: Any) -> Any:
+    """An empty path is a mistake, not the working directory (`Path("")` is `.`)."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must be a path, got an empty string (null unsets it)")
+    return value
+
+
+def _not_bool(value: Any) -> Any:
+    """JSON's true and false are not the integers 1 and 0 (pydantic takes them as such)."""
+    if isinstance(value, bool):
+        raise ValueError(f"must be an integer, got {str(value).lower()}")
+    return value
+
+
+Port = Annotated[int, BeforeValidator(_not_bool), AfterValidator(_port)]
+Days = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=36500)]  # 100 years: past it, no date
+Count = Annotated[int, BeforeValidator(_not_bool), Field(ge=1, le=1_000_000)]
 Host = Annotated[str, AfterValidator(_host)]
-UserPath = Annotated[Path, AfterValidator(_expand)]
+UserPath = Annotated[Path, BeforeValidator(_path_text), AfterValidator(_expand)]
 Url = Annotated[str, AfterValidator(_url)]
 HostPort = Annotated[str, AfterValidator(_host_port)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -262,7 +278,7 @@ class ArtifactsConfig(Section):
         description="Local artifact root; one folder per job.",
         json_schema_extra=env("WIN_AUTOMATION_ARTIFACT_OUT"),
     )
-    retention_days: Annotated[int, Field(ge=0)] = Field(
+    retention_days: Days = Field(
         7,
         description="Job folders older than this are pruned.",
         json_schema_extra=env("WIN_AUTOMATION_ARTIFACT_RETENTION_DAYS"),
@@ -285,7 +301,7 @@ class DataConfig(Section):
     dir: UserPath = Field(
         Path("~/.local/share/win-automation"), description="Data directory: the job journal and locks."
     )
-    journal_retention_days: Annotated[int, Field(ge=0)] = Field(
+    journal_retention_days: Days = Field(
         30,
         description="Records of jobs that ended longer ago than this leave the journal (its steps and "
         "events with them; interrupted jobs stay); 0 keeps them all.",
@@ -295,14 +311,14 @@ class DataConfig(Section):
 
 class SupervisorConfig(Section):
     interval: PositiveDuration = Field(60.0, description="Time between supervisor rounds.")
-    breaker_threshold: Annotated[int, Field(ge=1)] = Field(
+    breaker_threshold: Count = Field(
         3, description="Consecutive failures that open the circuit breaker."
     )
     breaker_cooldown: PositiveDuration = Field(60.0, description="How long an open breaker waits.")
     check_timeout: PositiveDuration = Field(
         5.0, description="Deadline of one health check (each probe of `doctor` and the supervisor)."
     )
-    remediation_ceiling: Annotated[int, Field(ge=1)] = Field(
+    remediation_ceiling: Count = Field(
         3, description="Remediations of one check per hour; beyond it the check needs a person."
     )
     remediation_wait: PositiveDuration = Field(
