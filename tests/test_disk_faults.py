@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -195,6 +196,72 @@ def test_doctor_names_a_corrupt_journal_and_changes_nothing(cli, tmp_path: Path,
         assert f"mv {journal} {journal}.corrupt" in check["cause"]
         assert cli("jobs", "list").code == 74  # what doctor said is what the commands meet
     assert sorted(p.name for p in journal.parent.iterdir()) == before
+
+
+@pytest.mark.parametrize("damage", ["another-programs", "newer", "dropped-table"])
+def test_a_journal_that_is_not_this_versions_is_named_by_every_command_and_doctor(
+    cli, tmp_path: Path, damage: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Another program's SQLite file, a newer version's journal (schema past this one's), a
+    table dropped: the commands said `data.dir ... must be a writable folder with free space`
+    (it is), or used a newer journal without a word; doctor passed `folders` for all three."""
+    assert cli("run", "ping").code == 0
+    journal = tmp_path / "data" / "journal.sqlite3"
+    if damage == "another-programs":
+        journal.unlink()
+    conn = sqlite3.connect(journal)
+    with conn:
+        if damage == "another-programs":
+            conn.execute("CREATE TABLE jobs (x)")
+        elif damage == "newer":
+            conn.execute("PRAGMA user_version = 99")
+        else:
+            conn.execute("DROP TABLE events")
+    conn.close()
+    said = (
+        "is of a newer win-automation (schema 99;"
+        if damage == "newer"
+        else "is not a win-automation journal ("
+    )
+    reads = [("jobs", "list")] if damage != "dropped-table" else []  # a list needs no events
+    for args in [("run", "ping"), *reads]:
+        res = cli(*args)
+        assert res.code == 74 and res.stderr.startswith(f"error: the journal {journal} {said}"), (
+            args,
+            res.stderr,
+        )
+        assert res.stderr.count("\n") == 1
+    doctor = cli("doctor", "--check", "folders", "--json")
+    (check,) = json.loads(doctor.stdout)["checks"]
+    assert doctor.code == 1 and check["cause"].startswith(f"the journal {journal} {said}"), check
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "said"),
+    [
+        ("state", "paused", "has state 'paused', a state this version does not know"),
+        ("created_at", "abc", "has created_at 'abc', not a time"),
+        ("finished_at", 1e300, "has finished_at 1e+300, not a time"),
+    ],
+)
+def test_a_record_edited_by_hand_is_named_not_a_traceback(
+    cli, tmp_path: Path, column: str, value: object, said: str
+) -> None:  # type: ignore[no-untyped-def]
+    """`jobs list`, `jobs show` and `jobs resume` were tracebacks (ValueError, TypeError,
+    OverflowError) on one record they could not read."""
+    res = cli("run", "ping", "--json")
+    job = json.loads(res.stdout)["job_id"]
+    conn = sqlite3.connect(tmp_path / "data" / "journal.sqlite3")
+    with conn:
+        conn.execute(f"UPDATE jobs SET {column} = ? WHERE job_id = ?", (value, job))
+    conn.close()
+    for args in (("jobs", "list"), ("jobs", "show", job), ("jobs", "resume", job)):
+        res = cli(*args)
+        assert (res.code, res.stderr) == (
+            74,
+            f"error: the journal's record of job {job!r} {said} (edited by hand, or written by a newer"
+            " win-automation?)\n",
+        ), args
 
 
 @pytest.mark.parametrize("served", [False, True], ids=["in-process", "warm-cli-process"])

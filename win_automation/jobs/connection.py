@@ -5,6 +5,7 @@ journal) builds on.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sqlite3
@@ -54,6 +55,8 @@ def storage_faults(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> It
                 f"the journal {path} is locked by another process (still {reason} after"
                 f" {busy_timeout:g} s); try again once it is released"
             ) from None
+        if "no such table" in reason or "no such column" in reason:  # another program's database
+            raise JournalError(_foreign(path, reason)) from None
         if not isinstance(exc, sqlite3.OperationalError) or "malformed" in reason:
             raise JournalError(
                 f"the journal {path} is corrupt ({reason}): move it aside (mv {path} {path}.corrupt)"
@@ -76,6 +79,36 @@ def storage_faults(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> It
         ) from None
 
 
+def _schema_problem(path: Path, conn: sqlite3.Connection) -> str | None:
+    """What `open` would find wrong with the tables (for `doctor`, which only reads): a newer
+    version's journal, or another program's database (an older journal is migrated by open)."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > len(MIGRATIONS):
+        return (
+            f"the journal {path} is of a newer win-automation (schema {version}; this one knows"
+            f" {len(MIGRATIONS)}): upgrade win-automation, or point data.dir elsewhere"
+        )
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    wanted = {"jobs": JobRecord, "steps": StepRecord, "events": EventRecord}
+    try:
+        if version == 0 and tables:  # migrations set the version with the tables they make
+            raise sqlite3.OperationalError(f"tables {', '.join(sorted(tables))} and no schema version")
+        if version == len(MIGRATIONS):
+            for table, record in wanted.items():
+                columns = ", ".join(field.name for field in dataclasses.fields(record))
+                conn.execute(f"SELECT {columns} FROM {table} LIMIT 0")
+    except sqlite3.OperationalError as exc:
+        return _foreign(path, str(exc))
+    return None
+
+
+def _foreign(path: Path, reason: str) -> str:
+    return (
+        f"the journal {path} is not a win-automation journal ({reason}): move it aside (mv {path}"
+        f" {path}.other) and the next command starts a new, empty journal"
+    )
+
+
 def journal_problem(data_dir: Path) -> str | None:
     """What is wrong with the journal in `data_dir`, as the commands would say it (corrupt, a
     directory in its place, unreadable), or None when it reads whole or is not there yet. Reads
@@ -90,10 +123,13 @@ def journal_problem(data_dir: Path) -> str | None:
             conn = read_only_connection(path, timeout=1.0)
             try:
                 (verdict,) = conn.execute("PRAGMA quick_check(1)").fetchone()
+                if verdict != "ok":
+                    raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+                foreign = _schema_problem(path, conn)
             finally:
                 conn.close()
-            if verdict != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {verdict}")
+            if foreign is not None:
+                return foreign
             if (unwritable := _not_writable_error(path)) is not None:
                 return str(unwritable)
     except JournalBusy:
@@ -252,7 +288,12 @@ class JournalConnection:
 
     def _migrate(self) -> None:
         (version,) = self._conn.execute("PRAGMA user_version").fetchone()
-        if version >= len(MIGRATIONS):
+        if version > len(MIGRATIONS):  # its records may mean what this version cannot know
+            raise JournalError(
+                f"the journal {self.path} is of a newer win-automation (schema {version}; this one"
+                f" knows {len(MIGRATIONS)}): upgrade win-automation, or point data.dir elsewhere"
+            )
+        if version == len(MIGRATIONS):
             return
         with self._write() as conn:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
