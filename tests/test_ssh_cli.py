@@ -327,18 +327,24 @@ def test_cancel_stops_the_running_remote_command(
     assert "remote process tree was killed" in exec_step["error"]
 
 
-@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("persist", ["0", "5m"], ids=["direct", "warm-helper"])
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM", "SIGHUP"])
 def test_sigterm_or_sighup_records_an_ssh_job_interrupted_like_run(
-    live_sshd: SshServer, known_hosts: Path, cli, cli_env, tmp_path: Path, signame: str
+    live_sshd: SshServer, known_hosts: Path, cli, cli_env, tmp_path: Path, signame: str, persist: str
 ) -> None:  # type: ignore[no-untyped-def]
+    """... and kills the remote command's tree, as a cancel does: it ran on (a channel's end does
+    not end a command that prints nothing), and `jobs resume` then ran it twice at once."""
     import signal
     import subprocess
     import sys
+    import time
+    import uuid
 
     signum = getattr(signal, signame)
+    sleep = f"sleep 20.{uuid.uuid4().int % 10**6:06d}"  # its own: pgrep finds only this test's
     proc = subprocess.Popen(
-        [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", "echo go; sleep 20"],
-        env={**cli_env, **env_for(live_sshd, known_hosts)},
+        [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", f"echo go; {sleep}"],
+        env={**cli_env, **env_for(live_sshd, known_hosts, persist=persist)},
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -351,3 +357,8 @@ def test_sigterm_or_sighup_records_an_ssh_job_interrupted_like_run(
     (job,) = json.loads(cli("jobs", "list", "--json").stdout)
     assert job["state"] == "interrupted"
     assert f"jobs resume {job['job_id']}" in err.decode()
+    ended = time.monotonic()
+    running = lambda: subprocess.run(["pgrep", "-f", sleep], capture_output=True).returncode == 0  # noqa: E731
+    while running() and time.monotonic() - ended < 3:
+        time.sleep(0.1)
+    assert not running(), "the remote command ran on after the CLI was interrupted"

@@ -11,6 +11,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -426,6 +428,33 @@ def test_cli_calls_run_in_the_helpers_session_with_the_same_jobs_and_artifacts(
     assert again.code == 0 and again.stdout.endswith("again\n")
     assert len(starts(live_sshd, since)) == 2
     assert [j["state"] for j in jobs(cli, env)].count("running") == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_a_caller_that_goes_away_mid_command_gets_the_helpers_session_killed(
+    cli, cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path, tmp_path: Path, signum: int
+) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C, SIGTERM or a kill of an `ssh run` whose script runs in the helper's warm session:
+    the script ran on in that session (only the helper knows its PID), holding it busy."""
+    env = live_sshd.env(known_hosts, warm_powershell=True)
+    _helper, since, session = _idle_session(cli, live_sshd, env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "win_automation", "ssh", "run", "--", "Start-Sleep 20"],
+        env={**cli_env, **env},
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while not any("Start-Sleep 20" in str(r.get("body")) for r in reports(live_sshd)[since:]):
+        assert time.monotonic() < deadline, "the script never reached the session"
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    proc.wait(timeout=15)
+    deadline = time.monotonic() + 5
+    while not gone(session) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone(session), "the session still runs the script of a caller that left"
 
 
 def _idle_session(cli, live_sshd: SshServer, env: dict[str, str]) -> tuple[dict[str, Any], int, int]:  # type: ignore[no-untyped-def]

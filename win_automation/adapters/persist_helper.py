@@ -140,6 +140,8 @@ class Helper:
                 answer = self._get(request, fds, send, hint, cancelled)
             else:
                 answer = self._run(request, send, offer, cancelled)
+                if request.get("op") == "session" and answer.get("cancelled") and _gone(client):
+                    self._kill_session(request, answer.get("pid"))
         except WinAutomationError as exc:
             answer = {"error": persist.error_payload(exc)}
         except Exception as exc:  # the caller gets a one-line error, not a hang
@@ -149,6 +151,16 @@ class Helper:
         finally:
             done.set()
         send(b"X", json.dumps(answer).encode())
+
+    def _kill_session(self, request: dict[str, Any], pid: Any) -> None:
+        """Kill the tree of a warm session whose caller went away mid-script (Ctrl-C, SIGTERM,
+        killed): only the helper knows its PID, and the script would run on in it."""
+        if pid is None:
+            return
+        try:
+            self.conn.exec(str(request["kill"]).format(pid=int(pid)), timeout=self.cfg.connect_timeout)
+        except Exception:  # the caller is gone: nobody to tell but the log
+            log.warning("cannot kill the session of a command whose caller left", exc_info=True)
 
     def _run(
         self, request: dict[str, Any], send: Any, offer: Any, cancelled: threading.Event
@@ -329,6 +341,16 @@ class _Kept(logging.Handler):
         self.records.append(
             {"name": record.name, "level": record.levelno, "msg": record.getMessage(), "extra": extra}
         )
+
+
+def _gone(client: socket.socket) -> bool:
+    """True when the caller closed its end (not a `C` frame: a caller that cancels stays)."""
+    try:
+        return client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _answer(payload: dict[str, Any]) -> None:

@@ -31,6 +31,7 @@ stays flat whatever the command prints. Without files each stream keeps its last
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -57,6 +58,8 @@ Cancelled = Callable[[], bool]
 RemoteOs = Literal["windows", "posix"]
 
 KILL_TIMEOUT = 30.0
+INTERRUPT_KILL_TIMEOUT = 5.0
+"""Seconds an interrupted command (Ctrl-C, SIGTERM) waits for its remote tree to be killed."""
 SCRIPT_PREFIX = ".wa-script-"
 PID_WAIT = 1.0
 """Seconds a stop (Ctrl-C, output that cannot be written) waits for a posix command's PID, which
@@ -85,6 +88,7 @@ def _kill(
     needle: str | None,
     pid: int | None,
     session: SessionSpec | None = None,
+    timeout: float = KILL_TIMEOUT,
 ) -> None:
     if session is not None:  # a warm session's own process tree, by the PID its ready line named
         if pid is None:
@@ -99,7 +103,7 @@ def _kill(
     else:
         assert needle is not None
         command = powershell.encoded_command_line(powershell.kill_tree_script(needle))
-    outcome = conn.exec(command, timeout=KILL_TIMEOUT)
+    outcome = conn.exec(command, timeout=timeout)
     log.info(
         "killed the remote process tree",
         extra={"op": "ssh.kill", "pid": pid, "status": outcome.exit_status},
@@ -151,21 +155,35 @@ def _execute(
         cancelled = lambda: bool(failures) or (asked is not None and asked())  # noqa: E731
     if marker and cancelled is not None:
         cancelled = _once_pid_is_known(cancelled, err)
-    with deadlines.within(timeout):  # a live-output sink waits for its reader at most until then
-        if session is not None:
-            outcome = conn.run_in_session(
-                session,
-                line,
-                timeout=timeout,
-                on_stdout=out.feed,
-                on_stderr=err.feed,
-                cancelled=cancelled,
-                keep=False,
-            )
-        else:
-            outcome = conn.exec(
-                line, timeout=timeout, on_stdout=out.feed, on_stderr=err.feed, cancelled=cancelled, keep=False
-            )
+    try:
+        with deadlines.within(timeout):  # a live-output sink waits for its reader at most until then
+            if session is not None:
+                outcome = conn.run_in_session(
+                    session,
+                    line,
+                    timeout=timeout,
+                    on_stdout=out.feed,
+                    on_stderr=err.feed,
+                    cancelled=cancelled,
+                    keep=False,
+                )
+            else:
+                outcome = conn.exec(
+                    line,
+                    timeout=timeout,
+                    on_stdout=out.feed,
+                    on_stderr=err.feed,
+                    cancelled=cancelled,
+                    keep=False,
+                )
+    except KeyboardInterrupt:
+        # Ctrl-C, SIGTERM, SIGHUP (win_automation.interrupts): the channel ends with it, the
+        # command does not (one that prints nothing ran on, and `jobs resume` ran it twice). A
+        # warm session's tree is killed where it runs (its PID is there: the pool, the helper).
+        if session is None:
+            with contextlib.suppress(Exception):
+                _kill(conn, remote_os, needle, err.pid, timeout=INTERRUPT_KILL_TIMEOUT)
+        raise
     stdout = out.text()
     stderr = err.text()
     killed = outcome.pid if session is not None else err.pid
