@@ -130,3 +130,27 @@ def test_a_revoked_key_is_refused_even_when_recorded(tmp_path: Path) -> None:
     with pytest.raises(HostKeyError, match=r"REVOKED host key for \[h\]:2: .* line 2 marks @revoked"):
         hostkeys.verify(key, host="h", port=2, known_hosts=known, pinned=None)
     assert hostkeys.verify(key, host="x", port=22, known_hosts=known, pinned=None)
+
+
+def test_record_keeps_a_revoked_line_for_the_host(tmp_path: Path) -> None:
+    """`ssh trust` used to rewrite an `@revoked` line naming the host as a plain entry of its key."""
+    key, revoked = new_key(tmp_path, "a"), new_key(tmp_path, "b")
+    known = tmp_path / "known_hosts"
+    line = f"@revoked [h]:2,x {revoked.get_name()} {revoked.get_base64()}\n"
+    known.write_text(line)
+    assert hostkeys.record(key, host="h", port=2, known_hosts=known) is True
+    assert known.read_text() == line + f"[h]:2 {key.get_name()} {key.get_base64()}\n"
+    with pytest.raises(HostKeyError, match="REVOKED"):
+        hostkeys.verify(revoked, host="h", port=2, known_hosts=known, pinned=None)
+
+
+def test_a_bom_and_crlf_line_breaks_are_read_and_kept(tmp_path: Path) -> None:
+    key, other = new_key(tmp_path, "a"), new_key(tmp_path, "b")
+    known = tmp_path / "known_hosts"
+    first = f"[h]:2 {key.get_name()} {key.get_base64()}\r\n"
+    known.write_bytes(b"\xef\xbb\xbf" + first.encode() + b"# note\r\n")
+    assert hostkeys.verify(key, host="h", port=2, known_hosts=known, pinned=None)
+    assert hostkeys.record(other, host="o", port=22, known_hosts=known) is True
+    assert (
+        known.read_bytes() == (first + "# note\r\n" + f"o {other.get_name()} {other.get_base64()}\n").encode()
+    )

@@ -10,21 +10,28 @@ then the agent's keys, then the password, and raises AuthError naming what was t
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import os
 import socket
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import paramiko
 import paramiko.agent
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
+from cryptography.utils import CryptographyDeprecationWarning
+from paramiko.message import Message
+from paramiko.pkey import PublicBlob
 
 from win_automation.adapters import hostkeys, resolve
 from win_automation.config.schema import SSHConfig
 from win_automation.errors import AuthError, ConfigError, ConnectError
 from win_automation.log import register_secret
-from win_automation.regularfiles import not_regular
+from win_automation.regularfiles import NotRegularFile, open_regular
 from win_automation.retry import call_with_retry
 
 log = logging.getLogger("win_automation.adapters.ssh")
@@ -93,23 +100,79 @@ def start_transport(cfg: SSHConfig) -> paramiko.Transport:
     return transport
 
 
-def _load_key(cfg: SSHConfig) -> paramiko.PKey:
-    assert cfg.key_file is not None
-    if (what := not_regular(cfg.key_file)) is not None:  # a FIFO blocks the load, /dev/zero never ends
-        raise ConfigError(f"ssh.key_file: {cfg.key_file} is not a regular file ({what})")
-    passphrase = cfg.key_passphrase.get_secret_value() if cfg.key_passphrase is not None else None
+MAX_KEY_FILE = 1 << 20
+"""The largest key or certificate file read (a real one is a few KiB): a bigger one is refused
+before it is read (paramiko reads it whole: a 2 GB file cost 2 GB of memory)."""
+
+_KEY_CLASSES: tuple[tuple[type[Any], type[paramiko.PKey]], ...] = (
+    (rsa.RSAPrivateKey, paramiko.RSAKey),
+    (ed25519.Ed25519PrivateKey, paramiko.Ed25519Key),
+    (ec.EllipticCurvePrivateKey, paramiko.ECDSAKey),
+)
+
+
+def _read_small(path: str, what: str) -> bytes:
+    """`path`'s bytes, when it is a regular file of at most MAX_KEY_FILE bytes; else ConfigError
+    (a FIFO, device or folder) or AuthError, one line starting with `what` (which names it)."""
     try:
-        return paramiko.PKey.from_path(cfg.key_file, passphrase.encode() if passphrase else None)
-    except (paramiko.PasswordRequiredException, TypeError) as exc:  # TypeError: cryptography's "no password"
-        raise AuthError(
-            f"ssh.key_file {cfg.key_file} is encrypted: set WIN_AUTOMATION_SSH_KEY_PASSPHRASE"
-        ) from exc
+        with open_regular(path) as file:
+            data = file.read(MAX_KEY_FILE + 1)
     except FileNotFoundError as exc:
-        raise AuthError(f"ssh.key_file {cfg.key_file} does not exist") from exc
-    except (paramiko.SSHException, OSError, ValueError) as exc:
+        raise AuthError(f"{what} does not exist") from exc
+    except NotRegularFile as exc:
+        raise ConfigError(f"{what} is {exc.strerror}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} is not a regular file (a directory)") from None
+    except OSError as exc:  # permission denied, a symlink loop, an I/O error
+        raise AuthError(f"{what} cannot be read: {exc.strerror or exc}") from None
+    if len(data) > MAX_KEY_FILE:
+        raise AuthError(f"{what} is larger than {MAX_KEY_FILE >> 20} MiB (a key or certificate is a few KiB)")
+    return data
+
+
+def load_key(cfg: SSHConfig) -> paramiko.PKey:
+    """The private key of ssh.key_file, with its certificate (`KEY-cert.pub`) when there is one;
+    ConfigError or AuthError in one line naming the file and what is wrong with it."""
+    assert cfg.key_file is not None
+    path = str(cfg.key_file)
+    data = _read_small(path, f"ssh.key_file: {path}")
+    secret = cfg.key_passphrase.get_secret_value().encode() if cfg.key_passphrase is not None else None
+    passphrase = secret or None
+    try:
+        with warnings.catch_warnings():  # cryptography warns that DSA keys are deprecated
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            try:
+                loaded: Any = serialization.load_ssh_private_key(data, passphrase)
+            except ValueError:
+                loaded = serialization.load_pem_private_key(data, passphrase)
+        key_class = next((k for t, k in _KEY_CLASSES if isinstance(loaded, t)), None)
+        if key_class is None:
+            kind = "DSA" if isinstance(loaded, dsa.DSAPrivateKey) else type(loaded).__name__
+            raise AuthError(f"ssh.key_file {path}: {kind} keys are not supported; use an ed25519 or RSA key")
+        key = key_class(file_obj=io.StringIO(data.decode("ascii")), password=passphrase)
+    except TypeError as exc:  # cryptography: "Password was not given but private key is encrypted"
+        if passphrase is None:
+            raise AuthError(
+                f"ssh.key_file {path} is encrypted: set WIN_AUTOMATION_SSH_KEY_PASSPHRASE"
+            ) from exc
         raise AuthError(
-            f"cannot load ssh.key_file {cfg.key_file} (wrong passphrase or not a private key)"
+            f"ssh.key_file {path} is not encrypted: unset WIN_AUTOMATION_SSH_KEY_PASSPHRASE"
         ) from exc
+    except paramiko.PasswordRequiredException as exc:
+        raise AuthError(f"ssh.key_file {path} is encrypted: set WIN_AUTOMATION_SSH_KEY_PASSPHRASE") from exc
+    except (paramiko.SSHException, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise AuthError(f"cannot load ssh.key_file {path} (wrong passphrase or not a private key)") from exc
+    cert = f"{path}-cert.pub"
+    if os.path.lexists(cert):  # as paramiko's from_path and OpenSSH: offered with the key
+        text = _read_small(cert, f"ssh.key_file {path}: its certificate {cert}")
+        try:
+            key.load_certificate(Message(PublicBlob.from_string(text.decode("ascii")).key_blob))
+        except Exception as exc:  # a blob fails in its own way (ValueError, struct, IndexError ...)
+            raise AuthError(
+                f"ssh.key_file {path}: its certificate {cert} is not an OpenSSH certificate of"
+                " this key; fix or remove it"
+            ) from exc
+    return key
 
 
 def _open_agent(timeout: float) -> paramiko.agent.AgentSSH | str:
@@ -153,7 +216,7 @@ def _authenticate(transport: paramiko.Transport, cfg: SSHConfig) -> str:
         return bool(transport.is_authenticated())
 
     if cfg.key_file is not None:
-        key = _load_key(cfg)
+        key = load_key(cfg)
         if attempt("key file", lambda: transport.auth_publickey(cfg.user, key)):
             return "key file"
     if cfg.use_agent:
