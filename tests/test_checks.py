@@ -180,3 +180,35 @@ def test_playwright_check_and_versions_against_a_real_server(pw_server: Any, tmp
         type(result)("playwright", "fail", "", data={"client": "1.65.0", "server": "1.64.2"})
     )
     assert mismatch.status == "fail" and "playwright install" in mismatch.fix
+
+
+def test_an_unusable_version_answer_fails_the_hatchet_check_and_the_pass_goes_on(endpoints: list) -> None:
+    """/version answering 1500 nested arrays (2 KiB read of them), or JSON with no version string:
+    the hatchet check fails naming it; the other checks still run; doctor's hatchet_version says so."""
+    from concurrent import futures
+
+    import grpc
+
+    from win_automation.operations.doctor import check_hatchet_version
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
+    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    health = HttpEndpoint(hatchet_health_routes())
+    endpoints.append(health)
+    try:
+        health.routes["/version"] = (200, "[" * 1500 + "]" * 1500)
+        cfg = _hatchet(health, grpc_port).model_copy(
+            update={"ssh": Config().ssh.model_copy(update={"host": "127.0.0.1", "port": closed_port()})}
+        )
+        results = run_checks(cfg)
+        assert [r.name for r in results] == list(CHECKS) and results[0].kind == "refused"
+        hatchet = results[3]
+        assert hatchet.status == "fail" and hatchet.kind == "version"
+        assert "/version is unusable JSON: nested more than 200 levels deep" in hatchet.cause
+        version = check_hatchet_version(cfg)
+        assert version.status == "skipped" and "/version gave no version (HTTP 200, but" in version.detail
+        health.routes["/version"] = (200, json.dumps({"version": 80}))
+        assert "/version holds no version string" in check_hatchet(cfg, 1.0).cause
+    finally:
+        server.stop(0)

@@ -232,3 +232,29 @@ def test_clock_skew() -> None:
     late = check_clock(ssh(-3600))
     assert late.status == "fail" and "w32tm /resync" in late.fix
     assert check_clock(CheckResult("ssh", "fail", "")).status == "skipped"
+
+
+def test_a_check_that_raises_is_its_own_failure_never_a_timeout(
+    cli_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check's bug (here: a VM clock that does not parse, a QMP check that raises) is reported
+    under that check's name with its error, at once; the ssh result before it is kept."""
+    from win_automation.operations import doctor
+
+    def bad_clock(ssh: CheckResult) -> CheckResult:
+        raise ValueError("Invalid isoformat string: '2026-13-45T00:00:00'\nsecond line")
+
+    def bad_vm(config: Any, timeout: float) -> CheckResult:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(doctor, "check_clock", bad_clock)
+    monkeypatch.setattr(doctor.qemu, "check", bad_vm)
+    env = {**cli_env, "WIN_AUTOMATION_SSH_HOST": "127.0.0.1", "WIN_AUTOMATION_SSH_PORT": str(closed_port())}
+    started = time.monotonic()
+    results = {r.name: r for r in diagnose(load_config(None, env), ("ssh", "clock", "vm"))}
+    assert time.monotonic() - started < 2  # the check timeout is 5 s: nothing waited for it
+    assert results["ssh"].kind == "refused"
+    clock, vm = results["clock"], results["vm"]
+    assert (clock.status, clock.detail) == ("fail", "ValueError")
+    assert clock.cause == "clock: Invalid isoformat string: '2026-13-45T00:00:00'"
+    assert (vm.status, vm.cause) == ("fail", "vm: boom") and vm.latency_ms < 1000

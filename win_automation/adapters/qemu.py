@@ -10,8 +10,14 @@ so a session is opened per operation and closed at once.
 
 Errors are translated here, once: a missing socket, a socket nobody listens on and a dropped
 connection are ConnectError (exit 3, retried by the connect policy: 3 attempts); no greeting within
-the deadline (another client holds the monitor, QEMU is stopped with SIGSTOP) is OperationTimeout;
-a command QEMU refuses is a WinAutomationError (exit 1) carrying QEMU's own message.
+the deadline (another client holds the monitor, QEMU is stopped with SIGSTOP) is NoGreeting, an
+OperationTimeout (exit 124) that is not retried: a silent peer stays silent; a command QEMU refuses
+is a WinAutomationError (exit 1) carrying QEMU's own message.
+
+Answers are checked here too, since QEMU's are the only ones read: a line that is not UTF-8 or not
+JSON, nested too deep, longer than the library's 10 MiB, or a `query-status`/`query-block`/
+`query-jobs` answer without the fields (and JSON types) the operations read (ANSWERS) is
+ServiceRefused (exit 1, not retried) naming the socket, the command and what was wrong.
 """
 
 from __future__ import annotations
@@ -24,16 +30,121 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from qemu.qmp import ConnectError as QmpConnectError
 from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient, QMPError
+from qemu.qmp.message import DeserializationError, UnexpectedTypeError
+from qemu.qmp.protocol import StateError
+from qemu.qmp.qmp_client import BadReplyError, GreetingError, NegotiationError
 
-from win_automation.errors import ConnectError, OperationTimeout, WinAutomationError
+from win_automation.errors import ConnectError, OperationTimeout, ServiceRefused, WinAutomationError
 from win_automation.retry import call_with_retry
 
 log = logging.getLogger(__name__)
 # qemu.qmp logs each failure at error level itself; here it becomes one translated error instead.
 logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 T = TypeVar("T")
+
+
+class NoGreeting(OperationTimeout):
+    """No QMP greeting within the deadline: not retried (a stopped QEMU, or a monitor another
+    client holds, does not answer the next attempt either)."""
+
+    transient = False
+
+
+# The answers the operations read, with the fields they use (strict JSON types; others ignored).
+class _Answer(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+
+class _Status(_Answer):
+    status: str
+    running: bool
+
+
+class _Job(_Answer):
+    id: str
+    status: str
+    error: str | None = None
+
+
+class _Snapshot(_Answer):
+    name: str
+    vm_state_size: int = Field(0, alias="vm-state-size")
+    date_sec: int = Field(0, alias="date-sec")
+    date_nsec: int = Field(0, alias="date-nsec")
+    vm_clock_sec: int = Field(0, alias="vm-clock-sec")
+    vm_clock_nsec: int = Field(0, alias="vm-clock-nsec")
+
+
+class _Image(_Answer):
+    snapshots: list[_Snapshot] = []
+
+
+class _Inserted(_Answer):
+    node_name: str = Field(alias="node-name")
+    ro: bool = False
+    drv: str = ""
+    image: _Image | None = None
+
+
+class _Device(_Answer):
+    device: str | None = None
+    qdev: str | None = None
+    inserted: _Inserted | None = None
+
+
+ANSWERS: dict[str, TypeAdapter[Any]] = {
+    "query-status": TypeAdapter(_Status),
+    "query-jobs": TypeAdapter(list[_Job]),
+    "query-block": TypeAdapter(list[_Device]),
+}
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+_EXPECTED = {
+    "model_type": "an object",
+    "dict_type": "an object",
+    "list_type": "an array",
+    "string_type": "a string",
+    "bool_type": "a boolean",
+    "int_type": "an integer",
+}
+
+
+def _shape_problem(exc: ValidationError) -> str:
+    """The first thing wrong with an answer's shape: where, and what came instead of what."""
+    first = exc.errors()[0]
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
+    if first["type"] == "missing":
+        return f"{where} is missing"
+    got = _JSON_TYPES.get(type(first["input"]), "a number")
+    expected = _EXPECTED.get(first["type"])
+    if expected is None:
+        return f"{where or 'the answer'}: {first['msg']}"
+    return f"{where + ' is ' if where else ''}{got}, not {expected}"
+
+
+def _bad_answer(exc: BaseException | None, line_limit: int) -> str | None:
+    """What was wrong with what QEMU sent, when that is why `exc` was raised; else None."""
+    while isinstance(exc, QmpConnectError | GreetingError | NegotiationError):
+        exc = exc.exc
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 ({exc.reason} at byte {exc.start})"
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deep to read"
+    if isinstance(exc, DeserializationError):
+        return "not JSON"
+    if isinstance(exc, UnexpectedTypeError):
+        return "JSON that is not an object"
+    if isinstance(exc, BadReplyError):
+        return "neither 'return' nor 'error'"
+    if isinstance(exc, KeyError | TypeError):  # a greeting without QMP's fields
+        return "not a QMP greeting"
+    if isinstance(exc, ValueError):  # asyncio's line limit, or an integer of too many digits
+        if "chunk" in str(exc):
+            return f"a line over the {line_limit >> 20} MiB a QMP message may be"
+        return f"unusable JSON ({str(exc).splitlines()[0]})"
+    return None
 
 
 class QmpSession:
@@ -54,11 +165,18 @@ class QmpSession:
                 " (is QEMU stopped, or is another client connected to its QMP socket?)"
             ) from None
 
+    def _unusable(self, what: str, reason: str) -> ServiceRefused:
+        return ServiceRefused(f"QEMU monitor {self.socket_path}: unusable QMP answer to {what}: {reason}")
+
     def connect(self) -> None:
         path = self.socket_path
         try:
             self._run(self._client.connect(str(path)), "the greeting")
+        except OperationTimeout as exc:
+            raise NoGreeting(str(exc)) from None
         except QmpConnectError as exc:
+            if (bad := _bad_answer(exc, self._client.readbuflen)) is not None:
+                raise self._unusable("the greeting", bad) from exc
             cause = exc.exc
             if isinstance(cause, FileNotFoundError):
                 reason = "no such socket (is the VM running? check vm.qmp_socket)"
@@ -75,21 +193,41 @@ class QmpSession:
             raise ConnectError(f"QEMU monitor {path}: connection failed: {exc}") from exc
 
     def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        """Run one QMP command and return its `return` value."""
+        """Run one QMP command and return its `return` value (checked against ANSWERS)."""
         try:
-            return self._run(self._client.execute(command, arguments), command)
+            answer = self._run(self._client.execute(command, arguments), command)
         except ExecuteError as exc:
             raise WinAutomationError(f"QEMU refused {command}: {exc}") from exc
         except (ExecInterruptedError, QMPError, OSError, EOFError) as exc:
+            # The reader's own failure (what QEMU sent) is raised by disconnect(), not here.
+            cause = self._reader_failure() if isinstance(exc, ExecInterruptedError | StateError) else exc
+            if (bad := _bad_answer(cause, self._client.readbuflen)) is not None:
+                raise self._unusable(command, bad) from exc
             raise ConnectError(f"QEMU monitor {self.socket_path}: lost during {command}: {exc}") from exc
+        if command in ANSWERS:
+            try:
+                ANSWERS[command].validate_python(answer)
+            except ValidationError as exc:
+                raise self._unusable(command, _shape_problem(exc)) from None
+        return answer
+
+    def _reader_failure(self) -> BaseException | None:
+        """Why the connection's reader stopped (None when it did not fail)."""
+        try:
+            self._loop.run_until_complete(asyncio.wait_for(self._client.disconnect(), self.timeout))
+        except Exception as exc:
+            return exc
+        return None
 
     def sleep(self, seconds: float) -> None:
         self._loop.run_until_complete(asyncio.sleep(seconds))
 
     def close(self) -> None:
+        """Disconnect; never raises: disconnect() re-raises whatever stopped the reader (an answer
+        that was not UTF-8, say), which `execute` has already reported."""
         try:
             self._loop.run_until_complete(asyncio.wait_for(self._client.disconnect(), self.timeout))
-        except (TimeoutError, QMPError, OSError, EOFError):
+        except Exception:
             log.debug("QMP disconnect failed", exc_info=True, extra={"op": "qmp"})
         finally:
             self._loop.close()

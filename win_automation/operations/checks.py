@@ -16,15 +16,15 @@ and an HTTP error status. Nothing here retries or changes anything.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 from urllib.parse import urlsplit
 
+from win_automation import jsontext
 from win_automation.adapters.probe import Probe, probe_http, probe_tcp
 from win_automation.config import Config
 from win_automation.errors import ConfigError, UsageError, WinAutomationError
@@ -201,16 +201,22 @@ def health_base(config: Config) -> str:
 
 
 def engine_version(config: Config, timeout: float) -> tuple[str | None, Probe]:
-    """The engine's version from its health port's `/version` (JSON `{"version": ...}` or text)."""
+    """The engine's version from its health port's `/version` (JSON `{"version": ...}` or text);
+    None when it did not answer, or its answer holds no version (the probe's detail says why)."""
     probe = probe_http(health_base(config) + "/version", timeout)
     if not probe.ok:
         return None, probe
+    body = probe.body.strip()
+    if not body.startswith(("{", "[", '"')):  # plain text: the version itself
+        return body or None, probe
     try:
-        data = json.loads(probe.body)
-        text = str(data.get("version", "")) if isinstance(data, dict) else str(data)
-    except ValueError:
-        text = probe.body.strip()
-    return text or None, probe
+        data = jsontext.loads(body)
+    except ValueError as exc:
+        return None, replace(probe, detail=f"{probe.detail}, but /version is unusable JSON: {exc}")
+    version = data.get("version") if isinstance(data, dict) else data
+    if not isinstance(version, str) or not version.strip():
+        return None, replace(probe, detail=f"{probe.detail}, but /version holds no version string")
+    return version.strip(), probe
 
 
 def check_hatchet(config: Config, timeout: float) -> CheckResult:

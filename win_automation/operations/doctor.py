@@ -16,13 +16,13 @@ import shutil
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
 from win_automation.config import Config, LoadedConfig
-from win_automation.errors import ConfigError
+from win_automation.errors import ConfigError, WinAutomationError
 from win_automation.jobs.connection import journal_problem
 from win_automation.operations import qemu
 from win_automation.operations.checks import (
@@ -160,6 +160,12 @@ def check_ssh_key(config: Config) -> CheckResult:
             f"ssh.key_file {cfg.key_file} can be read by other users (mode {mode:04o})",
             f"chmod 600 {cfg.key_file}",
         )
+    from win_automation.adapters.ssh_connect import load_key
+
+    try:  # it must load: a file this user cannot read, a DSA key, a broken certificate...
+        load_key(cfg)
+    except WinAutomationError as exc:
+        return CheckResult("ssh_key", "fail", str(cfg.key_file), str(exc), "as the cause says")
     return CheckResult("ssh_key", "pass", f"{cfg.key_file} (mode {mode:04o})")
 
 
@@ -233,9 +239,8 @@ def check_hatchet_version(config: Config) -> CheckResult:
         sdk = "not installed"
     version, probe = engine_version(config, config.supervisor.check_timeout)
     if version is None:
-        return CheckResult(
-            "hatchet_version", "skipped", f"the engine's /version did not answer ({probe.detail})"
-        )
+        why = "gave no version" if probe.ok else "did not answer"
+        return CheckResult("hatchet_version", "skipped", f"the engine's /version {why} ({probe.detail})")
     parsed = parse_semver(version)
     detail = f"hatchet-sdk {sdk}, engine {version} (the SDK needs {show(MIN_HATCHET_ENGINE)} or newer)"
     if parsed is None or parsed < MIN_HATCHET_ENGINE:
@@ -267,17 +272,19 @@ def check_playwright_version(playwright: CheckResult) -> CheckResult:
     return CheckResult("playwright_version", "pass", detail)
 
 
-Task = Callable[[], list[CheckResult]]
+Task = Callable[[], Iterable[CheckResult]]
 
 
 def _tasks(config: Config, loaded: LoadedConfig) -> dict[tuple[str, ...], Task]:
-    def ssh() -> list[CheckResult]:
+    def ssh() -> Iterator[CheckResult]:  # each result kept as it comes: a raise names the next item
         result = run_check("ssh", config)
-        return [result, check_clock(result)]
+        yield result
+        yield check_clock(result)
 
-    def playwright() -> list[CheckResult]:
+    def playwright() -> Iterator[CheckResult]:
         result = run_check("playwright", config)
-        return [result, check_playwright_version(result)]
+        yield result
+        yield check_playwright_version(result)
 
     return {
         ("config",): lambda: [check_config(loaded)],
@@ -305,13 +312,21 @@ def diagnose(loaded: LoadedConfig, only: tuple[str, ...] = ()) -> list[CheckResu
         if not wanted.intersection(names):
             continue
 
-        def work(task: Task = task) -> None:
+        def work(task: Task = task, names: tuple[str, ...] = names) -> None:
+            started = time.monotonic()
             try:
-                results = task()
-            except Exception as exc:  # a probe's bug must not hide the other results
-                results = [CheckResult("internal", "fail", type(exc).__name__, str(exc), "report this")]
-            for result in results:
-                found[result.name] = result
+                for result in task():
+                    found[result.name] = result
+            except Exception as exc:  # a probe's bug must not hide the other results, nor pass for a hang
+                name = next((n for n in names if n not in found), None)  # the item whose check raised
+                if name is None:  # already reported as not answering
+                    return
+                why = (str(exc).splitlines() or [""])[0] or type(exc).__name__
+                ms = round((time.monotonic() - started) * 1000, 2)
+                kind = type(exc).__name__
+                found[name] = CheckResult(name, "fail", kind, f"{name}: {why}", "report this", ms)
+                for rest in names[names.index(name) + 1 :]:
+                    found[rest] = CheckResult(rest, "skipped", f"the {name} check failed")
 
         thread = threading.Thread(target=work, daemon=True, name=f"doctor-{names[0]}")
         thread.start()

@@ -37,6 +37,7 @@ from win_automation.errors import (
     ConnectError,
     NotFoundError,
     OperationTimeout,
+    ServiceRefused,
     UsageError,
     WinAutomationError,
 )
@@ -157,7 +158,7 @@ class Qemu:
                 try:
                     qmp.execute("screendump", {"filename": str(temp), "format": "png"})
                 except WinAutomationError as exc:
-                    if isinstance(exc, ConnectError | OperationTimeout):
+                    if isinstance(exc, ConnectError | OperationTimeout | ServiceRefused):
                         raise
                     raise WinAutomationError(
                         f"{exc} (the QEMU process writes the file: give a folder it can write)"
@@ -305,6 +306,8 @@ def check(config: Config, timeout: float) -> CheckResult:
     try:
         state = Qemu(quick).status()
     except WinAutomationError as exc:
+        if isinstance(exc, ServiceRefused):  # something answers on the socket, but not QMP's answers
+            fix = "point vm.qmp_socket at QEMU's own -qmp socket (nothing else may listen there)"
         return CheckResult(
             "vm", "fail", type(exc).__name__, str(exc), fix, round((time.monotonic() - started) * 1000, 2)
         )
