@@ -212,3 +212,21 @@ def test_an_unusable_version_answer_fails_the_hatchet_check_and_the_pass_goes_on
         assert "/version holds no version string" in check_hatchet(cfg, 1.0).cause
     finally:
         server.stop(0)
+
+
+def test_a_check_that_raises_fails_itself_and_the_pass_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the project's own errors were caught: any other fault of one check (a bug, an answer
+    no parser expected) stopped the whole supervisor pass, with an empty checks table."""
+    from win_automation.operations import checks
+
+    def broken(config: Config, timeout: float) -> checks.CheckResult:
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setitem(checks.CHECK_FUNCTIONS, "hatchet", broken)
+    cfg = Config().model_copy(
+        update={"ssh": Config().ssh.model_copy(update={"host": "127.0.0.1", "port": closed_port()})}
+    )
+    results = {r.name: r for r in run_checks(cfg)}
+    assert list(results) == list(CHECKS) and results["ssh"].kind == "refused"
+    hatchet = results["hatchet"]
+    assert (hatchet.status, hatchet.detail, hatchet.cause) == ("fail", "RuntimeError", "RuntimeError: boom")

@@ -332,6 +332,17 @@ def run_check(name: str, config: Config, forced: frozenset[str] = frozenset()) -
         return CheckResult(
             name, "fail", type(exc).__name__, str(exc), "see the cause", 0.0, REPAIRS.get(name)
         )
+    except Exception as exc:  # a fault of the check itself: that check fails, the pass goes on
+        said = str(exc).splitlines()[0] if str(exc) else ""
+        return CheckResult(
+            name,
+            "fail",
+            type(exc).__name__,
+            f"{type(exc).__name__}: {said}",
+            "report it",
+            0.0,
+            REPAIRS.get(name),
+        )
 
 
 def skipped_because(ssh: CheckResult | None, name: str) -> str | None:
