@@ -21,7 +21,7 @@ from stall_proxy import StallProxy
 
 from win_automation.adapters import ssh
 from win_automation.config.schema import SSHConfig
-from win_automation.errors import ConnectError, StorageError
+from win_automation.errors import ConnectError, OperationTimeout, StorageError
 from win_automation.operations import transfers
 from win_automation.partfiles import HOST_TAG, is_stale, owner_tag
 
@@ -265,3 +265,41 @@ def test_a_failed_get_closes_the_vms_hash(live_sshd, known_hosts, slow_to_hash, 
         assert hash_threads() == [], "the VM's hash went on after its download failed"
         assert list(small.iterdir()) == []
     ssh.close_all()
+
+
+def test_the_vms_hash_of_an_upload_is_within_the_puts_deadline(
+    live_sshd, known_hosts, remote_dir, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A VM that takes long to hash the upload (paused while it hashed, overloaded): the put waited
+    for HASH_TIMEOUT (600 s) whatever its own deadline (here 1 s + 1 s per MiB); the hash stands
+    in as a remote `sleep`, the upload before it is real."""
+    monkeypatch.setattr(transfers, "sha256_command", lambda remote, remote_os: "sleep 29.123")
+    source = tmp_path / "one.bin"
+    source.write_bytes(os.urandom(1 << 20))
+    cfg = live_sshd.config(known_hosts, command_timeout=1)
+    started = time.monotonic()
+    with pytest.raises(
+        OperationTimeout, match=r"the VM did not hash .* within [12]s \(paused or overloaded\?\)"
+    ):
+        transfers.put_file(ssh.get_connection(cfg), source, str(remote_dir / "one.bin"), remote_os="posix")
+    assert time.monotonic() - started < 4
+    assert list(remote_dir.iterdir()) == []  # the part file went too
+    ssh.close_all()
+    subprocess.run(["pkill", "-f", "sleep 29.123"], check=False)  # a Linux sshd leaves it running
+
+
+def test_a_put_onto_a_full_vm_disk_names_the_target_and_the_disk(
+    cli, live_sshd, known_hosts, remote_dir, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """It said `remote path TARGET.wa-part-...: Failure`: a file nobody asked for, and SFTP's
+    generic word for what sftp-server answers a write that found the disk full."""
+    source = tmp_path / "two.bin"
+    source.write_bytes(os.urandom(2 << 20))
+    with tmpfs(remote_dir / "small", "1m") as small:
+        small.chmod(0o777)  # the login writes there
+        target = small / "two.bin"
+        res = cli("ssh", "put", str(source), str(target), env=live_sshd.env(known_hosts, persist="0"))
+        # the refused write, or (pipelined writes whose refusals paramiko drops) the short file
+        assert res.code == 1 and res.stderr.count("\n") == 1, res.stderr
+        assert str(target) in res.stderr and "disk full?" in res.stderr and ".wa-part-" not in res.stderr
+        assert list(small.iterdir()) == []

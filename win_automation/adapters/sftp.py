@@ -121,7 +121,13 @@ def upload(
                 conn.close()
                 raise
             target.close()
-    except (OSError, paramiko.SSHException, EOFError) as exc:
+    except OSError as exc:
+        if str(exc) == "Failure":  # SSH_FX_FAILURE: what sftp-server answers a write ENOSPC gave
+            raise WinAutomationError(
+                f"remote path {remote}: the VM refused the write (SFTP 'Failure': is its disk full?)"
+            ) from exc
+        raise _translate(exc, f"remote path {remote}") from exc
+    except (paramiko.SSHException, EOFError) as exc:
         raise _translate(exc, f"remote path {remote}") from exc
 
 

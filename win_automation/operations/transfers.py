@@ -29,6 +29,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from win_automation.adapters.persist import WarmConnection
 from win_automation.errors import (
     CommandFailed,
     NotFoundError,
+    OperationTimeout,
     StorageError,
     StorageFull,
     UsageError,
@@ -165,11 +167,19 @@ def parse_sha256(remote: str, exit_status: int | None, stdout: bytes, stderr: by
 
 
 def remote_sha256(
-    conn: Executor, remote: str, remote_os: str, *, cancelled: Callable[[], bool] | None = None
+    conn: Executor,
+    remote: str,
+    remote_os: str,
+    *,
+    cancelled: Callable[[], bool] | None = None,
+    timeout: float = HASH_TIMEOUT,
 ) -> str:
-    """The sha256 (lower-case hex) of a remote file, computed on the VM; `cancelled()` turning
-    true closes its channel (on Windows the hash ends with it)."""
-    outcome = conn.exec(sha256_command(remote, remote_os), timeout=HASH_TIMEOUT, cancelled=cancelled)
+    """The sha256 (lower-case hex) of a remote file, computed on the VM within `timeout` s
+    (OperationTimeout past it); `cancelled()` turning true closes its channel (on Windows the
+    hash ends with it)."""
+    outcome = conn.exec(sha256_command(remote, remote_os), timeout=timeout, cancelled=cancelled)
+    if outcome.timed_out:
+        raise OperationTimeout(f"the VM did not hash {remote} within {timeout:.0f}s (paused or overloaded?)")
     return parse_sha256(remote, outcome.exit_status, outcome.stdout, outcome.stderr)
 
 
@@ -200,8 +210,10 @@ def check_remote(remote: str) -> None:
 def put_file(
     conn: SshConnection, local: Path, remote: str, *, remote_os: str, progress: Progress | None = None
 ) -> TransferResult:
-    """Upload `local` to `remote`, verified; the remote file appears only once whole."""
+    """Upload `local` to `remote`, verified; the remote file appears only once whole, within the
+    transfer's deadline (ssh.command_timeout plus 1 s per MiB), the VM's hash of it included."""
     from win_automation.adapters import sftp
+    from win_automation.adapters.ssh import transfer_seconds
 
     check_remote(remote)
     try:
@@ -217,15 +229,26 @@ def put_file(
     partial = f"{remote[: len(remote) - len(name)]}{stem}{PART}{owner_tag()}"
     with Timer() as timer, source:
         size = os.fstat(source.fileno()).st_size
+        # a VM paused while it hashed held the put for HASH_TIMEOUT (600 s), whatever the deadline
+        deadline = time.monotonic() + transfer_seconds(conn.cfg, size)
         remove_stale_remote_parts(conn, remote)
         reader = _HashingReader(source)
         try:
-            sftp.upload(conn, reader, partial, size, progress)  # type: ignore[arg-type]
+            try:
+                sftp.upload(conn, reader, partial, size, progress)  # type: ignore[arg-type]
+            except WinAutomationError as exc:  # said of the part file: said of the target
+                raise type(exc)(str(exc).replace(partial, remote)) from exc
             landed = sftp.remote_size(conn, partial)
             if landed != reader.size:
-                raise WinAutomationError(f"upload of {local} is incomplete: {landed} of {reader.size} bytes")
+                raise WinAutomationError(
+                    f"upload of {local} to {remote} is incomplete: {landed} of {reader.size} bytes"
+                    " arrived (is the VM's disk full?)"
+                )
             digest = reader.digest.hexdigest()
-            theirs = remote_sha256(conn, partial, remote_os)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise OperationTimeout(f"upload to {remote} passed its deadline before the VM hashed it")
+            theirs = remote_sha256(conn, partial, remote_os, timeout=left)
             if theirs != digest:
                 raise WinAutomationError(
                     f"upload of {local} is corrupt: sha256 {theirs} on the VM, {digest} here"
