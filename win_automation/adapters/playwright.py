@@ -12,7 +12,8 @@ handle; `translate(exc, endpoint)` turns a playwright exception into the project
 - a Playwright timeout: OperationTimeout (124).
 
 A session is watched (win_automation.adapters.playwright_watchdog): a server that stops
-answering, or the caller's cancel or deadline, drops it, and the call under way fails.
+answering, the caller's cancel or deadline, or a call under `session.bounded(seconds)` that runs
+past them (a wedged browser), drops it, and the call under way fails.
 
 The wsPath is never part of a message: playwright's own messages quote the URL, so they are never
 passed on; ours name `host:port` only, and the wsPath is registered with the log redactor.
@@ -25,7 +26,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -154,6 +155,11 @@ class BrowserSession:
     def dropped(self) -> str | None:
         """Why the watchdog dropped the session ("stalled", "gave up"), or None."""
         return self._watchdog.dropped
+
+    def bounded(self, seconds: float) -> AbstractContextManager[None]:
+        """For calls Playwright keeps no timeout for (a context, a page, the trace): the session
+        is dropped, and the call fails (OperationTimeout), if the block runs past `seconds`."""
+        return self._watchdog.bound(seconds)
 
     def dropped_error(self, doing: str) -> WinAutomationError | None:
         """The error of a call that failed because the session was dropped; None if it was not."""

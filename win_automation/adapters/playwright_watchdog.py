@@ -5,8 +5,10 @@ wedged: its port still accepts) would leave a call waiting for good. So while a 
 open, the watchdog sends the server a plain HTTP request every PROBE_EVERY seconds (not the
 wsPath: the server's 403 is an answer), and kills this process's Playwright driver once none has
 been answered for `stall_timeout` seconds, or once `give_up()` turns true (the job's cancel or
-deadline): the blocked call then fails, and `dropped` says why. A driver that has not exited
-CLOSE_GRACE seconds after its session ends is killed too.
+deadline): the blocked call then fails, and `dropped` says why. The server (Node) answers even
+when the browser under it is wedged, and keeps no timeout for some calls (opening a context or a
+page, closing one, the trace): those run under `bound(seconds)`, past which the session is
+dropped too. A driver that has not exited CLOSE_GRACE seconds after its session ends is killed.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from win_automation.errors import NoAnswer, OperationTimeout, WinAutomationError
@@ -40,8 +42,9 @@ CLOSE_GRACE = 2.0
 
 class Watchdog:
     """Kills the local Playwright driver (`pid`) once `give_up()` turns true or the server at
-    `endpoint` has answered no HTTP request for `stall_timeout` seconds (`dropped` then says
-    which: "gave up", "stalled"), or once it has not exited CLOSE_GRACE seconds after
+    `endpoint` has answered no HTTP request for `stall_timeout` seconds, or once a `bound()`
+    block has run past its seconds (`dropped` then says which: "gave up", "stalled", "timed
+    out"), or once it has not exited CLOSE_GRACE seconds after
     `closing()`. Two daemon threads: one asks the server, one decides (a probe that hangs does
     not delay a cancel)."""
 
@@ -53,6 +56,8 @@ class Watchdog:
         self.killed = False
         self._answered = time.monotonic()
         self._closing_by: float | None = None
+        self._bound_by: float | None = None
+        self._bound = 0.0
         self._done = threading.Event()
         for target, name in ((self._probe, "playwright-probe"), (self._decide, "playwright-watchdog")):
             threading.Thread(target=target, name=name, daemon=True).start()
@@ -75,6 +80,9 @@ class Watchdog:
             elif self.give_up():
                 self._drop("gave up")
                 return
+            elif self._bound_by is not None and time.monotonic() > self._bound_by:
+                self._drop("timed out")
+                return
             elif time.monotonic() - self._answered > self.stall_timeout:
                 self._drop("stalled")
                 return
@@ -94,6 +102,16 @@ class Watchdog:
             with suppress(OSError):
                 os.kill(self.pid, signal.SIGKILL)
 
+    @contextmanager
+    def bound(self, seconds: float) -> Iterator[None]:
+        """Drop the session ("timed out") if the block has not ended within `seconds`."""
+        outer = self._bound, self._bound_by
+        self._bound, self._bound_by = seconds, time.monotonic() + seconds
+        try:
+            yield
+        finally:
+            self._bound, self._bound_by = outer
+
     def closing(self) -> None:
         """The session is over: from now on only a driver that does not exit is killed."""
         self._closing_by = time.monotonic() + CLOSE_GRACE
@@ -110,15 +128,24 @@ class Watchdog:
                 " wedged?), so the session was dropped; fix: `win-automation playwright health`, restart"
                 " the server with `win-automation playwright install`"
             )
+        if self.dropped == "timed out":
+            return OperationTimeout(
+                f"{doing}: no answer from {where} within {self._bound:g}s (its browser wedged?), so the"
+                " session was dropped; fix: `win-automation playwright health`, restart the server with"
+                " `win-automation playwright install`"
+            )
         return OperationTimeout(f"{doing}: no answer from {where} within the deadline")
 
 
 def forget_killed_driver(manager: Any) -> None:
     """After a driver was killed: the call the kill broke stays an unawaited coroutine, and its
     death an error on playwright's transport (`Connection closed while reading from the
-    driver`) that nobody awaits after the start; left, asyncio would warn of both whenever they
-    are collected."""
+    driver`) that nobody awaits after the start, and the tasks and futures of a connection it
+    cut (`Task was destroyed but it is pending!`); left, asyncio would log them whenever they are
+    collected. The session's event loop is its own and over: its errors are dropped."""
     warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+    with suppress(AttributeError):
+        manager._loop.set_exception_handler(lambda _loop, _context: None)
     with suppress(AttributeError, asyncio.InvalidStateError, asyncio.CancelledError):
         future = manager._client._transport.on_error_future
         if future.done():

@@ -9,7 +9,9 @@
   it reports the cause and the fix (the supervisor and `doctor` call it).
 - `browser_session(...)`: one connected browser and one fresh context for a step, with tracing
   when asked; whatever happens the context is closed, and a failure still leaves the page's
-  screenshot and the trace in the job's artifacts (type `playwright`), named in the error.
+  screenshot and the trace in the job's artifacts (type `playwright`), named in the error. The
+  calls Playwright keeps no timeout for (opening the context and page, the trace) are bounded by
+  the job's timeout, closing by CLOSE_TIMEOUT: a wedged browser drops the session (124).
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ from win_automation.adapters.playwright import (
 )
 from win_automation.config import Config
 from win_automation.definition import ArtifactSink
-from win_automation.errors import ConfigError, VersionMismatch, WinAutomationError
+from win_automation.errors import ConfigError, OperationTimeout, VersionMismatch, WinAutomationError
 from win_automation.operations.endpoints import service_address
 
 WS_PATH_ENV = "WIN_AUTOMATION_PLAYWRIGHT_WS_PATH"
+CLOSE_TIMEOUT = 5.0
+"""Seconds that closing a job's context (after a failure: its screenshot, its trace) may take."""
 INSTALL_FIX = "`win-automation playwright install` (it prints the export line for " + WS_PATH_ENV + ")"
 
 
@@ -70,7 +74,8 @@ class PlaywrightHealth:
     fix: str | None = None
     via: str = "direct"
     exit_code: int = 0
-    """0 when ok; else the error's code: 2 no or wrong wsPath, version mismatch; 3 unreachable."""
+    """0 when ok; else the error's code: 2 no or wrong wsPath, version mismatch; 3 unreachable,
+    or no answer within the deadline."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,7 +111,7 @@ def health(config: Config, *, timeout: float = 10.0) -> PlaywrightHealth:
         if isinstance(exc, VersionMismatch):
             report.server_version = exc.server
         report.cause, report.fix = split_fix(str(exc))
-        report.exit_code = exc.exit_code
+        report.exit_code = 3 if isinstance(exc, OperationTimeout) else exc.exit_code
     return report
 
 
@@ -167,7 +172,8 @@ class BrowserJob:
         if not is_closed_error(exc):
             return False
         try:  # the client may not have noticed yet (its `disconnected` event comes late): ask
-            self.session.browser.new_context().close()
+            with self.session.bounded(CLOSE_TIMEOUT):
+                self.session.browser.new_context().close()
         except Exception:
             return True
         return False
@@ -190,24 +196,27 @@ def browser_session(
     stall = config.playwright.stall_timeout
     with open_browser(target, timeout=timeout, stall_timeout=stall, give_up=cancelled) as session:
         metrics.inc("playwright_sessions_total")
-        context = session.new_context()
+        with session.bounded(timeout):
+            context = session.new_context()
         job = BrowserJob(session, context, None, artifacts)
         try:
-            if trace:
-                context.tracing.start(screenshots=True, snapshots=True, sources=False)
-            job.page = context.new_page()
-            job.page.set_default_timeout(timeout * 1000)
+            with session.bounded(timeout):
+                if trace:
+                    context.tracing.start(screenshots=True, snapshots=True, sources=False)
+                job.page = context.new_page()
+                job.page.set_default_timeout(timeout * 1000)
             yield job
             if trace:
-                _stop_trace(job)
+                with session.bounded(max(timeout, CLOSE_TIMEOUT)):  # the zip comes back to us
+                    _stop_trace(job)
         except BaseException as exc:
             err = job.error(exc, "the job") if isinstance(exc, Exception) else None
             if not session.lost:
                 if "screenshot.png" not in job.written and job.page is not None and not job.stalled:
                     with suppress(Exception):  # the page may be unusable: keep what we have
-                        job.save("screenshot.png", job.page.screenshot(timeout=5000))
+                        job.save("screenshot.png", job.page.screenshot(timeout=CLOSE_TIMEOUT * 1000))
                 if trace:
-                    with suppress(Exception):
+                    with suppress(Exception), session.bounded(CLOSE_TIMEOUT):
                         _stop_trace(job)
             if err is None:
                 raise
@@ -215,7 +224,8 @@ def browser_session(
                 err.message = f"{err.message} (kept: {', '.join(job.written)})"
             raise err from None
         finally:
-            _close_quietly(context)
+            with session.bounded(CLOSE_TIMEOUT):
+                _close_quietly(context)
 
 
 def _stop_trace(job: BrowserJob) -> None:

@@ -91,7 +91,9 @@ def take_screenshot(
         wait_for_selector(job, wait_for, timeout)
         _check(cancelled)
     data = job.screenshot(full_page=full_page, timeout=timeout)
-    return Shot(job.page.url, job.page.title(), len(data), round((time.perf_counter() - started) * 1000))
+    with job.session.bounded(timeout):  # the title has no timeout of its own
+        title = job.page.title()
+    return Shot(job.page.url, title, len(data), round((time.perf_counter() - started) * 1000))
 
 
 def _check(cancelled: Callable[[], bool]) -> None:
