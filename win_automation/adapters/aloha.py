@@ -3,9 +3,9 @@
     service = aloha_service("client", "http://127.0.0.1:7888", timeout=10.0)
     answer = service.request("POST", "/run_task", {"task": "..."}, record=exchanges.append)
 
-- One `httpx.Client` per process and service (`aloha_service` keeps them): connections are kept
-  alive between the many requests of a task. `trust_env=False`: no proxy from the environment
-  stands between the host and its VM.
+- One `httpx.Client` per process and service (`aloha_service` keeps them), and one connection per
+  request (none kept alive: the deadline below must know the request's socket to cut it).
+  `trust_env=False`: no proxy from the environment stands between the host and its VM.
 - Every attempt is reported to `record` as an `Exchange` (route, request body, status, answer
   body, timings, attempt), failures included, so a job's response.json holds them in order.
 - Retries, as the product requires: 3 attempts under win_automation.retry's connect policy
@@ -16,15 +16,16 @@
   request accepted and not answered within the timeout -> NoAnswer (exit 3, not retried: the
   service may have acted on it). Any other status is returned as an `Answer`: what it means is
   for operations.aloha to say.
-- Bodies are parsed as JSON only when they are JSON: an HTML error page stays text. A body is read
-  as it comes, whole within the timeout and at most MAX_ANSWER_BYTES (past it: exit 1).
+- Bodies are parsed as JSON only when they are JSON (win_automation.jsontext: nesting too deep is
+  not JSON either): an HTML error page stays text. The whole exchange (connect, headers, body) is
+  bounded by the timeout (adapters.http_deadline), and a body is read as it comes, at most
+  MAX_ANSWER_BYTES (past it: exit 1). A request given `stop` is abandoned within 0.1 s of it
+  turning true (NoAnswer). An Exchange keeps at most BODY_LIMIT of an answer.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -34,6 +35,8 @@ from typing import Any
 
 import httpx
 
+from win_automation import jsontext
+from win_automation.adapters.http_deadline import Deadline, Stopped
 from win_automation.adapters.resolve import NameNotResolved, lookup
 from win_automation.durations import rfc3339
 from win_automation.errors import ConnectError, NoAnswer, WinAutomationError
@@ -42,7 +45,8 @@ from win_automation.retry import CONNECT_POLICY, call_with_retry
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({502, 503, 504})
-# The most of an answer's text kept in an Exchange (response.json); its length and hash are whole.
+# The most of an answer kept in an Exchange (response.json): its JSON when its text is no longer,
+# else its text cut there; its length and hash are whole.
 BODY_LIMIT = 64 * 1024
 MAX_ANSWER_BYTES = 16 << 20
 """The most of an answer read (Aloha's are JSON of a few KiB): past it, the request fails."""
@@ -62,6 +66,8 @@ class Answer:
     json: Any = None
     is_json: bool = False
     duration_ms: int = 0
+    json_error: str | None = None
+    """Why a JSON body (by its content type) is not usable JSON, in one line."""
 
     @property
     def digest(self) -> str:
@@ -103,8 +109,11 @@ def _parse(response: httpx.Response, content: bytes, duration_ms: int) -> Answer
     text = content.decode(response.encoding or "utf-8", errors="replace")
     answer = Answer(response.status_code, text, content_type, duration_ms=duration_ms)
     if "html" not in content_type.lower():
-        with contextlib.suppress(ValueError):
-            answer.json, answer.is_json = json.loads(text), True
+        try:
+            answer.json, answer.is_json = jsontext.loads(text), True
+        except ValueError as exc:
+            if "json" in content_type.lower():
+                answer.json_error = str(exc)
     return answer
 
 
@@ -115,7 +124,12 @@ class AlohaService:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout), trust_env=False, follow_redirects=False)
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout),
+            trust_env=False,
+            follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
     def url(self, route: str) -> str:
         return self.base_url + route
@@ -123,41 +137,70 @@ class AlohaService:
     def close(self) -> None:
         self._client.close()
 
-    def request(self, method: str, route: str, body: Any = None, *, record: Record) -> Answer:
-        """One request, retried under the rule above; every attempt is recorded."""
+    def request(
+        self,
+        method: str,
+        route: str,
+        body: Any = None,
+        *,
+        record: Record,
+        stop: Callable[[], bool] | None = None,
+    ) -> Answer:
+        """One request, retried under the rule above; every attempt is recorded. `stop`: abandon
+        it (NoAnswer) as soon as that turns true (a cancel, a task's deadline)."""
         attempts = iter(range(1, CONNECT_POLICY.attempts + 1))
         return call_with_retry(
-            lambda: self._attempt(method, route, body, next(attempts), record),
+            lambda: self._attempt(method, route, body, next(attempts), record, stop),
             op=f"aloha.{self.name}{route}",
         )
 
-    def _exchange(self, method: str, route: str, body: Any, started: float) -> tuple[httpx.Response, bytes]:
+    def _exchange(
+        self, method: str, route: str, body: Any, stop: Callable[[], bool] | None
+    ) -> tuple[httpx.Response, bytes]:
         """The answer and its body, read as it comes: at most MAX_ANSWER_BYTES (_Oversized), and
-        all of it within the timeout (httpx.ReadTimeout), not only each piece: a body trickled a
-        byte at a time would keep httpx's per-read timeout from ever passing."""
-        deadline = started + self.timeout
+        all of it, headers included, within the timeout (httpx.ReadTimeout), not only each piece:
+        an answer trickled a byte at a time would keep httpx's per-read timeout from passing."""
+        deadline = Deadline(self.timeout, stop)
         url = httpx.URL(self.url(route))  # the name within the timeout (httpx's excludes the lookup)
-        lookup(url.host, url.port or (443 if url.scheme == "https" else 80), self.timeout)
-        with self._client.stream(method, url, json=body) as response:
+        lookup(url.host, url.port or (443 if url.scheme == "https" else 80), deadline.left())
+        with (
+            deadline,
+            self._client.stream(
+                method, url, json=body, timeout=deadline.left(), extensions=deadline.extensions
+            ) as response,
+        ):
             pieces, size = [], 0
             for piece in response.iter_bytes():
                 size += len(piece)
                 if size > MAX_ANSWER_BYTES:
                     raise _Oversized(f"over {MAX_ANSWER_BYTES // (1 << 20)} MiB")
-                if time.perf_counter() > deadline:
-                    raise httpx.ReadTimeout("the answer took longer than the timeout")
                 pieces.append(piece)
+        deadline.check()  # a body without length ends when its socket is shut: not a whole one
         return response, b"".join(pieces)
 
-    def _attempt(self, method: str, route: str, body: Any, attempt: int, record: Record) -> Answer:
+    def _attempt(
+        self,
+        method: str,
+        route: str,
+        body: Any,
+        attempt: int,
+        record: Record,
+        stop: Callable[[], bool] | None = None,
+    ) -> Answer:
         where = f"the Aloha {self.name} at {self.base_url}"
         exchange = Exchange(self.name, method, route, body, attempt, rfc3339(time.time()))
         started = time.perf_counter()
         try:
             try:
-                response, content = self._exchange(method, route, body, started)
+                response, content = self._exchange(method, route, body, stop)
             finally:
                 exchange.duration_ms = round((time.perf_counter() - started) * 1000)
+        except Stopped:
+            exchange.error = "abandoned unanswered: the caller stopped waiting"
+            record(exchange)
+            raise NoAnswer(
+                f"{method} {route} to {where} was abandoned unanswered (cancelled, or the deadline passed)"
+            ) from None
         except _Oversized as exc:
             exchange.error = str(exc)
             record(exchange)
@@ -196,7 +239,8 @@ class AlohaService:
         data = answer.text.encode("utf-8", errors="replace")
         exchange.status = answer.status
         exchange.content_type = answer.content_type
-        exchange.body = answer.json if answer.is_json else answer.text[:BODY_LIMIT]
+        whole = answer.is_json and len(data) <= BODY_LIMIT
+        exchange.body = answer.json if whole else answer.text[:BODY_LIMIT]
         exchange.body_bytes = len(data)
         exchange.body_sha256 = hashlib.sha256(data).hexdigest()
         record(exchange)

@@ -21,7 +21,8 @@ An HTTP answer's status is the answer: of its body only the first BODY_LIMIT byt
 that came within the timeout (a body without end, or trickled, is neither waited for nor held).
 
 Nothing here retries: a probe reports the first attempt as it was (the supervisor's breaker and
-the next pass are the retry), and one probe never outlasts its timeout by more than a few ms.
+the next pass are the retry), and one probe never outlasts its timeout by more than a few ms
+(an HTTP probe's status line and headers too, however slowly they come: adapters.http_deadline).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Literal
 
 import httpx
 
+from win_automation.adapters.http_deadline import Deadline
 from win_automation.adapters.resolve import NameNotResolved, connect, lookup
 
 Kind = Literal[
@@ -161,20 +163,24 @@ def _tls_context() -> ssl.SSLContext:
 def probe_http(url: str, timeout: float, *, method: str = "GET") -> Probe:
     """One HTTP request, no redirects followed, no retry; the cause when it did not answer."""
     started = time.perf_counter()
+    deadline = Deadline(timeout)  # the whole probe: lookup, connect, headers and body
     parts = httpx.URL(url)
     if parts.host:  # the lookup within the timeout first (httpx's connect timeout excludes it)
         try:
-            lookup(parts.host, parts.port or (443 if parts.scheme == "https" else 80), timeout)
+            lookup(parts.host, parts.port or (443 if parts.scheme == "https" else 80), deadline.left())
         except NameNotResolved as exc:
             return Probe(url, "dns", str(exc), _ms(started))
     try:
         with (
+            deadline,
             httpx.Client(
-                timeout=timeout, follow_redirects=False, trust_env=False, verify=_tls_context()
+                timeout=deadline.left(), follow_redirects=False, trust_env=False, verify=_tls_context()
             ) as client,
-            client.stream(method, url, headers={"Connection": "close"}) as response,
+            client.stream(
+                method, url, headers={"Connection": "close"}, extensions=deadline.extensions
+            ) as response,
         ):
-            first = _first_bytes(response, time.monotonic() + timeout)
+            first = _first_bytes(response, deadline.deadline)
     except httpx.ConnectTimeout:
         return Probe(url, "dropped", f"no answer to the connection within {timeout:g}s", _ms(started))
     except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout):

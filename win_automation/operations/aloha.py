@@ -11,16 +11,20 @@ Aloha's contract (DESIGN.md): the client has no status route, so a task has ende
 that cannot act: `max_steps` 1 and a `server_url` where nothing listens (`PROBE_SERVER_URL`), so
 even when it starts (the real task has ended) it fails its first step at once. Past the deadline,
 or when the job is cancelled, it sends `/stop` (seen between steps) and waits up to
-`aloha.stop_timeout` for the task to end. `health` checks each service on its own, with `GET /`
-only (never `/stop`): the server answers 200 "Aloha API server is running", the client any HTTP
-answer (404: it has no GET route). Logs name a task only by its length and sha256.
+`aloha.stop_timeout` for the task to end (a poll that hangs then is abandoned within 0.1 s).
+`health` checks each service on its own (both at once), with `GET /` only (never `/stop`): the
+server answers 200 "Aloha API server is running", the client any HTTP answer (404: it has no GET
+route). Logs name a task only by its length and sha256.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +44,8 @@ PROBE_TASK = "win-automation: is a task running? (a probe that cannot act)"
 PROBE_SERVER_URL = "http://127.0.0.1:9/win-automation-probe"
 SERVER_HEALTH_TEXT = "Aloha API server is running"
 TICK = 0.1  # how often the cancel check and the deadline are looked at while waiting
+KEEP_WHOLE = 20  # the last exchanges whose bodies response.json keeps whole (up to BODY_LIMIT)
+OLD_BODY_LIMIT = 1024  # the most of an older exchange's body kept (its length and hash stay)
 
 Service = Literal["server", "client"]
 
@@ -98,10 +104,19 @@ class Aloha:
         return self._services[name]
 
     def _record(self, exchange: Exchange) -> None:
+        """Keep `exchange`; the body of the one KEEP_WHOLE back is cut to OLD_BODY_LIMIT, so a
+        long task's transcript grows by a bounded amount per poll, however big the answers."""
         self.exchanges.append({"seq": len(self.exchanges) + 1, **exchange.as_dict()})
+        if len(self.exchanges) > KEEP_WHOLE:
+            old = self.exchanges[-KEEP_WHOLE - 1]
+            if (old["body_bytes"] or 0) > OLD_BODY_LIMIT:
+                body = old["body"]
+                old["body"] = (body if isinstance(body, str) else json.dumps(body))[:OLD_BODY_LIMIT]
 
-    def _request(self, name: Service, method: str, route: str, body: Any = None) -> Answer:
-        return self._service(name).request(method, route, body, record=self._record)
+    def _request(
+        self, name: Service, method: str, route: str, body: Any = None, stop: Callable[[], bool] | None = None
+    ) -> Answer:
+        return self._service(name).request(method, route, body, record=self._record, stop=stop)
 
     def transcript(self, **about: Any) -> str:
         """response.json: `about` (the task's length and hash, the outcome...) and every exchange."""
@@ -110,14 +125,30 @@ class Aloha:
     # -- health --------------------------------------------------------------------------------
 
     def health(self) -> list[ServiceHealth]:
-        """Each service checked on its own with `GET /` (with the retry rule), never `/stop`."""
-        return [self._health("server"), self._health("client")]
+        """Each service checked on its own with `GET /` (with the retry rule), never `/stop`; both
+        at once (two hung services cost one aloha.request_timeout), recorded server first."""
+        kept: dict[Service, list[Exchange]] = {"server": [], "client": []}
+        reports: dict[Service, ServiceHealth] = {}
+        for name in kept:  # addresses one at a time: a port forward may open the SSH connection
+            with contextlib.suppress(WinAutomationError):
+                self._service(name)
 
-    def _health(self, name: Service) -> ServiceHealth:
+        def check(name: Service) -> None:
+            reports[name] = self._health(name, kept[name].append)
+
+        client = threading.Thread(target=contextvars.copy_context().run, args=(check, "client"))
+        client.start()
+        check("server")
+        client.join()
+        for exchange in kept["server"] + kept["client"]:
+            self._record(exchange)
+        return [reports["server"], reports["client"]]
+
+    def _health(self, name: Service, record: Callable[[Exchange], None]) -> ServiceHealth:
         configured = self.config.aloha.server_url if name == "server" else self.config.aloha.client_url
         report = ServiceHealth(service=name, url=configured, ok=False)
         try:
-            answer = self._request(name, "GET", "/")
+            answer = self._service(name).request("GET", "/", record=record, stop=self.cancelled)
         except WinAutomationError as exc:
             report.problem, report.exit_code = str(exc), exc.exit_code
             return report
@@ -148,6 +179,8 @@ class Aloha:
     def _json_of(self, answer: Answer, route: str) -> dict[str, Any]:
         if not answer.is_json or not isinstance(answer.json, dict):
             kind = "an HTML page" if "html" in answer.content_type.lower() else "a body that is not JSON"
+            if answer.json_error is not None:
+                kind = f"a body that is not usable JSON ({answer.json_error})"
             raise ServiceRefused(
                 f"the Aloha client answered {route} with {answer.status} and {kind} ({answer.digest})"
             )
@@ -188,10 +221,11 @@ class Aloha:
         metrics.inc("aloha_runs_total")
         log.info("aloha task started", extra={"op": "aloha.run", "task_len": length, "task_sha256": sha})
 
-    def running(self) -> bool:
-        """True while a task runs: the client answers the probe task with 409."""
+    def running(self, stop: Callable[[], bool] | None = None) -> bool:
+        """True while a task runs: the client answers the probe task with 409. `stop`: abandon the
+        request as soon as that turns true (NoAnswer)."""
         probe = {"task": PROBE_TASK, "max_steps": 1, "server_url": PROBE_SERVER_URL}
-        answer = self._request("client", "POST", "/run_task", probe)
+        answer = self._request("client", "POST", "/run_task", probe, stop)
         if answer.status == 409:
             return True
         payload = self._json_of(answer, "/run_task")
@@ -225,19 +259,22 @@ class Aloha:
         deadline = started + timeout
         polls = 0
         interval = self.config.aloha.poll_interval
+
+        def reason() -> Literal["deadline", "cancelled"] | None:
+            if self.cancelled():
+                return "cancelled"
+            return "deadline" if time.monotonic() >= deadline else None
+
         while True:
             self._wait(interval, deadline)
-            reason: Literal["deadline", "cancelled"] | None = None
-            if self.cancelled():
-                reason = "cancelled"
-            elif time.monotonic() >= deadline:
-                reason = "deadline"
-            if reason is not None:
-                return self._stop_and_wait(reason, started, polls)
+            if (why := reason()) is not None:
+                return self._stop_and_wait(why, started, polls)
             polls += 1
-            try:
-                still = self.running()
+            try:  # a poll that hangs is abandoned at the deadline or on cancel
+                still = self.running(stop=lambda: reason() is not None)
             except ConnectError as exc:
+                if (why := reason()) is not None:
+                    return self._stop_and_wait(why, started, polls)
                 raise type(exc)(f"while the task ran: {exc}") from exc
             if not still:
                 return Followed("ended", round((time.monotonic() - started) * 1000), polls)
