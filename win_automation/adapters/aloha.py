@@ -162,7 +162,7 @@ class AlohaService:
         an answer trickled a byte at a time would keep httpx's per-read timeout from passing."""
         deadline = Deadline(self.timeout, stop)
         url = httpx.URL(self.url(route))  # the name within the timeout (httpx's excludes the lookup)
-        lookup(url.host, url.port or (443 if url.scheme == "https" else 80), deadline.left())
+        lookup(url.host, url.port or (443 if url.scheme == "https" else 80), deadline.timeout)  # its start
         with (
             deadline,
             self._client.stream(
