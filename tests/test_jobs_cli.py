@@ -208,6 +208,28 @@ def test_cancel_from_another_process(cli, cli_env, tmp_path: Path) -> None:  # t
     assert again.code == 1 and "already cancelled" in again.stderr
 
 
+def test_a_cancel_its_stopped_owner_never_took_outlives_the_owner(cli, cli_env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`jobs cancel` of a job whose owner is stopped says it takes effect when the owner goes on;
+    the owner was killed instead: the job was recorded `interrupted`, and `jobs resume` ran it to
+    success despite the cancel that had been acknowledged."""
+    data = tmp_path / "data"
+    proc = start_cli(cli_env, tmp_path, "run", "ping", "--input", '{"hold_seconds": 60}')
+    wait_for(lambda: step_running(data, "check-journal"), what="check-journal to run")
+    job_id = step_running(data, "check-journal")
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        res = cli("jobs", "cancel", job_id, "--wait", "1s")
+        assert res.code == 0 and "the cancel takes effect when it continues" in res.stdout, res.stdout
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    shown = json.loads(cli("jobs", "show", job_id, "--json").stdout)
+    assert shown["state"] == "cancelled", shown
+    assert "its owner process died before it stopped" in shown["error"]
+    resumed = cli("jobs", "resume", job_id)
+    assert resumed.code != 0 and "cancelled" in resumed.stderr, resumed
+
+
 def test_metrics_lines_go_to_the_metrics_file(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "metrics.log"
     res = cli(

@@ -148,7 +148,7 @@ class JournalOwnership(JournalConnection):
         dead worker's tasks)."""
         now = time.time()
         rows = self._query(
-            "SELECT job_id, owner_pid, owner_start, owner_host, heartbeat_at FROM jobs"
+            "SELECT job_id, owner_pid, owner_start, owner_host, heartbeat_at, cancel_requested FROM jobs"
             " WHERE state IN ('queued', 'running') AND engine = 'local'"
         )
         dead = []
@@ -160,23 +160,29 @@ class JournalOwnership(JournalConnection):
             else:
                 gone = expired
             if gone:
-                dead.append(row["job_id"])
+                dead.append((row["job_id"], bool(row["cancel_requested"])))
         interrupted = []
-        for job_id in dead:
+        for job_id, cancelled in dead:
             with self._write() as conn:
                 state = self._job_state(conn, job_id)
                 if state not in ACTIVE:
                     continue  # its owner finished it meanwhile
-                message = "owner process died or stopped heart-beating"
+                # A cancel the owner acknowledged but never took (stopped, then killed) is kept: an
+                # interrupted job would be resumed, and run to the end, despite it.
+                ended, message = (
+                    (JobState.CANCELLED, "cancelled by request; its owner process died before it stopped")
+                    if cancelled
+                    else (JobState.INTERRUPTED, "owner process died or stopped heart-beating")
+                )
                 conn.execute(
                     "UPDATE jobs SET state = ?, updated_at = ?, finished_at = ?, error = ?, epoch = epoch + 1"
                     " WHERE job_id = ?",
-                    (JobState.INTERRUPTED, now, now, message, job_id),
+                    (ended, now, now, message, job_id),
                 )
                 conn.execute(
                     "UPDATE steps SET state = ?, finished_at = ? WHERE job_id = ? AND state = 'running'",
-                    (JobState.INTERRUPTED, now, job_id),
+                    (ended, now, job_id),
                 )
-                self._event(conn, job_id, None, JobState.INTERRUPTED, None, message, now)
+                self._event(conn, job_id, None, ended, None, message, now)
                 interrupted.append(job_id)
         return interrupted
