@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,36 @@ def test_fetch_from_the_vm_verifies_every_file(
     assert not (tmp_path / "o2" / writer.job_id / "stdout.txt").exists()
     assert (tmp_path / "o2" / writer.job_id / "trace.zip").exists()
     assert not (tmp_path / "o2" / writer.job_id / "manifest.json").exists()
+    # into the first copy: its manifest went first (it matched the files no more)
+    again = cli(
+        "artifacts", "fetch", "--from", "vm", "--job", writer.job_id, "--out", str(tmp_path / "out"), env=env
+    )
+    assert again.code == 1 and not (copy / "manifest.json").exists()
+
+
+def test_a_fifo_or_folder_on_the_vm_is_a_mismatch_at_once_and_the_rest_is_fetched(
+    cli, live_sshd, known_hosts, remote_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The VM's open of a FIFO waits for a writer: the fetch stalled 60 s, exit 3, fetched
+    nothing after it, and left an sftp-server blocked on the VM; a folder ended the fetch."""
+    env = {**live_sshd.env(known_hosts), "WIN_AUTOMATION_ARTIFACTS_REMOTE_DIR": str(remote_dir)}
+    writer = vm_job(remote_dir)
+    fifo = writer.folder / "stdout.txt"
+    fifo.unlink()
+    os.mkfifo(fifo, 0o644)
+    started = time.monotonic()
+    res = cli("artifacts", "fetch", "--job", writer.job_id, "--out", str(tmp_path / "out"), env=env)
+    assert time.monotonic() - started < 15
+    assert res.code == 1 and res.stderr.endswith(
+        "1 file(s) do not match the manifest: stdout.txt (a FIFO, not a regular file)\n"
+    ), res.stderr
+    assert sorted(p.name for p in (tmp_path / "out" / writer.job_id).iterdir()) == ["trace.zip"]
+    got = cli("ssh", "get", str(fifo), str(tmp_path / "fifo.bin"), env=env)
+    assert (got.code, got.stderr) == (1, f"error: remote path {fifo} is not a regular file (a FIFO)\n")
+    fifo.unlink()
+    fifo.mkdir(mode=0o755)
+    res = cli("artifacts", "fetch", "--job", writer.job_id, "--out", str(tmp_path / "o2"), env=env)
+    assert res.code == 1 and res.stderr.endswith("stdout.txt (a directory, not a file)\n"), res.stderr
 
 
 def test_fetch_of_a_job_the_vm_does_not_have(

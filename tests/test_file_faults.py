@@ -223,3 +223,23 @@ def test_doctor_names_a_key_file_that_is_a_fifo(cli, tmp_path: Path) -> None:  #
     (check,) = [c for c in json.loads(res.stdout)["checks"] if c["name"] == "ssh_key"]
     assert res.code == 1 and check["status"] == "fail", res.stdout
     assert check["cause"] == f"ssh.key_file: {key} is not a regular file (a FIFO)"
+
+
+def test_fetch_writes_nothing_through_a_link_in_the_out_folder(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A folder link already in OUT/JOB (`sub -> /elsewhere`) had the fetch write its files
+    there, outside --out."""
+    writer = ArtifactWriter(tmp_path / "artifacts", new_job_id(), new_trace_id(), types=("ssh",))
+    writer.write_text("ssh", "sub/a.txt", "first")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    (out / writer.job_id).mkdir(parents=True)
+    (out / writer.job_id / "sub").symlink_to(elsewhere)
+    fetch = cli("artifacts", "fetch", "--job", writer.job_id, "--out", str(out), timeout=QUICK)
+    one_line(
+        fetch,
+        74,
+        f"--out {out}: cannot write {out / writer.job_id / 'sub' / 'a.txt'}: a symbolic link in its path"
+        f" leads out of {out / writer.job_id}; choose a folder you can write",
+    )
+    assert list(elsewhere.iterdir()) == []

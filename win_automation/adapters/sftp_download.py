@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 import paramiko
 from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
@@ -44,7 +44,7 @@ MAX_PACKET = 1024 * 1024
 CHANNEL_WINDOW = 8 * 1024 * 1024
 CHANNEL_PACKET = 128 * 1024
 
-_INIT, _VERSION, _OPEN, _CLOSE, _READ, _FSTAT = 1, 2, 3, 4, 5, 8
+_INIT, _VERSION, _OPEN, _CLOSE, _READ, _FSTAT, _STAT = 1, 2, 3, 4, 5, 8, 17
 _STATUS, _HANDLE, _DATA, _ATTRS = 101, 102, 103, 105
 _FX_EOF, _FX_NO_SUCH_FILE, _FX_PERMISSION_DENIED = 1, 2, 3
 _READ_FLAG = 0x01
@@ -237,6 +237,46 @@ def _status(body: memoryview) -> tuple[int, str]:
     return code, bytes(body[12 : 12 + length]).decode("utf-8", "replace")
 
 
+class RemoteUnreadable(WinAutomationError):
+    """A remote path that cannot be downloaded (exit 1): `reason` why; `mode` its file type
+    when it is not a regular file (a directory, a FIFO, a device)."""
+
+    def __init__(self, message: str, reason: str, mode: int | None = None) -> None:
+        super().__init__(message)
+        self.reason, self.mode = reason, mode
+
+
+def _refused(remote: str, status: bytes) -> NoReturn:
+    code, message = _status(memoryview(status))
+    if code == _FX_NO_SUCH_FILE:
+        raise NotFoundError(f"remote file {remote} does not exist")
+    if code == _FX_PERMISSION_DENIED:
+        raise RemoteUnreadable(f"remote file {remote}: permission denied", "permission denied")
+    raise RemoteUnreadable(f"cannot open remote file {remote}: {message}", message)
+
+
+def _attributes(remote: str, kind: int, attrs: bytes) -> int:
+    """The size a STAT or FSTAT answer gives (-1: none); a refusal or anything but a regular
+    file is an error naming `remote`."""
+    if kind == _STATUS:
+        _refused(remote, attrs)
+    size, mode = -1, 0
+    if kind == _ATTRS:
+        (flags,) = struct.unpack_from(">I", attrs, 4)
+        at = 8
+        if flags & _ATTR_SIZE:
+            (size,) = struct.unpack_from(">Q", attrs, at)
+            at += 8
+        if flags & _ATTR_UIDGID:
+            at += 8
+        if flags & _ATTR_PERMISSIONS:
+            (mode,) = struct.unpack_from(">I", attrs, at)
+    if stat.S_IFMT(mode) and not stat.S_ISREG(mode):
+        what = f"not a regular file ({kind_of(mode)})"
+        raise RemoteUnreadable(f"remote path {remote} is {what}", what, mode)
+    return int(size)
+
+
 def download(
     conn: SshConnection,
     remote: str,
@@ -297,32 +337,19 @@ def _download(
     kind, _ = stream.packet_bytes()
     if kind != _VERSION:
         raise ConnectError(f"unexpected SFTP answer {kind} to INIT")
-    stream.send(_OPEN, _string(remote.encode("utf-8")) + struct.pack(">II", _READ_FLAG, 0))
+    name = _string(remote.encode("utf-8"))
+    # Looked at before it is opened: the server's open(2) of a FIFO waits for a writer, for good
+    # (a stall, and an sftp-server left blocked on the VM); a device's reads never end.
+    stream.send(_STAT, name)
+    _attributes(remote, *stream.packet_bytes())
+    stream.send(_OPEN, name + struct.pack(">II", _READ_FLAG, 0))
     kind, opened = stream.packet_bytes()
     if kind == _STATUS:
-        code, message = _status(memoryview(opened))
-        if code == _FX_NO_SUCH_FILE:
-            raise NotFoundError(f"remote file {remote} does not exist")
-        if code == _FX_PERMISSION_DENIED:
-            raise WinAutomationError(f"remote file {remote}: permission denied")
-        raise WinAutomationError(f"cannot open remote file {remote}: {message}")
+        _refused(remote, opened)
     (length,) = struct.unpack_from(">I", opened, 4)
     handle = _string(opened[8 : 8 + length])
     stream.send(_FSTAT, handle)
-    kind, attrs = stream.packet_bytes()
-    size, mode = -1, 0
-    if kind == _ATTRS:
-        (flags,) = struct.unpack_from(">I", attrs, 4)
-        at = 8
-        if flags & _ATTR_SIZE:
-            (size,) = struct.unpack_from(">Q", attrs, at)
-            at += 8
-        if flags & _ATTR_UIDGID:
-            at += 8
-        if flags & _ATTR_PERMISSIONS:
-            (mode,) = struct.unpack_from(">I", attrs, at)
-    if stat.S_IFMT(mode) and not stat.S_ISREG(mode):  # a device or FIFO: its reads never end
-        raise WinAutomationError(f"remote path {remote} is not a regular file ({kind_of(mode)})")
+    size = _attributes(remote, *stream.packet_bytes())  # what was opened (replaced meanwhile?)
     if limit is not None and size > limit:
         raise TooLarge(f"remote file {remote} is {size} bytes, over the {limit} bytes it may be", size)
     deadline.arm(size)

@@ -98,11 +98,16 @@ def copy_verified(
     manifest = source.manifest()
     _writable(out)
     _replaceable(out / MANIFEST)  # before anything is copied
+    # An earlier fetch's manifest goes first: this one may replace some of its files and then
+    # fail, and a folder whose manifest no longer matches it would pass for whole.
+    discard(out / MANIFEST)
     mismatches: list[Mismatch] = []
     folders = {out}
     for entry in manifest.artifacts:
         target = out / safe_relative(entry.path)
         _writable(target.parent)
+        if not _inside(target.parent, out):  # a link already in OUT (OUT/JOB/dd -> /elsewhere)
+            raise StorageError(f"cannot write {target}: a symbolic link in its path leads out of {out}")
         folders.add(target.parent)
         _replaceable(target)
         temp = target.with_name(temp_name(target.name))
@@ -173,6 +178,12 @@ def _copy_one(
         with contextlib.suppress(OSError):  # what a failed flush left: dropped with the file
             dst.close()
     return size, sha
+
+
+def _inside(folder: Path, root: Path) -> bool:
+    """True when `folder`, its links followed, is `root` or under it (root's own links followed)."""
+    real, top = os.path.realpath(folder), os.path.realpath(root)
+    return real == top or real.startswith(top.rstrip(os.sep) + os.sep)
 
 
 def _replaceable(target: Path) -> None:

@@ -8,7 +8,9 @@ every size and sha256 is checked against the manifest without reading the file t
 
 from __future__ import annotations
 
+import errno
 import re
+import stat
 import tempfile
 from collections.abc import Callable
 from typing import BinaryIO
@@ -23,6 +25,7 @@ from win_automation.artifacts.store import MANIFEST, MAX_MANIFEST_BYTES, Manifes
 from win_automation.config import Config
 from win_automation.errors import ArtifactMismatch, StorageError, UsageError
 from win_automation.jobs.ids import validate_job_id
+from win_automation.regularfiles import NotRegularFile
 
 
 def sftp_path(remote_dir: str, *parts: str) -> str:
@@ -81,6 +84,12 @@ class VmSource:
             copied = sftp_download.download(self.conn, remote, out, advance, limit=limit)
         except sftp_download.TooLarge as exc:
             raise Oversized(exc.size) from None
+        except sftp_download.RemoteUnreadable as exc:  # this file's mismatch, as a local one's
+            if exc.mode is not None and stat.S_ISDIR(exc.mode):
+                raise IsADirectoryError(errno.EISDIR, exc.reason, remote) from None
+            if exc.mode is not None:
+                raise NotRegularFile(remote, exc.mode) from None
+            raise OSError(errno.EIO, exc.reason, remote) from None
         return copied.size, copied.sha256
 
 
