@@ -602,6 +602,30 @@ def test_a_paused_server_falls_back_within_a_second_and_runs_once(
     assert wait_for(lambda: sock.exists(), 30)  # the fallback call started a new one
 
 
+def test_ctrl_c_while_a_paused_server_is_waited_for_ends_the_call_without_a_traceback(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The launcher waits up to a second for a server's answer; a Ctrl-C then was Python's
+    traceback of KeyboardInterrupt (19 lines)."""
+    server = start_server(env)
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "win_automation", "jobs", "list"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+        )
+        time.sleep(0.4)  # waiting for the paused server (its bound: 1 s)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+        assert (proc.returncode, out, err) == (-signal.SIGINT, b"", b"")
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+
+
 def spares_of(pid: int) -> list[int]:
     """The server's spare: its child that waits for the next call in the server's folder, /."""
     found = []

@@ -337,12 +337,22 @@ def through_server() -> int | None:
 
 def main() -> None:
     """Console entry point: through the warm CLI process when one serves, else in-process."""
-    code = through_server()
-    if code is None:
-        from win_automation.cli.app import main as run_here
+    try:
+        code = through_server()
+        if code is None:
+            from win_automation.cli.app import main as run_here
 
-        run_here()
-        return
+            run_here()
+            return
+    except KeyboardInterrupt:
+        # Ctrl-C before a command began: while a paused server is waited for (up to
+        # CONNECT_TIMEOUT), or during the CLI's imports. Nothing ran: end as Ctrl-C ends a
+        # program, by SIGINT (a shell's loop stops), without Python's traceback.
+        import _signal
+
+        _signal.signal(2, _signal.SIG_DFL)
+        os.kill(os.getpid(), 2)
+        os._exit(130)
     sys.stderr.flush()
     os._exit(code)
 
