@@ -173,3 +173,44 @@ def test_health_of_a_websocket_that_says_nothing_is_exit_3_and_logs_nothing(
     assert report.cause is not None and "no answer" in report.cause
     asyncio_lines = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
     assert asyncio_lines == []
+
+
+def test_a_screenshot_from_a_server_that_says_nothing_is_tried_once(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A WebSocket that opens and then says nothing: the connect's timeout was retried as a
+    refusal is (3 attempts, 3 x --timeout, then exit 124); a server that is silent once stays so."""
+    fake = SilentWebSocket()
+    env = {
+        **cli_env,
+        "WIN_AUTOMATION_PLAYWRIGHT_HOST": "127.0.0.1",
+        "WIN_AUTOMATION_PLAYWRIGHT_PORT": str(fake.port),
+        "WIN_AUTOMATION_PLAYWRIGHT_WS_PATH": "wa-test-ws-path",
+    }
+    try:
+        started = time.monotonic()
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "win_automation",
+                "playwright",
+                "screenshot",
+                "http://127.0.0.1:9/",
+                "--timeout",
+                "2s",
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        took = time.monotonic() - started
+    finally:
+        fake.close()
+    assert res.returncode == 3 and res.stderr.count("\n") == 1, res.stderr
+    assert (
+        "connect: no answer from the Playwright server" in res.stderr and "wa-test-ws-path" not in res.stderr
+    )
+    assert took < 2 * 2 + 4, took  # one attempt (and the CLI's start), not three

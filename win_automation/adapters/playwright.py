@@ -34,6 +34,7 @@ from win_automation.adapters.playwright_watchdog import Watchdog, driver_pid, fo
 from win_automation.errors import (
     ConfigError,
     ConnectError,
+    NoAnswer,
     OperationTimeout,
     VersionMismatch,
     WinAutomationError,
@@ -83,6 +84,9 @@ def is_closed_error(exc: BaseException) -> bool:
     return isinstance(exc, Error) and any(part in str(exc) for part in _CLOSED)
 
 
+_TIMED_OUT = re.compile(r"\bTimeout \d+ms exceeded")
+
+
 def translate(
     exc: BaseException, endpoint: Endpoint, *, doing: str = "connect", lost: bool = False
 ) -> WinAutomationError:
@@ -91,6 +95,9 @@ def translate(
 
     where = f"the Playwright server at {endpoint.describe()}"
     text = str(exc)
+    if doing == "connect" and (isinstance(exc, PlaywrightTimeout) or _TIMED_OUT.search(text)):
+        # it took the connection and said nothing: silent once, silent again (not retried)
+        return NoAnswer(f"connect: no answer from {where} within the deadline")
     if isinstance(exc, PlaywrightTimeout):
         return OperationTimeout(f"{doing}: no answer from {where} within the deadline")
     if " 428 " in text or "version mismatch" in text:
