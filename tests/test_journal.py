@@ -335,3 +335,37 @@ def test_prune_ended_deletes_old_ended_jobs_with_their_steps_and_events_only(tmp
             ).fetchone()[0]
         conn.close()
         assert journal.prune_ended(time.time() - 30 * day) == 0
+
+
+def test_the_storage_error_check_keeps_a_live_connections_locks(tmp_path: Path) -> None:
+    """After any SQLite storage error (a disk full for a moment) the journal's files were opened
+    and closed to see whether they could be written: that drops every POSIX lock this process
+    holds on them, SQLite's included; the next process to close the journal then deleted the
+    WAL under the live connection (a worker's), whose later writes were lost."""
+    import subprocess
+    import sys
+
+    from win_automation.jobs import connection
+
+    journal = Journal.open(tmp_path)
+    path = tmp_path / "journal.sqlite3"
+    assert connection._not_writable_error(path) is None  # what runs on a storage error
+    other = "import sys; from pathlib import Path; from win_automation.jobs.journal import Journal;"
+    subprocess.run(
+        [sys.executable, "-c", f"{other} Journal.open(Path(sys.argv[1])).close()", str(tmp_path)], check=True
+    )
+    assert path.with_name("journal.sqlite3-wal").exists()  # still this process's
+    job = journal.create_job("ping", "{}", steps=["check-engine"])
+    seen = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"{other} print(len(Journal.open(Path(sys.argv[1])).list_jobs()))",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert seen.stdout.strip() == "1", (job, seen)
+    journal.close()

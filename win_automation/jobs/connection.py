@@ -186,18 +186,15 @@ def _misplaced_error(path: Path) -> JournalError | None:
 def _not_writable_error(path: Path) -> JournalError | None:
     """The error for a journal file (or its -wal/-shm) this process may not write, by its
     permissions: another user's, say made by a `sudo win-automation` run (a read-only disk is
-    _disk_state's to say). Only asked once SQLite failed: the open costs the normal path nothing."""
+    _disk_state's to say). Only asked once SQLite failed. Asked with access(2), never by opening
+    the file: closing any descriptor of it drops every POSIX lock this process holds on it, SQLite's
+    included (another process then deleted the WAL under a live connection: writes lost)."""
     for where in _journal_files(path):
         try:
-            os.close(os.open(where, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
-            continue
-        except PermissionError:
-            pass
-        except OSError:
-            continue  # not there, a read-only disk...
-        try:
             info = os.stat(where)
-        except OSError:  # gone since
+        except OSError:  # not there
+            continue
+        if not stat.S_ISREG(info.st_mode) or os.access(where, os.W_OK, effective_ids=True):
             continue
         owner = info.st_uid
         if owner == os.geteuid():  # one's own file, made read-only
