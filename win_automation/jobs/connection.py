@@ -5,6 +5,7 @@ journal) builds on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -196,6 +197,9 @@ def _not_writable_error(path: Path) -> JournalError | None:
             continue
         if not stat.S_ISREG(info.st_mode) or os.access(where, os.W_OK, effective_ids=True):
             continue
+        with contextlib.suppress(OSError):
+            if os.statvfs(where).f_flag & os.ST_RDONLY:  # a read-only disk: _disk_state says it
+                continue
         owner = info.st_uid
         if owner == os.geteuid():  # one's own file, made read-only
             return JournalError(
