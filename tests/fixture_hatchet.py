@@ -91,8 +91,8 @@ class HatchetWorld:
         log_path = self.root / f"{name}.log"
         before = set(self.engine.workers)
         with log_path.open("wb") as log_file, log_path.with_suffix(".out").open("wb") as out_file:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "win_automation", "worker", "--name", name, *args],
+            proc = subprocess.Popen(  # the installed command, as users run it (see scripts/win-automation)
+                [str(Path(sys.executable).parent / "win-automation"), "worker", "--name", name, *args],
                 env={**self.env, **(env or {})},
                 cwd=self.root,
                 stdout=out_file,

@@ -2,4 +2,5 @@
 
 from win_automation.cli.launch import main
 
-main()
+if __name__ == "__main__":  # as scripts/win-automation (multiprocessing's spawn runs it again)
+    main()
