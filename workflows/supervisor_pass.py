@@ -56,10 +56,11 @@ def supervise(inp: PassInput, ctx: StepContext) -> PassResult:
     )
     if report.breaker_open:
         left = report.breaker.get("cooldown_left_seconds", 0)
-        raise BreakerOpen(
-            f"breaker open ({left}s left): {', '.join(result.failed)} failing, nothing repaired",
-            result=result,
+        trial = report.breaker.get("trial_owner") if report.breaker.get("state") == "half-open" else None
+        why = (
+            f"breaker half-open: the trial pass runs in {trial}" if trial else f"breaker open ({left}s left)"
         )
+        raise BreakerOpen(f"{why}: {', '.join(result.failed)} failing, nothing repaired", result=result)
     if not report.ok:
         causes = "; ".join(f"{c.name}: {c.cause}" for c in report.checks if c.status == "fail")
         raise HealthCheckFailed(f"{len(result.failed)} check(s) failed: {causes}", result=result)

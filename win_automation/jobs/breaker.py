@@ -15,7 +15,14 @@ States (pybreaker's names): `closed` (passes may remediate), `open` (no remediat
   `acquire` moves it to half-open and holds the trial lease (`lease` seconds): that caller's pass
   is the trial. Anyone else meanwhile gets `open` (a trial is in progress elsewhere).
 - half-open: the trial's success closes it, its failure opens it again (a fresh `opened_at`).
-  A trial whose holder died is taken over once its lease has expired.
+  A trial whose holder is gone is taken over at once when the holder was a process of this host
+  (an owner `host:pid:...`; its start time is kept with the lease, so a reused pid is not taken
+  for it), otherwise once its lease has expired.
+
+The row is a cache of recent failures, so it heals itself rather than stop the supervisor: a row
+the code cannot read (an unknown state, a count or a time that is not one) is reset to closed, and
+a time in the future (the clock stepped back) is moved to now, so a cooldown or a lease never lasts
+longer than configured; each with one warning naming the breaker and what was wrong.
 
 Every read-and-change is one `BEGIN IMMEDIATE` transaction (a plain BEGIN in WAL mode can fail
 with SQLITE_BUSY despite the busy timeout), so two processes never both hold the trial. Times are
@@ -24,6 +31,9 @@ wall-clock (`clock`, injectable for tests), since they must mean the same in eve
 
 from __future__ import annotations
 
+import logging
+import math
+import socket
 import sqlite3
 import time
 from collections.abc import Callable
@@ -32,8 +42,51 @@ from enum import StrEnum
 from typing import Literal
 
 from win_automation.jobs.journal import Journal
+from win_automation.jobs.owners import process_alive, process_start
 
+log = logging.getLogger(__name__)
 TRIAL_LEASE = 600.0
+START = "|start="  # after the owner in lease_owner: the holder process's start time
+
+
+def _local_pid(owner: str) -> int | None:
+    """The pid of an owner `host:pid:...` of this host; None for any other owner."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    return int(pid) if host == socket.gethostname() and pid.isdigit() else None
+
+
+def _holder(owner: str) -> str:
+    """What lease_owner keeps for `owner`: the owner, and the start time of its process."""
+    pid = _local_pid(owner)
+    start = process_start(pid) if pid is not None else None
+    return owner if start is None else f"{owner}{START}{start}"
+
+
+def _owner(holder: str | None) -> str | None:
+    return None if holder is None else holder.partition(START)[0]
+
+
+def _holder_gone(holder: str) -> bool:
+    """True when the lease holder was a process of this host that has exited."""
+    owner, _, start = holder.partition(START)
+    pid = _local_pid(owner)
+    return pid is not None and not process_alive(pid, start or None)
+
+
+def _unreadable(row: sqlite3.Row) -> str | None:
+    """What makes a breaker row unreadable (written by hand, another version, a bad disk), or None."""
+    if row["state"] not in {state.value for state in BreakerState}:
+        return f"state {row['state']!r} is not closed, open or half-open"
+    if not isinstance(row["failures"], int) or row["failures"] < 0:
+        return f"failures {row['failures']!r} is not a count"
+    for column in ("opened_at", "lease_until"):
+        value = row[column]
+        if value is not None and (not isinstance(value, int | float) or math.isnan(value)):
+            return f"{column} {value!r} is not a time"
+    if row["lease_owner"] is not None and not isinstance(row["lease_owner"], str):
+        return f"lease_owner {row['lease_owner']!r} is not an owner"
+    return None
 
 
 class BreakerState(StrEnum):
@@ -62,6 +115,7 @@ class Permit:
     owner: str
     remaining: float = 0.0
     transitions: tuple[Transition, ...] = ()
+    holder: str | None = None  # open while half-open: the owner of the trial pass
 
     @property
     def remediate(self) -> bool:
@@ -81,7 +135,7 @@ class BreakerView:
     def remaining(self, now: float) -> float:
         if self.state != BreakerState.OPEN or self.opened_at is None:
             return 0.0
-        return max(0.0, self.opened_at + self.cooldown - now)
+        return min(self.cooldown, max(0.0, self.opened_at + self.cooldown - now))
 
     def as_dict(self, now: float) -> dict[str, object]:
         return {
@@ -118,7 +172,29 @@ class Breaker:
             (self.name, BreakerState.CLOSED.value, now),
         )
         row: sqlite3.Row = conn.execute("SELECT * FROM breakers WHERE name = ?", (self.name,)).fetchone()
+        problem = _unreadable(row)
+        if problem is not None:
+            self._warn(f"unreadable row ({problem}): reset to closed")
+            self._set(
+                conn, now, state="closed", failures=0, opened_at=None, lease_owner=None, lease_until=None
+            )
+        elif row["state"] == BreakerState.OPEN and (row["opened_at"] or 0.0) > now:
+            self._warn(
+                f"opened_at is {row['opened_at'] - now:.0f}s in the future (clock stepped back?): set to now"
+            )
+            self._set(conn, now, opened_at=now)
+        elif row["state"] == BreakerState.HALF_OPEN and (row["lease_until"] or 0.0) > now + self.lease:
+            self._warn(
+                f"the trial lease ends {row['lease_until'] - now:.0f}s from now (clock stepped back?): capped"
+            )
+            self._set(conn, now, lease_until=now + self.lease)
+        else:
+            return row
+        row = conn.execute("SELECT * FROM breakers WHERE name = ?", (self.name,)).fetchone()
         return row
+
+    def _warn(self, what: str) -> None:
+        log.warning("breaker %s: %s", self.name, what, extra={"op": "supervisor.breaker"})
 
     def _set(self, conn: sqlite3.Connection, now: float, **values: object) -> None:
         columns = ", ".join(f"{key} = ?" for key in values)
@@ -148,7 +224,7 @@ class Breaker:
             BreakerState(row["state"]),
             int(row["failures"]),
             row["opened_at"],
-            row["lease_owner"],
+            _owner(row["lease_owner"]),
             row["lease_until"],
             self.cooldown,
         )
@@ -171,15 +247,21 @@ class Breaker:
                     state,
                     BreakerState.HALF_OPEN,
                     "cooldown over: trial pass",
-                    lease_owner=owner,
+                    lease_owner=_holder(owner),
                     lease_until=now + self.lease,
                 )
                 return Permit("trial", owner, transitions=(moved,))
-            # half-open: the trial belongs to its lease holder until the lease expires
-            if row["lease_owner"] == owner or float(row["lease_until"] or 0.0) <= now:
-                self._set(conn, now, lease_owner=owner, lease_until=now + self.lease)
-                return Permit("trial", owner)
-            return Permit("open", owner, remaining=0.0)
+            # half-open: the trial belongs to its lease holder until the lease expires or the
+            # holder (a process of this host) is gone
+            holder = row["lease_owner"]
+            if holder is None or _owner(holder) == owner or float(row["lease_until"] or 0.0) <= now:
+                pass
+            elif _holder_gone(holder):
+                self._warn(f"the trial's holder {_owner(holder)} is gone: {owner} takes the trial over")
+            else:
+                return Permit("open", owner, holder=_owner(holder))
+            self._set(conn, now, lease_owner=_holder(owner), lease_until=now + self.lease)
+            return Permit("trial", owner)
 
     def record(self, permit: Permit, *, success: bool) -> list[Transition]:
         """Count the pass's result; the transitions it caused (none when another process moved
@@ -191,7 +273,7 @@ class Breaker:
             row = self._row(conn, now)
             state = row["state"]
             if permit.mode == "trial":
-                if state != BreakerState.HALF_OPEN or row["lease_owner"] != permit.owner:
+                if state != BreakerState.HALF_OPEN or _owner(row["lease_owner"]) != permit.owner:
                     return []  # the lease expired and another process took the trial over
                 if success:
                     reason = "trial pass succeeded"

@@ -16,6 +16,7 @@ state go to metrics. The report holds every check, remediation and breaker trans
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -193,12 +194,13 @@ class _Repairs:
             if result.repair is None:
                 self.note(result.name, None, "needs-a-person", f"no automatic repair: {result.fix}")
             elif not self.permit.remediate:
-                left = (
-                    f"{self.permit.remaining:.0f}s left"
-                    if self.permit.remaining
-                    else "a trial pass runs elsewhere"
+                holder = self.permit.holder or "another process"
+                why = (
+                    f"breaker open ({math.ceil(self.permit.remaining)}s left)"
+                    if self.permit.remaining > 0
+                    else f"breaker half-open: the trial pass runs in {holder}"
                 )
-                self.note(result.name, None, "breaker-open", f"breaker open ({left}): nothing repaired")
+                self.note(result.name, None, "breaker-open", f"{why}: nothing repaired")
             elif ssh is not None and ssh.status == "fail":
                 self.note(
                     result.name,

@@ -81,7 +81,12 @@ def _print_report(report: dict[str, Any], as_json: bool, *, lines: bool) -> None
     breaker = report.get("breaker", {})
     if breaker:
         left = breaker.get("cooldown_left_seconds") or 0
-        typer.echo(f"breaker: {breaker.get('state')}" + (f" ({left:.0f}s left)" if left else ""))
+        trial = breaker.get("trial_owner")
+        typer.echo(
+            f"breaker: {breaker.get('state')}"
+            + (f" ({left:.0f}s left)" if left else "")
+            + (f" (trial pass: {trial})" if trial else "")
+        )
     sys.stdout.flush()
 
 
@@ -199,5 +204,6 @@ def status(
     typer.echo(
         f"breaker: {breaker['state']} ({breaker['consecutive_failures']} failed passes in a row)"
         + (f", {left:.0f}s of cooldown left" if left else "")
+        + (f", trial pass: {breaker['trial_owner']}" if breaker.get("trial_owner") else "")
     )
     typer.echo(f"remediations in the last hour: {len(data['remediations_last_hour'])}")
