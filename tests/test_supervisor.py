@@ -286,3 +286,27 @@ def test_loop_ends_with_zero_on_sigterm_after_its_pass(
     assert proc.returncode == 0, err
     for line in out.splitlines():  # every pass printed whole: none was cut by the signal
         assert json.loads(line)["finished_at"] > 0
+
+
+def test_two_supervisors_never_apply_the_firewall_at_once(world: dict[str, Any]) -> None:
+    """Each won the claim of a different service and both ran the firewall script at the same
+    moment (whose creates by -Name then race). The firewall has a lock of its own: a pass waits
+    for the other's script, then finds its rules unchanged."""
+    from win_automation.jobs.locks import vm_lock
+
+    sshd, server = world["sshd"], world["server"]
+    config = Config(**world["settings"])
+    server.down()
+    seen = len(sshd.reports.read_text().splitlines())
+    done: list[Any] = []
+    with vm_lock(config.data.dir, Vm(config).key, owner="other-supervisor", kind="firewall"):
+        passing = threading.Thread(
+            target=lambda: done.append(run_pass(config, vm=Vm(config), owner="test:1")), daemon=True
+        )
+        passing.start()
+        time.sleep(2.0)  # the pass has failed its check and reached the firewall by now
+        assert not [b for b in bodies(sshd, seen) if "New-NetFirewallRule" in b.get("body", "")]
+    passing.join(60)
+    (report,) = done
+    assert len([b for b in bodies(sshd, seen) if "New-NetFirewallRule" in b.get("body", "")]) == 1
+    assert any(r["action"] == "firewall" and r["outcome"] == "applied" for r in report.remediations)

@@ -1,6 +1,7 @@
-"""The per-VM desktop lock: one GUI job at a time on one VM, across every local process.
+"""Per-VM locks across every local process: the desktop (one GUI job at a time on one VM) and
+the firewall (one supervisor applying the VM's rules at a time).
 
-`vm_lock(data_dir, vm)` takes an exclusive `fcntl.flock` on `<data.dir>/locks/gui-<vm>.lock`.
+`vm_lock(data_dir, vm)` takes an exclusive `fcntl.flock` on `<data.dir>/locks/<kind>-<vm>.lock`.
 The kernel drops the lock when its holder exits, however it dies (kill -9 included), so a crashed
 GUI job never blocks the desktop. Waiting polls, so a job asked to stop while it waits for the
 desktop stops waiting (Cancelled).
@@ -24,8 +25,11 @@ POLL_SECONDS = 0.05
 HOLDER_CHECK_SECONDS = 1.0
 
 
-def lock_path(data_dir: Path, vm: str) -> Path:
-    return data_dir / "locks" / f"gui-{re.sub(r'[^A-Za-z0-9.-]', '_', vm)}.lock"
+KINDS = {"gui": "desktop", "firewall": "firewall"}  # a lock's file prefix: what it guards
+
+
+def lock_path(data_dir: Path, vm: str, kind: str = "gui") -> Path:
+    return data_dir / "locks" / f"{kind}-{re.sub(r'[^A-Za-z0-9.-]', '_', vm)}.lock"
 
 
 def holder(path: Path) -> str:
@@ -62,11 +66,14 @@ def vm_lock(
     owner: str = "",
     cancelled: Callable[[], bool] = lambda: False,
     on_wait: Callable[[str], None] = lambda holder: None,
+    kind: str = "gui",
 ) -> Iterator[None]:
-    """Hold the desktop of `vm` (e.g. `localhost:22555`) for the duration of the block; `owner`
-    (a job id) is written in the lock file beside the pid. While another holds it, `on_wait` is
-    called with who that is when the wait starts and whenever that changes (checked each second)."""
-    path = lock_path(data_dir, vm)
+    """Hold the desktop (`kind` gui) or the firewall of `vm` (e.g. `localhost:22555`) for the
+    duration of the block; `owner` (a job id) is written in the lock file beside the pid. While
+    another holds it, `on_wait` is called with who that is when the wait starts and whenever that
+    changes (checked each second); `cancelled()` turning true ends the wait (Cancelled)."""
+    what = KINDS[kind]
+    path = lock_path(data_dir, vm, kind)
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -74,7 +81,7 @@ def vm_lock(
         why = "it exists and is not a folder" if isinstance(exc, FileExistsError) else exc.strerror
         where = exc.filename or path
         raise StorageError(
-            f"the desktop lock {path} cannot be used: {where}: {why}; move it aside (or point"
+            f"the {what} lock {path} cannot be used: {where}: {why}; move it aside (or point"
             " data.dir, WIN_AUTOMATION_DATA_DIR, elsewhere)"
         ) from None
     try:
@@ -85,7 +92,7 @@ def vm_lock(
                 break
             except BlockingIOError:
                 if cancelled():
-                    raise Cancelled(f"cancelled while waiting for the desktop of {vm}") from None
+                    raise Cancelled(f"cancelled while waiting for the {what} of {vm}") from None
                 if time.monotonic() - checked >= HOLDER_CHECK_SECONDS:
                     checked = time.monotonic()
                     if (now := _holder(fd)) != said:

@@ -28,6 +28,7 @@ from win_automation.errors import WinAutomationError
 from win_automation.jobs import supervision
 from win_automation.jobs.breaker import Breaker, BreakerState, Permit
 from win_automation.jobs.journal import Journal
+from win_automation.jobs.locks import vm_lock
 from win_automation.operations import remediation
 from win_automation.operations.checks import CHECKS, CheckResult, run_check, run_checks
 from win_automation.operations.vm import Vm
@@ -226,6 +227,21 @@ class _Repairs:
             self.note(final.name, final.name, outcome, detail)
             results[index] = final
 
+    def _ensure_firewall(self) -> list[dict[str, object]]:
+        """The VM's firewall rules, applied by one supervisor of this host at a time: two at once
+        both ran the script (its creates by -Name race); the second now finds them unchanged.
+        It waits for the other as long as its script may run (ssh.command_timeout) and 30 s more
+        (Cancelled then: this remediation fails, saying so)."""
+        until = time.monotonic() + self.config.ssh.command_timeout + 30.0
+        with vm_lock(
+            self.config.data.dir,
+            self.vm.key,
+            owner=self.report.owner,
+            cancelled=lambda: time.monotonic() > until,
+            kind="firewall",
+        ):
+            return remediation.ensure_firewall(self.vm, self.config)
+
     def start(self, failed: CheckResult) -> tuple[int, str] | CheckResult | None:
         """Claim the repair of `failed` and start its service (the firewall first, once a pass):
         (claim id, command sent); the check's new result when it passes again before; None when
@@ -259,7 +275,7 @@ class _Repairs:
             return again
         try:
             if self.firewall is None:
-                self.firewall = remediation.ensure_firewall(self.vm, self.config)
+                self.firewall = self._ensure_firewall()
                 changed = [r for r in self.firewall if r.get("action") != "unchanged"]
                 self.note(
                     failed.name,
