@@ -95,6 +95,35 @@ class HttpEndpoint:
             self._server = None
 
 
+class ThreadedServer:
+    """A loopback TCP server: each connection is answered by `answer(conn)` in a thread of its
+    own and held until `close()` (a subclass sets its own attributes before calling __init__)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                self.held.append(conn)
+                threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+
+    def answer(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+
 class RawListener:
     def __init__(self, mode: str, banner: bytes = b"") -> None:
         self.mode = mode

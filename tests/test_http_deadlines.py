@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from fixture_endpoints import HttpEndpoint
+from fixture_endpoints import HttpEndpoint, ThreadedServer
 
 from win_automation.adapters import aloha as aloha_adapter
 from win_automation.adapters.probe import probe_http
@@ -25,27 +25,17 @@ from win_automation.operations.aloha import Aloha
 STOP_IDLE = (400, '{"status": "error", "message": "No active task to stop"}')
 
 
-class SlowServer:
+class SlowServer(ThreadedServer):
     """A raw HTTP/1.1 server on loopback answering each request by its path: `slowhdr` (the
     status line, then a header byte every 0.1 s for ever), `latehdr` (the headers after 0.4 s,
     one body byte 1.5 s later, never the rest), or `(status, body)`; other paths 404."""
 
     def __init__(self, routes: dict[str, Any]) -> None:
         self.routes = routes
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.closing = threading.Event()
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = self.sock.accept()
-                self.held.append(conn)
-                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
+    def answer(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError), conn:
             data = b""
             while b"\r\n\r\n" not in data:
@@ -74,10 +64,7 @@ class SlowServer:
 
     def close(self) -> None:
         self.closing.set()
-        self.sock.close()
-        for conn in self.held:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+        super().close()
 
 
 @pytest.fixture

@@ -19,13 +19,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fixture_endpoints import RawListener
+from fixture_endpoints import RawListener, ThreadedServer
 from fixture_jobs import list_jobs
 from fixture_playwright import PlaywrightServer, WebServer
 from test_playwright_stall import drivers_of
@@ -110,24 +109,11 @@ def test_health_of_a_wedged_browser_is_exit_3_at_its_deadline(
     assert report.cause is not None and report.cause.startswith("new context: no answer")
 
 
-class SilentWebSocket:
+class SilentWebSocket(ThreadedServer):
     """Answers a plain HTTP request (the watchdog's probe) and accepts a WebSocket upgrade
     (101), then sends nothing."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = self.sock.accept()
-                self.held.append(conn)
-                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
+    def answer(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError):
             head = b""
             while b"\r\n\r\n" not in head:
@@ -144,11 +130,6 @@ class SilentWebSocket:
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
             )
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
 
 
 @pytest.mark.parametrize("mode", ["silent", "hang"])

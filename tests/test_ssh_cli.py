@@ -351,6 +351,12 @@ def test_sigterm_or_sighup_records_an_ssh_job_interrupted_like_run(
         preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL),  # as from a terminal, under nohup too
     )
     assert proc.stdout is not None and proc.stdout.readline() == b"go\n"
+    running = lambda: subprocess.run(["pgrep", "-f", sleep], capture_output=True).returncode == 0  # noqa: E731
+    while not running():
+        time.sleep(0.02)
+    # (on a posix VM the PID it is killed by comes on stderr, which may arrive after stdout's
+    # first line: a moment for it; a Windows command is killed by a needle known from the start)
+    time.sleep(0.3)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=15)
     assert proc.returncode == 130 and b"Traceback" not in err, err
@@ -358,7 +364,6 @@ def test_sigterm_or_sighup_records_an_ssh_job_interrupted_like_run(
     assert job["state"] == "interrupted"
     assert f"jobs resume {job['job_id']}" in err.decode()
     ended = time.monotonic()
-    running = lambda: subprocess.run(["pgrep", "-f", sleep], capture_output=True).returncode == 0  # noqa: E731
     while running() and time.monotonic() - ended < 3:
         time.sleep(0.1)
     assert not running(), "the remote command ran on after the CLI was interrupted"

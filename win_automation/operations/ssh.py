@@ -32,6 +32,7 @@ stays flat whatever the command prints. Without files each stream keeps its last
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -156,26 +157,11 @@ def _execute(
     if marker and cancelled is not None:
         cancelled = _once_pid_is_known(cancelled, err)
     try:
+        run = conn.exec if session is None else functools.partial(conn.run_in_session, session)
         with deadlines.within(timeout):  # a live-output sink waits for its reader at most until then
-            if session is not None:
-                outcome = conn.run_in_session(
-                    session,
-                    line,
-                    timeout=timeout,
-                    on_stdout=out.feed,
-                    on_stderr=err.feed,
-                    cancelled=cancelled,
-                    keep=False,
-                )
-            else:
-                outcome = conn.exec(
-                    line,
-                    timeout=timeout,
-                    on_stdout=out.feed,
-                    on_stderr=err.feed,
-                    cancelled=cancelled,
-                    keep=False,
-                )
+            outcome = run(
+                line, timeout=timeout, on_stdout=out.feed, on_stderr=err.feed, cancelled=cancelled, keep=False
+            )
     except KeyboardInterrupt:
         # Ctrl-C, SIGTERM, SIGHUP (win_automation.interrupts): the channel ends with it, the
         # command does not (one that prints nothing ran on, and `jobs resume` ran it twice). A
