@@ -26,6 +26,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
@@ -156,6 +157,8 @@ class FakeHatchet:
         self.subscribers: list[tuple[set[str], Queue[d.WorkflowRunEvent | None]]] = []
         self.paused_via_rest: list[str] = []
         self.stalled: set[str] = set()  # RPC names that get no answer (a wedged engine) while listed
+        # alters each GetRunDetails answer in place before it is sent (a faulty or newer engine)
+        self.details_hook: Callable[[w1.GetRunDetailsResponse], None] | None = None
         self._stop = threading.Event()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=64),

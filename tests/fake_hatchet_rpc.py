@@ -239,13 +239,16 @@ class Servicer(dg.DispatcherServicer, w0g.WorkflowServiceServicer, w1g.AdminServ
                 )
                 for name, t in run.tasks.items()
             }
-            return w1.GetRunDetailsResponse(
+            answer = w1.GetRunDetailsResponse(
                 input=json.dumps(run.input).encode(),
                 status=_PROTO_STATUS[run.status],
                 task_runs=task_runs,
                 done=run.done.is_set(),
                 additional_metadata=json.dumps(run.metadata).encode(),
             )
+        if self.engine.details_hook is not None:
+            self.engine.details_hook(answer)
+        return answer
 
     def CancelTasks(
         self, request: w1.CancelTasksRequest, context: grpc.ServicerContext

@@ -7,7 +7,13 @@
 - A job input too large for a gRPC message (a script of 5 MB): a usage error before anything is
   sent; it was `not reachable (RESOURCE_EXHAUSTED ...)`, exit 3, which scripts retry.
 - A worker whose engine answers the version check and then not the workflows' registration:
-  exit 3 at the deadline (it waited for good: the SDK's PutWorkflow has no deadline)."""
+  exit 3 at the deadline (it waited for good: the SDK's PutWorkflow has no deadline).
+- A GetRunDetails answer the CLI cannot use (a done run with a status it does not know, a step's
+  output not JSON or not its model, a task the workflow lacks, a run COMPLETED without a step's
+  output): one line naming the engine and the problem, exit 1, the job as last recorded, and
+  `jobs list` notes it once. It was a traceback in every job command, `jobs list` included (and
+  the run COMPLETED without a step was journaled succeeded). A status it does not know on an
+  unfinished run (a newer engine's EVICTED) is not finished, never a crash."""
 
 from __future__ import annotations
 
@@ -16,12 +22,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from fixture_hatchet import ROOT, world_env
+from hatchet_sdk.contracts.v1 import workflows_pb2 as w1
 from stall_proxy import StallProxy
 
 from win_automation.config import load_config
@@ -45,10 +52,11 @@ def engine() -> Iterator[FakeHatchet]:
     engine.stop()
 
 
-def world(engine: FakeHatchet, tmp_path: Path, proxy: StallProxy) -> dict[str, str]:
-    """The CLI's environment: the engine reached through `proxy`; no worker (runs stay queued)."""
+def world(engine: FakeHatchet, tmp_path: Path, proxy: StallProxy | None = None) -> dict[str, str]:
+    """The CLI's environment: the engine (through `proxy` if given); no worker (runs stay queued)."""
     env = world_env(engine, tmp_path)
-    env["HATCHET_CLIENT_HOST_PORT"] = f"127.0.0.1:{proxy.port}"
+    if proxy is not None:
+        env["HATCHET_CLIENT_HOST_PORT"] = f"127.0.0.1:{proxy.port}"
     env["WIN_AUTOMATION_HATCHET_REQUEST_TIMEOUT"] = f"{TIMEOUT:g}s"
     config = load_config(environ=env).config
     engine.put_workflow(compile_workflow(connect(config), ping, lambda: TaskRuntime(config)).to_proto())
@@ -205,3 +213,117 @@ def test_an_input_too_large_for_a_message_is_a_usage_error_before_anything_is_se
     )
     assert line.endswith("run it on the local engine (--engine local)") and out == ""
     assert engine.runs == {} and jobs(tmp_path) == []
+
+
+PING_OUTPUTS = {
+    "check-engine": {"message": "ping", "host": "h", "pid": 1, "python": "3.11", "attempt": 1},
+    "check-journal": {
+        "message": "ping",
+        "journal": "j",
+        "job_recorded": True,
+        "job_state": None,
+        "held_seconds": 0,
+    },
+    "write-artifact": {"message": "ping", "path": "p", "size_bytes": 1, "sha256": "0" * 64},
+}
+
+
+def completed(answer: w1.GetRunDetailsResponse, output: bytes | None = None) -> None:
+    """The run COMPLETED, each task with `output` (else a valid one)."""
+    answer.status, answer.done = w1.RunStatus.COMPLETED, True
+    for name, task in answer.task_runs.items():
+        task.status = w1.RunStatus.COMPLETED
+        task.output = json.dumps(PING_OUTPUTS[name]).encode() if output is None else output
+
+
+def done_unknown_status(answer: w1.GetRunDetailsResponse) -> None:
+    answer.status, answer.done = 77, True  # type: ignore[assignment]
+    for task in answer.task_runs.values():
+        task.status = 77  # type: ignore[assignment]
+
+
+def extra_task(answer: w1.GetRunDetailsResponse) -> None:
+    completed(answer)
+    answer.task_runs["no-such-step"].CopyFrom(
+        w1.TaskRunDetail(
+            external_id="x", status=w1.RunStatus.COMPLETED, output=b"{}", readable_id="no-such-step"
+        )
+    )
+
+
+def without_check_engine(answer: w1.GetRunDetailsResponse) -> None:
+    completed(answer)
+    del answer.task_runs["check-engine"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "problem"),
+    [
+        (done_unknown_status, "the run is done with status 77, unknown here"),
+        (lambda answer: completed(answer, b"\xff\xfe{not json"), "'s output is not JSON ("),
+        (lambda answer: completed(answer, b"[1,2,3]"), "'s output does not fit "),
+        (extra_task, "task 'no-such-step' is no step of workflow ping"),
+        (without_check_engine, "the run is COMPLETED without the output of step check-engine"),
+    ],
+    ids=[
+        "done-unknown-status",
+        "output-not-json",
+        "output-wrong-type",
+        "task-not-in-workflow",
+        "step-missing",
+    ],
+)
+def test_an_answer_the_cli_cannot_use_is_one_line_and_the_job_stays_as_recorded(
+    engine: FakeHatchet, tmp_path: Path, fault: Callable[[w1.GetRunDetailsResponse], None], problem: str
+) -> None:
+    env = world(engine, tmp_path)
+    engine.details_hook = fault
+    code, out, err, _took = cli(env, "run", "ping", "--engine", "hatchet")
+    assert code == 1 and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert (
+        line.startswith("error: run ") and f": unusable answer from Hatchet at {engine.host_port}: " in line
+    )
+    assert problem in line, line
+    [(job_id, state)] = jobs(tmp_path)
+    assert state == "queued"  # as last recorded: not succeeded, not failed
+
+    code, out, err, _took = cli(env, "jobs", "list")
+    assert code == 0 and "Traceback" not in err, err
+    assert err.count("note: could not refresh from Hatchet: run ") == 1 and problem in err, err
+    assert job_id in out and "queued" in out
+    assert jobs(tmp_path) == [(job_id, "queued")]
+
+
+def test_a_status_unknown_here_on_an_unfinished_run_is_not_finished(
+    engine: FakeHatchet, tmp_path: Path
+) -> None:
+    """A newer engine's status (EVICTED, or one not even the SDK knows): the job stays as it is,
+    and a command following the run goes on following it until it ends."""
+    env = world(engine, tmp_path)
+    left = {"unknown": 1_000_000}  # answers with statuses unknown here, before the run ends (cancelled)
+
+    def newer_engine(answer: w1.GetRunDetailsResponse) -> None:
+        ended = left["unknown"] <= 0
+        left["unknown"] -= 1
+        answer.status = w1.RunStatus.CANCELLED if ended else 77  # type: ignore[assignment]
+        answer.done = ended
+        for task in answer.task_runs.values():
+            task.status = w1.RunStatus.CANCELLED if ended else 77  # type: ignore[assignment]
+        if not ended:
+            answer.task_runs["check-engine"].status = w1.RunStatus.EVICTED
+
+    engine.details_hook = newer_engine
+    code, out, err, _took = cli(env, "run", "ping", "--engine", "hatchet", "--no-wait")
+    assert code == 0, err
+    [(job_id, _state)] = jobs(tmp_path)
+    for command in (["jobs", "list"], ["jobs", "show", job_id]):
+        code, out, err, _took = cli(env, *command)
+        assert code == 0 and err == "", err
+        assert job_id in out and "queued" in out
+    assert jobs(tmp_path) == [(job_id, "queued")]
+
+    left["unknown"] = 4
+    code, out, err, _took = cli(env, "run", "ping", "--engine", "hatchet")
+    assert code == 130 and "Traceback" not in err, err
+    assert "check-engine: running" in err and left["unknown"] < 0

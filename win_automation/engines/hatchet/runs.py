@@ -6,7 +6,10 @@ cancels it; each run is recorded in the local journal with `engine='hatchet'` an
 It calls the engine's RPCs itself (TriggerWorkflow, GetRunDetails, CancelTasks), each with
 `hatchet.request_timeout` as its deadline, where the SDK's calls have none and retry (3 x ~70 s
 on a stalled engine): a trigger is sent once (again only when it never left), and a run whose
-engine stops answering is given up on.
+engine stops answering is given up on. An answer it cannot use (a status this version does not
+know on a finished run, a step's output not JSON or not its model, a task the workflow lacks, a run
+COMPLETED without a step's output) is ServiceRefused naming the run and the problem; the job stays
+as last recorded. A status it does not know on an unfinished run (EVICTED) is not finished.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from hatchet_sdk.connection import new_conn
@@ -26,7 +28,7 @@ from hatchet_sdk.contracts.v1.workflows_pb2_grpc import AdminServiceStub
 from hatchet_sdk.contracts.workflows_pb2 import TriggerWorkflowRequest
 from hatchet_sdk.contracts.workflows_pb2_grpc import WorkflowServiceStub
 from hatchet_sdk.utils.api_auth import create_authorization_header
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from win_automation.artifacts.store import job_folder
 from win_automation.config import Config
@@ -35,7 +37,7 @@ from win_automation.engines.hatchet.client import client_config, translate
 from win_automation.engines.hatchet.runtime import parse_failure, record_job
 from win_automation.engines.outcome import JobOutcome, artifacts_root
 from win_automation.engines.recorder import JobRecorder
-from win_automation.errors import Cancelled, ConnectError, IllegalTransition, UsageError
+from win_automation.errors import Cancelled, ConnectError, IllegalTransition, ServiceRefused, UsageError
 from win_automation.jobs.ids import new_job_id, new_trace_id
 from win_automation.jobs.journal import Journal
 from win_automation.jobs.state import JobState
@@ -57,8 +59,8 @@ _STATES = {
 
 @dataclass(frozen=True)
 class TaskView:
-    status: str  # QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED (EVICTED)
-    output: Any
+    status: str  # QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED, or one unknown here (EVICTED, "77")
+    output: BaseModel | None  # a COMPLETED task's, as its step's output model
     error: str | None
 
 
@@ -66,6 +68,7 @@ class TaskView:
 class RunView:
     """A run as GetRunDetails tells it."""
 
+    run_id: str
     status: str
     done: bool
     tasks: dict[str, TaskView]
@@ -73,6 +76,14 @@ class RunView:
     @property
     def finished(self) -> bool:
         return self.done or self.status in ("COMPLETED", "FAILED", "CANCELLED")
+
+
+def _status(value: int) -> str:
+    """The status's name; one the SDK's protos do not know (a newer engine's) as its number."""
+    try:
+        return str(admin_pb2.RunStatus.Name(value))
+    except ValueError:
+        return str(value)
 
 
 def _not_sent(exc: grpc.RpcError) -> bool:
@@ -149,21 +160,42 @@ class HatchetRuns:
         )
         return job_id, run_id
 
-    def details(self, run_id: str) -> RunView:
+    def details(self, run_id: str, workflow: Workflow) -> RunView:
+        """The run as the engine tells it; ServiceRefused when that cannot be used (see above)."""
         try:
             answer = self._admin.GetRunDetails(
                 admin_pb2.GetRunDetailsRequest(external_id=run_id), metadata=self._auth, timeout=self._timeout
             )
         except grpc.RpcError as exc:
             raise translate(exc, f"run {run_id}", self.config) from exc
-        name = admin_pb2.RunStatus.Name
-        tasks = {
-            readable_id: TaskView(
-                name(task.status), json.loads(task.output) if task.output else None, task.error or None
-            )
-            for readable_id, task in answer.task_runs.items()
-        }
-        return RunView(name(answer.status), answer.done, tasks)
+        steps = {s.name for s in workflow.steps}
+        tasks = {}
+        for name, task in answer.task_runs.items():
+            if name not in steps:
+                raise self._unusable(run_id, f"task {name!r} is no step of workflow {workflow.name}")
+            status = _status(task.status)
+            output = None
+            if status == "COMPLETED" and task.output:
+                model = workflow.step(name).output
+                try:
+                    data = json.loads(task.output.decode("utf-8"))
+                except ValueError as exc:  # not UTF-8, not JSON
+                    raise self._unusable(run_id, f"step {name}'s output is not JSON ({exc})") from None
+                try:
+                    output = model.model_validate(data)
+                except ValidationError as exc:
+                    problem = f"step {name}'s output does not fit {model.__name__} ({exc.errors()[0]['msg']})"
+                    raise self._unusable(run_id, problem) from None
+            tasks[name] = TaskView(status, output, task.error or None)
+        status = _status(answer.status)
+        if answer.done and status not in _STATES:
+            raise self._unusable(run_id, f"the run is done with status {status}, unknown here")
+        return RunView(run_id, status, answer.done, tasks)
+
+    def _unusable(self, run_id: str, problem: str) -> ServiceRefused:
+        return ServiceRefused(
+            f"run {run_id}: unusable answer from Hatchet at {self.config.hatchet.host_port}: {problem}"
+        )
 
     def wait(
         self,
@@ -181,7 +213,7 @@ class HatchetRuns:
         answered = started
         while True:
             try:
-                details = self.details(run_id)
+                details = self.details(run_id, workflow)
             except ConnectError as exc:
                 if time.monotonic() - answered < self._timeout:
                     time.sleep(poll)
@@ -208,7 +240,7 @@ class HatchetRuns:
         """Record the run's current state in the journal, waiting up to `patience` s for its end."""
         deadline = time.monotonic() + patience
         while True:
-            details = self.details(run_id)
+            details = self.details(run_id, workflow)
             if details.finished:
                 self._outcome(workflow, job_id, details)
                 return
@@ -239,10 +271,14 @@ class HatchetRuns:
             if task.status == "FAILED" and name in journaled:
                 outcome.outputs[name] = workflow.step(name).output.model_validate_json(journaled[name])
             if task.status == "COMPLETED" and task.output is not None:
-                outcome.outputs[name] = workflow.step(name).output.model_validate(task.output)
+                outcome.outputs[name] = task.output
             if task.status == "FAILED" and task.error and outcome.error is None:
                 message, code = parse_failure(task.error)
                 outcome.error, outcome.error_code = f"step {name}: {message}", code
+        missing = [s.name for s in workflow.steps if s.name not in outcome.outputs]
+        if state == JobState.SUCCEEDED and missing:  # not recorded as succeeded: that would lie
+            problem = f"the run is COMPLETED without the output of step {', '.join(missing)}"
+            raise self._unusable(details.run_id, problem)
         if state == JobState.CANCELLED:
             outcome.error, outcome.error_code = outcome.error or "cancelled", Cancelled.exit_code
         self._record_outcome(workflow, job_id, details, outcome)
