@@ -290,7 +290,7 @@ def test_an_answer_the_cli_cannot_use_is_one_line_and_the_job_stays_as_recorded(
 
     code, out, err, _took = cli(env, "jobs", "list")
     assert code == 0 and "Traceback" not in err, err
-    assert err.count("note: could not refresh from Hatchet: run ") == 1 and problem in err, err
+    assert err.count(f"note: could not refresh job {job_id} from Hatchet: run ") == 1 and problem in err, err
     assert job_id in out and "queued" in out
     assert jobs(tmp_path) == [(job_id, "queued")]
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from win_automation.config import Config
 from win_automation.definition import Workflow
 from win_automation.engines.outcome import JobOutcome
-from win_automation.errors import Cancelled, UsageError, WinAutomationError
+from win_automation.errors import Cancelled, ServiceRefused, UsageError, WinAutomationError
 from win_automation.interrupts import interruptible
 from win_automation.jobs.ids import validate_job_id
 from win_automation.jobs.journal import Journal
@@ -146,7 +146,8 @@ def resume_job(config: Config, job_id: str, *, on_output: Emit | None = None) ->
 class _Refresher:
     """Brings active Hatchet jobs' records up to the engine's view (best effort, one client for
     all of them): an engine that cannot be reached leaves them as they are, with one note, and
-    is not asked again for the rest (a stalled engine would hold each job's refresh)."""
+    is not asked again for the rest (a stalled engine would hold each job's refresh); an answer
+    about one job it cannot use is noted for that job, and the others are still refreshed."""
 
     def __init__(self, config: Config, journal: Journal, note: Note) -> None:
         self.config, self.journal, self.note = config, journal, note
@@ -172,6 +173,8 @@ class _Refresher:
             if self.runs is None:
                 self.runs = _hatchet(self.config, self.journal)
             self.runs.sync(workflow, job.job_id, job.external_id)
+        except ServiceRefused as exc:  # an answer about this job it cannot use: the others may do
+            self.note(f"note: could not refresh job {job.job_id} from Hatchet: {exc}")
         except WinAutomationError as exc:
             self.failed = True
             self.note(f"note: could not refresh from Hatchet: {exc}")
