@@ -31,7 +31,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+# pip copies the command script into .venv/bin at install: a change to it needs an install too
+stamp=.venv/.installed-$(cat pyproject.toml scripts/win-automation | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   say "creating .venv with the package and its test extras"
   [ -x .venv/bin/python ] || python3 -m venv .venv
