@@ -207,3 +207,38 @@ def test_a_closed_std_fd_is_one_line_or_dev_null_and_no_file_takes_its_number(
         ["bash", "-c", f'{sys.executable} -c "{claim}" <&- 2>&-'], capture_output=True, text=True, timeout=60
     )
     assert proc.stdout == "['/dev/null', '/dev/null'] \n", proc
+
+
+def test_table_cells_are_text_with_control_characters_escaped(cli) -> None:  # type: ignore[no-untyped-def]
+    """A value holding `[/red]` was a rich MarkupError traceback (config show, and for good
+    `jobs list` once a job's error held such a path); `[bold]B[/bold]` was shown as `B`; an ESC
+    (an OSC sequence from a path or the VM) reached the terminal raw."""
+    value = "Start-X [/red] [bold]B[/bold] \x1b]0;PWN\x07"
+    res = cli("config", "show", env={"WIN_AUTOMATION_ALOHA_SERVER_START_CMD": value})
+    assert res.code == 0 and "Traceback" not in res.stderr, res.stderr
+    assert "Start-X [/red] [bold]B[/bold] \\u001b]0;PWN\\u0007" in res.stdout
+    assert "\x1b" not in res.stdout
+
+
+def test_an_output_encoding_without_a_character_escapes_it(
+    cli, live_sshd: SshServer, known_hosts: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """PYTHONIOENCODING=ascii (or a C locale without UTF-8): one `é` in the VM's output was a
+    UnicodeEncodeError that stopped and failed the job; in a table, a traceback."""
+    env = {**live_sshd.env(known_hosts), "PYTHONIOENCODING": "ascii"}
+    res = cli("ssh", "run", "--shell", "cmd", "--", "printf 'caf\\303\\251\\n'", env=env)
+    assert (res.code, res.stdout, res.stderr) == (0, "caf\\xe9\n", "")
+    shown = cli("config", "show", env={**env, "WIN_AUTOMATION_ALOHA_SERVER_START_CMD": "é"})
+    assert shown.code == 0 and "\\xe9" in shown.stdout and "Traceback" not in shown.stderr
+
+
+def test_command_words_or_script_arguments_that_are_not_utf8_are_usage_errors(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Bytes that are not UTF-8 in argv (`$'\\xff'`): encoding tracebacks, exit 1."""
+    script = tmp_path / "s.ps1"
+    script.write_text("Write-Output 'x'\n")
+    for args, said in (
+        (("ssh", "run", "--shell", "cmd", "--", "echo \udcff"), "COMMAND echo \\udcff: not valid UTF-8"),
+        (("ssh", "script", str(script), "--", "\udcff"), "ARGS \\udcff: not valid UTF-8"),
+    ):
+        res = cli(*args)
+        assert (res.code, res.stderr) == (2, f"error: {said}\n"), args

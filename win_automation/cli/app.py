@@ -176,6 +176,11 @@ def main() -> None:
     if claim_closed_std_fds():  # `>&-`: nothing runs whose output would go nowhere
         error("cannot write the output: standard output (fd 1) is closed")
         sys.exit(74)
+    for stream in (sys.stdout, sys.stderr):
+        # A character the terminal's encoding lacks (PYTHONIOENCODING=ascii, a C locale without
+        # UTF-8 coercion) is shown escaped: it was a UnicodeEncodeError that stopped the command.
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         try:
             # not standalone: click's own errors (an unknown option, a missing argument) come here

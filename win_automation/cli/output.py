@@ -18,15 +18,19 @@ def print_json(data: Any) -> None:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A table for people. Its cells are text, never rich markup (a path or an answer from the VM
+    holding `[/x]` was a MarkupError traceback, `[bold]` vanished), with control characters
+    escaped as in errors (an ESC from the VM reached the terminal raw)."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(one_line(title)), title_justify="left")
     for index, column in enumerate(columns):
         # The first column is the row's key (a job id, a setting): never broken across lines.
         table.add_column(column, overflow="fold", no_wrap=index == 0)
     for row in rows:
-        table.add_row(*("" if cell is None else shortened(str(cell)) for cell in row))
+        table.add_row(*(Text("" if cell is None else shortened(one_line(str(cell)))) for cell in row))
     # Piped output has no terminal width to fit: keep rows on one line for grep and less.
     Console(soft_wrap=False, width=None if sys.stdout.isatty() else 240).print(table)
 

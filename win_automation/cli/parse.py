@@ -15,3 +15,18 @@ def duration_option(value: str, option: str, *, positive: bool = False) -> float
     if positive and seconds <= 0:
         raise UsageError(f"{option}: must be more than zero")
     return seconds
+
+
+def utf8(text: str) -> bool:
+    """Whether `text` is valid UTF-8 (argv's bytes that are not come as lone surrogates)."""
+    return text.isascii() or not any("\ud800" <= c <= "\udfff" for c in text)
+
+
+def utf8_words(words: list[str], name: str) -> None:
+    """UsageError `NAME ...: not valid UTF-8` for the first word that is not (what goes to the VM,
+    the journal and Hatchet is UTF-8; it was an encoding traceback)."""
+    from win_automation.errors import UsageError
+
+    for word in words:
+        if not utf8(word):
+            raise UsageError(f"{name} {word}: not valid UTF-8")

@@ -21,6 +21,7 @@ from win_automation.cli.job_output import live as live_output
 from win_automation.cli.job_output import print_json_streamed, whole, write_to
 from win_automation.cli.options import engine_option, no_wait_option
 from win_automation.cli.output import error, path_text, print_json
+from win_automation.cli.parse import utf8_words
 from win_automation.cli.state import state
 
 if TYPE_CHECKING:
@@ -155,6 +156,7 @@ def run(
         raise UsageError(f"--shell: must be powershell or cmd, got {shell!r}")
     if idempotent != (idempotent_check is not None):
         raise UsageError("--idempotent and --idempotent-check CHECK go together")
+    utf8_words(command, "COMMAND")
     config = state(ctx).config()
     if shell == "cmd" and config.ssh.remote_os == "posix":
         _fits(" ".join(command))
@@ -184,6 +186,7 @@ def script(
     from win_automation.operations.powershell import MAX_SCRIPT_BYTES
     from win_automation.regularfiles import NotRegularFile, open_regular
 
+    utf8_words(args or [], "ARGS")
     try:
         with open_regular(file) as handle:  # a FIFO or device is refused, never read
             data = handle.read(MAX_SCRIPT_BYTES + 1)  # never more: a huge file is not read whole

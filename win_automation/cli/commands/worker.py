@@ -11,7 +11,7 @@ import re
 
 import typer
 
-from win_automation.cli.parse import duration_option
+from win_automation.cli.parse import duration_option, utf8
 from win_automation.cli.state import state
 from win_automation.errors import ConfigError, UsageError
 
@@ -21,11 +21,6 @@ NO_HATCHET = (
     " create`) and HATCHET_CLIENT_HOST_PORT (or hatchet.* in the config file); job commands work"
     " without Hatchet on the local engine (--engine local)"
 )
-
-
-def utf8(text: str) -> bool:
-    """Whether `text` is valid UTF-8 (argv's bytes that are not come as lone surrogates)."""
-    return text.isascii() or not any("\ud800" <= c <= "\udfff" for c in text)
 
 
 def parse_labels(values: list[str]) -> dict[str, str]:
