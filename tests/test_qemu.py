@@ -131,15 +131,25 @@ def test_load_restores_the_disk(vm_config: Config, qemu_vm: QemuVm) -> None:
     qemu.snapshot_delete("before-write")
 
 
-@pytest.mark.parametrize("name", ["", "1", "42", "-x", "a b", "a/b", "x" * 65, "ünï", "a;b"])
+@pytest.mark.parametrize(
+    "name", ["", "1", "42", "-x", "a b", "a/b", "x" * 65, "ünï", "a;b", "nl\n", "x\n", "a" * 10_000]
+)
 def test_bad_snapshot_names(name: str) -> None:
-    with pytest.raises(UsageError, match="snapshot name"):
+    with pytest.raises(UsageError, match="snapshot name") as raised:
         validate_snapshot_name(name)
+    assert len(str(raised.value)) < 250 and "\n" not in str(raised.value)
 
 
 def test_bad_name_on_the_cli_touches_nothing(qemu_vm: QemuVm, cli) -> None:  # type: ignore[no-untyped-def]
     done = cli("vm", "snapshot", "save", "42", env=qemu_vm.env())
     assert done.code == 2 and done.stderr.startswith("error: snapshot name '42'")
+    newline = cli("vm", "snapshot", "save", "nl\n", env=qemu_vm.env())
+    assert newline.code == 2 and newline.stderr == (
+        "error: snapshot name 'nl\\n': must start with a letter and hold at most 64 letters, digits,"
+        " '.', '_' or '-'\n"
+    )
+    long = cli("vm", "snapshot", "save", "a" * 10_000, env=qemu_vm.env())
+    assert long.code == 2 and "(10000 characters)" in long.stderr and len(long.stderr) < 250
     assert json.loads(cli("vm", "snapshot", "list", "--json", env=qemu_vm.env()).stdout) == []
 
 
@@ -175,6 +185,24 @@ def test_missing_socket_and_dead_qemu(cli, tmp_path: Path) -> None:  # type: ign
         done = cli(*args, env=dead.env())
         assert done.code == 3 and "nothing listens" in one_error(done.stderr)
     assert not list(tmp_path.glob("vm-screen-*"))
+
+
+def test_a_path_that_is_not_a_socket(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A file, a FIFO, a folder at vm.qmp_socket: one line naming it, exit 3, no connect retries."""
+    (tmp_path / "file").write_text("")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "folder").mkdir()
+    for name, kind in (("file", "a regular file"), ("fifo", "a FIFO"), ("folder", "a folder")):
+        env = {"WIN_AUTOMATION_VM_QMP_SOCKET": str(tmp_path / name)}
+        done = cli("vm", "status", env=env)
+        assert done.code == 3 and done.stderr == (
+            f"error: QEMU monitor {tmp_path / name}: {kind}, not a socket (check vm.qmp_socket:"
+            " QEMU's -qmp unix:PATH)\n"
+        )
+        doctor = cli("doctor", "--json", "--check", "vm", env=env)
+        item = json.loads(doctor.stdout)["checks"][0]
+        assert doctor.code == 1 and item["status"] == "fail" and f"{kind}, not a socket" in item["cause"]
+        assert "attempt=" not in doctor.stderr and "point vm.qmp_socket" in item["fix"]
 
 
 def test_not_a_qmp_socket_and_a_stopped_qemu(cli_env: dict[str, str], tmp_path: Path) -> None:

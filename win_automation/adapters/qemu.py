@@ -9,10 +9,13 @@ step threads). Each call has a deadline (`timeout`). QEMU's QMP socket serves on
 so a session is opened per operation and closed at once.
 
 Errors are translated here, once: a missing socket, a socket nobody listens on and a dropped
-connection are ConnectError (exit 3, retried by the connect policy: 3 attempts); no greeting within
+connection are ConnectError (exit 3, retried by the connect policy: 3 attempts); a path that is not
+a socket (a file, a FIFO, a folder) is NotASocket (exit 3, not retried); no greeting within
 the deadline (another client holds the monitor, QEMU is stopped with SIGSTOP) is NoGreeting, an
 OperationTimeout (exit 124) that is not retried: a silent peer stays silent; a command QEMU refuses
-is a WinAutomationError (exit 1) carrying QEMU's own message.
+is a WinAutomationError (exit 1) carrying QEMU's own message. `execute(..., timeout=)` gives one
+command a longer deadline than the session's (QEMU's monitor is silent while it saves or loads a
+snapshot).
 
 Answers are checked here too, since QEMU's are the only ones read: a line that is not UTF-8 or not
 JSON, nested too deep, longer than the library's 10 MiB, or a `query-status`/`query-block`/
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import stat
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +55,32 @@ class NoGreeting(OperationTimeout):
     client holds, does not answer the next attempt either)."""
 
     transient = False
+
+
+class NotASocket(ConnectError):
+    """Something other than a socket at the QMP path: not retried (it stays what it is)."""
+
+    transient = False
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISREG, "a regular file"),
+)
+
+
+def _not_a_socket(path: Path) -> str | None:
+    """What is at `path` when something is there but not a socket ("a FIFO"...); else None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if stat.S_ISSOCK(mode):
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), "something else")
 
 
 # The answers the operations read, with the fields they use (strict JSON types; others ignored).
@@ -156,13 +186,15 @@ class QmpSession:
         self._loop = asyncio.new_event_loop()
         self._client = QMPClient("win-automation")
 
-    def _run(self, coro: Coroutine[Any, Any, T], what: str) -> T:
+    def _run(self, coro: Coroutine[Any, Any, T], what: str, timeout: float | None = None) -> T:
+        timeout = self.timeout if timeout is None else timeout
         try:
-            return self._loop.run_until_complete(asyncio.wait_for(coro, self.timeout))
+            return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
         except TimeoutError:
             raise OperationTimeout(
-                f"QEMU monitor {self.socket_path}: no answer to {what} within {self.timeout:g}s"
-                " (is QEMU stopped, or is another client connected to its QMP socket?)"
+                f"QEMU monitor {self.socket_path}: no answer to {what} within {timeout:g}s"
+                " (is QEMU stopped or busy with a snapshot, or is another client connected to its QMP"
+                " socket?)"
             ) from None
 
     def _unusable(self, what: str, reason: str) -> ServiceRefused:
@@ -178,6 +210,10 @@ class QmpSession:
             if (bad := _bad_answer(exc, self._client.readbuflen)) is not None:
                 raise self._unusable("the greeting", bad) from exc
             cause = exc.exc
+            if isinstance(cause, OSError) and (kind := _not_a_socket(path)) is not None:
+                raise NotASocket(
+                    f"QEMU monitor {path}: {kind}, not a socket (check vm.qmp_socket: QEMU's -qmp unix:PATH)"
+                ) from None
             if isinstance(cause, FileNotFoundError):
                 reason = "no such socket (is the VM running? check vm.qmp_socket)"
             elif isinstance(cause, ConnectionRefusedError):
@@ -192,10 +228,13 @@ class QmpSession:
         except (QMPError, OSError, EOFError) as exc:
             raise ConnectError(f"QEMU monitor {path}: connection failed: {exc}") from exc
 
-    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        """Run one QMP command and return its `return` value (checked against ANSWERS)."""
+    def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Any:
+        """Run one QMP command and return its `return` value (checked against ANSWERS); `timeout`
+        replaces the session's for this command."""
         try:
-            answer = self._run(self._client.execute(command, arguments), command)
+            answer = self._run(self._client.execute(command, arguments), command, timeout)
         except ExecuteError as exc:
             raise WinAutomationError(f"QEMU refused {command}: {exc}") from exc
         except (ExecInterruptedError, QMPError, OSError, EOFError) as exc:

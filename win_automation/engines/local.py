@@ -26,7 +26,9 @@
 - GUI workflows (`Workflow.gui`) hold the per-VM desktop lock (win_automation.jobs.locks) while they
   run; the VM is `ssh.host:ssh.port`. With vm.qmp_socket set, their artifacts keep the screen
   (type `screen`): before.png, after.png, and failure-STEP.png when a step fails. A job started
-  from a snapshot (`run --from-snapshot`) loads it under the same lock before its first step.
+  from a snapshot (`run --from-snapshot`) loads it under the same lock before its first step; a
+  load that fails ends the job `failed` (SNAPSHOT_NOT_LOADED), and `resume` refuses it: the
+  journal does not keep the snapshot, and a resume would run the steps on whatever the VM holds.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ from win_automation.operations import qemu
 from win_automation.operations.vm import Emit
 
 log = logging.getLogger(__name__)
+SNAPSHOT_NOT_LOADED = "snapshot not loaded"
+"""How the error of a job whose --from-snapshot load failed begins: `resume` refuses such a job."""
 
 
 class LocalEngine:
@@ -131,6 +135,12 @@ class LocalEngine:
             )
         if job.state not in RESUMABLE:
             raise UsageError(f"job {job_id} is {job.state.value}; only failed or interrupted jobs resume")
+        if (job.error or "").startswith(SNAPSHOT_NOT_LOADED):
+            raise UsageError(
+                f"job {job_id}: its snapshot was not loaded (see `win-automation jobs show {job_id}`)"
+                f" and a resume would not load it: run it again (`win-automation run {job.workflow}"
+                " --from-snapshot NAME`)"
+            )
         input = workflow.input.model_validate_json(job.input_json)
         done: dict[str, BaseModel] = {}
         for record in self.journal.steps(job_id):
@@ -173,7 +183,7 @@ class LocalEngine:
         try:
             cancelled = lambda: cancel.is_set() or self.journal.cancel_requested(job.job_id)  # noqa: E731
             with holding_desktop(self.config, workflow, job.job_id, cancelled, always=snapshot is not None):
-                self._prepare_desktop(workflow, job.job_id, writer, snapshot)
+                self._prepare_desktop(workflow, job.job_id, writer, snapshot, recorder)
                 self._run_steps(job, workflow, input, outputs, writer, cancel, recorder, output)
                 if workflow.gui:
                     qemu.keep_screen(self.config, writer, "after.png")
@@ -208,13 +218,25 @@ class LocalEngine:
         return outcome_of(self.journal, workflow, job.job_id, outputs, self.config.artifacts.out_dir)
 
     def _prepare_desktop(
-        self, workflow: Workflow, job_id: str, writer: ArtifactWriter, snapshot: str | None
+        self,
+        workflow: Workflow,
+        job_id: str,
+        writer: ArtifactWriter,
+        snapshot: str | None,
+        recorder: JobRecorder,
     ) -> None:
-        """With the desktop held: load the snapshot the job starts from; keep the screen as
-        before.png for a GUI job (when vm.qmp_socket is set)."""
+        """With the desktop held: load the snapshot the job starts from (a failure ends the job
+        `failed`, not resumable: SNAPSHOT_NOT_LOADED); keep the screen as before.png for a GUI job
+        (when vm.qmp_socket is set)."""
         if snapshot is not None:
             log.info("loading snapshot", extra={"op": "snapshot", "job_id": job_id, "snapshot": snapshot})
-            qemu.Qemu(self.config).snapshot_load(snapshot)
+            try:
+                qemu.Qemu(self.config).snapshot_load(snapshot)
+            except Exception as exc:
+                message, code = describe(exc)
+                recorder.running()  # queued cannot end failed; the caller's _broken then finds it ended
+                recorder.end(JobState.FAILED, f"{SNAPSHOT_NOT_LOADED} {snapshot!r}: {message}", code)
+                raise
         if workflow.gui:
             qemu.keep_screen(self.config, writer, "before.png")
 

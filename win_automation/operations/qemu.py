@@ -12,7 +12,10 @@
 - Snapshots are QEMU's job-based `snapshot-save`/`-load`/`-delete` over every writable qcow2 disk
   (the VM state goes to the first), each followed by polling `query-jobs` until the job concludes
   and `job-dismiss`. A name that already exists (save) or does not (load, delete) is refused before
-  any job starts; QEMU keeps each operation all-or-nothing.
+  any job starts; QEMU keeps each operation all-or-nothing. QEMU's monitor does not answer while it
+  saves or loads, so the command and the polls are bounded by vm.snapshot_timeout (not
+  vm.qmp_timeout); one that gives up leaves the job to QEMU, and the next snapshot command (list,
+  save, load, delete) dismisses it once concluded, logging how it ended.
 - `check` is doctor's `vm` item: skipped without vm.qmp_socket, else QEMU's run state.
 - `keep_screen` is the engines' hook for GUI jobs (before.png, after.png, failure-STEP.png): a no-op
   without `vm.qmp_socket`, and never fails the job (a warning is logged instead).
@@ -48,10 +51,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]{0,63}")  # fullmatch: `$` would allow a final newline
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CRASHED = frozenset({"guest-panicked", "internal-error", "io-error", "shutdown"})
 JOB_POLL = 0.05
+JOB_PREFIX = "wa-snapshot-"  # the ids of the jobs this module starts
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,10 @@ class Snapshot:
 def validate_snapshot_name(name: str) -> str:
     """A letter, then up to 63 letters, digits, `.`, `_` or `-` (QEMU also matches snapshots by
     numeric id, so a name of digits would be ambiguous)."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
+        shown = repr(name) if len(name) <= 80 else f"{name[:64]!r}... ({len(name)} characters)"
         raise UsageError(
-            f"snapshot name {name!r}: must start with a letter and hold at most 64 letters, digits,"
+            f"snapshot name {shown}: must start with a letter and hold at most 64 letters, digits,"
             " '.', '_' or '-'"
         )
     return name
@@ -174,7 +179,9 @@ class Qemu:
 
     def snapshots(self) -> list[Snapshot]:
         with self._session() as qmp:
-            return _snapshots(qmp)
+            found = _snapshots(qmp)
+            _dismiss_leftovers(qmp)
+            return found
 
     def snapshot_save(self, name: str) -> Snapshot:
         validate_snapshot_name(name)
@@ -217,28 +224,49 @@ class Qemu:
         raise NotFoundError(f"snapshot {name!r} does not exist (snapshots: {known})")
 
     def _job(self, qmp: QmpSession, command: str, tag: str, **args: Any) -> None:
-        """Start QEMU job `command` and wait until it concludes; dismiss it; raise its error."""
-        job_id = f"wa-{command}-{uuid.uuid4().hex[:8]}"
-        qmp.execute(command, {"job-id": job_id, "tag": tag, **args})
+        """Start QEMU job `command` and wait until it concludes; dismiss it; raise its error. The
+        monitor is silent while QEMU saves or loads: every wait is bounded by vm.snapshot_timeout."""
+        _dismiss_leftovers(qmp)
+        job_id = f"wa-{command}-{uuid.uuid4().hex[:8]}-{tag}"
         deadline = time.monotonic() + self.snapshot_timeout
         extra = {"op": command, "tag": tag, "job": job_id}
-        log.info("QEMU job started", extra=extra)
-        while True:
-            job = next((j for j in qmp.execute("query-jobs") if j.get("id") == job_id), None)
-            if job is None:
-                raise WinAutomationError(f"{command} {tag!r}: QEMU job {job_id} disappeared")
-            if job.get("status") == "concluded":
-                break
-            if time.monotonic() > deadline:
-                raise OperationTimeout(
-                    f"{command} {tag!r}: QEMU job {job_id} still {job.get('status')} after"
-                    f" {self.snapshot_timeout:g}s (vm.snapshot_timeout); it goes on inside QEMU"
-                )
-            qmp.sleep(JOB_POLL)
+        gave_up = OperationTimeout(
+            f"{command} {tag!r}: QEMU job {job_id} did not conclude within {self.snapshot_timeout:g}s"
+            " (vm.snapshot_timeout); QEMU may still complete it: check `win-automation vm snapshot"
+            " list` once QEMU answers"
+        )
+        try:
+            qmp.execute(command, {"job-id": job_id, "tag": tag, **args}, timeout=self.snapshot_timeout)
+            log.info("QEMU job started", extra=extra)
+            while True:
+                left = max(deadline - time.monotonic(), JOB_POLL)
+                job = next((j for j in qmp.execute("query-jobs", timeout=left) if j["id"] == job_id), None)
+                if job is None:
+                    raise WinAutomationError(f"{command} {tag!r}: QEMU job {job_id} disappeared")
+                if job["status"] == "concluded":
+                    break
+                if time.monotonic() > deadline:
+                    raise gave_up
+                qmp.sleep(JOB_POLL)
+        except OperationTimeout:  # the command's, a poll's (a silent monitor), or the deadline's
+            raise gave_up from None
         qmp.execute("job-dismiss", {"id": job_id})
         if job.get("error"):
             raise WinAutomationError(f"{command} {tag!r}: {job['error']}")
         log.info("QEMU job concluded", extra=extra)
+
+
+def _dismiss_leftovers(qmp: QmpSession) -> None:
+    """Dismiss the concluded jobs of snapshot commands that stopped waiting (a timeout), logging
+    how each ended: QEMU keeps a concluded job until it is dismissed."""
+    for job in qmp.execute("query-jobs"):
+        if job["id"].startswith(JOB_PREFIX) and job["status"] == "concluded":
+            qmp.execute("job-dismiss", {"id": job["id"]})
+            outcome = f"failed: {job['error']}" if job.get("error") else "succeeded"
+            log.warning(
+                "dismissed the QEMU job of a snapshot command that stopped waiting",
+                extra={"op": "qmp", "job": job["id"], "outcome": outcome},
+            )
 
 
 def _disks(qmp: QmpSession) -> list[str]:
@@ -306,7 +334,9 @@ def check(config: Config, timeout: float) -> CheckResult:
     try:
         state = Qemu(quick).status()
     except WinAutomationError as exc:
-        if isinstance(exc, ServiceRefused):  # something answers on the socket, but not QMP's answers
+        from win_automation.adapters.qemu import NotASocket
+
+        if isinstance(exc, ServiceRefused | NotASocket):  # not QMP's answers, or not even a socket
             fix = "point vm.qmp_socket at QEMU's own -qmp socket (nothing else may listen there)"
         return CheckResult(
             "vm", "fail", type(exc).__name__, str(exc), fix, round((time.monotonic() - started) * 1000, 2)

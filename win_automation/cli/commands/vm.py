@@ -1,8 +1,10 @@
 """`win-automation vm status|screenshot|snapshot ...`: the QEMU VM from the host, through QMP.
 
-Needs `vm.qmp_socket` (exit 2 when unset). A missing socket or a dead QEMU is one line, exit 3;
-a monitor that does not answer within `vm.qmp_timeout` exit 124; a snapshot that does not exist
-(load, delete) or already exists (save) exit 1, with nothing changed.
+Needs `vm.qmp_socket` (exit 2 when unset). A missing socket, a path that is not a socket or a dead
+QEMU is one line, exit 3; a monitor that does not answer within `vm.qmp_timeout` exit 124, and a
+snapshot save/load/delete not done within `vm.snapshot_timeout` exit 124 (QEMU may still complete
+it); a snapshot that does not exist (load, delete) or already exists (save) exit 1, with nothing
+changed; a bad snapshot name exit 2.
 """
 
 from __future__ import annotations
