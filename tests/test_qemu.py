@@ -192,7 +192,7 @@ def test_a_path_that_is_not_a_socket(cli, tmp_path: Path) -> None:  # type: igno
     (tmp_path / "file").write_text("")
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "folder").mkdir()
-    for name, kind in (("file", "a regular file"), ("fifo", "a FIFO"), ("folder", "a folder")):
+    for name, kind in (("file", "a regular file"), ("fifo", "a FIFO"), ("folder", "a directory")):
         env = {"WIN_AUTOMATION_VM_QMP_SOCKET": str(tmp_path / name)}
         done = cli("vm", "status", env=env)
         assert done.code == 3 and done.stderr == (

@@ -42,6 +42,7 @@ from qemu.qmp.protocol import StateError
 from qemu.qmp.qmp_client import BadReplyError, GreetingError, NegotiationError
 
 from win_automation.errors import ConnectError, OperationTimeout, ServiceRefused, WinAutomationError
+from win_automation.regularfiles import kind
 from win_automation.retry import call_with_retry
 
 log = logging.getLogger(__name__)
@@ -63,24 +64,13 @@ class NotASocket(ConnectError):
     transient = False
 
 
-_KINDS = (
-    (stat.S_ISDIR, "a folder"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISREG, "a regular file"),
-)
-
-
 def _not_a_socket(path: Path) -> str | None:
     """What is at `path` when something is there but not a socket ("a FIFO"...); else None."""
     try:
         mode = path.stat().st_mode
     except OSError:
         return None
-    if stat.S_ISSOCK(mode):
-        return None
-    return next((kind for test, kind in _KINDS if test(mode)), "something else")
+    return None if stat.S_ISSOCK(mode) else kind(mode)
 
 
 # The answers the operations read, with the fields they use (strict JSON types; others ignored).
