@@ -311,9 +311,7 @@ class DataConfig(Section):
 
 class SupervisorConfig(Section):
     interval: PositiveDuration = Field(60.0, description="Time between supervisor rounds.")
-    breaker_threshold: Count = Field(
-        3, description="Consecutive failures that open the circuit breaker."
-    )
+    breaker_threshold: Count = Field(3, description="Consecutive failures that open the circuit breaker.")
     breaker_cooldown: PositiveDuration = Field(60.0, description="How long an open breaker waits.")
     check_timeout: PositiveDuration = Field(
         5.0, description="Deadline of one health check (each probe of `doctor` and the supervisor)."
