@@ -23,6 +23,7 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)  # the QMP tests' real QEMU
 command -v qemu-img >/dev/null 2>&1 || missing+=(qemu-utils)
+command -v pkill >/dev/null 2>&1 || missing+=(procps)  # the posix stand-in VM's kills (pkill -s), the tests' pgrep
 command -v nix-instantiate >/dev/null 2>&1 || missing+=(nix-bin)  # parses nix/*.nix (no nixpkgs)
 ldconfig -p 2>/dev/null | grep -q 'libatomic\.so\.1 ' || missing+=(libatomic1)  # the playwright wheel's Node needs it
 if [ ${#missing[@]} -gt 0 ]; then
