@@ -167,7 +167,7 @@ def probe_http(url: str, timeout: float, *, method: str = "GET") -> Probe:
     parts = httpx.URL(url)
     if parts.host:  # the lookup within the timeout first (httpx's connect timeout excludes it)
         try:
-            lookup(parts.host, parts.port or (443 if parts.scheme == "https" else 80), deadline.left())
+            lookup(parts.host, parts.port or (443 if parts.scheme == "https" else 80), timeout)  # its start
         except NameNotResolved as exc:
             return Probe(url, "dns", str(exc), _ms(started))
     try:
