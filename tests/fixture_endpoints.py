@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import socket
@@ -95,7 +96,7 @@ class HttpEndpoint:
             self._server = None
 
 
-class ThreadedServer:
+class ThreadedServer(abc.ABC):
     """A loopback TCP server: each connection is answered by `answer(conn)` in a thread of its
     own and held until `close()` (a subclass sets its own attributes before calling __init__)."""
 
@@ -113,8 +114,9 @@ class ThreadedServer:
                 self.held.append(conn)
                 threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
 
+    @abc.abstractmethod
     def answer(self, conn: socket.socket) -> None:
-        raise NotImplementedError
+        """Answer one connection (each in a thread of its own)."""
 
     def close(self) -> None:
         self.sock.close()

@@ -17,7 +17,7 @@ from fixture_jobs import JournalLock, list_jobs
 from fixture_sshd import SshServer
 
 from win_automation.cli import launch
-from win_automation.jobs.connection import BUSY_TIMEOUT_SECONDS
+from win_automation.jobs.storage import BUSY_TIMEOUT_SECONDS
 
 
 def test_corrupt_known_hosts_is_exit_5_in_one_line_and_trust_keeps_the_file(

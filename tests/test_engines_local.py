@@ -21,9 +21,9 @@ from win_automation.config import Config
 from win_automation.definition import Step, StepContext, Workflow
 from win_automation.engines.local import LocalEngine
 from win_automation.errors import ConnectError, StorageError, UsageError
-from win_automation.jobs.connection import JOURNAL_FILE
 from win_automation.jobs.journal import Journal
 from win_automation.jobs.state import JobState
+from win_automation.jobs.storage import JOURNAL_FILE
 from workflows import all_workflows
 
 Child = Callable[..., subprocess.Popen[str]]

@@ -13,11 +13,11 @@ import pytest
 from fixture_jobs import JournalLock
 
 from win_automation.errors import IllegalTransition, JournalBusy, NotFoundError, Superseded
-from win_automation.jobs.connection import JOURNAL_FILE
 from win_automation.jobs.journal import Journal
 from win_automation.jobs.ownership import HEARTBEAT_EXPIRY
 from win_automation.jobs.schema import MIGRATIONS
 from win_automation.jobs.state import JobState
+from win_automation.jobs.storage import JOURNAL_FILE
 
 
 def test_records_a_job_its_steps_and_every_state_change(tmp_path: Path) -> None:
@@ -345,11 +345,11 @@ def test_the_storage_error_check_keeps_a_live_connections_locks(tmp_path: Path) 
     import subprocess
     import sys
 
-    from win_automation.jobs import connection
+    from win_automation.jobs import storage
 
     journal = Journal.open(tmp_path)
     path = tmp_path / "journal.sqlite3"
-    assert connection._not_writable_error(path) is None  # what runs on a storage error
+    assert storage._not_writable_error(path) is None  # what runs on a storage error
     other = "import sys; from pathlib import Path; from win_automation.jobs.journal import Journal;"
     subprocess.run(
         [sys.executable, "-c", f"{other} Journal.open(Path(sys.argv[1])).close()", str(tmp_path)], check=True

@@ -13,9 +13,9 @@ from pathlib import Path
 from win_automation.artifacts.store import job_folder
 from win_automation.config import Config
 from win_automation.errors import NotFoundError, StorageError
-from win_automation.jobs.connection import JOURNAL_FILE
 from win_automation.jobs.ids import validate_job_id
 from win_automation.jobs.journal import Journal
+from win_automation.jobs.storage import JOURNAL_FILE
 
 
 def recorded_folder(config: Config, job_id: str) -> Path | None:

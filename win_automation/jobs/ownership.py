@@ -20,18 +20,17 @@ from pathlib import Path
 from typing import Self
 
 from win_automation.errors import JournalError, StorageError
-from win_automation.jobs.connection import (
-    BUSY_TIMEOUT_SECONDS,
-    JOURNAL_FILE,
-    READ_BUSY_TIMEOUT_SECONDS,
-    JournalConnection,
-    read_only_connection,
-    storage_faults,
-)
+from win_automation.jobs.connection import READ_BUSY_TIMEOUT_SECONDS, JournalConnection
 from win_automation.jobs.owners import process_alive
 from win_automation.jobs.records import JobRecord
 from win_automation.jobs.schema import MIGRATIONS
 from win_automation.jobs.state import ACTIVE, JobState
+from win_automation.jobs.storage import (
+    BUSY_TIMEOUT_SECONDS,
+    JOURNAL_FILE,
+    read_only_connection,
+    storage_faults,
+)
 
 HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_EXPIRY = 30.0

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from win_automation.config import Config, LoadedConfig
 from win_automation.errors import ConfigError, WinAutomationError
-from win_automation.jobs.connection import journal_problem
+from win_automation.jobs.storage import journal_problem
 from win_automation.operations import qemu
 from win_automation.operations.checks import (
     CheckResult,
