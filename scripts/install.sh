@@ -4,7 +4,8 @@
 #     tests' Playwright server drives, run by the playwright wheel's own Node and playwright-core);
 #   - Debian's qemu-system-x86 and qemu-utils (a real QEMU for the QMP tests) and nix-bin
 #     (`nix-instantiate --parse` checks every nix/*.nix file);
-#   - a virtualenv in .venv with the package and its test and benchmark extras;
+#   - a virtualenv in .venv with the package and its test and benchmark extras, every Python
+#     package at its version in constraints.txt;
 #   - npm's playwright-core of the minor before the wheel's, in .cache/playwright-core-previous/
 #     (the tests' version-mismatch server; npm only downloads it, the wheel's Node runs it).
 # Run as root on Debian (or with sudo available). `scripts/test.sh` calls it first.
@@ -33,11 +34,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # pip copies the command script into .venv/bin at install: a change to it needs an install too
-stamp=.venv/.installed-$(cat pyproject.toml scripts/win-automation | sha256sum | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml constraints.txt scripts/win-automation | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   say "creating .venv with the package and its test extras"
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,bench]' --config-settings editable_mode=compat 2> >(grep -v 'is ignored: it is \(neither\|either\)' >&2)
+  .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,bench]' --config-settings editable_mode=compat 2> >(grep -v 'is ignored: it is \(neither\|either\)' >&2)
   # Bytecode for every module now, as pip compiles a package it installs: a __pycache__ folder
   # made later, by the first run that imports from its folder, changes the folder's mtime, which
   # is part of the warm CLI process's key (win_automation/cli/server_key.py): that server would

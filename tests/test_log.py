@@ -105,6 +105,26 @@ def test_debug_is_off_unless_asked() -> None:
     assert stream.getvalue() == ""
 
 
+def test_a_librarys_python_warning_is_a_debug_line_not_raw_stderr(capsys) -> None:  # type: ignore[no-untyped-def]
+    """cryptography 51 warned on any use of its DSA classes: two raw lines around `ssh run`'s
+    one-line error, which scripts read."""
+    import warnings
+
+    for level, shown in ((logging.WARNING, False), (logging.INFO, False), (logging.DEBUG, True)):
+        stream = io.StringIO()
+        log.install(level, stream)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("DSA is deprecated", UserWarning, stacklevel=1)
+        assert capsys.readouterr().err == ""
+        lines = stream.getvalue().splitlines()
+        assert len(lines) == (1 if shown else 0), lines
+        if shown:
+            fields = parse_line(lines[0])
+            assert fields["msg"] == "UserWarning: DSA is deprecated" and fields["level"] == "warn"
+            assert fields["op"] == "warning" and fields["at"].startswith(__file__ + ":")
+
+
 def test_registered_secrets_and_secretstr_never_appear() -> None:
     log.register_secret("tok-very-secret")
     line = emit(

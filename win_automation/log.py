@@ -17,6 +17,7 @@ import re
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
@@ -139,6 +140,25 @@ def install(level: int = logging.INFO, stream: TextIO | None = None) -> None:
     # paramiko logs the faults the SSH adapter translates and reports itself (with tracebacks, in
     # its own transport thread): shown only with --debug.
     logging.getLogger("paramiko").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.CRITICAL)
+    # A library's Python warning (cryptography 51's DSA deprecation, say) would print two raw lines
+    # around the CLI's one-line error: it becomes a log line, shown only with --debug.
+    warnings.showwarning = _log_warning
+    logging.getLogger("py.warnings").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.CRITICAL)
+
+
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """warnings.showwarning, as a log line (logging.captureWarnings, but set on each install: a
+    catch_warnings block restores the original and captureWarnings would not set it again)."""
+    logging.getLogger("py.warnings").warning(
+        "%s: %s", category.__name__, message, extra={"op": "warning", "at": f"{filename}:{lineno}"}
+    )
 
 
 class Timer:

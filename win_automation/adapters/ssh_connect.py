@@ -22,7 +22,7 @@ from typing import Any
 import paramiko
 import paramiko.agent
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.utils import CryptographyDeprecationWarning
 from paramiko.message import Message
 from paramiko.pkey import PublicBlob
@@ -147,7 +147,8 @@ def load_key(cfg: SSHConfig) -> paramiko.PKey:
                 loaded = serialization.load_pem_private_key(data, passphrase)
         key_class = next((k for t, k in _KEY_CLASSES if isinstance(loaded, t)), None)
         if key_class is None:
-            kind = "DSA" if isinstance(loaded, dsa.DSAPrivateKey) else type(loaded).__name__
+            # by name: cryptography 51 warns on any use of its dsa module's classes
+            kind = type(loaded).__name__.removesuffix("PrivateKey")
             raise AuthError(f"ssh.key_file {path}: {kind} keys are not supported; use an ed25519 or RSA key")
         key = key_class(file_obj=io.StringIO(data.decode("ascii")), password=passphrase)
     except TypeError as exc:  # cryptography: "Password was not given but private key is encrypted"
