@@ -3,9 +3,10 @@ attempt, the handshake, host-key check and authentication: win_automation.adapte
 
 `get_connection(ssh_config)` returns the process-wide `SshConnection` for (host, port, user): every
 command and transfer of a process (CLI, local engine, Hatchet worker) reuses one transport, with
-TCP_NODELAY on its socket (no 40 ms Nagle delay per command), keepalives, and a reconnect when it
-has dropped. Connecting follows the connect retry policy (3 attempts; ConnectError and
-OperationTimeout only); authentication and host-key errors are never retried.
+TCP_NODELAY on its socket (no 40 ms Nagle delay per command), keepalives that expect an answer
+(win_automation.adapters.ssh_liveness), and a reconnect when it has dropped. Connecting follows
+the connect retry policy (3 attempts; ConnectError and OperationTimeout only); authentication and
+host-key errors are never retried.
 
 `SshConnection.exec` runs one command: no PTY, stdin closed at once (`shutdown_write`), stdout and
 stderr streamed to callbacks as they arrive (and kept whole unless `keep=False`: a caller that
@@ -30,6 +31,8 @@ import paramiko
 from win_automation.adapters.channel_reads import read_slice
 from win_automation.adapters.execution import Chunk, ExecOutcome, SessionSpec, collector
 from win_automation.adapters.ssh_connect import MAX_PACKET_SIZE, WINDOW_SIZE, connect_once, target
+from win_automation.adapters.ssh_liveness import lost
+from win_automation.adapters.ssh_liveness import stall_seconds as stall_seconds  # the helper uses it
 from win_automation.config.schema import SSHConfig
 from win_automation.errors import ConnectError
 from win_automation.log import Timer
@@ -41,12 +44,6 @@ log = logging.getLogger(__name__)
 CANCEL_POLL = 0.1
 # The server closed the channel without an exit status (the process was killed by a signal).
 NO_EXIT_STATUS = 255
-
-
-def stall_seconds(cfg: SSHConfig) -> float:
-    """How long a transfer may go without a byte moving: ssh.connect_timeout (the time a server
-    has to answer at all) or two keepalive intervals, whichever is longer."""
-    return max(cfg.connect_timeout, 2 * cfg.keepalive_interval)
 
 
 # The slowest average rate a whole transfer may have beyond ssh.command_timeout.
@@ -299,8 +296,9 @@ class SshConnection:
                 timed_out = True
         if not timed_out and (status is None or status == -1):
             if not self._alive(channel):
+                how = lost(channel.get_transport())
                 raise ConnectError(
-                    f"the connection to {target(self.cfg)} was lost while the command ran "
+                    f"the connection to {target(self.cfg)} {how} while the command ran "
                     "(it may or may not have finished; not retried)"
                 )
             status = NO_EXIT_STATUS

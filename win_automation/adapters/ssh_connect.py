@@ -27,7 +27,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from paramiko.message import Message
 from paramiko.pkey import PublicBlob
 
-from win_automation.adapters import hostkeys, resolve
+from win_automation.adapters import hostkeys, resolve, ssh_liveness
 from win_automation.config.schema import SSHConfig
 from win_automation.errors import AuthError, ConfigError, ConnectError
 from win_automation.log import register_secret
@@ -255,7 +255,7 @@ def connect_once(cfg: SSHConfig) -> paramiko.Transport:
     except BaseException:
         transport.close()
         raise
-    transport.set_keepalive(max(1, round(cfg.keepalive_interval)))
+    ssh_liveness.watch(transport, cfg, target(cfg))
     log.debug("connected", extra={"op": "ssh.connect", "target": target(cfg), "auth": method})
     return transport
 

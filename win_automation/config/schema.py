@@ -175,7 +175,11 @@ class SSHConfig(Section):
     )
     connect_timeout: PositiveDuration = Field(10.0, description="Deadline for one connection attempt.")
     command_timeout: PositiveDuration = Field(300.0, description="Default deadline of a remote command.")
-    keepalive_interval: PositiveDuration = Field(30.0, description="SSH keepalive interval.")
+    keepalive_interval: PositiveDuration = Field(
+        30.0,
+        description="How often the VM is asked for an answer (a keepalive); one unanswered for the"
+        " stall bound closes the connection.",
+    )
     remote_os: Literal["windows", "posix"] = Field(
         "windows",
         description="The VM's OS, which says how a timed-out command's process tree is killed.",

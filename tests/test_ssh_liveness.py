@@ -1,0 +1,140 @@
+"""Keepalives that expect an answer (win_automation.adapters.ssh_liveness), against the real sshd:
+a server that goes silent under a running command (its session processes paused, as a paused VM;
+or the link holding every packet) fails the command within one keepalive interval and one stall
+bound, exit 3 and a job that says so, instead of waiting out the command's deadline; a client that
+was paused itself keeps its connection and its command's result."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from fixture_sshd import SshServer
+from stall_proxy import StallProxy
+
+from win_automation.adapters import ssh
+from win_automation.errors import ConnectError
+
+QUICK = {"connect_timeout": 1, "keepalive_interval": 0.5}  # a probe every 0.5 s, answered within 1 s
+
+
+def test_a_link_that_holds_every_packet_fails_the_running_command_within_the_bound(
+    live_sshd: SshServer, known_hosts: Path
+) -> None:
+    proxy = StallProxy(live_sshd.port)
+    cfg = live_sshd.config(
+        known_hosts, port=proxy.port, host_key_fingerprint=live_sshd.fingerprint(), **QUICK
+    )
+    ssh.close_all()
+    try:
+        conn = ssh.get_connection(cfg)
+        threading.Timer(1.0, proxy.hold).start()
+        started = time.monotonic()
+        with pytest.raises(ConnectError) as caught:
+            conn.exec("sleep 30", timeout=60)
+        took = time.monotonic() - started
+    finally:
+        ssh.close_all()
+        proxy.close()
+    assert str(caught.value) == (
+        f"the connection to {cfg.user}@127.0.0.1:{proxy.port} stopped answering for 1s while the command"
+        " ran (it may or may not have finished; not retried)"
+    )
+    assert took < 6, took  # the hold at 1 s, a probe within 0.5 s, unanswered for 1 s: not 30 s
+
+
+@pytest.mark.parametrize("persist", ["0", "5m"], ids=["direct", "warm-helper"])
+def test_a_paused_vm_under_a_running_command_is_exit_3_and_a_failed_job(
+    live_sshd: SshServer, known_hosts: Path, cli, cli_env, tmp_path: Path, persist: str
+) -> None:  # type: ignore[no-untyped-def]
+    sleep = f"sleep 40.{uuid.uuid4().int % 10**6:06d}"
+    env = {**cli_env, **live_sshd.env(known_hosts, **QUICK), "WIN_AUTOMATION_SSH_PERSIST": persist}
+    call = subprocess.Popen(
+        [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", f"echo go; {sleep}"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    paused: list[int] = []
+    try:
+        assert call.stdout is not None and call.stdout.readline() == "go\n"
+        paused = live_sshd.session_pids()
+        for pid in paused:
+            os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        _, err = call.communicate(timeout=60)
+        took = time.monotonic() - stopped
+    finally:
+        for pid in paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        if call.poll() is None:
+            call.kill()
+        subprocess.run(["pkill", "-f", sleep], check=False)
+    assert call.returncode == 3, err
+    assert err.splitlines()[-1].startswith("error: step exec: the connection to "), err
+    assert "stopped answering for 1s while the command ran" in err and "Traceback" not in err, err
+    assert took < 8, took
+    (job,) = json.loads(cli("jobs", "list", "--json", env=env).stdout)
+    assert job["state"] == "failed" and "stopped answering for 1s" in job["error"], job
+
+
+def test_a_client_paused_longer_than_the_bound_keeps_its_connection(
+    live_sshd: SshServer, known_hosts: Path, cli_env, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Only this process's running time counts. The server is paused first (a probe goes out
+    unanswered), then the client for 5 s; the server is continued 0.5 s after the client: counted
+    by the clock, the answer would be 6 s late (the bound is 3 s)."""
+    slow = {**QUICK, "connect_timeout": 3}
+    env = {**cli_env, **live_sshd.env(known_hosts, **slow), "WIN_AUTOMATION_SSH_PERSIST": "0"}
+    call = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "win_automation",
+            "ssh",
+            "run",
+            "--shell",
+            "cmd",
+            "--",
+            "echo go; sleep 7; echo done",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    paused: list[int] = []
+    try:
+        assert call.stdout is not None and call.stdout.readline() == "go\n"
+        paused = live_sshd.session_pids()
+        for pid in paused:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.7)  # a probe goes out (one every 0.5 s), unanswered
+        call.send_signal(signal.SIGSTOP)
+        time.sleep(5)
+        call.send_signal(signal.SIGCONT)
+        time.sleep(0.5)
+    finally:
+        for pid in paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    try:
+        out, err = call.communicate(timeout=30)
+    finally:
+        if call.poll() is None:
+            call.kill()
+    assert call.returncode == 0, err
+    assert out == "done\n"

@@ -1,0 +1,93 @@
+"""Keepalives that expect an answer, as OpenSSH's ServerAliveInterval and ServerAliveCountMax.
+
+paramiko's own keepalives ask for no reply: a VM that is paused, or a link that drops packets
+without a reset, leaves the TCP connection open and a running command waiting on it until its
+deadline (300 s by default, hours for some jobs). Here one thread per connection asks the server
+every `interval` (a `keepalive@openssh.com` global request with want-reply, which OpenSSH, and
+Windows' OpenSSH, answer with a failure: an answer all the same) and closes the transport when no
+answer comes within `bound`; what waits on its channels then fails with `silence()`'s words.
+
+Only time this process was running counts toward `bound`: a client paused itself (Ctrl-Z, a
+suspended laptop) finds the answer waiting when it resumes, and keeps its connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+
+import paramiko
+from paramiko.common import cMSG_GLOBAL_REQUEST
+from paramiko.message import Message
+
+from win_automation.config.schema import SSHConfig
+
+log = logging.getLogger("win_automation.adapters.ssh")
+
+STEP = 0.1  # how often a wait for an answer looks at the clock
+_silent: weakref.WeakKeyDictionary[paramiko.Transport, float] = weakref.WeakKeyDictionary()
+
+
+def stall_seconds(cfg: SSHConfig) -> float:
+    """How long a server may leave a keepalive unanswered, or a transfer go without a byte moving:
+    ssh.connect_timeout (the time a server has to answer at all) or two keepalive intervals,
+    whichever is longer."""
+    return max(cfg.connect_timeout, 2 * cfg.keepalive_interval)
+
+
+def watch(transport: paramiko.Transport, cfg: SSHConfig, target: str) -> None:
+    """Ask `transport`'s server for an answer every ssh.keepalive_interval; close it when one does
+    not come within `stall_seconds(cfg)` of this process's running time."""
+    args = (weakref.ref(transport), cfg.keepalive_interval, stall_seconds(cfg), target)
+    threading.Thread(target=_watch, args=args, daemon=True, name="ssh-liveness").start()
+
+
+def lost(transport: paramiko.Transport | None) -> str:
+    """How a closed transport was lost, for an error: `stopped answering for Ns` when keepalives
+    went unanswered, else `was lost`."""
+    silent = None if transport is None else _silent.get(transport)
+    return "was lost" if silent is None else f"stopped answering for {silent:g}s"
+
+
+def _ask(transport: paramiko.Transport) -> threading.Event:
+    """Send a keepalive that wants a reply, without paramiko's global_request(wait=True), which
+    waits for the reply with no bound. The reply (success or failure) sets the transport's
+    completion_event, as it does for global_request."""
+    answered = threading.Event()
+    transport.completion_event = answered
+    message = Message()
+    message.add_byte(cMSG_GLOBAL_REQUEST)
+    message.add_string("keepalive@openssh.com")
+    message.add_boolean(True)
+    transport._send_user_message(message)  # global_request's own send
+    return answered
+
+
+def _watch(ref: weakref.ref[paramiko.Transport], interval: float, bound: float, target: str) -> None:
+    while True:
+        time.sleep(interval)
+        transport = ref()
+        if transport is None or not transport.is_active():
+            return
+        try:
+            answered = _ask(transport)
+        except (paramiko.SSHException, OSError, EOFError):
+            return  # the transport is going down by itself
+        waited, last = 0.0, time.monotonic()
+        while not answered.wait(STEP):
+            if not transport.is_active():
+                return
+            now = time.monotonic()
+            waited += min(now - last, 2 * STEP)  # a long step: this process was paused, not the server
+            last = now
+            if waited >= bound:
+                _silent[transport] = bound
+                log.warning(
+                    "the VM stopped answering keepalives; connection closed",
+                    extra={"op": "ssh.keepalive", "target": target, "silent_s": bound},
+                )
+                transport.close()
+                return
+        del transport
