@@ -22,18 +22,13 @@
   `step_seconds` (about 1.7 s on a real VM) and goes on; `max_steps` (default 50) ends it.
   Each task is kept in `tasks` with how and after how many steps it ended.
 
-Both record every request (`requests`) and take queued `faults` for the tests: the next matching
-request answers with a status and body, hangs, or has its connection dropped with no answer.
+Both are `standin_http.StandIn`s: they record every request and take queued `Fault`s.
 """
 
 from __future__ import annotations
 
-import abc
 import base64
-import contextlib
-import http.server
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -41,34 +36,16 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+from standin_http import HTML_404, HTML_500, Fault, StandIn
+
+__all__ = ["HTML_404", "HTML_500", "PNG_1X1", "AlohaClient", "AlohaServer", "Fault", "Task"]
+
 PNG_1X1 = base64.b64encode(
     bytes.fromhex(
         "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
         "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
     )
 ).decode()
-HTML_500 = (
-    "<!doctype html>\n<html lang=en>\n<title>500 Internal Server Error</title>\n"
-    "<h1>Internal Server Error</h1>\n<p>The server encountered an internal error.</p>\n"
-)
-HTML_404 = (
-    "<!doctype html>\n<html lang=en>\n<title>404 Not Found</title>\n<h1>Not Found</h1>\n"
-    "<p>The requested URL was not found on the server.</p>\n"
-)
-
-
-@dataclass
-class Fault:
-    """What the next request to `route` (None: any) gets instead of its answer."""
-
-    route: str | None = None
-    status: int = 500
-    body: str = HTML_500
-    content_type: str = "text/html; charset=utf-8"
-    hang: float = 0.0  # seconds to wait before answering (or dropping)
-    drop: bool = False  # close the connection with no answer
-    trickle: float = 0.0  # seconds between the body's bytes, sent one at a time
-    endless: bool = False  # a body with no length that never ends (until the client hangs up)
 
 
 @dataclass
@@ -86,161 +63,7 @@ class Task:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-    def _body(self) -> Any:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        try:
-            return json.loads(raw) if raw else None
-        except ValueError:
-            return raw.decode(errors="replace")
-
-    def _send(self, status: int, body: str | dict[str, Any], content_type: str | None = None) -> None:
-        if isinstance(body, dict):
-            data, content_type = json.dumps(body).encode(), content_type or "application/json"
-        else:
-            data, content_type = body.encode(), content_type or "text/html; charset=utf-8"
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _stream(self, fault: Fault) -> None:
-        """The body one byte every `fault.trickle` s, or (`endless`) 64 KiB pieces for ever."""
-        data = fault.body.encode()
-        self.send_response(fault.status)
-        self.send_header("Content-Type", fault.content_type)
-        if fault.endless:
-            self.send_header("Connection", "close")  # the body ends when the connection does
-            self.close_connection = True
-        else:
-            self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        closing = self.server.owner.closing
-        with contextlib.suppress(OSError):
-            if fault.endless:
-                piece = b"[" + b"0," * 32767 + b"0"
-                while not closing.is_set():
-                    self.wfile.write(piece)
-            for byte in data:
-                if closing.wait(fault.trickle):
-                    return
-                self.wfile.write(bytes([byte]))
-                self.wfile.flush()
-
-    def _handle(self, method: str) -> None:
-        body = self._body() if method == "POST" else None
-        owner = self.server.owner
-        if owner.closing.is_set():  # stopping: a dead process answers nothing
-            self.close_connection = True
-            return
-        owner.record(method, self.path, body)
-        fault = owner.take_fault(self.path)
-        if fault is not None:
-            if fault.hang:
-                owner.closing.wait(fault.hang)
-            if fault.drop:
-                self.close_connection = True
-                with contextlib.suppress(OSError):
-                    self.connection.setsockopt(
-                        socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-                    )
-                return
-            if fault.trickle or fault.endless:
-                self._stream(fault)
-                return
-            self._send(fault.status, fault.body, fault.content_type)
-            return
-        status, answer, content_type = owner.answer(method, self.path, body)
-        self._send(status, answer, content_type)
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    owner: _StandIn
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        conn, address = super().get_request()
-        self.owner.connections.add(conn)
-        return conn, address
-
-    def close_connections(self) -> None:
-        """Drop every open (keep-alive) connection, as a process that dies would."""
-        for conn in list(self.owner.connections):
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        self.owner.connections.clear()
-
-
-class _StandIn(abc.ABC):
-    """A threaded HTTP server on 127.0.0.1 (a free port, or `port` to come back on the same one)."""
-
-    def __init__(self, port: int = 0) -> None:
-        self.requests: list[tuple[str, str, Any]] = []
-        self.faults: list[Fault] = []
-        self.closing = threading.Event()
-        self.connections: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._httpd: _Server | None = None
-        self.port = port
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.closing.clear()
-        self._httpd = _Server(("127.0.0.1", self.port), _Handler)
-        self._httpd.owner = self
-        self.port = self._httpd.server_address[1]
-        threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        ).start()
-
-    def stop(self) -> None:
-        """Stop listening and drop open connections: new ones are refused, like a dead process."""
-        self.closing.set()
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd.close_connections()
-            self._httpd = None
-
-    def record(self, method: str, path: str, body: Any) -> None:
-        with self._lock:
-            self.requests.append((method, path, body))
-
-    def routes(self) -> list[str]:
-        with self._lock:
-            return [f"{method} {path}" for method, path, _ in self.requests]
-
-    def take_fault(self, path: str) -> Fault | None:
-        with self._lock:
-            for i, fault in enumerate(self.faults):
-                if fault.route in (None, path):
-                    return self.faults.pop(i)
-        return None
-
-    @abc.abstractmethod
-    def answer(self, method: str, path: str, body: Any) -> tuple[int, str | dict[str, Any], str | None]:
-        """The status, body and content type this service answers `method path` with."""
-
-
-class AlohaServer(_StandIn):
+class AlohaServer(StandIn):
     def __init__(self, port: int = 0, *, stop_after: int = 3, think_seconds: float = 0.0) -> None:
         self.plan = "steps"  # steps | error-action | html500 | not-json
         self.stop_after = stop_after
@@ -290,7 +113,7 @@ class AlohaServer(_StandIn):
         )
 
 
-class AlohaClient(_StandIn):
+class AlohaClient(StandIn):
     DEFAULT_MAX_STEPS = 50
 
     def __init__(self, port: int = 0, *, step_seconds: float = 0.2, server_timeout: float = 30.0) -> None:

@@ -42,6 +42,15 @@ def routes(response: dict[str, Any]) -> list[str]:
     ]
 
 
+def assert_in_order(response: dict[str, Any], exchanges: int) -> None:
+    """Records number every exchange in order: each covers `count` of them, seq to last_seq."""
+    seq = 1
+    for record in response["exchanges"]:
+        assert (record["seq"], record["last_seq"]) == (seq, seq + record["count"] - 1), record
+        seq += record["count"]
+    assert seq - 1 == response["exchanges_total"] == exchanges and response["exchanges_omitted"] is None
+
+
 def test_a_task_runs_to_its_end_and_every_exchange_is_recorded(aloha: AlohaWorld) -> None:  # noqa: F811
     before = metrics.snapshot()["aloha_runs_total"]
     outcome, response = run(aloha.config(), trace_id="notepad", max_steps=20, screen=1)
@@ -54,13 +63,17 @@ def test_a_task_runs_to_its_end_and_every_exchange_is_recorded(aloha: AlohaWorld
     seen = routes(response)
     assert seen[:3] == ["server GET / 200 #1", "client GET / 404 #1", "client POST /run_task 200 #1"]
     assert seen[-1] == "client POST /run_task 200 #1"  # the probe: the task had ended
-    assert set(seen[3:-1]) == {"client POST /run_task 409 #1"} and out["polls"] == len(seen) - 3
+    # the polls while it ran answered the same 409: one record, with their count
+    assert seen[3:-1] == ["client POST /run_task 409 #1"]
+    busy = response["exchanges"][3]
+    assert busy["count"] > 1 and out["polls"] == busy["count"] + 1
+    assert busy["started_at"] < busy["last_started_at"] and busy["body"]["status"] == "error"
     start = response["exchanges"][2]
     assert start["request"]["task"] == TASK and start["body"] == {
         "status": "success",
         "message": "Task started",
     }
-    assert [e["seq"] for e in response["exchanges"]] == list(range(1, len(seen) + 1))
+    assert_in_order(response, out["exchanges"])
     assert all({"started_at", "duration_ms", "body_sha256"} <= set(e) for e in response["exchanges"])
     assert response["task_length"] == len(TASK) and response["outcome"]["reason"] == "ended"
     assert metrics.snapshot()["aloha_runs_total"] == before + 1
@@ -290,3 +303,95 @@ def test_the_services_are_reached_through_the_ssh_tunnel_when_forwarding(aloha: 
         f"http://win-vm.invalid:{aloha.server.port}/generate_action",
         "server-unreachable",
     )
+
+
+def _polls(world: AlohaWorld) -> int:
+    return sum(
+        path == "/run_task" and body["task"].startswith("win-automation:")
+        for _, path, body in world.client.requests
+    )
+
+
+def test_a_long_task_polled_every_10_ms_keeps_one_record_for_its_identical_polls(aloha: AlohaWorld) -> None:  # noqa: F811
+    """Each poll's 409 was a record of its own: hours of them grew response.json (and the
+    process) without bound. Identical ones are one record, however many."""
+    aloha.server.stop_after = 1000
+    aloha.client.step_seconds = 0.05
+
+    def end_after_many_polls() -> None:
+        wait_for(lambda: _polls(aloha) >= 60, what="60 polls", timeout=60)
+        httpx.post(aloha.client.url + "/stop")  # the task ends between two steps
+
+    threading.Thread(target=end_after_many_polls, daemon=True).start()
+    outcome, response = run(aloha.config(poll_interval="10ms"), timeout_seconds=120)
+    assert outcome.state == JobState.SUCCEEDED, outcome.error
+    out = outcome.outputs["run-task"].model_dump()
+    assert routes(response) == [
+        "server GET / 200 #1",
+        "client GET / 404 #1",
+        "client POST /run_task 200 #1",
+        "client POST /run_task 409 #1",
+        "client POST /run_task 200 #1",
+    ]
+    assert response["exchanges"][3]["count"] == out["polls"] - 1 >= 59
+    assert_in_order(response, out["exchanges"])
+    assert out["exchanges"] == out["polls"] + 3
+    path = aloha.config().artifacts.out_dir / outcome.job_id / "response.json"
+    assert path.stat().st_size < 8192
+
+
+def test_a_state_change_or_a_new_answer_mid_task_starts_a_new_record(aloha: AlohaWorld) -> None:  # noqa: F811
+    aloha.server.stop_after = 1000
+    aloha.client.step_seconds = 0.05
+    other = '{"status": "error", "message": "A task is already running", "step": 7}'
+
+    def change_then_end() -> None:
+        wait_for(lambda: _polls(aloha) >= 5, what="5 polls", timeout=60)
+        asked = _polls(aloha)
+        aloha.client.faults += [
+            Fault("/run_task", status=409, body=other, content_type="application/json"),
+            Fault("/run_task", status=503, body="busy", content_type="text/plain"),
+        ]
+        wait_for(lambda: _polls(aloha) >= asked + 8, what="8 more polls", timeout=60)
+        httpx.post(aloha.client.url + "/stop")
+
+    threading.Thread(target=change_then_end, daemon=True).start()
+    outcome, response = run(aloha.config(poll_interval="10ms"), timeout_seconds=120)
+    assert outcome.state == JobState.SUCCEEDED, outcome.error
+    assert routes(response)[3:] == [
+        "client POST /run_task 409 #1",
+        "client POST /run_task 409 #1",  # another answer: the same status, not the same body
+        "client POST /run_task 503 #1",
+        "client POST /run_task 409 #2",  # the retry
+        "client POST /run_task 409 #1",
+        "client POST /run_task 200 #1",
+    ]
+    records = response["exchanges"]
+    assert records[4]["body"]["step"] == 7 and records[4]["count"] == 1 and records[3]["count"] >= 4
+    assert records[3]["body_sha256"] == records[6]["body_sha256"] == records[7]["body_sha256"]
+    assert_in_order(response, outcome.outputs["run-task"].model_dump()["exchanges"])
+
+
+def test_one_huge_answer_to_a_poll_is_cut_at_16_mib_exit_1_and_not_retried(aloha: AlohaWorld) -> None:  # noqa: F811
+    """A 500 MiB JSON answer (with its length) mid-task: read up to 16 MiB, then one line."""
+    aloha.server.stop_after = 1000
+    huge = Fault("/run_task", status=409, content_type="application/json", size=500 << 20)
+
+    def answer_huge() -> None:
+        wait_for(lambda: _polls(aloha) >= 3, what="3 polls", timeout=60)
+        aloha.client.faults.append(huge)
+
+    threading.Thread(target=answer_huge, daemon=True).start()
+    outcome, response = _fail(aloha, aloha.config(request_timeout="30s"))
+    error = outcome.error or ""
+    assert outcome.exit_code == 1 and "answered POST /run_task with over 16 MiB" in error, error
+    assert "\n" not in error and "Traceback" not in error
+    last = response["exchanges"][-1]
+    assert (last["route"], last["attempt"], last["status"], last["error"]) == (
+        "/run_task",
+        1,
+        None,
+        "over 16 MiB",
+    )
+    assert huge.sent < 64 << 20  # the rest was never read (socket buffers hold a few MiB)
+    httpx.post(aloha.client.url + "/stop")

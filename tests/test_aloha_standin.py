@@ -96,3 +96,19 @@ def test_an_unreachable_server_ends_the_task_and_faults_are_served_in_order(pair
     with pytest.raises(httpx.RemoteProtocolError):
         _run(client, server)
     assert _run(client, server).status_code == 200
+
+
+@pytest.mark.parametrize("gzip", [False, True])
+@pytest.mark.parametrize("size", [3, 4, 65_539, 1_000_001])
+def test_a_huge_body_fault_is_json_of_exactly_its_size(pair, size: int, gzip: bool) -> None:  # type: ignore[no-untyped-def]
+    server, client = pair
+    fault = Fault("/run_task", status=200, content_type="application/json", size=size, gzip=gzip)
+    client.faults.append(fault)
+    answer = _run(client, server)
+    assert len(answer.content) == size
+    if gzip:
+        assert answer.headers["content-encoding"] == "gzip" and "content-length" not in answer.headers
+        assert answer.num_bytes_downloaded < size or size < 100
+    else:
+        assert int(answer.headers["content-length"]) == size
+    assert set(answer.json()) == {0} and fault.sent == size - 3  # all but "[" and "0]"

@@ -12,7 +12,8 @@ on Hatchet) with one step, `run-task`:
    ends cancelled (130). A client that stops answering meanwhile fails it with exit 3.
 
 Whatever happens, the job's `response.json` (artifact type `aloha`) is written: the task's length
-and sha256, how it ended, and every request and answer in order. The step's output is small (no
+and sha256, how it ended, and every request and answer in order (identical consecutive polls in
+one record with their count: bounded however long the task runs). The step's output is small (no
 task text): how the task ended, with counts and timings.
 """
 
@@ -93,7 +94,7 @@ def run_task(inp: AlohaTaskInput, ctx: StepContext) -> AlohaTaskOutput:
             stop_sent=followed.stop_sent,
             duration_ms=followed.duration_ms,
             polls=followed.polls,
-            exchanges=len(aloha.exchanges),
+            exchanges=aloha.exchange_count,
             server_latency_ms=health.get("server"),
             client_latency_ms=health.get("client"),
         )

@@ -19,8 +19,11 @@
 - Bodies are parsed as JSON only when they are JSON (win_automation.jsontext: nesting too deep is
   not JSON either): an HTML error page stays text. The whole exchange (connect, headers, body) is
   bounded by the timeout (adapters.http_deadline), and a body is read as it comes, at most
-  MAX_ANSWER_BYTES (past it: exit 1). A request given `stop` is abandoned within 0.1 s of it
-  turning true (NoAnswer). An Exchange keeps at most BODY_LIMIT of an answer.
+  MAX_ANSWER_BYTES (past it: exit 1). Requests ask for no compression (`Accept-Encoding:
+  identity`) and a compressed answer is refused unread (exit 1): httpx would inflate each piece
+  whole before the count sees it (500 MiB gzipped to 500 KiB held 140 MiB before the cut). A request
+  given `stop` is abandoned within 0.1 s of it turning true (NoAnswer). An Exchange keeps at most
+  BODY_LIMIT of an answer.
 """
 
 from __future__ import annotations
@@ -52,8 +55,8 @@ MAX_ANSWER_BYTES = 16 << 20
 """The most of an answer read (Aloha's are JSON of a few KiB): past it, the request fails."""
 
 
-class _Oversized(Exception):
-    """An answer over MAX_ANSWER_BYTES."""
+class _Unfit(Exception):
+    """An answer not read through: over MAX_ANSWER_BYTES, or compressed though asked for none."""
 
 
 @dataclass
@@ -128,6 +131,7 @@ class AlohaService:
             timeout=httpx.Timeout(timeout),
             trust_env=False,
             follow_redirects=False,
+            headers={"Accept-Encoding": "identity"},
             limits=httpx.Limits(max_keepalive_connections=0),
         )
 
@@ -157,7 +161,7 @@ class AlohaService:
     def _exchange(
         self, method: str, route: str, body: Any, stop: Callable[[], bool] | None
     ) -> tuple[httpx.Response, bytes]:
-        """The answer and its body, read as it comes: at most MAX_ANSWER_BYTES (_Oversized), and
+        """The answer and its body, read as it comes: at most MAX_ANSWER_BYTES (_Unfit), and
         all of it, headers included, within the timeout (httpx.ReadTimeout), not only each piece:
         an answer trickled a byte at a time would keep httpx's per-read timeout from passing."""
         deadline = Deadline(self.timeout, stop)
@@ -169,11 +173,14 @@ class AlohaService:
                 method, url, json=body, timeout=deadline.left(), extensions=deadline.extensions
             ) as response,
         ):
+            encoding = response.headers.get("content-encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise _Unfit(f"a body in content-encoding {encoding[:40]!r}, though asked for none")
             pieces, size = [], 0
             for piece in response.iter_bytes():
                 size += len(piece)
                 if size > MAX_ANSWER_BYTES:
-                    raise _Oversized(f"over {MAX_ANSWER_BYTES // (1 << 20)} MiB")
+                    raise _Unfit(f"over {MAX_ANSWER_BYTES // (1 << 20)} MiB")
                 pieces.append(piece)
         deadline.check()  # a body without length ends when its socket is shut: not a whole one
         return response, b"".join(pieces)
@@ -201,7 +208,7 @@ class AlohaService:
             raise NoAnswer(
                 f"{method} {route} to {where} was abandoned unanswered (cancelled, or the deadline passed)"
             ) from None
-        except _Oversized as exc:
+        except _Unfit as exc:
             exchange.error = str(exc)
             record(exchange)
             raise WinAutomationError(

@@ -4,7 +4,7 @@
     aloha.check()                         # server and client, each up (else ConnectError, ...)
     aloha.start(task, max_steps=20)       # 409: ServiceRefused, the desktop is busy
     followed = aloha.follow(deadline)     # ends: the task ended, or /stop at the deadline/cancel
-    aloha.transcript()                    # every request and answer, in order (response.json)
+    aloha.transcript()                    # response.json: every request and answer, in order
 
 Aloha's contract (DESIGN.md): the client has no status route, so a task has ended when
 `/run_task` no longer answers 409. `follow` asks so every `aloha.poll_interval` with a probe task
@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -36,6 +35,7 @@ from win_automation import metrics
 from win_automation.adapters.aloha import AlohaService, Answer, Exchange, aloha_service
 from win_automation.config import Config
 from win_automation.errors import ConnectError, ServiceRefused, WinAutomationError
+from win_automation.operations.aloha_transcript import Transcript
 from win_automation.operations.endpoints import service_url
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,6 @@ PROBE_TASK = "win-automation: is a task running? (a probe that cannot act)"
 PROBE_SERVER_URL = "http://127.0.0.1:9/win-automation-probe"
 SERVER_HEALTH_TEXT = "Aloha API server is running"
 TICK = 0.1  # how often the cancel check and the deadline are looked at while waiting
-KEEP_WHOLE = 20  # the last exchanges whose bodies response.json keeps whole (up to BODY_LIMIT)
-OLD_BODY_LIMIT = 1024  # the most of an older exchange's body kept (its length and hash stay)
 
 Service = Literal["server", "client"]
 
@@ -89,7 +87,7 @@ class Aloha:
     def __init__(self, config: Config, *, cancelled: Callable[[], bool] = lambda: False) -> None:
         self.config = config
         self.cancelled = cancelled
-        self.exchanges: list[dict[str, Any]] = []
+        self._transcript = Transcript()
         self._services: dict[str, AlohaService] = {}
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -104,14 +102,17 @@ class Aloha:
         return self._services[name]
 
     def _record(self, exchange: Exchange) -> None:
-        """Keep `exchange`; the body of the one KEEP_WHOLE back is cut to OLD_BODY_LIMIT, so a
-        long task's transcript grows by a bounded amount per poll, however big the answers."""
-        self.exchanges.append({"seq": len(self.exchanges) + 1, **exchange.as_dict()})
-        if len(self.exchanges) > KEEP_WHOLE:
-            old = self.exchanges[-KEEP_WHOLE - 1]
-            if (old["body_bytes"] or 0) > OLD_BODY_LIMIT:
-                body = old["body"]
-                old["body"] = (body if isinstance(body, str) else json.dumps(body))[:OLD_BODY_LIMIT]
+        self._transcript.add(exchange)
+
+    @property
+    def exchanges(self) -> list[dict[str, Any]]:
+        """response.json's records: identical consecutive exchanges are one (aloha_transcript)."""
+        return self._transcript.records
+
+    @property
+    def exchange_count(self) -> int:
+        """Every attempt of every request so far, each counted (a collapsed record's too)."""
+        return self._transcript.total
 
     def _request(
         self, name: Service, method: str, route: str, body: Any = None, stop: Callable[[], bool] | None = None
@@ -119,8 +120,8 @@ class Aloha:
         return self._service(name).request(method, route, body, record=self._record, stop=stop)
 
     def transcript(self, **about: Any) -> str:
-        """response.json: `about` (the task's length and hash, the outcome...) and every exchange."""
-        return json.dumps({**about, "exchanges": self.exchanges}, indent=2, default=str) + "\n"
+        """response.json: `about` (the task's length and hash, the outcome...) and the exchanges."""
+        return self._transcript.dump(**about)
 
     # -- health --------------------------------------------------------------------------------
 
