@@ -292,8 +292,10 @@ class WarmConnection:
         on_stderr: Chunk | None = None,
         cancelled: Callable[[], bool] | None = None,
         keep: bool = True,
+        kill: str | None = None,
     ) -> ExecOutcome:
-        request = {"op": "exec", "command": command}
+        """`kill`: what the helper runs should this process die mid-command (persist_orphan)."""
+        request = {"op": "exec", "command": command, "kill": kill}
         return self._outcome(request, timeout, on_stdout, on_stderr, cancelled, keep)
 
     def run_in_session(
@@ -308,13 +310,8 @@ class WarmConnection:
         keep: bool = True,
     ) -> ExecOutcome:
         """The script runs in the helper's warm PowerShell session (ssh.warm_powershell)."""
-        request = {
-            "op": "session",
-            "launch": session.launch,
-            "bootstrap": session.bootstrap,
-            "kill": session.kill,
-        }
-        request["script"] = script
+        request = {"op": "session", "launch": session.launch, "bootstrap": session.bootstrap}
+        request.update(kill=session.kill, script=script)
         return self._outcome(request, timeout, on_stdout, on_stderr, cancelled, keep)
 
     def _outcome(

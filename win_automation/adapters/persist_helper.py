@@ -7,7 +7,7 @@ error's class, message and exit code, so the caller fails exactly as a direct co
 Then it listens on SOCKET (mode 0600; peers must be this user, checked with SO_PEERCRED) and runs
 each request on its own thread over the one connection (reconnecting, with the host-key check,
 when it dropped, e.g. the VM restarted); a `get` downloads into the file descriptor that came
-with the request (Helper._get). It exits when no request came for `persist` seconds, when
+with the request (persist_get). It exits when no request came for `persist` seconds, when
 its socket file is removed or replaced, or on SIGTERM.
 """
 
@@ -28,7 +28,6 @@ import logging
 import select
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
@@ -36,16 +35,16 @@ from pathlib import Path
 from typing import Any
 
 from win_automation import infofiles, unixsock
+from win_automation.adapters import persist_get
 from win_automation.adapters import persist_wire as persist
-from win_automation.adapters import sftp, sftp_download
 from win_automation.adapters.execution import SessionSpec
+from win_automation.adapters.persist_orphan import Orphan, gone
 from win_automation.adapters.ssh import SshConnection, stall_seconds
 from win_automation.config.schema import SSHConfig
 from win_automation.errors import ConnectError, WinAutomationError
 
 log = logging.getLogger("win_automation.persist_helper")
 CHECK_EVERY = 1.0
-PROGRESS_EVERY = 0.1  # seconds between a download's progress frames
 
 
 class Helper:
@@ -109,13 +108,17 @@ class Helper:
 
         def offer(kind: bytes, payload: bytes = b"") -> None:
             """Output: waits for a caller that does not read (paused) only until the command's
-            deadline or cancel, which the read loop must then get back to."""
+            deadline or cancel, which the read loop must then get back to. A caller that went
+            away cancels it (not a failure: its command must still be killed, see Orphan)."""
             stop = (
                 cancelled.is_set
                 if deadline is None
                 else lambda: cancelled.is_set() or time.monotonic() >= deadline
             )
-            sender.offer(kind, payload, stop)
+            try:
+                sender.offer(kind, payload, stop)
+            except OSError:
+                cancelled.set()
 
         def hint(kind: bytes, payload: bytes = b"") -> None:
             """Heartbeats and progress: dropped when the caller is not reading."""
@@ -137,11 +140,12 @@ class Helper:
         watcher.start()
         try:
             if request.get("op") == "get":
-                answer = self._get(request, fds, send, hint, cancelled)
+                answer = persist_get.get(self.conn, request, fds, send, hint, cancelled)
             else:
-                answer = self._run(request, send, offer, cancelled)
-                if request.get("op") == "session" and answer.get("cancelled") and _gone(client):
-                    self._kill_session(request, answer.get("pid"))
+                orphan = Orphan(request)
+                answer = self._run(request, send, offer, cancelled, orphan)
+                if (answer.get("cancelled") or answer.get("timed_out")) and gone(client):
+                    orphan.run(self.conn, answer.get("pid"), self.cfg.connect_timeout)
         except WinAutomationError as exc:
             answer = {"error": persist.error_payload(exc)}
         except Exception as exc:  # the caller gets a one-line error, not a hang
@@ -152,27 +156,22 @@ class Helper:
             done.set()
         send(b"X", json.dumps(answer).encode())
 
-    def _kill_session(self, request: dict[str, Any], pid: Any) -> None:
-        """Kill the tree of a warm session whose caller went away mid-script (Ctrl-C, SIGTERM,
-        killed): only the helper knows its PID, and the script would run on in it."""
-        if pid is None:
-            return
-        try:
-            self.conn.exec(str(request["kill"]).format(pid=int(pid)), timeout=self.cfg.connect_timeout)
-        except Exception:  # the caller is gone: nobody to tell but the log
-            log.warning("cannot kill the session of a command whose caller left", exc_info=True)
-
     def _run(
-        self, request: dict[str, Any], send: Any, offer: Any, cancelled: threading.Event
+        self, request: dict[str, Any], send: Any, offer: Any, cancelled: threading.Event, orphan: Orphan
     ) -> dict[str, Any]:
         """A command (or a small SFTP operation). `S` goes out just before anything reaches the
         VM: until then the caller may send the request to a fresh helper if this one fails."""
         op = request.get("op")
+
+        def on_stderr(data: bytes) -> None:
+            orphan.stderr(data)
+            offer(b"E", data)
+
         relay: dict[str, Any] = {
             "timeout": request.get("timeout"),
             "on_stdout": lambda data: offer(b"O", data),
-            "on_stderr": lambda data: offer(b"E", data),
-            "cancelled": cancelled.is_set,
+            "on_stderr": on_stderr,
+            "cancelled": orphan.held(cancelled.is_set),
             "keep": False,
         }
         if op in ("exec", "session"):
@@ -201,69 +200,6 @@ class Helper:
         if op == "list":
             return {"entries": self.conn.list_folder(str(request["path"]))}
         raise ConnectError(f"the warm-connection helper does not know the request {op!r}")
-
-    def _get(
-        self, request: dict[str, Any], fds: list[int], send: Any, hint: Any, cancelled: threading.Event
-    ) -> dict[str, Any]:
-        """`ssh get` through the helper: the pipelined SFTP download straight into the caller's
-        open part file (its descriptor came with the request), hashed off the read path, while
-        the VM runs the caller's hash command; answers with the size and sha256 downloaded, the
-        remote size, and the hash command's outcome (the caller checks them and renames)."""
-        if len(fds) != 1:
-            raise ConnectError("the warm-connection helper got a get request without its file")
-        remote = str(request["path"])
-        hashed: dict[str, Any] = {}
-        abandoned = threading.Event()
-
-        def hash_remote() -> None:
-            try:
-                outcome = self.conn.exec(  # a cancelled get closes the hash's channel (see below)
-                    str(request["hash_command"]),
-                    timeout=request.get("hash_timeout"),
-                    cancelled=abandoned.is_set,
-                )
-                hashed["outcome"] = {
-                    "exit_status": outcome.exit_status,
-                    "stdout": base64.b64encode(outcome.stdout).decode("ascii"),
-                    "stderr": base64.b64encode(outcome.stderr).decode("ascii"),
-                }
-            except WinAutomationError as exc:
-                hashed["error"] = persist.error_payload(exc)
-            except Exception as exc:
-                failure = ConnectError(f"cannot hash remote file {remote}: {exc}")
-                hashed["error"] = persist.error_payload(failure)
-
-        hasher = threading.Thread(target=hash_remote, name="remote-sha256", daemon=True)
-        hasher.start()  # the VM hashes while the bytes travel
-        shown = [0.0]
-
-        def progress(done: int, total: int) -> None:
-            now = time.monotonic()
-            if now - shown[0] >= PROGRESS_EVERY or done == total:
-                shown[0] = now
-                hint(b"P", struct.pack(">qq", done, total))
-
-        try:
-            with open(fds[0], "wb", buffering=0, closefd=False) as out:
-                copied = sftp_download.download(
-                    self.conn,
-                    remote,
-                    out,
-                    progress if request.get("progress") else None,
-                    cancelled=cancelled.is_set,
-                    target=str(request.get("target") or "the local file"),
-                    on_start=lambda: send(b"S"),
-                )
-            expected = sftp.remote_size(self.conn, remote)
-            while hasher.is_alive() and not cancelled.is_set():
-                hasher.join(persist.CANCEL_POLL)
-            if cancelled.is_set():
-                raise ConnectError(f"SFTP download of {remote} was cancelled")
-        finally:
-            # Cancelled or failed: the hash's channel closes (Windows ends the hash with it);
-            # else it held a session of the shared connection until the file was hashed.
-            abandoned.set()
-        return {"size": copied.size, "sha256": copied.sha256, "remote_size": expected, **hashed}
 
     # -- the process ------------------------------------------------------------------------
     def listen(self) -> socket.socket:
@@ -341,16 +277,6 @@ class _Kept(logging.Handler):
         self.records.append(
             {"name": record.name, "level": record.levelno, "msg": record.getMessage(), "extra": extra}
         )
-
-
-def _gone(client: socket.socket) -> bool:
-    """True when the caller closed its end (not a `C` frame: a caller that cancels stays)."""
-    try:
-        return client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
 
 
 def _answer(payload: dict[str, Any]) -> None:

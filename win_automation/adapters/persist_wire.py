@@ -39,8 +39,8 @@ from win_automation.unixsock import lock_path as unixsock_lock_path
 __all__ = ["check_socket", "ensure_dir", "locked", "sun_path"]  # the socket checks, shared (unixsock)
 
 # In the socket name: a helper of another protocol is never used. 2: `get` (a descriptor with R).
-# 3: `S` (started).
-PROTOCOL = 3
+# 3: `S` (started). 4: `exec` names its `kill` (run when its caller went away: persist_orphan).
+PROTOCOL = 4
 HEARTBEAT = 1.0
 CANCEL_POLL = 0.1
 _HEADER = struct.Struct(">cI")

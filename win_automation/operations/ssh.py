@@ -14,6 +14,9 @@ Past the deadline the command's process tree is killed on the VM, not only the c
   (the session leader) on stderr, which is taken out of the output, and `pkill -KILL -s PID` kills
   its whole session. A stop that comes before the PID (sshd may send the first output ahead of
   it) waits for it, at most PID_WAIT.
+Through the warm-connection helper the request names that kill (`_kill_line`; `{pid}` for the
+posix PID, which the helper reads as it relays stderr): the helper runs it should this process
+die mid-command (SIGKILL), as it then can kill nothing itself (win_automation.adapters.persist_orphan).
 Results are `CommandResult`s; a timed-out one has exit code 124 and `timed_out`.
 
 With `warm=True` (ssh.warm_powershell; the Vm decides when it applies) PowerShell runs in the
@@ -40,7 +43,8 @@ from collections.abc import Callable
 from typing import Literal
 
 from win_automation import deadlines
-from win_automation.adapters.execution import Executor, SessionSpec
+from win_automation.adapters.execution import ExecOutcome, Executor, SessionSpec
+from win_automation.adapters.persist import WarmConnection
 from win_automation.errors import UsageError
 from win_automation.operations import powershell, winscripts
 from win_automation.operations.command_result import (
@@ -72,6 +76,10 @@ def _run_id() -> str:
     return uuid.uuid4().hex
 
 
+POSIX_KILL = "pkill -KILL -s {pid}"
+"""Kills a posix command's whole session (`{pid}`: its session leader, named by the marker)."""
+
+
 def session_spec(remote_os: RemoteOs) -> SessionSpec:
     """How the VM's warm PowerShell session is started (ssh.warm_powershell)."""
     server = winscripts.script_text("Start-WarmPowerShell")
@@ -79,8 +87,17 @@ def session_spec(remote_os: RemoteOs) -> SessionSpec:
     return SessionSpec(
         powershell.session_launch(posix),
         powershell.session_bootstrap(server),
-        "pkill -KILL -s {pid}" if posix else "taskkill.exe /T /F /PID {pid}",
+        POSIX_KILL if posix else "taskkill.exe /T /F /PID {pid}",
     )
+
+
+def _kill_line(remote_os: RemoteOs, needle: str | None) -> str:
+    """The command line that kills a command's remote tree; on posix `{pid}` in it stands for
+    the PID the command printed first (see _execute), on Windows the needle finds it."""
+    if remote_os == "posix":
+        return POSIX_KILL
+    assert needle is not None
+    return powershell.encoded_command_line(powershell.kill_tree_script(needle))
 
 
 def _kill(
@@ -96,14 +113,11 @@ def _kill(
             log.warning("the warm session named no PID; cannot kill it", extra={"op": "ssh.kill"})
             return
         command = session.kill.format(pid=int(pid))
-    elif remote_os == "posix":
-        if pid is None:
-            log.warning("no PID seen; cannot kill the remote process", extra={"op": "ssh.kill"})
-            return
-        command = f"pkill -KILL -s {pid}"
+    elif remote_os == "posix" and pid is None:
+        log.warning("no PID seen; cannot kill the remote process", extra={"op": "ssh.kill"})
+        return
     else:
-        assert needle is not None
-        command = powershell.encoded_command_line(powershell.kill_tree_script(needle))
+        command = _kill_line(remote_os, needle).replace("{pid}", str(pid))
     outcome = conn.exec(command, timeout=timeout)
     log.info(
         "killed the remote process tree",
@@ -157,7 +171,12 @@ def _execute(
     if marker and cancelled is not None:
         cancelled = _once_pid_is_known(cancelled, err)
     try:
-        run = conn.exec if session is None else functools.partial(conn.run_in_session, session)
+        run: Callable[..., ExecOutcome] = conn.exec
+        if session is not None:
+            run = functools.partial(conn.run_in_session, session)
+        elif isinstance(conn, WarmConnection):
+            # killed outright (SIGKILL), this process kills nothing (below): the helper does
+            run = functools.partial(conn.exec, kill=_kill_line(remote_os, needle))
         with deadlines.within(timeout):  # a live-output sink waits for its reader at most until then
             outcome = run(
                 line, timeout=timeout, on_stdout=out.feed, on_stderr=err.feed, cancelled=cancelled, keep=False
