@@ -132,8 +132,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         owner.headers.append({k.lower(): v for k, v in self.headers.items()})
         fault = owner.take_fault(self.path)
         if fault is not None:
-            if fault.hang:
-                owner.closing.wait(fault.hang)
+            if fault.hang and owner.closing.wait(fault.hang):
+                self.close_connection = True  # stopped while it hung: a dead process answers nothing
+                return
             if fault.drop:
                 self.close_connection = True
                 with contextlib.suppress(OSError):

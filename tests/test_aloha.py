@@ -226,7 +226,8 @@ def test_a_client_that_drops_mid_task_is_exit_3(aloha: AlohaWorld) -> None:  # n
     threading.Thread(target=kill_once_started, daemon=True).start()
     outcome, response = _fail(aloha)
     assert outcome.exit_code == 3 and "while the task ran" in (outcome.error or "")
-    assert [e["attempt"] for e in response["exchanges"][-3:]] == [1, 2, 3]
+    assert [e["attempt"] for e in response["exchanges"][-4:-1]] == [1, 2, 3]
+    assert response["exchanges"][-1]["route"] == "/stop"  # tried once: the client is gone
 
 
 @pytest.mark.parametrize("status", [502, 503, 504])
@@ -386,7 +387,8 @@ def test_one_huge_answer_to_a_poll_is_cut_at_16_mib_exit_1_and_not_retried(aloha
     error = outcome.error or ""
     assert outcome.exit_code == 1 and "answered POST /run_task with over 16 MiB" in error, error
     assert "\n" not in error and "Traceback" not in error
-    last = response["exchanges"][-1]
+    last, stop = response["exchanges"][-2:]  # then the task was sent /stop
+    assert (stop["route"], stop["status"]) == ("/stop", 200)
     assert (last["route"], last["attempt"], last["status"], last["error"]) == (
         "/run_task",
         1,
@@ -394,4 +396,3 @@ def test_one_huge_answer_to_a_poll_is_cut_at_16_mib_exit_1_and_not_retried(aloha
         "over 16 MiB",
     )
     assert huge.sent < 64 << 20  # the rest was never read (socket buffers hold a few MiB)
-    httpx.post(aloha.client.url + "/stop")

@@ -10,6 +10,10 @@ on Hatchet) with one step, `run-task`:
 4. followed until `/run_task` stops answering 409. At `timeout_seconds` it sends `/stop`, waits
    for the task to end and fails with OperationTimeout (124); a cancelled job does the same and
    ends cancelled (130). A client that stops answering meanwhile fails it with exit 3.
+   Any other end once the task started (an answer that is not Aloha's, a bug, Ctrl-C or SIGTERM)
+   sends it one best-effort /stop (Aloha.abandon) before the failure goes on, with its own exit
+   code: the error says so, and the failed step's output (`reason` `failed`) and response.json's
+   `error` carry `stop_sent`.
 
 Whatever happens, the job's `response.json` (artifact type `aloha`) is written: the task's length
 and sha256, how it ended, and every request and answer in order (identical consecutive polls in
@@ -61,7 +65,8 @@ class AlohaTaskOutput(BaseModel):
     task_length: int
     task_sha256: str
     reason: str
-    """`ended` (by itself), `deadline` or `cancelled` (stopped with /stop)."""
+    """`ended` (by itself), `deadline` or `cancelled` (stopped with /stop), or `failed` (sent
+    /stop after following it failed: the step's error says why)."""
     ended: bool
     stop_sent: bool
     duration_ms: int
@@ -81,12 +86,10 @@ def run_task(inp: AlohaTaskInput, ctx: StepContext) -> AlohaTaskOutput:
     length, sha = task_digest(inp.task)
     about: dict[str, object] = {"job_id": ctx.job_id, "task_length": length, "task_sha256": sha}
     started = time.monotonic()
-    try:
-        require_desktop(vm)
-        health = {h.service: h.latency_ms for h in aloha.check()}
-        aloha.start(inp.task, max_steps=inp.max_steps, screen=inp.screen, trace_id=inp.trace_id)
-        followed: Followed = aloha.follow(inp.timeout_seconds)
-        output = AlohaTaskOutput(
+    health: dict[str, int | None] = {}
+
+    def output_of(followed: Followed) -> AlohaTaskOutput:
+        return AlohaTaskOutput(
             task_length=length,
             task_sha256=sha,
             reason=followed.reason,
@@ -98,9 +101,20 @@ def run_task(inp: AlohaTaskInput, ctx: StepContext) -> AlohaTaskOutput:
             server_latency_ms=health.get("server"),
             client_latency_ms=health.get("client"),
         )
+
+    try:
+        require_desktop(vm)
+        health = {h.service: h.latency_ms for h in aloha.check()}
+        aloha.start(inp.task, max_steps=inp.max_steps, screen=inp.screen, trace_id=inp.trace_id)
+        followed: Followed = aloha.follow(inp.timeout_seconds)
+        output = output_of(followed)
         about["outcome"] = output.model_dump()
-    except WinAutomationError as exc:
-        about["error"] = {"message": str(exc), "exit_code": exc.exit_code}
+    except BaseException as exc:  # Ctrl-C and SIGTERM too (KeyboardInterrupt): a started task is stopped
+        stopped = aloha.abandon(exc)  # follow() did it already, unless it failed outside follow
+        if stopped is not None and isinstance(exc, WinAutomationError):
+            exc.message += _stopped(stopped)
+            exc.result = output_of(stopped)  # journaled with the failure, as a deadline's is
+        about["error"] = _error(exc, stopped)
         raise
     finally:
         about["duration_ms"] = round((time.monotonic() - started) * 1000)
@@ -118,6 +132,28 @@ def run_task(inp: AlohaTaskInput, ctx: StepContext) -> AlohaTaskOutput:
             result=output,
         )
     return output
+
+
+def _error(exc: BaseException, stopped: Followed | None) -> dict[str, object]:
+    """response.json's `error`: the failure's line and exit code, and the /stop it was sent."""
+    if isinstance(exc, WinAutomationError):
+        error: dict[str, object] = {"message": str(exc), "exit_code": exc.exit_code}
+    elif isinstance(exc, Exception):
+        error = {"message": f"{type(exc).__name__}: {exc}".splitlines()[0], "exit_code": 1}
+    else:
+        error = {"message": "interrupted (Ctrl-C or SIGTERM)", "exit_code": Cancelled.exit_code}
+    if stopped is not None:
+        error.update(stop_sent=True, stop_answer=stopped.stop_answer, stop_error=stopped.stop_error)
+    return error
+
+
+def _stopped(stopped: Followed) -> str:
+    """What the error adds once the task was sent /stop after it."""
+    if stopped.stop_error is not None:
+        return f"; sending the task /stop failed: {stopped.stop_error}"
+    if stopped.ended:
+        return "; the task had ended (/stop found none running)"
+    return "; the task was sent /stop"
 
 
 def _ending(followed: Followed) -> str:

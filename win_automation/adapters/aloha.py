@@ -22,8 +22,8 @@
   MAX_ANSWER_BYTES (past it: exit 1). Requests ask for no compression (`Accept-Encoding:
   identity`) and a compressed answer is refused unread (exit 1): httpx would inflate each piece
   whole before the count sees it (500 MiB gzipped to 500 KiB held 140 MiB before the cut). A request
-  given `stop` is abandoned within 0.1 s of it turning true (NoAnswer). An Exchange keeps at most
-  BODY_LIMIT of an answer.
+  given `stop` is abandoned within 0.1 s of it turning true (NoAnswer); one given `once` is a single
+  attempt (never retried: within the timeout). An Exchange keeps at most BODY_LIMIT of an answer.
 """
 
 from __future__ import annotations
@@ -149,9 +149,13 @@ class AlohaService:
         *,
         record: Record,
         stop: Callable[[], bool] | None = None,
+        once: bool = False,
     ) -> Answer:
         """One request, retried under the rule above; every attempt is recorded. `stop`: abandon
-        it (NoAnswer) as soon as that turns true (a cancel, a task's deadline)."""
+        it (NoAnswer) as soon as that turns true (a cancel, a task's deadline). `once`: one
+        attempt, not retried, so it ends within the timeout (a best-effort /stop after a failure)."""
+        if once:
+            return self._attempt(method, route, body, 1, record, stop)
         attempts = iter(range(1, CONNECT_POLICY.attempts + 1))
         return call_with_retry(
             lambda: self._attempt(method, route, body, next(attempts), record, stop),
@@ -242,6 +246,10 @@ class AlohaService:
             exchange.error = f"{type(exc).__name__}: {exc}"
             record(exchange)
             raise ConnectError(f"{method} {route} to {where} failed: {exc}") from exc
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (win_automation.interrupts): on record too
+            exchange.error = "interrupted before an answer (Ctrl-C or SIGTERM)"
+            record(exchange)
+            raise
         answer = _parse(response, content, exchange.duration_ms)
         data = answer.text.encode("utf-8", errors="replace")
         exchange.status = answer.status

@@ -4,6 +4,7 @@
     aloha.check()                         # server and client, each up (else ConnectError, ...)
     aloha.start(task, max_steps=20)       # 409: ServiceRefused, the desktop is busy
     followed = aloha.follow(deadline)     # ends: the task ended, or /stop at the deadline/cancel
+    aloha.abandon(exc)                    # after a failure: one best-effort /stop (follow does it)
     aloha.transcript()                    # response.json: every request and answer, in order
 
 Aloha's contract (DESIGN.md): the client has no status route, so a task has ended when
@@ -12,6 +13,10 @@ that cannot act: `max_steps` 1 and a `server_url` where nothing listens (`PROBE_
 even when it starts (the real task has ended) it fails its first step at once. Past the deadline,
 or when the job is cancelled, it sends `/stop` (seen between steps) and waits up to
 `aloha.stop_timeout` for the task to end (a poll that hangs then is abandoned within 0.1 s).
+When following fails instead (an answer that is not Aloha's, the client gone, a bug, Ctrl-C or
+SIGTERM as KeyboardInterrupt), `abandon` sends the task one `/stop` (one attempt, within
+`aloha.request_timeout`, recorded like every exchange) and the failure goes on as it was: else the
+task would go on driving the desktop unwatched and the next job be refused 409 busy.
 `health` checks each service on its own (both at once), with `GET /` only (never `/stop`): the
 server answers 200 "Aloha API server is running", the client any HTTP answer (404: it has no GET
 route). Logs name a task only by its length and sha256.
@@ -68,11 +73,15 @@ class ServiceHealth(BaseModel):
     exit_code: int = 0
 
 
+Reason = Literal["ended", "deadline", "cancelled", "failed", "interrupted"]
+
+
 @dataclass
 class Followed:
-    """How following a task ended: `ended` by itself, or stopped at the `deadline` or on `cancelled`."""
+    """How following a task ended: `ended` by itself, or stopped at the `deadline` or on
+    `cancelled`; or sent /stop by `abandon` when following it `failed` or was `interrupted`."""
 
-    reason: Literal["ended", "deadline", "cancelled"]
+    reason: Reason
     duration_ms: int
     polls: int
     stop_sent: bool = False
@@ -89,6 +98,10 @@ class Aloha:
         self.cancelled = cancelled
         self._transcript = Transcript()
         self._services: dict[str, AlohaService] = {}
+        self._started: float | None = None  # a task started here, since seen to end or sent /stop: None
+        self._polls = 0
+        self.abandoned: Followed | None = None
+        """What `abandon` did: the /stop sent after following the task failed."""
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -115,9 +128,15 @@ class Aloha:
         return self._transcript.total
 
     def _request(
-        self, name: Service, method: str, route: str, body: Any = None, stop: Callable[[], bool] | None = None
+        self,
+        name: Service,
+        method: str,
+        route: str,
+        body: Any = None,
+        stop: Callable[[], bool] | None = None,
+        once: bool = False,
     ) -> Answer:
-        return self._service(name).request(method, route, body, record=self._record, stop=stop)
+        return self._service(name).request(method, route, body, record=self._record, stop=stop, once=once)
 
     def transcript(self, **about: Any) -> str:
         """response.json: `about` (the task's length and hash, the outcome...) and the exchanges."""
@@ -219,6 +238,7 @@ class Aloha:
             raise ServiceRefused(
                 f"the Aloha client refused the task: {answer.status} to /run_task ({answer.digest})"
             )
+        self._started, self._polls = time.monotonic(), 0  # from here on a failure sends /stop
         metrics.inc("aloha_runs_total")
         log.info("aloha task started", extra={"op": "aloha.run", "task_len": length, "task_sha256": sha})
 
@@ -236,9 +256,10 @@ class Aloha:
             f"the Aloha client answered the end-of-task probe with {answer.status} ({answer.digest})"
         )
 
-    def stop(self) -> bool:
-        """Ask the client to stop its task (seen between steps): True when one was running."""
-        answer = self._request("client", "POST", "/stop")
+    def stop(self, *, once: bool = False) -> bool:
+        """Ask the client to stop its task (seen between steps): True when one was running.
+        `once`: one attempt, not retried (within aloha.request_timeout)."""
+        answer = self._request("client", "POST", "/stop", once=once)
         if answer.status == 200:
             return True
         if answer.status == 400:
@@ -255,10 +276,17 @@ class Aloha:
 
     def follow(self, timeout: float) -> Followed:
         """Follow the started task until it ends; at `timeout` seconds or on cancel, stop it and
-        wait for its end. ConnectError when the client stops answering meanwhile."""
+        wait for its end. ConnectError when the client stops answering meanwhile; on that or any
+        other failure (KeyboardInterrupt too) the task is sent /stop (`abandon`) first."""
+        try:
+            return self._follow(timeout)
+        except BaseException as exc:
+            self.abandon(exc)
+            raise
+
+    def _follow(self, timeout: float) -> Followed:
         started = time.monotonic()
         deadline = started + timeout
-        polls = 0
         interval = self.config.aloha.poll_interval
 
         def reason() -> Literal["deadline", "cancelled"] | None:
@@ -269,16 +297,17 @@ class Aloha:
         while True:
             self._wait(interval, deadline)
             if (why := reason()) is not None:
-                return self._stop_and_wait(why, started, polls)
-            polls += 1
+                return self._stop_and_wait(why, started, self._polls)
+            self._polls += 1
             try:  # a poll that hangs is abandoned at the deadline or on cancel
                 still = self.running(stop=lambda: reason() is not None)
             except ConnectError as exc:
                 if (why := reason()) is not None:
-                    return self._stop_and_wait(why, started, polls)
+                    return self._stop_and_wait(why, started, self._polls)
                 raise type(exc)(f"while the task ran: {exc}") from exc
             if not still:
-                return Followed("ended", round((time.monotonic() - started) * 1000), polls)
+                self._started = None
+                return Followed("ended", round((time.monotonic() - started) * 1000), self._polls)
 
     def _stop_and_wait(
         self, reason: Literal["deadline", "cancelled"], started: float, polls: int
@@ -287,6 +316,7 @@ class Aloha:
         followed = Followed(reason, 0, polls, stop_sent=True, ended=False)
         try:
             was_running = self.stop()
+            self._started = None  # the client took the /stop: nothing left for `abandon`
             followed.stop_answer = 200 if was_running else 400
             give_up = time.monotonic() + self.config.aloha.stop_timeout
             ended = not was_running
@@ -298,6 +328,33 @@ class Aloha:
         except WinAutomationError as exc:  # the deadline (or cancel) stays the reason it ends
             followed.stop_error = str(exc)
         followed.duration_ms = round((time.monotonic() - started) * 1000)
+        return followed
+
+    def abandon(self, failure: BaseException) -> Followed | None:
+        """After `failure` ended following (or starting) the task: when a task started here may
+        still run (not seen to end, not sent /stop), send it /stop once, within
+        aloha.request_timeout, and say so (also in `abandoned`); else None (or what was already
+        done). It never raises but on a second interrupt: `failure` stays the error."""
+        if self._started is None:
+            return self.abandoned
+        reason: Reason = "failed" if isinstance(failure, Exception) else "interrupted"
+        started, self._started = self._started, None
+        followed = self.abandoned = Followed(reason, 0, self._polls, stop_sent=True, ended=False)
+        log.warning(
+            "following the aloha task failed; stopping it", extra={"op": "aloha.stop", "reason": reason}
+        )
+        try:
+            was_running = self.stop(once=True)
+            followed.stop_answer, followed.ended = (200, False) if was_running else (400, True)
+        except WinAutomationError as exc:
+            followed.stop_error = str(exc)
+        except Exception as exc:  # a bug of ours: `failure` is still what is raised
+            followed.stop_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        except BaseException:  # a second Ctrl-C: it wins, the way out is quick
+            followed.stop_error = "interrupted before an answer"
+            raise
+        finally:
+            followed.duration_ms = round((time.monotonic() - started) * 1000)
         return followed
 
 
