@@ -16,6 +16,10 @@ error carries the step's output, which the engines journal with the failure, so 
 prints the command's output and `jobs list --state failed` finds failed commands. Connection,
 authentication and host-key errors fail the step too, with no output. Output streams live through
 `ctx.emit` as it arrives; a cancelled job kills the command's remote process tree (Cancelled, 130).
+A stream that passes ssh.max_output stops the command too (its tree killed) and fails the step
+with OutputCapped (exit 1, no output): stdout.txt and stderr.txt are kept as they are (the capped
+one holds its first max_output bytes) and enter the manifest; exit_code.txt and result.json are
+not written (the command has no exit code of its own).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from win_automation.definition import Step, StepContext, Workflow
 from win_automation.errors import Cancelled, CommandFailed, OperationTimeout, Skipped
 from win_automation.operations.command_result import CommandResult, Shell, cli_exit_code, describe_exit_code
+from win_automation.operations.output_stream import Capped, OutputCapped
 from win_automation.operations.ssh import skipped_result
 
 
@@ -93,13 +98,24 @@ def _execute(inp: SshExecInput, ctx: StepContext) -> ExecOutput:
         write_artifacts(ctx, skipped)
         raise Skipped(f"skipped: the check `{inp.check}` exited 0", result=ExecOutput.of(skipped))
     timeout = inp.timeout_seconds or ctx.config.ssh.command_timeout
+    limit = ctx.config.ssh.max_output
+    capped: OutputCapped | None = None
     with ctx.artifacts.open("ssh", "stdout.txt") as out, ctx.artifacts.open("ssh", "stderr.txt") as err:
-        if inp.shell == "powershell":
-            result = ctx.vm.powershell(
-                inp.command, args=tuple(inp.args), timeout=timeout, display=display, files=(out, err)
-            )
-        else:
-            result = ctx.vm.run(inp.command, shell="cmd", timeout=timeout, files=(out, err))
+        files = (
+            Capped(out, limit, stream="stdout", name="stdout.txt"),
+            Capped(err, limit, stream="stderr", name="stderr.txt"),
+        )
+        try:
+            if inp.shell == "powershell":
+                result = ctx.vm.powershell(
+                    inp.command, args=tuple(inp.args), timeout=timeout, display=display, files=files
+                )
+            else:
+                result = ctx.vm.run(inp.command, shell="cmd", timeout=timeout, files=files)
+        except OutputCapped as exc:
+            capped = exc  # raised once the files are closed: a block that raises discards them
+    if capped is not None:
+        raise capped
     output = ExecOutput.of(result)
     write_result(ctx, output)
     if result.cancelled:

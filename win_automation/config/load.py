@@ -45,6 +45,7 @@ class FieldSpec:
 
 _VALIDATED = {
     "parse_duration": "duration",
+    "parse_size": "size",
     "_port": "port",
     "_url": "URL",
     "_host_port": "host:port",

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
 from win_automation.durations import parse_duration
+from win_automation.sizes import parse_size
 
 
 def _port(value: int) -> int:
@@ -140,6 +141,7 @@ HostPort = Annotated[str, AfterValidator(_host_port)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
 NonNegativeDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_not_negative)]
+Size = Annotated[int, BeforeValidator(parse_size)]  # bytes, from `512MiB`, `1GiB` or plain bytes
 
 
 def env(name: str) -> dict[str, Any]:
@@ -175,6 +177,12 @@ class SSHConfig(Section):
     )
     connect_timeout: PositiveDuration = Field(10.0, description="Deadline for one connection attempt.")
     command_timeout: PositiveDuration = Field(300.0, description="Default deadline of a remote command.")
+    max_output: Size = Field(
+        1 << 30,
+        description="The most a job's command may print on each stream, in bytes (1073741824 is 1 GiB)"
+        " or as `512MiB`, `2GiB`: past it the command is stopped and the job fails; its"
+        " stdout.txt/stderr.txt keep the first that much.",
+    )
     keepalive_interval: PositiveDuration = Field(
         30.0,
         description="How often the VM is asked for an answer (a keepalive); one unanswered for the"

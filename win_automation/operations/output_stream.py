@@ -1,7 +1,10 @@
 """One output stream of a remote command (stdout or stderr), as win_automation.operations.ssh
 reads it: decoded for live display, with the PID marker (the posix session leader's PID, printed
 first) taken out and a PowerShell CLIXML block held back; written to a file as it arrives, with
-only its last bytes kept in memory (TAIL_BYTES with a file, KEPT_BYTES without one)."""
+only its last bytes kept in memory (TAIL_BYTES with a file, KEPT_BYTES without one).
+
+A file may be `Capped` (ssh.max_output): past its limit nothing more is written to it and the
+command is stopped, as on a write error; the file keeps its first `limit` bytes."""
 
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ import re
 from collections.abc import Callable
 from typing import Protocol
 
+from win_automation.errors import WinAutomationError
 from win_automation.operations import powershell
+from win_automation.sizes import format_size
 
 TextSink = Callable[[str], None]
 Files = tuple["ByteSink | None", "ByteSink | None"]
@@ -27,6 +32,37 @@ KEPT_BYTES = 64 * 1024 * 1024
 
 class ByteSink(Protocol):
     def write(self, data: bytes) -> object: ...
+
+
+class OutputCapped(WinAutomationError):
+    """A stream passed ssh.max_output: its command was stopped (exit 1, never retried: it would
+    print as much again); its file, kept, holds the first max_output bytes."""
+
+
+class Capped:
+    """`file`, which takes at most `limit` bytes: the write that passes it writes what fits, then
+    raises OutputCapped, which OutputStream hands on to stop the command (`failures`)."""
+
+    def __init__(self, file: ByteSink, limit: int, *, stream: str, name: str) -> None:
+        self.file = file
+        self.limit = limit
+        self.stream = stream
+        self.name = name
+        self.size = 0
+
+    def write(self, data: bytes) -> object:
+        room = self.limit - self.size
+        if len(data) <= room:
+            self.size += len(data)
+            return self.file.write(data)
+        if room:
+            self.file.write(data[:room])
+            self.size = self.limit
+        shown = format_size(self.limit)
+        raise OutputCapped(
+            f"{self.stream} passed ssh.max_output ({shown}): the command was stopped;"
+            f" {self.name} holds its first {shown}"
+        )
 
 
 class OutputStream:
