@@ -17,7 +17,7 @@ import pytest
 from fixture_sshd import LOGIN, SshServer
 from test_ssh_persist import only_helper
 
-from win_automation.adapters import persist, persist_orphan, persist_wire
+from win_automation.adapters import execution, persist, persist_orphan, persist_wire
 from win_automation.operations import ssh as remote
 
 
@@ -158,10 +158,10 @@ def test_a_cancel_waits_for_the_pid_marker_at_most_pid_wait() -> None:
     orphan.stderr(b"\x1ewa-pid:")
     assert not held()
     orphan.stderr(b"99\n")
-    assert held() and time.monotonic() - started < persist_orphan.PID_WAIT
+    assert held() and time.monotonic() - started < execution.PID_WAIT
     late = persist_orphan.Orphan({"op": "exec", "kill": "pkill -KILL -s {pid}"})
     held = late.held(lambda: True)
     assert not held()
-    time.sleep(persist_orphan.PID_WAIT + 0.1)
+    time.sleep(execution.PID_WAIT + 0.1)
     assert held()  # it never came: stop anyway
     assert not persist_orphan.Orphan({"op": "exec", "kill": "pkill -KILL -s {pid}"}).held(lambda: False)()

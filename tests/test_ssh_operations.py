@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from fixture_sshd import LOGIN, SshServer
 
-from win_automation.adapters import ssh
+from win_automation.adapters import execution, ssh
 from win_automation.adapters.execution import ExecOutcome
 from win_automation.operations import powershell
 from win_automation.operations import ssh as remote
@@ -232,7 +232,7 @@ def test_a_stop_before_the_pid_came_waits_for_it_and_kills_the_session() -> None
 
 
 def test_a_stop_waits_for_a_pid_at_most_pid_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(remote, "PID_WAIT", 0.2)
+    monkeypatch.setattr(execution, "PID_WAIT", 0.2)
     stop = remote._once_pid_is_known(lambda: True, OutputStream(None, pid_marker=True, clixml=False))
     started = time.monotonic()
     while not stop():

@@ -10,11 +10,39 @@ neither paramiko nor anything heavy, so a command that goes through a warm helpe
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 Chunk = Callable[[bytes], None]
+
+PID_MARKER = b"\x1ewa-pid:"
+"""What a command on a posix VM prints first on stderr, then its PID and a newline (operations.ssh
+wraps it so): the session leader, whose session `pkill -s` kills. The caller takes it out of the
+output; the warm helper reads it as it relays stderr (persist_orphan)."""
+PID_LINE = re.compile(re.escape(PID_MARKER) + rb"(\d+)\n")
+PID_WAIT = 1.0
+"""Seconds a stop (Ctrl-C, output that cannot be written, a caller gone) waits for that PID: sshd
+may send other output ahead of it, and without it the session cannot be killed (a command that
+prints nothing would outlive the channel)."""
+
+
+def held_for_pid(stop: Callable[[], bool], waiting: Callable[[], bool]) -> Callable[[], bool]:
+    """`stop`, held back while `waiting()` for the PID marker, at most PID_WAIT seconds from the
+    first time `stop` said yes."""
+    since: list[float] = []
+
+    def held() -> bool:
+        if not stop():
+            return False
+        if not waiting():
+            return True
+        since[:] = since or [time.monotonic()]
+        return time.monotonic() - since[0] > PID_WAIT
+
+    return held
 
 
 def collector(keep: bool, inner: Chunk | None) -> tuple[list[bytes], Chunk]:

@@ -14,19 +14,16 @@ from __future__ import annotations
 import logging
 import re
 import socket
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from win_automation.adapters.execution import PID_LINE, PID_MARKER, held_for_pid
 
 if TYPE_CHECKING:
     from win_automation.adapters.ssh import SshConnection
 
 log = logging.getLogger("win_automation.persist_helper")
-PID_WAIT = 1.0
-"""Seconds a cancel waits for the PID marker (as operations.ssh.PID_WAIT): sshd may send other
-output ahead of it, and without the PID the command cannot be killed."""
-_PID_LINE = re.compile(rb"\x1ewa-pid:(\d+)\n")
-_PID_SO_FAR = re.compile(rb"\x1ewa-pid:\d*")
+_PID_SO_FAR = re.compile(re.escape(PID_MARKER) + rb"\d*")
 
 
 class Orphan:
@@ -46,28 +43,17 @@ class Orphan:
         if not self.waiting:
             return
         self.head += data
-        match = _PID_LINE.match(self.head)
+        match = PID_LINE.match(self.head)
         if match is not None:
             self.pid = int(match.group(1))
-        elif b"\x1ewa-pid:".startswith(self.head) or _PID_SO_FAR.fullmatch(self.head):
+        elif PID_MARKER.startswith(self.head) or _PID_SO_FAR.fullmatch(self.head):
             return  # the rest of it is on its way
         self.waiting = False
         self.head = b""
 
     def held(self, cancelled: Callable[[], bool]) -> Callable[[], bool]:
-        """`cancelled`, held back until the PID marker came (or stderr began without one), at
-        most PID_WAIT seconds from the first time it said yes."""
-        since: list[float] = []
-
-        def held() -> bool:
-            if not cancelled():
-                return False
-            if not self.waiting:
-                return True
-            since[:] = since or [time.monotonic()]
-            return time.monotonic() - since[0] > PID_WAIT
-
-        return held
+        """`cancelled`, held back until the PID marker came (or stderr began without one)."""
+        return held_for_pid(cancelled, lambda: self.waiting)
 
     def line(self, session_pid: Any) -> str | None:
         """The kill command line; None when it needs a PID that never came."""

@@ -9,10 +9,10 @@ command is stopped, as on a write error; the file keeps its first `limit` bytes.
 from __future__ import annotations
 
 import codecs
-import re
 from collections.abc import Callable
 from typing import Protocol
 
+from win_automation.adapters.execution import PID_LINE, PID_MARKER
 from win_automation.errors import WinAutomationError
 from win_automation.operations import powershell
 from win_automation.sizes import format_size
@@ -21,8 +21,6 @@ TextSink = Callable[[str], None]
 Files = tuple["ByteSink | None", "ByteSink | None"]
 """Where stdout and stderr are streamed as they arrive (None: kept whole in the result)."""
 
-PID_MARKER = b"\x1ewa-pid:"
-_PID_LINE = re.compile(rb"\x1ewa-pid:(\d+)\n")
 # What a streamed command's result keeps of each stream: enough for 64 K characters of any UTF-8.
 TAIL_BYTES = 256 * 1024
 # What a command's result keeps of each stream without a file (an idempotency check, a probe):
@@ -101,7 +99,7 @@ class OutputStream:
                 if len(self.head) < len(PID_MARKER) and PID_MARKER.startswith(bytes(self.head)):
                     return
                 if self.head.startswith(PID_MARKER):
-                    match = _PID_LINE.match(self.head)
+                    match = PID_LINE.match(self.head)
                     if match is None:
                         return
                     self.pid = int(match.group(1))

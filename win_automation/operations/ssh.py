@@ -37,13 +37,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from typing import Literal
 
 from win_automation import deadlines
-from win_automation.adapters.execution import ExecOutcome, Executor, SessionSpec
+from win_automation.adapters.execution import ExecOutcome, Executor, SessionSpec, held_for_pid
 from win_automation.adapters.persist import WarmConnection
 from win_automation.errors import UsageError
 from win_automation.operations import powershell, winscripts
@@ -66,10 +65,6 @@ KILL_TIMEOUT = 30.0
 INTERRUPT_KILL_TIMEOUT = 5.0
 """Seconds an interrupted command (Ctrl-C, SIGTERM) waits for its remote tree to be killed."""
 SCRIPT_PREFIX = ".wa-script-"
-PID_WAIT = 1.0
-"""Seconds a stop (Ctrl-C, output that cannot be written) waits for a posix command's PID, which
-it prints first on stderr: sshd may send its first output ahead of it, and without the PID its
-session cannot be killed (a command that prints nothing would outlive the channel)."""
 
 
 def _run_id() -> str:
@@ -126,19 +121,8 @@ def _kill(
 
 
 def _once_pid_is_known(stop: Cancelled, err: OutputStream) -> Cancelled:
-    """`stop`, held back until the command's PID marker came (or its stderr began without one),
-    at most PID_WAIT seconds from the first time `stop` said yes."""
-    since: list[float] = []
-
-    def cancelled() -> bool:
-        if not stop():
-            return False
-        if err.pid is not None or not err.await_marker:
-            return True
-        since[:] = since or [time.monotonic()]
-        return time.monotonic() - since[0] > PID_WAIT
-
-    return cancelled
+    """`stop`, held back until the command's PID marker came (or its stderr began without one)."""
+    return held_for_pid(stop, lambda: err.pid is None and err.await_marker)
 
 
 def _execute(
