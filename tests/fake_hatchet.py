@@ -157,6 +157,9 @@ class FakeHatchet:
         self.subscribers: list[tuple[set[str], Queue[d.WorkflowRunEvent | None]]] = []
         self.paused_via_rest: list[str] = []
         self.stalled: set[str] = set()  # RPC names that get no answer (a wedged engine) while listed
+        # RPC names refused with a status while listed (Register, ListenV2, Heartbeat: a revoked
+        # token, an engine that turns the worker away); a ListenV2 stream open when listed is closed
+        self.refused: dict[str, grpc.StatusCode] = {}
         # alters each GetRunDetails answer in place before it is sent (a faulty or newer engine)
         self.details_hook: Callable[[w1.GetRunDetailsResponse], None] | None = None
         self._stop = threading.Event()

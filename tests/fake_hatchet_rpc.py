@@ -48,6 +48,14 @@ def _stall_if_listed(engine: FakeHatchet, name: str, context: grpc.ServicerConte
         time.sleep(0.05)
 
 
+def _refuse_if_listed(engine: FakeHatchet, name: str, context: grpc.ServicerContext) -> None:
+    """A call named in `engine.refused` is refused with its status (as a real engine refuses a
+    revoked token: UNAUTHENTICATED)."""
+    code = engine.refused.get(name)
+    if code is not None:
+        context.abort(code, f"{name} refused")
+
+
 def _abort_unless_authorized(engine: FakeHatchet, context: grpc.ServicerContext) -> None:
     metadata = dict(context.invocation_metadata())
     scheme, _, token = str(metadata.get("authorization", "")).partition(" ")
@@ -70,6 +78,7 @@ class Servicer(dg.DispatcherServicer, w0g.WorkflowServiceServicer, w1g.AdminServ
         self, request: d.WorkerRegisterRequest, context: grpc.ServicerContext
     ) -> d.WorkerRegisterResponse:
         _abort_unless_authorized(self.engine, context)
+        _refuse_if_listed(self.engine, "Register", context)
         labels = {
             k: (v.str_value if v.HasField("str_value") else v.int_value) for k, v in request.labels.items()
         }
@@ -86,6 +95,7 @@ class Servicer(dg.DispatcherServicer, w0g.WorkflowServiceServicer, w1g.AdminServ
         self, request: d.WorkerListenRequest, context: grpc.ServicerContext
     ) -> Iterator[d.AssignedAction]:
         _abort_unless_authorized(self.engine, context)
+        _refuse_if_listed(self.engine, "ListenV2", context)
         engine = self.engine
         with engine.lock:
             worker = engine.workers.get(request.worker_id)
@@ -95,7 +105,12 @@ class Servicer(dg.DispatcherServicer, w0g.WorkflowServiceServicer, w1g.AdminServ
             worker.last_heartbeat = time.monotonic()
             engine.changed.notify_all()
         try:
-            while context.is_active() and not worker.gone and not engine._stop.is_set():
+            while (
+                context.is_active()
+                and not worker.gone
+                and not engine._stop.is_set()
+                and "ListenV2" not in engine.refused
+            ):
                 try:
                     action = worker.queue.get(timeout=0.2)
                 except Empty:
@@ -111,6 +126,7 @@ class Servicer(dg.DispatcherServicer, w0g.WorkflowServiceServicer, w1g.AdminServ
 
     def Heartbeat(self, request: d.HeartbeatRequest, context: grpc.ServicerContext) -> d.HeartbeatResponse:
         _abort_unless_authorized(self.engine, context)
+        _refuse_if_listed(self.engine, "Heartbeat", context)
         with self.engine.lock:
             worker = self.engine.workers.get(request.worker_id)
             if worker is not None:

@@ -11,6 +11,7 @@ import re
 
 import typer
 
+from win_automation.cli.output import error
 from win_automation.cli.parse import duration_option, utf8
 from win_automation.cli.state import state
 from win_automation.errors import ConfigError, UsageError
@@ -83,6 +84,7 @@ def worker(
         labels=labels,
         grace=grace_s,
         metrics_interval=interval,
+        report=error,
         log_level=logging.DEBUG if cli.debug else logging.INFO,
     )
     raise typer.Exit(code)

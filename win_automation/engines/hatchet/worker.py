@@ -10,6 +10,9 @@ workflows which declare labels are routed to it. Next to the SDK's worker it run
 - a drain on SIGTERM/SIGINT: the SDK pauses assignment and waits for running steps; if they
   are still running after `grace` seconds (or on a second signal) the worker exits at once with
   code 1, and the engine hands their tasks to another worker when the heartbeats stop;
+- a watch on the SDK's listener subprocess (engines.hatchet.listener): when it ends without a
+  drain (the engine refused the worker or its token, the process was killed) the worker ends at
+  once with a one-line error, exit 4 for a refused token, else 3 (the SDK exited 0, or hung);
 - retention (artifact folders and journal records: artifacts.retention.scheduled_retention) at
   start and every hour;
 - optional metric lines (`--metrics`).
@@ -18,11 +21,11 @@ workflows which declare labels are routed to it. Next to the SDK's worker it run
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from types import FrameType
@@ -40,6 +43,7 @@ from win_automation.engines.hatchet.client import (
     compile_workflow,
     register_workflows,
 )
+from win_automation.engines.hatchet.listener import ListenerWatch, exit_now, install_refusal_exit
 from win_automation.engines.hatchet.runtime import TaskRuntime
 from win_automation.errors import ConfigError
 
@@ -67,6 +71,7 @@ class WorkerClientConfig(ClientConfig):
         project_log.register_secret(self.token)
         project_log.install(self.project_log_level)
         route_sdk_logs(self.project_log_level)
+        install_refusal_exit()
 
 
 def default_name() -> str:
@@ -83,24 +88,24 @@ def _retention_loop(config: Config, stop: threading.Event) -> None:
             return
 
 
-def _install_drain(grace: float) -> None:
-    """Wrap the SDK's SIGTERM/SIGINT handlers: log, drain, and force the exit after `grace`."""
+def _install_drain(grace: float) -> threading.Event:
+    """Wrap the SDK's SIGTERM/SIGINT handlers: log, drain, and force the exit after `grace`; the
+    event is set once draining."""
     draining = threading.Event()
 
-    def force() -> None:
-        log.warning("grace period over: leaving running steps to the engine", extra={"op": "drain"})
-        for handler in logging.getLogger().handlers:
-            handler.flush()
+    def force(why: str = "grace period over") -> None:
+        log.warning(f"{why}: leaving running steps to the engine", extra={"op": "drain"})
         # step threads may be stuck in a remote call: do not wait for them (the SDK's listener
         # subprocess sees its parent gone and stops; the engine then reassigns the steps)
-        os._exit(FORCED_EXIT)
+        exit_now(FORCED_EXIT)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         original = signal.getsignal(signum)
 
         def handler(number: int, frame: FrameType | None, original: Any = original) -> None:
             if draining.is_set():
-                force()
+                # not in this handler: the code it interrupted may hold a lock exit_now needs
+                threading.Thread(target=force, args=("second signal",), daemon=True).start()
                 return
             draining.set()
             log.info(
@@ -114,6 +119,7 @@ def _install_drain(grace: float) -> None:
                 original(number, frame)
 
         signal.signal(signum, handler)
+    return draining
 
 
 def run_worker(
@@ -125,9 +131,11 @@ def run_worker(
     labels: dict[str, str],
     grace: float,
     metrics_interval: float | None,
+    report: Callable[[str], None],
     log_level: int = logging.INFO,
 ) -> int:
-    """Serve every workflow's tasks until a signal drains the worker; the exit code."""
+    """Serve every workflow's tasks until a signal drains the worker; the exit code. A listener
+    that fails ends the process with its error, shown by `report` (the CLI's error line)."""
     if not workflows:
         raise ConfigError("no workflows are defined in the workflows package: nothing to serve")
     version = check_engine_version(config)
@@ -141,7 +149,7 @@ def run_worker(
     with warnings.catch_warnings():  # 1.43 takes labels only as a dict, and warns about it
         warnings.simplefilter("ignore", DeprecationWarning)
         worker = hatchet.worker(name, slots=slots, labels=dict(labels), workflows=compiled)
-    _install_drain(grace)
+    draining = _install_drain(grace)
     stop = threading.Event()
     threading.Thread(target=_retention_loop, args=(config, stop), name="retention", daemon=True).start()
     log.info(
@@ -157,14 +165,17 @@ def run_worker(
         },
     )
     emitting = metrics.emitting(metrics_interval, config.metrics.path) if metrics_interval else nullcontext()
+    watch = ListenerWatch(worker, draining, config, report)
+    code = 0
     try:
         with emitting:
             worker.start()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0
-        log.info("worker stopped", extra={"op": "worker", "worker": name, "code": code})
-        return code
     finally:
+        watch.check()  # the SDK returned as its listener ended without a drain: not exit 0
+        watch.stop()
         stop.set()
         executor.shutdown(wait=False, cancel_futures=True)
-    return 0
+    log.info("worker stopped", extra={"op": "worker", "worker": name, "code": code})
+    return code
