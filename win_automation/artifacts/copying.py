@@ -1,8 +1,11 @@
 """Copying a job's artifacts elsewhere, verified (`artifacts fetch`): from an ArtifactSource (a
 local folder, or the VM over SFTP: win_automation.operations.artifacts) into an `--out` folder,
 each file hashed as it streams, written to a temporary name, fsynced and renamed; the manifest
-last, once every file matched and is durable. A source that cannot be read is a Mismatch (exit
-1); an `out` that cannot be written (a full or read-only disk) is a StorageError (exit 74).
+last, once every file matched and is durable. A source file that cannot be read, or whose
+manifest path is too long for `out`'s file system, is a Mismatch (exit 1) and the others are
+still copied; an `out` that cannot be written (a full or read-only disk) is a StorageError (exit
+74). A source that goes away (ConnectError: a stall, a lost connection) or whose deadline passes
+(OperationTimeout) ends the copy, its error saying which files were copied and which were not.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from win_automation.artifacts.store import (
     temp_name,
     unreadable,
 )
-from win_automation.errors import NotFoundError, StorageError
+from win_automation.errors import ConnectError, NotFoundError, OperationTimeout, StorageError
 from win_automation.regularfiles import not_regular, open_regular
 
 
@@ -56,6 +59,10 @@ class ArtifactSource(Protocol):
         when it is larger than `limit`."""
         ...
 
+    def close(self) -> None:
+        """Release what reading needed (the VM's SFTP session)."""
+        ...
+
 
 class LocalSource:
     def __init__(self, folder: Path) -> None:
@@ -63,6 +70,9 @@ class LocalSource:
 
     def manifest(self) -> Manifest:
         return read_manifest(self.folder)
+
+    def close(self) -> None:
+        pass
 
     def copy(
         self, path: str, out: BinaryIO, progress: Callable[[int], None] | None, limit: int
@@ -103,14 +113,19 @@ def copy_verified(
     discard(out / MANIFEST)
     mismatches: list[Mismatch] = []
     folders = {out}
-    for entry in manifest.artifacts:
+    name_max, path_max = _limits(out)
+    copied = 0
+    for number, entry in enumerate(manifest.artifacts):
         target = out / safe_relative(entry.path)
+        temp = target.with_name(temp_name(target.name))
+        if too_long := _too_long(entry.path, number + 1, (target, temp), name_max, path_max):
+            mismatches.append(too_long)  # the entry's, not out's: the other files are copied
+            continue
         _writable(target.parent)
         if not _inside(target.parent, out):  # a link already in OUT (OUT/JOB/dd -> /elsewhere)
             raise StorageError(f"cannot write {target}: a symbolic link in its path leads out of {out}")
         folders.add(target.parent)
         _replaceable(target)
-        temp = target.with_name(temp_name(target.name))
         try:
             size, sha = _copy_one(source, entry.path, temp, target, progress, entry.size_bytes)
         except (OSError, NotFoundError) as exc:  # the source's: a missing or unreadable file
@@ -123,6 +138,10 @@ def copy_verified(
             found = f"size {exc.size}" if exc.size is not None else "grew while copied"
             mismatches.append(Mismatch(entry.path, f"{found}, manifest says {entry.size_bytes}; not copied"))
             continue
+        except (ConnectError, OperationTimeout) as exc:  # the source went away, or its time is up
+            discard(temp)
+            _say_ended(exc, manifest, number, copied, mismatches, out)
+            raise
         except BaseException:
             discard(temp)
             raise
@@ -136,6 +155,7 @@ def copy_verified(
         except OSError as exc:
             discard(temp)
             raise _cannot_write(target, exc) from None
+        copied += 1
     if not mismatches:
         try:
             for folder in sorted(folders):  # the files' renames, before the manifest names them
@@ -178,6 +198,70 @@ def _copy_one(
         with contextlib.suppress(OSError):  # what a failed flush left: dropped with the file
             dst.close()
     return size, sha
+
+
+def _say_ended(
+    exc: ConnectError | OperationTimeout,
+    manifest: Manifest,
+    index: int,
+    copied: int,
+    mismatches: list[Mismatch],
+    out: Path,
+) -> None:
+    """Add to the error that ended the copy at entry `index` what it copied and what it did not."""
+    rest = [entry.path for entry in manifest.artifacts[index:]]
+    said = f"{copied} of {len(manifest.artifacts)} file(s) fetched and verified into {out}"
+    if mismatches:
+        said += f"; {len(mismatches)} did not match: {_some([str(m) for m in mismatches])}"
+    exc.message = f"{exc.message}; {said}; not fetched: {_some(rest)}; no manifest written"
+    exc.args = (exc.message,)
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(_short(name) for name in names[:shown]) + more
+
+
+def _short(text: str, room: int = 120) -> str:
+    """`text`, its middle cut out when longer than `room` (a path of 4 KiB in a one-line error)."""
+    return text if len(text) <= room else f"{text[: room // 2]}...{text[-(room // 2) :]}"
+
+
+def _limits(out: Path) -> tuple[int, int]:
+    """The longest file name and path (in bytes, the path's ending NUL included) that the file
+    system of `out` takes; POSIX's usual 255 and 4096 when it does not say."""
+    limits = []
+    for name, usual in (("PC_NAME_MAX", 255), ("PC_PATH_MAX", 4096)):
+        try:
+            value = os.pathconf(out, name)
+        except (OSError, ValueError):
+            value = usual
+        limits.append(value if value > 0 else 1 << 30)  # -1: no limit
+    return limits[0], limits[1]
+
+
+def _too_long(
+    path: str, number: int, local: tuple[Path, Path], name_max: int, path_max: int
+) -> Mismatch | None:
+    """Why manifest entry `number` (`path`) cannot be written at `local` (the file and its
+    temporary name), when a name in it or the whole is too long for the file system there (a
+    Windows name of 255 characters can be 765 bytes here): open, mkdir and rename would fail."""
+    for part in path.split("/"):
+        if (size := len(os.fsencode(part))) > name_max:
+            return Mismatch(
+                _short(path),
+                f"manifest entry {number}: the name {_short(part, 60)!r} is {size} bytes, longer than"
+                f" the {name_max} a file name may be on the file system of --out; not copied",
+            )
+    target, temp = (len(os.fsencode(p)) for p in local)
+    if max(target, temp) >= path_max:
+        under = f"{target}" if target >= path_max else f"{target} (its temporary name's {temp})"
+        return Mismatch(
+            _short(path),
+            f"manifest entry {number}: its path is {len(os.fsencode(path))} bytes, under --out"
+            f" {under}, longer than the {path_max - 1} a path may be there; not copied",
+        )
+    return None
 
 
 def _inside(folder: Path, root: Path) -> bool:

@@ -103,16 +103,19 @@ def fetch(
 
     local_folder(ctx, job)  # validates the id before anything is opened
     origin, where = artifact_source(state(ctx).config(), job, source)
-    manifest = origin.manifest()
-    total = sum(a.size_bytes for a in manifest.artifacts)
-    target = out / job
     from win_automation.errors import StorageError
 
-    with progress_bar(f"fetch {job}", total) as advance:
-        try:
-            manifest, mismatches = copy_verified(origin, target, advance)
-        except StorageError as exc:
-            raise StorageError(f"--out {out}: {exc}; choose a folder you can write") from None
+    try:
+        manifest = origin.manifest()
+        total = sum(a.size_bytes for a in manifest.artifacts)
+        target = out / job
+        with progress_bar(f"fetch {job}", total) as advance:
+            try:
+                manifest, mismatches = copy_verified(origin, target, advance)
+            except StorageError as exc:
+                raise StorageError(f"--out {out}: {exc}; choose a folder you can write") from None
+    finally:
+        origin.close()  # the VM's SFTP session
     raise_mismatches(f"fetch {job} from {where}", mismatches)
     typer.echo(
         f"fetched {len(manifest.artifacts)} artifact(s), {human_bytes(total)}, verified, into {target}"
