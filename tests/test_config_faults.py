@@ -178,7 +178,7 @@ def test_config_show_json_is_typed(cli, tmp_path: Path) -> None:  # type: ignore
             assert "optional" in spec.type_label
         elif spec.type_label.startswith(("duration",)):
             assert isinstance(value, float)
-        elif spec.type_label.startswith(("integer", "port")):
+        elif spec.type_label.startswith(("integer", "port", "size")):  # a size is bytes
             assert isinstance(value, int) and not isinstance(value, bool)
         elif spec.type_label.startswith("boolean"):
             assert isinstance(value, bool)
