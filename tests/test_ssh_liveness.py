@@ -83,7 +83,9 @@ def test_a_paused_vm_under_a_running_command_is_exit_3_and_a_failed_job(
             call.kill()
         subprocess.run(["pkill", "-f", sleep], check=False)
     assert call.returncode == 3, err
-    assert err.splitlines()[-1].startswith("error: step exec: the connection to "), err
+    assert err.splitlines()[-1].startswith(
+        f"error: step exec: the connection to {live_sshd.user}@127.0.0.1:"
+    ), err
     assert "stopped answering for 1s while the command ran" in err and "Traceback" not in err, err
     assert took < 8, took
     (job,) = json.loads(cli("jobs", "list", "--json", env=env).stdout)
@@ -138,3 +140,39 @@ def test_a_client_paused_longer_than_the_bound_keeps_its_connection(
             call.kill()
     assert call.returncode == 0, err
     assert out == "done\n"
+
+
+def test_a_vm_silent_during_a_key_exchange_fails_the_command_within_the_bound(
+    live_sshd: SshServer, known_hosts: Path
+) -> None:
+    """paramiko re-keys every 512 MiB; nothing else may be sent meanwhile, and its send waited out
+    the exchange (30 s) then gave up, and the watch with it: the command waited out its deadline."""
+    cfg = live_sshd.config(known_hosts, **QUICK)
+    ssh.close_all()
+    conn = ssh.get_connection(cfg)
+    caught: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            conn.exec("sleep 40", timeout=60)
+        except ConnectError as exc:
+            caught.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    time.sleep(0.5)
+    paused = live_sshd.session_pids()
+    try:
+        for pid in paused:
+            os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        conn.transport()._send_kex_init()  # what paramiko's transport thread does at the 512 MiB mark
+        runner.join(20)
+        took = time.monotonic() - started
+    finally:
+        for pid in paused:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        ssh.close_all()
+    assert caught and "stopped answering for 1s while the command ran" in str(caught[0]), caught
+    assert took < 6, took

@@ -13,6 +13,7 @@ suspended laptop) finds the answer waiting when it resumes, and keeps its connec
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -52,16 +53,30 @@ def lost(transport: paramiko.Transport | None) -> str:
 
 
 def _ask(transport: paramiko.Transport) -> threading.Event:
-    """Send a keepalive that wants a reply, without paramiko's global_request(wait=True), which
-    waits for the reply with no bound. The reply (success or failure) sets the transport's
-    completion_event, as it does for global_request."""
+    """Ask for an answer; the event is set when it comes. paramiko's global_request(wait=True)
+    waits for it with no bound, and its send waits out a key exchange (30 s, then gives up), so
+    the request goes out from a thread of its own, the wait for it counted like the rest. During a
+    key exchange nothing else may be sent: the exchange is then the question, and its end (the
+    server's NEWKEYS: clear_to_send) the answer."""
+    exchanged: threading.Event = transport.clear_to_send
+    if not exchanged.is_set():
+        return exchanged
     answered = threading.Event()
-    transport.completion_event = answered
     message = Message()
     message.add_byte(cMSG_GLOBAL_REQUEST)
     message.add_string("keepalive@openssh.com")
     message.add_boolean(True)
-    transport._send_user_message(message)  # global_request's own send
+
+    def send() -> None:
+        with transport.clear_to_send_lock:  # as paramiko's _send_user_message, without its wait
+            if not transport.clear_to_send.is_set():  # an exchange began meanwhile: ask next time
+                answered.set()
+                return
+            transport.completion_event = answered  # what a reply (success or failure) sets
+            with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+                transport._send_message(message)
+
+    threading.Thread(target=send, daemon=True, name="ssh-liveness-ask").start()
     return answered
 
 
@@ -71,10 +86,7 @@ def _watch(ref: weakref.ref[paramiko.Transport], interval: float, bound: float, 
         transport = ref()
         if transport is None or not transport.is_active():
             return
-        try:
-            answered = _ask(transport)
-        except (paramiko.SSHException, OSError, EOFError):
-            return  # the transport is going down by itself
+        answered = _ask(transport)
         waited, last = 0.0, time.monotonic()
         while not answered.wait(STEP):
             if not transport.is_active():

@@ -43,6 +43,7 @@ import paramiko
 
 from win_automation.adapters.channel_reads import read_slice
 from win_automation.adapters.execution import Chunk, ExecOutcome, SessionSpec, collector
+from win_automation.adapters.ssh_connect import target
 from win_automation.adapters.ssh_liveness import lost
 from win_automation.errors import ConnectError
 from win_automation.log import Timer
@@ -289,7 +290,7 @@ class SessionPool:
             if ended:
                 session.close()
                 if not self._transport_alive(channel):
-                    what = f"the connection to {self.conn.cfg.vm_key} {lost(channel.get_transport())}"
+                    what = f"the connection to {target(self.conn.cfg)} {lost(channel.get_transport())}"
                 else:
                     what = f"the warm PowerShell session on {self.conn.cfg.vm_key} (PID {session.pid}) ended"
                 raise ConnectError(
