@@ -4,8 +4,9 @@ its forced exit on a second SIGTERM, each on a fake engine of its own.
 Before: an engine that refused the worker's registration left a traceback (the SDK's subprocess
 crashed) and the worker exited 0 some 11 s later, so a supervisor would not restart it; a token
 refused while it ran (revoked) was logged at each heartbeat, for good; a listener that died
-(killed) hung the worker for good (the SDK's shutdown waited on the dead process's event). And a
-second SIGTERM left multiprocessing's `leaked semaphore objects` warning on stderr.
+(killed) hung the worker for good (the SDK's shutdown waited on the dead process's event), and
+during a drain it waited out the grace (exit 1), or exited 0 if the steps were done. And a second
+SIGTERM left multiprocessing's `leaked semaphore objects` warning on stderr.
 
 Each worker here has a pipe for stdout and stderr: `communicate` returns once every process that
 holds them has ended (the listener, multiprocessing's resource tracker), so what they print after
@@ -17,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,3 +177,76 @@ def test_a_second_sigterm_exits_1_at_once_without_a_leaked_semaphore_warning(
     assert "leaked semaphore" not in err and "resource_tracker" not in err, err[-3000:]
     assert "Traceback" not in err and engine.token not in err
     engine.cancel([run_id])
+
+
+def test_a_listener_killed_during_a_drain_ends_the_worker_with_exit_3_at_once(
+    engine: FakeHatchet, tmp_path: Path
+) -> None:
+    """Before: the drain waited for good for the held step's result, which no process could send
+    any more, until the grace (60 s) ended the worker with exit 1 and a misleading line."""
+    proc = start_worker(engine, tmp_path, "drained")
+    wait_listening(engine, proc, "drained")
+    run_id = engine.trigger("ping", {"message": "held", "hold_seconds": 120}, {"job_id": new_job_id()})
+    engine.wait_until(lambda: engine.runs[run_id].tasks["check-journal"].status == "RUNNING", what="hold")
+    pid = listener_pid(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1)  # the drain has begun: the step is running, the listener waits for its result
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    exit_code, err = finish(proc)
+    assert exit_code == 3, err[-3000:]
+    assert time.monotonic() - killed < 30  # at once, not after the grace (60 s) or the step (120 s)
+    assert "draining: no new steps" in err and "grace period over" not in err
+    assert_one_clean_error(
+        err,
+        engine,
+        f"error: the worker's action listener (the Hatchet SDK's subprocess, pid {pid}) was killed by"
+        " SIGKILL",
+    )
+    # left to the engine, as after --grace: it takes the step back when the heartbeats stop
+    engine.wait_until(
+        lambda: engine.runs[run_id].tasks["check-journal"].status == "QUEUED",
+        timeout=EXIT_WITHIN,
+        what="the engine to take back the step of the dead worker",
+    )
+    engine.cancel([run_id])
+
+
+def test_a_listener_killed_after_the_drain_while_it_sends_the_last_result_is_not_exit_0(
+    engine: FakeHatchet, tmp_path: Path
+) -> None:
+    """The SDK returns once the running steps are done; its listener still sends their results
+    (here the engine holds that call) before it ends. Before: a kill then was exit 0."""
+    proc = start_worker(engine, tmp_path, "last")
+    lines: list[str] = []
+    output = threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True)
+    output.start()  # read as it comes: the test acts on a line of the worker
+    wait_listening(engine, proc, "last")
+    engine.trigger("ping", {"message": "held", "hold_seconds": 2}, {"job_id": new_job_id()})
+    engine.wait_until(
+        lambda: any(e.task == "check-journal" and e.type == "STARTED" for e in engine.events),
+        what="the held step to start",
+    )
+    engine.stalled.add("SendStepActionEvent")
+    pid = listener_pid(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    with proc:  # closes its pipes
+        try:
+            deadline = time.monotonic() + EXIT_WITHIN
+            while not any("drained: the action listener sends the last results" in x for x in lines):
+                assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-3000:]
+                time.sleep(0.05)
+            os.kill(pid, signal.SIGKILL)
+            exit_code = proc.wait(EXIT_WITHIN)
+        finally:
+            proc.kill()
+            output.join(EXIT_WITHIN)
+    err = "".join(lines)
+    assert exit_code == 3, err[-3000:]
+    assert_one_clean_error(
+        err,
+        engine,
+        f"error: the worker's action listener (the Hatchet SDK's subprocess, pid {pid}) was killed by"
+        " SIGKILL",
+    )
+    engine.stalled.clear()

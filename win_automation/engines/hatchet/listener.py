@@ -11,9 +11,13 @@ a subprocess of its own (multiprocessing, spawn) and does not tell its caller wh
 
 So, in the subprocess, `RefusalExit` ends it with REFUSED + the gRPC status of a refusal that
 cannot pass (the token, or the registration); in the worker, `ListenerWatch` sees the subprocess
-end without a drain and ends the worker at once: one line (`report`) and a non-zero code, 4 for a
-refused token, else 3. Steps still running are left to the engine, as after `--grace`: their
-results could not reach it, and it hands them to another worker when the heartbeats stop.
+end other than by a drain's own stop and ends the worker at once: one line (`report`) and a
+non-zero code, 4 for a refused token, else 3. Steps still running are left to the engine, as after
+`--grace`: their results could not reach it, and it hands them to another worker when the
+heartbeats stop. A drain's own stop is exit 0 (observed with 1.43): the SDK sets the stop event
+and queues STOP_LOOP once the running steps are done, the listener sends their last results and
+returns. So during a drain any other end (killed, refused) is a failure too: the SDK would wait
+for good for results that no process sends, until `--grace` ends the worker with exit 1.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from win_automation.config import Config
 from win_automation.errors import AuthError, ConnectError, WinAutomationError
 from win_automation.log import redact
 
+log = logging.getLogger(__name__)
 REFUSED = 100
 """The listener's exit code for a refusal: REFUSED + the gRPC status code's number (1-16)."""
 WATCH_INTERVAL = 0.5
@@ -98,8 +103,9 @@ def _signal_name(number: int) -> str:
 
 
 class ListenerWatch:
-    """Checks, every WATCH_INTERVAL in a thread of its own and once more when the SDK returns,
-    whether the listener ended without a drain; then reports it and ends the process."""
+    """Checks, every WATCH_INTERVAL in a thread of its own and once more when the SDK returns
+    (`finish`), whether the listener ended other than by a drain's own stop; then reports it and
+    ends the process."""
 
     def __init__(
         self, worker: Any, draining: threading.Event, config: Config, report: Callable[[str], None]
@@ -109,22 +115,37 @@ class ListenerWatch:
         self._config = config
         self._report = report
         self._stop = threading.Event()
-        self._claim = threading.Lock()
-        threading.Thread(target=self._run, name="listener-watch", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="listener-watch", daemon=True)
+        self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(WATCH_INTERVAL):
             self.check()
 
-    def check(self) -> None:
+    def _process(self) -> Any:
         # the SDK's own handle on its subprocess (1.43 has no public one that does not warn)
-        process = getattr(self._worker, "_action_listener_process", None)
-        if process is None or process.exitcode is None or self._draining.is_set():
-            return  # not started, running, or ended on purpose by a drain
-        self._claim.acquire()  # never released: the other thread waits here for the exit
+        return getattr(self._worker, "_action_listener_process", None)
+
+    def check(self) -> None:
+        process = self._process()
+        if process is None or process.exitcode is None:
+            return  # not started, or running
+        if process.exitcode == 0 and self._draining.is_set():
+            return  # the drain's own stop
         error = failure(process.exitcode, process.pid, self._config)
         self._report(redact(str(error)))
         exit_now(error.exit_code)
 
-    def stop(self) -> None:
+    def finish(self) -> None:
+        """The last check, once the SDK returned, in this thread alone (two threads reaping the
+        same child could each miss its exit code). After a drain the listener still sends the last
+        results: wait for its end, so that a kill then is not exit 0 (multiprocessing would join
+        it at exit anyway, and the grace timer still bounds the wait)."""
         self._stop.set()
+        self._thread.join()  # if it is ending the process, this waits for that
+        process = self._process()
+        if self._draining.is_set() and process is not None and process.pid is not None:
+            if process.exitcode is None:  # says what the worker waits for, if the engine is slow
+                log.info("drained: the action listener sends the last results", extra={"op": "drain"})
+            process.join()
+        self.check()

@@ -10,9 +10,10 @@ workflows which declare labels are routed to it. Next to the SDK's worker it run
 - a drain on SIGTERM/SIGINT: the SDK pauses assignment and waits for running steps; if they
   are still running after `grace` seconds (or on a second signal) the worker exits at once with
   code 1, and the engine hands their tasks to another worker when the heartbeats stop;
-- a watch on the SDK's listener subprocess (engines.hatchet.listener): when it ends without a
-  drain (the engine refused the worker or its token, the process was killed) the worker ends at
-  once with a one-line error, exit 4 for a refused token, else 3 (the SDK exited 0, or hung);
+- a watch on the SDK's listener subprocess (engines.hatchet.listener): when it ends other than by
+  a drain's own stop (the engine refused the worker or its token, the process was killed, during
+  a drain too) the worker ends at once with a one-line error, exit 4 for a refused token, else 3
+  (the SDK exited 0, hung, or waited out the grace);
 - retention (artifact folders and journal records: artifacts.retention.scheduled_retention) at
   start and every hour;
 - optional metric lines (`--metrics`).
@@ -173,8 +174,7 @@ def run_worker(
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0
     finally:
-        watch.check()  # the SDK returned as its listener ended without a drain: not exit 0
-        watch.stop()
+        watch.finish()  # the SDK returned as its listener ended other than by a drain: not exit 0
         stop.set()
         executor.shutdown(wait=False, cancel_futures=True)
     log.info("worker stopped", extra={"op": "worker", "worker": name, "code": code})
