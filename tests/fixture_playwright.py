@@ -11,7 +11,11 @@ Fixtures (registered in tests/conftest.py):
   variables that point win-automation at it, `pw_server.config()` a Config.
 - `web` (session): a threaded HTTP server: `/` a red page with a blue 40x30 box at (10, 10) and
   a `#ready` element, `/slow` the same after 2 s, `/tall` a 3000 px tall page, `/never` a request
-  that is never answered, `/slow-ready` a page whose `#late` element appears after 300 ms.
+  that is never answered, `/slow-ready` a page whose `#late` element appears after 300 ms;
+  `/pause-load` calls `web.pause()` and then is never answered (the browser paused mid-load), and
+  `/pause-shot` a page that calls it (a synchronous request to `/pause`) as a screenshot begins
+  (Playwright hides the caret of its `<input>`: the style change is observed), so the browser is
+  paused while the screenshot is being taken. `web.pause` is a test's own (None: nothing paused).
 """
 
 from __future__ import annotations
@@ -164,11 +168,32 @@ SLOW = b"""<!doctype html><html><body><script>
 setTimeout(() => { const d = document.createElement('div'); d.id = 'late'; d.textContent = 'late';
 document.body.appendChild(d); }, 300);</script></body></html>"""
 
+PAUSE_SHOT = b"""<!doctype html><html><body><input id="field" value="x"><script>
+const field = document.getElementById('field');
+new MutationObserver(() => {
+  const request = new XMLHttpRequest(); request.open('GET', '/pause', false); request.send();
+}).observe(field, { attributes: true, attributeFilter: ['style'] });
+</script></body></html>"""
+
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    pages: ClassVar[dict[str, bytes]] = {"/": PAGE, "/tall": TALL, "/slow-ready": SLOW}
+    pages: ClassVar[dict[str, bytes]] = {
+        "/": PAGE,
+        "/tall": TALL,
+        "/slow-ready": SLOW,
+        "/pause-shot": PAUSE_SHOT,
+    }
 
     def do_GET(self) -> None:
+        if self.path in ("/pause", "/pause-load"):
+            pause = self.server.pause  # type: ignore[attr-defined]
+            if pause is not None:
+                pause()
+            if self.path == "/pause":
+                self.send_response(204)
+                self.end_headers()
+                return
+            self.path = "/never"
         if self.path == "/slow":
             time.sleep(2.0)
             self.path = "/"
@@ -195,6 +220,7 @@ class WebServer:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.hung = []  # type: ignore[attr-defined]
+        self.httpd.pause = None  # type: ignore[attr-defined]
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()

@@ -186,7 +186,7 @@ def test_failing_script_keeps_screenshot_and_trace(
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "fails.py raised ValueError at line 5" in last
     assert (
-        "the box was not what we wanted" in last and "kept: traceback.txt, screenshot.png, trace.zip" in last
+        "the box was not what we wanted" in last and "kept: traceback.txt, trace.zip, screenshot.png" in last
     )
     folder = job_folder(tmp_path)
     assert manifest_names(folder) == {"traceback.txt", "screenshot.png", "trace.zip"}

@@ -2,8 +2,9 @@
 taken by the browser on the VM.
 
 One step, `screenshot`: connect to the VM's Playwright server (operations.playwright), load the
-URL in a fresh context (its `load` event, within `timeout_seconds`), wait for `wait_for` when
-given, write `screenshot.png` (and `trace.zip` with `trace`) to the job's folder, close the context.
+URL in a fresh context (its `load` event), wait for `wait_for` when given, write `screenshot.png`
+(and `trace.zip` with `trace`) to the job's folder, close the context: all of it, from the
+connect on, within `timeout_seconds` (plus JOB_GRACE for the cleanup; then the session is dropped).
 A failure keeps what was written (the page as it was, the trace) and lists it in the error. The
 headed variant is a GUI job: one per VM desktop, and it refuses a locked desktop before it starts.
 """
@@ -25,7 +26,9 @@ class ScreenshotInput(BaseModel):
     full_page: bool = Field(False, description="The whole scrollable page, not just the viewport.")
     wait_for: str | None = Field(None, min_length=1, description="A selector to wait for (visible).")
     trace: bool = Field(False, description="Record a Playwright trace (trace.zip).")
-    timeout_seconds: float = Field(30.0, gt=0, le=3600, description="Deadline to load and to wait.")
+    timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, description="Deadline of the whole job: load, wait, shot."
+    )
 
     @field_validator("url")
     @classmethod
@@ -49,7 +52,12 @@ class ScreenshotOutput(BaseModel):
 
 def screenshot(inp: ScreenshotInput, ctx: StepContext) -> ScreenshotOutput:
     with browser_session(
-        ctx.config, ctx.artifacts, trace=inp.trace, timeout=inp.timeout_seconds, cancelled=ctx.cancelled
+        ctx.config,
+        ctx.artifacts,
+        trace=inp.trace,
+        timeout=inp.timeout_seconds,
+        job_timeout=inp.timeout_seconds,  # the whole job: its timeout plus JOB_GRACE, then dropped
+        cancelled=ctx.cancelled,
     ) as job:
         shot = take_screenshot(
             job,

@@ -163,10 +163,12 @@ class BrowserSession:
         """Why the watchdog dropped the session ("stalled", "gave up"), or None."""
         return self._watchdog.dropped
 
-    def bounded(self, seconds: float) -> AbstractContextManager[None]:
-        """For calls Playwright keeps no timeout for (a context, a page, the trace): the session
-        is dropped, and the call fails (OperationTimeout), if the block runs past `seconds`."""
-        return self._watchdog.bound(seconds)
+    def bounded(self, seconds: float, *, said: float | None = None) -> AbstractContextManager[None]:
+        """For calls Playwright keeps no timeout for (a context, a page, the trace), or whose
+        timeout a wedged browser delays (a screenshot): the session is dropped, and the call fails
+        (OperationTimeout, saying `said` seconds), if the block runs past `seconds`. Nested: the
+        earliest holds."""
+        return self._watchdog.bound(seconds, said=said)
 
     def dropped_error(self, doing: str) -> WinAutomationError | None:
         """The error of a call that failed because the session was dropped; None if it was not."""

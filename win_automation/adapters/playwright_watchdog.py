@@ -57,7 +57,7 @@ class Watchdog:
         self._answered = time.monotonic()
         self._closing_by: float | None = None
         self._bound_by: float | None = None
-        self._bound = 0.0
+        self._bound = self._said = 0.0
         self._done = threading.Event()
         for target, name in ((self._probe, "playwright-probe"), (self._decide, "playwright-watchdog")):
             threading.Thread(target=target, name=name, daemon=True).start()
@@ -81,6 +81,7 @@ class Watchdog:
                 self._drop("gave up")
                 return
             elif self._bound_by is not None and time.monotonic() > self._bound_by:
+                self._said = self._bound  # the bound that ran out: its block may have ended since
                 self._drop("timed out")
                 return
             elif time.monotonic() - self._answered > self.stall_timeout:
@@ -103,10 +104,14 @@ class Watchdog:
                 os.kill(self.pid, signal.SIGKILL)
 
     @contextmanager
-    def bound(self, seconds: float) -> Iterator[None]:
-        """Drop the session ("timed out") if the block has not ended within `seconds`."""
+    def bound(self, seconds: float, *, said: float | None = None) -> Iterator[None]:
+        """Drop the session ("timed out") if the block has not ended within `seconds`; its error
+        says `said` (a job's timeout, when `seconds` is what is left of it plus a grace). Nested
+        bounds keep the earliest: an inner one never extends the job's."""
         outer = self._bound, self._bound_by
-        self._bound, self._bound_by = seconds, time.monotonic() + seconds
+        by = time.monotonic() + seconds
+        if self._bound_by is None or by < self._bound_by:
+            self._bound, self._bound_by = (seconds if said is None else said), by
         try:
             yield
         finally:
@@ -130,7 +135,7 @@ class Watchdog:
             )
         if self.dropped == "timed out":
             return OperationTimeout(
-                f"{doing}: no answer from {where} within {self._bound:g}s (its browser wedged?), so the"
+                f"{doing}: no answer from {where} within {self._said:g}s (its browser wedged?), so the"
                 " session was dropped; fix: `win-automation playwright health`, restart the server with"
                 " `win-automation playwright install`"
             )

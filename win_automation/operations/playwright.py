@@ -8,10 +8,14 @@
   connect and new-page latency; it never raises for a server that is down, refuses or mismatches:
   it reports the cause and the fix (the supervisor and `doctor` call it).
 - `browser_session(...)`: one connected browser and one fresh context for a step, with tracing
-  when asked; whatever happens the context is closed, and a failure still leaves the page's
-  screenshot and the trace in the job's artifacts (type `playwright`), named in the error. The
+  when asked; whatever happens the context is closed, and a failure still leaves the trace and
+  the page's screenshot in the job's artifacts (type `playwright`), named in the error. The
   calls Playwright keeps no timeout for (opening the context and page, the trace) are bounded by
-  the job's timeout, closing by CLOSE_TIMEOUT: a wedged browser drops the session (124).
+  the job's timeout, closing (after a failure: with the cleanup) by CLOSE_TIMEOUT: a wedged
+  browser drops the session (124). With `job_timeout` (a screenshot job) the whole session, from the
+  connect on, is bounded too: its calls get what is left of it, and the session is dropped
+  JOB_GRACE seconds past it (Playwright's own timeouts come late from a wedged browser: a
+  screenshot's by ~6 s).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +44,11 @@ from win_automation.operations.endpoints import service_address
 
 WS_PATH_ENV = "WIN_AUTOMATION_PLAYWRIGHT_WS_PATH"
 CLOSE_TIMEOUT = 5.0
-"""Seconds that closing a job's context (after a failure: its screenshot, its trace) may take."""
+"""Seconds that closing a job's context may take; after a failure, its cleanup (the trace, the
+page's screenshot) and closing, together."""
+JOB_GRACE = 2.0
+"""Seconds past a bounded job's timeout for its cleanup (its trace, its screenshot, closing) and
+for a server slow to report its own timeout; then the session is dropped."""
 INSTALL_FIX = "`win-automation playwright install` (it prints the export line for " + WS_PATH_ENV + ")"
 
 
@@ -126,6 +134,14 @@ def _close_quietly(context: Any) -> None:
         context.close()
 
 
+def _left(deadline: float | None, seconds: float) -> float:
+    """A call's timeout: `seconds`, or what is left before `deadline` when that is less (never 0:
+    to Playwright 0 is no timeout at all)."""
+    if deadline is None:
+        return seconds
+    return max(min(seconds, deadline - time.monotonic()), 0.001)
+
+
 @dataclass
 class BrowserJob:
     """One step's browser: its context and page, and the artifacts written so far."""
@@ -136,7 +152,14 @@ class BrowserJob:
     artifacts: ArtifactSink
     written: list[str] = field(default_factory=list)
     stalled: bool = False
-    """The page never finished loading: a screenshot would wait for it, so none is taken."""
+    """No screenshot would come (the page never finished loading, or a screenshot failed): none
+    is taken after a failure."""
+    deadline: float | None = None
+    """When the whole job must be over (time.monotonic()), or None: only its calls are bounded."""
+
+    def left(self, seconds: float) -> float:
+        """A call's timeout: `seconds`, or what is left of the job's when that is less."""
+        return _left(self.deadline, seconds)
 
     def save(self, name: str, data: bytes | str) -> None:
         """Write an artifact of type `playwright` into the job's folder (and its manifest)."""
@@ -149,9 +172,16 @@ class BrowserJob:
 
     def screenshot(self, *, full_page: bool = False, timeout: float = 30.0) -> bytes:
         try:
-            data: bytes = self.page.screenshot(full_page=full_page, timeout=timeout * 1000)
+            data: bytes = self.page.screenshot(full_page=full_page, timeout=self.left(timeout) * 1000)
         except Exception as exc:
-            raise self.error(exc, "screenshot") from None
+            self.stalled = True  # another try after the failure would wait as long
+            err = self.error(exc, "screenshot")
+            if isinstance(err, OperationTimeout) and self.session.dropped is None:
+                err = OperationTimeout(  # Playwright's own timeout, from a server still answering
+                    f"screenshot: not taken within {timeout:g}s (the page or its browser busy?); fix: "
+                    "`win-automation playwright health`, or raise --timeout"
+                )
+            raise err from None
         self.save("screenshot.png", data)
         return data
 
@@ -186,46 +216,63 @@ def browser_session(
     *,
     trace: bool = False,
     timeout: float = 30.0,
+    job_timeout: float | None = None,
     cancelled: Callable[[], bool] = lambda: False,
 ) -> Iterator[BrowserJob]:
     """A connected browser with a fresh context and page; closed whatever happens. On failure the
-    page's screenshot and (with `trace`) the trace are kept, and the error lists the artifacts.
-    The session is dropped, and the call under way fails, once `cancelled()` turns true (the
-    job's cancel or deadline) or the server stops answering (`playwright.stall_timeout`)."""
+    trace and (unless `stalled`) the page's screenshot are kept, and the error lists the
+    artifacts. The session is dropped, and the call under way fails, once `cancelled()` turns
+    true (the job's cancel or deadline), the server stops answering (`playwright.stall_timeout`),
+    or, with `job_timeout`, JOB_GRACE seconds after that many from the connect."""
     target = endpoint(config)
     stall = config.playwright.stall_timeout
     with open_browser(target, timeout=timeout, stall_timeout=stall, give_up=cancelled) as session:
         metrics.inc("playwright_sessions_total")
-        with session.bounded(timeout):
-            context = session.new_context()
-        job = BrowserJob(session, context, None, artifacts)
-        try:
-            with session.bounded(timeout):
+        deadline = None if job_timeout is None else time.monotonic() + job_timeout
+        whole: AbstractContextManager[None] = nullcontext()
+        if job_timeout is not None:
+            whole = session.bounded(job_timeout + JOB_GRACE, said=job_timeout)
+        with whole:
+            with session.bounded(_left(deadline, timeout), said=job_timeout or timeout):
+                context = session.new_context()
+            job = BrowserJob(session, context, None, artifacts, deadline=deadline)
+            try:
+                with session.bounded(job.left(timeout), said=job_timeout or timeout):
+                    if trace:
+                        context.tracing.start(screenshots=True, snapshots=True, sources=False)
+                    job.page = context.new_page()
+                    job.page.set_default_timeout(timeout * 1000)
+                yield job
                 if trace:
-                    context.tracing.start(screenshots=True, snapshots=True, sources=False)
-                job.page = context.new_page()
-                job.page.set_default_timeout(timeout * 1000)
-            yield job
-            if trace:
-                with session.bounded(max(timeout, CLOSE_TIMEOUT)):  # the zip comes back to us
-                    _stop_trace(job)
-        except BaseException as exc:
-            err = job.error(exc, "the job") if isinstance(exc, Exception) else None
-            if not session.lost:
-                if "screenshot.png" not in job.written and job.page is not None and not job.stalled:
-                    with suppress(Exception):  # the page may be unusable: keep what we have
-                        job.save("screenshot.png", job.page.screenshot(timeout=CLOSE_TIMEOUT * 1000))
-                if trace:
-                    with suppress(Exception), session.bounded(CLOSE_TIMEOUT):
-                        _stop_trace(job)
-            if err is None:
-                raise
-            if job.written:
-                err.message = f"{err.message} (kept: {', '.join(job.written)})"
-            raise err from None
-        finally:
+                    try:
+                        with session.bounded(max(timeout, CLOSE_TIMEOUT)):  # the zip comes back to us
+                            _stop_trace(job)
+                    except Exception as exc:
+                        raise job.error(exc, "saving the trace") from None
+            except BaseException as exc:
+                err = job.error(exc, "the job") if isinstance(exc, Exception) else None
+                with session.bounded(CLOSE_TIMEOUT):  # one budget: a wedged browser holds each step
+                    if not session.lost:
+                        _keep_what_is_left(job, trace)
+                    _close_quietly(context)
+                if err is None:
+                    raise
+                if job.written:
+                    err.message = f"{err.message} (kept: {', '.join(job.written)})"
+                raise err from None
             with session.bounded(CLOSE_TIMEOUT):
                 _close_quietly(context)
+
+
+def _keep_what_is_left(job: BrowserJob, trace: bool) -> None:
+    """After a failure: the trace, then the page's screenshot. The trace first: the server keeps
+    it, so a wedged browser does not hold it up, while a screenshot waits for the browser."""
+    if trace:
+        with suppress(Exception):
+            _stop_trace(job)
+    if "screenshot.png" not in job.written and job.page is not None and not job.stalled:
+        with suppress(Exception):  # the page may be unusable: keep what we have
+            job.save("screenshot.png", job.page.screenshot(timeout=CLOSE_TIMEOUT * 1000))
 
 
 def _stop_trace(job: BrowserJob) -> None:

@@ -70,11 +70,11 @@ def take_screenshot(
     timeout: float,
     cancelled: Callable[[], bool] = lambda: False,
 ) -> Shot:
-    """Load `url`, wait for the selector when given, write `screenshot.png`; a cancel is seen
-    between these calls (Cancelled)."""
+    """Load `url`, wait for the selector when given, write `screenshot.png`, each within what is
+    left of the job's `timeout` (job.left); a cancel is seen between these calls (Cancelled)."""
     started = time.perf_counter()
     try:
-        job.page.goto(url, wait_until="load", timeout=timeout * 1000)
+        job.page.goto(url, wait_until="load", timeout=job.left(timeout) * 1000)
     except Exception as exc:
         if _is_timeout(exc):
             job.stalled = True  # a page still loading cannot be shot: keep the trace only
@@ -91,8 +91,11 @@ def take_screenshot(
         wait_for_selector(job, wait_for, timeout)
         _check(cancelled)
     data = job.screenshot(full_page=full_page, timeout=timeout)
-    with job.session.bounded(timeout):  # the title has no timeout of its own
-        title = job.page.title()
+    try:
+        with job.session.bounded(job.left(timeout), said=timeout):  # the title has no timeout of its own
+            title = job.page.title()
+    except Exception as exc:
+        raise job.error(exc, "reading the title") from None
     return Shot(job.page.url, title, len(data), round((time.perf_counter() - started) * 1000))
 
 
@@ -103,7 +106,7 @@ def _check(cancelled: Callable[[], bool]) -> None:
 
 def wait_for_selector(job: BrowserJob, selector: str, timeout: float) -> None:
     try:
-        job.page.wait_for_selector(selector, state="visible", timeout=timeout * 1000)
+        job.page.wait_for_selector(selector, state="visible", timeout=job.left(timeout) * 1000)
     except Exception as exc:
         if _is_timeout(exc):
             raise OperationTimeout(

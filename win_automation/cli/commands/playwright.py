@@ -158,7 +158,7 @@ def screenshot(
         False, "--trace", help="Also record trace.zip (open with `playwright show-trace`)."
     ),
     headed: bool = typer.Option(False, "--headed", help="A GUI job: needs the VM desktop (one at a time)."),
-    timeout: str = typer.Option("30s", "--timeout", help="Deadline to load the page and to wait."),
+    timeout: str = typer.Option("30s", "--timeout", help="Deadline of the whole job."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
     engine: str | None = engine_option(),
     no_wait: bool = no_wait_option(),
