@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -244,3 +245,28 @@ def test_pinned_fingerprint_is_enough_and_a_wrong_pin_refused(live_sshd: SshServ
     wrong = live_sshd.config(tmp_path / "none", host_key_fingerprint="SHA256:" + "A" * 43)
     with pytest.raises(HostKeyError, match="HOST KEY MISMATCH"):
         ssh.get_connection(wrong).exec("true")
+
+
+def test_closing_a_flooded_channel_never_ends_the_connection(ssh_config, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """paramiko's channel close closes its pipe's fds, then marks it closed; a feed from the
+    transport thread in between wrote to a closed fd: EBADF ended the whole transport ("Socket
+    exception: Bad file descriptor"; 1 in ~10 capped `yes` floods under load). The window is
+    widened here (a pause between the two) so that the flood's feeds always land in it."""
+    import paramiko.pipe
+
+    def slow_close(pipe: paramiko.pipe.PosixPipe) -> None:
+        os.close(pipe._rfd)
+        os.close(pipe._wfd)
+        time.sleep(0.3)  # the transport thread keeps feeding the flood meanwhile
+        pipe._closed = True
+
+    monkeypatch.setattr(paramiko.pipe.PosixPipe, "close", slow_close)
+    conn = ssh.get_connection(ssh_config)
+    conn.exec("true")
+    first = conn.transport()
+    for _ in range(3):
+        stop = threading.Event()
+        flooded = lambda _data, stop=stop: stop.set()  # noqa: E731
+        conn.exec("yes flood", on_stdout=flooded, cancelled=stop.is_set, keep=False)
+        time.sleep(0.3)
+        assert conn._transport is first and first.is_active(), "the connection was lost"

@@ -10,7 +10,9 @@ in as callables)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
+from typing import Any
 
 READ_SIZE = 1024 * 1024
 SLICE = 4 * READ_SIZE
@@ -36,3 +38,16 @@ def read_slice(streams: Iterable[Stream]) -> bool:
             taken += len(data)
             sink(data)
     return emptied
+
+
+def close_channel(channel: Any) -> None:
+    """Close a paramiko channel whose fileno() was taken. paramiko's close closes that pipe's two
+    fds while its transport thread may still be feeding the channel (a flood of output, a command
+    just stopped): the feed's write to the pipe then hits a closed fd, EBADF, which ends the whole
+    transport ("Socket exception: Bad file descriptor"; 1 in ~10 capped `yes` floods under load),
+    or a number another file has reused meanwhile. So the buffers' events are first swapped, under
+    the buffers' own locks (which every feed holds), for plain Events: no feed touches the pipe
+    after that."""
+    for buffer in (channel.in_buffer, channel.in_stderr_buffer):
+        buffer.set_event(threading.Event())
+    channel.close()

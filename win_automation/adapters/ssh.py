@@ -28,7 +28,7 @@ from typing import Any
 
 import paramiko
 
-from win_automation.adapters.channel_reads import read_slice
+from win_automation.adapters.channel_reads import close_channel, read_slice
 from win_automation.adapters.execution import Chunk, ExecOutcome, SessionSpec, collector
 from win_automation.adapters.ssh_connect import MAX_PACKET_SIZE, WINDOW_SIZE, connect_once, target
 from win_automation.adapters.ssh_liveness import lost
@@ -240,7 +240,7 @@ class SshConnection:
                 # on a transport that just died, paramiko's close raises (EOFError): that must
                 # replace neither the outcome nor the error that ended the command
                 with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
-                    channel.close()
+                    close_channel(channel)
         outcome.duration_ms = timer.ms
         return outcome
 

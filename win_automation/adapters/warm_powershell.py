@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import paramiko
 
-from win_automation.adapters.channel_reads import read_slice
+from win_automation.adapters.channel_reads import close_channel, read_slice
 from win_automation.adapters.execution import Chunk, ExecOutcome, SessionSpec, collector
 from win_automation.adapters.ssh_connect import target
 from win_automation.adapters.ssh_liveness import lost
@@ -119,7 +119,7 @@ class Session:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.channel.close()
+            close_channel(self.channel)
 
 
 class SessionPool:
@@ -195,7 +195,7 @@ class SessionPool:
             out = out[-64:]
             if emptied and (channel.eof_received or channel.closed):
                 status = channel.recv_exit_status() if channel.exit_status_ready() else None
-                channel.close()
+                close_channel(channel)
                 why = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no error output"]
                 raise ConnectError(
                     f"the warm PowerShell session on {self.conn.cfg.vm_key} did not start (exit status"
@@ -204,7 +204,7 @@ class SessionPool:
                 )
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                channel.close()
+                close_channel(channel)
                 return None, True
             if emptied:
                 select.select([fd], [], [], 1.0 if remaining is None else min(remaining, 1.0))
