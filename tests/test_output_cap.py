@@ -57,21 +57,25 @@ def test_a_stream_past_the_cap_stops_the_command_and_keeps_its_first_bytes(
     res = cli("ssh", "run", "--shell", "cmd", "--", command, env=env, timeout=120)
     assert res.code == 1, res.stderr[-500:]
     assert time.monotonic() - started < 60  # stopped, not run to its deadline (5 min)
-    error = (
-        f"error: step exec: {stream} passed ssh.max_output (1 MiB): the command was stopped;"
-        f" {stream}.txt holds its first 1 MiB\n"
-    )
-    # one line (the command's own stderr before it when that is the stream capped)
-    assert res.stderr == error if stream == "stdout" else res.stderr.endswith(error), res.stderr[-500:]
     assert _gone(word) and _gone(sleep), "the remote command still runs"
 
     (job,) = json.loads(cli("jobs", "list", "--json").stdout)
-    assert (job["state"], job["exit_code"]) == ("failed", 1), job
-    assert job["error"] == error.removeprefix("error: ").rstrip("\n"), job
+    error = (
+        f"step exec: {stream} passed ssh.max_output (1 MiB): the command was stopped;"
+        f" {stream}.txt holds its first 1 MiB"
+    )
+    assert (job["state"], job["exit_code"], job["error"]) == ("failed", 1, error), job
     folder = tmp_path / "artifacts" / job["job_id"]
     kept = (folder / f"{stream}.txt").read_bytes()
     line = f"{word}\n".encode()
     assert kept == (line * (MIB // len(line) + 1))[:MIB]  # exactly the first 1 MiB, nothing after
+    # what was shown live is what was kept, then one error line that names the job
+    said = f"error: {error} (job {job['job_id']})\n"
+    assert res.stderr.endswith(said), res.stderr[-500:]
+    shown = res.stdout if stream == "stdout" else res.stderr.removesuffix(said)
+    assert shown.encode() == kept, (len(shown), res.stderr[-300:])
+    if stream == "stdout":
+        assert res.stderr == said, res.stderr[-500:]
     entries = {a["path"]: a for a in json.loads((folder / "manifest.json").read_text())["artifacts"]}
     assert entries[f"{stream}.txt"]["size_bytes"] == MIB
     assert {"stdout.txt", "stderr.txt"} <= set(entries)
@@ -88,15 +92,98 @@ def test_a_powershell_command_past_the_cap_is_stopped_too(
     started = time.monotonic()
     res = cli("ssh", "run", "--", body, env=env, timeout=120)
     assert res.code == 1 and time.monotonic() - started < 30, res.stderr
-    assert res.stderr == (
-        "error: step exec: stdout passed ssh.max_output (1 KiB): the command was stopped;"
-        " stdout.txt holds its first 1 KiB\n"
-    )
     assert _gone("powershell.exe -NoProfile"), "the stand-in still runs"
     (job,) = json.loads(cli("jobs", "list", "--json").stdout)
     assert (job["state"], job["exit_code"]) == ("failed", 1), job
+    assert res.stderr == (
+        "error: step exec: stdout passed ssh.max_output (1 KiB): the command was stopped;"
+        f" stdout.txt holds its first 1 KiB (job {job['job_id']})\n"
+    )
+    assert res.stdout == body[:1024]
     assert (tmp_path / "artifacts" / job["job_id"] / "stdout.txt").read_bytes() == body.encode()[:1024]
     assert cli("artifacts", "verify", "--job", job["job_id"]).code == 0
+
+
+def test_a_capped_job_prints_its_json_object_and_names_itself_as_a_timed_out_one_does(
+    cli, live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    env = {**live_sshd.env(known_hosts, persist="0"), "WIN_AUTOMATION_SSH_MAX_OUTPUT": "10"}
+    res = cli("ssh", "run", "--json", "--shell", "cmd", "--", "echo 0123456789abcdef", env=env)
+    assert res.code == 1, res.stderr
+    data = json.loads(res.stdout)
+    job_id = data.pop("job_id")
+    assert data.pop("duration_ms") >= 0
+    assert data == {
+        "exit_code": 1,
+        "stdout": "0123456789",  # what stdout.txt kept, not what the VM sent
+        "stderr": "",
+        "timed_out": False,
+        "skipped": False,
+        "output_capped": True,
+    }
+    error = (
+        "step exec: stdout passed ssh.max_output (10 bytes): the command was stopped;"
+        " stdout.txt holds its first 10 bytes"
+    )
+    assert res.stderr == f"error: {error} (job {job_id})\n"
+    # the record stays honest: failed, with the cap's error, and the output the JSON showed
+    shown = json.loads(cli("jobs", "show", job_id, "--json").stdout)
+    assert (shown["state"], shown["exit_code"], shown["error"]) == ("failed", 1, error), shown
+    (job,) = json.loads(cli("jobs", "list", "--json").stdout)
+    assert (job["job_id"], job["state"], job["error"]) == (job_id, "failed", error)
+    assert (tmp_path / "artifacts" / job_id / "stdout.txt").read_bytes() == b"0123456789"
+
+
+def test_the_live_display_stops_at_the_cap_too(
+    cli, live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    env = {**live_sshd.env(known_hosts, persist="0"), "WIN_AUTOMATION_SSH_MAX_OUTPUT": "10"}
+    res = cli("ssh", "run", "--shell", "cmd", "--", "printf 0123456789abc; printf 0123456789xyz >&2", env=env)
+    assert res.code == 1, res.stderr
+    (job,) = json.loads(cli("jobs", "list", "--json").stdout)
+    folder = tmp_path / "artifacts" / job["job_id"]
+    assert (folder / "stdout.txt").read_bytes() == b"0123456789"
+    assert res.stdout == "0123456789"  # what the user sees is what was kept
+    # stderr: at most its own first 10 bytes (the stop may come before it printed), then the error
+    kept = (folder / "stderr.txt").read_text()
+    assert "0123456789xyz".startswith(kept) and len(kept) <= 10, kept
+    assert res.stderr == f"{kept}error: {job['error']} (job {job['job_id']})\n", res.stderr
+
+
+def test_a_runaway_idempotency_check_is_capped_too(
+    cli, live_sshd: SshServer, known_hosts: Path, remote_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
+    word = f"wa-check-{uuid.uuid4().hex[:12]}"
+    sleep = f"sleep 40.{uuid.uuid4().int % 10**6:06d}"
+    flag = remote_dir / "ran"
+    env = {**live_sshd.env(known_hosts, persist="0"), "WIN_AUTOMATION_SSH_MAX_OUTPUT": "1MiB"}
+    started = time.monotonic()
+    res = cli(
+        "ssh",
+        "run",
+        "--shell",
+        "cmd",
+        "--timeout",
+        "5m",
+        "--idempotent",
+        "--idempotent-check",
+        f"(yes {word} | head -c {3 * MIB}); {sleep}",
+        "--",
+        f"touch {flag}",
+        env=env,
+        timeout=120,
+    )
+    assert res.code == 1, res.stderr[-500:]
+    assert time.monotonic() - started < 60  # stopped at the cap, not at its deadline (5 min)
+    error = (
+        "step check: the idempotency check's stdout passed ssh.max_output (1 MiB):"
+        " the check was stopped (the command did not run)"
+    )
+    assert res.stderr == f"error: {error}\n" and res.stdout == "", res.stderr[-500:]
+    assert _gone(word) and _gone(sleep), "the check still runs on the VM"
+    assert not flag.exists()
+    (job,) = json.loads(cli("jobs", "list", "--json").stdout)
+    assert (job["state"], job["exit_code"], job["error"]) == ("failed", 1, error), job
 
 
 def test_output_of_exactly_the_cap_is_kept_whole_and_succeeds(
@@ -126,6 +213,10 @@ def test_output_of_exactly_the_cap_is_kept_whole_and_succeeds(
         (" 2 TiB ", 2 << 40),
         ("4096", 4096),
         ("7B", 7),
+        ("0.5KiB", 512),
+        ("1.25KB", 1250),
+        ("2.0", 2),
+        ("1." + "0" * 60 + "MiB", MIB),
     ],
 )
 def test_max_output_takes_a_size_from_the_environment_or_the_file(
@@ -154,7 +245,7 @@ def test_max_output_defaults_to_1_gib_and_takes_json_numbers(tmp_path: Path) -> 
         ),
         ({"max_output": 0}, "ssh.max_output must be more than zero bytes, got 0"),
         ({"max_output": "0GiB"}, "ssh.max_output must be more than zero bytes, got '0GiB'"),
-        ({"max_output": "0.1B"}, "ssh.max_output must be more than zero bytes, got '0.1B'"),
+        ({"max_output": "0.1B"}, "ssh.max_output must be a whole number of bytes, got '0.1B'"),
         (
             {"max_output": "lots"},
             "ssh.max_output must be a size such as 512MiB, 1GiB or plain bytes, got 'lots'",
@@ -164,7 +255,7 @@ def test_max_output_defaults_to_1_gib_and_takes_json_numbers(tmp_path: Path) -> 
             "ssh.max_output must be a size such as 512MiB, 1GiB or plain bytes (units: B,",
         ),
         ({"max_output": "1e9"}, "ssh.max_output must be a size such as 512MiB"),
-        ({"max_output": 1.5}, "ssh.max_output must be a size such as 512MiB, 1GiB or plain bytes, got 1.5"),
+        ({"max_output": 1.5}, "ssh.max_output must be a whole number of bytes, got 1.5"),
         ({"max_output": True}, "ssh.max_output must be a size such as 512MiB, 1GiB or plain bytes, got True"),
         ({"max_output": None}, "ssh.max_output must be a size such as 512MiB, 1GiB or plain bytes, got None"),
         ({"max_output": [1]}, "ssh.max_output must be a size such as 512MiB, 1GiB or plain bytes, got [1]"),
@@ -178,6 +269,36 @@ def test_bad_max_output_values_in_the_file_are_one_line(tmp_path: Path, data: di
     with pytest.raises(ConfigError) as caught:
         load_config(path, {})
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["1.5", "1.5B", "0.5", "1.0000000001KiB", "1." + "0" * 40 + "1KiB", "1.0001KB", "0.1"],
+)
+def test_a_size_that_is_not_whole_bytes_is_refused_alike_from_the_file_and_the_environment(
+    tmp_path: Path, value: str
+) -> None:
+    """Never rounded (`1.5` was 1 byte from the environment and refused from the file)."""
+    with pytest.raises(ConfigError) as from_env:
+        load_config(None, {"WIN_AUTOMATION_SSH_MAX_OUTPUT": value})
+    assert str(from_env.value) == (
+        f"ssh.max_output (from WIN_AUTOMATION_SSH_MAX_OUTPUT) must be a whole number of bytes,"
+        f" got {parse_shown(value)}"
+    )
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"ssh": {"max_output": value}}))
+    with pytest.raises(ConfigError) as from_file:
+        load_config(path, {})
+    assert str(from_file.value).startswith(
+        f"ssh.max_output must be a whole number of bytes, got {parse_shown(value)}"
+    ), str(from_file.value)
+    assert "\n" not in str(from_file.value)
+
+
+def parse_shown(value: str) -> str:
+    """`value` as an error shows it (cut when long)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 @pytest.mark.parametrize("value", ["-1", "0", "garbage", "1GX", "1,5GiB"])

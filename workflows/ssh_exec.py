@@ -17,21 +17,25 @@ prints the command's output and `jobs list --state failed` finds failed commands
 authentication and host-key errors fail the step too, with no output. Output streams live through
 `ctx.emit` as it arrives; a cancelled job kills the command's remote process tree (Cancelled, 130).
 A stream that passes ssh.max_output stops the command too (its tree killed) and fails the step
-with OutputCapped (exit 1, no output): stdout.txt and stderr.txt are kept as they are (the capped
-one holds its first max_output bytes) and enter the manifest; exit_code.txt and result.json are
-not written (the command has no exit code of its own).
+with OutputCapped (exit 1), which carries the step's output (`output_capped`, the streams as the
+files kept them) as a timed-out command's error does: stdout.txt and stderr.txt are kept as they
+are (the capped one holds its first max_output bytes) and enter the manifest; exit_code.txt and
+result.json are not written (the command has no exit code of its own). The check is capped too
+(its output kept nowhere): past ssh.max_output it is stopped and fails the step (exit 1).
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from win_automation.definition import Step, StepContext, Workflow
 from win_automation.errors import Cancelled, CommandFailed, OperationTimeout, Skipped
+from win_automation.operations import powershell
 from win_automation.operations.command_result import CommandResult, Shell, cli_exit_code, describe_exit_code
-from win_automation.operations.output_stream import Capped, OutputCapped
+from win_automation.operations.output_stream import Capped, Discard, OutputCapped
 from win_automation.operations.ssh import skipped_result
 
 
@@ -63,7 +67,11 @@ OUTPUT_PREVIEW_CHARS = 64 * 1024
 
 class ExecOutput(CommandResult):
     """The command's result. `stdout`/`stderr` hold at most their last OUTPUT_PREVIEW_CHARS
-    characters (flagged `*_truncated`); the whole text is in the job's stdout.txt/stderr.txt."""
+    characters (flagged `*_truncated`); the whole text is in the job's stdout.txt/stderr.txt.
+    `output_capped`: a stream passed ssh.max_output, and the command was stopped (exit code 1,
+    the CLI's: the command has none of its own); the streams are what the files kept."""
+
+    output_capped: bool = False
 
     @classmethod
     def of(cls, result: CommandResult) -> ExecOutput:
@@ -78,7 +86,21 @@ class ExecOutput(CommandResult):
 def check(inp: SshExecInput, ctx: StepContext) -> CheckOutput:
     if inp.check is None:
         return CheckOutput(checked=False, passed=False)
-    result = ctx.vm.run(inp.check, shell=inp.shell, timeout=inp.timeout_seconds, live=False)
+    limit = ctx.config.ssh.max_output
+
+    def capped(stream: str) -> Capped:
+        # its output is kept nowhere, but a check that prints without end (`yes`) must not run
+        # on to its deadline: it is capped as the command is
+        return Capped(
+            Discard(),
+            limit,
+            stream=f"the idempotency check's {stream}",
+            name=None,
+            stopped="the check was stopped (the command did not run)",
+        )
+
+    files = (capped("stdout"), capped("stderr"))
+    result = ctx.vm.run(inp.check, shell=inp.shell, timeout=inp.timeout_seconds, live=False, files=files)
     if result.cancelled:
         raise Cancelled("cancelled while the idempotency check ran; its remote process tree was killed")
     ctx.log.info("idempotency check ran", extra={"op": "ssh.check", "exit_code": result.exit_code})
@@ -100,6 +122,7 @@ def _execute(inp: SshExecInput, ctx: StepContext) -> ExecOutput:
     timeout = inp.timeout_seconds or ctx.config.ssh.command_timeout
     limit = ctx.config.ssh.max_output
     capped: OutputCapped | None = None
+    started = time.monotonic()
     with ctx.artifacts.open("ssh", "stdout.txt") as out, ctx.artifacts.open("ssh", "stderr.txt") as err:
         files = (
             Capped(out, limit, stream="stdout", name="stdout.txt"),
@@ -115,6 +138,21 @@ def _execute(inp: SshExecInput, ctx: StepContext) -> ExecOutput:
         except OutputCapped as exc:
             capped = exc  # raised once the files are closed: a block that raises discards them
     if capped is not None:
+        # the step's output as a timed-out command's: journaled with the failure, so the CLI
+        # prints it (--json) and names the job; the streams are what stdout.txt/stderr.txt kept
+        stderr = files[1].text()
+        capped.result = ExecOutput.of(
+            CommandResult(
+                command=display,
+                shell=inp.shell,
+                exit_code=capped.exit_code,
+                stdout=files[0].text(),
+                stderr=powershell.strip_clixml(stderr) if inp.shell == "powershell" else stderr,
+                duration_ms=int((time.monotonic() - started) * 1000),
+                stdout_truncated=files[0].truncated,
+                stderr_truncated=files[1].truncated,
+            )
+        ).model_copy(update={"output_capped": True})
         raise capped
     output = ExecOutput.of(result)
     write_result(ctx, output)

@@ -4,7 +4,9 @@ first) taken out and a PowerShell CLIXML block held back; written to a file as i
 only its last bytes kept in memory (TAIL_BYTES with a file, KEPT_BYTES without one).
 
 A file may be `Capped` (ssh.max_output): past its limit nothing more is written to it and the
-command is stopped, as on a write error; the file keeps its first `limit` bytes."""
+command is stopped, as on a write error; the file keeps its first `limit` bytes, and so does
+everything else: the live display and the kept tail end there too (what is shown is what was
+kept), whatever comes until the stop reaches the VM."""
 
 from __future__ import annotations
 
@@ -34,33 +36,82 @@ class ByteSink(Protocol):
 
 class OutputCapped(WinAutomationError):
     """A stream passed ssh.max_output: its command was stopped (exit 1, never retried: it would
-    print as much again); its file, kept, holds the first max_output bytes."""
+    print as much again); its file, kept, holds the first max_output bytes. `written`: how much
+    of the write that passed the cap went to the file (what fitted)."""
+
+    written = 0
+
+
+class Discard:
+    """A file that keeps nothing: a Capped stream that needs a cap but no file (the idempotency
+    check, whose output is not kept)."""
+
+    def write(self, data: bytes) -> object:
+        return len(data)
 
 
 class Capped:
     """`file`, which takes at most `limit` bytes: the write that passes it writes what fits, then
-    raises OutputCapped, which OutputStream hands on to stop the command (`failures`)."""
+    raises OutputCapped, which OutputStream hands on to stop the command (`failures`).
+    `stream` names the stream in that error, `stopped` what was stopped, `name` the file that
+    holds the first `limit` bytes (None: no file)."""
 
-    def __init__(self, file: ByteSink, limit: int, *, stream: str, name: str) -> None:
+    def __init__(
+        self,
+        file: ByteSink,
+        limit: int,
+        *,
+        stream: str,
+        name: str | None,
+        stopped: str = "the command was stopped",
+    ) -> None:
         self.file = file
         self.limit = limit
         self.stream = stream
         self.name = name
+        self.stopped = stopped
         self.size = 0
+        self.raw = bytearray()
+        """The last TAIL_BYTES (at most twice that) of what was written: a capped command's
+        result, which its error carries (the command's own result never comes)."""
 
     def write(self, data: bytes) -> object:
         room = self.limit - self.size
         if len(data) <= room:
-            self.size += len(data)
+            self._keep(data)
             return self.file.write(data)
         if room:
             self.file.write(data[:room])
-            self.size = self.limit
+            self._keep(data[:room])
         shown = format_size(self.limit)
-        raise OutputCapped(
-            f"{self.stream} passed ssh.max_output ({shown}): the command was stopped;"
-            f" {self.name} holds its first {shown}"
-        )
+        where = "" if self.name is None else f"; {self.name} holds its first {shown}"
+        capped = OutputCapped(f"{self.stream} passed ssh.max_output ({shown}): {self.stopped}{where}")
+        capped.written = room
+        raise capped
+
+    def _keep(self, data: bytes) -> None:
+        self.size += len(data)
+        self.raw += data
+        if len(self.raw) > 2 * TAIL_BYTES:
+            del self.raw[: len(self.raw) - TAIL_BYTES]
+
+    def text(self) -> str:
+        """What was written, decoded (its last TAIL_BYTES when more)."""
+        return decode_tail(bytes(self.raw[-TAIL_BYTES:]), cut=self.size > TAIL_BYTES)
+
+    @property
+    def truncated(self) -> bool:
+        return self.size > TAIL_BYTES
+
+
+def decode_tail(raw: bytes, *, cut: bool) -> str:
+    """A stream's kept bytes as text; `cut` (its start is gone): from a UTF-8 character boundary."""
+    if cut:
+        skip = 0
+        while skip < min(3, len(raw)) and 0x80 <= raw[skip] < 0xC0:
+            skip += 1
+        raw = raw[skip:]
+    return powershell.decode_output(raw)
 
 
 class OutputStream:
@@ -91,6 +142,7 @@ class OutputStream:
         self.await_clixml = clixml
         self.holding = False
         self.head = bytearray()
+        self.capped = False
 
     def feed(self, data: bytes) -> None:
         if self.await_marker or self.await_clixml:
@@ -112,25 +164,33 @@ class OutputStream:
                 self.holding = self.head.startswith(header)
                 self.await_clixml = False
             data, self.head = bytes(self.head), bytearray()
-        self.keep(data)
+        data = self.keep(data)
         if self.sink is not None and not self.holding and data:
             text = self.decoder.decode(data)
             if text:
                 self.sink(text)
 
-    def keep(self, data: bytes) -> None:
-        if not data:
-            return
-        self.total += len(data)
+    def keep(self, data: bytes) -> bytes:
+        """Writes and keeps `data`; returns what of it was kept, which alone is shown live: past
+        a Capped file's limit nothing more is (more comes until the stop reaches the VM)."""
+        if not data or self.capped:
+            return b""
         if self.file is not None:
             try:
                 self.file.write(data)
+            except OutputCapped as exc:  # the file holds what fitted: so does everything else
+                data = data[: exc.written]
+                self.capped = True
+                self.file = None
+                self.failures.append(exc)
             except Exception as exc:  # its disk is full: nothing more is written; the caller stops it
                 self.file = None
                 self.failures.append(exc)
+        self.total += len(data)
         self.raw += data
         if self.tail is not None and len(self.raw) > 2 * self.tail:
             del self.raw[: len(self.raw) - self.tail]
+        return data
 
     @property
     def truncated(self) -> bool:
@@ -140,9 +200,4 @@ class OutputStream:
         self.keep(bytes(self.head))
         self.head = bytearray()
         raw = bytes(self.raw[-self.tail :] if self.tail is not None else self.raw)
-        if self.total > len(raw):  # cut: start at a UTF-8 character boundary
-            skip = 0
-            while skip < min(3, len(raw)) and 0x80 <= raw[skip] < 0xC0:
-                skip += 1
-            raw = raw[skip:]
-        return powershell.decode_output(raw)
+        return decode_tail(raw, cut=self.total > len(raw))

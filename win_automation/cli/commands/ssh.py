@@ -46,6 +46,7 @@ def _run_job(
     no_wait: bool = False,
 ) -> None:
     from win_automation.cli.commands.run import start
+    from win_automation.log import redact
     from win_automation.operations.command_result import cli_exit_code, describe_exit_code
     from workflows import ssh_exec
 
@@ -71,8 +72,6 @@ def _run_job(
         return
     result = outcome.outputs.get("exec")
     if not isinstance(result, ssh_exec.ExecOutput):  # it never ran: no connection, cancelled...
-        from win_automation.log import redact
-
         error(redact(outcome.error or f"job {outcome.job_id} {outcome.state.value}"))
         raise typer.Exit(outcome.exit_code)
     stdout = whole(outcome, "stdout", result.stdout, result.stdout_truncated)
@@ -87,6 +86,7 @@ def _run_job(
                 "job_id": outcome.job_id,
                 "timed_out": result.timed_out,
                 "skipped": result.skipped,
+                "output_capped": result.output_capped,
             }
         )
     else:
@@ -105,6 +105,9 @@ def _run_job(
                 )
         if result.skipped:
             sys.stderr.write(f"skipped: the idempotency check passed (job {outcome.job_id})\n")
+    if result.output_capped:  # the job's own error (which stream, which file), naming the job
+        error(f"{redact(outcome.error or 'ssh.max_output passed')} (job {outcome.job_id})")
+        raise typer.Exit(outcome.exit_code)
     if result.timed_out:
         error(
             f"the command passed its deadline of {payload.get('timeout_seconds')}s; "
