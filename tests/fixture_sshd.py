@@ -411,6 +411,20 @@ class SshServer:
                         found.append(pid)
         return found
 
+    @contextlib.contextmanager
+    def sessions_paused(self) -> Iterator[list[int]]:
+        """The per-connection sshd processes stopped (SIGSTOP: a VM paused, its TCP connections
+        open, nothing answered) for the block, continued after it."""
+        paused = self.session_pids()
+        try:
+            for pid in paused:
+                os.kill(pid, signal.SIGSTOP)
+            yield paused
+        finally:
+            for pid in paused:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
     def drop_sessions(self) -> int:
         """Kill every connection's sshd process (SIGKILL): the clients' connections drop."""
         pids = self.session_pids()

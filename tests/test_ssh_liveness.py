@@ -6,9 +6,7 @@ was paused itself keeps its connection and its command's result."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -66,19 +64,13 @@ def test_a_paused_vm_under_a_running_command_is_exit_3_and_a_failed_job(
         stderr=subprocess.PIPE,
         text=True,
     )
-    paused: list[int] = []
     try:
         assert call.stdout is not None and call.stdout.readline() == "go\n"
-        paused = live_sshd.session_pids()
-        for pid in paused:
-            os.kill(pid, signal.SIGSTOP)
-        stopped = time.monotonic()
-        _, err = call.communicate(timeout=60)
-        took = time.monotonic() - stopped
+        with live_sshd.sessions_paused():
+            stopped = time.monotonic()
+            _, err = call.communicate(timeout=60)
+            took = time.monotonic() - stopped
     finally:
-        for pid in paused:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
         if call.poll() is None:
             call.kill()
         subprocess.run(["pkill", "-f", sleep], check=False)
@@ -118,21 +110,13 @@ def test_a_client_paused_longer_than_the_bound_keeps_its_connection(
         stderr=subprocess.PIPE,
         text=True,
     )
-    paused: list[int] = []
-    try:
-        assert call.stdout is not None and call.stdout.readline() == "go\n"
-        paused = live_sshd.session_pids()
-        for pid in paused:
-            os.kill(pid, signal.SIGSTOP)
+    assert call.stdout is not None and call.stdout.readline() == "go\n"
+    with live_sshd.sessions_paused():
         time.sleep(0.7)  # a probe goes out (one every 0.5 s), unanswered
         call.send_signal(signal.SIGSTOP)
         time.sleep(5)
         call.send_signal(signal.SIGCONT)
         time.sleep(0.5)
-    finally:
-        for pid in paused:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
     try:
         out, err = call.communicate(timeout=30)
     finally:
@@ -161,18 +145,13 @@ def test_a_vm_silent_during_a_key_exchange_fails_the_command_within_the_bound(
     runner = threading.Thread(target=run)
     runner.start()
     time.sleep(0.5)
-    paused = live_sshd.session_pids()
     try:
-        for pid in paused:
-            os.kill(pid, signal.SIGSTOP)
-        started = time.monotonic()
-        conn.transport()._send_kex_init()  # what paramiko's transport thread does at the 512 MiB mark
-        runner.join(20)
-        took = time.monotonic() - started
+        with live_sshd.sessions_paused():
+            started = time.monotonic()
+            conn.transport()._send_kex_init()  # what paramiko's transport thread does at the 512 MiB mark
+            runner.join(20)
+            took = time.monotonic() - started
     finally:
-        for pid in paused:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
         ssh.close_all()
     assert caught and "stopped answering for 1s while the command ran" in str(caught[0]), caught
     assert took < 6, took

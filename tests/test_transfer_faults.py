@@ -6,7 +6,6 @@ banner is a connection fault, retried, then exit 3."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -117,22 +116,16 @@ def test_a_paused_sshd_session_fails_the_transfer_within_one_stall_bound(  # typ
     call = subprocess.Popen(
         cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    paused: list[int] = []
     try:
         deadline = time.monotonic() + 60
         while not written(where) and call.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
         assert written(where), "the transfer never started"
-        paused = live_sshd.session_pids()
-        for pid in paused:
-            os.kill(pid, signal.SIGSTOP)
-        stopped = time.monotonic()
-        _, err = call.communicate(timeout=60)
-        took = time.monotonic() - stopped
+        with live_sshd.sessions_paused():
+            stopped = time.monotonic()
+            _, err = call.communicate(timeout=60)
+            took = time.monotonic() - stopped
     finally:
-        for pid in paused:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
         if call.poll() is None:
             call.kill()
     assert call.returncode == 3, err
