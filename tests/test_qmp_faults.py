@@ -186,7 +186,8 @@ def test_an_event_ahead_of_the_greeting_is_passed_over(
         b'{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "JOB_STATUS_CHANGE",'
         b' "data": {"status": "concluded", "id": "wa-load-1"}}\r\n'
     )
-    server = qmp(returns({"status": "running", "running": True}), event + event + GREETING)
+    stale = b'{"return": {}, "id": "previous-client"}\r\n'
+    server = qmp(returns({"status": "running", "running": True}), event + stale + event + GREETING)
     assert status(config_for(cli_env, server)).status == "running"
 
 

@@ -170,14 +170,19 @@ def _bad_answer(exc: BaseException | None, line_limit: int) -> str | None:
 class _Client(QMPClient):
     """QEMU sends a job's event (JOB_STATUS_CHANGE) ahead of its greeting when the job ends just as
     a client connects: the monitor still counts the previous client's capabilities negotiation.
-    Such events were meant for that client, and are passed over (seen in the suite: a snapshot
-    load given up by one command, its job ending as the next one connected)."""
+    Such messages (an event, or an answer) were meant for that client, and are passed over (seen
+    in the suite: a snapshot load given up by one command, its job ending as the next connected).
+    Within the greeting's timeout: a server that sends only these gives no greeting."""
 
     async def _recv(self) -> Message:
         message: Message = await super()._recv()
-        while self._greeting is None and "event" in message and "QMP" not in message:
+        while self._greeting is None and "QMP" not in message and _STALE.intersection(message.keys()):
             message = await super()._recv()
         return message
+
+
+_STALE = frozenset({"event", "return", "error"})
+"""The keys of the QMP messages QEMU may send a previous client's way ahead of a greeting."""
 
 
 class QmpSession:
