@@ -367,3 +367,21 @@ def test_sigterm_or_sighup_records_an_ssh_job_interrupted_like_run(
     while running() and time.monotonic() - ended < 3:
         time.sleep(0.1)
     assert not running(), "the remote command ran on after the CLI was interrupted"
+
+
+def test_the_error_line_starts_its_own_line_after_live_stderr_cut_mid_line(
+    cli, live_sshd: SshServer, known_hosts: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A timeout (or a cap) stops output mid-line: the error line was glued to it. A piped stdout
+    stays byte for byte what the command wrote."""
+    env = env_for(live_sshd, known_hosts)
+    res = cli(
+        "ssh", "run", "--timeout", "2s", "--shell", "cmd", "--", "printf partial >&2; sleep 30", env=env
+    )
+    assert res.code == 124, res.stderr
+    first, *rest = res.stderr.splitlines()
+    assert first == "partial" and rest[0].startswith("ts=") and " level=warn " in rest[0], res.stderr
+    assert rest[-1].startswith("error: the command passed its deadline"), res.stderr
+    res = cli("ssh", "run", "--timeout", "2s", "--shell", "cmd", "--", "printf partial; sleep 30", env=env)
+    assert res.code == 124 and res.stdout == "partial", res.stdout
+    assert res.stderr.startswith("ts=") and res.stderr.splitlines()[-1].startswith("error: "), res.stderr

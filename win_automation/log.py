@@ -12,6 +12,7 @@ redactor, which masks the secret values registered with `register_secret` and an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -108,8 +109,31 @@ def divert(to: Divert | None) -> None:
     _divert = to
 
 
+_midline: set[str] = set()
+"""The streams (`stdout`, `stderr`) whose live job output so far ends mid-line."""
+
+
+def live_written(stream: str, text: str) -> None:
+    """Note where a job's live output on `stream` ended (cli.job_output.live), for `line_break`."""
+    if text:
+        (_midline.discard if text.endswith("\n") else _midline.add)(stream)
+
+
+def line_break() -> str:
+    """A newline for the next line on stderr (a log line, the error) to start on its own line: live
+    stderr output stopped mid-line (a timeout, a cap, a cancel), or stdout's when both go to a
+    terminal; a piped stdout is left as the command wrote it. Once said, it is not said again."""
+    terminal = "stdout" in _midline and sys.stdout.isatty() and sys.stderr.isatty()
+    needed = "stderr" in _midline or terminal
+    _midline.clear()
+    return "\n" if needed else ""
+
+
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     def emit(self, record: logging.LogRecord) -> None:
+        if _midline and (brk := line_break()):
+            with contextlib.suppress(Exception):
+                self.stream.write(brk)
         if sys.meta_path is None:
             # The interpreter's teardown: a library's object collected now (an asyncio task of
             # playwright's, a paramiko channel) may log, but nothing can be formatted any more;

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from win_automation.log import live_written
+
 if TYPE_CHECKING:
     from win_automation.engines.outcome import JobOutcome
 
@@ -28,6 +30,7 @@ def live(stream: str, text: str) -> None:
     engine writes it from a thread of its own (engines/live_output.py), which must hold no lock
     of sys.stdout's while a paused reader blocks it, so that Ctrl-C still ends the process."""
     target = sys.stdout if stream == "stdout" else sys.stderr
+    live_written(stream, text)
     try:
         fd = target.fileno()
     except (AttributeError, OSError, ValueError):  # not a file (captured): as any output

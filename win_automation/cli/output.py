@@ -12,6 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from win_automation.log import line_break
+
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
@@ -83,7 +85,7 @@ def error(message: str, *, wait: float | None = None) -> None:
     When stderr cannot take it (a full disk), it is dropped: the caller's exit code still says
     what failed (it was exit 1 or 74 instead). `wait`: at most so many seconds for a paused
     reader (see STOPPED_ERROR_WAIT); None waits as any Unix tool does."""
-    line = f"error: {shortened(one_line(message))}\n"
+    line = f"{line_break()}error: {shortened(one_line(message))}\n"
     try:
         if wait is None:
             sys.stderr.write(line)
