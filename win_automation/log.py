@@ -12,7 +12,6 @@ redactor, which masks the secret values registered with `register_secret` and an
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import sys
@@ -130,10 +129,11 @@ def line_break() -> str:
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    def format(self, record: logging.LogRecord) -> str:
+        # the break is part of the line: it goes the line's way (diverted past a paused reader)
+        return (line_break() if _midline else "") + super().format(record)
+
     def emit(self, record: logging.LogRecord) -> None:
-        if _midline and (brk := line_break()):
-            with contextlib.suppress(Exception):
-                self.stream.write(brk)
         if sys.meta_path is None:
             # The interpreter's teardown: a library's object collected now (an asyncio task of
             # playwright's, a paramiko channel) may log, but nothing can be formatted any more;
