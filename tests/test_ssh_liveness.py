@@ -25,6 +25,12 @@ from win_automation.errors import ConnectError
 QUICK = {"connect_timeout": 1, "keepalive_interval": 0.5}  # a probe every 0.5 s, answered within 1 s
 
 
+def started_cmd(command: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    """`ssh run --shell cmd -- COMMAND` as its own process, its output read through pipes."""
+    argv = [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", command]
+    return subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_a_link_that_holds_every_packet_fails_the_running_command_within_the_bound(
     live_sshd: SshServer, known_hosts: Path
 ) -> None:
@@ -56,14 +62,7 @@ def test_a_paused_vm_under_a_running_command_is_exit_3_and_a_failed_job(
 ) -> None:  # type: ignore[no-untyped-def]
     sleep = f"sleep 40.{uuid.uuid4().int % 10**6:06d}"
     env = {**cli_env, **live_sshd.env(known_hosts, **QUICK), "WIN_AUTOMATION_SSH_PERSIST": persist}
-    call = subprocess.Popen(
-        [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", f"echo go; {sleep}"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    call = started_cmd(f"echo go; {sleep}", env, tmp_path)
     try:
         assert call.stdout is not None and call.stdout.readline() == "go\n"
         with live_sshd.sessions_paused():
@@ -92,24 +91,7 @@ def test_a_client_paused_longer_than_the_bound_keeps_its_connection(
     by the clock, the answer would be 6 s late (the bound is 3 s)."""
     slow = {**QUICK, "connect_timeout": 3}
     env = {**cli_env, **live_sshd.env(known_hosts, **slow), "WIN_AUTOMATION_SSH_PERSIST": "0"}
-    call = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "win_automation",
-            "ssh",
-            "run",
-            "--shell",
-            "cmd",
-            "--",
-            "echo go; sleep 7; echo done",
-        ],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    call = started_cmd("echo go; sleep 7; echo done", env, tmp_path)
     assert call.stdout is not None and call.stdout.readline() == "go\n"
     with live_sshd.sessions_paused():
         time.sleep(0.7)  # a probe goes out (one every 0.5 s), unanswered

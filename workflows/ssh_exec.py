@@ -27,13 +27,11 @@ result.json are not written (the command has no exit code of its own). The check
 from __future__ import annotations
 
 import json
-import time
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from win_automation.definition import Step, StepContext, Workflow
 from win_automation.errors import Cancelled, CommandFailed, OperationTimeout, Skipped
-from win_automation.operations import powershell
 from win_automation.operations.command_result import CommandResult, Shell, cli_exit_code, describe_exit_code
 from win_automation.operations.output_stream import Capped, Discard, OutputCapped
 from win_automation.operations.ssh import skipped_result
@@ -122,7 +120,6 @@ def _execute(inp: SshExecInput, ctx: StepContext) -> ExecOutput:
     timeout = inp.timeout_seconds or ctx.config.ssh.command_timeout
     limit = ctx.config.ssh.max_output
     capped: OutputCapped | None = None
-    started = time.monotonic()
     with ctx.artifacts.open("ssh", "stdout.txt") as out, ctx.artifacts.open("ssh", "stderr.txt") as err:
         files = (
             Capped(out, limit, stream="stdout", name="stdout.txt"),
@@ -140,19 +137,9 @@ def _execute(inp: SshExecInput, ctx: StepContext) -> ExecOutput:
     if capped is not None:
         # the step's output as a timed-out command's: journaled with the failure, so the CLI
         # prints it (--json) and names the job; the streams are what stdout.txt/stderr.txt kept
-        stderr = files[1].text()
-        capped.result = ExecOutput.of(
-            CommandResult(
-                command=display,
-                shell=inp.shell,
-                exit_code=capped.exit_code,
-                stdout=files[0].text(),
-                stderr=powershell.strip_clixml(stderr) if inp.shell == "powershell" else stderr,
-                duration_ms=int((time.monotonic() - started) * 1000),
-                stdout_truncated=files[0].truncated,
-                stderr_truncated=files[1].truncated,
-            )
-        ).model_copy(update={"output_capped": True})
+        assert capped.streams is not None  # operations.ssh sets them
+        update = {"output_capped": True, "exit_code": capped.exit_code, "cancelled": False}
+        capped.result = ExecOutput.of(capped.streams).model_copy(update=update)
         raise capped
     output = ExecOutput.of(result)
     write_result(ctx, output)

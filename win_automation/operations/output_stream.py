@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from win_automation.adapters.execution import PID_LINE, PID_MARKER
 from win_automation.errors import WinAutomationError
 from win_automation.operations import powershell
 from win_automation.sizes import format_size
+
+if TYPE_CHECKING:
+    from win_automation.operations.command_result import CommandResult
 
 TextSink = Callable[[str], None]
 Files = tuple["ByteSink | None", "ByteSink | None"]
@@ -37,9 +40,11 @@ class ByteSink(Protocol):
 class OutputCapped(WinAutomationError):
     """A stream passed ssh.max_output: its command was stopped (exit 1, never retried: it would
     print as much again); its file, kept, holds the first max_output bytes. `written`: how much
-    of the write that passed the cap went to the file (what fitted)."""
+    of the write that passed the cap went to the file (what fitted). `streams`: the command's
+    result as far as it went (operations.ssh sets it: what the files kept, their tails)."""
 
     written = 0
+    streams: CommandResult | None = None
 
 
 class Discard:
@@ -71,47 +76,20 @@ class Capped:
         self.name = name
         self.stopped = stopped
         self.size = 0
-        self.raw = bytearray()
-        """The last TAIL_BYTES (at most twice that) of what was written: a capped command's
-        result, which its error carries (the command's own result never comes)."""
 
     def write(self, data: bytes) -> object:
         room = self.limit - self.size
         if len(data) <= room:
-            self._keep(data)
+            self.size += len(data)
             return self.file.write(data)
         if room:
             self.file.write(data[:room])
-            self._keep(data[:room])
+            self.size = self.limit
         shown = format_size(self.limit)
         where = "" if self.name is None else f"; {self.name} holds its first {shown}"
         capped = OutputCapped(f"{self.stream} passed ssh.max_output ({shown}): {self.stopped}{where}")
         capped.written = room
         raise capped
-
-    def _keep(self, data: bytes) -> None:
-        self.size += len(data)
-        self.raw += data
-        if len(self.raw) > 2 * TAIL_BYTES:
-            del self.raw[: len(self.raw) - TAIL_BYTES]
-
-    def text(self) -> str:
-        """What was written, decoded (its last TAIL_BYTES when more)."""
-        return decode_tail(bytes(self.raw[-TAIL_BYTES:]), cut=self.size > TAIL_BYTES)
-
-    @property
-    def truncated(self) -> bool:
-        return self.size > TAIL_BYTES
-
-
-def decode_tail(raw: bytes, *, cut: bool) -> str:
-    """A stream's kept bytes as text; `cut` (its start is gone): from a UTF-8 character boundary."""
-    if cut:
-        skip = 0
-        while skip < min(3, len(raw)) and 0x80 <= raw[skip] < 0xC0:
-            skip += 1
-        raw = raw[skip:]
-    return powershell.decode_output(raw)
 
 
 class OutputStream:
@@ -200,4 +178,9 @@ class OutputStream:
         self.keep(bytes(self.head))
         self.head = bytearray()
         raw = bytes(self.raw[-self.tail :] if self.tail is not None else self.raw)
-        return decode_tail(raw, cut=self.total > len(raw))
+        if self.total > len(raw):  # cut: start at a UTF-8 character boundary
+            skip = 0
+            while skip < min(3, len(raw)) and 0x80 <= raw[skip] < 0xC0:
+                skip += 1
+            raw = raw[skip:]
+        return powershell.decode_output(raw)

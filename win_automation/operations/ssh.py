@@ -53,7 +53,7 @@ from win_automation.operations.command_result import (
     Shell,
     signed32,
 )
-from win_automation.operations.output_stream import Files, OutputStream, TextSink
+from win_automation.operations.output_stream import Files, OutputCapped, OutputStream, TextSink
 from win_automation.partfiles import is_stale, owner_tag
 
 log = logging.getLogger(__name__)
@@ -194,9 +194,7 @@ def _execute(
     else:
         assert outcome.exit_status is not None
         code = signed32(outcome.exit_status)
-    if failures:  # its output could not be kept (the command was stopped): that is the result
-        raise failures[0]
-    return CommandResult(
+    result = CommandResult(
         command=display,
         shell=shell,
         exit_code=code,
@@ -208,6 +206,11 @@ def _execute(
         stdout_truncated=out.truncated,
         stderr_truncated=err.truncated,
     )
+    if failures:  # its output could not be kept (the command was stopped): that is the result
+        if isinstance(failures[0], OutputCapped):
+            failures[0].streams = result  # what the files kept, for the step's output
+        raise failures[0]
+    return result
 
 
 def run_powershell(
