@@ -363,6 +363,11 @@ def main(argv: list[str]) -> int:
         "python": sys.executable,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    # before the socket appears: a SIGTERM from whoever finds it (`ssh persist stop`) is then a
+    # stop, never the default death that leaves the socket and its info file behind
+    signal.signal(signal.SIGTERM, lambda *_: setattr(server, "stop", True))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         server.listen()
         write_info(info_path(sock), info)
@@ -374,9 +379,6 @@ def main(argv: list[str]) -> int:
                 os.unlink(path)
         return 1
     os.close(lock)  # listening: a starter now finds the socket
-    signal.signal(signal.SIGTERM, lambda *_: setattr(server, "stop", True))
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     server.serve()
     return 0
 
