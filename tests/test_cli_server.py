@@ -733,7 +733,9 @@ def test_stop_ends_a_server_that_is_still_starting(env: dict[str, str], tmp_path
     script's clean-up) ran before the server had recorded itself, which then served for
     ssh.persist. Here the server waits for its starter (this test) to exit: still starting."""
     sock = sock_for(env)
-    server = start_server(env, 60, "--after-parent", serving=False)  # waits for this test to exit
+    server = start_server(
+        env, 60, "--after-parent", str(os.getpid()), serving=False
+    )  # waits for this test to exit
     assert wait_for(lambda: server.pid in servers_of(env), 10)
     out = launcher(["ssh", "persist", "stop", "--all", "--json"], env, tmp_path)
     assert out.returncode == 0, out.stderr

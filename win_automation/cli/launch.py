@@ -304,8 +304,7 @@ def _wait(conn: _socket.socket, child: int) -> int:
             return int(payload)
         if kind == b"S":  # the child was killed by a signal: so is this process
             signum = int(payload)
-            _signal.signal(signum, _signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+            _die_by(signum)
             return 128 + signum
 
 
@@ -335,24 +334,32 @@ def through_server() -> int | None:
     return _wait(conn, child)
 
 
+def _die_by(signum: int) -> None:
+    """End this process by `signum`, as the signal ends a program (a shell's loop stops)."""
+    import _signal
+
+    _signal.signal(signum, _signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
 def main() -> None:
     """Console entry point: through the warm CLI process when one serves, else in-process."""
+    die_by = None
     try:
         code = through_server()
         if code is None:
             from win_automation.cli.app import main as run_here
+            from win_automation.cli.finish import run_to_end
 
-            run_here()
-            return
+            code, die_by = run_to_end(run_here)  # then os._exit: no teardown (cli.finish says why)
     except KeyboardInterrupt:
         # Ctrl-C before a command began: while a paused server is waited for (up to
         # CONNECT_TIMEOUT), or during the CLI's imports. Nothing ran: end as Ctrl-C ends a
         # program, by SIGINT (a shell's loop stops), without Python's traceback.
-        import _signal
-
-        _signal.signal(2, _signal.SIG_DFL)
-        os.kill(os.getpid(), 2)
+        _die_by(2)
         os._exit(130)
+    if die_by is not None:
+        _die_by(die_by)
     sys.stderr.flush()
     os._exit(code)
 

@@ -11,7 +11,6 @@ raises the signals the caller forwards.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import select
@@ -22,6 +21,7 @@ import time
 from typing import Any
 
 from win_automation import unixsock
+from win_automation.cli.finish import run_to_end
 from win_automation.cli.server_key import PROTOCOL
 
 REQUEST_TIMEOUT = 10.0  # a launcher sends its request right after connecting
@@ -137,45 +137,15 @@ def _watch(conn: socket.socket, done: Any) -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _exit_status(code: object) -> int:
-    """A SystemExit code as the interpreter turns it into an exit status."""
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF
-    with contextlib.suppress(Exception):
-        sys.stderr.write(f"{code}\n")
-    return 1
-
-
 def _run_call() -> tuple[int, int | None]:
     """Run the CLI as the interpreter runs a script: (exit status, signal to die by)."""
-    import threading
-    import traceback
 
-    die_by = None
-    try:
+    def main() -> None:
         from win_automation.cli.app import main
 
         main()
-        status = 0
-    except SystemExit as exc:
-        status = _exit_status(exc.code)
-    except KeyboardInterrupt:  # the interpreter prints it and dies by SIGINT
-        traceback.print_exc()
-        status, die_by = 130, int(signal.SIGINT)
-    except BaseException:
-        sys.excepthook(*sys.exc_info())
-        status = 1
-    with contextlib.suppress(Exception):
-        threading._shutdown()  # type: ignore[attr-defined]  # wait for non-daemon threads
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            status = status or 120  # as the interpreter does when flushing stdout fails
-    return status, die_by
+
+    return run_to_end(main)
 
 
 def spare(channel: socket.socket) -> None:

@@ -1,6 +1,6 @@
 """The warm CLI process: a per-user server that has imported the CLI and forks for each call.
 
-`python -m win_automation.cli.server SOCKET PERSIST [--after-parent]` (started in the background
+`python -m win_automation.cli.server SOCKET PERSIST [--after-parent PID]` (started in the background
 by the first job command when `ssh.persist` > 0, see `start_later`; it imports once that command
 has exited). It imports the CLI app and what a job command
 needs (typer, pydantic, the config, engines, workflows, operations, the journal, rich; not
@@ -65,8 +65,10 @@ NEVER = ("paramiko", "hatchet_sdk", "playwright")
 """Modules the server must not hold: a call that does not need them does not pay for them."""
 
 AFTER_PARENT = "--after-parent"
-"""Import only once the starting process has exited: its call's end does not share the CPU with
-the server's imports."""
+"""`--after-parent PID`: import only once the starting process (PID) has exited: its call's end
+does not share the CPU with the server's imports. Named, not read with getppid() once started:
+a starter that already ended (its call ends with os._exit, win_automation.cli.finish) left this
+process to init, and a wait for that parent to change would last all of PARENT_WAIT."""
 PARENT_WAIT = 5.0
 
 
@@ -121,7 +123,15 @@ def spawn(sock: str, persist: float) -> None:
     with open_log(log_path(sock)) as log, warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         subprocess.Popen(
-            [sys.executable, "-m", "win_automation.cli.server", sock, repr(float(persist)), AFTER_PARENT],
+            [
+                sys.executable,
+                "-m",
+                "win_automation.cli.server",
+                sock,
+                repr(float(persist)),
+                AFTER_PARENT,
+                str(os.getpid()),
+            ],
             env=env,
             # `-m` puts the working folder first on the module path: the server's own folder
             # holds no modules (the caller's may: a project's `workflows`, a `json.py`).
@@ -350,8 +360,8 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # a socket that is not ours: leave it (the launcher refuses it)
         sys.stderr.write(f"warm CLI process: {exc}\n")
         return 1
-    if AFTER_PARENT in argv[2:]:
-        parent, deadline = os.getppid(), time.monotonic() + PARENT_WAIT
+    if argv[2:3] == [AFTER_PARENT]:
+        parent, deadline = int(argv[3]), time.monotonic() + PARENT_WAIT
         while os.getppid() == parent and time.monotonic() < deadline:
             time.sleep(0.01)
     os.chdir("/")  # holds no caller's folder (each child takes its caller's)
