@@ -57,9 +57,15 @@ def shared(conn: SshConnection) -> Iterator[paramiko.SFTPClient]:
     """The connection's one SFTP session, for this thread alone while the block runs. paramiko's
     SFTPClient is not thread-safe: of two threads waiting for answers, one may read and drop the
     other's (which then waits out the stall bound, and the connection is dropped), and the warm
-    helper and the worker use one connection from several threads."""
+    helper and the worker use one connection from several threads. A request cut short by
+    Ctrl-C or SIGTERM can leave the session unusable for good: the connection is abandoned
+    (SshConnection.abandon), and the next use connects afresh."""
     with conn.sftp_lock:
-        yield conn.sftp()
+        try:
+            yield conn.sftp()
+        except KeyboardInterrupt:
+            conn.abandon()
+            raise
 
 
 @contextmanager
@@ -111,14 +117,11 @@ def upload(
                 # once more for its answer; the connection goes (bounded says so)
                 conn.close()
                 raise
+            except KeyboardInterrupt:  # the file is not closed: see shared()
+                conn.abandon(target)
+                raise
             except Exception:
                 target.close()
-                raise
-            except BaseException:
-                # Ctrl-C, SIGTERM: a write cut short can leave the SFTP stream mid-packet, and an
-                # orderly close would wait the stall bound for an answer that never comes. The
-                # connection goes; the caller's clean-up reconnects.
-                conn.close()
                 raise
             target.close()
     except OSError as exc:

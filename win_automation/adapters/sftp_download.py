@@ -109,11 +109,17 @@ def download(
     try:
         if on_start is not None:
             on_start()
-        return fetch_file(
+        copied = fetch_file(
             conn, stream, remote, out, progress, cancelled=cancelled, target=target, limit=limit
         )
-    finally:
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the channel is not closed (SshConnection.abandon)
+        conn.abandon(stream.channel)
+        raise
+    except BaseException:
         stream.channel.close()
+        raise
+    stream.channel.close()
+    return copied
 
 
 def fetch_file(

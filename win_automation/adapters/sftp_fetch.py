@@ -101,9 +101,14 @@ class FetchSession:
                 self.deadline.start = time.monotonic()
         return self._stream
 
-    def close(self) -> None:
+    def close(self, *, interrupted: bool = False) -> None:
+        """End the session; `interrupted` (Ctrl-C, SIGTERM cut it short): without a word to
+        paramiko, the connection abandoned (SshConnection.abandon)."""
         if self._stream is not None:
-            self._stream.channel.close()
+            if interrupted:
+                self.conn.abandon(self._stream.channel)
+            else:
+                self._stream.channel.close()
         self._stream = None
         self.files.clear()
         self._asked.clear()
@@ -116,8 +121,9 @@ class FetchSession:
         self.drain()
         try:
             return fetch_file(self.conn, self.stream(), remote, out, progress, target=target, limit=limit)
-        except BaseException:
-            self.close()  # answers still due, a handle open: the next file starts a new session
+        except BaseException as exc:
+            # answers still due, a handle open: the next file starts a new session
+            self.close(interrupted=isinstance(exc, KeyboardInterrupt))
             raise
 
     # small files, many at once ------------------------------------------------------------------
@@ -181,8 +187,9 @@ class FetchSession:
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self.close()
             raise ConnectError(f"{self.what} failed: {exc}") from exc
-        except BaseException:
-            self.close()  # a stall, the deadline, Ctrl-C: answers due that nobody will take in
+        except BaseException as exc:
+            # a stall, the deadline, Ctrl-C: answers due that nobody will take in
+            self.close(interrupted=isinstance(exc, KeyboardInterrupt))
             raise
 
     def _answer(

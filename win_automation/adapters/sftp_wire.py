@@ -272,6 +272,9 @@ def open_stream(conn: SshConnection, what: str, deadline: Deadline | None = None
     except (paramiko.SSHException, OSError, EOFError) as exc:
         channel.close()
         raise ConnectError(f"cannot start SFTP: {exc}") from exc
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: not closed (SshConnection.abandon)
+        conn.abandon(channel)
+        raise
     except BaseException:
         channel.close()
         raise

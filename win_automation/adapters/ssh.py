@@ -21,6 +21,7 @@ import atexit
 import contextlib
 import logging
 import select
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -119,6 +120,25 @@ class SshConnection:
         with self._lock:
             self._drop()
 
+    def abandon(self, *also: object) -> None:
+        """Drop the connection without a word to paramiko: after Ctrl-C or SIGTERM (a
+        KeyboardInterrupt, win_automation.interrupts) cut one of its calls short in this thread.
+        The signal's exception can land between a paramiko lock's `acquire()` and its `try`,
+        leaving the lock held for good, or mid-packet: an orderly close, or the next request on
+        that session, would then wait forever. The socket is shut (the transport's thread ends
+        on it); the objects are kept out of the garbage collector's reach (a collected channel
+        or SFTP file closes itself, through those locks: `also` names the caller's channel or
+        file); the next call connects afresh."""
+        transport = self._transport
+        _ABANDONED.append((transport, self._sftp, self._sessions, *also))
+        self._transport = self._sftp = self._sessions = None
+        if transport is not None:
+            transport.active = False
+            sock = transport.sock
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
     def open_channel(self, **sizes: int) -> paramiko.Channel:
         """A new session channel (`sizes`: window_size, max_packet_size). A transport that dropped
         is reconnected; one that opens no channel within connect_timeout is mute (TCP alive, the
@@ -199,16 +219,20 @@ class SshConnection:
             if self._sessions is None:
                 self._sessions = SessionPool(self)
             pool = self._sessions
-        outcome: ExecOutcome = pool.run(
-            session,
-            script,
-            timeout=timeout,
-            on_stdout=on_stdout,
-            on_stderr=on_stderr,
-            cancelled=cancelled,
-            keep=keep,
-            on_start=on_start,
-        )
+        try:
+            outcome: ExecOutcome = pool.run(
+                session,
+                script,
+                timeout=timeout,
+                on_stdout=on_stdout,
+                on_stderr=on_stderr,
+                cancelled=cancelled,
+                keep=keep,
+                on_start=on_start,
+            )
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the session is not closed (see abandon)
+            self.abandon()
+            raise
         return outcome
 
     @staticmethod
@@ -231,16 +255,22 @@ class SshConnection:
         waiting at the deadline, or within CANCEL_POLL seconds of `cancelled()` turning true
         (`ExecOutcome.cancelled`). `on_start()` runs just before the command is sent."""
         with Timer() as timer:
-            channel = self.open_channel()
+            channel = None
             try:
+                channel = self.open_channel()
                 if on_start is not None:
                     on_start()
                 outcome = self._run(channel, command, timeout, on_stdout, on_stderr, cancelled, keep)
+            except KeyboardInterrupt:  # Ctrl-C, SIGTERM: nothing of it is closed (see abandon)
+                self.abandon(channel)
+                channel = None
+                raise
             finally:
                 # on a transport that just died, paramiko's close raises (EOFError): that must
                 # replace neither the outcome nor the error that ended the command
-                with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
-                    close_channel(channel)
+                if channel is not None:
+                    with contextlib.suppress(paramiko.SSHException, OSError, EOFError):
+                        close_channel(channel)
         outcome.duration_ms = timer.ms
         return outcome
 
@@ -342,3 +372,7 @@ def close_all(*, wait: bool = True) -> None:
 
 
 atexit.register(close_all, wait=False)
+
+# What SshConnection.abandon dropped, referenced until the process ends (the CLI ends without the
+# interpreter's teardown: win_automation.cli.finish), so no finalizer of it ever runs.
+_ABANDONED: list[tuple[Any, ...]] = []

@@ -1,0 +1,145 @@
+"""Ctrl-C or SIGTERM (a KeyboardInterrupt) cutting a paramiko call short, against a real sshd.
+
+The signal's exception can land between one of paramiko's `lock.acquire()` calls and its `try`
+(CPython runs a pending signal handler right after a C call returns), and the lock then stays
+held for good: every later request on that session, its orderly close, even its garbage
+collection waits forever. CI saw it: `ssh put` stopped by SIGTERM as it opened its part file,
+then hung removing it. Each test here leaves such a lock held, as that interrupt did, and checks
+that nothing after it waits: the clean-up runs on a new connection, and the process ends."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from win_automation.adapters import sftp, ssh
+
+WAIT = 15.0  # far beyond a reconnect on loopback; "forever" otherwise
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pool():  # type: ignore[no-untyped-def]
+    ssh.close_all()
+    yield
+    ssh.close_all()
+
+
+def within(seconds: float, fn: Callable[[], Any]) -> Any:
+    """fn() run in a thread: its result, or a failure when it is still waiting after `seconds`."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # shown by the assertion below
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still waiting after {seconds:g}s: a lock left held by the interrupt"
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def test_an_sftp_request_cut_short_leaves_the_next_one_working(ssh_config, remote_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    part = remote_dir / "file.part"
+    part.write_bytes(b"x")
+    conn = ssh.SshConnection(ssh_config)
+    with pytest.raises(KeyboardInterrupt), sftp.shared(conn) as client:
+        client._lock.acquire()  # as the interrupt left it: held, never released
+        raise KeyboardInterrupt
+    within(WAIT, lambda: sftp.remove(conn, str(part)))  # the put's clean-up
+    assert not part.exists()
+    within(WAIT, conn.close)
+
+
+def test_an_upload_cut_short_mid_write_removes_its_file_on_a_new_connection(
+    ssh_config, remote_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    conn = ssh.SshConnection(ssh_config)
+    target = remote_dir / "big.part"
+
+    class Source:
+        """Gives chunks until the second read, which is cut short as a signal would cut it."""
+
+        reads = 0
+
+        def read(self, size: int) -> bytes:
+            self.reads += 1
+            if self.reads == 2:
+                conn.sftp()._lock.acquire()
+                raise KeyboardInterrupt
+            return b"y" * size
+
+    with pytest.raises(KeyboardInterrupt):
+        sftp.upload(conn, Source(), str(target), 1 << 20)  # type: ignore[arg-type]
+    assert target.exists()
+    within(WAIT, lambda: sftp.remove(conn, str(target)))
+    assert not target.exists()
+
+
+def test_a_command_cut_short_leaves_the_next_command_working(ssh_config) -> None:  # type: ignore[no-untyped-def]
+    conn = ssh.SshConnection(ssh_config)
+    transport = conn.transport()
+
+    def interrupt(chunk: bytes) -> None:
+        transport.lock.acquire()  # the transport's own lock, held as the interrupt left it
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        conn.exec("echo started; sleep 30", on_stdout=interrupt)
+    outcome = within(WAIT, lambda: conn.exec("echo next"))  # the kill after an interrupt
+    assert (outcome.exit_status, outcome.stdout) == (0, b"next\n")
+    assert conn.transport() is not transport
+    within(WAIT, conn.close)
+
+
+PROGRAM = """
+import os, sys
+from win_automation.adapters import ssh
+from win_automation.config.schema import SSHConfig
+from win_automation.cli.finish import run_to_end
+
+def main():
+    conn = ssh.get_connection(SSHConfig.model_validate_json(sys.argv[1]))
+    client = conn.sftp()
+    target = client.file(sys.argv[3], "wb")  # as sftp.upload's
+    target.set_pipelined(True)
+    target.write(b"x")
+    client._lock.acquire()  # as an interrupt can leave it: held, never released
+    conn.abandon(target)
+    del target, client
+    print("abandoned", flush=True)
+
+if sys.argv[2] == "finish":
+    status, _ = run_to_end(main)
+    os._exit(status)
+main()  # and the interpreter's teardown
+"""
+
+
+@pytest.mark.parametrize("ending", ["finish", "teardown"])
+def test_a_process_with_an_abandoned_connection_ends(ssh_config, remote_dir: Path, ending: str) -> None:  # type: ignore[no-untyped-def]
+    """The CLI ends through cli.finish (no teardown); a plain interpreter exit frees the abandoned
+    file, whose finalizer then waits for the lock: the control case, to show what is tested."""
+    config = ssh_config.model_dump_json()
+    argv = [sys.executable, "-c", textwrap.dedent(PROGRAM), config, ending, str(remote_dir / "f")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=WAIT if ending == "finish" else 4)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        assert ending == "teardown", f"the process did not end: {out} {err}"
+        return
+    assert ending == "finish", "the control case ended: the test no longer shows the hang"
+    assert (proc.returncode, out) == (0, "abandoned\n"), err
