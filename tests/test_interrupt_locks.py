@@ -143,3 +143,37 @@ def test_a_process_with_an_abandoned_connection_ends(ssh_config, remote_dir: Pat
         return
     assert ending == "finish", "the control case ended: the test no longer shows the hang"
     assert (proc.returncode, out) == (0, "abandoned\n"), err
+
+
+def test_the_clean_up_after_an_interrupt_connects_once(ssh_config) -> None:  # type: ignore[no-untyped-def]
+    """Whoever pressed Ctrl-C waits for the clean-up: against a VM that stopped answering it makes
+    one connection attempt, not the retries (3 attempts, with waits between) of other calls."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                peer, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(peer)
+            peer.close()  # no banner: a failed attempt (ConnectError, retried)
+
+    threading.Thread(target=accept, daemon=True).start()
+    mute = ssh_config.model_copy(update={"port": listener.getsockname()[1]})
+    try:
+        for abandoned, attempts in ((False, 3), (True, 1)):
+            accepted.clear()
+            conn = ssh.SshConnection(mute)
+            if abandoned:
+                conn.abandon()
+            with pytest.raises(ssh.ConnectError):
+                within(WAIT, lambda: conn.exec("true"))  # noqa: B023  # run at once
+            assert len(accepted) == attempts, (abandoned, len(accepted))
+    finally:
+        listener.close()

@@ -66,6 +66,7 @@ class SshConnection:
         self.sftp_lock = threading.RLock()  # held while a thread uses the SFTP session (sftp.shared)
         self._lock = threading.Lock()
         self._sessions: Any = None  # warm_powershell.SessionPool, made on first use
+        self._abandoned = False  # the next connect is one attempt (abandon)
 
     @property
     def stall_timeout(self) -> float:
@@ -94,7 +95,11 @@ class SshConnection:
                     "connection lost; reconnecting", extra={"op": "ssh.connect", "target": target(self.cfg)}
                 )
                 self._drop()
-            self._transport = call_with_retry(lambda: connect_once(self.cfg), op="ssh.connect")
+            if self._abandoned:  # the clean-up after an interrupt: one attempt, not the retries
+                self._abandoned = False
+                self._transport = connect_once(self.cfg)
+            else:
+                self._transport = call_with_retry(lambda: connect_once(self.cfg), op="ssh.connect")
             return self._transport
 
     def connect_now(self) -> None:
@@ -128,8 +133,10 @@ class SshConnection:
         that session, would then wait forever. The socket is shut (the transport's thread ends
         on it); the objects are kept out of the garbage collector's reach (a collected channel
         or SFTP file closes itself, through those locks: `also` names the caller's channel or
-        file); the next call connects afresh."""
+        file); the next call connects afresh, with one attempt: that is the clean-up (removing a
+        part file, killing the interrupted command), and whoever pressed Ctrl-C waits for it."""
         transport = self._transport
+        self._abandoned = True
         _ABANDONED.append((transport, self._sftp, self._sessions, *also))
         self._transport = self._sftp = self._sessions = None
         if transport is not None:
