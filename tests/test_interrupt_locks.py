@@ -1,11 +1,13 @@
-"""Ctrl-C or SIGTERM (a KeyboardInterrupt) cutting a paramiko call short, against a real sshd.
+"""Ctrl-C or SIGTERM (a KeyboardInterrupt) cutting a paramiko or httpx call short, against a
+real sshd and a real HTTP server (the Aloha client's stand-in).
 
-The signal's exception can land between one of paramiko's `lock.acquire()` calls and its `try`
-(CPython runs a pending signal handler right after a C call returns), and the lock then stays
-held for good: every later request on that session, its orderly close, even its garbage
-collection waits forever. CI saw it: `ssh put` stopped by SIGTERM as it opened its part file,
-then hung removing it. Each test here leaves such a lock held, as that interrupt did, and checks
-that nothing after it waits: the clean-up runs on a new connection, and the process ends."""
+The signal's exception can land between a library's `lock.acquire()` and its `try` (CPython runs
+a pending signal handler right after a C call returns; httpcore takes its pool's lock in a Python
+`__enter__`), and the lock then stays held for good: every later request on that session or
+client, its orderly close, even its garbage collection waits forever. CI saw it: `ssh put`
+stopped by SIGTERM as it opened its part file, then hung removing it. Each test here leaves such
+a lock held, as that interrupt did, and checks that nothing after it waits: the clean-up runs on
+a new connection, and the process ends."""
 
 from __future__ import annotations
 
@@ -18,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixture_aloha import AlohaWorld, aloha  # noqa: F401
 
 from win_automation.adapters import sftp, ssh
+from win_automation.adapters.aloha import AlohaService
 
 WAIT = 15.0  # far beyond a reconnect on loopback; "forever" otherwise
 
@@ -177,3 +181,20 @@ def test_the_clean_up_after_an_interrupt_connects_once(ssh_config) -> None:  # t
             assert len(accepted) == attempts, (abandoned, len(accepted))
     finally:
         listener.close()
+
+
+def test_an_aloha_request_cut_short_leaves_the_tasks_stop_working(aloha: AlohaWorld) -> None:  # noqa: F811
+    """After Ctrl-C mid-poll, the running task is sent /stop (operations.aloha, `abandon`)."""
+    service = AlohaService("client", aloha.client.url, 5.0)
+    pool = service._client._transport._pool  # type: ignore[attr-defined]
+
+    def interrupt(request: object) -> None:
+        pool._optional_thread_lock._lock.acquire()  # as the interrupt can leave it: held
+        raise KeyboardInterrupt
+
+    service._client.event_hooks["request"] = [interrupt]
+    with pytest.raises(KeyboardInterrupt):
+        service.request("POST", "/run_task", {"task": "x"}, record=lambda exchange: None)
+    answer = within(WAIT, lambda: service.request("POST", "/stop", record=lambda e: None, once=True))
+    assert answer.status in (200, 400)  # answered: a task stopped, or none running
+    assert "POST /stop" in aloha.client.routes()

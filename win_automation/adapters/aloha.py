@@ -127,8 +127,11 @@ class AlohaService:
         self.name = name
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(timeout),
+        self._client = self._new_client()
+
+    def _new_client(self) -> httpx.Client:
+        return httpx.Client(
+            timeout=httpx.Timeout(self.timeout),
             trust_env=False,
             follow_redirects=False,
             headers={"Accept-Encoding": "identity"},
@@ -249,6 +252,10 @@ class AlohaService:
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM (win_automation.interrupts): on record too
             exchange.error = "interrupted before an answer (Ctrl-C or SIGTERM)"
             record(exchange)
+            # The task's /stop goes on a new client: httpcore takes its pool's lock in a Python
+            # __enter__, where the interrupt can land after the acquire(), and that lock stays
+            # held for good (the next request, or the close, would wait forever). Not closed.
+            self._client = self._new_client()
             raise
         answer = _parse(response, content, exchange.duration_ms)
         data = answer.text.encode("utf-8", errors="replace")
