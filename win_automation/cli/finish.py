@@ -27,7 +27,6 @@ def run_to_end(main: Callable[[], object]) -> tuple[int, int | None]:
     """Run `main()`, then what the interpreter runs at exit: (exit status, signal to die by)."""
     import signal
     import threading
-    import traceback
 
     die_by = None
     try:
@@ -35,8 +34,7 @@ def run_to_end(main: Callable[[], object]) -> tuple[int, int | None]:
         status = 0
     except SystemExit as exc:
         status = exit_status(exc.code)
-    except KeyboardInterrupt:  # the interpreter prints it and dies by SIGINT
-        traceback.print_exc()
+    except KeyboardInterrupt:  # one a command did not take: die by SIGINT, without a traceback
         status, die_by = 130, int(signal.SIGINT)
     except BaseException:
         sys.excepthook(*sys.exc_info())
