@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 
-def exit_status(code: object) -> int:
+def _exit_status(code: object) -> int:
     """A SystemExit code as the interpreter turns it into an exit status."""
     if code is None:
         return 0
@@ -33,7 +33,7 @@ def run_to_end(main: Callable[[], object]) -> tuple[int, int | None]:
         main()
         status = 0
     except SystemExit as exc:
-        status = exit_status(exc.code)
+        status = _exit_status(exc.code)
     except KeyboardInterrupt:  # one a command did not take: die by SIGINT, without a traceback
         status, die_by = 130, int(signal.SIGINT)
     except BaseException:
