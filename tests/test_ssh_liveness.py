@@ -137,3 +137,27 @@ def test_a_vm_silent_during_a_key_exchange_fails_the_command_within_the_bound(
         ssh.close_all()
     assert caught and "stopped answering for 1s while the command ran" in str(caught[0]), caught
     assert took < 6, took
+
+
+def test_a_server_busy_sending_on_a_slow_link_is_alive_though_its_reply_comes_late(
+    live_sshd: SshServer, known_hosts: Path, remote_dir: Path, tmp_path: Path
+) -> None:
+    """A download's data in flight (its window, the buffers on the way) comes before the
+    keepalive's reply: at 256 KiB/s that reply took longer than the 1 s bound, and a transfer
+    that was moving all along failed `stopped answering`. Any packet is an answer, as in OpenSSH."""
+    from win_automation.operations.transfers import get_file
+
+    source = remote_dir / "big.bin"
+    source.write_bytes(bytes(range(256)) * 4096 * 2)  # 2 MiB: ~8 s at the link's rate
+    proxy = StallProxy(live_sshd.port, down_rate=256 * 1024)
+    cfg = live_sshd.config(
+        known_hosts, port=proxy.port, host_key_fingerprint=live_sshd.fingerprint(), **QUICK
+    )
+    ssh.close_all()
+    try:
+        result = get_file(ssh.get_connection(cfg), str(source), tmp_path / "big.bin", remote_os="posix")
+    finally:
+        ssh.close_all()
+        proxy.close()
+    assert result.size_bytes == source.stat().st_size
+    assert (tmp_path / "big.bin").read_bytes() == source.read_bytes()

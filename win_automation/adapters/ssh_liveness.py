@@ -8,7 +8,10 @@ Windows' OpenSSH, answer with a failure: an answer all the same) and closes the 
 answer comes within `bound`; what waits on its channels then fails with `silence()`'s words.
 
 Only time this process was running counts toward `bound`: a client paused itself (Ctrl-Z, a
-suspended laptop) finds the answer waiting when it resumes, and keeps its connection.
+suspended laptop) finds the answer waiting when it resumes, and keeps its connection. And, as
+OpenSSH counts it, any packet from the server is an answer: on a slow link a transfer's data in
+flight (its 8 MiB window, the buffers on the way) comes before the keepalive's reply, which can
+take longer than `bound` to arrive from a server that is busy sending.
 """
 
 from __future__ import annotations
@@ -87,13 +90,15 @@ def _watch(ref: weakref.ref[paramiko.Transport], interval: float, bound: float, 
         if transport is None or not transport.is_active():
             return
         answered = _ask(transport)
-        waited, last = 0.0, time.monotonic()
+        waited, last, heard = 0.0, time.monotonic(), _received(transport)
         while not answered.wait(STEP):
             if not transport.is_active():
                 return
             now = time.monotonic()
             waited += min(now - last, 2 * STEP)  # a long step: this process was paused, not the server
             last = now
+            if (took := _received(transport)) != heard:  # the server is talking: the reply may follow
+                waited, heard = 0.0, took
             if waited >= bound:
                 _silent[transport] = bound
                 log.warning(
@@ -103,3 +108,13 @@ def _watch(ref: weakref.ref[paramiko.Transport], interval: float, bound: float, 
                 transport.close()
                 return
         del transport
+
+
+def _received(transport: paramiko.Transport) -> tuple[int, int]:
+    """What the transport has taken in: paramiko's own count (bytes, packets) for its re-key,
+    which a re-key resets; any change is the server sending."""
+    packetizer = transport.packetizer
+    return (
+        getattr(packetizer, "_Packetizer__received_bytes", 0),
+        getattr(packetizer, "_Packetizer__received_packets", 0),
+    )
