@@ -161,3 +161,28 @@ def test_a_server_busy_sending_on_a_slow_link_is_alive_though_its_reply_comes_la
         proxy.close()
     assert result.size_bytes == source.stat().st_size
     assert (tmp_path / "big.bin").read_bytes() == source.read_bytes()
+
+
+def test_a_transfer_the_keepalives_ended_says_the_vm_stopped_answering(
+    live_sshd: SshServer, known_hosts: Path
+) -> None:
+    """Not only `the SFTP channel closed`: why, as `ssh run` says it. The keepalives' end is
+    played as _watch does it (its silence recorded, the transport closed): a real stall ends
+    the transfer's own wait (`stalled: the VM sent nothing`) or this, whichever comes first."""
+    from win_automation.adapters import ssh_liveness
+    from win_automation.adapters.sftp_wire import open_stream
+
+    ssh.close_all()
+    try:
+        conn = ssh.get_connection(live_sshd.config(known_hosts))
+        stream = open_stream(conn, "SFTP download of x")
+        transport = conn.transport()
+        ssh_liveness._silent[transport] = 1.0
+        transport.close()
+        with pytest.raises(ConnectError) as caught:
+            stream.packet_bytes()
+    finally:
+        ssh.close_all()
+    assert str(caught.value) == (
+        "the SFTP channel closed during the transfer: the connection stopped answering for 1s"
+    )

@@ -22,6 +22,7 @@ from paramiko.buffered_pipe import BufferedPipe, PipeTimeout
 
 from win_automation.adapters.sftp import Deadline, bounded
 from win_automation.adapters.ssh import SshConnection
+from win_automation.adapters.ssh_liveness import lost
 from win_automation.errors import ConnectError, NotFoundError, WinAutomationError
 from win_automation.regularfiles import kind as kind_of
 
@@ -149,8 +150,9 @@ class SftpStream:
             except TimeoutError:
                 self._bound()  # the deadline's own wait ran out: OperationTimeout, not a stall
                 raise
-            if not data:
-                raise ConnectError("the SFTP channel closed during the transfer")
+            if not data:  # closed by the server, or by the keepalives (ssh_liveness): which
+                said = lost(self.channel.get_transport())
+                raise ConnectError(f"the SFTP channel closed during the transfer: the connection {said}")
             self.chunks.append(data)
             self.size += len(data)
 
