@@ -104,6 +104,13 @@ def assert_one_clean_error(err: str, engine: FakeHatchet, line: str) -> None:
     assert engine.token not in err
 
 
+def killed_line(pid: int) -> str:
+    """The worker's one error line for a listener (`pid`) killed outright."""
+    return (
+        f"error: the worker's action listener (the Hatchet SDK's subprocess, pid {pid}) was killed by SIGKILL"
+    )
+
+
 @pytest.mark.parametrize(
     ("status", "code", "what"),
     [
@@ -156,8 +163,7 @@ def test_a_killed_listener_ends_the_worker_with_exit_3(engine: FakeHatchet, tmp_
     assert_one_clean_error(
         err,
         engine,
-        f"error: the worker's action listener (the Hatchet SDK's subprocess, pid {pid}) was killed by"
-        " SIGKILL",
+        killed_line(pid),
     )
 
 
@@ -200,8 +206,7 @@ def test_a_listener_killed_during_a_drain_ends_the_worker_with_exit_3_at_once(
     assert_one_clean_error(
         err,
         engine,
-        f"error: the worker's action listener (the Hatchet SDK's subprocess, pid {pid}) was killed by"
-        " SIGKILL",
+        killed_line(pid),
     )
     # left to the engine, as after --grace: it takes the step back when the heartbeats stop
     engine.wait_until(
@@ -246,7 +251,6 @@ def test_a_listener_killed_after_the_drain_while_it_sends_the_last_result_is_not
     assert_one_clean_error(
         err,
         engine,
-        f"error: the worker's action listener (the Hatchet SDK's subprocess, pid {pid}) was killed by"
-        " SIGKILL",
+        killed_line(pid),
     )
     engine.stalled.clear()

@@ -11,6 +11,7 @@ a new connection, and the process ends."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import textwrap
@@ -24,6 +25,7 @@ from fixture_aloha import AlohaWorld, aloha  # noqa: F401
 
 from win_automation.adapters import sftp, ssh
 from win_automation.adapters.aloha import AlohaService
+from win_automation.adapters.sftp_download import download
 
 WAIT = 15.0  # far beyond a reconnect on loopback; "forever" otherwise
 
@@ -107,6 +109,29 @@ def test_a_command_cut_short_leaves_the_next_command_working(ssh_config) -> None
     within(WAIT, conn.close)
 
 
+def test_a_download_cut_short_leaves_the_next_command_working(
+    ssh_config, remote_dir: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The pipelined download (its own SFTP channel): its channel is not closed, it is abandoned."""
+    source = remote_dir / "big.bin"
+    source.write_bytes(b"z" * (4 << 20))
+    conn = ssh.SshConnection(ssh_config)
+
+    def interrupt(done: int, total: int) -> None:
+        for channel in conn.transport()._channels.values():
+            channel.lock.acquire()  # the download's channel, as the interrupt can leave it
+        raise KeyboardInterrupt
+
+    def interrupted() -> None:
+        with pytest.raises(KeyboardInterrupt), (tmp_path / "out.bin").open("wb") as out:
+            download(conn, str(source), out, interrupt)
+
+    within(WAIT, interrupted)
+    outcome = within(WAIT, lambda: conn.exec("echo next"))
+    assert (outcome.exit_status, outcome.stdout) == (0, b"next\n")
+    within(WAIT, conn.close)
+
+
 PROGRAM = """
 import os, sys
 from win_automation.adapters import ssh
@@ -152,8 +177,6 @@ def test_a_process_with_an_abandoned_connection_ends(ssh_config, remote_dir: Pat
 def test_the_clean_up_after_an_interrupt_connects_once(ssh_config) -> None:  # type: ignore[no-untyped-def]
     """Whoever pressed Ctrl-C waits for the clean-up: against a VM that stopped answering it makes
     one connection attempt, not the retries (3 attempts, with waits between) of other calls."""
-    import socket
-
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)

@@ -141,17 +141,26 @@ def test_paused_before_the_page_is_opened(
     assert artifacts_of(tmp_path) == (set(), set())
 
 
+def traced_shot_within_the_grace(
+    env: dict[str, str], paused: PausedBrowser, tmp_path: Path, url: str
+) -> subprocess.CompletedProcess[str]:
+    """`screenshot URL --trace` with the browser paused on the way: it ends within the job's
+    timeout plus JOB_GRACE, from the pause and from its start."""
+    res, started = run_cli(env, tmp_path, "screenshot", url, "--trace")
+    ended = time.monotonic()
+    assert paused.paused_at is not None, res.stderr
+    assert ended - paused.paused_at < TIMEOUT + JOB_GRACE + EXIT_SLACK, ended - paused.paused_at
+    assert ended - started < TIMEOUT + JOB_GRACE + START_SLACK, ended - started
+    return res
+
+
 def test_paused_mid_load_ends_within_the_timeout_plus_the_grace(
     cli_env: dict[str, str], paused: PausedBrowser, web: WebServer, tmp_path: Path
 ) -> None:
     """The load times out at the job's deadline; the trace is saved (the server keeps it), and
     closing the context, which waits for the browser, is cut at JOB_GRACE (it took 5 s more)."""
     env = {**cli_env, **paused.server.env()}
-    res, started = run_cli(env, tmp_path, "screenshot", web.url("/pause-load"), "--trace")
-    ended = time.monotonic()
-    assert paused.paused_at is not None, res.stderr
-    assert ended - paused.paused_at < TIMEOUT + JOB_GRACE + EXIT_SLACK, ended - paused.paused_at
-    assert ended - started < TIMEOUT + JOB_GRACE + START_SLACK, ended - started
+    res = traced_shot_within_the_grace(env, paused, tmp_path, web.url("/pause-load"))
     assert_timed_out(
         res,
         env,
@@ -170,11 +179,7 @@ def test_paused_while_the_screenshot_is_taken_ends_within_the_timeout_plus_the_g
     after the failure waited as long again: the session is dropped at the deadline plus
     JOB_GRACE instead, and the trace goes with it (it was never written, so never listed)."""
     env = {**cli_env, **paused.server.env()}
-    res, started = run_cli(env, tmp_path, "screenshot", web.url("/pause-shot"), "--trace")
-    ended = time.monotonic()
-    assert paused.paused_at is not None, res.stderr
-    assert ended - paused.paused_at < TIMEOUT + JOB_GRACE + EXIT_SLACK, ended - paused.paused_at
-    assert ended - started < TIMEOUT + JOB_GRACE + START_SLACK, ended - started
+    res = traced_shot_within_the_grace(env, paused, tmp_path, web.url("/pause-shot"))
     assert_timed_out(
         res,
         env,

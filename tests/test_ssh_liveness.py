@@ -19,8 +19,10 @@ import pytest
 from fixture_sshd import SshServer
 from stall_proxy import StallProxy
 
-from win_automation.adapters import ssh
+from win_automation.adapters import ssh, ssh_liveness
+from win_automation.adapters.sftp_wire import open_stream
 from win_automation.errors import ConnectError
+from win_automation.operations.transfers import get_file
 
 QUICK = {"connect_timeout": 1, "keepalive_interval": 0.5}  # a probe every 0.5 s, answered within 1 s
 
@@ -145,8 +147,6 @@ def test_a_server_busy_sending_on_a_slow_link_is_alive_though_its_reply_comes_la
     """A download's data in flight (its window, the buffers on the way) comes before the
     keepalive's reply: at 256 KiB/s that reply took longer than the 1 s bound, and a transfer
     that was moving all along failed `stopped answering`. Any packet is an answer, as in OpenSSH."""
-    from win_automation.operations.transfers import get_file
-
     source = remote_dir / "big.bin"
     source.write_bytes(bytes(range(256)) * 4096 * 2)  # 2 MiB: ~8 s at the link's rate
     proxy = StallProxy(live_sshd.port, down_rate=256 * 1024)
@@ -169,9 +169,6 @@ def test_a_transfer_the_keepalives_ended_says_the_vm_stopped_answering(
     """Not only `the SFTP channel closed`: why, as `ssh run` says it. The keepalives' end is
     played as _watch does it (its silence recorded, the transport closed): a real stall ends
     the transfer's own wait (`stalled: the VM sent nothing`) or this, whichever comes first."""
-    from win_automation.adapters import ssh_liveness
-    from win_automation.adapters.sftp_wire import open_stream
-
     ssh.close_all()
     try:
         conn = ssh.get_connection(live_sshd.config(known_hosts))
