@@ -33,6 +33,8 @@ class StallProxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.accepted = 0
+        self.accepts: list[float] = []
+        """When each connection came (time.monotonic())."""
         self.stalled = threading.Event()
         self.held = threading.Event()
         self._sockets: list[socket.socket] = []
@@ -56,6 +58,7 @@ class StallProxy:
             except OSError:
                 return
             self.accepted += 1
+            self.accepts.append(time.monotonic())
             if not self._keep(client) or self.silent:
                 continue
             # Only the first connection is throttled: a reconnection (to remove a partial

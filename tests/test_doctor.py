@@ -117,22 +117,28 @@ def test_names_whose_dns_server_does_not_answer_doctor_still_ends_within_the_bou
         "    print('probe:', p.kind, round(time.monotonic() - t, 1), p.detail)"
     )
     doctor = f"{sys.executable} -m win_automation doctor --json"
-    started = time.monotonic()
     run = subprocess.run(
-        silent_dns.in_namespace(f'{sys.executable} -c "$PROBES" >&2 && exec {doctor}'),
+        silent_dns.in_namespace(
+            f'{sys.executable} -c "$PROBES" >&2 && date +"doctor: %s.%N" >&2 && exec {doctor}'
+        ),
         env={**env, "PROBES": probes},
         capture_output=True,
         text=True,
         timeout=60,
     )
-    elapsed = time.monotonic() - started
+    ended = time.time()
     assert run.returncode == 1, run.stderr
     timed = [line.split(maxsplit=3)[1:] for line in run.stderr.splitlines() if line.startswith("probe: ")]
     assert [kind for kind, _, _ in timed] == ["dns", "dns"] and all(float(s) < 1.5 for _, s, _ in timed), (
         run.stderr
     )
     assert all("did not resolve within 1s" in said for _, _, said in timed), run.stderr  # not 0.99985s
-    assert elapsed < 2 * 1.0 + 1.5 + 1.0 + 2.0, elapsed  # the probes, doctor, the interpreters' start-up
+    [doctor_started] = [
+        float(line.split()[1]) for line in run.stderr.splitlines() if line.startswith("doctor: ")
+    ]
+    # its start-up (0.5 s; 2 s on a loaded CI machine), then the check timeout and its margin;
+    # the resolver's own wait would be 10 s
+    assert ended - doctor_started < 3.0 + 1.5 + 1.0, ended - doctor_started
     checks = {c["name"]: c for c in json.loads(run.stdout)["checks"]}
     assert checks["ssh"]["status"] == "fail" and "did not resolve within 1.5s" in checks["ssh"]["cause"], (
         checks

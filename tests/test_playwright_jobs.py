@@ -256,11 +256,11 @@ def test_wait_for_never_matches(cli, pw_server: PlaywrightServer, web: WebServer
         "--wait-for",
         "#absent",
         "--timeout",
-        "1s",
+        "3s",  # the page loads within it (CI: a loaded machine took over 1 s)
         env=pw_server.env(),
     )
     assert run.code == 124
-    assert "--wait-for '#absent': no visible match within 1s" in run.stderr.strip().splitlines()[-1]
+    assert "--wait-for '#absent': no visible match within 3s" in run.stderr.strip().splitlines()[-1]
 
 
 def test_page_never_loads(cli, pw_server: PlaywrightServer, web: WebServer, tmp_path: Path) -> None:

@@ -232,6 +232,13 @@ def test_helper_killed_mid_command_fails_the_job_with_3_and_is_replaced(
     assert [j["state"] for j in jobs(cli, env)].count("running") == 0
 
 
+def dead_or_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def test_socket_removed_or_helper_paused_starts_a_fresh_helper(
     cli, live_sshd: SshServer, known_hosts: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -256,7 +263,9 @@ def test_socket_removed_or_helper_paused_starts_a_fresh_helper(
         res = cli("ssh", "run", "--shell", "cmd", "--", "echo two", env=env, timeout=30)
         assert res.code == 0 and res.stdout == "two\n"
     finally:
-        os.kill(second["pid"], signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # the call replaced it: SIGKILL
+            os.kill(second["pid"], signal.SIGCONT)
+    assert dead_or_zombie(second["pid"])  # the paused helper was killed, not left behind
     assert only_helper(cli, env)["pid"] not in (first["pid"], second["pid"])
 
 
@@ -551,11 +560,15 @@ def test_a_command_that_floods_its_output_stops_at_its_deadline_or_cancel_throug
     cfg = live_sshd.config(known_hosts)
     conn = persist.WarmConnection(cfg, tmp_path / "data", 30)
     try:
+        assert conn.exec("true", timeout=60, keep=False).exit_status == 0  # the helper is up
         flag = threading.Event()
-        threading.Timer(1.0, flag.set).start()
         seen = [0]
 
         def slow_sink(data: bytes) -> None:  # slower than `yes`: the buffers never run empty
+            if not seen[
+                0
+            ]:  # cancelled a second into the flood (CI: a loaded machine took longer to start it)
+                threading.Timer(1.0, flag.set).start()
             seen[0] += len(data)
             time.sleep(0.002)
 
