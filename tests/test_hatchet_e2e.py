@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,6 +94,30 @@ def test_run_on_hatchet_through_the_cli_waits_and_journals(
     shown = hatchet_world.cli("jobs", "show", job_id, "--json")
     assert shown.code == 0, shown.stderr
     assert json.loads(shown.stdout)["external_id"] == job["external_id"]
+
+
+def test_a_job_command_on_hatchet_never_starts_the_whole_sdk(
+    hatchet_world: HatchetWorld, hatchet_worker: WorkerProcess
+) -> None:
+    """Its config, connection and gRPC contracts only (win_automation.engines.hatchet): the SDK's
+    package start-up (its REST client, its worker: 1.5-3 s of CPU) is not paid by a job command."""
+    code = (  # the CLI ends with os._exit (win_automation.cli.finish), after the atexit handlers
+        "import atexit, runpy, sys\n"
+        "sys.argv = ['win-automation', 'run', 'ping', '--engine', 'hatchet', '--json']\n"
+        "atexit.register(lambda: print('SDK', 'grpc' in sys.modules, sorted(m for m in sys.modules if"
+        " m.startswith(('hatchet_sdk.clients.rest', 'hatchet_sdk.hatchet', 'hatchet_sdk.worker')))))\n"
+        "runpy.run_module('win_automation', run_name='__main__')\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        env=hatchet_world.env,
+        cwd=hatchet_world.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0 and '"state": "succeeded"' in run.stdout, run.stderr
+    assert run.stdout.splitlines()[-1] == "SDK True []"
 
 
 def test_an_artifact_folder_that_cannot_be_made_fails_once_with_74(

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 from win_automation.artifacts.store import job_folder
 from win_automation.config import Config
 from win_automation.definition import Workflow
-from win_automation.engines.hatchet.client import client_config, translate
+from win_automation.engines.hatchet.rpc import client_config, translate
 from win_automation.engines.hatchet.runtime import parse_failure, record_job
 from win_automation.engines.outcome import JobOutcome, artifacts_root
 from win_automation.engines.recorder import JobRecorder

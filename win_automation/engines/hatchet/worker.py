@@ -38,13 +38,9 @@ from win_automation import log as project_log
 from win_automation import metrics
 from win_automation.artifacts.retention import scheduled_retention
 from win_automation.config import Config
-from win_automation.engines.hatchet.client import (
-    check_engine_version,
-    client_config,
-    compile_workflow,
-    register_workflows,
-)
+from win_automation.engines.hatchet.client import compile_workflow
 from win_automation.engines.hatchet.listener import ListenerWatch, exit_now, install_refusal_exit
+from win_automation.engines.hatchet.rpc import check_engine_version, client_config, register_workflows
 from win_automation.engines.hatchet.runtime import TaskRuntime
 from win_automation.errors import ConfigError
 
