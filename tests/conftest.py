@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -45,6 +46,14 @@ def no_warm_helper_outlives_the_tests(tmp_path_factory: pytest.TempPathFactory) 
     """CLI calls that no `cli` fixture ran (plain subprocesses) may have started helpers too."""
     yield
     stop_warm_helpers(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def garbage_stays_with_its_module() -> Iterator[None]:
+    """A module's leaked socket or file, collected in its last teardown: its ResourceWarning (an
+    error, see pyproject.toml) names that module, not a test of the next file on this worker."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(autouse=True)
