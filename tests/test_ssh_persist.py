@@ -214,18 +214,38 @@ def test_timeout_kills_the_remote_tree_through_the_helper(
 
 
 def test_helper_killed_mid_command_fails_the_job_with_3_and_is_replaced(
-    cli, live_sshd: SshServer, known_hosts: Path
+    cli, cli_env: dict[str, str], live_sshd: SshServer, known_hosts: Path
 ) -> None:  # type: ignore[no-untyped-def]
     env = env_for(live_sshd, known_hosts)
     assert cli("ssh", "run", "--shell", "cmd", "--", "true", env=env).code == 0
     old = only_helper(cli, env)["pid"]
-    killer = threading.Timer(1.0, os.kill, (old, signal.SIGKILL))
-    killer.start()
-    started = time.monotonic()
-    res = cli("ssh", "run", "--shell", "cmd", "--", "echo started; sleep 20", env=env, timeout=30)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "win_automation",
+            "ssh",
+            "run",
+            "--shell",
+            "cmd",
+            "--",
+            "echo started; sleep 20",
+        ],
+        env={**cli_env, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "started\n"  # running in the helper
+        os.kill(old, signal.SIGKILL)
+        started = time.monotonic()
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
     assert time.monotonic() - started < 10
-    assert res.code == 3 and "helper" in res.stderr and "died" in res.stderr
-    assert res.stderr.strip().count("\n") == 0 or "Traceback" not in res.stderr
+    assert proc.returncode == 3 and "helper" in stderr and "died" in stderr
+    assert stderr.strip().count("\n") == 0 or "Traceback" not in stderr
     again = cli("ssh", "run", "--shell", "cmd", "--", "echo again", env=env)
     assert again.code == 0 and again.stdout == "again\n"
     assert only_helper(cli, env)["pid"] != old
