@@ -110,7 +110,7 @@ def test_a_job_command_on_hatchet_never_starts_the_whole_sdk(
     )
     run = subprocess.run(
         [sys.executable, "-c", code],
-        env=hatchet_world.env,
+        env={**hatchet_world.env, "WIN_AUTOMATION_CLI_SERVER": "0"},  # in this process: its imports
         cwd=hatchet_world.root,
         capture_output=True,
         text=True,

@@ -21,7 +21,7 @@ import pytest
 from fixture_sshd import SshServer
 
 from win_automation import unixsock
-from win_automation.adapters import persist, persist_wire
+from win_automation.adapters import persist, persist_helper, persist_wire
 from win_automation.config import Config
 from win_automation.errors import ConnectError, StorageError
 from win_automation.operations import transfers
@@ -380,6 +380,39 @@ def test_fifos_as_the_helpers_info_file_and_log_block_nothing(
     assert helper["alive"] and sock.with_suffix(".json").is_file()
     warm = cli("ssh", "run", "--shell", "cmd", "--", "echo warm", env=env, timeout=30)
     assert warm.code == 0 and only_helper(cli, env)["pid"] == helper["pid"]
+
+
+def test_a_helper_whose_starter_never_sends_its_request_ends_by_itself(tmp_path: Path) -> None:
+    """A starter paused (or wedged) before it wrote the request, its end of the pipe still open:
+    the detached helper waited on it for good. It ends at IMPORT_LIMIT (SIGALRM), as one stuck
+    anywhere in its start does."""
+    sock = tmp_path / "vm.sock"
+    starter = subprocess.Popen(  # what persist_wire.spawn starts; nothing written to its stdin
+        [sys.executable, "-m", persist_wire.HELPER_MODULE, str(sock)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        assert starter.wait(10) == 0  # its first fork: the helper lives on, detached
+        started = time.monotonic()
+
+        def helper() -> list[int]:
+            return [
+                int(p.parent.name)
+                for p in Path("/proc").glob("[0-9]*/cmdline")
+                if persist_wire.is_helper(int(p.parent.name), sock) and not dead_or_zombie(int(p.parent.name))
+            ]
+
+        assert len(helper()) == 1
+        while helper() and time.monotonic() - started < persist_helper.IMPORT_LIMIT + 10:
+            time.sleep(0.2)
+        assert not helper(), "the helper still waits for its request"
+        assert time.monotonic() - started > persist_helper.IMPORT_LIMIT - 2  # its limit, not an error
+        assert not sock.exists()
+    finally:
+        assert starter.stdin is not None
+        starter.stdin.close()
 
 
 def test_a_helper_that_cannot_record_itself_leaves_no_socket(

@@ -14,19 +14,29 @@ its socket file is removed or replaced, or on SIGTERM.
 from __future__ import annotations
 
 import os
+import signal
 
-if __name__ == "__main__" and os.fork() > 0:
-    # Detached first, before any import: the starter reaps this parent at once and the helper
-    # lives on, orphaned. Forked later, with threading imported, the child could spin for ever
-    # in threading._after_fork (a WeakSet's _commit_removals; seen in 3 full test runs of 8).
-    os._exit(0)
+IMPORT_LIMIT = 10
+"""Seconds the detached helper may take to import and read its request (0.2 s; 1-3 s on a loaded
+machine), and then to start beyond its connect policy's budget: past them SIGALRM ends it,
+whatever it is stuck in. A helper found spinning at 100% CPU in its first import 25 s after it
+forked (once, in a full test run on a loaded machine) would have spun for good; one whose
+starter paused before it wrote the request waited for good."""
+
+if __name__ == "__main__":
+    if os.fork() > 0:
+        # Detached first, before any import: the starter reaps this parent at once and the
+        # helper lives on, orphaned. Forked later, with threading imported, the child could spin
+        # for ever in threading._after_fork (a WeakSet's _commit_removals; 3 full test runs of 8).
+        os._exit(0)
+    signal.alarm(IMPORT_LIMIT)  # its default action ends the process, in C code too
 
 import base64
 import contextlib
 import json
 import logging
+import math
 import select
-import signal
 import socket
 import sys
 import threading
@@ -306,6 +316,7 @@ def main(argv: list[str]) -> int:
     sock = Path(argv[0])
     request = json.loads(sys.stdin.read())
     cfg = SSHConfig(**request["ssh"])
+    signal.alarm(math.ceil(persist.start_budget(cfg)) + IMPORT_LIMIT)  # serving by then
     helper = Helper(cfg, sock, float(request["persist"]))
     kept = _Kept()
     logging.getLogger().addHandler(kept)
@@ -342,6 +353,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: helper.stop.set())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _answer({"ok": True, "log": kept.records})
+    signal.alarm(0)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     os.dup2(devnull, 1)
