@@ -384,7 +384,8 @@ def test_an_error_quoting_a_huge_value_keeps_its_start_and_end(
     for args, code in ((["jobs", "show", huge], 2), (["ssh", "get", f"/nonexistent/{huge}", "out"], 1)):
         done = cli(*args, env=env)
         assert done.code == code, done.stderr[-300:]
-        (line,) = done.stderr.splitlines()
+        *warnings, line = done.stderr.splitlines()  # a connect retry's warning on a loaded machine
+        assert all(len(w) < 300 for w in warnings), [w[:200] for w in warnings]
         assert line.startswith("error: ") and len(line) < 4300, line[:200]
         assert "characters left out)..." in line
     assert re.search(r"z{100}: [A-Za-z][\w ]+$", line), line[-100:]  # the server's reason, kept

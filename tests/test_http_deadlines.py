@@ -42,6 +42,16 @@ class SlowServer(ThreadedServer):
                 if not (piece := conn.recv(65536)):
                     return
                 data += piece
+            head, _, body = data.partition(b"\r\n\r\n")
+            sizes = [
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ]
+            while len(body) < sum(sizes):  # all of it: closed with a request unread, the socket resets
+                if not (piece := conn.recv(65536)):
+                    return
+                body += piece
             path = data.split(b" ", 2)[1].decode()
             what = self.routes.get(path, (404, "not found"))
             if what == "slowhdr":

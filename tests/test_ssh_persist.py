@@ -929,3 +929,30 @@ def test_a_helper_that_fails_after_starting_is_not_sent_the_command_again(
         assert [h["alive"] for h in persist_wire.helpers(tmp_path / "data")] == [False]
     finally:
         fake.close()
+
+
+def test_a_request_cut_short_as_its_helper_leaves_says_the_helper_left(
+    live_sshd: SshServer, known_hosts: Path, tmp_path: Path
+) -> None:
+    """Its socket removed, the helper closes its connection under a running command: the caller
+    is told the helper left (the VM did nothing), not that the connection was lost."""
+    cfg = live_sshd.config(known_hosts)
+    conn = persist.WarmConnection(cfg, tmp_path / "data", 30)
+    helper = persist_helper.Helper(cfg, conn.sock, 30)
+    server = helper.listen()
+    serving = threading.Thread(target=helper.run, args=(server,), daemon=True)
+    serving.start()
+    try:
+        threading.Timer(1.0, conn.sock.unlink).start()  # mid-command
+        with pytest.raises(ConnectError) as left:
+            conn.exec("echo started; sleep 20", timeout=30, keep=False, on_stdout=lambda _: None)
+        assert str(left.value) == (
+            f"the warm-connection helper for {cfg.vm_key} left (its socket was removed or replaced): the"
+            f" connection to {cfg.user}@{cfg.vm_key} was lost while the command ran (it may or may not have"
+            " finished; not retried)"
+        )
+        serving.join(10)
+        assert not serving.is_alive()
+    finally:
+        helper.stop.set()
+        helper.conn.close()

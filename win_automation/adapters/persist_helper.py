@@ -69,6 +69,8 @@ class Helper:
         self.idle = threading.Condition(self.lock)  # notified as each request ends
         self.until = 0.0  # when the running requests are past their deadlines (a stop's drain)
         self.stop = threading.Event()
+        self.left = ""
+        """Why it closed its connection under the requests still running, once it has."""
 
     # -- a request --------------------------------------------------------------------------
     def serve(self, client: socket.socket) -> None:
@@ -157,6 +159,10 @@ class Helper:
                 if (answer.get("cancelled") or answer.get("timed_out")) and gone(client):
                     orphan.run(self.conn, answer.get("pid"), self.cfg.connect_timeout)
         except WinAutomationError as exc:
+            if self.left:  # cut short as this helper left, not by the VM: said so, as `died` is
+                exc = ConnectError(
+                    f"the warm-connection helper for {self.cfg.vm_key} left ({self.left}): {exc}"
+                )
             answer = {"error": persist.error_payload(exc)}
         except Exception as exc:  # the caller gets a one-line error, not a hang
             log.exception("request failed")
@@ -263,6 +269,7 @@ class Helper:
         if self.stop.is_set():
             self.drain()
         draining.unlink(missing_ok=True)
+        self.left = "stopped, past its drain" if self.stop.is_set() else "its socket was removed or replaced"
         self.conn.close()  # (its socket removed or replaced: it leaves at once, as documented)
 
     def drain(self) -> None:
