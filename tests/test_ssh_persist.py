@@ -447,7 +447,10 @@ def test_a_helper_that_cannot_record_itself_leaves_no_socket(
     lingering = helpers()
     for pid in lingering:  # its threads' Python stacks into its log (faulthandler), then gone
         with contextlib.suppress(OSError):  # it may have exited just now
-            print(pid, Path(f"/proc/{pid}/status").read_text().splitlines()[2])
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+            age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+            print(pid, f"{age:.1f} s old", [line for line in status if line.startswith(("State", "Sig"))])
             os.kill(pid, signal.SIGABRT)
             time.sleep(0.5)
     log = sock.with_suffix(".log").read_text()

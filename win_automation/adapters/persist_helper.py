@@ -29,6 +29,8 @@ if __name__ == "__main__":
         # helper lives on, orphaned. Forked later, with threading imported, the child could spin
         # for ever in threading._after_fork (a WeakSet's _commit_removals; 3 full test runs of 8).
         os._exit(0)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)  # whatever its starter had: not ignored,
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGALRM])  # not blocked
     signal.alarm(IMPORT_LIMIT)  # its default action ends the process, in C code too
 
 import base64
