@@ -31,6 +31,18 @@ def env_for(server: SshServer, known_hosts: Path, **overrides: Any) -> dict[str,
     return server.env(known_hosts, **overrides)
 
 
+def start_ssh_run(env: dict[str, str], command: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+    """`ssh run --shell cmd -- COMMAND` as a process of its own, its output read as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", command],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def helpers(cli, env: dict[str, str]) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
     res = cli("ssh", "persist", "status", "--json", env=env)
     assert res.code == 0, res.stderr
@@ -219,23 +231,7 @@ def test_helper_killed_mid_command_fails_the_job_with_3_and_is_replaced(
     env = env_for(live_sshd, known_hosts)
     assert cli("ssh", "run", "--shell", "cmd", "--", "true", env=env).code == 0
     old = only_helper(cli, env)["pid"]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "win_automation",
-            "ssh",
-            "run",
-            "--shell",
-            "cmd",
-            "--",
-            "echo started; sleep 20",
-        ],
-        env={**cli_env, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_ssh_run({**cli_env, **env}, "echo started; sleep 20")
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "started\n"  # running in the helper
         os.kill(old, signal.SIGKILL)
@@ -739,23 +735,10 @@ def test_stop_lets_a_running_command_finish_and_takes_no_new_ones(
     assert cli("ssh", "run", "--shell", "cmd", "--", "true", env=env).code == 0
     old = only_helper(cli, env)
     marker, release = remote_dir / "started", remote_dir / "release"
-    job = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "win_automation",
-            "ssh",
-            "run",
-            "--shell",
-            "cmd",
-            "--",  # runs until the test has looked (not a fixed time: a busy machine took longer)
-            f"touch {marker}; while [ ! -e {release} ]; do sleep 0.05; done; echo done",
-        ],
-        env={**cli_env, **env},
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    job = start_ssh_run(  # runs until the test has looked (not a fixed time: a busy machine took longer)
+        {**cli_env, **env},
+        f"touch {marker}; while [ ! -e {release} ]; do sleep 0.05; done; echo done",
+        tmp_path,
     )
     try:
         deadline = time.monotonic() + 30
