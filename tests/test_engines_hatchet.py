@@ -408,3 +408,30 @@ def test_every_ssh_exec_task_runs_with_mock_run_against_the_real_sshd(
             ]
     finally:
         rt.close()
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        "from hatchet_sdk import Hatchet",  # a name read from the package
+        "from hatchet_sdk.hatchet import Hatchet",  # a module that reads names from the package as it loads
+        "from hatchet_sdk.clients.rest import WorkflowApi",
+    ],
+)
+def test_the_sdk_imports_as_usual_after_its_start_up_was_deferred(after: str) -> None:
+    """win_automation.engines.hatchet defers the package's start-up: whatever comes next gets the
+    SDK as a plain import gives it, each module loaded once (`hatchet_sdk.hatchet` was an
+    ImportError: it read a name from a package whose start-up then imported it again)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import win_automation.engines.hatchet.runs, sys\n"
+        "assert 'hatchet_sdk.clients' not in sys.modules\n"
+        f"{after}\n"
+        "import hatchet_sdk, hatchet_sdk.hatchet as h\n"
+        "assert hatchet_sdk.Hatchet is h.Hatchet and h.__spec__.origin.endswith('hatchet.py')\n"
+        "print('ok')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (run.returncode, run.stdout) == (0, "ok\n"), run.stderr

@@ -12,10 +12,29 @@ command on Hatchet needs only the SDK's config, connection and gRPC contracts (`
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 import threading
+from types import ModuleType
 from typing import Any
+
+LIGHT = frozenset({"config", "connection", "contracts", "logger", "token", "utils"})
+"""The SDK's subpackages a job command imports, which its package start-up is not needed for."""
+
+
+class _Imported(importlib.abc.Loader):
+    """A module the package's start-up imported already: the import that asked for it gets it."""
+
+    def __init__(self, module: ModuleType) -> None:
+        self.module, self.spec = module, module.__spec__
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        return self.module
+
+    def exec_module(self, module: ModuleType) -> None:
+        module.__spec__ = self.spec  # as it was (the import machinery set this one's)
 
 
 def _defer_sdk_start_up() -> None:
@@ -25,18 +44,42 @@ def _defer_sdk_start_up() -> None:
     if spec is None or spec.loader is None:  # not installed: its import fails as it would have
         return
     package = importlib.util.module_from_spec(spec)  # its __path__: submodules import as usual
-    lock = threading.Lock()
+    lock = threading.RLock()
 
-    def start_up(name: str) -> Any:
-        if name.startswith("__"):  # __path__, __spec__... are set; others are not there
-            raise AttributeError(name)
+    def start_up() -> None:
         with lock:
-            if vars(package).pop("__getattr__", None) is start_up:
+            if vars(package).pop("__getattr__", None) is not None:
+                sys.meta_path.remove(finder)
                 assert spec.loader is not None
                 spec.loader.exec_module(package)  # the package's __init__, as `import` runs it
+
+    def read(name: str) -> Any:  # PEP 562: a name the package lacks (before its start-up: all)
+        if name.startswith("__"):  # __path__, __spec__... are set; others are not there
+            raise AttributeError(name)
+        start_up()
         return getattr(package, name)
 
-    vars(package)["__getattr__"] = start_up  # PEP 562: read for a name the module lacks
+    class Finder(importlib.abc.MetaPathFinder):
+        """Any other subpackage (the SDK's client, its worker) starts the package first, as a
+        plain import would: they read names from the package as they load."""
+
+        def find_spec(
+            self, name: str, path: Any, target: Any = None
+        ) -> importlib.machinery.ModuleSpec | None:
+            top, _, child = name.partition(".")
+            if top != "hatchet_sdk" or "." in child or child in LIGHT:
+                return None
+            start_up()
+            module = sys.modules.get(name)
+            if module is None:
+                return None
+            imported = _Imported(module)
+            module.__spec__ = None  # else the import machinery loads it again from its own spec
+            return importlib.util.spec_from_loader(name, imported)
+
+    finder = Finder()
+    vars(package)["__getattr__"] = read
+    sys.meta_path.insert(0, finder)
     sys.modules["hatchet_sdk"] = package
 
 
