@@ -435,3 +435,35 @@ def test_the_sdk_imports_as_usual_after_its_start_up_was_deferred(after: str) ->
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (run.returncode, run.stdout) == (0, "ok\n"), run.stderr
+
+
+def test_the_rest_clients_validators_built_at_first_call_validate_as_before() -> None:
+    """The deferred start-up builds the REST client's validators at their first call: a bad
+    argument is still refused before any request, a good one passes validation, and
+    pydantic.validate_call is pydantic's own again afterwards (for the process's own code)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import win_automation.engines.hatchet, pydantic\n"
+        "from pydantic.validate_call_decorator import validate_call\n"
+        "from hatchet_sdk.clients.rest import WorkflowApi\n"
+        "assert pydantic.validate_call is validate_call\n"
+        "api = WorkflowApi()\n"
+        "for bad in (1, 'short'):\n"
+        "    try:\n"
+        "        api.workflow_get(workflow=bad)\n"
+        "    except pydantic.ValidationError as e:\n"
+        "        assert e.errors()[0]['loc'] == ('workflow',), e\n"
+        "    else:\n"
+        "        raise AssertionError(bad)\n"
+        "api.api_client.configuration.host = 'http://127.0.0.1:9'\n"  # discard: refused at once
+        "try:\n"
+        "    api.workflow_get(workflow='0' * 36, _request_timeout=2)\n"
+        "except pydantic.ValidationError as e:\n"
+        "    raise AssertionError(e)\n"
+        "except Exception as e:\n"
+        "    print('sent', type(e).__name__)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.startswith("sent "), run.stderr
