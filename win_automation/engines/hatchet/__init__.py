@@ -70,7 +70,7 @@ def _validators_built_at_first_call() -> Iterator[None]:
 
         return call
 
-    pydantic.validate_call = deferred  # type: ignore[assignment]
+    pydantic.validate_call = deferred
     try:
         yield
     finally:
