@@ -137,7 +137,7 @@ class SshConnection:
         part file, killing the interrupted command), and whoever pressed Ctrl-C waits for it."""
         transport = self._transport
         self._abandoned = True
-        _ABANDONED.append((transport, self._sftp, self._sessions, *also))
+        _never_freed((transport, self._sftp, self._sessions, *also))
         self._transport = self._sftp = self._sessions = None
         if transport is not None:
             transport.active = False
@@ -380,6 +380,17 @@ def close_all(*, wait: bool = True) -> None:
 
 atexit.register(close_all, wait=False)
 
-# What SshConnection.abandon dropped, referenced until the process ends (the CLI ends without the
-# interpreter's teardown: win_automation.cli.finish), so no finalizer of it ever runs.
 _ABANDONED: list[tuple[Any, ...]] = []
+
+
+def _never_freed(dropped: tuple[Any, ...]) -> None:
+    """Keep what SshConnection.abandon dropped for the whole process, its teardown included, so
+    no finalizer of it ever runs. A list alone is not enough for library users (the CLI ends
+    without the teardown: win_automation.cli.finish): the teardown clears each module's names,
+    and freeing these then runs their finalizers, which wait for the lock held for good, so the
+    process would never exit. A reference nobody owns (Py_IncRef) is never given back."""
+    _ABANDONED.append(dropped)
+    with contextlib.suppress(ImportError, AttributeError):  # no ctypes: the list keeps them
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(dropped))
