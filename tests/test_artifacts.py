@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import tmpfs
 from fixture_jobs import wait_for
 
 from win_automation.artifacts.copying import copy_verified
@@ -24,7 +25,7 @@ from win_automation.artifacts.store import (
     safe_relative,
     verify_folder,
 )
-from win_automation.errors import ArtifactMismatch, NotFoundError, StorageFull, UsageError
+from win_automation.errors import ArtifactMismatch, NotFoundError, StorageError, StorageFull, UsageError
 from win_automation.jobs.ids import new_job_id, new_trace_id
 
 TYPES = ("ssh", "aloha", "playwright")
@@ -137,6 +138,27 @@ def test_fetch_copies_and_verifies(tmp_path: Path) -> None:
     manifest, mismatches = copy_verified(w.folder, tmp_path / "out", seen.append)
     assert mismatches == [] and sum(seen) == 3 << 20
     assert verify_folder(tmp_path / "out") == manifest
+
+
+def test_a_disk_that_fills_mid_fetch_says_what_was_fetched_and_what_was_not(tmp_path: Path) -> None:
+    """A write into `out` that fails (a full disk) ends the fetch with a StorageError naming the
+    file, and, as one that passed its deadline, what it fetched and verified and what it did not:
+    the error named the file only, and left the user to find out what OUT held."""
+    w = writer(tmp_path / "root")
+    w.write_text("ssh", "a.txt", "first\n")
+    w.write_bytes("ssh", "b.bin", os.urandom(400 << 10))
+    w.write_text("ssh", "c.txt", "last\n")
+    with tmpfs(tmp_path / "small", "1m") as disk:
+        (disk / "filler").write_bytes(bytes(800 << 10))  # about 200 KiB left: a.txt fits, b.bin not
+        out = disk / "out"
+        with pytest.raises(StorageError) as caught:
+            copy_verified(w.folder, out)
+        assert str(caught.value) == (
+            f"cannot write {out / 'b.bin'}: No space left on device; 1 of 3 file(s) fetched and"
+            f" verified into {out}; not fetched: b.bin, c.txt; no manifest written"
+        )
+        assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
+        assert (out / "a.txt").read_text() == "first\n"
 
 
 def test_manifest_survives_kill_9_during_a_large_write(

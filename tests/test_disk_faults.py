@@ -288,7 +288,8 @@ def test_fetch_onto_a_full_disk_is_exit_74_naming_the_file(
     assert res.returncode == 74, res.stderr
     assert res.stderr == (
         f"error: --out {out}: cannot write {out / job / 'ping.json'}: No space left on device;"
-        " choose a folder you can write\n"
+        f" 0 of 1 file(s) fetched and verified into {out / job}; not fetched: ping.json;"
+        " no manifest written; choose a folder you can write\n"
     )
     assert sorted(p.name for p in (out / job).iterdir()) == []
 

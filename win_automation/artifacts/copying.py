@@ -115,47 +115,52 @@ def copy_verified(
     folders = {out}
     name_max, path_max = _limits(out)
     copied = 0
-    for number, entry in enumerate(manifest.artifacts):
-        target = out / safe_relative(entry.path)
-        temp = target.with_name(temp_name(target.name))
-        if too_long := _too_long(entry.path, number + 1, (target, temp), name_max, path_max):
-            mismatches.append(too_long)  # the entry's, not out's: the other files are copied
-            continue
-        _writable(target.parent)
-        if not _inside(target.parent, out):  # a link already in OUT (OUT/JOB/dd -> /elsewhere)
-            raise StorageError(f"cannot write {target}: a symbolic link in its path leads out of {out}")
-        folders.add(target.parent)
-        _replaceable(target)
-        try:
-            size, sha = _copy_one(source, entry.path, temp, target, progress, entry.size_bytes)
-        except (OSError, NotFoundError) as exc:  # the source's: a missing or unreadable file
-            discard(temp)
-            why = unreadable(exc) if isinstance(exc, OSError) else "missing"
-            mismatches.append(Mismatch(entry.path, why))
-            continue
-        except Oversized as exc:
-            discard(temp)
-            found = f"size {exc.size}" if exc.size is not None else "grew while copied"
-            mismatches.append(Mismatch(entry.path, f"{found}, manifest says {entry.size_bytes}; not copied"))
-            continue
-        except (ConnectError, OperationTimeout) as exc:  # the source went away, or its time is up
-            discard(temp)
-            _say_ended(exc, manifest, number, copied, mismatches, out)
-            raise
-        except BaseException:
-            discard(temp)
-            raise
-        problem = compare(entry, size, sha)
-        if problem:
-            discard(temp)
-            mismatches.append(problem)
-            continue
-        try:
-            os.replace(temp, target)
-        except OSError as exc:
-            discard(temp)
-            raise _cannot_write(target, exc) from None
-        copied += 1
+    number = 0
+    try:
+        for number, entry in enumerate(manifest.artifacts):
+            target = out / safe_relative(entry.path)
+            temp = target.with_name(temp_name(target.name))
+            if too_long := _too_long(entry.path, number + 1, (target, temp), name_max, path_max):
+                mismatches.append(too_long)  # the entry's, not out's: the other files are copied
+                continue
+            _writable(target.parent)
+            if not _inside(target.parent, out):  # a link already in OUT (OUT/JOB/dd -> /elsewhere)
+                raise StorageError(f"cannot write {target}: a symbolic link in its path leads out of {out}")
+            folders.add(target.parent)
+            _replaceable(target)
+            try:
+                size, sha = _copy_one(source, entry.path, temp, target, progress, entry.size_bytes)
+            except (OSError, NotFoundError) as exc:  # the source's: a missing or unreadable file
+                discard(temp)
+                why = unreadable(exc) if isinstance(exc, OSError) else "missing"
+                mismatches.append(Mismatch(entry.path, why))
+                continue
+            except Oversized as exc:
+                discard(temp)
+                found = f"size {exc.size}" if exc.size is not None else "grew while copied"
+                mismatches.append(
+                    Mismatch(entry.path, f"{found}, manifest says {entry.size_bytes}; not copied")
+                )
+                continue
+            except BaseException:
+                discard(temp)
+                raise
+            problem = compare(entry, size, sha)
+            if problem:
+                discard(temp)
+                mismatches.append(problem)
+                continue
+            try:
+                os.replace(temp, target)
+            except OSError as exc:
+                discard(temp)
+                raise _cannot_write(target, exc) from None
+            copied += 1
+    except (ConnectError, OperationTimeout, StorageError) as exc:
+        # The source went away, its time is up, or `out` cannot be written (a full disk): the
+        # error says what was fetched and what was not.
+        _say_ended(exc, manifest, number, copied, mismatches, out)
+        raise
     if not mismatches:
         try:
             for folder in sorted(folders):  # the files' renames, before the manifest names them
@@ -201,7 +206,7 @@ def _copy_one(
 
 
 def _say_ended(
-    exc: ConnectError | OperationTimeout,
+    exc: ConnectError | OperationTimeout | StorageError,
     manifest: Manifest,
     index: int,
     copied: int,
