@@ -56,6 +56,17 @@ def _start_warm_cli_process(env: dict[str, str], cwd: Path) -> None:
     _wait_for_warm_cli_process(env)
 
 
+def _start_warm_helper(env: dict[str, str], cwd: Path) -> None:
+    """A job command starts the warm-connection helper as it exits: wait for its socket."""
+    cmd = [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", "true"]
+    subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, timeout=60)
+    folder = Path(env["WIN_AUTOMATION_DATA_DIR"]) / "ssh-persist"
+    deadline = time.monotonic() + 60
+    while not list(folder.glob("*.sock")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(folder.glob("*.sock")), "no warm-connection helper started"
+
+
 def _wait_for_warm_cli_process(env: dict[str, str]) -> None:
     folder = Path(launch.server_dir(env))
     deadline = time.monotonic() + 60
@@ -104,6 +115,68 @@ def test_output_that_cannot_be_written_stops_the_job_and_records_it(
         while _alive(marker) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not _alive(marker), "the remote command still runs"
+
+
+@pytest.mark.parametrize(
+    ("served", "persist"),
+    [(False, "0"), (False, "5m"), (True, "5m")],
+    ids=["in-process-direct", "in-process-warm-helper", "warm-cli-process"],
+)
+def test_ctrl_backslash_quits_at_once_and_the_job_is_still_recorded_interrupted(
+    cli_env: dict[str, str],
+    live_sshd: SshServer,
+    known_hosts: Path,
+    tmp_path: Path,
+    served: bool,
+    persist: str,
+) -> None:
+    """Ctrl-\\ (SIGQUIT) is left as the way to quit at once, without the clean-up Ctrl-C waits
+    for: the CLI dies by it, as by kill -9. What it leaves is still put right: the job is
+    `interrupted`, never `running` (recorded by the warm CLI process's child, which sees its
+    launcher gone, or by the next command that opens the journal), and a warm helper kills the
+    remote command of a caller that died."""
+    import signal
+    import uuid
+
+    env = {
+        **cli_env,
+        **live_sshd.env(known_hosts, persist=persist),
+        "WIN_AUTOMATION_CLI_SERVER": "1" if served else "0",
+    }
+    if served:
+        _start_warm_cli_process(env, tmp_path)
+    elif persist != "0":  # the first call connects itself, and starts the helper as it exits
+        _start_warm_helper(env, tmp_path)
+    marker = f"sleep 20.{uuid.uuid4().int % 10**6:06d}"  # this test's own remote command
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "win_automation", "ssh", "run", "--shell", "cmd", "--", f"echo go; {marker}"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGQUIT, signal.SIG_DFL),  # as from a terminal
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"go\n"
+        started = time.monotonic()
+        while not _alive(marker):
+            assert time.monotonic() - started < 15, "the remote command never started"
+            time.sleep(0.02)
+        time.sleep(0.3)  # the posix command's PID (on stderr) reached the helper
+        proc.send_signal(signal.SIGQUIT)
+        proc.communicate(timeout=5)
+        assert proc.returncode == -signal.SIGQUIT
+        deadline = time.monotonic() + 15
+        while (jobs := list_jobs(env, tmp_path))[0]["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [j["state"] for j in jobs] == ["interrupted"] + ["succeeded"] * (persist != "0"), jobs
+        if persist != "0":  # a direct connection's command runs on (a Linux sshd does not end it)
+            while _alive(marker) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not _alive(marker), "the remote command ran on after its caller died"
+    finally:
+        proc.kill()
+        subprocess.run(["pkill", "-KILL", "-f", marker], check=False)
 
 
 def test_a_command_too_long_for_sshd_is_refused_before_any_job_or_connection(
