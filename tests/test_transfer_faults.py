@@ -230,6 +230,47 @@ def test_a_server_that_sends_no_banner_is_retried_then_exit_3(live_sshd, known_h
     assert "Traceback" not in res.stderr and "paramiko" not in res.stderr
 
 
+def test_a_port_that_accepts_and_closes_at_once_is_named_as_such_not_as_a_silent_one(
+    live_sshd, known_hosts, cli
+) -> None:  # type: ignore[no-untyped-def]
+    """A QEMU port forward accepts for a guest whose sshd is not up yet, then closes: that was
+    `did not answer the SSH handshake within 10s`, said at once, of a wait that never happened."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[int] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        env = live_sshd.env(known_hosts, port=listener.getsockname()[1], connect_timeout="10s")
+        started = time.monotonic()
+        res = cli("ssh", "run", "--shell", "cmd", "--", "echo hi", env=env, timeout=60)
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+    assert res.code == 3, res.stderr
+    assert (
+        res.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "accepted the connection and closed it before any SSH handshake (is the VM's SSH server up"
+            " yet? a port forward, as QEMU's, accepts for it)"
+        )
+    ), res.stderr
+    assert "within 10s" not in res.stderr
+    assert len(accepted) == 3 and elapsed < 10  # retried (waits 0.5 s, 1 s), no connect timeout waited
+
+
 def test_a_transfer_that_never_stalls_still_has_a_deadline(proxied, remote_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from win_automation.errors import OperationTimeout
 

@@ -93,6 +93,11 @@ def start_transport(cfg: SSHConfig) -> paramiko.Transport:
         transport.close()
         if failure is not None and banner:
             raise ConnectError(f"SSH handshake with {cfg.host}:{cfg.port} failed: {failure}") from failure
+        if done:  # it ended before the deadline: the other end closed the connection unasked
+            raise ConnectError(
+                f"{cfg.host}:{cfg.port} accepted the connection and closed it before any SSH handshake"
+                " (is the VM's SSH server up yet? a port forward, as QEMU's, accepts for it)"
+            ) from failure
         raise ConnectError(
             f"{cfg.host}:{cfg.port} accepted the connection but did not answer the SSH handshake"
             f" within {cfg.connect_timeout:g}s (is an SSH server listening there?)"
