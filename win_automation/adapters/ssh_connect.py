@@ -93,7 +93,8 @@ def start_transport(cfg: SSHConfig) -> paramiko.Transport:
         transport.close()
         if failure is not None and banner:
             raise ConnectError(f"SSH handshake with {cfg.host}:{cfg.port} failed: {failure}") from failure
-        if done:  # it ended before the deadline: the other end closed the connection unasked
+        if isinstance(failure, paramiko.SSHException) and isinstance(failure.__context__, EOFError):
+            # the banner's read met the connection's end (a silent server's is a socket.timeout)
             raise ConnectError(
                 f"{cfg.host}:{cfg.port} accepted the connection and closed it before any SSH handshake"
                 " (is the VM's SSH server up yet? a port forward, as QEMU's, accepts for it)"
