@@ -4,7 +4,9 @@ open (a server that stalls mid-transfer: TCP alive, keepalives unanswered); `sil
 connections and never forwards a byte (a server that accepts TCP and sends no SSH banner);
 `down_rate` (bytes per second) forwards the server's bytes slowly but steadily (a slow link). Only
 the first connection is throttled, unless `every_connection` (a warm helper's connection, too).
-`hold()` stalls every connection at once, both ways, from then on (a server paused mid-session)."""
+`hold()` stalls every connection at once, both ways, from then on (a server paused mid-session).
+`ClosingPort` accepts each connection and closes it at once (a QEMU port forward for a guest whose
+sshd is not up), counting them."""
 
 from __future__ import annotations
 
@@ -114,3 +116,25 @@ class StallProxy:
             self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
         self._acceptor.join(5)
+
+
+class ClosingPort:
+    """A loopback port that accepts each connection and closes it at once; `accepted` counts them."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                peer, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            peer.close()
+
+    def close(self) -> None:
+        self.listener.close()

@@ -11,7 +11,6 @@ a new connection, and the process ends."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 from fixture_aloha import AlohaWorld, aloha  # noqa: F401
+from stall_proxy import ClosingPort
 
 from win_automation.adapters import sftp, ssh
 from win_automation.adapters.aloha import AlohaService
@@ -176,33 +176,19 @@ def test_a_process_with_an_abandoned_connection_ends(ssh_config, remote_dir: Pat
 def test_the_clean_up_after_an_interrupt_connects_once(ssh_config) -> None:  # type: ignore[no-untyped-def]
     """Whoever pressed Ctrl-C waits for the clean-up: against a VM that stopped answering it makes
     one connection attempt, not the retries (3 attempts, with waits between) of other calls."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                peer, _ = listener.accept()
-            except OSError:
-                return
-            accepted.append(peer)
-            peer.close()  # no banner: a failed attempt (ConnectError, retried)
-
-    threading.Thread(target=accept, daemon=True).start()
-    mute = ssh_config.model_copy(update={"port": listener.getsockname()[1]})
+    closing = ClosingPort()  # no banner: each attempt fails (ConnectError, retried)
+    mute = ssh_config.model_copy(update={"port": closing.port})
     try:
         for abandoned, attempts in ((False, 3), (True, 1)):
-            accepted.clear()
+            closing.accepted = 0
             conn = ssh.SshConnection(mute)
             if abandoned:
                 conn.abandon()
             with pytest.raises(ssh.ConnectError):
                 within(WAIT, lambda: conn.exec("true"))  # noqa: B023  # run at once
-            assert len(accepted) == attempts, (abandoned, len(accepted))
+            assert closing.accepted == attempts, (abandoned, closing.accepted)
     finally:
-        listener.close()
+        closing.close()
 
 
 def test_an_aloha_request_cut_short_leaves_the_tasks_stop_working(aloha: AlohaWorld) -> None:  # noqa: F811

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import tmpfs
 from fixture_sshd import SshServer, hash_threads
-from stall_proxy import StallProxy
+from stall_proxy import ClosingPort, StallProxy
 
 from win_automation.adapters import ssh
 from win_automation.config.schema import SSHConfig
@@ -235,29 +235,14 @@ def test_a_port_that_accepts_and_closes_at_once_is_named_as_such_not_as_a_silent
 ) -> None:  # type: ignore[no-untyped-def]
     """A QEMU port forward accepts for a guest whose sshd is not up yet, then closes: that was
     `did not answer the SSH handshake within 10s`, said at once, of a wait that never happened."""
-    import socket
-    import threading
-
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[int] = []
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            accepted.append(1)
-            conn.close()
-
-    threading.Thread(target=serve, daemon=True).start()
+    closing = ClosingPort()
     try:
-        env = live_sshd.env(known_hosts, port=listener.getsockname()[1], connect_timeout="10s")
+        env = live_sshd.env(known_hosts, port=closing.port, connect_timeout="10s")
         started = time.monotonic()
         res = cli("ssh", "run", "--shell", "cmd", "--", "echo hi", env=env, timeout=60)
         elapsed = time.monotonic() - started
     finally:
-        listener.close()
+        closing.close()
     assert res.code == 3, res.stderr
     assert (
         res.stderr.strip()
@@ -268,7 +253,7 @@ def test_a_port_that_accepts_and_closes_at_once_is_named_as_such_not_as_a_silent
         )
     ), res.stderr
     assert "within 10s" not in res.stderr
-    assert len(accepted) == 3 and elapsed < 10  # retried (waits 0.5 s, 1 s), no connect timeout waited
+    assert closing.accepted == 3 and elapsed < 10  # retried (waits 0.5 s, 1 s), no connect timeout waited
 
 
 def test_a_transfer_that_never_stalls_still_has_a_deadline(proxied, remote_dir, tmp_path) -> None:  # type: ignore[no-untyped-def]
