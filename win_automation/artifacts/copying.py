@@ -103,7 +103,8 @@ def copy_verified(
     """Copy every listed artifact of `source` into `out`, hashing as it streams. A file that does
     not match is not left in `out`; the manifest is written last, only when all files matched and
     are durable. A source file that cannot be read is a Mismatch; an `out` that cannot be written
-    (read-only, full: also when only its fsync finds out), StorageError naming the file."""
+    (read-only, full: also when only its fsync finds out), StorageError naming the file. An error
+    that ends the copy (that one, a lost source, the deadline) says what was copied and what not."""
     source = LocalSource(source) if isinstance(source, Path) else source
     manifest = source.manifest()
     _writable(out)
