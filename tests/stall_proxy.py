@@ -119,11 +119,13 @@ class StallProxy:
 
 
 class ClosingPort:
-    """A loopback port that accepts each connection and closes it at once; `accepted` counts them."""
+    """A loopback port that accepts each connection and closes it, at once or `after` seconds
+    (what the client sent meanwhile unread: the close is a reset); `accepted` counts them."""
 
-    def __init__(self) -> None:
+    def __init__(self, after: float = 0.0) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
+        self.after = after
         self.accepted = 0
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -134,6 +136,7 @@ class ClosingPort:
             except OSError:
                 return
             self.accepted += 1
+            time.sleep(self.after)
             peer.close()
 
     def close(self) -> None:

@@ -230,12 +230,13 @@ def test_a_server_that_sends_no_banner_is_retried_then_exit_3(live_sshd, known_h
     assert "Traceback" not in res.stderr and "paramiko" not in res.stderr
 
 
+@pytest.mark.parametrize("after", [0.0, 0.2], ids=["at-once", "reset-after-our-banner"])
 def test_a_port_that_accepts_and_closes_at_once_is_named_as_such_not_as_a_silent_one(
-    live_sshd, known_hosts, cli
+    live_sshd, known_hosts, cli, after: float
 ) -> None:  # type: ignore[no-untyped-def]
     """A QEMU port forward accepts for a guest whose sshd is not up yet, then closes: that was
     `did not answer the SSH handshake within 10s`, said at once, of a wait that never happened."""
-    closing = ClosingPort()
+    closing = ClosingPort(after)
     try:
         env = live_sshd.env(known_hosts, port=closing.port, connect_timeout="10s")
         started = time.monotonic()

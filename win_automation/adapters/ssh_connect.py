@@ -93,8 +93,7 @@ def start_transport(cfg: SSHConfig) -> paramiko.Transport:
         transport.close()
         if failure is not None and banner:
             raise ConnectError(f"SSH handshake with {cfg.host}:{cfg.port} failed: {failure}") from failure
-        if isinstance(failure, paramiko.SSHException) and isinstance(failure.__context__, EOFError):
-            # the banner's read met the connection's end (a silent server's is a socket.timeout)
+        if _closed_by_peer(failure):
             raise ConnectError(
                 f"{cfg.host}:{cfg.port} accepted the connection and closed it before any SSH handshake"
                 " (is the VM's SSH server up yet? a port forward, as QEMU's, accepts for it)"
@@ -104,6 +103,16 @@ def start_transport(cfg: SSHConfig) -> paramiko.Transport:
             f" within {cfg.connect_timeout:g}s (is an SSH server listening there?)"
         ) from failure
     return transport
+
+
+def _closed_by_peer(failure: BaseException | None) -> bool:
+    """True when the handshake met the connection's end: EOF, or a reset (the peer closed with
+    our banner unread), met as our banner went out or as theirs was read. A silent server's
+    ends in a socket.timeout instead."""
+    ends = (EOFError, ConnectionError)
+    if isinstance(failure, paramiko.SSHException):
+        failure = failure.__context__
+    return isinstance(failure, ends)
 
 
 MAX_KEY_FILE = 1 << 20
